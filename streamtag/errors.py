@@ -1,0 +1,39 @@
+"""One exception tree for everything a user can cause.
+
+Every message is a single line that names the input and says what to do about it; the CLI prints
+``str(error)`` and never a traceback for these.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "StreamtagError",
+    "ConfigError",
+    "SourceError",
+    "ModelError",
+    "DeviceError",
+    "ProtocolError",
+]
+
+
+class StreamtagError(Exception):
+    """Base class: ``str(e)`` is a one-line, user-facing message."""
+
+
+class ConfigError(StreamtagError):
+    """An invalid option or parameter (bad hop, unknown device string, inconsistent bundle config)."""
+
+
+class SourceError(StreamtagError):
+    """An input that cannot be read: missing/corrupt file, unreachable host, HTTP error, ended stream."""
+
+
+class ModelError(StreamtagError):
+    """A model bundle that cannot be found or loaded."""
+
+
+class DeviceError(StreamtagError):
+    """An audio or compute device problem (PortAudio missing, no input device, CUDA unavailable)."""
+
+
+class ProtocolError(StreamtagError):
+    """A malformed or unauthorized message on the websocket protocol."""

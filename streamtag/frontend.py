@@ -1,0 +1,186 @@
+"""Log-mel front end, offline and incremental, defined once for the engine and for training.
+
+The settings live in a :class:`FrontendSpec` that is stored inside every model bundle, so the features
+can never drift from the weights: no CLI flag sets ``n_mels`` or the sample rate.
+
+Framing is "valid" (``center=False``): frame ``i`` covers samples ``[i * hop_length, i * hop_length +
+n_fft)``. That makes the streaming computation exact: pushing a signal in chunks of any size yields the
+same frames as one offline call on the whole signal (see ``tests/test_frontend.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["FrontendSpec", "IncrementalLogMel", "logmel", "SCALINGS"]
+
+# Supported amplitude scalings applied to the mel power spectrogram (x >= 0):
+#   "log10p"  log10(1 + 10000 * x)          musicnn's "logC"
+#   "db"      10 * log10(max(x, 1e-10))     decibels re 1.0, no top_db (top_db needs the whole clip)
+#   "log"     ln(x + 1e-6)
+SCALINGS = ("log10p", "db", "log")
+
+
+@dataclass(frozen=True)
+class FrontendSpec:
+    """Every setting of the log-mel front end. Stored in each bundle's ``config.json``."""
+
+    sample_rate: int = 16000  # Hz: audio is resampled to this before framing
+    n_fft: int = 512  # samples per STFT frame
+    hop_length: int = 256  # samples between successive frames
+    win_length: int | None = None  # samples of the Hann window (None: n_fft)
+    n_mels: int = 96  # mel bands
+    fmin: float = 0.0  # Hz, lowest mel band edge
+    fmax: float | None = None  # Hz, highest mel band edge (None: sample_rate / 2)
+    power: float = 2.0  # 2: power spectrogram, 1: magnitude
+    htk: bool = False  # HTK mel formula instead of Slaney's
+    norm: str | None = "slaney"  # mel filter normalisation, as librosa.filters.mel
+    scaling: str = "log10p"  # one of SCALINGS
+    fp16_mel: bool = False  # round the mel power to float16 before scaling (musicnn did)
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            raise ConfigError(f"invalid front-end spec {self}: sizes must be positive")
+        if self.win_length is not None and not 0 < self.win_length <= self.n_fft:
+            raise ConfigError(f"invalid front-end spec: win_length {self.win_length} must be in (0, n_fft]")
+        if self.scaling not in SCALINGS:
+            raise ConfigError(f"invalid front-end spec: scaling {self.scaling!r} not one of {SCALINGS}")
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between frames."""
+        return self.hop_length / self.sample_rate
+
+    def frames_for(self, seconds: float) -> int:
+        """Number of frames whose starts fall within ``seconds`` of audio (at least 1)."""
+        return max(1, int(round(seconds * self.sample_rate / self.hop_length)))
+
+    def samples_for_frames(self, n_frames: int) -> int:
+        """Samples needed to produce ``n_frames`` valid frames."""
+        return (n_frames - 1) * self.hop_length + self.n_fft if n_frames > 0 else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrontendSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown front-end settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@lru_cache(maxsize=16)
+def _mel_basis(spec: FrontendSpec) -> torch.Tensor:
+    import librosa  # heavy import, only when a front end is built
+
+    fb = librosa.filters.mel(
+        sr=spec.sample_rate,
+        n_fft=spec.n_fft,
+        n_mels=spec.n_mels,
+        fmin=spec.fmin,
+        fmax=spec.fmax,
+        htk=spec.htk,
+        norm=spec.norm,
+    )  # (n_mels, n_fft // 2 + 1)
+    return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float32))
+
+
+@lru_cache(maxsize=16)
+def _window(spec: FrontendSpec) -> torch.Tensor:
+    win = spec.win_length or spec.n_fft
+    w = torch.hann_window(win, periodic=True, dtype=torch.float32)  # == scipy get_window("hann", fftbins=True)
+    if win < spec.n_fft:  # centre the window in the frame, as librosa does
+        left = (spec.n_fft - win) // 2
+        w = torch.nn.functional.pad(w, (left, spec.n_fft - win - left))
+    return w
+
+
+def _scale(mel: torch.Tensor, spec: FrontendSpec) -> torch.Tensor:
+    if spec.fp16_mel:
+        mel = mel.to(torch.float16).to(torch.float32)
+    if spec.scaling == "log10p":
+        return torch.log10(1.0 + 10000.0 * mel)
+    if spec.scaling == "db":
+        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+    return torch.log(mel + 1e-6)
+
+
+def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """Log-mel of every complete frame in ``samples`` (valid framing). Returns (T, n_mels) float32."""
+    n = samples.shape[0]
+    if n < spec.n_fft:
+        return np.zeros((0, spec.n_mels), dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    stft = torch.stft(
+        x,
+        n_fft=spec.n_fft,
+        hop_length=spec.hop_length,
+        win_length=spec.n_fft,
+        window=_window(spec),
+        center=False,
+        return_complex=True,
+    )  # (n_fft // 2 + 1, T)
+    mag = stft.abs()
+    spec_pow = mag.pow(spec.power) if spec.power != 1.0 else mag
+    mel = _mel_basis(spec) @ spec_pow  # (n_mels, T)
+    return _scale(mel, spec).T.contiguous().numpy()  # (T, n_mels)
+
+
+def logmel(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """Offline log-mel of a whole mono signal.
+
+    Args:
+        samples: (N,) float mono audio at ``spec.sample_rate``.
+        spec: the front-end settings.
+
+    Returns:
+        (T, n_mels) float32 with T = 1 + (N - n_fft) // hop_length (0 if N < n_fft).
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise ConfigError(f"logmel expects mono audio of shape (N,), got {samples.shape}")
+    return _frames(samples, spec)
+
+
+class IncrementalLogMel:
+    """Streaming log-mel: each :meth:`push` computes only the frames completed by the new samples.
+
+    Keeps at most ``n_fft - hop_length`` (+ < hop) samples of history between pushes.
+    """
+
+    def __init__(self, spec: FrontendSpec) -> None:
+        self.spec = spec
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet consumed by a frame start
+        self.frames_emitted = 0  # frames returned so far
+        self.samples_seen = 0  # samples pushed so far
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.frames_emitted = 0
+        self.samples_seen = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Feed (N,) mono samples; returns the (T_new, n_mels) frames they complete (T_new may be 0)."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ConfigError(f"push expects mono audio of shape (N,), got {samples.shape}")
+        self.samples_seen += samples.shape[0]
+        buf = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        spec = self.spec
+        if buf.shape[0] < spec.n_fft:
+            self._pending = buf.copy()
+            return np.zeros((0, spec.n_mels), dtype=np.float32)
+        n_new = 1 + (buf.shape[0] - spec.n_fft) // spec.hop_length
+        used = spec.samples_for_frames(n_new)
+        frames = _frames(buf[:used], spec)
+        self._pending = buf[n_new * spec.hop_length :].copy()
+        self.frames_emitted += n_new
+        return frames

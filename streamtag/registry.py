@@ -1,0 +1,214 @@
+"""Model bundles: weights + architecture config + front-end spec + labels, found by name or path.
+
+A bundle is a directory::
+
+    models/<name>/
+        config.json         architecture, arch_config, frontend (FrontendSpec), labels, window, hop ...
+        model.safetensors   the weights (never a pickle)
+        model_card.md       what the model is, its data, its figures and limits
+
+``available_models()`` lists the shipped bundles; ``load_bundle(name_or_path)`` returns a :class:`Bundle`
+whose ``build_model()`` rebuilds the exact network. An unknown name raises :class:`ModelError` listing the
+valid names.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import build_model
+from .errors import ModelError
+from .frontend import FrontendSpec
+
+__all__ = ["Bundle", "available_models", "load_bundle", "save_bundle", "models_dirs", "DEFAULT_MODEL"]
+
+FORMAT_VERSION = 1
+DEFAULT_MODEL = "musicnn-msd"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "model_card.md"
+
+
+def models_dirs() -> list[Path]:
+    """Where shipped bundles are looked up: $STREAMTAG_MODELS (os.pathsep-separated), then the repo's models/."""
+    dirs = [Path(p) for p in os.environ.get("STREAMTAG_MODELS", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parent.parent / "models")
+    return [d for d in dirs if d.is_dir()]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loadable model: everything needed to turn audio into label probabilities."""
+
+    name: str
+    path: Path
+    architecture: str
+    arch_config: dict[str, Any]
+    frontend: FrontendSpec
+    labels: tuple[str, ...]
+    genre_labels: tuple[str, ...]  # the labels shown by default (all labels when the model is all genres)
+    activation: str  # "sigmoid" (multi-label) or "softmax" (single-label)
+    window_frames: int  # frames per window (window models) / frames per training crop (stateful)
+    hop_seconds: float  # default hop between updates
+    streaming: str  # "window" or "stateful"
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.frontend.samples_for_frames(self.window_frames) / self.frontend.sample_rate
+
+    @property
+    def card_path(self) -> Path:
+        return self.path / CARD_NAME
+
+    def genre_indices(self) -> list[int]:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return [index[g] for g in self.genre_labels]
+
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The network with its weights loaded, in eval mode, on ``device``."""
+        from safetensors.torch import load_file
+
+        model = build_model(self.architecture, self.arch_config)
+        weights = self.path / WEIGHTS_NAME
+        try:
+            state = load_file(str(weights), device="cpu")
+        except Exception as e:  # safetensors raises several types for bad files
+            raise ModelError(f"cannot read weights {weights}: {e}; re-create the bundle") from e
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(
+                f"weights in {weights} do not fit architecture {self.architecture!r} "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return model.to(device).eval()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "architecture": self.architecture,
+            "arch_config": self.arch_config,
+            "frontend": self.frontend.to_dict(),
+            "labels": list(self.labels),
+            "genre_labels": list(self.genre_labels),
+            "activation": self.activation,
+            "window_frames": self.window_frames,
+            "hop_seconds": self.hop_seconds,
+            "streaming": self.streaming,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def _bundle_from_dir(path: Path) -> Bundle:
+    cfg_path = path / CONFIG_NAME
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError as e:
+        raise ModelError(f"{path} is not a model bundle (no {CONFIG_NAME})") from e
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{cfg_path} is not valid JSON ({e}); re-create the bundle") from e
+    try:
+        if cfg.get("format_version", 1) > FORMAT_VERSION:
+            raise ModelError(f"{path} needs a newer streamtag (bundle format {cfg['format_version']})")
+        labels = tuple(cfg["labels"])
+        genres = tuple(cfg.get("genre_labels") or labels)
+        bad = [g for g in genres if g not in labels]
+        if bad:
+            raise ModelError(f"{cfg_path}: genre_labels {bad} are not among the labels")
+        activation = cfg.get("activation", "sigmoid")
+        streaming = cfg.get("streaming", "window")
+        if activation not in ("sigmoid", "softmax") or streaming not in ("window", "stateful"):
+            raise ModelError(f"{cfg_path}: activation must be sigmoid|softmax and streaming window|stateful")
+        return Bundle(
+            name=cfg.get("name", path.name),
+            path=path,
+            architecture=cfg["architecture"],
+            arch_config=dict(cfg.get("arch_config", {})),
+            frontend=FrontendSpec.from_dict(cfg["frontend"]),
+            labels=labels,
+            genre_labels=genres,
+            activation=activation,
+            window_frames=int(cfg["window_frames"]),
+            hop_seconds=float(cfg["hop_seconds"]),
+            streaming=streaming,
+            description=cfg.get("description", ""),
+            extra=dict(cfg.get("extra", {})),
+        )
+    except KeyError as e:
+        raise ModelError(f"{cfg_path} lacks the field {e.args[0]!r}; re-create the bundle") from e
+
+
+def available_models() -> list[str]:
+    """Names of the shipped bundles (directories with a config.json under models_dirs())."""
+    names: set[str] = set()
+    for d in models_dirs():
+        names.update(p.name for p in d.iterdir() if (p / CONFIG_NAME).is_file())
+    return sorted(names)
+
+
+def load_bundle(name_or_path: str | os.PathLike[str]) -> Bundle:
+    """A bundle by shipped name (see ``available_models()``) or by directory path."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return _bundle_from_dir(p)
+    for d in models_dirs():
+        if (d / str(name_or_path) / CONFIG_NAME).is_file():
+            return _bundle_from_dir(d / str(name_or_path))
+    raise ModelError(
+        f"unknown model {str(name_or_path)!r}: give a bundle directory or one of: "
+        f"{', '.join(available_models()) or '(none shipped)'}"
+    )
+
+
+def save_bundle(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    architecture: str,
+    arch_config: dict[str, Any],
+    frontend: FrontendSpec,
+    labels: list[str] | tuple[str, ...],
+    window_frames: int,
+    hop_seconds: float,
+    genre_labels: list[str] | tuple[str, ...] | None = None,
+    activation: str = "sigmoid",
+    streaming: str = "window",
+    description: str = "",
+    card: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Bundle:
+    """Write a bundle directory (config.json + model.safetensors [+ model_card.md]) and return it loaded."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bundle = Bundle(
+        name=path.name,
+        path=path,
+        architecture=architecture,
+        arch_config=dict(arch_config),
+        frontend=frontend,
+        labels=tuple(labels),
+        genre_labels=tuple(genre_labels or labels),
+        activation=activation,
+        window_frames=int(window_frames),
+        hop_seconds=float(hop_seconds),
+        streaming=streaming,
+        description=description,
+        extra=dict(extra or {}),
+    )
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(path / WEIGHTS_NAME), metadata={"architecture": architecture})
+    (path / CONFIG_NAME).write_text(json.dumps(bundle.config_dict(), indent=2) + "\n")
+    if card is not None:
+        (path / CARD_NAME).write_text(card)
+    return _bundle_from_dir(path)
