@@ -1,0 +1,39 @@
+"""Shared fixtures: the ../shared material (skipped cleanly when absent) and quiet, single-threaded torch."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared() -> Path:
+    env = os.environ.get("STREAMTAG_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    p = _shared()
+    if not (p / "README.md").is_file():
+        pytest.skip(f"../shared not present at {p} (set STREAMTAG_SHARED to point at it)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def audio_dir(shared_dir: Path) -> Path:
+    return shared_dir / "audio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
