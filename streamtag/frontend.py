@@ -90,13 +90,13 @@ def _mel_basis(spec: FrontendSpec) -> torch.Tensor:
         htk=spec.htk,
         norm=spec.norm,
     )  # (n_mels, n_fft // 2 + 1)
-    return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float64))
 
 
 @lru_cache(maxsize=16)
 def _window(spec: FrontendSpec) -> torch.Tensor:
     win = spec.win_length or spec.n_fft
-    w = torch.hann_window(win, periodic=True, dtype=torch.float32)  # == scipy get_window("hann", fftbins=True)
+    w = torch.hann_window(win, periodic=True, dtype=torch.float64)  # == scipy get_window("hann", fftbins=True)
     if win < spec.n_fft:  # centre the window in the frame, as librosa does
         left = (spec.n_fft - win) // 2
         w = torch.nn.functional.pad(w, (left, spec.n_fft - win - left))
@@ -105,7 +105,7 @@ def _window(spec: FrontendSpec) -> torch.Tensor:
 
 def _scale(mel: torch.Tensor, spec: FrontendSpec) -> torch.Tensor:
     if spec.fp16_mel:
-        mel = mel.to(torch.float16).to(torch.float32)
+        mel = mel.to(torch.float16).to(torch.float64)
     if spec.scaling == "log10p":
         return torch.log10(1.0 + 10000.0 * mel)
     if spec.scaling == "db":
@@ -114,11 +114,15 @@ def _scale(mel: torch.Tensor, spec: FrontendSpec) -> torch.Tensor:
 
 
 def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
-    """Log-mel of every complete frame in ``samples`` (valid framing). Returns (T, n_mels) float32."""
+    """Log-mel of every complete frame in ``samples`` (valid framing). Returns (T, n_mels) float32.
+
+    Computed in float64 so that a frame's value does not depend on how many frames are computed with it
+    (BLAS and FFT batching change float32 rounding, and ``fp16_mel`` would amplify that to 1e-3 jumps).
+    """
     n = samples.shape[0]
     if n < spec.n_fft:
         return np.zeros((0, spec.n_mels), dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float64))
     stft = torch.stft(
         x,
         n_fft=spec.n_fft,
@@ -131,7 +135,7 @@ def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     mag = stft.abs()
     spec_pow = mag.pow(spec.power) if spec.power != 1.0 else mag
     mel = _mel_basis(spec) @ spec_pow  # (n_mels, T)
-    return _scale(mel, spec).T.contiguous().numpy()  # (T, n_mels)
+    return _scale(mel, spec).T.to(torch.float32).contiguous().numpy()  # (T, n_mels)
 
 
 def logmel(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:

@@ -1,0 +1,348 @@
+"""The only module that wires the stages together; reading it explains the system.
+
+    source -> ring buffer -> incremental log-mel -> sliding window / carried state -> model runner
+           -> smoother -> GenreUpdate -> publishers
+
+:class:`Engine` is the live path: many named streams, each with its own ring buffer, incremental front end,
+frame window (or recurrent state) and smoother; ``step()`` runs every hop that is complete in every stream,
+with the windows of all streams batched into one forward pass. :func:`tag_audio` is the file path: the whole
+signal's log-mel at once, every window batched. Both produce the same raw probabilities for the same audio
+(tests/test_pipeline.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from .errors import ConfigError, StreamtagError
+from .events import GenreUpdate, Summary
+from .frontend import IncrementalLogMel, logmel
+from .registry import Bundle
+from .ring_buffer import RingBuffer
+from .runner import ModelRunner
+from .smoothing import Smoother, SmoothingConfig
+
+__all__ = ["Engine", "StreamState", "Timeline", "tag_audio", "hop_frames_for", "MIN_HOP_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+MIN_HOP_SECONDS = 0.25  # s, the smallest --hop accepted
+RING_SECONDS = 30.0  # s of audio a stream's ring buffer holds before the oldest is overwritten
+HISTORY_LEN = 120  # top-genre history entries kept per stream (for dashboards)
+
+
+def hop_frames_for(bundle: Bundle, hop_seconds: float | None) -> int:
+    """Frames per hop for ``hop_seconds`` (bundle default when None); validates the range."""
+    hop = bundle.hop_seconds if hop_seconds is None else float(hop_seconds)
+    if not math.isfinite(hop) or hop < MIN_HOP_SECONDS:
+        raise ConfigError(f"--hop {hop} is too small; use at least {MIN_HOP_SECONDS} s")
+    return bundle.frontend.frames_for(hop)
+
+
+def _label_sets(bundle: Bundle, all_tags: bool) -> list[int]:
+    return list(range(len(bundle.labels))) if all_tags else bundle.genre_indices()
+
+
+def _level_db(x: np.ndarray) -> float:
+    if x.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return 20.0 * math.log10(rms) if rms > 1e-10 else -200.0
+
+
+@dataclass
+class StreamState:
+    """One live stream's stages and facts."""
+
+    name: str
+    ring: RingBuffer
+    mel: IncrementalLogMel
+    smoother: Smoother
+    title: str | None = None
+    frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # (F, n_mels) kept
+    frames_offset: int = 0  # absolute index of frames[0]
+    next_end: int = 0  # absolute frame index (exclusive) at which the next window ends
+    level_db: float = -math.inf
+    latest: GenreUpdate | None = None
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))  # (samples written so far, wall time)
+    updates: int = 0
+
+    @property
+    def overruns(self) -> int:
+        return self.ring.overruns
+
+    @property
+    def t(self) -> float:
+        """Seconds of audio received so far."""
+        return self.ring.written / self.mel.spec.sample_rate
+
+
+class Engine:
+    """Live tagging of many named streams with one model; see module docstring."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        hop_seconds: float | None = None,
+        all_tags: bool = False,
+        smoothing: SmoothingConfig | None = None,
+        runner: ModelRunner | None = None,
+        ring_seconds: float = RING_SECONDS,
+    ) -> None:
+        self.bundle = bundle
+        self.runner = runner or ModelRunner(bundle, device)
+        self.spec = bundle.frontend
+        self.sample_rate = self.spec.sample_rate
+        self.hop_frames = hop_frames_for(bundle, hop_seconds)
+        self.hop_seconds = self.hop_frames * self.spec.frame_seconds
+        self.window_frames = bundle.window_frames
+        self.smoothing = smoothing or SmoothingConfig()
+        self.shown = _label_sets(bundle, all_tags)
+        self.labels_shown = [bundle.labels[i] for i in self.shown]
+        self.ring_samples = int(ring_seconds * self.sample_rate)
+        self.streams: dict[str, StreamState] = {}
+        self._lock = threading.Lock()  # guards self.streams membership, not the ring buffers (they lock)
+        self.last_step_ms = 0.0
+
+    # -- stream membership ---------------------------------------------------------------------------
+    def add_stream(self, name: str, title: str | None = None) -> StreamState:
+        with self._lock:
+            if name in self.streams:
+                raise ConfigError(f"stream {name!r} already exists; pick another name")
+            st = StreamState(
+                name=name,
+                ring=RingBuffer(self.ring_samples),
+                mel=IncrementalLogMel(self.spec),
+                smoother=Smoother(self.smoothing, candidates=self.shown),
+                title=title,
+                frames=np.zeros((0, self.spec.n_mels), dtype=np.float32),
+                next_end=self.window_frames if not self.runner.stateful else self.hop_frames,
+            )
+            self.streams[name] = st
+            return st
+
+    def remove_stream(self, name: str) -> None:
+        with self._lock:
+            if self.streams.pop(name, None) is None:
+                raise ConfigError(f"unknown stream {name!r}; streams: {', '.join(self.streams) or '(none)'}")
+        self.runner.reset_state(name)
+
+    def set_title(self, name: str, title: str | None) -> None:
+        self.streams[name].title = title
+
+    # -- producer side -------------------------------------------------------------------------------
+    def push(self, name: str, samples: np.ndarray) -> None:
+        """Copy mono float32 samples at ``sample_rate`` into the stream's ring buffer (thread-safe)."""
+        st = self.streams.get(name)
+        if st is None:
+            raise ConfigError(f"unknown stream {name!r}; add it first")
+        st.ring.write(samples)
+        st.arrivals.append((st.ring.written, time.monotonic()))
+
+    # -- consumer side -------------------------------------------------------------------------------
+    def _arrival_of(self, st: StreamState, sample_index: int) -> float | None:
+        for written, when in st.arrivals:
+            if written >= sample_index:
+                return when
+        return None
+
+    def _ingest(self, st: StreamState) -> None:
+        x = st.ring.read()
+        if x.size == 0:
+            return
+        st.level_db = _level_db(x)
+        new = st.mel.push(x)  # (T_new, n_mels)
+        if new.shape[0]:
+            st.frames = np.concatenate([st.frames, new]) if st.frames.size else new
+
+    def _ready_ends(self, st: StreamState) -> list[int]:
+        total = st.frames_offset + st.frames.shape[0]
+        ends = []
+        end = st.next_end
+        while end <= total:
+            ends.append(end)
+            end += self.hop_frames
+        return ends
+
+    def step(self) -> list[GenreUpdate]:
+        """Run every complete hop of every stream; returns the updates in time order per stream."""
+        t0 = time.perf_counter()
+        with self._lock:
+            streams = list(self.streams.values())
+        jobs: list[tuple[StreamState, int]] = []  # (stream, window end frame)
+        for st in streams:
+            self._ingest(st)
+            jobs.extend((st, e) for e in self._ready_ends(st))
+        if not jobs:
+            return []
+        if self.runner.stateful:
+            probs = self._run_stateful(jobs)
+        else:
+            windows = np.stack(
+                [st.frames[e - self.window_frames - st.frames_offset : e - st.frames_offset] for st, e in jobs]
+            )  # (B, window_frames, n_mels)
+            probs = self.runner.predict(windows)
+        self.last_step_ms = (time.perf_counter() - t0) * 1000.0
+        updates = [self._emit(st, end, p) for (st, end), p in zip(jobs, probs)]
+        for st in streams:
+            self._trim(st)
+        return updates
+
+    def _run_stateful(self, jobs: list[tuple[StreamState, int]]) -> np.ndarray:
+        # Hops of one stream must run in order; round r batches the r-th pending hop of every stream.
+        probs = np.zeros((len(jobs), len(self.bundle.labels)), dtype=np.float32)
+        by_stream: dict[str, list[int]] = {}
+        for j, (st, _) in enumerate(jobs):
+            by_stream.setdefault(st.name, []).append(j)
+        rounds = max(len(v) for v in by_stream.values())
+        for r in range(rounds):
+            idx = [v[r] for v in by_stream.values() if r < len(v)]
+            names = [jobs[j][0].name for j in idx]
+            chunks = []
+            for j in idx:
+                st, end = jobs[j]
+                start = end - self.hop_frames
+                chunks.append(st.frames[start - st.frames_offset : end - st.frames_offset])
+            probs[idx] = self.runner.step(names, np.stack(chunks))  # (b, hop_frames, n_mels)
+        return probs
+
+    def _emit(self, st: StreamState, end: int, raw: np.ndarray) -> GenreUpdate:
+        spec = self.spec
+        end_sample = spec.samples_for_frames(end)
+        t = end_sample / spec.sample_rate
+        smoothed = st.smoother.update(raw, self.hop_seconds)
+        order = st.smoother.ranking(self.shown)
+        labels = self.bundle.labels
+        arrival = self._arrival_of(st, end_sample)
+        latency_ms = (time.monotonic() - arrival) * 1000.0 if arrival is not None else None
+        upd = GenreUpdate(
+            stream=st.name,
+            t=t,
+            top=[(labels[i], float(smoothed[i])) for i in order],
+            probs={labels[i]: float(smoothed[i]) for i in self.shown},
+            raw={labels[i]: float(raw[i]) for i in self.shown},
+            model=self.bundle.name,
+            title=st.title,
+            extra={
+                "latency_ms": round(latency_ms, 1) if latency_ms is not None else None,
+                "overruns": st.overruns,
+                "level_db": round(st.level_db, 1) if math.isfinite(st.level_db) else None,
+            },
+        )
+        st.next_end = end + self.hop_frames
+        st.latest = upd
+        st.updates += 1
+        top_label, top_p = upd.top[0]
+        st.history.append((t, top_label, top_p))
+        return upd
+
+    def _trim(self, st: StreamState) -> None:
+        # Keep only the frames the next window needs.
+        need_from = st.next_end - (self.hop_frames if self.runner.stateful else self.window_frames)
+        drop = need_from - st.frames_offset
+        if drop > 0:
+            st.frames = st.frames[drop:]
+            st.frames_offset += drop
+
+
+# -- files: the whole signal at once ---------------------------------------------------------------------
+@dataclass
+class Timeline:
+    """Result of tagging one whole input."""
+
+    summary: Summary
+    updates: list[GenreUpdate]
+    raw: np.ndarray  # (n_windows, L) raw probabilities of all labels
+
+
+def window_ends(n_frames: int, window_frames: int, hop_frames: int) -> list[int]:
+    """End frames (exclusive) of the sliding windows over ``n_frames`` frames.
+
+    Inputs shorter than one window get one window of everything they have.
+    """
+    if n_frames <= 0:
+        return []
+    if n_frames < window_frames:
+        return [n_frames]
+    return list(range(window_frames, n_frames + 1, hop_frames))
+
+
+def tag_audio(
+    samples: np.ndarray,
+    runner: ModelRunner,
+    *,
+    name: str,
+    hop_seconds: float | None = None,
+    all_tags: bool = False,
+    top_k: int = 5,
+    smoothing: SmoothingConfig | None = None,
+) -> Timeline:
+    """Tag a whole mono signal at the bundle's sample rate: every window batched through the model."""
+    bundle = runner.bundle
+    spec = bundle.frontend
+    hop_frames = hop_frames_for(bundle, hop_seconds)
+    frames = logmel(samples, spec)  # (T, n_mels)
+    if frames.shape[0] == 0:
+        raise StreamtagError(f"{name}: too short to tag ({samples.shape[0] / spec.sample_rate:.3f} s of audio)")
+    if runner.stateful:
+        ends = list(range(hop_frames, frames.shape[0] + 1, hop_frames)) or [frames.shape[0]]
+        raw_list, start = [], 0
+        for e in ends:
+            raw_list.append(runner.step([name], frames[None, start:e])[0])
+            start = e
+        runner.reset_state(name)
+        raw = np.stack(raw_list)
+    else:
+        ends = window_ends(frames.shape[0], bundle.window_frames, hop_frames)
+        w = min(bundle.window_frames, frames.shape[0])
+        windows = np.lib.stride_tricks.sliding_window_view(frames, (w, spec.n_mels))[:, 0]  # (T-w+1, w, n_mels)
+        raw = runner.predict(windows[[e - w for e in ends]])  # (n_windows, L)
+    shown = _label_sets(bundle, all_tags)
+    labels = bundle.labels
+    smoother = Smoother(smoothing or SmoothingConfig(), candidates=shown)
+    hop_s = hop_frames * spec.frame_seconds
+    updates = []
+    for e, r in zip(ends, raw):
+        sm = smoother.update(r, hop_s)
+        order = smoother.ranking(shown)
+        updates.append(
+            GenreUpdate(
+                stream=name,
+                t=spec.samples_for_frames(e) / spec.sample_rate,
+                top=[(labels[i], float(sm[i])) for i in order[:top_k]],
+                probs={labels[i]: float(sm[i]) for i in shown},
+                raw={labels[i]: float(r[i]) for i in shown},
+                model=bundle.name,
+            )
+        )
+    mean = raw.mean(axis=0)
+    ranked = sorted(shown, key=lambda i: -mean[i])
+    summary = Summary(
+        stream=name,
+        duration=samples.shape[0] / spec.sample_rate,
+        mean={labels[i]: float(mean[i]) for i in range(len(labels))},
+        top=[(labels[i], float(mean[i])) for i in ranked[:top_k]],
+        model=bundle.name,
+        windows=len(ends),
+    )
+    return Timeline(summary=summary, updates=updates, raw=raw)
+
+
+def drain(engine: Engine, name: str, blocks: Iterable[np.ndarray]) -> list[GenreUpdate]:
+    """Push every block of a finite source through the engine, stepping as it goes (for tests and tools)."""
+    out: list[GenreUpdate] = []
+    for b in blocks:
+        engine.push(name, b)
+        out.extend(engine.step())
+    out.extend(engine.step())
+    return out

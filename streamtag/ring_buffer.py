@@ -1,0 +1,77 @@
+"""Fixed-capacity audio ring buffer with overrun accounting.
+
+The producer (an audio callback, a decoder thread) only copies samples in; the consumer drains them. When the
+consumer falls behind and the buffer is full, the OLDEST samples are overwritten and counted as overrun, so a
+slow consumer loses stale audio, never the newest. Thread-safe; no I/O.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["RingBuffer"]
+
+
+class RingBuffer:
+    """Mono float32 ring buffer of ``capacity`` samples."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ConfigError(f"ring buffer capacity must be positive, got {capacity}")
+        self.capacity = int(capacity)
+        self._buf = np.zeros(self.capacity, dtype=np.float32)
+        self._start = 0  # index of the oldest unread sample
+        self._size = 0  # unread samples
+        self._lock = threading.Lock()
+        self.written = 0  # samples ever written
+        self.overrun_samples = 0  # samples lost because the reader was too slow
+        self.overruns = 0  # write calls that lost samples
+
+    def __len__(self) -> int:
+        return self._size
+
+    def write(self, samples: np.ndarray) -> int:
+        """Copy (N,) samples in; returns how many unread samples were lost to make room."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        n = x.shape[0]
+        if n == 0:
+            return 0
+        with self._lock:
+            self.written += n
+            lost = 0
+            if n >= self.capacity:  # only the newest `capacity` samples can survive
+                lost = self._size + n - self.capacity
+                self._buf[:] = x[-self.capacity :]
+                self._start, self._size = 0, self.capacity
+            else:
+                free = self.capacity - self._size
+                if n > free:
+                    lost = n - free
+                    self._start = (self._start + lost) % self.capacity
+                    self._size -= lost
+                end = (self._start + self._size) % self.capacity
+                first = min(n, self.capacity - end)
+                self._buf[end : end + first] = x[:first]
+                if first < n:
+                    self._buf[: n - first] = x[first:]
+                self._size += n
+            if lost:
+                self.overrun_samples += lost
+                self.overruns += 1
+            return lost
+
+    def read(self, max_samples: int | None = None) -> np.ndarray:
+        """Remove and return up to ``max_samples`` of the oldest unread samples (all when None)."""
+        with self._lock:
+            n = self._size if max_samples is None else min(self._size, max_samples)
+            first = min(n, self.capacity - self._start)
+            out = np.empty(n, dtype=np.float32)
+            out[:first] = self._buf[self._start : self._start + first]
+            if first < n:
+                out[first:] = self._buf[: n - first]
+            self._start = (self._start + n) % self.capacity
+            self._size -= n
+            return out
