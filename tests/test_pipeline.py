@@ -1,0 +1,157 @@
+"""Engine invariants as equalities: streamed == offline, batched streams == streams run alone."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from streamtag.errors import ConfigError, ModelError
+from streamtag.frontend import FrontendSpec
+from streamtag.pipeline import Engine, tag_audio, window_ends
+from streamtag.registry import load_bundle, save_bundle
+from streamtag.runner import ModelRunner
+
+SPEC = FrontendSpec(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, scaling="db")
+LABELS = ["rock", "jazz", "classical", "80s", "guitar"]
+GENRES = ["rock", "jazz", "classical"]
+
+
+@pytest.fixture(scope="module", params=["transformer", "stateful_gru"])
+def bundle(request, tmp_path_factory):
+    from streamtag.architectures import build_model
+
+    torch.manual_seed(0)
+    if request.param == "transformer":
+        cfg = dict(n_mels=32, n_labels=5, d_model=32, n_layers=2, n_heads=2, d_ff=64, dropout=0.0)
+        streaming, window = "window", 125  # 2 s
+    else:
+        cfg = dict(n_mels=32, n_labels=5, d_embed=16, hidden=24, n_layers=2, dropout=0.0)
+        streaming, window = "stateful", 125
+    model = build_model(request.param, cfg)
+    path = tmp_path_factory.mktemp("bundles") / f"tiny-{request.param}"
+    return save_bundle(path, model, architecture=request.param, arch_config=cfg, frontend=SPEC, labels=LABELS,
+                       genre_labels=GENRES, window_frames=window, hop_seconds=0.5, streaming=streaming)
+
+
+def _audio(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SPEC.sample_rate)) / SPEC.sample_rate
+    f = rng.uniform(100, 1500)
+    x = 0.4 * np.sin(2 * np.pi * f * t * (1 + 0.1 * np.sin(0.5 * t))) + 0.05 * rng.standard_normal(t.shape)
+    return x.astype(np.float32)
+
+
+def _push_randomly(engine: Engine, name: str, x: np.ndarray, rng: np.random.Generator, updates: list) -> None:
+    pos = 0
+    while pos < x.shape[0]:
+        n = int(rng.integers(1, 3000))
+        engine.push(name, x[pos : pos + n])
+        pos += n
+        if rng.random() < 0.5:
+            updates.extend(engine.step())
+    updates.extend(engine.step())
+
+
+def test_streamed_equals_offline(bundle) -> None:
+    runner = ModelRunner(bundle, "cpu")
+    x = _audio(7.3, 1)
+    offline = tag_audio(x, runner, name="a", all_tags=True)
+    engine = Engine(bundle, device="cpu", all_tags=True, runner=runner)
+    engine.add_stream("a")
+    ups: list = []
+    _push_randomly(engine, "a", x, np.random.default_rng(5), ups)
+    assert [round(u.t, 6) for u in ups] == [round(u.t, 6) for u in offline.updates]
+    for u, o in zip(ups, offline.updates):
+        assert max(abs(u.raw[k] - o.raw[k]) for k in LABELS) <= 1e-5
+        assert max(abs(u.probs[k] - o.probs[k]) for k in LABELS) <= 1e-5
+    assert len(ups) >= 10
+
+
+def test_streams_batched_equal_streams_alone(bundle) -> None:
+    runner = ModelRunner(bundle, "cpu")
+    clips = {f"s{i}": _audio(4.0 + i, 10 + i) for i in range(3)}
+    together = Engine(bundle, device="cpu", runner=runner)
+    for name in clips:
+        together.add_stream(name)
+    got: dict[str, list] = {n: [] for n in clips}
+    rng = np.random.default_rng(0)
+    pos = {n: 0 for n in clips}
+    while any(pos[n] < clips[n].shape[0] for n in clips):
+        for n, x in clips.items():
+            k = int(rng.integers(200, 4000))
+            together.push(n, x[pos[n] : pos[n] + k])
+            pos[n] += k
+        for u in together.step():
+            got[u.stream].append(u)
+    for n, x in clips.items():
+        alone = Engine(bundle, device="cpu", runner=ModelRunner(bundle, "cpu"))
+        alone.add_stream(n)
+        ref: list = []
+        _push_randomly(alone, n, x, np.random.default_rng(1), ref)
+        assert len(ref) == len(got[n]) > 0
+        for a, b in zip(got[n], ref):
+            assert a.t == pytest.approx(b.t)
+            assert max(abs(a.raw[k] - b.raw[k]) for k in GENRES) <= 1e-5
+
+
+def test_update_fields_and_hop_spacing(bundle) -> None:
+    engine = Engine(bundle, device="cpu", hop_seconds=0.25)
+    engine.add_stream("x", title="Artist - Song")
+    engine.push("x", _audio(5.0, 2))
+    ups = engine.step()
+    assert len(ups) >= 5
+    ts = [u.t for u in ups]
+    assert all(b - a == pytest.approx(engine.hop_seconds) for a, b in zip(ts, ts[1:]))
+    d = ups[-1].to_dict()
+    assert d["type"] == "update" and d["stream"] == "x" and d["title"] == "Artist - Song"
+    assert set(d["probs"]) == set(GENRES) and set(d["raw"]) == set(GENRES)
+    assert d["top"][0][0] in GENRES and all(0 <= p <= 1 for _, p in d["top"])
+    assert d["latency_ms"] is not None and d["latency_ms"] >= 0
+    assert math.isfinite(d["level_db"])
+    assert engine.streams["x"].latest is ups[-1] and len(engine.streams["x"].history) == len(ups)
+
+
+def test_overruns_counted_when_consumer_is_slow(bundle) -> None:
+    engine = Engine(bundle, device="cpu", ring_seconds=1.0)
+    engine.add_stream("x")
+    for _ in range(5):
+        engine.push("x", _audio(0.5, 3))  # 2.5 s into a 1 s ring without stepping
+    assert engine.streams["x"].overruns >= 1
+    ups = []
+    for _ in range(8):  # the consumer catches up: updates resume and report the overruns
+        engine.push("x", _audio(0.5, 4))
+        ups.extend(engine.step())
+    assert ups and ups[-1].extra["overruns"] >= 1
+
+
+def test_bad_hop_and_stream_names(bundle) -> None:
+    with pytest.raises(ConfigError, match="at least 0.25"):
+        Engine(bundle, device="cpu", hop_seconds=0.1)
+    engine = Engine(bundle, device="cpu")
+    engine.add_stream("a")
+    with pytest.raises(ConfigError, match="already exists"):
+        engine.add_stream("a")
+    with pytest.raises(ConfigError, match="unknown stream"):
+        engine.push("b", np.zeros(10, np.float32))
+    engine.remove_stream("a")
+    assert engine.streams == {}
+
+
+def test_short_input_gets_one_window_and_silence_is_fine(bundle) -> None:
+    runner = ModelRunner(bundle, "cpu")
+    tl = tag_audio(np.zeros(SPEC.sample_rate, np.float32), runner, name="silence")
+    assert tl.summary.windows >= 1
+    assert all(0.0 <= v <= 1.0 for v in tl.summary.mean.values())
+
+
+def test_window_ends() -> None:
+    assert window_ends(0, 10, 5) == []
+    assert window_ends(7, 10, 5) == [7]
+    assert window_ends(20, 10, 5) == [10, 15, 20]
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        load_bundle("nope")
