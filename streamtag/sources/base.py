@@ -1,0 +1,255 @@
+"""What every source shares: the Source contract and the decoded-frames -> mono blocks pipeline.
+
+Decoded audio goes through the same three steps as ``librosa.load(path, sr=sr)``, so the engine sees the samples the
+musicnn reference saw:
+
+1. integer PCM is scaled to float32 in [-1, 1) (divide by 2**(bits-1), as libsndfile does);
+2. channels are averaged to mono (``librosa.to_mono``: mean over the channel axis);
+3. the mono signal is resampled with soxr at quality "HQ" (``librosa.resample(..., res_type="soxr_hq")``), here in
+   streaming form (``soxr.ResampleStream``), whose output equals the one-shot resample sample for sample; the final
+   length is padded to ``ceil(n * sr / sr_in)`` like librosa's ``fix_length``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+import soxr
+
+from ..errors import ConfigError
+
+__all__ = [
+    "Source",
+    "EventCallback",
+    "AudioPipeline",
+    "frame_to_array",
+    "iter_frames",
+    "describe_av_error",
+]
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[str, str], None]
+
+MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a decoder gives up
+
+# Scale that maps each integer sample format onto [-1, 1) (libsndfile's convention).
+_INT_SCALE = {
+    np.dtype(np.uint8): 128.0,
+    np.dtype(np.int16): 32768.0,
+    np.dtype(np.int32): 2147483648.0,
+    np.dtype(np.int64): 9223372036854775808.0,
+}
+
+
+def frame_to_array(frame: av.AudioFrame) -> np.ndarray:
+    """One decoded frame as float32 ``(channels, samples)``."""
+    x = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:
+        x = x.reshape(-1, channels).T  # (1, N * C) interleaved -> (C, N)
+    if x.dtype in _INT_SCALE:
+        scale = _INT_SCALE[x.dtype]
+        if x.dtype == np.uint8:
+            return ((x.astype(np.float32) - 128.0) / scale).astype(np.float32)
+        return (x.astype(np.float64) / scale).astype(np.float32)
+    return x.astype(np.float32, copy=False)
+
+
+def describe_av_error(e: BaseException) -> str:
+    """A short text for an FFmpeg/PyAV/OS error, without the file path PyAV sometimes appends."""
+    if isinstance(e, av.error.FFmpegError):
+        return e.strerror or type(e).__name__
+    text = str(e) or type(e).__name__
+    return text
+
+
+def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
+    """Decode ``stream`` of ``container``, skipping isolated undecodable packets (as the ffmpeg CLI does).
+
+    Demuxer errors and long runs of bad packets propagate (``av.error.FFmpegError`` or ``OSError``).
+    """
+    bad = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError as e:  # one corrupt packet: skip it
+            bad += 1
+            if bad > MAX_BAD_PACKETS:
+                raise
+            log.debug("skipping an undecodable packet: %s", describe_av_error(e))
+            continue
+        bad = 0
+        yield from frames
+
+
+class AudioPipeline:
+    """Float32 ``(C, N)`` chunks at any rate -> mono float32 blocks of ``block_size`` samples at ``sample_rate``.
+
+    ``restart()`` ends a continuous segment (a reconnect, an input rate change): the resampler's tail is flushed
+    and the next chunk starts a fresh resampler. ``finish()`` also returns the last, possibly shorter, block.
+    """
+
+    def __init__(self, sample_rate: int, block_size: int) -> None:
+        self.sample_rate = int(sample_rate)
+        self.block_size = int(block_size)
+        self._in_sr: int | None = None
+        self._resampler: soxr.ResampleStream | None = None
+        self._n_in = 0  # input samples in the current segment
+        self._n_out = 0  # output samples in the current segment
+        self._pending: list[np.ndarray] = []
+        self._n_pending = 0
+
+    def push(self, x: np.ndarray, sr_in: int) -> list[np.ndarray]:
+        """Add ``x`` (C, N) float32 at ``sr_in``; return the complete blocks now available."""
+        if sr_in != self._in_sr:
+            self._flush_segment()
+            self._in_sr = int(sr_in)
+            if self._in_sr != self.sample_rate:
+                self._resampler = soxr.ResampleStream(
+                    self._in_sr, self.sample_rate, 1, dtype="float32", quality="HQ"
+                )
+        mono = x.mean(axis=0) if x.ndim == 2 else x  # (N,) librosa.to_mono
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        self._n_in += mono.shape[0]
+        y = mono if self._resampler is None else self._resampler.resample_chunk(mono)
+        self._append(y)
+        return self._take_blocks()
+
+    def restart(self) -> list[np.ndarray]:
+        """End the continuous segment; return the complete blocks its flushed tail produced."""
+        self._flush_segment()
+        return self._take_blocks()
+
+    def finish(self) -> list[np.ndarray]:
+        """End of input: every remaining sample, the last block possibly shorter than ``block_size``."""
+        blocks = self.restart()
+        if self._n_pending:
+            blocks.append(np.concatenate(self._pending))
+            self._pending, self._n_pending = [], 0
+        return blocks
+
+    def _flush_segment(self) -> None:
+        if self._resampler is not None:
+            self._append(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            target = math.ceil(self._n_in * self.sample_rate / self._in_sr)  # librosa fix_length
+            if self._n_out < target:
+                self._append(np.zeros(target - self._n_out, np.float32))
+        self._resampler = None
+        self._in_sr = None
+        self._n_in = self._n_out = 0
+
+    def _append(self, y: np.ndarray) -> None:
+        if y.shape[0]:
+            self._pending.append(np.asarray(y, dtype=np.float32))
+            self._n_pending += y.shape[0]
+            self._n_out += y.shape[0]
+
+    def _take_blocks(self) -> list[np.ndarray]:
+        if self._n_pending < self.block_size:
+            return []
+        data = np.concatenate(self._pending)
+        n_blocks = data.shape[0] // self.block_size
+        cut = n_blocks * self.block_size
+        blocks = [data[i : i + self.block_size].copy() for i in range(0, cut, self.block_size)]
+        rest = data[cut:]
+        self._pending = [rest] if rest.shape[0] else []
+        self._n_pending = rest.shape[0]
+        return blocks
+
+
+class Source:
+    """An iterator of mono float32 blocks ``(block_size,)`` at ``sample_rate``.
+
+    Attributes: ``name`` (str), ``title`` (latest ICY StreamTitle or None), ``info`` (codec, input rate, channels,
+    content type, ...), ``on_event`` (optional ``callback(kind, detail)`` for "title", "disconnected",
+    "reconnecting", "connected"). ``close()`` may be called from any thread; it ends the iteration.
+    """
+
+    def __init__(self, name: str, sample_rate: int, block_seconds: float = 0.1) -> None:
+        if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+            raise ConfigError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
+        if not (block_seconds > 0 and math.isfinite(block_seconds)):
+            raise ConfigError(f"block_seconds must be a positive number of seconds, got {block_seconds!r}")
+        self.name = name
+        self.sample_rate = int(sample_rate)
+        self.block_seconds = float(block_seconds)
+        self.block_size = max(1, round(block_seconds * sample_rate))
+        self.title: str | None = None
+        self.info: dict[str, Any] = {}
+        self.on_event: EventCallback | None = None
+        self._closed = threading.Event()
+        self._gen: Iterator[np.ndarray] | None = None
+
+    # iteration -------------------------------------------------------------------------------------------------
+    def __iter__(self) -> Source:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._closed.is_set():
+            raise StopIteration
+        if self._gen is None:
+            self._gen = self._blocks()
+        return next(self._gen)
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    # lifetime --------------------------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop the source and release its file/socket; safe to call twice and from another thread."""
+        self._closed.set()
+        self._abort()
+        gen = self._gen
+        if gen is not None:
+            try:
+                gen.close()
+            except ValueError:  # the generator is running in another thread; _abort() unblocks it
+                pass
+
+    def _abort(self) -> None:
+        """Unblock a read in progress (subclasses with sockets shut them down)."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._closed.set()
+            self._abort()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    # events ----------------------------------------------------------------------------------------------------
+    def _emit(self, kind: str, detail: str) -> None:
+        callback = self.on_event
+        if callback is None:
+            return
+        try:
+            callback(kind, detail)
+        except Exception:  # a broken callback must not kill the stream
+            log.exception("%s: on_event callback failed for %s event", self.name, kind)
+
+    def _set_title(self, title: str | None) -> None:
+        title = title or None
+        if title != self.title:
+            self.title = title
+            log.info("%s: title %r", self.name, title)
+            self._emit("title", title or "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, sample_rate={self.sample_rate})"
+

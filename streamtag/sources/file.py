@@ -1,0 +1,180 @@
+"""Audio files, decoded by FFmpeg (through PyAV): mp3, ogg/vorbis, opus, flac, wav, m4a/aac, ... any rate/channels."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+import soxr
+
+from ..errors import SourceError
+from .base import AudioPipeline, Source, describe_av_error, frame_to_array, iter_frames
+
+__all__ = ["FileSource", "read_audio", "probe_duration"]
+
+log = logging.getLogger(__name__)
+
+NOT_AUDIO_HINT = "it is not audio that FFmpeg can decode; pass an audio file (mp3, ogg, opus, flac, wav, m4a ...)"
+TRUNCATION_TOLERANCE_S = 0.5  # decoded this much less than the header's duration -> warn "truncated"
+
+
+def _check_path(path: Path) -> None:
+    label = str(path)
+    if not path.exists():
+        raise SourceError(f"{label}: no such file; check the path (use - to read from stdin)")
+    if path.is_dir():
+        raise SourceError(f"{label}: is a directory; pass an audio file inside it")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{label}: permission denied; make the file readable")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{label}: is an empty file (0 bytes); pass a file that contains audio")
+
+
+def _open_container(path: Path) -> tuple[Any, Any]:
+    """Open ``path`` and return (container, its first audio stream); SourceError on any failure."""
+    label = str(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"{label}: {NOT_AUDIO_HINT} ({describe_av_error(e)})") from e
+    if not container.streams.audio:
+        container.close()
+        raise SourceError(f"{label}: has no audio stream; {NOT_AUDIO_HINT}")
+    return container, container.streams.audio[0]
+
+
+def _header_duration(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def probe_duration(path: str | os.PathLike[str]) -> float | None:
+    """Duration in seconds from the file's header (cheap, no decoding); None when the header does not say."""
+    p = Path(path)
+    _check_path(p)
+    container, stream = _open_container(p)
+    try:
+        return _header_duration(container, stream)
+    finally:
+        container.close()
+
+
+class FileSource(Source):
+    """Blocks of a whole audio file, decoded and resampled continuously; ends at the end of the file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        *,
+        block_seconds: float = 0.1,
+        name: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        super().__init__(name or self.path.name, sample_rate, block_seconds)
+        _check_path(self.path)
+        self._container, stream = _open_container(self.path)
+        self._stream = stream
+        cc = stream.codec_context
+        self.duration = _header_duration(self._container, stream)
+        self.info = {
+            "uri": str(self.path),
+            "format": self._container.format.name,
+            "codec": cc.name,
+            "sample_rate": cc.sample_rate,
+            "channels": cc.layout.nb_channels if cc.layout is not None else cc.channels,
+            "duration": self.duration,
+        }
+        # Decode the first frame now, so a file with nothing decodable fails at open time.
+        self._frames = iter_frames(self._container, stream)
+        self._first = self._next_frame(decoded_s=0.0)
+        if self._first is None:
+            self._container.close()
+            raise SourceError(f"{self.path}: no audio could be decoded; {NOT_AUDIO_HINT}")
+
+    def _next_frame(self, decoded_s: float) -> av.AudioFrame | None:
+        """The next frame; None at the end, or at a corrupt tail once some audio has been decoded."""
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            if decoded_s == 0.0:
+                self._container.close()
+                raise SourceError(f"{self.path}: {NOT_AUDIO_HINT} ({describe_av_error(e)})") from e
+            log.warning(
+                "%s: decoding stopped at %.1f s (%s); the file is truncated or corrupt, using what was decoded",
+                self.path, decoded_s, describe_av_error(e),
+            )
+            return None
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        pipeline = AudioPipeline(self.sample_rate, self.block_size)
+        decoded_s = 0.0
+        frame = self._first
+        self._first = None
+        try:
+            while frame is not None:
+                decoded_s += frame.samples / frame.sample_rate
+                yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                if self.closed:
+                    return
+                frame = self._next_frame(decoded_s)
+            self._warn_if_short(decoded_s)
+            yield from pipeline.finish()
+        finally:
+            self._container.close()
+
+    def _warn_if_short(self, decoded_s: float) -> None:
+        if self.duration is not None and decoded_s < self.duration - TRUNCATION_TOLERANCE_S:
+            log.warning(
+                "%s: truncated at %.1f s (its header says %.1f s); using what was decoded",
+                self.path, decoded_s, self.duration,
+            )
+
+    def _abort(self) -> None:
+        pass  # reads from a local file never block for long; the generator checks .closed
+
+
+def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
+    """The whole file as mono float32 ``(N,)`` at ``sample_rate``: ``librosa.load(path, sr=sample_rate)``'s result.
+
+    One-shot soxr HQ resampling of the mono mix, padded/trimmed to ``ceil(n * sr / sr_in)`` like librosa.
+    """
+    source = FileSource(path, sample_rate)
+    chunks: list[np.ndarray] = []
+    rates: set[int] = set()
+    frame, source._first = source._first, None
+    decoded_s = 0.0
+    try:
+        while frame is not None:
+            decoded_s += frame.samples / frame.sample_rate
+            rates.add(frame.sample_rate)
+            if len(rates) > 1:
+                break
+            chunks.append(frame_to_array(frame).mean(axis=0))  # (N,) librosa.to_mono
+            frame = source._next_frame(decoded_s)
+    finally:
+        source._container.close()
+    if len(rates) > 1:  # the rate changes inside the file: resample each stretch in streaming form
+        with FileSource(path, sample_rate) as again:
+            return np.concatenate(list(again))
+    source._warn_if_short(decoded_s)
+    y = np.concatenate(chunks).astype(np.float32, copy=False)  # (N,)
+    sr_in = rates.pop()
+    if sr_in == sample_rate:
+        return y
+    y_hat = soxr.resample(y, sr_in, sample_rate, quality="soxr_hq")
+    n = math.ceil(y.shape[0] * sample_rate / sr_in)
+    if y_hat.shape[0] < n:
+        y_hat = np.pad(y_hat, (0, n - y_hat.shape[0]))
+    return np.ascontiguousarray(y_hat[:n], dtype=np.float32)
