@@ -208,20 +208,24 @@ class _Output:
 
         s = tl.summary
         if with_updates:
-            t = Table(title=f"{s.stream} — timeline", show_edge=False)
+            self.console.print(f"[bold]{s.stream}[/bold] timeline", highlight=False, soft_wrap=True)
+            t = Table(show_edge=False, box=None, padding=(0, 2))
             t.add_column("t (s)", justify="right")
             for k in range(min(self.top, 3)):
                 t.add_column(f"#{k + 1}")
             for u in tl.updates:
                 t.add_row(f"{u.t:7.2f}", *[f"{lab} {p:.2f}" for lab, p in u.top[: min(self.top, 3)]])
             self.console.print(t)
-        t = Table(title=f"{s.stream}  ({s.duration:.1f} s, {s.windows} windows, {s.model})", show_edge=False)
+        self.console.print(f"[bold]{s.stream}[/bold]  ({s.duration:.1f} s, {s.windows} windows, {s.model})",
+                           highlight=False, soft_wrap=True)
+        t = Table(show_edge=False, box=None, padding=(0, 2))
         t.add_column("genre")
         t.add_column("mean p", justify="right")
         t.add_column("")
         for lab, p in s.top:
             t.add_row(lab, f"{p:.3f}", "█" * int(round(p * 30)))
         self.console.print(t)
+        self.console.print()
 
     def close(self) -> None:
         sys.stdout.flush()
