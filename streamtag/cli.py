@@ -33,6 +33,20 @@ def _add_model_args(p: argparse.ArgumentParser, *, hop: bool = True) -> None:
     p.add_argument("--all-tags", action="store_true", help="show all the model's tags, not only its genres")
 
 
+def _add_stdin_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("standard input ('-' as the input)")
+    g.add_argument("--raw-rate", type=int, default=None, metavar="HZ",
+                   help="stdin is raw PCM at this sample rate (default: WAV or any format FFmpeg recognises)")
+    g.add_argument("--raw-format", choices=("s16le", "s32le", "f32le"), default="s16le", help="raw PCM sample format")
+    g.add_argument("--raw-channels", type=int, default=1, metavar="N", help="raw PCM channels")
+
+
+def _stdin_opts(args: argparse.Namespace) -> dict:
+    if getattr(args, "raw_rate", None) is None:
+        return {}
+    return {"raw_rate": args.raw_rate, "raw_format": args.raw_format, "raw_channels": args.raw_channels}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamtag", description="Streaming, real-time music genre tagging.")
     parser.add_argument("--version", action="version", version=f"streamtag {__version__}")
@@ -50,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "jsonl"), default="table")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="tag at most S seconds of each input (URLs default to 60 s)")
+    _add_stdin_args(p)
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("stream", help="tag internet radio streams live until interrupted")
@@ -60,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of wall time")
     p.add_argument("--max-retries", type=int, default=None, metavar="N",
                    help="give up a stream after N failed reconnects (default: retry forever)")
+    _add_stdin_args(p)
     p.set_defaults(func=cmd_stream)
 
     for mod_name in _COMMAND_MODULES:
@@ -131,14 +147,14 @@ def _is_url(s: str) -> bool:
     return s.startswith(("http://", "https://"))
 
 
-def _read_input(src: str, sample_rate: int, duration: float | None):
+def _read_input(src: str, sample_rate: int, duration: float | None, opts: dict):
     from .sources import open_source, read_audio
     import numpy as np
 
     if _is_url(src) or src == "-":
         limit = int((duration or (60.0 if _is_url(src) else 1e9)) * sample_rate)
         blocks, n = [], 0
-        with open_source(src, sample_rate, max_retries=0) as source:
+        with open_source(src, sample_rate, max_retries=0, **opts) as source:
             for b in source:
                 blocks.append(b)
                 n += b.shape[0]
@@ -166,17 +182,18 @@ def cmd_tag(args: argparse.Namespace) -> int:
     sr = bundle.frontend.sample_rate
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # decode the next input while the model runs on this one
-        futures = [pool.submit(_read_input, src, sr, args.duration) for src in args.inputs[:1]]
+        futures = [pool.submit(_read_input, src, sr, args.duration, _stdin_opts(args)) for src in args.inputs[:1]]
         for i, src in enumerate(args.inputs):
             if i + 1 < len(args.inputs):
-                futures.append(pool.submit(_read_input, args.inputs[i + 1], sr, args.duration))
+                futures.append(pool.submit(_read_input, args.inputs[i + 1], sr, args.duration,
+                                           _stdin_opts(args)))
             try:
                 samples = futures[i].result()
                 tl = tag_audio(samples, runner, name=src, hop_seconds=args.hop, all_tags=args.all_tags,
                                top_k=args.top)
             except StreamtagError as e:
                 failed += 1
-                msg = str(e) if src in str(e) else f"{src}: {e}"
+                msg = str(e) if (src in str(e) or (src == "-" and "stdin" in str(e))) else f"{src}: {e}"
                 print(f"streamtag: error: {msg}", file=sys.stderr)
                 continue
             out.timeline(tl, args.timeline)
@@ -244,7 +261,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     sources = {}
     for url in args.urls:
         name = url if url not in sources else f"{url}#{len(sources)}"
-        src = open_source(url, engine.sample_rate, max_retries=args.max_retries)  # first connect errors raise here
+        # a first connection that fails raises here: typos get a one-line error at once
+        src = open_source(url, engine.sample_rate, max_retries=args.max_retries, **_stdin_opts(args))
         sources[name] = src
     if fmt == "dashboard":
         try:

@@ -80,7 +80,7 @@ class StdinSource(Source):
         except (av.error.FFmpegError, OSError, ValueError) as e:
             raise SourceError(
                 f"stdin: not audio that FFmpeg can decode ({describe_av_error(e)}); pipe in WAV/MP3/Ogg/FLAC, "
-                "or give the raw PCM layout (raw_rate, raw_format, raw_channels)"
+                "or give the raw PCM layout with --raw-rate (and --raw-format, --raw-channels)"
             ) from e
         if not self._container.streams.audio:
             self._container.close()
