@@ -1,0 +1,81 @@
+"""Cost per hop of each architecture at 1 and 64 concurrent streams, and how it grows with the window.
+
+Window models run a whole window (default 5 s) per hop; the stateful GRU runs only the new hop's frames
+with its carried state, so its per-hop cost does not depend on the window length. Default configs
+(n_mels 128, 163 labels), front end 16 kHz / hop_length 256 (62.5 frames/s), hop 0.5 s = 31 frames.
+
+    python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64] [--windows 5 10 20] [--repeats 5]
+
+Prints the least ms per hop over the repeats (all streams together) and ms per stream-hop, and the ratio to the baseline measured in
+the same run (the transformer, 1 stream, 5 s window).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from streamtag.architectures import build_model
+
+FPS = 16000 / 256  # frames per second
+ARCHS = ("transformer", "bigru", "crnn", "vit", "stateful_gru")
+
+
+def _time(fn, repeats: int, device: torch.device) -> float:
+    """Least seconds of ``fn()`` over ``repeats`` runs, after one warm-up run (the minimum is the figure least
+    disturbed by other processes on a shared machine)."""
+    fn()
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < 1.0 and len(times) < 200):  # cheap calls: more samples
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--windows", type=float, nargs="+", default=[5.0, 10.0, 20.0], help="window seconds")
+    ap.add_argument("--hop", type=float, default=0.5, help="hop seconds")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    hop_frames = int(round(args.hop * FPS))
+    print(f"device {dev}, {torch.get_num_threads()} threads, hop {args.hop} s = {hop_frames} frames")
+    print(f"{'arch':13s} {'params':>7s} {'window':>7s} {'streams':>7s} {'ms/hop':>9s} {'ms/stream':>10s} {'ratio':>7s}")
+    baseline = None
+    with torch.inference_mode():
+        for arch in args.archs:
+            model = build_model(arch, {"n_mels": 128, "n_labels": 163}).to(dev).eval()
+            n_params = sum(p.numel() for p in model.parameters()) / 1e6
+            for window_s in args.windows:
+                T = int(round(window_s * FPS))
+                for B in args.streams:
+                    if model.stateful:  # the window length only sets how long the state has run: no cost
+                        state = model.init_state(B, dev)
+                        x = torch.randn(B, T, 128, device=dev)
+                        _, state = model.step(x, state)  # a stream already T frames in
+                        hop = torch.randn(B, hop_frames, 128, device=dev)
+                        sec = _time(lambda: model.step(hop, state), args.repeats, dev)
+                    else:
+                        x = torch.randn(B, T, 128, device=dev)
+                        sec = _time(lambda: model(x), args.repeats, dev)
+                    if baseline is None:
+                        baseline = sec
+                    print(f"{arch:13s} {n_params:6.2f}M {window_s:6.1f}s {B:7d} {sec * 1e3:9.2f} "
+                          f"{sec * 1e3 / B:10.3f} {sec / baseline:7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
