@@ -10,9 +10,6 @@ import concurrent.futures
 import importlib
 import logging
 import sys
-import threading
-import time
-from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -264,58 +261,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         # a first connection that fails raises here: typos get a one-line error at once
         src = open_source(url, engine.sample_rate, max_retries=args.max_retries, **_stdin_opts(args))
         sources[name] = src
-    if fmt == "dashboard":
-        try:
-            from .live import run_dashboard
-        except ImportError:
-            fmt = "jsonl"
-        else:
-            return run_dashboard(engine, sources, duration=args.duration, top=args.top)
-    return run_jsonl(engine, sources, duration=args.duration, top=args.top)
+    from .live import run
 
-
-def run_jsonl(engine, sources: dict, *, duration: float | None, top: int) -> int:
-    """Feed each source from its own thread into the engine; print updates as JSON lines until done."""
-    errors: dict[str, str] = {}
-    done = threading.Event()
-
-    def feed(name: str, src) -> None:
-        try:
-            for block in src:
-                engine.push(name, block)
-                if src.title != engine.streams[name].title:
-                    engine.set_title(name, src.title)
-                if done.is_set():
-                    break
-        except StreamtagError as e:
-            errors[name] = str(e)
-        finally:
-            src.close()
-
-    threads = []
-    for name, src in sources.items():
-        engine.add_stream(name, title=getattr(src, "title", None))
-        th = threading.Thread(target=feed, args=(name, src), name=f"feed-{name}", daemon=True)
-        th.start()
-        threads.append(th)
-    deadline = time.monotonic() + duration if duration else None
-    try:
-        while True:
-            for u in engine.step():
-                u.top = u.top[:top]
-                print(u.to_json(), flush=True)
-            alive = any(th.is_alive() for th in threads)
-            if not alive or (deadline and time.monotonic() > deadline):
-                break
-            time.sleep(0.05)
-        for u in engine.step():
-            u.top = u.top[:top]
-            print(u.to_json(), flush=True)
-    finally:
-        done.set()
-    for name, msg in errors.items():
-        print(f"streamtag: error: {msg}", file=sys.stderr)
-    return 1 if errors else 0
+    return run(engine, sources, output=fmt, duration=args.duration, top=args.top, describe={n: n for n in sources})
 
 
 if __name__ == "__main__":

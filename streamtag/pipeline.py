@@ -11,6 +11,7 @@ signal's log-mel at once, every window batched. Both produce the same raw probab
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -151,10 +152,11 @@ class Engine:
 
     # -- consumer side -------------------------------------------------------------------------------
     def _arrival_of(self, st: StreamState, sample_index: int) -> float | None:
-        for written, when in st.arrivals:
-            if written >= sample_index:
-                return when
-        return None
+        # Wall time at which the block holding ``sample_index`` arrived. push() appends from other threads:
+        # list() copies the deque in one C call (no Python code runs in between), then search the snapshot.
+        arrivals = list(st.arrivals)
+        i = bisect.bisect_left(arrivals, (sample_index, -math.inf))
+        return arrivals[i][1] if i < len(arrivals) else None
 
     def _ingest(self, st: StreamState) -> None:
         x = st.ring.read()
@@ -304,9 +306,7 @@ def tag_audio(
         raw = np.stack(raw_list)
     else:
         ends = window_ends(frames.shape[0], bundle.window_frames, hop_frames)
-        w = min(bundle.window_frames, frames.shape[0])
-        windows = np.lib.stride_tricks.sliding_window_view(frames, (w, spec.n_mels))[:, 0]  # (T-w+1, w, n_mels)
-        raw = runner.predict(windows[[e - w for e in ends]])  # (n_windows, L)
+        raw = runner.predict_windows(frames, ends, bundle.window_frames)  # (n_windows, L)
     shown = _label_sets(bundle, all_tags)
     labels = bundle.labels
     smoother = Smoother(smoothing or SmoothingConfig(), candidates=shown)
