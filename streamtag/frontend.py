@@ -3,6 +3,8 @@
 The settings live in a :class:`FrontendSpec` that is stored inside every model bundle, so the features
 can never drift from the weights: no CLI flag sets ``n_mels`` or the sample rate.
 
+Pure numpy (no torch): the front end is cheap to import and runs where decoding runs.
+
 Framing is "valid" (``center=False``): frame ``i`` covers samples ``[i * hop_length, i * hop_length +
 n_fft)``. That makes the streaming computation exact: pushing a signal in chunks of any size yields the
 same frames as one offline call on the whole signal (see ``tests/test_frontend.py``).
@@ -14,7 +16,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import torch
 
 from .errors import ConfigError
 
@@ -78,7 +79,8 @@ class FrontendSpec:
 
 
 @lru_cache(maxsize=16)
-def _mel_basis(spec: FrontendSpec) -> torch.Tensor:
+def _mel_basis_t(spec: FrontendSpec) -> np.ndarray:
+    """(n_fft // 2 + 1, n_mels) float64: the transposed librosa mel filterbank."""
     import librosa  # heavy import, only when a front end is built
 
     fb = librosa.filters.mel(
@@ -90,52 +92,51 @@ def _mel_basis(spec: FrontendSpec) -> torch.Tensor:
         htk=spec.htk,
         norm=spec.norm,
     )  # (n_mels, n_fft // 2 + 1)
-    return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float64))
+    return np.ascontiguousarray(fb.T, dtype=np.float64)
 
 
 @lru_cache(maxsize=16)
-def _window(spec: FrontendSpec) -> torch.Tensor:
+def _window(spec: FrontendSpec) -> np.ndarray:
+    """(n_fft,) float64 periodic Hann window (== scipy get_window("hann", fftbins=True)), centred if shorter."""
     win = spec.win_length or spec.n_fft
-    w = torch.hann_window(win, periodic=True, dtype=torch.float64)  # == scipy get_window("hann", fftbins=True)
-    if win < spec.n_fft:  # centre the window in the frame, as librosa does
-        left = (spec.n_fft - win) // 2
-        w = torch.nn.functional.pad(w, (left, spec.n_fft - win - left))
-    return w
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win) / win)
+    left = (spec.n_fft - win) // 2
+    return np.pad(w, (left, spec.n_fft - win - left))
 
 
-def _scale(mel: torch.Tensor, spec: FrontendSpec) -> torch.Tensor:
+def _scale(mel: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     if spec.fp16_mel:
-        mel = mel.to(torch.float16).to(torch.float64)
+        mel = mel.astype(np.float16).astype(np.float64)
     if spec.scaling == "log10p":
-        return torch.log10(1.0 + 10000.0 * mel)
+        return np.log10(1.0 + 10000.0 * mel)
     if spec.scaling == "db":
-        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
-    return torch.log(mel + 1e-6)
+        return 10.0 * np.log10(np.maximum(mel, 1e-10))
+    return np.log(mel + 1e-6)
+
+
+_CHUNK_FRAMES = 2048  # frames per FFT batch: bounds the temporary memory for long files
 
 
 def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     """Log-mel of every complete frame in ``samples`` (valid framing). Returns (T, n_mels) float32.
 
     Computed in float64 so that a frame's value does not depend on how many frames are computed with it
-    (BLAS and FFT batching change float32 rounding, and ``fp16_mel`` would amplify that to 1e-3 jumps).
+    (BLAS batching changes float32 rounding, and ``fp16_mel`` would amplify that to 1e-3 jumps). numpy's
+    FFT is used rather than torch.stft: for the few frames of a live hop its call overhead is ~100x lower.
     """
     n = samples.shape[0]
     if n < spec.n_fft:
         return np.zeros((0, spec.n_mels), dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float64))
-    stft = torch.stft(
-        x,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        win_length=spec.n_fft,
-        window=_window(spec),
-        center=False,
-        return_complex=True,
-    )  # (n_fft // 2 + 1, T)
-    mag = stft.abs()
-    spec_pow = mag.pow(spec.power) if spec.power != 1.0 else mag
-    mel = _mel_basis(spec) @ spec_pow  # (n_mels, T)
-    return _scale(mel, spec).T.to(torch.float32).contiguous().numpy()  # (T, n_mels)
+    n_frames = 1 + (n - spec.n_fft) // spec.hop_length
+    x = np.asarray(samples, dtype=np.float64)
+    frames = np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[:: spec.hop_length][:n_frames]  # (T, n_fft)
+    win, fb = _window(spec), _mel_basis_t(spec)
+    out = np.empty((n_frames, spec.n_mels), dtype=np.float32)
+    for i in range(0, n_frames, _CHUNK_FRAMES):
+        mag = np.abs(np.fft.rfft(frames[i : i + _CHUNK_FRAMES] * win, axis=1))  # (t, n_fft // 2 + 1)
+        power = mag**spec.power if spec.power != 1.0 else mag
+        out[i : i + _CHUNK_FRAMES] = _scale(power @ fb, spec)  # (t, n_mels)
+    return out
 
 
 def logmel(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
