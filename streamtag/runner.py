@@ -61,6 +61,23 @@ class ModelRunner:
         return torch.cat(outs).numpy()
 
     @torch.inference_mode()
+    def predict_windows(self, frames: np.ndarray | torch.Tensor, ends: list[int], window: int) -> np.ndarray:
+        """Probabilities (n, L) of the windows ``frames[max(0, e - window) : e]`` of one sequence (T, n_mels).
+
+        Models with a ``forward_windows(frames, ends, window)`` method share work between overlapping windows
+        (equal results); others get the windows stacked through :meth:`predict`.
+        """
+        if not len(ends):
+            return np.zeros((0, len(self.bundle.labels)), dtype=np.float32)
+        if hasattr(self.model, "forward_windows"):
+            x = torch.as_tensor(frames, dtype=torch.float32).to(self.device)  # (T, n_mels)
+            return self._activate(self.model.forward_windows(x, list(ends), window)).cpu().numpy()
+        frames = np.asarray(frames, dtype=np.float32)
+        w = min(window, frames.shape[0])
+        views = np.lib.stride_tricks.sliding_window_view(frames, (w, frames.shape[1]))[:, 0]  # (T-w+1, w, n_mels)
+        return self.predict(views[[e - w for e in ends]])
+
+    @torch.inference_mode()
     def step(self, names: list[str], frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """Stateful models: feed each named stream its new frames (B, T, n_mels); returns (B, L) probabilities.
 

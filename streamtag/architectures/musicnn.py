@@ -16,6 +16,9 @@ Layout, as in ``musicnn/models.py`` of the musicnn 0.1.0 wheel (ISC license, MTG
 - back end: max and mean over time, interleaved per channel as TensorFlow's concat + flatten lays them out,
   batch norm, dropout, dense + ReLU, batch norm, dropout, output dense.
 
+Offline tagging of a whole signal goes through :meth:`Musicnn.forward_windows`, which computes the front end once
+over the sequence instead of once per overlapping window (about 2x fewer FLOPs at 1 s hops, same outputs).
+
 Batch norm uses TensorFlow's epsilon (1e-3) and, in eval mode, the moving statistics. TensorFlow's "same"
 padding puts the odd extra element at the end, which :func:`same_padding` reproduces.
 """
@@ -70,6 +73,9 @@ class MusicnnConfig:
         return self.frontend_channels + self.midend_filters * self.midend_layers
 
 
+_SUB_BATCH = 8  # windows per pass through a front-end block that forward_windows cannot share
+
+
 def same_padding(kernel: int) -> tuple[int, int]:
     """(before, after) zero padding of TensorFlow's "same" for stride 1: the odd element goes after."""
     total = kernel - 1
@@ -86,17 +92,24 @@ class FrontendBlock(nn.Module):
         self.bn = nn.BatchNorm2d(filters, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, 0, *self.pad))  # (B, 1, T + frames - 1, n_mels)
-        z = self.conv(x)  # (B, C, T, n_mels - bands + 1)
+        return self.valid(F.pad(x, (0, 0, *self.pad)))  # (B, C, T)
+
+    def valid(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on input already padded in time: (B, 1, T + frames - 1, n_mels) -> (B, C, T)."""
         if self.training:
+            z = self.conv(x)  # (B, C, T, n_mels - bands + 1)
             return self.bn(F.relu(z)).amax(dim=3)  # (B, C, T)
         # Inference: batch norm is a fixed per-channel affine map a * v + b and ReLU is monotone, so the max
         # over bands of bn(relu(z)) is bn(relu(max z)) where a >= 0 and bn(relu(min z)) where a < 0. Same
         # result (monotone maps commute with max), without three passes over the large (B, C, T, F) tensor.
-        zmax, zmin = z.amax(dim=3), z.amin(dim=3)  # (B, C, T) each
-        scale_positive = (self.bn.weight >= 0).view(1, -1, 1)  # sign of a = gamma / sqrt(var + eps)
-        extreme = torch.where(scale_positive, zmax, zmin)  # (B, C, T)
-        return self.bn(F.relu(extreme).unsqueeze(3)).squeeze(3)  # (B, C, T)
+        # min z = -max(-z), and -z is the conv with negated weights and bias (bit for bit: negation is exact),
+        # so one conv and one max over bands give every channel's extreme.
+        sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(self.conv.weight.dtype)  # (C,) sign of a
+        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), self.conv.bias * sign)  # (B, C, T, F)
+        extreme = z.amax(dim=3) * sign.view(1, -1, 1)  # (B, C, T)
+        bn = self.bn
+        return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                            bn.eps)  # (B, C, T)
 
 
 class MidendBlock(nn.Module):
@@ -145,6 +158,10 @@ class Musicnn(nn.Module):
             raise ValueError(f"musicnn expects (B, T >= 1, {self.config.n_mels}) log-mel, got {tuple(x.shape)}")
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
         front = torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1)  # (B, C_front, T)
+        return self._head(front)
+
+    def _head(self, front: torch.Tensor) -> torch.Tensor:
+        """Mid end + back end: front-end features (B, C_front, T) -> logits (B, n_labels)."""
         features = [front]
         h = front
         for i, blk in enumerate(self.midend):
@@ -156,3 +173,62 @@ class Musicnn(nn.Module):
         pooled = self.pool_bn(pooled.flatten(1))  # (B, 2 * C_mid)
         h = self.dense_bn(F.relu(self.dense(self.dropout(pooled))))  # (B, backend_units)
         return self.out(self.dropout(h))  # (B, n_labels)
+
+    def forward_windows(
+        self, frames: torch.Tensor, ends: list[int], window: int, batch_size: int = 32, chunk_frames: int = 256
+    ) -> torch.Tensor:
+        """Logits (n, n_labels) of the windows ``frames[max(0, e - window) : e]`` for ``e`` in ``ends``.
+
+        Equals stacking those windows through :meth:`forward` (to float rounding), but shares the front end
+        between overlapping windows. Every front-end block is frame-local in eval mode (conv over a few frames,
+        then per-frame ReLU, batch norm and max over bands), so a window's output frame equals the output of
+        the same block run over the whole sequence, except the ``pad`` frames at each window edge whose
+        kernels reach into the window's zero padding: those are recomputed per window from short edge slabs.
+        A block is shared only where that costs fewer frames than running it per window (the wide temporal
+        kernels with 1 s hops are not). Mid and back ends run per window. frames: (T, n_mels).
+        """
+        c = self.config
+        if frames.dim() != 2 or frames.shape[1] != c.n_mels or frames.shape[0] < 1:
+            raise ValueError(f"musicnn expects frames (T >= 1, {c.n_mels}), got {tuple(frames.shape)}")
+        n_frames = frames.shape[0]
+        ends = [int(e) for e in ends]
+        if any(not 0 < e <= n_frames for e in ends) or window < 1:
+            raise ValueError(f"window ends must lie in [1, {n_frames}] and window >= 1, got {ends[:4]}, {window}")
+        if not ends:
+            return frames.new_zeros((0, c.n_labels))
+        starts = [max(0, e - window) for e in ends]
+        if self.training or len({e - s for s, e in zip(starts, ends)}) > 1:
+            # batch statistics are not frame-local; windows of unequal length do not stack
+            return torch.cat([self(frames[None, s:e]) for s, e in zip(starts, ends)])
+        length = ends[0] - starts[0]
+        x = self.input_bn(frames[None, None])  # (1, 1, T, n_mels), an elementwise affine map in eval mode
+        blocks = (*self.timbral, *self.temporal)
+        out = []
+        for g in range(0, len(ends), batch_size):
+            g_starts = torch.tensor(starts[g : g + batch_size], device=frames.device)
+            n = g_starts.shape[0]
+            a, b = int(g_starts.min()), int(g_starts.max()) + length  # frames spanned by this group
+            idx = g_starts[:, None] + torch.arange(length, device=frames.device)  # (n, length)
+            wins = x[0, 0][idx].unsqueeze(1)  # (n, 1, length, n_mels)
+            feats = []
+            for blk in blocks:
+                k = blk.conv.kernel_size[0]
+                pl, pr = blk.pad
+                shared = length > pl + pr and (b - a) + n * (pl + pr) < n * length
+                if not shared:  # a few windows at a time: the (n, C, length, bands) conv output is large
+                    feats.append(torch.cat([blk(wins[i : i + _SUB_BATCH]) for i in range(0, n, _SUB_BATCH)]))
+                    continue
+                xs = F.pad(x[:, :, a:b], (0, 0, pl, pr))  # (1, 1, span + k - 1, n_mels)
+                span = torch.cat(
+                    [blk.valid(xs[:, :, c0 : min(c0 + chunk_frames, b - a) + k - 1])
+                     for c0 in range(0, b - a, chunk_frames)],
+                    dim=2,
+                )  # (1, C, span)
+                f = span[0][:, idx - a].permute(1, 0, 2).contiguous()  # (n, C, length)
+                if pl:  # first pl frames: kernels reach into the zero padding before the window
+                    f[:, :, :pl] = blk.valid(F.pad(wins[:, :, : k - 1], (0, 0, pl, 0)))  # (n, C, pl)
+                if pr:  # last pr frames: kernels reach into the zero padding after the window
+                    f[:, :, length - pr :] = blk.valid(F.pad(wins[:, :, length - k + 1 :], (0, 0, 0, pr)))
+                feats.append(f)
+            out.append(self._head(torch.cat(feats, dim=1)))  # (n, n_labels)
+        return torch.cat(out)

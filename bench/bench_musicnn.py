@@ -1,0 +1,113 @@
+"""musicnn forward cost per window: the original per-window forward vs the optimized ones and the fast path.
+
+Runs the default musicnn bundle over the first seconds of a real clip (../shared/audio, or random log-mel
+when absent) at several hops, and prints milliseconds per window of each variant, best of ``--repeats``, with
+ratios measured in the same run (the machine may be busy: compare ratios, not absolute times), and the max abs
+difference of the sigmoid outputs of each variant against the original. Variants: "original" (the front-end
+blocks' amax + amin + where inference path), "per-window" (the current forward: one conv with sign-flipped
+weights, one amax), each with 1 and 8 windows per pass, and ``Musicnn.forward_windows`` (shared front end).
+
+    python bench/bench_musicnn.py [--seconds 30] [--repeats 3] [--hops 1.0 0.5] [--threads 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamtag.frontend import logmel
+from streamtag.pipeline import hop_frames_for, window_ends
+from streamtag.registry import DEFAULT_MODEL, load_bundle
+from streamtag.sources import read_audio
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _frames(bundle, seconds: float) -> tuple[torch.Tensor, str]:
+    d = REPO.parent / "shared" / "audio"
+    files = sorted(p for p in d.glob("*") if p.suffix in {".ogg", ".mp3", ".wav", ".flac"}) if d.is_dir() else []
+    sr = bundle.frontend.sample_rate
+    if files:
+        x = read_audio(str(files[0]), sr)[: int(seconds * sr)]
+        return torch.from_numpy(logmel(x, bundle.frontend)), files[0].name
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(rng.uniform(0, 3, (bundle.frontend.frames_for(seconds), 96)).astype(np.float32)), "random"
+
+
+def _original_valid(self, x: torch.Tensor) -> torch.Tensor:
+    """FrontendBlock's eval path before the fast-path work: amax and amin over bands, then where, then BN."""
+    z = self.conv(x)  # (B, C, T, F)
+    zmax, zmin = z.amax(dim=3), z.amin(dim=3)
+    extreme = torch.where((self.bn.weight >= 0).view(1, -1, 1), zmax, zmin)  # (B, C, T)
+    return self.bn(F.relu(extreme).unsqueeze(3)).squeeze(3)
+
+
+def _original(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model with the original front-end block inference path."""
+    orig = copy.deepcopy(model)
+    for blk in (*orig.timbral, *orig.temporal):
+        blk.valid = types.MethodType(_original_valid, blk)
+    return orig
+
+
+def _best(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--hops", type=float, nargs="+", default=[1.0, 0.5])
+    ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    args = ap.parse_args()
+    bundle = load_bundle(args.model)
+    model = bundle.build_model().eval()
+    if not hasattr(model, "forward_windows"):
+        raise SystemExit(f"{bundle.name} has no forward_windows fast path")
+    original = _original(model)
+    frames, source = _frames(bundle, args.seconds)
+    w = bundle.window_frames
+    print(f"model {bundle.name}, {frames.shape[0]} frames of {source}, window {w} frames, best of {args.repeats}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for hop_s in args.hops:
+            ends = window_ends(frames.shape[0], w, hop_frames_for(bundle, hop_s))
+            wins = torch.stack([frames[e - w : e] for e in ends])  # (n, w, n_mels)
+            variants: dict[str, Callable[[], torch.Tensor]] = {
+                "original (B=1)": lambda: torch.cat([original(wins[i : i + 1]) for i in range(len(ends))]),
+                "original (B=8)": lambda: torch.cat([original(wins[i : i + 8]) for i in range(0, len(ends), 8)]),
+                "per-window (B=1)": lambda: torch.cat([model(wins[i : i + 1]) for i in range(len(ends))]),
+                "per-window (B=8)": lambda: torch.cat([model(wins[i : i + 8]) for i in range(0, len(ends), 8)]),
+                "forward_windows": lambda: model.forward_windows(frames, ends, w),
+            }
+            times, outs = {}, {}
+            with torch.inference_mode():
+                for _ in range(args.repeats):  # interleave variants so load changes hit them alike
+                    for name, fn in variants.items():
+                        t, o = _best(fn, 1)
+                        times[name] = min(times.get(name, float("inf")), t)
+                        outs[name] = torch.sigmoid(o)
+            ref_name = next(iter(variants))
+            print(f"threads {threads}, hop {hop_s} s, {len(ends)} windows")
+            for name in variants:
+                diff = (outs[name] - outs[ref_name]).abs().max().item()
+                print(f"  {name:18s} {1e3 * times[name] / len(ends):8.1f} ms/window   "
+                      f"x{times[ref_name] / times[name]:5.2f} vs {ref_name}   max |dp| {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""musicnn's shared-front-end fast path (``Musicnn.forward_windows``) equals the per-window forward, and the
+runner / ``tag_audio`` use it: random and real log-mel, several hops, inputs shorter than a window."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamtag.architectures import build_model
+from streamtag.architectures.musicnn import Musicnn
+from streamtag.frontend import logmel
+from streamtag.pipeline import tag_audio, window_ends
+from streamtag.registry import load_bundle
+from streamtag.runner import ModelRunner
+from streamtag.sources import read_audio
+
+WINDOW = 187  # musicnn's 3 s patch, in frames
+TOL = 1e-5  # max abs difference of sigmoid outputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: these are small forward passes, and the CI box is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> Musicnn:
+    return load_bundle("musicnn-msd").build_model().eval()
+
+
+@pytest.fixture(scope="module")
+def random_frames() -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(rng.uniform(0.0, 3.0, (300, 96)).astype(np.float32))  # (T, n_mels), musicnn's range
+
+
+def _reference(model: torch.nn.Module, frames: torch.Tensor, ends: list[int], window: int) -> torch.Tensor:
+    """Sigmoid outputs of each window through the plain forward, one window per pass."""
+    with torch.inference_mode():
+        return torch.cat([torch.sigmoid(model(frames[None, max(0, e - window) : e])) for e in ends])
+
+
+def _fast(model: Musicnn, frames: torch.Tensor, ends: list[int], window: int, **kw) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.sigmoid(model.forward_windows(frames, ends, window, **kw))
+
+
+@pytest.mark.parametrize("hop", [20, 31, 62, 200])
+def test_forward_windows_equals_per_window_forward(model: Musicnn, random_frames: torch.Tensor, hop: int) -> None:
+    ends = window_ends(random_frames.shape[0], WINDOW, hop)
+    fast = _fast(model, random_frames, ends, WINDOW)
+    ref = _reference(model, random_frames, ends, WINDOW)
+    assert fast.shape == (len(ends), 50)
+    assert (fast - ref).abs().max().item() <= TOL
+
+
+def test_small_groups_and_chunks_change_nothing(model: Musicnn, random_frames: torch.Tensor) -> None:
+    ends = window_ends(random_frames.shape[0], WINDOW, 31)
+    big = _fast(model, random_frames, ends, WINDOW)
+    small = _fast(model, random_frames, ends, WINDOW, batch_size=3, chunk_frames=40)
+    assert (big - small).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("n_frames", [1, 5, 100, WINDOW - 1, WINDOW])
+def test_inputs_up_to_one_window(model: Musicnn, random_frames: torch.Tensor, n_frames: int) -> None:
+    frames = random_frames[:n_frames]
+    ends = window_ends(n_frames, WINDOW, 62)
+    assert ends == [n_frames]
+    fast = _fast(model, frames, ends, WINDOW)
+    assert (fast - _reference(model, frames, ends, WINDOW)).abs().max().item() <= TOL
+
+
+def test_unequal_and_unsorted_windows(model: Musicnn, random_frames: torch.Tensor) -> None:
+    """Windows clipped at the start (unequal lengths) and ends in any order still give each window's output."""
+    for ends in ([60, 187, 250], [300, 200, 187]):
+        fast = _fast(model, random_frames, ends, WINDOW)
+        assert (fast - _reference(model, random_frames, ends, WINDOW)).abs().max().item() <= TOL
+
+
+def test_random_weights_with_negative_bn_scales(random_frames: torch.Tensor) -> None:
+    """A random model whose batch norms have negative scales and nonzero statistics (the shipped one may not)."""
+    torch.manual_seed(3)
+    net = build_model("musicnn", {"timbral_filters": 16, "temporal_filters": 8, "midend_filters": 16})
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.weight.copy_(torch.randn_like(mod.weight))
+                mod.bias.copy_(torch.randn_like(mod.bias))
+                mod.running_mean.copy_(torch.randn_like(mod.running_mean))
+                mod.running_var.copy_(torch.rand_like(mod.running_var) + 0.5)
+    net.eval()
+    ends = window_ends(random_frames.shape[0], WINDOW, 40)
+    fast = _fast(net, random_frames, ends, WINDOW)
+    assert (fast - _reference(net, random_frames, ends, WINDOW)).abs().max().item() <= TOL
+
+
+def test_bad_arguments_are_value_errors(model: Musicnn, random_frames: torch.Tensor) -> None:
+    with pytest.raises(ValueError):
+        model.forward_windows(random_frames[None], [187], WINDOW)  # (1, T, n_mels): one sequence expected
+    with pytest.raises(ValueError):
+        model.forward_windows(random_frames, [random_frames.shape[0] + 1], WINDOW)  # past the end
+    with torch.inference_mode():
+        assert model.forward_windows(random_frames, [], WINDOW).shape == (0, 50)
+
+
+def test_runner_predict_windows_equals_predict(random_frames: torch.Tensor) -> None:
+    runner = ModelRunner(load_bundle("musicnn-msd"), "cpu")
+    assert hasattr(runner.model, "forward_windows")
+    frames = random_frames.numpy()
+    ends = window_ends(frames.shape[0], WINDOW, 62)
+    fast = runner.predict_windows(frames, ends, WINDOW)
+    ref = runner.predict(np.stack([frames[e - WINDOW : e] for e in ends]))
+    assert fast.shape == ref.shape == (len(ends), 50)
+    assert np.abs(fast - ref).max() <= TOL
+
+
+def test_real_music_tag_audio_equals_per_window(audio_dir: Path) -> None:
+    """On real music, tag_audio (fast path) gives the raw probabilities of the per-window forward."""
+    clip = min((p for p in audio_dir.iterdir() if p.suffix in {".ogg", ".mp3"}), key=lambda p: p.stat().st_size)
+    bundle = load_bundle("musicnn-msd")
+    sr = bundle.frontend.sample_rate
+    samples = read_audio(str(clip), sr)[: 8 * sr]
+    runner = ModelRunner(bundle, "cpu")
+    timeline = tag_audio(samples, runner, name=clip.name, hop_seconds=0.5)
+    frames = torch.from_numpy(logmel(samples, bundle.frontend))
+    ends = window_ends(frames.shape[0], WINDOW, bundle.frontend.frames_for(0.5))
+    ref = _reference(runner.model, frames, ends, WINDOW).numpy()
+    assert timeline.raw.shape == ref.shape
+    assert np.abs(timeline.raw - ref).max() <= TOL
