@@ -1,0 +1,175 @@
+"""Distillation: the corpus -> labels -> student -> bundle path end to end on a tiny corpus, and the shipped students."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamtag.errors import ModelError
+from streamtag.registry import Bundle, load_bundle, save_bundle
+
+from train import build_corpus, distill
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared"))
+# redistributable clips (CREDITS.md: "yes") long enough for a few 5 s windows
+REAL_CLIPS = ("brahms-hungarian-dance-5.ogg", "kevin-macleod-vibe-ace.ogg", "karissa-hobbs-lets-go-fishin.ogg")
+SHIPPED = ("st-transformer-msd", "st-gru-msd")
+TINY = {
+    "transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_frames": 128},
+    "stateful_gru": {"d_embed": 16, "hidden": 16, "n_layers": 1},
+}
+
+
+def _teacher(tmp: Path) -> Bundle:
+    """A tiny random musicnn (musicnn-msd's front end and window, 50 labels of which 5 are genres): fast, and
+    the code path is the one the real teacher takes."""
+    from streamtag.architectures import build_model
+    from streamtag.frontend import FrontendSpec
+
+    cfg = {"n_mels": 96, "n_labels": 50, "timbral_filters": 4, "temporal_filters": 4, "midend_filters": 8,
+           "backend_units": 8}
+    labels = [f"tag{i}" for i in range(50)]
+    torch.manual_seed(0)
+    return save_bundle(
+        tmp / "tiny-teacher", build_model("musicnn", cfg), architecture="musicnn", arch_config=cfg,
+        frontend=FrontendSpec(fp16_mel=True), labels=labels, genre_labels=labels[:5], window_frames=187,
+        hop_seconds=1.0,
+    )
+
+
+def _clips(dest: Path) -> Path:
+    """Three short real clips from ../shared/audio (with CREDITS.md), or three synthesized ones."""
+    dest.mkdir()
+    src = SHARED / "audio"
+    if all((src / c).is_file() for c in REAL_CLIPS) and (src / "CREDITS.md").is_file():
+        for c in REAL_CLIPS:
+            shutil.copy(src / c, dest / c)
+        shutil.copy(src / "CREDITS.md", dest / "CREDITS.md")
+        return dest
+    import soundfile as sf
+
+    sr = 22050
+    t = np.arange(int(12 * sr)) / sr
+    rng = np.random.default_rng(0)
+    rows = ["| file | what | license | may be committed |", "| --- | --- | --- | --- |"]
+    for i, f0 in enumerate((110.0, 220.0, 330.0)):
+        beat = (np.sin(2 * np.pi * (1.5 + i) * t) > 0.9).astype(np.float64)
+        y = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.1 * beat * rng.standard_normal(t.size)
+        sf.write(dest / f"synth{i}.wav", y.astype(np.float32), sr)
+        rows.append(f"| synth{i}.wav | test tone | public domain | yes |")
+    (dest / "CREDITS.md").write_text("\n".join(rows) + "\n")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Bundle]:
+    tmp = tmp_path_factory.mktemp("distill")
+    clips = _clips(tmp / "clips")
+    corpus = tmp / "corpus"
+    build_corpus.build(corpus, packages=(), shared_audio=clips, max_track_seconds=9.0, min_track_seconds=0.0,
+                       holdout=0.34)
+    return corpus, _teacher(tmp)
+
+
+def test_corpus_manifest_holds_out_whole_tracks(tiny_corpus: tuple[Path, Bundle]) -> None:
+    corpus, _ = tiny_corpus
+    tracks = build_corpus.read_manifest(corpus)
+    assert len(tracks) == 3
+    assert sorted(t.split for t in tracks) == ["eval", "train", "train"]
+    for t in tracks:
+        x = np.load(corpus / t.file)
+        assert x.dtype == np.float32 and x.ndim == 1
+        assert x.shape[0] == pytest.approx(t.seconds * build_corpus.SAMPLE_RATE, abs=1)
+        assert t.seconds <= 9.0 and t.licence
+    # the split is a function of the ids only: rebuilding the manifest's split gives the same answer
+    again = [build_corpus.Track(**{**t.__dict__, "split": "train"}) for t in tracks]
+    build_corpus.split_tracks(again, 0.34)
+    assert [t.split for t in again] == [t.split for t in tracks]
+
+
+def test_geometry_centres_the_teacher_windows() -> None:
+    g = distill.Geometry(grid_frames=64, teacher_frames=187, window_frames=312)
+    assert g.n_inside == 2 and g.offset == 30
+    teacher = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # (K=10, 3)
+    targets, starts = g.window_targets(teacher, n_frames=9 * 64 + 187)
+    for tgt, s in zip(targets, starts):
+        k = (s + g.offset) // 64
+        assert tgt[0] == pytest.approx((k + k + 1) / 2)  # mean of the two teacher windows inside
+        assert s >= 0 and s + 312 <= 9 * 64 + 187
+        assert k * 64 >= s and (k + 1) * 64 + 187 <= s + 312  # both lie inside the student window
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["transformer", "stateful_gru"])
+def test_distill_end_to_end_writes_a_loadable_bundle(tiny_corpus: tuple[Path, Bundle], tmp_path: Path, arch: str) -> None:
+    corpus, teacher = tiny_corpus
+    out = tmp_path / f"student-{arch}"
+    rc = distill.main([
+        "--arch", arch, "--teacher", str(teacher.path), "--corpus", str(corpus), "--out", str(out),
+        "--max-steps", "3", "--minutes", "1", "--batch", "2", "--arch-config", json.dumps(TINY[arch]),
+        "--timing-repeats", "2", "--seq-seconds", "6", "8",
+    ])
+    assert rc == 0
+    b = load_bundle(out)
+    assert b.labels == teacher.labels and b.genre_labels == teacher.genre_labels
+    assert b.streaming == distill.STREAMING[arch] and b.hop_seconds == 0.5
+    assert b.frontend.sample_rate == teacher.frontend.sample_rate and b.frontend.n_mels == teacher.frontend.n_mels
+    card = b.card_path.read_text()
+    for heading in ("## Model Details", "## Intended Use", "## Training Data", "## Performance", "## Limitations"):
+        assert heading in card
+    ev = b.extra["evaluation"]
+    assert 0.0 <= ev["clip_genre_top1_agreement"] <= 1.0 and ev["clips"] == 1
+    model = b.build_model("cpu")
+    x = torch.randn(2, b.window_frames, b.frontend.n_mels) + 2.0
+    with torch.no_grad():
+        p = torch.sigmoid(model(x))
+    assert p.shape == (2, len(teacher.labels))
+    assert torch.all((p >= 0) & (p <= 1)) and torch.isfinite(p).all()
+
+
+def _clip_genre(bundle: Bundle, frames: np.ndarray, window_frames: int, grid: int, offset: int) -> str:
+    model = bundle.build_model("cpu")
+    if getattr(model, "stateful", False):
+        starts = np.arange(offset, frames.shape[0] - window_frames + 1, grid)
+        with torch.no_grad():
+            logits, _ = model.forward_frames(torch.from_numpy(frames[None]))
+        p = torch.sigmoid(logits[0, starts + window_frames - 1]).numpy()
+    else:
+        windows = distill.teacher_windows(frames[offset:], window_frames, grid)
+        with torch.no_grad():
+            p = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(windows)))).numpy()
+    gi = bundle.genre_indices()
+    return bundle.genre_labels[int(np.argmax(p.mean(axis=0)[gi]))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_student_agrees_with_teacher_where_its_card_says(name: str, audio_dir: Path) -> None:
+    try:
+        student, teacher = load_bundle(name), load_bundle("musicnn-msd")
+    except ModelError as e:
+        pytest.skip(str(e))
+    assert student.labels == teacher.labels and student.genre_labels == teacher.genre_labels
+    assert (student.path / "model.safetensors").stat().st_size < 5e6
+    # the card's held-out table: shared clips where student and teacher agreed; recompute the shortest one
+    agreed = [c["id"].split("/", 1)[1] for c in student.extra["per_clip"]
+              if c["id"].startswith("shared/") and c["teacher"] == c["student"]]
+    agreed = [c for c in agreed if (audio_dir / c).is_file()]
+    if not agreed:
+        pytest.skip("the card claims agreement on no shared clip")
+    clip = min(agreed, key=lambda c: (audio_dir / c).stat().st_size)
+    x, _ = build_corpus.decode(audio_dir / clip, max_seconds=150.0)
+    d = student.extra["distillation"]
+    t_frames = distill.logmel(x, teacher.frontend)
+    t_genre = _clip_genre(teacher, t_frames, teacher.window_frames, d["grid_frames"], 0)
+    s_frames = distill.logmel(x, student.frontend)
+    s_genre = _clip_genre(student, s_frames, student.window_frames, d["grid_frames"], d["grid_frames"] - d["offset"])
+    claimed = next(c for c in student.extra["per_clip"] if c["id"] == f"shared/{clip}")
+    assert t_genre == claimed["teacher"]
+    assert s_genre == t_genre
