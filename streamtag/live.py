@@ -13,7 +13,6 @@ import math
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Protocol, TextIO
 
@@ -27,8 +26,7 @@ __all__ = ["Source", "LiveRunner", "Playlist", "run", "run_dashboard", "jsonl_wr
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05  # s the engine thread sleeps when no audio arrived (a push wakes it at once)
-MAX_INBOX_BLOCKS = 256  # blocks waiting for the engine thread before unpaced feeders wait (back-pressure)
-STEP_SECONDS = 1.0  # s of audio per stream handed to the engine per step, at most (catch-up comes in small steps)
+MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in a stream's ring before an unpaced feeder waits (back-pressure)
 REFRESH_HZ = 4.0  # dashboard refreshes per second
 
 
@@ -80,10 +78,9 @@ class LiveRunner:
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards self.feeders
-        # Producers hand blocks over here; only the engine thread calls engine.push/step, so the engine's
-        # per-stream bookkeeping is never touched by two threads at once. Producers are paced (real time), so
-        # this holds at most one engine step's worth of audio.
-        self._inbox: deque[tuple[str, np.ndarray]] = deque()
+        # Producers copy blocks straight into the engine's per-stream ring buffers (engine.push is thread-safe);
+        # when the engine falls behind live audio, the rings drop the oldest audio and count overruns, so
+        # latency and memory stay bounded. Unpaced sources (files) wait instead: nothing of a file is lost.
         self.engine_error: BaseException | None = None
 
     # -- sources -----------------------------------------------------------------------------------------
@@ -104,7 +101,8 @@ class LiveRunner:
 
     def push(self, name: str, samples: np.ndarray) -> None:
         """Hand (N,) float32 samples of stream ``name`` to the engine thread (never blocks)."""
-        self._inbox.append((name, samples))
+        if name in self.engine.streams:
+            self.engine.push(name, samples)
         self._wake.set()
 
     def remove(self, name: str, timeout: float = 2.0) -> None:
@@ -130,6 +128,11 @@ class LiveRunner:
         with self._lock:
             return {n: f.error for n, f in self.feeders.items() if f.error is not None}
 
+    def _backlog(self, name: str) -> float:
+        """Seconds of audio of stream ``name`` waiting for the engine."""
+        st = self.engine.streams.get(name)
+        return len(st.ring) / self.engine.sample_rate if st is not None else 0.0
+
     def _feed(self, f: _Feeder) -> None:
         sr = self.engine.sample_rate
         t0 = time.monotonic()
@@ -139,7 +142,7 @@ class LiveRunner:
                 if f.stop.is_set():
                     break
                 block = np.asarray(block, dtype=np.float32).reshape(-1)  # (N,)
-                while f.speed is None and len(self._inbox) > MAX_INBOX_BLOCKS and not f.stop.is_set():
+                while f.speed is None and self._backlog(f.name) > MAX_BACKLOG_SECONDS and not f.stop.is_set():
                     f.stop.wait(0.01)  # a file decodes faster than the model runs: wait for the engine
                 if f.speed is not None:
                     # A live source delivers a block once its last sample has been played.
@@ -179,14 +182,6 @@ class LiveRunner:
             self._wake.wait(IDLE_WAIT_S)
             self._wake.clear()
             try:
-                budget = int(STEP_SECONDS * self.engine.sample_rate) * max(1, len(self.engine.streams))
-                while self._inbox and budget > 0:
-                    name, block = self._inbox.popleft()
-                    if name in self.engine.streams:
-                        self.engine.push(name, block)
-                        budget -= block.shape[0]
-                if self._inbox:
-                    self._wake.set()  # more waiting: step again at once
                 updates = self.engine.step()
             except Exception as e:  # logged and surfaced by run(); the thread must not die silently
                 log.exception("engine step failed")
@@ -200,7 +195,7 @@ class LiveRunner:
         self._wake.set()
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and self._engine_thread is not None and self._engine_thread.is_alive():
-            if not self._inbox and all(len(st.ring) == 0 for st in list(self.engine.streams.values())):
+            if all(len(st.ring) == 0 for st in list(self.engine.streams.values())):
                 break
             time.sleep(0.01)
         time.sleep(IDLE_WAIT_S * 2)
