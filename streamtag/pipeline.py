@@ -35,7 +35,7 @@ __all__ = ["Engine", "StreamState", "Timeline", "tag_audio", "hop_frames_for", "
 log = logging.getLogger(__name__)
 
 MIN_HOP_SECONDS = 0.25  # s, the smallest --hop accepted
-RING_SECONDS = 30.0  # s of audio a stream's ring buffer holds before the oldest is overwritten
+RING_SECONDS = 10.0  # s of unprocessed audio a stream's ring holds; beyond it the oldest is dropped (bounds latency)
 HISTORY_LEN = 120  # top-genre history entries kept per stream (for dashboards)
 
 
@@ -75,6 +75,7 @@ class StreamState:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
     arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))  # (samples written so far, wall time)
     updates: int = 0
+    skipped: int = 0  # samples the ring dropped (overruns): added to t so it stays the stream's real time
 
     @property
     def overruns(self) -> int:
@@ -159,6 +160,7 @@ class Engine:
         return arrivals[i][1] if i < len(arrivals) else None
 
     def _ingest(self, st: StreamState) -> None:
+        st.skipped = st.ring.overrun_samples  # the audio lost before what we read now
         x = st.ring.read()
         if x.size == 0:
             return
@@ -220,7 +222,7 @@ class Engine:
 
     def _emit(self, st: StreamState, end: int, raw: np.ndarray) -> GenreUpdate:
         spec = self.spec
-        end_sample = spec.samples_for_frames(end)
+        end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
         t = end_sample / spec.sample_rate
         smoothed = st.smoother.update(raw, self.hop_seconds)
         order = st.smoother.ranking(self.shown)

@@ -124,6 +124,10 @@ def test_overruns_counted_when_consumer_is_slow(bundle) -> None:
         engine.push("x", _audio(0.5, 4))
         ups.extend(engine.step())
     assert ups and ups[-1].extra["overruns"] >= 1
+    st = engine.streams["x"]
+    assert st.ring.overrun_samples > 0
+    # t stays the stream's real time: the dropped audio is counted, not silently shifted
+    assert ups[-1].t == pytest.approx(st.t, abs=engine.hop_seconds + SPEC.n_fft / SPEC.sample_rate)
 
 
 def test_bad_hop_and_stream_names(bundle) -> None:
