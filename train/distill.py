@@ -209,6 +209,23 @@ def load_split(corpus: Path, teacher: Bundle, geometry: Geometry, split: str) ->
     return out
 
 
+def carve_validation(data: list[TrackData], fraction: float) -> tuple[list[TrackData], list[TrackData]]:
+    """Split training tracks into (train, validation): per source, the ``fraction`` with the LARGEST SHA-1
+    of their id (the held-out set took the smallest), at least one per source with 5 or more tracks."""
+    from .build_corpus import _hash
+
+    by_source: dict[str, list[TrackData]] = {}
+    for td in data:
+        by_source.setdefault(td.track.source, []).append(td)
+    val_ids: set[str] = set()
+    for group in by_source.values():
+        if len(group) < 5:
+            continue
+        group = sorted(group, key=lambda td: _hash(td.track.id), reverse=True)
+        val_ids.update(td.track.id for td in group[: max(1, int(round(fraction * len(group))))])
+    return [td for td in data if td.track.id not in val_ids], [td for td in data if td.track.id in val_ids]
+
+
 # --------------------------------------------------------------------------------------------- training
 
 
@@ -307,12 +324,48 @@ class TrainArgs:
     seed: int = 0
     log_every: int = 50
     mixup: float = 0.0  # Beta(alpha, alpha) mixup of windows and targets (window models); 0: off
+    mix_linear: bool = False  # mix windows in the linear mel-power domain (like mixing the audio), not log-mel
+    gain_db: float = 0.0  # random gain per example, uniform in +-gain_db dB, applied to the mel power
+    spec_masks: int = 1  # SpecAugment: number of band masks and of time masks per example (each p=0.5)
+    val_every: int = 0  # steps between validation runs (0: no validation, keep the last weights)
+
+
+def _to_power(x: torch.Tensor) -> torch.Tensor:
+    """log10(1 + 10000 mel) -> 10000 mel (the scale cancels in gain and mixing)."""
+    return torch.pow(10.0, x) - 1.0
+
+
+def _to_log(p: torch.Tensor) -> torch.Tensor:
+    return torch.log10(1.0 + p.clamp(min=0.0))
 
 
 def train_student(
-    model: nn.Module, data: list[TrackData], geometry: Geometry, a: TrainArgs, log_path: Path | None = None
+    model: nn.Module, data: list[TrackData], geometry: Geometry, a: TrainArgs, log_path: Path | None = None,
+    val_data: list[TrackData] | None = None, teacher: Bundle | None = None,
 ) -> dict[str, Any]:
-    """Distil into ``model`` in place for ``a.minutes`` (or ``a.max_steps``); returns a training summary."""
+    """Distil into ``model`` in place for ``a.minutes`` (or ``a.max_steps``); returns a training summary.
+
+    With ``val_data`` (tracks carved from the training sources, never the held-out set) and ``a.val_every``,
+    the weights with the best validation clip-level genre agreement (ties: window agreement) are kept."""
+    best: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_step = 0
+    val_history: list[tuple[int, float, float]] = []
+
+    def validate(step: int) -> None:
+        nonlocal best, best_state, best_step
+        ev = evaluate(model, val_data, geometry, teacher)
+        model.train()
+        score = (ev["clip_genre_top1_agreement"], ev["window_genre_top1_agreement"])
+        val_history.append((step, score[0], score[1]))
+        msg = f"validation at step {step}: clip {score[0]:.3f} window {score[1]:.3f}"
+        log.info(msg)
+        if log_path is not None:
+            with open(log_path, "a") as f:
+                f.write(msg + "\n")
+        if best is None or score >= best:
+            best, best_step = score, step
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rng = random.Random(a.seed)
     torch.manual_seed(a.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
@@ -341,8 +394,20 @@ def train_student(
             loss = (bce * mask).sum() / mask.sum().clamp(min=1.0)
         else:
             x, y = window_batch(data, geometry, a.batch, rng)
-            spec_augment(x, rng)
-            if a.mixup > 0:  # mix pairs of windows and their targets (log-mel frames mixed linearly)
+            if a.gain_db > 0 or (a.mixup > 0 and a.mix_linear):
+                pw = _to_power(x)  # (B, T, n_mels)
+                if a.gain_db > 0:
+                    g_db = torch.empty(len(x), 1, 1).uniform_(-a.gain_db, a.gain_db)
+                    pw = pw * torch.pow(10.0, g_db / 10.0)  # power gain
+                if a.mixup > 0 and a.mix_linear:
+                    lam = torch.from_numpy(np.random.default_rng(rng.randrange(2**31)).beta(a.mixup, a.mixup, size=(len(x), 1)).astype(np.float32))
+                    perm = torch.randperm(len(x))
+                    pw = lam[:, :, None] * pw + (1 - lam[:, :, None]) * pw[perm]
+                    y = lam * y + (1 - lam) * y[perm]
+                x = _to_log(pw)
+            for _ in range(a.spec_masks):
+                spec_augment(x, rng)
+            if a.mixup > 0 and not a.mix_linear:  # mix pairs of windows and their targets (log-mel frames mixed linearly)
                 lam = torch.from_numpy(np.random.default_rng(rng.randrange(2**31)).beta(a.mixup, a.mixup, size=(len(x), 1)).astype(np.float32))
                 perm = torch.randperm(len(x))
                 x = lam[:, :, None] * x + (1 - lam[:, :, None]) * x[perm]
@@ -372,10 +437,19 @@ def train_student(
             if log_path is not None:
                 with open(log_path, "a") as f:
                     f.write(msg + "\n")
+        if val_data and a.val_every and (step % a.val_every == 0 or step == total) and step >= total // 4:
+            validate(step)
     model.eval()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     info = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss": round(float(ema_loss or 0), 5),
             "batch": a.batch, "lr": a.lr, "weight_decay": a.weight_decay, "threads": torch.get_num_threads(),
-            "mixup": a.mixup}
+            "mixup": a.mixup, "mix_linear": a.mix_linear, "gain_db": a.gain_db, "spec_masks": a.spec_masks}
+    if best_state is not None:
+        info["validation"] = {"tracks": len(val_data or []), "best_step": best_step,
+                              "best_clip_genre_top1_agreement": best[0] if best else None,
+                              "best_window_genre_top1_agreement": best[1] if best else None,
+                              "history": val_history}
     if stateful:
         info["seq_seconds"] = list(a.seq_seconds)
     return info
@@ -499,10 +573,40 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _augment_text(info: dict[str, Any], stateful: bool) -> str:
+    n = int(info.get("spec_masks", 1))
+    parts = [f"SpecAugment ({n} band mask{'s' if n > 1 else ''} <= 8 mels and {n} time mask{'s' if n > 1 else ''}"
+             " per example, each with probability 0.5)" if n > 1 else
+             "light SpecAugment (one band mask <= 8 mels, one time mask)"]
+    if not stateful and info.get("gain_db"):
+        parts.append(f"a random gain of +-{info['gain_db']:g} dB per window (on the mel power)")
+    if not stateful and info.get("mixup"):
+        dom = "mel power (as if mixing the audio)" if info.get("mix_linear") else "log-mel"
+        parts.append(f"mixup of window pairs in the {dom} with Beta({info['mixup']:g}, {info['mixup']:g}) weights and "
+                     "the same mix of their teacher targets")
+    return ", ".join(parts)
+
+
+def _validation_text(info: dict[str, Any]) -> str:
+    v = info.get("validation")
+    if not v:
+        return ""
+    return (f"\nCheckpoint: the weights at step {v['best_step']}, best clip-level genre agreement on {v['tracks']} "
+            f"validation tracks set aside from the training sources ({_pct(v['best_clip_genre_top1_agreement'])}; "
+            f"windows {_pct(v['best_window_genre_top1_agreement'])}), checked periodically in the last "
+            "three quarters of the schedule; the held-out tracks were never used for a choice.")
+
+
+DEFAULT_CORPUS_NOTE = (
+    "At most the first 150 s of each track and about 20 minutes per package were kept\n"
+    "(about three hours in all), and whole tracks were held out for evaluation (about 18% per source, by hash):"
+)
+
+
 def model_card(name: str, arch: str, cfg: dict[str, Any], n_params: int, size_mb: float, teacher: Bundle,
                geometry: Geometry, spec: FrontendSpec, corpus_table: str, train_info: dict[str, Any],
                ev: dict[str, Any], cost: dict[str, float], baseline: dict[str, Any], command: str,
-               train_hours: float) -> str:
+               train_hours: float, corpus_note: str = DEFAULT_CORPUS_NOTE) -> str:
     stateful = STREAMING[arch] == "stateful"
     kind = (f"a unidirectional {cfg.get('n_layers')}-layer GRU (hidden size {cfg.get('hidden')}) over per-frame "
             "embeddings with an exponential-moving-average read-out "
@@ -554,8 +658,7 @@ Knowledge distillation on an unlabelled corpus of freely licensed music (built b
 Debian game-music packages (unpacked with `dpkg -x`, licence per file from each package's
 `/usr/share/doc/PKG/copyright`) and the project's shared clips whose licence lets the project redistribute
 them (CC BY, public domain); the shared clips under non-commercial, unknown or no-redistribution terms were
-used for evaluation only. At most the first 150 s of each track and about 20 minutes per package were kept
-(about three hours in all), and whole tracks were held out for evaluation (about 18% per source, by hash):
+used for evaluation only. {corpus_note}
 
 {corpus_table}
 
@@ -563,8 +666,8 @@ Targets: the teacher's sigmoid outputs on its 3 s windows every {geometry.grid_f
 ({geometry.grid_frames * spec.hop_length / spec.sample_rate:.3f} s); a 5 s student window's target is the mean
 of the {geometry.n_inside} teacher windows centred inside it. Loss: binary cross-entropy with these soft targets
 over all 50 tags. AdamW (lr {train_info['lr']}, weight decay {train_info['weight_decay']}), cosine schedule with
-warm-up, light SpecAugment (one band mask <= 8 mels, one time mask), random crops jittered around the
-grid{seq_text}.
+warm-up, {_augment_text(train_info, stateful)}, random crops jittered around the
+grid{seq_text}.{_validation_text(train_info)}
 {train_info['steps']} steps of batch {train_info['batch']} in {train_info['seconds'] / 60:.0f} minutes on {train_info.get('threads', 1)} CPU thread(s).
 
 ## Performance
@@ -621,6 +724,10 @@ def distill(args: argparse.Namespace) -> int:
     geometry = Geometry(args.grid_frames, teacher.window_frames, spec.frames_for(WINDOW_SECONDS))
     train_data = load_split(corpus, teacher, geometry, "train")
     eval_data = load_split(corpus, teacher, geometry, "eval")
+    val_data: list[TrackData] = []
+    if args.val_fraction > 0:  # the same carving in --eval-only, so the training-track figures match
+        train_data, val_data = carve_validation(train_data, args.val_fraction)
+        log.info("validation: %d training tracks set aside", len(val_data))
     log.info("%d train / %d eval tracks; %d train windows", len(train_data), len(eval_data),
              sum(len(t.starts) for t in train_data))
     out = Path(args.out)
@@ -638,9 +745,10 @@ def distill(args: argparse.Namespace) -> int:
         a = TrainArgs(arch=arch, minutes=args.minutes, max_steps=args.max_steps, batch=args.batch, lr=args.lr,
                       seed=args.seed, warmup=min(200, max(1, args.max_steps // 10)), log_every=args.log_every,
                       seq_seconds=(args.seq_seconds[0], args.seq_seconds[1]), mixup=args.mixup,
-                      weight_decay=args.weight_decay)
+                      weight_decay=args.weight_decay, mix_linear=args.mix_linear, gain_db=args.gain_db,
+                      spec_masks=args.spec_masks, val_every=args.val_every)
         log_path = Path(args.log) if args.log else None
-        train_info = train_student(model, train_data, geometry, a, log_path)
+        train_info = train_student(model, train_data, geometry, a, log_path, val_data=val_data, teacher=teacher)
         save_bundle(out, model, architecture=arch, arch_config=cfg, frontend=spec, labels=teacher.labels,
                     genre_labels=teacher.genre_labels, window_frames=geometry.window_frames, hop_seconds=HOP_SECONDS,
                     streaming=STREAMING[arch], extra={"training": train_info})  # kept if evaluation fails
@@ -662,7 +770,9 @@ def distill(args: argparse.Namespace) -> int:
                                     f"{args.corpus} --out {args.out} --minutes {args.minutes:g}")
     card = model_card(out.name, arch, cfg, n_params, size_mb, teacher, geometry, spec,
                       summary(read_manifest(corpus)), train_info, ev, cost, base, command,
-                      sum(t.track.seconds for t in train_data) / 3600)
+                      sum(t.track.seconds for t in train_data + val_data) / 3600,
+                      corpus_note=note.read_text().strip() if (note := corpus / "corpus_note.txt").is_file()
+                      else DEFAULT_CORPUS_NOTE)
     extra = {
         "teacher": teacher.name,
         "distillation": {"grid_frames": geometry.grid_frames, "teacher_frames": geometry.teacher_frames,
@@ -703,6 +813,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixup", type=float, default=0.0, help="window models: mixup Beta alpha (0: off)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--mix-linear", action="store_true", help="mixup in the mel-power domain (like mixing audio)")
+    p.add_argument("--gain-db", type=float, default=0.0, help="random gain per window, +-N dB (0: off)")
+    p.add_argument("--spec-masks", type=int, default=1, help="SpecAugment band masks and time masks per window")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="training tracks set aside per source for validation / best-checkpoint choice (0: none)")
+    p.add_argument("--val-every", type=int, default=500, help="steps between validation runs")
     p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--grid-frames", type=int, default=GRID_FRAMES, help="frames between teacher windows")
