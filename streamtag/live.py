@@ -188,7 +188,18 @@ class LiveRunner:
                 self.engine_error = e
                 return
             if updates:
+                self._add_input_overruns(updates)
                 self.on_updates(updates)
+
+    def _add_input_overruns(self, updates: list[GenreUpdate]) -> None:
+        # Sources that can lose audio before the engine sees it (a microphone's PortAudio overflows) count
+        # their own overruns; publish them beside the engine's ring-buffer overruns.
+        with self._lock:
+            sources = {n: f.source for n, f in self.feeders.items()}
+        for u in updates:
+            n = getattr(sources.get(u.stream), "overruns", None)
+            if isinstance(n, int):
+                u.extra["input_overruns"] = n
 
     def flush(self) -> None:
         """Run the hops still pending (call after sources ended, before stop)."""
