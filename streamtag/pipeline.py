@@ -18,8 +18,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
-
 import numpy as np
 
 from .errors import ConfigError, StreamtagError
@@ -56,6 +54,25 @@ def _level_db(x: np.ndarray) -> float:
         return -math.inf
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     return 20.0 * math.log10(rms) if rms > 1e-10 else -200.0
+
+
+def _smoothed_update(
+    bundle: Bundle, shown: list[int], smoother: Smoother, raw: np.ndarray, dt: float, *, stream: str, t: float,
+    top_k: int | None = None, **fields: object,
+) -> GenreUpdate:
+    """Fold one hop's raw probabilities (L,) into ``smoother`` and build the update for the shown labels."""
+    labels = bundle.labels
+    smoothed = smoother.update(raw, dt)
+    order = smoother.ranking(shown)[:top_k]
+    return GenreUpdate(
+        stream=stream,
+        t=t,
+        top=[(labels[i], float(smoothed[i])) for i in order],
+        probs={labels[i]: float(smoothed[i]) for i in shown},
+        raw={labels[i]: float(raw[i]) for i in shown},
+        model=bundle.name,
+        **fields,
+    )
 
 
 @dataclass
@@ -224,19 +241,10 @@ class Engine:
         spec = self.spec
         end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
         t = end_sample / spec.sample_rate
-        smoothed = st.smoother.update(raw, self.hop_seconds)
-        order = st.smoother.ranking(self.shown)
-        labels = self.bundle.labels
         arrival = self._arrival_of(st, end_sample)
         latency_ms = (time.monotonic() - arrival) * 1000.0 if arrival is not None else None
-        upd = GenreUpdate(
-            stream=st.name,
-            t=t,
-            top=[(labels[i], float(smoothed[i])) for i in order],
-            probs={labels[i]: float(smoothed[i]) for i in self.shown},
-            raw={labels[i]: float(raw[i]) for i in self.shown},
-            model=self.bundle.name,
-            title=st.title,
+        upd = _smoothed_update(
+            self.bundle, self.shown, st.smoother, raw, self.hop_seconds, stream=st.name, t=t, title=st.title,
             extra={
                 "latency_ms": round(latency_ms, 1) if latency_ms is not None else None,
                 "overruns": st.overruns,
@@ -313,20 +321,11 @@ def tag_audio(
     labels = bundle.labels
     smoother = Smoother(smoothing or SmoothingConfig(), candidates=shown)
     hop_s = hop_frames * spec.frame_seconds
-    updates = []
-    for e, r in zip(ends, raw):
-        sm = smoother.update(r, hop_s)
-        order = smoother.ranking(shown)
-        updates.append(
-            GenreUpdate(
-                stream=name,
-                t=spec.samples_for_frames(e) / spec.sample_rate,
-                top=[(labels[i], float(sm[i])) for i in order[:top_k]],
-                probs={labels[i]: float(sm[i]) for i in shown},
-                raw={labels[i]: float(r[i]) for i in shown},
-                model=bundle.name,
-            )
-        )
+    updates = [
+        _smoothed_update(bundle, shown, smoother, r, hop_s, stream=name,
+                         t=spec.samples_for_frames(e) / spec.sample_rate, top_k=top_k)
+        for e, r in zip(ends, raw)
+    ]
     mean = raw.mean(axis=0)
     ranked = sorted(shown, key=lambda i: -mean[i])
     summary = Summary(
@@ -338,13 +337,3 @@ def tag_audio(
         windows=len(ends),
     )
     return Timeline(summary=summary, updates=updates, raw=raw)
-
-
-def drain(engine: Engine, name: str, blocks: Iterable[np.ndarray]) -> list[GenreUpdate]:
-    """Push every block of a finite source through the engine, stepping as it goes (for tests and tools)."""
-    out: list[GenreUpdate] = []
-    for b in blocks:
-        engine.push(name, b)
-        out.extend(engine.step())
-    out.extend(engine.step())
-    return out

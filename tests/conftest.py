@@ -37,3 +37,17 @@ def _torch_threads() -> None:
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for modules of tiny ops (recurrent steps, small forwards): on 2 shared cores a second
+    intra-op thread only waits. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -48,6 +48,17 @@ FEED_CODECS = {  # fmt -> ffmpeg output options and the content type Icecast ann
 }
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Terminate ``process`` if it still runs; kill it when it ignores that for ``timeout`` s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 def require_ffmpeg() -> str:
     if FFMPEG is None:
         pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
@@ -185,13 +196,7 @@ class IcecastServer:
         process, self.process = self.process, None
         if process is None:
             return ""
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
         err = process.stderr.read().decode(errors="replace") if process.stderr else ""
         if process.stderr:
             process.stderr.close()
@@ -273,13 +278,7 @@ def feed(port: int, mount: str, clip: Path, fmt: str = "mp3", *, source_password
                 raise RuntimeError(f"the ffmpeg feeder for {mount} exited: {err.strip()[-500:]}")
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
         if process.stderr:
             process.stderr.close()
 

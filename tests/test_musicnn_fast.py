@@ -20,15 +20,7 @@ WINDOW = 187  # musicnn's 3 s patch, in frames
 TOL = 1e-5  # max abs difference of sigmoid outputs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: these are small forward passes, and the CI box is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

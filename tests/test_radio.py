@@ -26,6 +26,7 @@ from radio_fixtures import (
     self_signed_cert,
     set_title,
     stalling_server,
+    stop_process,
     tone_clip,
     wait_until,
 )
@@ -520,10 +521,5 @@ def test_cli_stream_jsonl_titles_and_restart(tmp_path: Path) -> None:
             assert proc.poll() is None
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+                stop_process(proc, timeout=10)
                 proc.stdout.close()
