@@ -30,6 +30,7 @@ ARCHITECTURES: dict[str, str] = {
     "stateful_gru": "gru:StatefulGRUConfig:StatefulGRUTagger",
     "crnn": "crnn:CRNNConfig:CRNN",
     "vit": "vit:ViTConfig:ViTTagger",
+    "musicnn_student": "student:MusicnnStudentConfig:MusicnnStudent",
 }
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["MusicnnConfig", "Musicnn", "same_padding"]
+__all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
 
 
 @dataclass(frozen=True)
@@ -160,14 +160,23 @@ class Musicnn(nn.Module):
         front = torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1)  # (B, C_front, T)
         return self._head(front)
 
-    def _head(self, front: torch.Tensor) -> torch.Tensor:
-        """Mid end + back end: front-end features (B, C_front, T) -> logits (B, n_labels)."""
+    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-frame features the back end pools (front end + mid end). (B, T, n_mels) -> (B, C_mid, T)."""
+        x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
+        return self._midend(torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1))
+
+    def _midend(self, front: torch.Tensor) -> torch.Tensor:
+        """Front-end features (B, C_front, T) -> dense mid-end features (B, C_mid, T)."""
         features = [front]
         h = front
         for i, blk in enumerate(self.midend):
             h = blk(h) if i == 0 else blk(h) + h  # (B, midend_filters, T), residual after the first
             features.append(h)
-        feats = torch.cat(features, dim=1)  # (B, C_mid, T)
+        return torch.cat(features, dim=1)  # (B, C_mid, T)
+
+    def _head(self, front: torch.Tensor) -> torch.Tensor:
+        """Mid end + back end: front-end features (B, C_front, T) -> logits (B, n_labels)."""
+        feats = self._midend(front)  # (B, C_mid, T)
         # TF: concat([max, mean], axis=2) on (B, C_mid, 1) then flatten -> max_0, mean_0, max_1, mean_1, ...
         pooled = torch.stack([feats.amax(dim=2), feats.mean(dim=2)], dim=2)  # (B, C_mid, 2)
         pooled = self.pool_bn(pooled.flatten(1))  # (B, 2 * C_mid)
@@ -232,3 +241,141 @@ class Musicnn(nn.Module):
                 feats.append(f)
             out.append(self._head(torch.cat(feats, dim=1)))  # (n, n_labels)
         return torch.cat(out)
+
+
+class MusicnnFrames(nn.Module):
+    """musicnn's front end and mid end as a causal, streaming per-frame feature extractor.
+
+    ``step(x, state)`` takes the log-mel frames that arrived since the last call, (B, n, n_mels) in musicnn's
+    units, and returns one feature vector per new frame, (B, n, midend_channels): the dense concatenation
+    [front end | mid-end layer 1 | 2 | 3] that musicnn's back end pools. Output ``j`` is musicnn's
+    "same"-padded feature of stream frame ``j - delay`` (``delay`` = 64 + 3 x 3 = 73 frames, 1.17 s: the
+    widest temporal kernel and the mid-end kernels look that far ahead), and zeros for ``j < delay``.
+
+    So the feature of every stream frame ``t`` that is at least ``delay`` frames from the end equals what
+    :meth:`Musicnn.frame_features` computes offline over the whole stream, exactly as musicnn pads it (zeros
+    before the stream's first frame), whatever the chunking: a chunked run equals a full run.
+
+    State: one (B, state_size) tensor, ``[input history | per-level histories | frames seen]``; the histories
+    hold the last frames each level's kernels need, so a hop costs only its new frames.
+    Parameter names equal :class:`Musicnn`'s, so a teacher's weights load by prefix.
+    """
+
+    def __init__(self, config: MusicnnConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.input_bn = nn.BatchNorm2d(1, eps=c.bn_eps)
+        self.timbral = nn.ModuleList(
+            FrontendBlock(c.timbral_filters, c.timbral_frames, bands, c.bn_eps) for bands in c.timbral_bands
+        )
+        self.temporal = nn.ModuleList(
+            FrontendBlock(c.temporal_filters, frames, 1, c.bn_eps) for frames in c.temporal_frames
+        )
+        self.midend = nn.ModuleList(
+            MidendBlock(c.frontend_channels if i == 0 else c.midend_filters, c.midend_filters, c.midend_frames,
+                        c.bn_eps)
+            for i in range(c.midend_layers)
+        )
+        blocks = (*self.timbral, *self.temporal)
+        self.left = max(b.pad[0] for b in blocks)  # input frames before a front-end frame its kernels read
+        self.right = max(b.pad[1] for b in blocks)  # ... and after it
+        self.mid_left, self.mid_right = same_padding(c.midend_frames)
+        n_mid = c.midend_layers
+        self.delay = self.right + n_mid * self.mid_right
+        # level j (0: front end, 1..n_mid: mid-end layers) keeps H_j frames: its kernel's reach (levels that
+        # feed a conv) and the delay that aligns it with the last level in the concatenation
+        self.level_channels = [c.frontend_channels] + [c.midend_filters] * n_mid
+        self.level_hist = [
+            max(self.mid_left + self.mid_right if j < n_mid else 0, (n_mid - j) * self.mid_right) for j in range(n_mid + 1)
+        ]
+        self.in_hist = self.left + self.right
+        self.requires_grad_(False)  # frozen teacher layers: always inference statistics
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "MusicnnFrames":
+        return super().train(False)
+
+    @property
+    def channels(self) -> int:
+        return self.config.midend_channels
+
+    @property
+    def state_size(self) -> int:
+        return self.in_hist * self.config.n_mels + sum(h * c for h, c in zip(self.level_hist, self.level_channels)) + 1
+
+    def init_state(self, batch_size: int, device: str | torch.device = "cpu") -> torch.Tensor:
+        return torch.zeros(batch_size, self.state_size, device=device)
+
+    def _unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        B = state.shape[0]
+        o = self.in_hist * self.config.n_mels
+        xh = state[:, :o].view(B, self.in_hist, self.config.n_mels)
+        hs = []
+        for h, c in zip(self.level_hist, self.level_channels):
+            hs.append(state[:, o : o + h * c].view(B, c, h))  # channels first, as the convs want
+            o += h * c
+        return xh, hs, state[:, -1]
+
+    @staticmethod
+    def _pack(xh: torch.Tensor, hs: list[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
+        B = xh.shape[0]
+        return torch.cat([xh.reshape(B, -1), *(h.reshape(B, -1) for h in hs), n[:, None]], dim=1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The input batch norm (an affine map in eval mode). x (B, n, n_mels) -> (B, n, n_mels)."""
+        return self.input_bn(x.unsqueeze(1)).squeeze(1)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """New log-mel frames (B, n, n_mels) -> (features (B, n, channels), new state)."""
+        return self.step_normalized(self.normalize(x), state)
+
+    @torch.no_grad()
+    def step_normalized(
+        self, x: torch.Tensor, state: torch.Tensor, total: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` on frames already through the input batch norm (zeros are musicnn's padding).
+        ``total``: the stream's length in frames when it is known (offline), so frames past it are padding."""
+        B, n, _ = x.shape
+        xh, hs, count = self._unpack(state.to(x.dtype))
+        if n == 0:
+            return x.new_zeros((B, 0, self.channels)), state
+        z = torch.cat([xh, x], dim=1).unsqueeze(1)  # (B, 1, in_hist + n, n_mels)
+        front = []
+        for blk in (*self.timbral, *self.temporal):
+            pl, pr = blk.pad
+            front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
+        new = torch.cat(front, dim=1)  # (B, C0, n): stream frames count - right + k
+        ar = torch.arange(n, device=x.device, dtype=count.dtype)
+        levels, new_hs = [], []
+        for j, h in enumerate(hs):
+            delay = self.right + j * self.mid_right
+            t = count[:, None] - delay + ar  # (B, n) stream frame of each new output of this level
+            inside = (t >= 0) if total is None else (t >= 0) & (t < total)
+            new = new * inside.to(new.dtype)[:, None, :]  # musicnn's zero padding outside the stream
+            zj = torch.cat([h, new], dim=2)  # (B, C_j, H_j + n)
+            H = h.shape[2]
+            lag = (len(hs) - 1 - j) * self.mid_right  # frames level j is behind the last level
+            levels.append(zj[:, :, H - lag : H - lag + n])
+            new_hs.append(zj[:, :, zj.shape[2] - H :] if H else h)
+            if j + 1 < len(hs):
+                blk = self.midend[j]
+                out = blk.bn(F.relu(blk.conv(zj[:, :, H - self.mid_left - self.mid_right :])))  # (B, C, n)
+                new = out if j == 0 else out + zj[:, :, H - self.mid_right : H - self.mid_right + n]
+        feats = torch.cat(levels, dim=1).transpose(1, 2)  # (B, n, channels)
+        xh = z[:, 0, z.shape[2] - self.in_hist :]
+        return feats, self._pack(xh, new_hs, count + n)
+
+    @torch.no_grad()
+    def offline(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """Features of every frame of whole sequences, musicnn's "same" padding at both ends.
+        x (B, T, n_mels) -> (B, T, channels); equals :meth:`Musicnn.frame_features` (transposed)."""
+        B, T, _ = x.shape
+        z = torch.cat([self.normalize(x), x.new_zeros((B, self.delay, x.shape[2]))], dim=1)  # trailing padding
+        state = self.init_state(B, x.device)
+        out = []
+        for s in range(0, z.shape[1], chunk):
+            f, state = self.step_normalized(z[:, s : s + chunk], state, total=T)
+            out.append(f)
+        return torch.cat(out, dim=1)[:, self.delay :]

@@ -1,0 +1,99 @@
+"""Streaming students on musicnn's frozen front end: a small head over the teacher's own per-frame features.
+
+Distilling musicnn from scratch into a small network needs far more (and more varied) music than a freely
+licensed corpus holds: the front end must rediscover the teacher's timbral and temporal filters. These
+students keep those filters instead, frozen and copied from the teacher (as DistilBERT keeps its teacher's
+layers), and learn only what musicnn's back end does over time, as a streaming model::
+
+    log-mel (B, n, n_mels), the frames since the last hop
+      -> MusicnnFrames: musicnn's front end + mid end, causal and incremental (state: the last frames each
+         kernel needs), one 753-channel feature per new frame, 73 frames (1.17 s) behind the input
+      -> head "stateful_gru": StatefulGRUTagger over the features (state: GRU + EMA read-out)
+         head "transformer": TransformerTagger over the last ``window_frames`` features (state: that window)
+      -> logits (B, n_labels)
+
+So a hop costs the front end on its new frames only (not on a whole window, as a window model pays) plus the
+head. Both heads are ``stateful`` in the runner's sense: ``step(x, state)`` with one flat (B, S) state
+tensor, and a chunked run equals a full-sequence run (tested).
+
+The head modules are the ordinary ``transformer`` / ``stateful_gru`` architectures with ``n_mels`` set to the
+feature width, so ``train/distill.py`` trains them on cached features and this module only assembles them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .musicnn import MusicnnConfig, MusicnnFrames
+
+__all__ = ["MusicnnStudentConfig", "MusicnnStudent", "HEADS"]
+
+HEADS = ("stateful_gru", "transformer")
+
+
+@dataclass(frozen=True)
+class MusicnnStudentConfig:
+    n_mels: int = 96  # input mel bands (musicnn's)
+    n_labels: int = 50  # output logits
+    head: str = "stateful_gru"  # "stateful_gru" or "transformer"
+    head_config: dict[str, Any] = field(default_factory=dict)  # the head's config, less n_mels / n_labels
+    window_frames: int = 312  # transformer head: feature frames it attends over (312 = 5 s at 16 kHz, hop 256)
+    musicnn: dict[str, Any] = field(default_factory=dict)  # MusicnnConfig fields of the frozen feature extractor
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"student head must be one of {HEADS}, got {self.head!r}")
+        if self.window_frames < 1:
+            raise ConfigError(f"window_frames must be >= 1, got {self.window_frames}")
+
+
+class MusicnnStudent(nn.Module):
+    """Stateful student: frozen musicnn features -> trained streaming head."""
+
+    stateful = True
+
+    def __init__(self, config: MusicnnStudentConfig) -> None:
+        super().__init__()
+        from . import build_model  # the package registry (imported late: it imports this module lazily)
+
+        self.config = c = config
+        self.frames = MusicnnFrames(MusicnnConfig(**{**c.musicnn, "n_mels": c.n_mels, "n_labels": c.n_labels}))
+        head_cfg = {**c.head_config, "n_mels": self.frames.channels, "n_labels": c.n_labels}
+        self.head = build_model(c.head, head_cfg)
+        if c.head == "stateful_gru":
+            self.head_state = self.head.state_size
+        else:
+            self.head_state = c.window_frames * self.frames.channels
+
+    @property
+    def state_size(self) -> int:
+        return self.frames.state_size + self.head_state
+
+    def init_state(self, batch_size: int, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Fresh state for ``batch_size`` streams: (B, state_size) zeros (zeros are musicnn's padding)."""
+        return torch.zeros(batch_size, self.state_size, device=device)
+
+    def head_logits(self, feats: torch.Tensor, head_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head on new features (B, n, channels) -> ((B, n_labels), new head state)."""
+        if self.config.head == "stateful_gru":
+            return self.head.step(feats, head_state)
+        B, W, C = feats.shape[0], self.config.window_frames, self.frames.channels
+        window = head_state.view(B, W, C)
+        if feats.shape[1]:
+            window = torch.cat([window, feats.to(window.dtype)], dim=1)[:, -W:]  # (B, W, C)
+        return self.head(window), window.reshape(B, W * C)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
+        fs = self.frames.state_size
+        feats, f_state = self.frames.step(x, state[:, :fs])  # (B, n, channels)
+        logits, h_state = self.head_logits(feats, state[:, fs:])
+        return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A whole sequence from a fresh state: the logits after its last frame. (B, T, n_mels) -> (B, n_labels)."""
+        return self.step(x, self.init_state(x.shape[0], x.device))[0]
