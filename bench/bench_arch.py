@@ -3,6 +3,8 @@
 Window models run a whole window (default 5 s) per hop; the stateful GRU runs only the new hop's frames
 with its carried state, so its per-hop cost does not depend on the window length. Default configs
 (n_mels 128, 163 labels), front end 16 kHz / hop_length 256 (62.5 frames/s), hop 0.5 s = 31 frames.
+``musicnn_student/HEAD`` rows are the shipped students' layout (musicnn-msd's frozen front end run
+incrementally on the hop's new frames, 96 mels, 50 tags, then the GRU or the transformer over 5 s of features).
 
     python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64] [--windows 5 10 20] [--repeats 5]
 
@@ -19,7 +21,20 @@ import torch
 from streamtag.architectures import build_model
 
 FPS = 16000 / 256  # frames per second
-ARCHS = ("transformer", "bigru", "crnn", "vit", "stateful_gru")
+ARCHS = ("transformer", "bigru", "crnn", "vit", "stateful_gru", "musicnn_student/stateful_gru",
+         "musicnn_student/transformer")
+
+
+def _build(arch: str) -> tuple[torch.nn.Module, int]:
+    """(model, input mel bands). ``musicnn_student/HEAD``: the distilled students' layout (musicnn-msd's
+    frozen front end, 96 mels, 50 tags) with the head sizes train/distill.py uses."""
+    if arch.startswith("musicnn_student/"):
+        from train.distill import DEFAULT_ARCH_CONFIGS
+
+        head = arch.split("/", 1)[1]
+        return build_model("musicnn_student", {"n_mels": 96, "n_labels": 50, "head": head,
+                                               "head_config": DEFAULT_ARCH_CONFIGS[head]}), 96
+    return build_model(arch, {"n_mels": 128, "n_labels": 163}), 128
 
 
 def _time(fn, repeats: int, device: torch.device) -> float:
@@ -57,19 +72,20 @@ def main() -> None:
     baseline = None
     with torch.inference_mode():
         for arch in args.archs:
-            model = build_model(arch, {"n_mels": 128, "n_labels": 163}).to(dev).eval()
+            model, n_mels = _build(arch)
+            model = model.to(dev).eval()
             n_params = sum(p.numel() for p in model.parameters()) / 1e6
             for window_s in args.windows:
                 T = int(round(window_s * FPS))
                 for B in args.streams:
                     if model.stateful:  # the window length only sets how long the state has run: no cost
                         state = model.init_state(B, dev)
-                        x = torch.randn(B, T, 128, device=dev)
+                        x = torch.randn(B, T, n_mels, device=dev)
                         _, state = model.step(x, state)  # a stream already T frames in
-                        hop = torch.randn(B, hop_frames, 128, device=dev)
+                        hop = torch.randn(B, hop_frames, n_mels, device=dev)
                         sec = _time(lambda: model.step(hop, state), args.repeats, dev)
                     else:
-                        x = torch.randn(B, T, 128, device=dev)
+                        x = torch.randn(B, T, n_mels, device=dev)
                         sec = _time(lambda: model(x), args.repeats, dev)
                     if baseline is None:
                         baseline = sec
