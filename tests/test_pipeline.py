@@ -18,7 +18,7 @@ LABELS = ["rock", "jazz", "classical", "80s", "guitar"]
 GENRES = ["rock", "jazz", "classical"]
 
 
-@pytest.fixture(scope="module", params=["transformer", "stateful_gru"])
+@pytest.fixture(scope="module", params=["transformer", "stateful_gru", "musicnn_student"])
 def bundle(request, tmp_path_factory):
     from streamtag.architectures import build_model
 
@@ -26,8 +26,15 @@ def bundle(request, tmp_path_factory):
     if request.param == "transformer":
         cfg = dict(n_mels=32, n_labels=5, d_model=32, n_layers=2, n_heads=2, d_ff=64, dropout=0.0)
         streaming, window = "window", 125  # 2 s
-    else:
+    elif request.param == "stateful_gru":
         cfg = dict(n_mels=32, n_labels=5, d_embed=16, hidden=24, n_layers=2, dropout=0.0)
+        streaming, window = "stateful", 125
+    else:  # the distilled students' layout: a (tiny) frozen musicnn front end streamed, a transformer on 2 s of it
+        cfg = dict(n_mels=32, n_labels=5, head="transformer", window_frames=125,
+                   head_config=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, embed_kernel=5, embed_stride=5,
+                                    dropout=0.0),
+                   musicnn=dict(timbral_filters=6, timbral_bands=[12, 22], temporal_filters=4,
+                                temporal_frames=[32, 16, 8], midend_filters=5))
         streaming, window = "stateful", 125
     model = build_model(request.param, cfg)
     path = tmp_path_factory.mktemp("bundles") / f"tiny-{request.param}"
