@@ -762,7 +762,7 @@ Targets: the teacher's sigmoid outputs on its 3 s windows every {geometry.grid_f
 ({geometry.grid_frames * spec.hop_length / spec.sample_rate:.3f} s); a 5 s student window's target is the mean
 of the {geometry.n_inside} teacher windows centred inside it. Loss: binary cross-entropy with these soft targets
 over all 50 tags. AdamW (lr {train_info['lr']}, weight decay {train_info['weight_decay']}), cosine schedule with
-warm-up, {_augment_text(train_info, stateful)}, random crops jittered around the
+warm-up, {_augment_text(train_info, stateful).replace(" mels", " feature channels" if on_features else " mels")}, random crops jittered around the
 grid{seq_text}.{_validation_text(train_info)}
 {train_info['steps']} steps of batch {train_info['batch']} in {train_info['seconds'] / 60:.0f} minutes on {train_info.get('threads', 1)} CPU thread(s).
 
@@ -945,7 +945,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.label_only and not args.out:
+    if not (args.label_only or args.features_only) and not args.out:
         raise StreamtagError("give --out DIR, the bundle directory to write")
     try:
         return distill(args)
