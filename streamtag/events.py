@@ -23,7 +23,8 @@ def _r(p: float) -> float:
 class GenreUpdate:
     """One hop's result for one stream.
 
-    ``t`` is seconds of audio since the stream began, at the end of the window that produced it.
+    ``t`` is seconds of audio since the stream began, at the end of the window that produced it (the end of
+    the music the answer describes: for a model with ``lag_frames``, that many frames before the newest audio).
     ``probs`` are smoothed, ``raw`` are the model's outputs for this window; ``top`` is sorted by the
     smoothed probability, highest first.
     """

@@ -214,7 +214,12 @@ class Engine:
             )  # (B, window_frames, n_mels)
             probs = self.runner.predict(windows)
         self.last_step_ms = (time.perf_counter() - t0) * 1000.0
-        updates = [self._emit(st, end, p) for (st, end), p in zip(jobs, probs)]
+        updates = []
+        for (st, end), p in zip(jobs, probs):
+            if end <= self.runner.lag_frames:  # the model has not seen any of the stream's music yet
+                st.next_end = end + self.hop_frames
+                continue
+            updates.append(self._emit(st, end, p))
         for st in streams:
             self._trim(st)
         return updates
@@ -240,7 +245,8 @@ class Engine:
     def _emit(self, st: StreamState, end: int, raw: np.ndarray) -> GenreUpdate:
         spec = self.spec
         end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
-        t = end_sample / spec.sample_rate
+        # the time the answer describes: a lagging model's answer is about the music lag_frames back
+        t = (end_sample - self.runner.lag_frames * spec.hop_length) / spec.sample_rate
         arrival = self._arrival_of(st, end_sample)
         latency_ms = (time.monotonic() - arrival) * 1000.0 if arrival is not None else None
         upd = _smoothed_update(
@@ -314,6 +320,9 @@ def tag_audio(
             start = e
         runner.reset_state(name)
         raw = np.stack(raw_list)
+        lag = runner.lag_frames
+        keep = [i for i, e in enumerate(ends) if e > lag] or [len(ends) - 1]  # as the Engine emits
+        raw, ends = raw[keep], [ends[i] - lag if ends[i] > lag else ends[i] for i in keep]  # described times
     else:
         ends = window_ends(frames.shape[0], bundle.window_frames, hop_frames)
         raw = runner.predict_windows(frames, ends, bundle.window_frames)  # (n_windows, L)

@@ -40,6 +40,7 @@ class ModelRunner:
         self.max_batch = max_batch
         self.model = bundle.build_model(self.device)
         self.stateful = bool(getattr(self.model, "stateful", False))
+        self.lag_frames = int(getattr(self.model, "lag_frames", 0))  # answers describe the music this many frames back
         self._states: dict[str, torch.Tensor] = {}  # stream name -> recurrent state, on self.device
         log.info("loaded %s (%s) on %s", bundle.name, bundle.architecture, self.device)
 

@@ -191,3 +191,26 @@ def test_push_from_another_thread_while_stepping(bundle) -> None:
     offline = tag_audio(x, engine.runner, name="x")
     assert len(ups) == len(offline.updates)
     assert all(u.extra["latency_ms"] is not None for u in ups)
+
+
+def test_updates_carry_the_time_the_answer_describes(bundle) -> None:
+    """A model whose front end looks ahead (the musicnn students: lag_frames) stamps each update with the end
+    of the music it describes, lag_frames before the newest audio, and says nothing before it has heard any."""
+    runner = ModelRunner(bundle, "cpu")
+    lag = runner.lag_frames
+    assert lag == (16 + 3 * 3 if bundle.architecture == "musicnn_student" else 0)  # tiny musicnn: kernels 32 / 7
+    x = _audio(4.0, 3)
+    engine = Engine(bundle, device="cpu", runner=runner)
+    engine.add_stream("a")
+    engine.push("a", x)
+    ups = engine.step()
+    hop = engine.hop_frames
+    first = engine.window_frames if not runner.stateful else hop
+    while first <= lag:
+        first += hop
+    frame_s = SPEC.hop_length / SPEC.sample_rate
+    assert ups[0].t == pytest.approx(SPEC.samples_for_frames(first - lag) / SPEC.sample_rate)
+    assert all(u.t > 0 for u in ups)
+    assert np.allclose(np.diff([u.t for u in ups]), hop * frame_s)
+    offline = tag_audio(x, ModelRunner(bundle, "cpu"), name="a")
+    assert [round(u.t, 6) for u in offline.updates] == [round(u.t, 6) for u in ups]

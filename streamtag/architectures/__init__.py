@@ -9,6 +9,8 @@ The module contract (what the runner relies on):
 - Stateful models (``model.stateful is True``) also provide ``init_state(batch_size, device)`` and
   ``step(x, state) -> (logits, new_state)`` with ``x`` the frames that arrived since the last call; the
   state is explicit, passed in and returned, and a chunked run equals a full-sequence run.
+- Optionally ``model.lag_frames``: how many frames behind the newest input a stateful model's answer is (a
+  front end that looks ahead); the engine then stamps updates with the time the answer describes.
 """
 from __future__ import annotations
 

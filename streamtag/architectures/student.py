@@ -70,6 +70,11 @@ class MusicnnStudent(nn.Module):
             self.head_state = c.window_frames * self.frames.channels
 
     @property
+    def lag_frames(self) -> int:
+        """Frames between the newest input and the newest music an answer describes (the front end's look-ahead)."""
+        return self.frames.delay
+
+    @property
     def state_size(self) -> int:
         return self.frames.state_size + self.head_state
 
