@@ -4,7 +4,8 @@ A real server (GenreServer: LiveRunner + Engine + websockets) runs in this proce
 paced at real time by its own feeder thread, which stamps each block's arrival (time.monotonic) as it hands it
 to the engine. Clients (10 by default) run in a separate process, subscribed to every stream, and stamp each
 update's receipt with the same system-wide monotonic clock. An update's latency is receipt time minus the
-arrival time of the block that completed its window (the block holding sample t * sr), so it includes waiting
+arrival time of the block that completed its window (the block holding sample t * sr, plus the model's
+lag_frames for the distilled students, whose t is 1.17 s behind their newest audio), so it includes waiting
 for the engine thread, the model, the hub and the socket, but not the window itself.
 
     python bench/bench_latency.py                        # musicnn-msd, 1/10/100 streams, 10 clients, 20 s each
@@ -112,6 +113,8 @@ def clients_main(url: str, n_clients: int, seconds: float, conn) -> None:
 def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
     engine = Engine(bundle, device=args.device, hop_seconds=args.hop)
     sr = engine.sample_rate
+    # an update's t is the music it describes; a lagging model (the students) had audio lag_frames further on
+    lag = engine.runner.lag_frames * bundle.frontend.hop_length
     result: dict = {}
 
     async def scenario():
@@ -152,13 +155,13 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
         total_msgs += len(rows)
         total_dropped += dropped
         for stream, t, recv in rows:
-            arrival = result["sources"][stream].arrival_of(int(round(t * sr)))
+            arrival = result["sources"][stream].arrival_of(int(round(t * sr)) + lag)
             if arrival is not None:
                 lat.append((recv - arrival) * 1000.0)
     if args.verbose:
         rows0 = sorted(result["clients"][0][0], key=lambda r: r[2])
         for stream, t, recv in rows0[:: max(1, len(rows0) // 15)]:
-            arrival = result["sources"][stream].arrival_of(int(round(t * sr)))
+            arrival = result["sources"][stream].arrival_of(int(round(t * sr)) + lag)
             print(f"    {stream} t={t:.2f} recv={recv:.2f} arrival={arrival if arrival is None else round(arrival, 2)}")
     lat_a = np.array(lat) if lat else np.array([np.nan])
     return {
