@@ -126,6 +126,22 @@ class MidendBlock(nn.Module):
         return self.bn(F.relu(self.conv(x)))  # (B, C_out, T)
 
 
+def _add_feature_layers(module: nn.Module, c: MusicnnConfig) -> None:
+    """musicnn's input batch norm, front end and mid end, under the parameter names the checkpoints use
+    (shared by the tagger and the streaming feature extractor, so teacher weights load by name)."""
+    module.input_bn = nn.BatchNorm2d(1, eps=c.bn_eps)
+    module.timbral = nn.ModuleList(
+        FrontendBlock(c.timbral_filters, c.timbral_frames, bands, c.bn_eps) for bands in c.timbral_bands
+    )
+    module.temporal = nn.ModuleList(
+        FrontendBlock(c.temporal_filters, frames, 1, c.bn_eps) for frames in c.temporal_frames
+    )
+    module.midend = nn.ModuleList(
+        MidendBlock(c.frontend_channels if i == 0 else c.midend_filters, c.midend_filters, c.midend_frames, c.bn_eps)
+        for i in range(c.midend_layers)
+    )
+
+
 class Musicnn(nn.Module):
     """musicnn tagger. forward: (B, T, n_mels) log10(1 + 10000 mel) -> (B, n_labels) logits."""
 
@@ -135,18 +151,7 @@ class Musicnn(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.input_bn = nn.BatchNorm2d(1, eps=c.bn_eps)
-        self.timbral = nn.ModuleList(
-            FrontendBlock(c.timbral_filters, c.timbral_frames, bands, c.bn_eps) for bands in c.timbral_bands
-        )
-        self.temporal = nn.ModuleList(
-            FrontendBlock(c.temporal_filters, frames, 1, c.bn_eps) for frames in c.temporal_frames
-        )
-        self.midend = nn.ModuleList(
-            MidendBlock(c.frontend_channels if i == 0 else c.midend_filters, c.midend_filters, c.midend_frames,
-                        c.bn_eps)
-            for i in range(c.midend_layers)
-        )
+        _add_feature_layers(self, c)
         self.pool_bn = nn.BatchNorm1d(2 * c.midend_channels, eps=c.bn_eps)
         self.dropout = nn.Dropout(c.dropout)
         self.dense = nn.Linear(2 * c.midend_channels, c.backend_units)
@@ -265,18 +270,7 @@ class MusicnnFrames(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.input_bn = nn.BatchNorm2d(1, eps=c.bn_eps)
-        self.timbral = nn.ModuleList(
-            FrontendBlock(c.timbral_filters, c.timbral_frames, bands, c.bn_eps) for bands in c.timbral_bands
-        )
-        self.temporal = nn.ModuleList(
-            FrontendBlock(c.temporal_filters, frames, 1, c.bn_eps) for frames in c.temporal_frames
-        )
-        self.midend = nn.ModuleList(
-            MidendBlock(c.frontend_channels if i == 0 else c.midend_filters, c.midend_filters, c.midend_frames,
-                        c.bn_eps)
-            for i in range(c.midend_layers)
-        )
+        _add_feature_layers(self, c)
         blocks = (*self.timbral, *self.temporal)
         self.left = max(b.pad[0] for b in blocks)  # input frames before a front-end frame its kernels read
         self.right = max(b.pad[1] for b in blocks)  # ... and after it
