@@ -10,7 +10,7 @@ import concurrent.futures
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import StreamtagError
@@ -145,8 +145,9 @@ def _is_url(s: str) -> bool:
 
 
 def _read_input(src: str, sample_rate: int, duration: float | None, opts: dict):
-    from .sources import open_source, read_audio
     import numpy as np
+
+    from .sources import open_source, read_audio
 
     if _is_url(src) or src == "-":
         limit = int((duration or (60.0 if _is_url(src) else 1e9)) * sample_rate)

@@ -70,7 +70,7 @@ class FrontendSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrontendSpec":
+    def from_dict(cls, d: dict[str, Any]) -> FrontendSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -13,8 +13,9 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Protocol, TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 
@@ -172,7 +173,7 @@ class LiveRunner:
             self.on_end(f.name, f.error)
 
     # -- engine ------------------------------------------------------------------------------------------
-    def start(self) -> "LiveRunner":
+    def start(self) -> LiveRunner:
         self._engine_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._engine_thread.start()
         return self

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from .errors import ConfigError, StreamtagError

@@ -36,9 +36,13 @@ CARD_NAME = "model_card.md"
 
 
 def models_dirs() -> list[Path]:
-    """Where shipped bundles are looked up: $STREAMTAG_MODELS (os.pathsep-separated), then the repo's models/."""
+    """Where shipped bundles are looked up: $STREAMTAG_MODELS (os.pathsep-separated), then the installed
+    package's own ``streamtag/models/`` (a wheel maps the repository's ``models/`` there), then the source
+    checkout's top-level ``models/``."""
     dirs = [Path(p) for p in os.environ.get("STREAMTAG_MODELS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "models")
+    here = Path(__file__).resolve().parent
+    dirs.append(here / "models")  # pip-installed wheel
+    dirs.append(here.parent / "models")  # source checkout (editable install)
     return [d for d in dirs if d.is_dir()]
 
 

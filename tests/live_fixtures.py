@@ -15,8 +15,9 @@ import os
 import socket
 import threading
 import wave
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ class ServerThread:
         self._started.set()
         self.loop.run_forever()
 
-    def start(self, timeout: float = 10.0) -> "ServerThread":
+    def start(self, timeout: float = 10.0) -> ServerThread:
         self.thread.start()
         if not self._started.wait(timeout):
             raise TimeoutError("server did not start")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from live_fixtures import REPO, ServerThread, free_port, live_bundle, make_engine, write_tone_wav
 
 ARTIFACTS = REPO / "artifacts"

@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import pytest
+from live_fixtures import live_bundle, make_engine, write_tone_wav
 from rich.console import Console
 
 from streamtag.live import LiveRunner, Playlist, run
 from streamtag.publishers.dashboard import DashboardState, StreamView, bar, render, snapshot
 from streamtag.sources import open_source
-
-from live_fixtures import live_bundle, make_engine, write_tone_wav
 
 
 def text_of(state: DashboardState, width: int = 100) -> str:

@@ -12,7 +12,6 @@ import torch
 
 from streamtag.errors import ModelError
 from streamtag.registry import Bundle, load_bundle, save_bundle
-
 from train import build_corpus, distill
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from live_fixtures import example_clip, live_bundle, write_tone_wav
 
 from streamtag.errors import DeviceError
-
-from live_fixtures import example_clip, live_bundle, write_tone_wav
 
 SINK = "streamtag_test"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from radio_fixtures import (
     feed,
     http_server,
@@ -30,6 +29,7 @@ from radio_fixtures import (
     tone_clip,
     wait_until,
 )
+
 from streamtag.errors import SourceError
 from streamtag.sources import HlsSource, UrlSource, open_source
 from streamtag.sources.http_client import IcyDemuxer, parse_stream_title

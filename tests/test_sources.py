@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-
 from radio_fixtures import ffmpeg_generate, require_ffmpeg, tone_clip
+
 from streamtag.errors import ConfigError, SourceError
 from streamtag.sources import AudioPipeline, open_source, probe_duration, read_audio
 

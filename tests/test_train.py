@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
+
 from streamtag.errors import ConfigError, SourceError
 from streamtag.frontend import FrontendSpec
 from streamtag.registry import load_bundle

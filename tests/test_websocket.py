@@ -15,12 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from live_fixtures import (
+    REPO,
+    ServerThread,
+    default_bundle,
+    example_clip,
+    free_port,
+    live_bundle,
+    make_engine,
+    tiny_bundle,
+    write_tone_wav,
+)
 
 from streamtag.errors import ConfigError
 from streamtag.protocol import Hub, Outbox
-
-from live_fixtures import (REPO, ServerThread, default_bundle, example_clip, free_port, live_bundle, make_engine,
-                           tiny_bundle, write_tone_wav)
 
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402

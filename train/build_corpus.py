@@ -34,9 +34,9 @@ import os
 import re
 import subprocess
 import zipfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

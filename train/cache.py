@@ -21,9 +21,9 @@ import os
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -44,7 +44,7 @@ _FLUSH_SECONDS = 10.0
 
 def _npy_header(rows: int, n_mels: int) -> bytes:
     """A version 1.0 .npy header of exactly _HEADER_BYTES for a C-order float16 (rows, n_mels) array."""
-    d = "{'descr': '<f2', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, n_mels)
+    d = "{'descr': '<f2', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, n_mels)  # noqa: UP031 (numpy's own header format)
     pad = _HEADER_BYTES - 10 - len(d) - 1
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", _HEADER_BYTES - 10) + (d + " " * pad + "\n").encode("latin1")
 

@@ -18,8 +18,8 @@ import argparse
 import ast
 import hashlib
 import json
-import os
 import logging
+import os
 import struct
 import subprocess
 import sys

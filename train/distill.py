@@ -196,7 +196,6 @@ def feature_corpus(corpus: Path, teacher: Bundle, *, shard: int = 0, shards: int
     :class:`~streamtag.architectures.musicnn.MusicnnFrames` from the label cache's log-mel frames with
     musicnn's padding at both ends (what the streaming extractor emits, 73 frames later). Resumable;
     ``shard``/``shards`` split the tracks between processes."""
-    from streamtag.architectures.musicnn import MusicnnFrames
 
     if teacher.architecture != "musicnn":
         raise StreamtagError(f"--frontend musicnn needs a musicnn teacher, not {teacher.architecture}")

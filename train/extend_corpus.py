@@ -34,7 +34,14 @@ import torch
 from streamtag.frontend import logmel
 from streamtag.registry import load_bundle
 from train.build_corpus import (
-    DEFAULT_PACKAGES, SAMPLE_RATE, Track, _hash, _probe_duration, decode, licence_for, package_files, read_manifest,
+    DEFAULT_PACKAGES,
+    Track,
+    _hash,
+    _probe_duration,
+    decode,
+    licence_for,
+    package_files,
+    read_manifest,
 )
 from train.distill import GRID_FRAMES, student_frontend, teacher_probs, teacher_windows
 

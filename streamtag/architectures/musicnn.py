@@ -287,7 +287,7 @@ class MusicnnFrames(nn.Module):
         self.requires_grad_(False)  # frozen teacher layers: always inference statistics
         super().train(False)
 
-    def train(self, mode: bool = True) -> "MusicnnFrames":
+    def train(self, mode: bool = True) -> MusicnnFrames:
         return super().train(False)
 
     @property

@@ -7,8 +7,9 @@ else, and :class:`Dashboard` pushes renderables to ``rich.live.Live`` at a rate 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -221,7 +222,7 @@ class Dashboard:
     console: Console | None = None
     _live: Live | None = field(default=None, init=False)
 
-    def __enter__(self) -> "Dashboard":
+    def __enter__(self) -> Dashboard:
         self._live = Live(console=self.console, auto_refresh=False, transient=False, redirect_stderr=False)
         self._live.__enter__()
         return self

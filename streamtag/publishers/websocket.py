@@ -17,10 +17,11 @@ import hmac
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -125,7 +126,7 @@ class GenreServer:
         self.updates_sent = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    async def start(self) -> "GenreServer":
+    async def start(self) -> GenreServer:
         self._loop = asyncio.get_running_loop()
         self.runner.start()
         origins: list[Any] | None = None
@@ -175,7 +176,7 @@ class GenreServer:
             self.hub.stream_removed(name, "server stopped")
         await loop.run_in_executor(None, self.runner.stop)
 
-    async def __aenter__(self) -> "GenreServer":
+    async def __aenter__(self) -> GenreServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
