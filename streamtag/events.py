@@ -71,6 +71,8 @@ class Summary:
     model: str
     windows: int
     wall: str = field(default_factory=now_iso)
+    partial: bool = False  # True: the input was interrupted; this describes what was tagged before that
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. repaired_samples
     type: str = "summary"
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +85,8 @@ class Summary:
             "windows": self.windows,
             "top": [[label, _r(p)] for label, p in self.top],
             "mean": {k: _r(v) for k, v in self.mean.items()},
+            **({"partial": True} if self.partial else {}),
+            **self.extra,
         }
 
     def to_json(self) -> str:

@@ -29,7 +29,7 @@ from .ring_buffer import RingBuffer
 from .runner import ModelRunner
 from .smoothing import Smoother, SmoothingConfig
 
-__all__ = ["Engine", "StreamState", "Timeline", "tag_audio", "hop_frames_for", "MIN_HOP_SECONDS"]
+__all__ = ["Engine", "StreamState", "Timeline", "FileTagger", "tag_audio", "hop_frames_for", "MIN_HOP_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -347,3 +347,52 @@ def tag_audio(
         windows=len(ends),
     )
     return Timeline(summary=summary, updates=updates, raw=raw)
+
+
+class FileTagger:
+    """One input tagged block by block: ``push`` audio as it decodes, ``finish`` at its end, ``summary`` any time.
+
+    ``summary(partial=True)`` describes what was tagged so far (Ctrl-C during a long file). Updates come back
+    from ``push``/``finish`` as their windows complete; ``seconds`` is the audio consumed so far.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        *,
+        name: str,
+        hop_seconds: float | None = None,
+        all_tags: bool = False,
+        top_k: int = 5,
+        smoothing: SmoothingConfig | None = None,
+    ) -> None:
+        self.runner, self.name = runner, name
+        self._opts = {"hop_seconds": hop_seconds, "all_tags": all_tags, "top_k": top_k, "smoothing": smoothing}
+        hop_frames_for(runner.bundle, hop_seconds)  # validate now
+        self._blocks: list[np.ndarray] = []
+        self.samples = 0
+        self.repaired = 0  # samples that had to be repaired (non-finite zeroed, out of range clipped)
+        self._timeline: Timeline | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.runner.bundle.frontend.sample_rate
+
+    def push(self, samples: np.ndarray) -> list[GenreUpdate]:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._blocks.append(x)
+        self.samples += x.shape[0]
+        return []
+
+    def finish(self) -> list[GenreUpdate]:
+        x = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+        self._timeline = tag_audio(x, self.runner, name=self.name, **self._opts)  # type: ignore[arg-type]
+        return self._timeline.updates
+
+    def summary(self, *, partial: bool = False) -> Summary:
+        if self._timeline is None:
+            self.finish()
+        assert self._timeline is not None
+        s = self._timeline.summary
+        s.partial = partial
+        return s
