@@ -107,7 +107,7 @@ class LiveRunner:
         self._legacy: _CallbackSink | None = None
         if callable(sinks) and not hasattr(sinks, "on_update"):  # LiveRunner(engine, on_updates, on_end=...)
             self._legacy = _CallbackSink(sinks, on_end, on_title)
-            sinks = [self._legacy]  # type: ignore[list-item]
+            sinks = [self._legacy]
         elif on_end is not None or on_title is not None:
             raise TypeError("on_end/on_title go with an on_updates callback; pass sinks instead")
         self._sinks: tuple[Sink, ...] = tuple(sinks)  # type: ignore[arg-type]
