@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.05  # s the engine thread sleeps when no audio arrived (a push wakes it at once)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in a stream's ring before an unpaced feeder waits (back-pressure)
 JOIN_TIMEOUT_S = 5.0  # s to wait for a feeder or the engine thread to end
+FLUSH_TIMEOUT_S = 60.0  # s flush() waits for the engine to process the audio already pushed (a slow CPU, a big backlog)
 
 
 @dataclass
@@ -323,23 +324,26 @@ class LiveRunner:
             if isinstance(n, int):
                 u.extra["input_overruns"] = n
 
-    def flush(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until the engine has processed all audio pushed before this call and sent its updates (and
-        finished the streams whose sources had ended)."""
+        finished the streams whose sources had ended). Returns False if the engine thread is not running or
+        did not get there within ``timeout`` s."""
         thread = self._engine_thread
         if thread is None:
-            return
+            return False
         deadline = time.monotonic() + timeout
         # Two completed iterations: the second one started after this call, so it read everything pushed before.
         for _ in range(2):
             with self._cv:
                 target = self._iterations + 1
                 self._wake.set()
-                while self._iterations < target and thread.is_alive():
+                while self._iterations < target:
                     left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
+                    if left <= 0 or not thread.is_alive():
+                        log.warning("flush: the engine did not catch up within %.0f s", timeout)
+                        return False
                     self._cv.wait(min(left, IDLE_WAIT_S))
+        return True
 
     def stop(self, timeout: float = JOIN_TIMEOUT_S) -> None:
         """Stop feeders (closing sources) and the engine thread; every stream still known is removed from the
