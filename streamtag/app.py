@@ -262,10 +262,15 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
     from .publishers.websocket import GenreServer
 
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
     async with GenreServer(engine, config) as server:
