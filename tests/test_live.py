@@ -341,3 +341,29 @@ def test_run_live_refuses_bad_settings_in_one_line_and_closes_the_sources(bundle
     with pytest.raises(StreamtagError, match="--duration must be positive"):
         run_live(engine, {"a": src}, output="jsonl", duration=0)
     assert src.closed
+
+
+def test_stream_command_says_reconnecting_summarises_and_ends_with_one_error_line(bundle, tmp_path, capsys):
+    from radio_fixtures import tone_clip
+
+    from streamtag.cli import main
+
+    payload = tone_clip(tmp_path / "t.mp3", 2.0).read_bytes()
+    url, thread, listener = _drop_server(payload, connections=2)
+    try:
+        code = main(["stream", url, "--model", str(bundle.path), "--format", "jsonl", "--max-retries", "2",
+                     "--device", "cpu", "--hop", "0.5", "--top", "3"])
+    finally:
+        listener.close()
+        thread.join(10)
+    captured = capsys.readouterr()
+    assert code == 1
+    events = [json.loads(line) for line in captured.out.splitlines()]  # stdout: JSON lines only
+    assert events and all(e["type"] == "update" and len(e["top"]) == 3 for e in events)
+    ours = [ln for ln in captured.err.splitlines() if ln.startswith(f"streamtag: {url}: ")]
+    assert [ln.split("(")[-1] for ln in ours if "reconnecting in" in ln] == ["attempt 1)", "attempt 2)"]
+    [summary] = [ln for ln in ours if " s tagged, " in ln]
+    assert f"{len(events)} updates" in summary and ", 1 reconnect, " in summary
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("streamtag: error: ")]
+    assert len(errors) == 1 and "reconnect attempts failed" in errors[0]
+    assert "Traceback" not in captured.err
