@@ -367,3 +367,13 @@ def test_stream_command_says_reconnecting_summarises_and_ends_with_one_error_lin
     errors = [ln for ln in captured.err.splitlines() if ln.startswith("streamtag: error: ")]
     assert len(errors) == 1 and "reconnect attempts failed" in errors[0]
     assert "Traceback" not in captured.err
+
+
+def test_the_live_layer_loads_no_terminal_or_server_library_until_asked():
+    import subprocess
+    import sys
+
+    code = ("import sys, streamtag.app, streamtag.live, streamtag.publishers.jsonl, streamtag.sources.playlist; "
+            "bad = [m for m in ('rich', 'websockets', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
