@@ -377,3 +377,25 @@ def test_the_live_layer_loads_no_terminal_or_server_library_until_asked():
             "bad = [m for m in ('rich', 'websockets', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sinks_can_join_and_leave_a_running_runner(bundle):
+    engine = make_engine(bundle, hop=0.5)
+    first, late = Recorder(), Recorder()
+    runner = LiveRunner(engine, [first]).start()
+    x = (0.3 * np.random.default_rng(2).standard_normal(16000 * 2)).astype(np.float32)
+    try:
+        runner.add_stream("s")
+        runner.push("s", x)
+        assert runner.flush()
+        runner.add_sink(late)
+        runner.remove_sink(first)
+        runner.push("s", x)
+        assert runner.flush()
+        runner.remove("s")
+    finally:
+        runner.stop()
+    n_first, n_late = len(first.updates("s")), len(late.updates("s"))
+    assert n_first >= 1 and n_late >= 1
+    assert n_first + n_late == len(offline_updates(bundle, np.concatenate([x, x])))  # none lost, none twice
+    assert [c[0] for c in late.of("s")][-1] == "removed" and "removed" not in [c[0] for c in first.of("s")]
