@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,8 @@ def clip_audio(clip: Clip, audio: dict[str, np.ndarray], sr: int) -> tuple[np.nd
 class Run:
     clip: Clip
     t: np.ndarray  # (N,) s, update.t
-    raw: np.ndarray  # (N, L) raw probabilities
+    raw: np.ndarray  # (N, L) raw probabilities (of the genres; 0 for the other labels)
+    fed: np.ndarray  # (N,) bool: the update fed the smoother (the engine skips silent hops)
     edges: list[float]  # piece edges, s: [0, b1, ..., end]
     labels: list[int]  # label index of every piece: its model's whole-piece top-1 genre
     margins: list[float]  # the label's lead over the piece's second genre (mean raw probability)
@@ -112,18 +113,24 @@ def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -
             data = {k: z[k] for k in z.files}
     else:
         runner = ModelRunner(bundle, "cpu")
+        index = {label: i for i, label in enumerate(bundle.labels)}
         t0 = time.perf_counter()
         for c in clips:
             x, _ = clip_audio(c, audio, sr)
-            tl = tag_audio(x, runner, name=c.name)
-            data[c.name + "/t"] = np.array([u.t for u in tl.updates])
-            data[c.name + "/raw"] = tl.raw
+            ups = tag_audio(x, runner, name=c.name).updates
+            raw = np.zeros((len(ups), len(bundle.labels)), dtype=np.float32)  # (N, L): the shown (genre) labels
+            for i, u in enumerate(ups):
+                raw[i, [index[k] for k in u.raw]] = list(u.raw.values())
+            data[c.name + "/t"] = np.array([u.t for u in ups])
+            data[c.name + "/raw"] = raw
+            data[c.name + "/fed"] = np.array([u.extra.get("silence") is not True for u in ups])  # silent: not fed
         print(f"  {bundle.name}: model over {len(clips)} clips in {time.perf_counter() - t0:.0f} s (cached: {cache})")
         np.savez(cache, **data)  # type: ignore[arg-type]
     genres = np.asarray(bundle.genre_indices())
     runs = []
     for c in clips:
         t, raw = data[c.name + "/t"], data[c.name + "/raw"]
+        fed = data.get(c.name + "/fed", np.ones(t.shape[0], dtype=bool))
         total = sum(p.seconds for p in c.pieces)
         _, bounds = clip_audio(c, {p.file: audio[p.file] for p in c.pieces}, sr)
         edges = [0.0, *bounds, total]
@@ -134,12 +141,13 @@ def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -
             second, first = np.sort(mean)[-2:]
             labels.append(int(genres[np.argmax(mean)]))
             margins.append(float(first - second))
-        runs.append(Run(c, t, raw, edges, labels, margins))
+        runs.append(Run(c, t, raw, fed, edges, labels, margins))
     return runs
 
 
 def smooth_tops(cfg: SmoothingConfig | None, runs: list[Run], genres: list[int], hop: float) -> list[np.ndarray]:
-    """The top label of every update of every run, all runs batched as the rows of one BatchSmoother."""
+    """The top label of every update of every run, all runs batched as the rows of one BatchSmoother (a silent
+    hop does not feed it, as in the engine: its top stays)."""
     if cfg is None:  # raw: argmax of the model's genre outputs
         g = np.asarray(genres)
         return [g[np.argmax(r.raw[:, g], axis=1)] for r in runs]
@@ -148,9 +156,24 @@ def smooth_tops(cfg: SmoothingConfig | None, runs: list[Run], genres: list[int],
     active = np.zeros((len(runs), n), dtype=bool)  # (S, T)
     for j, r in enumerate(runs):
         raw[j, : r.t.shape[0]] = r.raw
-        active[j, : r.t.shape[0]] = True
+        active[j, : r.t.shape[0]] = r.fed
     _, tops = BatchSmoother(cfg, genres, streams=len(runs)).update_many(raw, hop, active)
     return [tops[j, : r.t.shape[0]] for j, r in enumerate(runs)]
+
+
+def oracle_tops(runs: list[Run], genres: list[int]) -> list[np.ndarray]:
+    """A reference no causal smoother can beat by much: the argmax of the mean raw output since the last true
+    boundary (it is told where the boundaries are)."""
+    g = np.asarray(genres)
+    out = []
+    for r in runs:
+        top = np.zeros(r.t.shape[0], dtype=np.int64)
+        for a, b in zip(r.edges, r.edges[1:]):
+            sel = np.flatnonzero((r.t > a) & (r.t <= b))
+            mean = np.cumsum(r.raw[sel][:, g], axis=0) / np.arange(1, sel.size + 1)[:, None]  # (n, K)
+            top[sel] = g[np.argmax(mean, axis=1)]
+        out.append(top)
+    return out
 
 
 @dataclass
@@ -158,7 +181,7 @@ class Figures:
     reactions: list[float]  # s, one per boundary (a miss counts as the piece's length)
     clear: list[bool]  # per boundary: the new label leads the piece's second genre by >= CLEAR_MARGIN
     misses: int
-    switches_per_min: float  # on the steady tracks
+    switches_per_min: float  # on the steady tracks, from GOAL_WORST s after their start
     splice_switches_per_min: float  # inside the splices' pieces, from GOAL_WORST s after their start
 
     def row(self) -> str:
@@ -178,9 +201,10 @@ def figures(runs: list[Run], tops: list[np.ndarray]) -> Figures:
     reactions, clear, misses = [], [], 0
     switches, minutes, sp_switches, sp_minutes = 0, 0.0, 0, 0.0
     for r, top in zip(runs, tops):
-        if r.clip.steady:
-            switches += int(np.sum(top[1:] != top[:-1]))
-            minutes += (r.edges[-1] - r.edges[0]) / 60.0
+        if r.clip.steady:  # from GOAL_WORST s in, as in the splices: the first seconds are the start-up
+            inner = np.flatnonzero(r.t > GOAL_WORST)
+            switches += int(np.sum(top[inner[1:]] != top[inner[:-1]]))
+            minutes += max(r.edges[-1] - GOAL_WORST, 0.0) / 60.0
             continue
         for k in range(len(r.labels)):
             a, b, lab = r.edges[k], r.edges[k + 1], r.labels[k]
@@ -213,16 +237,18 @@ def score(f: Figures) -> float:
 
 
 def grid() -> list[SmoothingConfig]:
-    out = [SmoothingConfig(method="ema", tau_seconds=t) for t in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)]
-    for sw, sh, fl in itertools.product((0.002, 0.005, 0.01, 0.02, 0.05), (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
-                                        (0.02, 0.05, 0.1, 0.2, 0.4)):
+    out = [SmoothingConfig(method="ema", tau_seconds=t) for t in (1.0, 2.0, 3.0, 4.0, 6.0)]
+    for sw, sh, fl in itertools.product((0.005, 0.02, 0.05, 0.1, 0.2), (1.0, 1.5, 2.0, 3.0, 5.0), (0.05, 0.2, 0.5)):
         out.append(SmoothingConfig(method="hmm", switch_per_second=sw, sharpness=sh, floor=fl))
     return out
 
 
-def describe(cfg: SmoothingConfig | None) -> str:
+def describe(cfg: SmoothingConfig | str | None) -> str:
+    if cfg == "oracle":
+        return "oracle: mean since the true boundary"
     if cfg is None:
         return "raw (floor)"
+    assert not isinstance(cfg, str)
     if cfg.method == "ema":
         hold = f" + hold {cfg.hold_seconds:g} s / margin {cfg.margin:g}" if cfg.hold_seconds else ""
         return f"ema tau {cfg.tau_seconds:g} s{hold}"
@@ -255,36 +281,45 @@ def main() -> None:
     clips = plan({f: x.shape[0] / sr for f, x in audio.items()})
     n_b = sum(len(c.pieces) - 1 for c in clips)
     print(f"{len(audio)} tracks from {', '.join(map(str, dirs))}: {len(clips) - len(audio)} splices ({n_b} joins), {len(audio)} steady tracks")
-    defaults = [None, SmoothingConfig(method="ema", tau_seconds=3.0, margin=0.05, hold_seconds=1.0),
-                SmoothingConfig(method="ema"), SmoothingConfig()]
-    print(f"{'':<19} {'':<40} {'':<6} {'all boundaries':^20} {'clear ones':^13} {'':<7} {'switches/min':^13}")
-    print(f"{'model':<19} {'smoother':<40} {'half':<6} {'median':>6} {'p90':>6} {'worst':>6} {'median':>6} {'worst':>6}"
-          f" {'misses':>7} {'steady':>6} {'splice':>6}")
+    defaults: list[SmoothingConfig | str | None] = [
+        "oracle", None, SmoothingConfig(method="ema", tau_seconds=3.0, margin=0.05, hold_seconds=1.0),
+        SmoothingConfig(method="ema"), SmoothingConfig()]
+    runs: dict[str, tuple[Bundle, list[Run]]] = {}
     for m in models:
         bundle = load_bundle(m)
         if bundle.frontend.sample_rate != sr:
             raise SystemExit(f"{m}: sample rate {bundle.frontend.sample_rate} differs from {sr}; run it alone")
-        runs = run_model(bundle, clips, audio)
-        genres, hop = bundle.genre_indices(), bundle.hop_seconds
-        halves = {h: [r for r in runs if r.clip.half == h] for h in (0, 1)}
-        cands: list[SmoothingConfig | None] = list(defaults)
-        if args.tune:
-            t0 = time.perf_counter()
-            scored = sorted(((score(figures(halves[0], smooth_tops(c, halves[0], genres, hop))), i, c)
-                             for i, c in enumerate(grid())), key=lambda s: s[:2])
-            best_hmm = next(c for _, _, c in scored if c.method == "hmm")
-            best_ema = next(c for _, _, c in scored if c.method == "ema")
-            print(f"  tuned {len(scored)} settings on the tune half in {time.perf_counter() - t0:.0f} s; "
-                  f"best hmm: {describe(best_hmm)}, best ema: {describe(best_ema)}")
-            cands += [best_ema, best_hmm]
+        runs[m] = bundle, run_model(bundle, clips, audio)
+
+    def on_half(c: SmoothingConfig | str | None, m: str, half: int) -> Figures:
+        bundle, rs = runs[m]
+        sel = [r for r in rs if r.clip.half == half]
+        if c == "oracle":
+            return figures(sel, oracle_tops(sel, bundle.genre_indices()))
+        assert not isinstance(c, str)
+        return figures(sel, smooth_tops(c, sel, bundle.genre_indices(), bundle.hop_seconds))
+
+    if args.tune:  # one setting for every model (the default cannot depend on it): the mean score on the tune half
+        t0 = time.perf_counter()
+        scored = sorted(((float(np.mean([score(on_half(c, m, 0)) for m in models])), i, c)
+                         for i, c in enumerate(grid())), key=lambda s: s[:2])
+        best = {meth: next(c for _, _, c in scored if c.method == meth) for meth in ("ema", "hmm")}
+        print(f"tuned {len(scored)} settings on the tune half in {time.perf_counter() - t0:.0f} s; "
+              f"best: {describe(best['hmm'])}; {describe(best['ema'])}")
+        for sc, _, c in scored[:8]:
+            print(f"  score {sc:6.2f}  {describe(c)}")
+        defaults += [best["ema"], best["hmm"]]
+    print(f"{'':<19} {'':<40} {'':<6} {'all boundaries':^20} {'clear ones':^13} {'':<7} {'switches/min':^13}")
+    print(f"{'model':<19} {'smoother':<40} {'half':<6} {'median':>6} {'p90':>6} {'worst':>6} {'median':>6} {'worst':>6}"
+          f" {'misses':>7} {'steady':>6} {'splice':>6}")
+    for m in models:
         seen = set()
-        for c in cands:
-            if repr(c) in seen:
+        for cand in defaults:
+            if repr(cand) in seen:
                 continue
-            seen.add(repr(c))
+            seen.add(repr(cand))
             for h, name in ((0, "tune"), (1, "check")):
-                f = figures(halves[h], smooth_tops(c, halves[h], genres, hop))
-                print(f"{m:<19} {describe(c):<40} {name:<6} {f.row()}")
+                print(f"{m:<19} {describe(cand):<40} {name:<6} {on_half(cand, m, h).row()}")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ METHODS = ("hmm", "ema", "none")
 @dataclass(frozen=True)
 class SmoothingConfig:
     method: str = "hmm"  # "hmm" (default), "ema" or "none"
+    # defaults chosen by bench/bench_smoothing.py --tune on half of its splices, for all three shipped models
     switch_per_second: float = 0.02  # hmm: probability per second that the genre changes
-    sharpness: float = 1.5  # hmm: evidence exponent per second of updates
-    floor: float = 0.2  # hmm: weight of the uniform mixed into each update's evidence (0 < floor <= 1)
-    tau_seconds: float = 3.0  # ema time constant, s (0: no smoothing); hmm uses it for non-genre labels
+    sharpness: float = 2.0  # hmm: evidence exponent per second of updates
+    floor: float = 0.5  # hmm: weight of the uniform mixed into each update's evidence (0 < floor <= 1)
+    tau_seconds: float = 6.0  # ema time constant, s (0: no smoothing); hmm uses it for non-genre labels
     margin: float = 0.0  # ema only: a challenger must beat the top by this much ...
     hold_seconds: float = 0.0  # ... for this long before the top changes (main's old hysteresis; 0: off)
 
@@ -156,7 +157,8 @@ class BatchSmoother:
         if raw.shape[1] != self.n_labels:
             raise ConfigError(f"raw has {raw.shape[1]} labels; this smoother was started with {self.n_labels}")
         raw = np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
-        dt_arr = np.broadcast_to(np.maximum(np.asarray(dt, dtype=np.float64), 0.0), (self.streams,))[:, None]  # (S, 1)
+        dt_arr = np.nan_to_num(np.asarray(dt, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # bad dt: no time
+        dt_arr = np.broadcast_to(np.maximum(dt_arr, 0.0), (self.streams,))[:, None]  # (S, 1)
         act = np.ones(self.streams, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         cfg = self.config
         started = self.started[:, None]  # (S, 1)

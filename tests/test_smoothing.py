@@ -109,6 +109,7 @@ def test_switching_probability_composes_exactly() -> None:
     a.update(flat, 0.5)
     a.update(flat, 0.5)
     b.update(flat, 1.0)
+    assert a.probs is not None and b.probs is not None
     np.testing.assert_allclose(a.probs, b.probs, rtol=1e-12)
 
 
@@ -143,14 +144,15 @@ def test_hmm_does_not_flicker_on_noisy_steady_music_but_follows_a_real_change() 
     raw_switches = sum(a != b for a, b in zip(raw_tops, raw_tops[1:]))
     switches = sum(a != b for a, b in zip(tops[20:], tops[21:]))
     assert raw_switches > 20 and switches <= 1
-    assert 0 < _reaction(SmoothingConfig(), 0.5) <= 3.0
+    for hop in (0.5, 1.0):  # the smoother's own delay on a clean step (the model adds its own on real music)
+        assert 0 < _reaction(SmoothingConfig(), hop) <= 4.0
 
 
 def test_floor_keeps_every_genre_possible() -> None:
     sm = Smoother(SmoothingConfig())
     for _ in range(2000):  # a long stretch where genre 1 is exactly impossible by the model's outputs
         sm.update(np.array([1.0, 0.0, 0.0]), 1.0)
-    assert np.all(sm.probs > 0)
+    assert sm.probs is not None and np.all(sm.probs > 0)
     t = 0
     while sm.top != 1:
         sm.update(np.array([0.0, 1.0, 0.0]), 1.0)
@@ -258,7 +260,8 @@ def test_engine_state_survives_everything_but_remove_and_add(tiny_bundle, name: 
     first: list = []
     for k, block in enumerate(np.array_split(x, 9)):
         engine.push("a", block)
-        engine.push("b", block[::-1].copy())
+        if k <= 3:
+            engine.push("b", block[::-1].copy())
         if k == 3:
             engine.set_title("a", "a new title")  # a title change is not a new stream
             engine.remove_stream("b")
