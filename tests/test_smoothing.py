@@ -279,3 +279,22 @@ def test_engine_state_survives_everything_but_remove_and_add(tiny_bundle, name: 
     assert again[0].probs == pytest.approx(_replay(cfg, again[:1], shown, engine.hop_seconds)[0], rel=1e-9)
     cont = _replay(cfg, first + again[:1], shown, engine.hop_seconds)[-1]
     assert again[0].probs != pytest.approx(cont, rel=1e-6)  # ... and not the old state continued
+
+
+def test_tag_audio_headlines_are_the_bars_argmax_and_a_genre_in_all_tags_mode(tiny_bundle) -> None:
+    from streamtag.pipeline import tag_audio
+    from streamtag.runner import ModelRunner
+
+    runner = ModelRunner(tiny_bundle, "cpu")
+    x = _tone(8.0, tiny_bundle.frontend.sample_rate, 1)
+    genres = set(tiny_bundle.genre_labels)
+    plain = tag_audio(x, runner, name="x").updates
+    tags = tag_audio(x, runner, name="x", all_tags=True).updates
+    assert len(plain) == len(tags) >= 5
+    for u in plain:
+        assert set(u.probs) == genres and sum(u.probs.values()) == pytest.approx(1.0)  # a posterior over genres
+        assert u.top[0][0] == max(u.probs, key=lambda k: u.probs[k])
+    for u, g in zip(tags, plain):
+        assert set(u.probs) == set(tiny_bundle.labels)
+        assert u.top[0][0] in genres and u.top[0][0] == g.top[0][0]  # the same genre heads in both modes
+        assert {k: u.probs[k] for k in genres} == pytest.approx(g.probs, rel=1e-12)
