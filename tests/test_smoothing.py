@@ -76,6 +76,28 @@ def test_chunked_updates_equal_one_long_run(name: str) -> None:
     np.testing.assert_array_equal(single.probs, whole.probs)
 
 
+def test_batch_membership_keeps_the_other_rows_state() -> None:
+    rng = np.random.default_rng(5)
+    raws = np.stack([_raws(rng, 30, 4) for _ in range(3)])  # (S, T, L)
+    bs = BatchSmoother(SmoothingConfig(), streams=3)
+    bs.update_many(raws[:, :20], 0.5)
+    alone = [Smoother() for _ in range(3)]
+    for s_, sm in enumerate(alone):
+        for i in range(20):
+            sm.update(raws[s_, i], 0.5)
+    bs.remove_stream(1)
+    row = bs.add_stream()  # a new stream: a fresh row at the end
+    assert row == 2 and not bs.started[row]
+    p, _ = bs.update_many(np.stack([raws[0, 20:], raws[2, 20:], raws[1, :10]]), 0.5)
+    fresh = Smoother()
+    for i in range(10):
+        np.testing.assert_allclose(p[0, i], alone[0].update(raws[0, 20 + i], 0.5), rtol=1e-12)
+        np.testing.assert_allclose(p[1, i], alone[2].update(raws[2, 20 + i], 0.5), rtol=1e-12)
+        np.testing.assert_allclose(p[2, i], fresh.update(raws[1, i], 0.5), rtol=1e-12)
+    bs.reset([0])
+    assert not bs.started[0] and bs.started[1] and bs.top[0] == -1
+
+
 def test_constant_input_converges_to_it() -> None:
     raw = np.array([0.3, 0.55, 0.5, 0.1])
     hmm = Smoother(SmoothingConfig())
