@@ -143,7 +143,7 @@ class Engine:
                 name=name,
                 ring=RingBuffer(self.ring_samples),
                 mel=IncrementalLogMel(self.spec),
-                smoother=Smoother(self.smoothing, candidates=self.shown),
+                smoother=Smoother(self.smoothing, candidates=self.shown, genres=self.bundle.genre_indices()),
                 title=title,
                 frames=np.zeros((0, self.spec.n_mels), dtype=np.float32),
                 next_end=self.window_frames if not self.runner.stateful else self.hop_frames,
@@ -329,7 +329,7 @@ def tag_audio(
         raw = runner.predict_windows(frames, ends, bundle.window_frames)  # (n_windows, L)
     shown = _label_sets(bundle, all_tags)
     labels = bundle.labels
-    smoother = Smoother(smoothing or SmoothingConfig(), candidates=shown)
+    smoother = Smoother(smoothing or SmoothingConfig(), candidates=shown, genres=bundle.genre_indices())
     hop_s = hop_frames * spec.frame_seconds
     updates = [
         _smoothed_update(bundle, shown, smoother, r, hop_s, stream=name,

@@ -1,0 +1,326 @@
+"""Smoothing on spliced real music: how fast the top genre follows a real change, how often it flickers.
+
+Builds splices of real recordings ($STREAMTAG_SHARED or ../shared/audio, and examples/audio): segments of 10 s and of 30 s from
+different tracks in several random orders, plus the whole tracks as steady music. Each segment's label is the
+model's own whole-segment top-1 genre (argmax of its mean raw genre probabilities over the updates describing
+the segment); consecutive segments with the same label are merged (no change, no boundary). The model runs
+once per splice through ``pipeline.tag_audio`` at the bundle's default hop (outputs cached in a temp .npz keyed
+by the model and the splice plan), then every smoother runs over the cached raw outputs. Per smoother:
+
+- reaction after a boundary: from the boundary (in the music's time, ``update.t``, which already accounts for
+  a student's lag) until the smoothed top equals the new segment's label and stays so to the segment's end;
+  median and worst, a boundary never followed counts as a miss (the segment's length);
+- switches per minute of the top on the steady whole tracks;
+- the raw output's own figures as the floor.
+
+The splices are split in two halves (even / odd): ``--tune`` grid-searches the HMM and the EMA on the "tune"
+half and reports both halves, so the chosen defaults' figures on the "check" half are honest.
+
+    python bench/bench_smoothing.py [--model musicnn-msd|st-gru-msd|st-transformer-msd|all] [--tune] [--dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamtag.pipeline import tag_audio
+from streamtag.registry import Bundle, load_bundle
+from streamtag.runner import ModelRunner
+from streamtag.smoothing import BatchSmoother, SmoothingConfig
+from streamtag.sources import read_audio
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("musicnn-msd", "st-gru-msd", "st-transformer-msd")
+MIN_TRACK_SECONDS = 20.0  # s, shorter recordings are not used
+SEED = 11
+N_SPLICES = {30.0: (6, 5), 10.0: (6, 8)}  # segment length, s -> (splices, segments per splice)
+
+
+@dataclass(frozen=True)
+class Piece:
+    file: str  # path
+    start: float  # s into the file
+    seconds: float  # s
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    pieces: tuple[Piece, ...]
+    steady: bool  # a whole track (no boundaries)
+    half: int  # 0: tune, 1: check
+
+
+def plan(files: dict[str, float]) -> list[Clip]:
+    """The splices and steady tracks for ``files`` {path: duration s}; deterministic."""
+    rng = np.random.default_rng(SEED)
+    clips = []
+    names = sorted(files)
+    for seg, (n, per) in N_SPLICES.items():
+        pool = [f for f in names if files[f] >= seg]
+        for i in range(n):
+            picks = list(rng.permutation(pool))[:per] if len(pool) >= per else list(rng.choice(pool, per))
+            pieces = []
+            for f in picks:
+                start = float(rng.uniform(0.0, files[f] - seg))
+                pieces.append(Piece(str(f), round(start, 2), seg))
+            clips.append(Clip(f"splice{int(seg)}s-{i}", tuple(pieces), False, i % 2))
+    for i, f in enumerate(names):
+        clips.append(Clip(f"track-{Path(f).stem}", (Piece(f, 0.0, files[f]),), True, i % 2))
+    return clips
+
+
+def clip_audio(clip: Clip, audio: dict[str, np.ndarray], sr: int) -> tuple[np.ndarray, list[float]]:
+    """The clip's samples and its boundaries (s, the start of every piece after the first)."""
+    parts, bounds, n = [], [], 0
+    for p in clip.pieces:
+        a = int(round(p.start * sr))
+        x = audio[p.file][a : a + int(round(p.seconds * sr))]
+        if n:
+            bounds.append(n / sr)
+        parts.append(x)
+        n += x.shape[0]
+    return np.concatenate(parts), bounds
+
+
+@dataclass
+class Run:
+    clip: Clip
+    t: np.ndarray  # (N,) s, update.t
+    raw: np.ndarray  # (N, L) raw probabilities (of the genres; 0 for the other labels)
+    fed: np.ndarray  # (N,) bool: the update fed the smoother (the engine skips silent hops)
+    edges: list[float]  # piece edges, s: [0, b1, ..., end]
+    labels: list[int]  # label index of every piece: its model's whole-piece top-1 genre
+    margins: list[float]  # the label's lead over the piece's second genre (mean raw probability)
+
+
+def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -> list[Run]:
+    sr = bundle.frontend.sample_rate
+    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), [repr(c) for c in clips]]).encode()).hexdigest()
+    cache = Path(tempfile.gettempdir()) / f"streamtag-bench-smoothing-{key[:16]}.npz"
+    data: dict[str, np.ndarray] = {}
+    if cache.is_file():
+        with np.load(cache) as z:
+            data = {k: z[k] for k in z.files}
+    else:
+        runner = ModelRunner(bundle, "cpu")
+        index = {label: i for i, label in enumerate(bundle.labels)}
+        t0 = time.perf_counter()
+        for c in clips:
+            x, _ = clip_audio(c, audio, sr)
+            ups = tag_audio(x, runner, name=c.name).updates
+            raw = np.zeros((len(ups), len(bundle.labels)), dtype=np.float32)  # (N, L): the shown (genre) labels
+            for i, u in enumerate(ups):
+                raw[i, [index[k] for k in u.raw]] = list(u.raw.values())
+            data[c.name + "/t"] = np.array([u.t for u in ups])
+            data[c.name + "/raw"] = raw
+            data[c.name + "/fed"] = np.array([u.extra.get("silence") is not True for u in ups])  # silent: not fed
+        print(f"  {bundle.name}: model over {len(clips)} clips in {time.perf_counter() - t0:.0f} s (cached: {cache})")
+        np.savez(cache, **data)  # type: ignore[arg-type]
+    genres = np.asarray(bundle.genre_indices())
+    runs = []
+    for c in clips:
+        t, raw = data[c.name + "/t"], data[c.name + "/raw"]
+        fed = data.get(c.name + "/fed", np.ones(t.shape[0], dtype=bool))
+        total = sum(p.seconds for p in c.pieces)
+        _, bounds = clip_audio(c, {p.file: audio[p.file] for p in c.pieces}, sr)
+        edges = [0.0, *bounds, total]
+        labels, margins = [], []
+        for a, b in zip(edges, edges[1:]):
+            sel = (t > a) & (t <= b)
+            mean = raw[sel][:, genres].mean(axis=0) if sel.any() else raw[:, genres].mean(axis=0)
+            second, first = np.sort(mean)[-2:]
+            labels.append(int(genres[np.argmax(mean)]))
+            margins.append(float(first - second))
+        runs.append(Run(c, t, raw, fed, edges, labels, margins))
+    return runs
+
+
+def smooth_tops(cfg: SmoothingConfig | None, runs: list[Run], genres: list[int], hop: float) -> list[np.ndarray]:
+    """The top label of every update of every run, all runs batched as the rows of one BatchSmoother (a silent
+    hop does not feed it, as in the engine: its top stays)."""
+    if cfg is None:  # raw: argmax of the model's genre outputs
+        g = np.asarray(genres)
+        return [g[np.argmax(r.raw[:, g], axis=1)] for r in runs]
+    n = max(r.t.shape[0] for r in runs)
+    raw = np.zeros((len(runs), n, runs[0].raw.shape[1]))  # (S, T, L), padded
+    active = np.zeros((len(runs), n), dtype=bool)  # (S, T)
+    for j, r in enumerate(runs):
+        raw[j, : r.t.shape[0]] = r.raw
+        active[j, : r.t.shape[0]] = r.fed
+    _, tops = BatchSmoother(cfg, genres, streams=len(runs)).update_many(raw, hop, active)
+    return [tops[j, : r.t.shape[0]] for j, r in enumerate(runs)]
+
+
+def oracle_tops(runs: list[Run], genres: list[int]) -> list[np.ndarray]:
+    """A reference no causal smoother can beat by much: the argmax of the mean raw output since the last true
+    boundary (it is told where the boundaries are)."""
+    g = np.asarray(genres)
+    out = []
+    for r in runs:
+        top = np.zeros(r.t.shape[0], dtype=np.int64)
+        for a, b in zip(r.edges, r.edges[1:]):
+            sel = np.flatnonzero((r.t > a) & (r.t <= b))
+            mean = np.cumsum(r.raw[sel][:, g], axis=0) / np.arange(1, sel.size + 1)[:, None]  # (n, K)
+            top[sel] = g[np.argmax(mean, axis=1)]
+        out.append(top)
+    return out
+
+
+@dataclass
+class Figures:
+    reactions: list[float]  # s, one per boundary (a miss counts as the piece's length)
+    clear: list[bool]  # per boundary: the new label leads the piece's second genre by >= CLEAR_MARGIN
+    misses: int
+    switches_per_min: float  # on the steady tracks, from GOAL_WORST s after their start
+    splice_switches_per_min: float  # inside the splices' pieces, from GOAL_WORST s after their start
+
+    def row(self) -> str:
+        r = np.asarray(self.reactions)
+        rc = r[np.asarray(self.clear, dtype=bool)] if r.size else r
+        cells = [f"{np.median(r):.1f}", f"{np.percentile(r, 90):.1f}", f"{r.max():.1f}"] if r.size else ["-"] * 3
+        cells += [f"{np.median(rc):.1f}", f"{rc.max():.1f}"] if rc.size else ["-"] * 2
+        return " ".join(f"{c:>6}" for c in cells) + (
+            f" {self.misses:>3}/{r.size:<3} {self.switches_per_min:6.2f} {self.splice_switches_per_min:6.2f}")
+
+
+CLEAR_MARGIN = 0.05  # a label that leads by less than this is the model's coin flip between near-synonyms
+GOAL_WORST = 5.0  # s
+
+
+def figures(runs: list[Run], tops: list[np.ndarray]) -> Figures:
+    reactions, clear, misses = [], [], 0
+    switches, minutes, sp_switches, sp_minutes = 0, 0.0, 0, 0.0
+    for r, top in zip(runs, tops):
+        if r.clip.steady:  # from GOAL_WORST s in, as in the splices: the first seconds are the start-up
+            inner = np.flatnonzero(r.t > GOAL_WORST)
+            switches += int(np.sum(top[inner[1:]] != top[inner[:-1]]))
+            minutes += max(r.edges[-1] - GOAL_WORST, 0.0) / 60.0
+            continue
+        for k in range(len(r.labels)):
+            a, b, lab = r.edges[k], r.edges[k + 1], r.labels[k]
+            inner = np.flatnonzero((r.t > a + GOAL_WORST) & (r.t <= b))
+            sp_switches += int(np.sum(top[inner[1:]] != top[inner[:-1]]))
+            sp_minutes += max(b - a - GOAL_WORST, 0.0) / 60.0
+            if k == 0 or lab == r.labels[k - 1]:
+                continue  # the label did not change: not a boundary
+            sel = np.flatnonzero((r.t > a) & (r.t <= b))  # judged over the piece that starts at the boundary
+            clear.append(r.margins[k] >= CLEAR_MARGIN)
+            wrong = sel[top[sel] != lab]
+            if not sel.size or top[sel[-1]] != lab:
+                misses += 1
+                reactions.append(b - a)
+            elif wrong.size == 0:
+                reactions.append(float(r.t[sel[0]] - a))
+            else:
+                reactions.append(float(r.t[sel[sel > wrong[-1]][0]] - a))
+    return Figures(reactions, clear, misses, switches / minutes if minutes else 0.0,
+                   sp_switches / sp_minutes if sp_minutes else 0.0)
+
+
+def score(f: Figures) -> float:
+    """What --tune minimizes: the goal is median <= 3 s, worst <= 5 s, <= 0.5 switches/min."""
+    r = np.asarray(f.reactions)
+    rc = r[np.asarray(f.clear, dtype=bool)]
+    worst_clear = rc.max() if rc.size else 0.0
+    return float(np.median(r) + 0.5 * np.percentile(r, 90) + 0.25 * max(worst_clear - GOAL_WORST, 0.0)
+                 + 4.0 * f.switches_per_min + 2.0 * f.splice_switches_per_min)
+
+
+def grid() -> list[SmoothingConfig]:
+    out = [SmoothingConfig(method="ema", tau_seconds=t) for t in (1.0, 2.0, 3.0, 4.0, 6.0)]
+    for sw, sh, fl in itertools.product((0.005, 0.02, 0.05, 0.1, 0.2), (1.0, 1.5, 2.0, 3.0, 5.0), (0.05, 0.2, 0.5)):
+        out.append(SmoothingConfig(method="hmm", switch_per_second=sw, sharpness=sh, floor=fl))
+    return out
+
+
+def describe(cfg: SmoothingConfig | str | None) -> str:
+    if cfg == "oracle":
+        return "oracle: mean since the true boundary"
+    if cfg is None:
+        return "raw (floor)"
+    assert not isinstance(cfg, str)
+    if cfg.method == "ema":
+        hold = f" + hold {cfg.hold_seconds:g} s / margin {cfg.margin:g}" if cfg.hold_seconds else ""
+        return f"ema tau {cfg.tau_seconds:g} s{hold}"
+    if cfg.method == "none":
+        return "none"
+    return f"hmm switch {cfg.switch_per_second:g}/s sharp {cfg.sharpness:g} floor {cfg.floor:g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="all", help=f"one of {', '.join(MODELS)} or 'all'")
+    ap.add_argument("--tune", action="store_true", help="grid-search the HMM and EMA on the tune half")
+    ap.add_argument("--dir", type=Path, default=None)
+    args = ap.parse_args()
+    shared = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared")) / "audio"
+    dirs = [args.dir] if args.dir else [d for d in (shared, REPO / "examples" / "audio") if d.is_dir()]
+    by_name: dict[str, Path] = {}
+    for d in dirs:
+        for p in sorted(d.iterdir()):
+            if p.suffix in {".ogg", ".mp3", ".wav", ".flac"}:
+                by_name.setdefault(p.name, p)  # the examples are copies of some shared clips
+    paths = sorted(by_name.values(), key=lambda p: p.name)
+    models = MODELS if args.model == "all" else (args.model,)
+    audio: dict[str, np.ndarray] = {}
+    sr = load_bundle(models[0]).frontend.sample_rate
+    for p in paths:
+        x = read_audio(str(p), sr)
+        if x.shape[0] >= MIN_TRACK_SECONDS * sr:
+            audio[str(p)] = x
+    clips = plan({f: x.shape[0] / sr for f, x in audio.items()})
+    n_b = sum(len(c.pieces) - 1 for c in clips)
+    print(f"{len(audio)} tracks from {', '.join(map(str, dirs))}: {len(clips) - len(audio)} splices ({n_b} joins), {len(audio)} steady tracks")
+    defaults: list[SmoothingConfig | str | None] = [
+        "oracle", None, SmoothingConfig(method="ema", tau_seconds=3.0, margin=0.05, hold_seconds=1.0),
+        SmoothingConfig(method="ema"), SmoothingConfig()]
+    runs: dict[str, tuple[Bundle, list[Run]]] = {}
+    for m in models:
+        bundle = load_bundle(m)
+        if bundle.frontend.sample_rate != sr:
+            raise SystemExit(f"{m}: sample rate {bundle.frontend.sample_rate} differs from {sr}; run it alone")
+        runs[m] = bundle, run_model(bundle, clips, audio)
+
+    def on_half(c: SmoothingConfig | str | None, m: str, half: int) -> Figures:
+        bundle, rs = runs[m]
+        sel = [r for r in rs if r.clip.half == half]
+        if c == "oracle":
+            return figures(sel, oracle_tops(sel, bundle.genre_indices()))
+        assert not isinstance(c, str)
+        return figures(sel, smooth_tops(c, sel, bundle.genre_indices(), bundle.hop_seconds))
+
+    if args.tune:  # one setting for every model (the default cannot depend on it): the mean score on the tune half
+        t0 = time.perf_counter()
+        scored = sorted(((float(np.mean([score(on_half(c, m, 0)) for m in models])), i, c)
+                         for i, c in enumerate(grid())), key=lambda s: s[:2])
+        best = {meth: next(c for _, _, c in scored if c.method == meth) for meth in ("ema", "hmm")}
+        print(f"tuned {len(scored)} settings on the tune half in {time.perf_counter() - t0:.0f} s; "
+              f"best: {describe(best['hmm'])}; {describe(best['ema'])}")
+        for sc, _, c in scored[:8]:
+            print(f"  score {sc:6.2f}  {describe(c)}")
+        defaults += [best["ema"], best["hmm"]]
+    print(f"{'':<19} {'':<40} {'':<6} {'all boundaries':^20} {'clear ones':^13} {'':<7} {'switches/min':^13}")
+    print(f"{'model':<19} {'smoother':<40} {'half':<6} {'median':>6} {'p90':>6} {'worst':>6} {'median':>6} {'worst':>6}"
+          f" {'misses':>7} {'steady':>6} {'splice':>6}")
+    for m in models:
+        seen = set()
+        for cand in defaults:
+            if repr(cand) in seen:
+                continue
+            seen.add(repr(cand))
+            for h, name in ((0, "tune"), (1, "check")):
+                print(f"{m:<19} {describe(cand):<40} {name:<6} {on_half(cand, m, h).row()}")
+
+
+if __name__ == "__main__":
+    main()
