@@ -1,6 +1,6 @@
 """Subcommands of the training module: ``train``, ``eval``, ``baseline``, ``cache``.
 
-``streamtag.cli`` calls :func:`register`; ``python -m train.cli ...`` runs them on their own. Every
+``streamtag.cli`` calls :func:`register`; ``python -m streamtag.train.cli ...`` runs them on their own. Every
 subcommand takes the same data options::
 
     --data fma --fma-metadata DIR --audio DIR [--subset small|medium|large|full] [--labels top|all]
@@ -196,7 +196,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.cli", description="streamtag training commands")
+    parser = argparse.ArgumentParser(prog="python -m streamtag.train.cli", description="streamtag training commands")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)

@@ -2,8 +2,8 @@
 
 Run::
 
-    python -m train.convert_musicnn --out models/              # pip-downloads the musicnn==0.1.0 wheel
-    python -m train.convert_musicnn --out models/ --wheel musicnn-0.1.0-py3-none-any.whl
+    python -m streamtag.train.convert_musicnn --out models/              # pip-downloads the musicnn==0.1.0 wheel
+    python -m streamtag.train.convert_musicnn --out models/ --wheel musicnn-0.1.0-py3-none-any.whl
 
 writes ``models/musicnn-msd/`` and ``models/musicnn-mtt/``. No TensorFlow is needed: the checkpoint's
 ``.index`` file is read directly. It is a LevelDB-style SSTable (data blocks of prefix-compressed key/value
@@ -36,7 +36,7 @@ from streamtag.errors import ModelError
 from streamtag.frontend import FrontendSpec, logmel
 from streamtag.registry import Bundle, save_bundle
 
-log = logging.getLogger("train.convert_musicnn")
+log = logging.getLogger(__name__)
 
 WHEEL_REQUIREMENT = "musicnn==0.1.0"
 WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"  # PyPI's musicnn-0.1.0 wheel
@@ -433,7 +433,7 @@ Group, Universitat Pompeu Fabra): timbral (7 x 38 and 7 x 67) and temporal (128 
 over a 96-band log-mel spectrogram, max-pooled over frequency, three 1-D mid-end convolutions with residual
 and dense connections, and a back end of mean + max pooling over time, a 200-unit dense layer and a
 50-way sigmoid output. This bundle holds the `{src.folder}` checkpoint of the musicnn 0.1.0 wheel
-(PyPI `musicnn==0.1.0`), converted to PyTorch by `python -m train.convert_musicnn` without TensorFlow.
+(PyPI `musicnn==0.1.0`), converted to PyTorch by `python -m streamtag.train.convert_musicnn` without TensorFlow.
 {n_params:,} parameters.
 
 Front end: 16 kHz mono, n_fft 512, hop 256, 96 Slaney mel bands, power, rounded to float16, then

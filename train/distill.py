@@ -23,9 +23,9 @@ Three stages, all run by one command (each skipped when its output exists):
 
 Usage::
 
-    python -m train.distill --arch transformer --teacher musicnn-msd --corpus /work/corpus \\
+    python -m streamtag.train.distill --arch transformer --teacher musicnn-msd --corpus /work/corpus \\
         --out models/st-transformer-msd --minutes 30
-    python -m train.distill --arch stateful_gru --teacher musicnn-msd --corpus /work/corpus \\
+    python -m streamtag.train.distill --arch stateful_gru --teacher musicnn-msd --corpus /work/corpus \\
         --out models/st-gru-msd --minutes 30
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ from streamtag.registry import Bundle, load_bundle, save_bundle
 
 from .build_corpus import SAMPLE_RATE, Track, read_manifest
 
-log = logging.getLogger("train.distill")
+log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 5.0  # s, the window student's input (and the span each per-step target describes)
 HOP_SECONDS = 0.5  # s, default hop between updates stored in the bundles
@@ -870,7 +870,7 @@ def distill(args: argparse.Namespace) -> int:
     size_mb = n_params * 4 / 1e6
     from .build_corpus import summary
 
-    command = args.command_line or (f"python -m train.distill --arch {arch} --teacher {args.teacher} --corpus "
+    command = args.command_line or (f"python -m streamtag.train.distill --arch {arch} --teacher {args.teacher} --corpus "
                                     f"{args.corpus} --out {args.out} --minutes {args.minutes:g}"
                                     + (" --frontend musicnn" if on_features else ""))
     card = model_card(out.name, arch, head_cfg, n_params, size_mb, teacher, geometry, spec,
@@ -961,7 +961,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.distill", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m streamtag.train.distill", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
