@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from streamtag.train import build_corpus, distill
 
 from streamtag.errors import ModelError
 from streamtag.registry import Bundle, load_bundle, save_bundle
-from streamtag.train import build_corpus, distill
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared"))

@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import torch
 from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
-
-from streamtag.errors import ConfigError, SourceError
-from streamtag.frontend import FrontendSpec
-from streamtag.registry import load_bundle
 from streamtag.train.cache import build_cache, extract, open_cache
 from streamtag.train.evaluate import crop_starts, metrics, windows
 from streamtag.train.fma import load_fma, read_tracks
 from streamtag.train.folders import load_folders, read_split_lists
-from streamtag.train.train import TrainConfig, lr_lambda, mixup, pos_weights, spec_augment
+from streamtag.train.augment import mixup, power_domain, spec_augment
+from streamtag.train.config import TrainConfig
+from streamtag.train.schedule import FLOOR, lr_factor
+from streamtag.train.train import pos_weights
+
+from streamtag.errors import ConfigError, SourceError
+from streamtag.frontend import FrontendSpec
+from streamtag.registry import load_bundle
 
 SPEC = FrontendSpec(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=48, scaling="db")
 TINY = {
@@ -152,24 +155,43 @@ def test_cache_skips_broken_files_and_resumes(fma: MiniFMA, cache_dir: Path, tmp
 
 
 def test_spec_augment_masks_and_mixup() -> None:
-    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     x = torch.randn(4, 100, 48)
-    cfg = TrainConfig(time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bands=8)
-    y = spec_augment(x, cfg)
+    y = spec_augment(x, rng, time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bands=8)
     assert y.shape == x.shape
     changed = (y != x)
     assert changed.any() and changed.float().mean() < 0.6
     # masked cells hold each example's mean
     fill = x.mean(dim=(1, 2), keepdim=True).expand_as(x)
     assert torch.equal(y[changed], fill[changed])
-    xm, ym = mixup(x, torch.eye(4), alpha=0.4)
+    # p=0: no mask at all; the same seed gives the same masks
+    assert torch.equal(spec_augment(x, rng, time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bands=8, p=0.0), x)
+    a = spec_augment(x, np.random.default_rng(1), time_masks=1, time_mask_frames=9, freq_masks=1, freq_mask_bands=9)
+    b = spec_augment(x, np.random.default_rng(1), time_masks=1, time_mask_frames=9, freq_masks=1, freq_mask_bands=9)
+    assert torch.equal(a, b)
+    xm, ym = mixup(x, torch.eye(4), rng, alpha=0.4)
     assert torch.allclose(ym.sum(dim=1), torch.ones(4)) and xm.shape == x.shape
 
 
+@pytest.mark.parametrize("scaling", ["log10p", "db", "log"])
+def test_power_domain_inverts_the_bundles_scaling(scaling: str) -> None:
+    from streamtag.frontend import _scale  # the front end's own scaling, so the two can never drift
+
+    spec = FrontendSpec(scaling=scaling)
+    mel = np.random.default_rng(0).random((3, 20, 8)) * 0.01 + 1e-4
+    logged = torch.from_numpy(_scale(mel, spec)).float()
+    to_power, to_log = power_domain(spec)
+    assert torch.allclose(to_log(to_power(logged)), logged, atol=1e-3)
+    p = to_power(logged).numpy()
+    ratio = p / mel  # power up to one constant factor (it cancels in gain and mixing)
+    assert np.allclose(ratio, ratio.flat[0], rtol=1e-2)
+
+
 def test_schedule_and_pos_weight() -> None:
-    lrs = [lr_lambda(s, warmup=10, total=100) for s in range(100)]
+    lrs = [lr_factor(s, warmup=10, total=100) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.05
+    assert lr_factor(100, warmup=10, total=100) == pytest.approx(FLOOR)
     y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
     w = pos_weights(y)
     assert w[0] == pytest.approx(1.0) and w[1] == pytest.approx(3.0) and w[2] == 1.0  # never positive: 1

@@ -33,6 +33,7 @@ import torch
 
 from streamtag.frontend import logmel
 from streamtag.registry import load_bundle
+
 from .build_corpus import (
     DEFAULT_PACKAGES,
     Track,
@@ -43,7 +44,8 @@ from .build_corpus import (
     package_files,
     read_manifest,
 )
-from .distill import GRID_FRAMES, student_frontend, teacher_probs, teacher_windows
+from .features import student_frontend
+from .teacher import GRID_FRAMES, teacher_probs, teacher_windows
 
 log = logging.getLogger(__name__)
 
