@@ -202,3 +202,59 @@ def test_shipped_student_agrees_with_teacher_where_its_card_says(name: str, audi
     claimed = next(c for c in student.extra["per_clip"] if c["id"] == f"shared/{clip}")
     assert t_genre == claimed["teacher"]
     assert s_genre == t_genre
+
+
+def _distill_parser():
+    import argparse
+
+    from streamtag.train.cli import add_train_args
+
+    p = argparse.ArgumentParser(prog="distill")
+    add_train_args(p, "distill")
+    return p
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_cards_render_from_their_json(name: str) -> None:
+    """The card is the template filled from config.json + card.json, byte for byte, and its command parses
+    to the settings the bundle records."""
+    import shlex
+
+    from streamtag.train.cards import CARD_JSON, render_distill_card
+
+    d = REPO / "models" / name
+    config = json.loads((d / "config.json").read_text())
+    run = json.loads((d / CARD_JSON).read_text())
+    card = (d / "model_card.md").read_text()
+    assert render_distill_card(config, run) == card
+    ev = config["extra"]["evaluation"]
+    assert f"**{100 * ev['clip_genre_top1_agreement']:.1f}%** ({round(ev['clip_genre_top1_agreement'] * ev['clips'])}/{ev['clips']})" in card
+    # the parameter count in card.json is the bundle's
+    model = load_bundle(d).build_model("cpu")
+    assert run["n_params"] == sum(p.numel() for p in model.parameters())
+    assert run["n_trained"] == sum(p.numel() for p in model.head.parameters())
+    # "Made by" parses with today's distill options and gives the recorded settings
+    argv = shlex.split(run["command"])
+    assert argv[:3] == ["python", "-m", "streamtag.train.distill"]
+    args = _distill_parser().parse_args(argv[3:])
+    cfg = distill.distill_config(args)
+    training = config["extra"]["training"]
+    assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.mixup) == (
+        training["lr"], training["batch"], training["weight_decay"], training["mixup"])
+    assert Path(args.out).name == name and args.frontend == "musicnn"
+    if "seq_seconds" in training:
+        assert list(cfg.seq_seconds) == training["seq_seconds"]
+
+
+def test_docs_distill_commands_parse() -> None:
+    """Every `python -m streamtag.train.distill` command in docs/distill.md parses with today's options."""
+    import re
+    import shlex
+
+    text = (REPO / "docs" / "distill.md").read_text().replace("\\\n", " ")
+    commands = re.findall(r"python -m streamtag\.train\.distill ([^\n`]+)", text)
+    assert len(commands) >= 5
+    parser = _distill_parser()
+    for c in commands:
+        args = parser.parse_args(shlex.split(c.split(" &")[0]))
+        distill.check_args(args)  # --out given, or a label/feature-only run

@@ -2,6 +2,7 @@
 bundle through the engine; plus the pieces (augmentation, schedule, metrics, checkpoints) as unit tests."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
 from streamtag.train.cache import build_cache, extract, open_cache
+from streamtag.train.cards import render_train_card
 from streamtag.train.evaluate import crop_starts, metrics, windows
 from streamtag.train.fma import load_fma, read_tracks
 from streamtag.train.folders import load_folders, read_split_lists
@@ -248,7 +250,15 @@ def test_train_then_eval_end_to_end(
     assert bundle.frontend == SPEC and bundle.window_frames == SPEC.frames_for(5.0)
     assert bundle.activation == ("sigmoid" if labels == "all" else "softmax")
     assert bundle.streaming == ("stateful" if arch == "stateful_gru" else "window")
-    assert (run / "bundle" / "model_card.md").read_text().startswith("# run")
+    card = (run / "bundle" / "model_card.md").read_text()
+    assert card.startswith("# run")
+    # the card is rendered from summary.json: its counts and figures are the summary's
+    assert card == render_train_card(summary)
+    assert f"{summary['n_train']} training / {summary['n_valid']} validation / {summary['n_test']} test items" in card
+    assert f"(epoch {summary['best_epoch']} of {summary['epochs']}, step {summary['best_step']};" in card
+    assert f"{summary['best_metric']:.4f}" in card and summary["n_valid"] == 4
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved == bundle.extra["train_config"] == summary["train_config"] and saved["epochs"] == epochs
 
     if labels == "top":  # resume continues the same run; starting over in the same folder is refused
         assert _cli(argv) != 0
@@ -351,3 +361,197 @@ def test_baselines_on_mini_fma(fma: MiniFMA, tmp_path: Path) -> None:
     assert again["results"]["knn"] == rep["results"]["knn"]
     with pytest.raises(ConfigError, match="single-label"):
         run_baselines(load_fma(fma.metadata, fma.audio, labels="all"), tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------- training that explains itself
+
+
+def _tiny_cfg(**kw) -> TrainConfig:
+    base = dict(arch="transformer", arch_config=json.loads(TINY["transformer"]), epochs=3, batch_size=8,
+                warmup_steps=2, loader_workers=0, val_crops=1, mixup=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_continues_the_lr_schedule(fma: MiniFMA, cache_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted and resumed run applies the same learning rate at every step as an uninterrupted one."""
+    from streamtag.train import loop
+    from streamtag.train.train import train
+
+    ds = load_fma(fma.metadata, fma.audio, subset="small", labels="top")
+    applied: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):  # the lr the optimizer really uses, step by step
+        applied.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    kw = dict(frontend=SPEC, cache_dir=cache_dir, device="cpu", progress=False)
+    full = train(_tiny_cfg(), ds, tmp_path / "full", **kw)
+    straight = list(applied)
+    assert full["steps"] == len(straight) == 6 and len(set(straight)) > 3  # warm-up and decay: not constant
+
+    applied.clear()
+    real_save = loop._save_checkpoint
+
+    def save_then_interrupt(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt  # as if Ctrl-C came right after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_cfg(), ds, tmp_path / "cut", **kw)
+    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
+    first = len(applied)
+    assert 0 < first < len(straight)
+    resumed = train(_tiny_cfg(lr=1.0), ds, tmp_path / "cut", resume=True, **kw)  # the saved lr wins on resume
+    assert applied == pytest.approx(straight, rel=1e-12)
+    assert resumed["steps"] == full["steps"] and resumed["epochs"] == 3
+    assert json.loads((tmp_path / "cut" / "train_config.json").read_text())["lr"] == TrainConfig().lr
+
+
+class _MeanHead(torch.nn.Module):
+    def __init__(self, channels: int, labels: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(channels, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, L)
+        return self.fc(x.mean(dim=1))
+
+
+class _NoiseFeed:
+    steps_per_epoch = 2
+
+    def epoch(self, index: int, rng: np.random.Generator):
+        from streamtag.train.loop import Batch
+
+        for _ in range(self.steps_per_epoch):
+            x = torch.from_numpy(rng.standard_normal((4, 10, 6)).astype(np.float32))
+            yield Batch(x, torch.eye(3)[rng.integers(0, 3, 4)])
+
+
+def test_early_stop_says_why_and_when(caplog: pytest.LogCaptureFixture) -> None:
+    from streamtag.train.loop import Score, fit
+
+    scores = iter([0.41, 0.30, 0.45, 0.44, 0.40, 0.39, 0.2, 0.1])
+
+    def validate(model: torch.nn.Module) -> Score:
+        v = next(scores)
+        return Score((v,), {"accuracy": v}, "validation accuracy")
+
+    cfg = TrainConfig(epochs=8, patience=3, warmup_steps=1, specaug=False, mixup=0.0, log_every=100)
+    with caplog.at_level("WARNING", logger="streamtag.train"):
+        res = fit(_MeanHead(6, 3), cfg, _NoiseFeed(), multilabel=False, validate=validate)
+    # best 0.45 at epoch 3; epochs 4, 5, 6 do not improve on it: stop after epoch 6, not 8
+    assert res.epochs == 6 and res.steps == 12 and res.best_epoch == 3 and res.best_score == (0.45,)
+    line = "early stop at epoch 6: validation accuracy did not improve for 3 epochs (best 0.4500 at epoch 3)"
+    assert res.stop_reason == line
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [line]
+
+
+def test_frame_loss_masks_and_matches_plain_losses() -> None:
+    from streamtag.train.loop import frame_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(3, 5, 4, generator=g), torch.rand(3, 4, generator=g)
+    mask = torch.zeros(3, 5)
+    mask[:, 2:] = 1.0
+    expect = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 2:], y[:, None].expand(-1, 3, -1))
+    assert frame_loss(logits, y, mask) == pytest.approx(float(expect), rel=1e-6)
+    onehot = torch.eye(4)[[0, 2, 3]]
+    ce = torch.nn.functional.cross_entropy(logits[:, 0], torch.tensor([0, 2, 3]))
+    assert frame_loss(logits[:, 0], onehot, multilabel=False) == pytest.approx(float(ce), rel=1e-6)
+
+
+def test_stratified_folder_split_keeps_every_genre_in_every_split(tmp_path: Path) -> None:
+    from streamtag.train.folders import MIN_CLIPS_PER_GENRE
+
+    root = tmp_path / "genres"
+    sizes = {"blues": 3, "jazz": 4, "rock": 12, "folk": 25}
+    for g, n in sizes.items():
+        (root / g).mkdir(parents=True)
+        for i in range(n):
+            (root / g / f"{g}.{i:05d}.wav").write_bytes(b"")
+    ds = load_folders(root)
+    for gi, g in enumerate(ds.labels):
+        counts = {s: sum(1 for it in ds.split(s) if it.target == (gi,)) for s in ("train", "valid", "test")}
+        assert min(counts.values()) >= 1, (g, counts)
+        assert sum(counts.values()) == sizes[g]
+        assert counts["valid"] == counts["test"] == max(1, round(0.1 * sizes[g]))
+    assert load_folders(root).items == ds.items  # stable
+    (root / "punk").mkdir()
+    for i in range(MIN_CLIPS_PER_GENRE - 1):
+        (root / "punk" / f"p{i}.wav").write_bytes(b"")
+    with pytest.raises(ConfigError, match=f"'punk' has 2; each genre needs at least {MIN_CLIPS_PER_GENRE}"):
+        load_folders(root)
+
+
+def test_split_lists_without_validation_are_refused(tmp_path: Path) -> None:
+    root, splits = tmp_path / "g", tmp_path / "s"
+    (root / "a").mkdir(parents=True)
+    splits.mkdir()
+    for i in range(4):
+        (root / "a" / f"{i}.wav").write_bytes(b"")
+    (splits / "train.txt").write_text("a/0.wav\na/1.wav\n")
+    (splits / "valid.txt").write_text("# none\n")
+    (splits / "test.txt").write_text("a/2.wav\n")
+    with pytest.raises(ConfigError, match="no file .* in the validation split"):
+        load_folders(root, splits)
+
+
+def _train_parsers() -> dict:
+    import argparse
+
+    from streamtag.train.cli import register
+
+    parser = argparse.ArgumentParser(prog="streamtag")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    return dict(sub.choices)
+
+
+def test_help_states_every_default_and_reads_it_from_the_config() -> None:
+    parsers = _train_parsers()
+    cfg = TrainConfig()
+    train_p = parsers["train"]
+    actions = {a.dest: a for a in train_p._actions}
+    for dest in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "val_every", "mixup",
+                 "val_crops", "crop_seconds", "loader_workers", "amp", "seed"):
+        assert actions[dest].default == getattr(cfg, dest), dest  # argparse reads the dataclass
+    text = " ".join(train_p.format_help().split()).split("options:", 1)[1]  # past the usage line
+    for flag, value in (("--epochs EPOCHS", cfg.epochs), ("--lr LR", cfg.lr), ("--patience PATIENCE", cfg.patience),
+                        ("--batch BATCH_SIZE", cfg.batch_size)):
+        after = text.split(flag, 1)[1]
+        assert f"(default: {value})" in after.split(" --", 1)[0], flag
+    for p in parsers.values():  # every option says something, and every option with a default states it
+        for a in p._actions:
+            if a.option_strings and a.dest != "help":
+                assert a.help, (p.prog, a.dest)
+                if a.default not in (None, False) and a.help is not argparse.SUPPRESS:
+                    assert "(default" in a.help, (p.prog, a.dest)
+    eval_text = " ".join(parsers["eval"].format_help().split())
+    assert "--crops CROPS windows averaged per clip (default: 5)" in eval_text
+
+
+def test_docs_numbers_are_the_codes(fma: MiniFMA, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/training.md's figures that the code determines are checked against the code."""
+    import re
+
+    from streamtag.train.baseline import clip_features
+    from streamtag.train.schedule import FLOOR
+
+    doc = " ".join((Path(__file__).parents[1] / "docs" / "training.md").read_text().split())
+    n = clip_features(np.random.default_rng(0).standard_normal(22050 * 3).astype(np.float32)).shape[0]
+    assert re.search(r"\((\d+) numbers\)", doc).group(1) == str(n) == "206"
+    assert f"cosine decay to {FLOOR * 100:g} % of `--lr`" in doc
+    cfg = TrainConfig()
+    assert (f"SpecAugment ({cfg.time_masks} time masks <= {cfg.time_mask_frames} frames, {cfg.freq_masks} "
+            f"frequency masks <= {cfg.freq_mask_bands} bands") in doc
+    assert f"`--mixup {cfg.mixup}`" in doc and f"`--patience` ({cfg.patience})" in doc
+    # "left out N tracks" is a WARNING: shown by default, without -v
+    with caplog.at_level("WARNING"):
+        load_fma(fma.metadata, fma.audio, subset="medium", labels="top")
+    assert "left out 4 tracks (audio file missing)" in [r.getMessage().split(": ", 1)[1] for r in caplog.records
+                                                          if r.levelname == "WARNING" and "left out" in r.getMessage()]
+    assert 'log line "left out N tracks (audio file missing)", shown without `-v`' in doc
