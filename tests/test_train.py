@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
+from streamtag.train.augment import mixup, power_domain, spec_augment
 from streamtag.train.cache import build_cache, extract, open_cache
 from streamtag.train.cards import render_train_card
+from streamtag.train.config import TrainConfig
 from streamtag.train.evaluate import crop_starts, metrics, windows
 from streamtag.train.fma import load_fma, read_tracks
 from streamtag.train.folders import load_folders, read_split_lists
-from streamtag.train.augment import mixup, power_domain, spec_augment
-from streamtag.train.config import TrainConfig
 from streamtag.train.schedule import FLOOR, lr_factor
 from streamtag.train.train import pos_weights
 

@@ -25,8 +25,9 @@ __all__ = ["student_window_outputs", "evaluate", "majority_baseline", "cost_per_
 @torch.no_grad()
 def student_window_outputs(model: nn.Module, td: TrackData, geometry: Geometry) -> np.ndarray:
     """Student probabilities aligned with td.targets: one per student window. (W, n_labels)."""
-    if getattr(model, "stateful", False):
-        logits, _ = model.forward_frames(torch.from_numpy(td.mel[None]))  # (1, T, n_labels)
+    m: Any = model
+    if getattr(m, "stateful", False):
+        logits, _ = m.forward_frames(torch.from_numpy(td.mel[None]))  # (1, T, n_labels)
         ends = td.starts + geometry.window_frames - 1
         return torch.sigmoid(logits[0, ends]).numpy()
     out = []
@@ -100,10 +101,11 @@ def cost_per_hop_ms(model: nn.Module, teacher_model: nn.Module, student: str, wi
         return time.perf_counter() - t
 
     xt = torch.randn(1, teacher_frames, n_mels) + 2.0
+    m: Any = model
     if student == "stateful":
-        state = model.init_state(1)
+        state = m.init_state(1)
         xs = torch.randn(1, hop_frames, n_mels) + 2.0
-        run_student = lambda: model.step(xs, state)  # noqa: E731
+        run_student = lambda: m.step(xs, state)  # noqa: E731
     else:
         xs = torch.randn(1, window_frames, n_mels) + 2.0
         run_student = lambda: model(xs)  # noqa: E731

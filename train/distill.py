@@ -135,7 +135,7 @@ def assemble_student(teacher: Bundle, head: nn.Module, arch: str, head_cfg: dict
            "head_config": {k: v for k, v in head_cfg.items() if k not in ("n_mels", "n_labels")},
            "window_frames": geometry.window_frames,
            "musicnn": {k: v for k, v in teacher.arch_config.items() if k not in ("n_mels", "n_labels")}}
-    model = build_model("musicnn_student", cfg)
+    model: Any = build_model("musicnn_student", cfg)
     model.frames.load_state_dict(musicnn_frames(teacher).state_dict())
     model.head.load_state_dict(head.state_dict())
     cfg = {f.name: getattr(model.config, f.name) for f in fields(config_class("musicnn_student"))}
@@ -174,6 +174,8 @@ def distill(args: argparse.Namespace) -> int:
     arch = args.arch
     streaming = "stateful" if on_features else STREAMING[arch]
     bundle_arch = "musicnn_student" if on_features else arch
+    model: Any
+    head: nn.Module
     if args.eval_only:
         bundle = load_bundle(out)
         model = bundle.build_model("cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def feature_corpus(corpus: Path, teacher: Bundle, *, shard: int = 0, shards: int
     src = corpus / "labels" / teacher.name  # teacher.labels_dir: the log-mel frames cached with the targets
     out = features_dir(corpus, teacher)
     out.mkdir(parents=True, exist_ok=True)
-    frames = musicnn_frames(teacher)
+    frames: Any = musicnn_frames(teacher)
     tracks = read_manifest(corpus)
     t0 = time.time()
     for i, tr in enumerate(tracks):

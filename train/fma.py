@@ -168,7 +168,7 @@ def load_fma(metadata_dir: str | Path, audio_dir: str | Path, *, subset: str = "
         if labels == "all" and not row["genres_all"]:
             notes["no genres"] += 1
             continue
-        p = audio_path(audio, int(row["track_id"]))  # type: ignore[arg-type]
+        p = audio_path(audio, int(str(row["track_id"])))
         if not p.is_file():
             notes["audio file missing"] += 1
             continue

@@ -82,9 +82,10 @@ class _FrameLogits(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self.model, "stateful", False):
-            return self.model.forward_frames(x)[0]  # (B, T, L)
-        return self.model(x)  # (B, L)
+        m: Any = self.model
+        if getattr(m, "stateful", False):
+            return m.forward_frames(x)[0]  # (B, T, L)
+        return m(x)  # (B, L)
 
 
 def frame_loss(

@@ -74,7 +74,7 @@ class CachedCrops(_CropsBase):
     def __init__(self, cache_root: Path, items: list[Item], targets: np.ndarray, crop_frames: int, train: bool = True):
         super().__init__(items, targets, crop_frames, train)
         self.cache_root = cache_root
-        self._cache = None
+        self._cache: Any = None  # a FeatureCache, opened in the worker that reads it
 
     def _frames(self, i: int) -> np.ndarray:
         if self._cache is None:
@@ -206,7 +206,7 @@ def train(
     # features: rank 0 fills the cache, the others wait
     cache_root = Path(cache_dir) if cache_dir else out / "cache"
     skipped: dict[str, str] = {}
-    cache = None
+    cache: Any = None
     if use_cache:
         if rank == 0:
             rep = build_cache(train_items + valid_items, cache_root, frontend, workers=cache_workers, progress=progress)
@@ -229,7 +229,7 @@ def train(
         CachedCrops(cache_root, train_items, targets, crop_frames) if use_cache
         else DecodedCrops(frontend, train_items, targets, crop_frames)
     )
-    sampler = None
+    sampler: Any = None
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -242,7 +242,7 @@ def train(
     )
 
     arch_config = {"n_mels": frontend.n_mels, "n_labels": len(dataset.labels), **cfg.arch_config}
-    model = build_model(cfg.arch, arch_config)
+    model: Any = build_model(cfg.arch, arch_config)
     arch_config = asdict(model.config)  # every field, so the bundle rebuilds exactly this model
     stateful = bool(getattr(model, "stateful", False))
     n_params = sum(p.numel() for p in model.parameters())
