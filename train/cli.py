@@ -74,8 +74,11 @@ def _add_fit_args(p: argparse.ArgumentParser, d: TrainConfig) -> argparse._Argum
     return g
 
 
-def add_train_args(p: argparse.ArgumentParser, command: str) -> None:
-    """Add the flags of ``command`` (one of :data:`COMMANDS`) to ``p``."""
+def add_train_args(p: argparse.ArgumentParser, command: str, *, device: bool = True) -> None:
+    """Add the flags of ``command`` (one of :data:`COMMANDS`) to ``p``.
+
+    ``device=False`` leaves out ``--device`` (train, eval) for a caller whose shared helpers add it; the
+    commands read ``args.device`` (auto | cpu | cuda[:N])."""
     if command == "train":
         from streamtag.architectures import available_architectures
 
@@ -103,14 +106,16 @@ def add_train_args(p: argparse.ArgumentParser, command: str) -> None:
                        help="decode audio on the fly instead of caching features (slow; a broken file stops the run)")
         p.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint, with its saved settings and schedule")
-        p.add_argument("--device", default="auto", help=_d("auto, cpu or cuda"))
+        if device:
+            p.add_argument("--device", default="auto", help=_d("auto, cpu or cuda"))
     elif command == "eval":
         _add_data_args(p)
         p.add_argument("--model", required=True, help="bundle folder or shipped model name")
         p.add_argument("--split", default="test", choices=("train", "valid", "test"), help=_d("split to score"))
         p.add_argument("--crops", type=int, default=EVAL_CROPS, help=_d("windows averaged per clip"))
         p.add_argument("--out", type=Path, required=True, help="report folder")
-        p.add_argument("--device", default="auto", help=_d("auto, cpu or cuda"))
+        if device:
+            p.add_argument("--device", default="auto", help=_d("auto, cpu or cuda"))
     elif command == "baseline":
         _add_data_args(p)
         p.add_argument("--classifiers", default="logreg,svm,knn,forest", help=_d("comma-separated classifiers"))
