@@ -221,6 +221,7 @@ def fit(
     ckpt = run_dir / CHECKPOINT_DIR if run_dir is not None else None
     if resume and ckpt is not None and (ckpt / "state.json").is_file():
         state = {**state, **_load_checkpoint(ckpt, model, opt, scaler)}
+        state.pop("stop_reason", None)  # a resumed run ends for its own reason
         if cfg.minutes is not None:
             total = int(state["total"])  # the time-planned length of the interrupted run
         elif state["total"] != total:
@@ -350,7 +351,7 @@ def fit(
                 note(f"step {state['step']}/{total} loss {ema:.4f} lr {lr:.2e} {time.monotonic() - t0:.0f}s")
             if cfg.val_every and (state["step"] % cfg.val_every == 0 or state["step"] >= total) \
                     and state["step"] >= cfg.val_from * total:
-                if (validate is not None or not cfg.val_every) and rank == 0:
+                if validate is not None and rank == 0:
                     stop = run_validation(losses)
                 stop = sync(stop)
                 if ckpt is not None and rank == 0:
