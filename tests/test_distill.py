@@ -140,6 +140,13 @@ def test_distill_end_to_end_writes_a_loadable_bundle(
         assert b.streaming == distill.STREAMING[arch]
     assert b.frontend.sample_rate == teacher.frontend.sample_rate and b.frontend.n_mels == teacher.frontend.n_mels
     card = b.card_path.read_text()
+    # the card is the template filled from the bundle's config.json and the run's card.json
+    from streamtag.train.cards import CARD_JSON, render_distill_card
+
+    run = json.loads((out / CARD_JSON).read_text())
+    assert card == render_distill_card(b.config_dict(), run)
+    assert run["n_params"] == sum(p.numel() for p in b.build_model("cpu").parameters())
+    assert b.extra["training"]["train_config"]["arch"] == arch and b.extra["training"]["steps"] == 3
     for heading in ("## Model Details", "## Intended Use", "## Training Data", "## Performance", "## Limitations"):
         assert heading in card
     ev = b.extra["evaluation"]
@@ -258,3 +265,41 @@ def test_docs_distill_commands_parse() -> None:
     for c in commands:
         args = parser.parse_args(shlex.split(c.split(" &")[0]))
         distill.check_args(args)  # --out given, or a label/feature-only run
+
+
+def test_distill_defaults_come_from_the_config() -> None:
+    """Parsing no training flags gives DISTILL_DEFAULTS (argparse reads them from the dataclass)."""
+    from streamtag.train.config import DISTILL_DEFAULTS
+
+    for arch in ("transformer", "stateful_gru"):
+        args = _distill_parser().parse_args(["--corpus", "c", "--out", "o", "--arch", arch])
+        cfg = distill.distill_config(args)
+        expect = DISTILL_DEFAULTS.replace(arch=arch, time_mask_frames=32 if arch == "stateful_gru" else 16)
+        assert cfg == expect, cfg.differences(expect)
+
+
+def test_sequence_lengths_follow_the_students_frontend() -> None:
+    """The feed converts --seq-seconds with the student front end's frame rate (not a hard-coded hop)."""
+    from streamtag.train.build_corpus import Track
+    from streamtag.train.config import DISTILL_DEFAULTS
+    from streamtag.train.tracks import TrackData, TrackFeed
+
+    from streamtag.frontend import FrontendSpec
+
+    g = distill.Geometry(grid_frames=8, teacher_frames=16, window_frames=24)
+    rng = np.random.default_rng(0)
+    tr = Track(id="s/x.ogg", source="s", path="x.ogg", licence="CC0", licence_file="", duration=20.0, seconds=20.0,
+               file="x.npy")
+    lengths = {}
+    for hop in (256, 512):
+        spec = FrontendSpec(hop_length=hop)
+        data = []
+        for _ in range(3):
+            teacher = rng.random((30, 4)).astype(np.float32)
+            targets, starts = g.window_targets(teacher, 8 * 29 + 16)
+            data.append(TrackData(tr, rng.random((8 * 29 + 16, 5)).astype(np.float32), teacher, targets, starts))
+        cfg = DISTILL_DEFAULTS.replace(batch_size=2, seq_seconds=(4.0, 4.0))
+        batch = next(iter(TrackFeed(data, g, cfg, stateful=True, spec=spec).epoch(0, rng)))
+        lengths[hop] = batch.x.shape[1]
+        assert batch.y.shape == (2, lengths[hop], 4) and batch.mask is not None and batch.mask.sum() > 0
+    assert lengths == {256: int(4.0 * 16000 / 256), 512: int(4.0 * 16000 / 512)}
