@@ -303,3 +303,21 @@ def test_sequence_lengths_follow_the_students_frontend() -> None:
         lengths[hop] = batch.x.shape[1]
         assert batch.y.shape == (2, lengths[hop], 4) and batch.mask is not None and batch.mask.sum() > 0
     assert lengths == {256: int(4.0 * 16000 / 256), 512: int(4.0 * 16000 / 512)}
+
+
+def test_a_callers_own_parser_may_define_a_subset_of_the_flags() -> None:
+    """streamtag.cli builds its own parsers; the command functions fill in what they lack, at the defaults."""
+    import argparse
+
+    from streamtag.train.cli import complete_args
+    from streamtag.train.config import DISTILL_DEFAULTS
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="transformer")
+    p.add_argument("--corpus")
+    p.add_argument("--out")
+    p.add_argument("--batch", type=int, default=32)  # the old spelling of --batch-size
+    args = complete_args(p.parse_args(["--corpus", "c", "--out", "o", "--batch", "7"]), "distill")
+    distill.check_args(args)
+    cfg = distill.distill_config(args)
+    assert cfg == DISTILL_DEFAULTS.replace(arch="transformer", batch_size=7, time_mask_frames=16)

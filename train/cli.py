@@ -24,7 +24,7 @@ from streamtag.errors import ConfigError, StreamtagError
 
 from .config import DISTILL_DEFAULTS, TrainConfig
 
-__all__ = ["COMMANDS", "add_train_args", "cmd_train", "cmd_eval", "cmd_baseline", "cmd_cache", "cmd_distill",
+__all__ = ["COMMANDS", "add_train_args", "complete_args", "cmd_train", "cmd_eval", "cmd_baseline", "cmd_cache", "cmd_distill",
            "register", "main", "load_dataset", "train_config"]
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,22 @@ def _device(name: str) -> str:
     return name
 
 
+def complete_args(args: argparse.Namespace, command: str) -> argparse.Namespace:
+    """Give ``args`` every flag of ``command`` that the caller's parser did not define, at its default.
+
+    So a CLI that builds its own parsers (``streamtag.cli``) may define a subset of the flags; the old
+    distill spelling ``batch`` stands for ``batch_size``."""
+    have = vars(args)
+    if "batch" in have and "batch_size" not in have:
+        args.batch_size = args.batch
+    p = argparse.ArgumentParser(add_help=False)
+    add_train_args(p, command)
+    for a in p._actions:
+        if a.dest not in vars(args):
+            setattr(args, a.dest, a.default)
+    return args
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of a ``train`` command line."""
     return _T.replace(
@@ -217,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .train import DEFAULT_FRONTEND, train
 
+    complete_args(args, "train")
     cfg = train_config(args)  # bad flags fail before the data set is read
     overrides = _json_arg(args.frontend, "--frontend")
     ds = load_dataset(args)
@@ -235,6 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_bundle
 
+    complete_args(args, "eval")
     ds = load_dataset(args)
     res = evaluate_bundle(args.model, ds, split=args.split, crops=args.crops, out_dir=args.out,
                           cache_dir=args.cache, workers=args.cache_workers, device=_device(args.device),
@@ -249,6 +267,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .baseline import run_baselines
 
+    complete_args(args, "baseline")
     ds = load_dataset(args)
     rep = run_baselines(ds, args.out, classifiers=tuple(args.classifiers.split(",")), workers=args.cache_workers,
                         progress=not args.quiet)
@@ -266,6 +285,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from .cache import build_cache
     from .train import DEFAULT_FRONTEND
 
+    complete_args(args, "cache")
     ds = load_dataset(args)
     spec = FrontendSpec.from_dict({**DEFAULT_FRONTEND.to_dict(), **_json_arg(args.frontend, "--frontend")})
     out = args.cache or args.out
@@ -281,10 +301,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import check_args, distill
 
+    complete_args(args, "distill")
     check_args(args)
     _json_arg(args.arch_config, "--arch-config")
     return distill(args)
 
+
+# the names streamtag.cli's handlers used before this module had public command functions
+_cmd_train, _cmd_eval, _cmd_baseline, _cmd_cache = cmd_train, cmd_eval, cmd_baseline, cmd_cache
 
 _HELP = {
     "train": ("train a tagger and write a model bundle",
