@@ -35,8 +35,10 @@ _T = TrainConfig()
 _D = DISTILL_DEFAULTS
 
 
-def _d(text: str) -> str:
-    """Help text that ends with the default, the way every flag of these commands states it."""
+def _d(text: str, default: object = ...) -> str:
+    """Help text that ends with the default, the way every flag of these commands states it (None: no limit)."""
+    if default is None:
+        return text + " (default: no limit)"
     return text + " (default: %(default)s)"
 
 
@@ -60,7 +62,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_fit_args(p: argparse.ArgumentParser, d: TrainConfig) -> argparse._ArgumentGroup:
     """The loop's flags shared by train and distill, defaults from ``d``."""
     g = p.add_argument_group("training loop")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help=_d("stop after this many optimizer steps"))
+    g.add_argument("--max-steps", type=int, default=d.max_steps,
+                   help=_d("stop after this many optimizer steps", d.max_steps))
     g.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=d.batch_size,
                    help=_d("examples per optimizer step (per process under torchrun)"))
     g.add_argument("--lr", type=float, default=d.lr, help=_d("peak AdamW learning rate"))
@@ -93,7 +96,7 @@ def add_train_args(p: argparse.ArgumentParser, command: str, *, device: bool = T
         p.add_argument("--epochs", type=int, default=_T.epochs, help=_d("passes over the training set"))
         g = _add_fit_args(p, _T)
         g.add_argument("--minutes", type=float, default=_T.minutes,
-                       help=_d("wall-clock budget; the schedule is fitted to it after 20 steps"))
+                       help=_d("wall-clock budget in minutes; the schedule is fitted to it after 20 steps", _T.minutes))
         g.add_argument("--crop-seconds", type=float, default=_T.crop_seconds, help=_d("training crop = window length, s"))
         g.add_argument("--hop-seconds", type=float, default=_T.hop_seconds, help=_d("default hop written into the bundle, s"))
         g.add_argument("--no-specaug", action="store_true", help="no SpecAugment (default: 2 time + 2 band masks)")
