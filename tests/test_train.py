@@ -372,6 +372,7 @@ def _tiny_cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow  # three short trainings
 def test_resume_continues_the_lr_schedule(fma: MiniFMA, cache_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted and resumed run applies the same learning rate at every step as an uninterrupted one."""
