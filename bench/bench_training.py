@@ -2,9 +2,10 @@
 
 Runs on an FMA copy (``--fma-metadata``/``--audio``) or, without them, on the mini FMA of the tests
 (generated in a temporary folder). Both variants feed the same model the same number of batches in the
-same run; the ratio is what to read, the absolute numbers depend on the machine.
+same run (interleaved, median of ``--repeats`` runs, >= 3); the ratio is what to read, the absolute numbers
+depend on the machine. The train step is the training loop's own (``loop.make_optimizer`` + ``loop.frame_loss``).
 
-    python bench/bench_training.py [--fma-metadata DIR --audio DIR] [--batches 8] [--workers 2] [--arch transformer]
+    python bench/bench_training.py [--fma-metadata DIR --audio DIR] [--batches 8] [--workers 2] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from streamtag.train.cache import build_cache
+from streamtag.train.config import TrainConfig
+from streamtag.train.fma import load_fma
+from streamtag.train.loop import frame_loss, make_optimizer
+from streamtag.train.train import DEFAULT_FRONTEND, CachedCrops, DecodedCrops
 from torch.utils.data import DataLoader
 
 from streamtag.architectures import build_model
-from train.cache import build_cache
-from train.fma import load_fma
-from train.train import DEFAULT_FRONTEND, CachedCrops, DecodedCrops
 
 
 def _run(loader: DataLoader, model: torch.nn.Module, batches: int, train_step: bool) -> tuple[int, float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, TrainConfig())
     n, it = 0, iter(loader)
     t = time.perf_counter()
     for _ in range(batches):
@@ -35,7 +38,7 @@ def _run(loader: DataLoader, model: torch.nn.Module, batches: int, train_step: b
             it = iter(loader)
             x, y = next(it)
         if train_step:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y.float())
+            loss = frame_loss(model(x), y.float(), multilabel=False)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both variants")
     ap.add_argument("--arch", default="transformer")
     ap.add_argument("--cache", type=Path, help="cache folder (default: a temporary one)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported (>= 3)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     if args.fma_metadata is None:
@@ -73,14 +77,22 @@ def main() -> None:
     model = build_model(args.arch, {"n_mels": spec.n_mels, "n_labels": len(ds.labels)})
     print(f"{len(items)} training clips, batch {args.batch_size}, {args.batches} batches, {args.workers} workers, "
           f"{torch.get_num_threads()} torch threads")
-    results = {}
+    if args.repeats < 3:
+        ap.error("--repeats must be at least 3 (the median of fewer runs is not a measurement)")
     for train_step in (False, True):
-        for name, d in (("cache", CachedCrops(cache_root, items, y, crop)), ("decode", DecodedCrops(spec, items, y, crop))):
-            loader = DataLoader(d, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True)
-            n, sec = _run(loader, model, args.batches, train_step)  # includes worker start-up, as a real epoch does
-            results[(name, train_step)] = n / sec
-            print(f"{'train step' if train_step else 'data only':10s} {name:7s} {n / sec:9.1f} clips/s")
-        print(f"{'':10s} cache / decode = {results[('cache', train_step)] / results[('decode', train_step)]:.1f}x")
+        rates: dict[str, list[float]] = {"cache": [], "decode": []}
+        for _ in range(args.repeats):  # interleaved, so both variants see the same load
+            for name, d in (("cache", CachedCrops(cache_root, items, y, crop)),
+                            ("decode", DecodedCrops(spec, items, y, crop))):
+                loader = DataLoader(d, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                    drop_last=True)
+                n, sec = _run(loader, model, args.batches, train_step)  # includes worker start-up, as an epoch does
+                rates[name].append(n / sec)
+        med = {k: float(np.median(v)) for k, v in rates.items()}
+        what = "train step" if train_step else "data only"
+        for name in ("cache", "decode"):
+            print(f"{what:10s} {name:7s} {med[name]:9.1f} clips/s (median of {args.repeats})")
+        print(f"{'':10s} cache / decode = {med['cache'] / med['decode']:.1f}x (baseline: decoding, same run)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from .errors import StreamtagError
 log = logging.getLogger("streamtag")
 
 # Modules that add their own subcommands through register(subparsers).
-_COMMAND_MODULES = ("streamtag.commands_live", "train.cli", "train.distill")
+_COMMAND_MODULES = ("streamtag.commands_live", "streamtag.train.cli", "streamtag.train.distill")
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, hop: bool = True) -> None:

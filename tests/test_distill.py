@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from streamtag.train import build_corpus, distill
 
 from streamtag.errors import ModelError
 from streamtag.registry import Bundle, load_bundle, save_bundle
-from train import build_corpus, distill
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared"))
@@ -140,6 +140,13 @@ def test_distill_end_to_end_writes_a_loadable_bundle(
         assert b.streaming == distill.STREAMING[arch]
     assert b.frontend.sample_rate == teacher.frontend.sample_rate and b.frontend.n_mels == teacher.frontend.n_mels
     card = b.card_path.read_text()
+    # the card is the template filled from the bundle's config.json and the run's card.json
+    from streamtag.train.cards import CARD_JSON, render_distill_card
+
+    run = json.loads((out / CARD_JSON).read_text())
+    assert card == render_distill_card(b.config_dict(), run)
+    assert run["n_params"] == sum(p.numel() for p in b.build_model("cpu").parameters())
+    assert b.extra["training"]["train_config"]["arch"] == arch and b.extra["training"]["steps"] == 3
     for heading in ("## Model Details", "## Intended Use", "## Training Data", "## Performance", "## Limitations"):
         assert heading in card
     ev = b.extra["evaluation"]
@@ -202,3 +209,115 @@ def test_shipped_student_agrees_with_teacher_where_its_card_says(name: str, audi
     claimed = next(c for c in student.extra["per_clip"] if c["id"] == f"shared/{clip}")
     assert t_genre == claimed["teacher"]
     assert s_genre == t_genre
+
+
+def _distill_parser():
+    import argparse
+
+    from streamtag.train.cli import add_train_args
+
+    p = argparse.ArgumentParser(prog="distill")
+    add_train_args(p, "distill")
+    return p
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_cards_render_from_their_json(name: str) -> None:
+    """The card is the template filled from config.json + card.json, byte for byte, and its command parses
+    to the settings the bundle records."""
+    import shlex
+
+    from streamtag.train.cards import CARD_JSON, render_distill_card
+
+    d = REPO / "models" / name
+    config = json.loads((d / "config.json").read_text())
+    run = json.loads((d / CARD_JSON).read_text())
+    card = (d / "model_card.md").read_text()
+    assert render_distill_card(config, run) == card
+    ev = config["extra"]["evaluation"]
+    assert f"**{100 * ev['clip_genre_top1_agreement']:.1f}%** ({round(ev['clip_genre_top1_agreement'] * ev['clips'])}/{ev['clips']})" in card
+    # the parameter count in card.json is the bundle's
+    model = load_bundle(d).build_model("cpu")
+    assert run["n_params"] == sum(p.numel() for p in model.parameters())
+    assert run["n_trained"] == sum(p.numel() for p in model.head.parameters())
+    # "Made by" parses with today's distill options and gives the recorded settings
+    argv = shlex.split(run["command"])
+    assert argv[:3] == ["python", "-m", "streamtag.train.distill"]
+    args = _distill_parser().parse_args(argv[3:])
+    cfg = distill.distill_config(args)
+    training = config["extra"]["training"]
+    assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.mixup) == (
+        training["lr"], training["batch"], training["weight_decay"], training["mixup"])
+    assert Path(args.out).name == name and args.frontend == "musicnn"
+    if "seq_seconds" in training:
+        assert list(cfg.seq_seconds) == training["seq_seconds"]
+
+
+def test_docs_distill_commands_parse() -> None:
+    """Every `python -m streamtag.train.distill` command in docs/distill.md parses with today's options."""
+    import re
+    import shlex
+
+    text = (REPO / "docs" / "distill.md").read_text().replace("\\\n", " ")
+    commands = re.findall(r"python -m streamtag\.train\.distill ([^\n`]+)", text)
+    assert len(commands) >= 5
+    parser = _distill_parser()
+    for c in commands:
+        args = parser.parse_args(shlex.split(c.split(" &")[0]))
+        distill.check_args(args)  # --out given, or a label/feature-only run
+
+
+def test_distill_defaults_come_from_the_config() -> None:
+    """Parsing no training flags gives DISTILL_DEFAULTS (argparse reads them from the dataclass)."""
+    from streamtag.train.config import DISTILL_DEFAULTS
+
+    for arch in ("transformer", "stateful_gru"):
+        args = _distill_parser().parse_args(["--corpus", "c", "--out", "o", "--arch", arch])
+        cfg = distill.distill_config(args)
+        expect = DISTILL_DEFAULTS.replace(arch=arch, time_mask_frames=32 if arch == "stateful_gru" else 16)
+        assert cfg == expect, cfg.differences(expect)
+
+
+def test_sequence_lengths_follow_the_students_frontend() -> None:
+    """The feed converts --seq-seconds with the student front end's frame rate (not a hard-coded hop)."""
+    from streamtag.train.build_corpus import Track
+    from streamtag.train.config import DISTILL_DEFAULTS
+    from streamtag.train.tracks import TrackData, TrackFeed
+
+    from streamtag.frontend import FrontendSpec
+
+    g = distill.Geometry(grid_frames=8, teacher_frames=16, window_frames=24)
+    rng = np.random.default_rng(0)
+    tr = Track(id="s/x.ogg", source="s", path="x.ogg", licence="CC0", licence_file="", duration=20.0, seconds=20.0,
+               file="x.npy")
+    lengths = {}
+    for hop in (256, 512):
+        spec = FrontendSpec(hop_length=hop)
+        data = []
+        for _ in range(3):
+            teacher = rng.random((30, 4)).astype(np.float32)
+            targets, starts = g.window_targets(teacher, 8 * 29 + 16)
+            data.append(TrackData(tr, rng.random((8 * 29 + 16, 5)).astype(np.float32), teacher, targets, starts))
+        cfg = DISTILL_DEFAULTS.replace(batch_size=2, seq_seconds=(4.0, 4.0))
+        batch = next(iter(TrackFeed(data, g, cfg, stateful=True, spec=spec).epoch(0, rng)))
+        lengths[hop] = batch.x.shape[1]
+        assert batch.y.shape == (2, lengths[hop], 4) and batch.mask is not None and batch.mask.sum() > 0
+    assert lengths == {256: int(4.0 * 16000 / 256), 512: int(4.0 * 16000 / 512)}
+
+
+def test_a_callers_own_parser_may_define_a_subset_of_the_flags() -> None:
+    """streamtag.cli builds its own parsers; the command functions fill in what they lack, at the defaults."""
+    import argparse
+
+    from streamtag.train.cli import complete_args
+    from streamtag.train.config import DISTILL_DEFAULTS
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="transformer")
+    p.add_argument("--corpus")
+    p.add_argument("--out")
+    p.add_argument("--batch", type=int, default=32)  # the old spelling of --batch-size
+    args = complete_args(p.parse_args(["--corpus", "c", "--out", "o", "--batch", "7"]), "distill")
+    distill.check_args(args)
+    cfg = distill.distill_config(args)
+    assert cfg == DISTILL_DEFAULTS.replace(arch="transformer", batch_size=7, time_mask_frames=16)

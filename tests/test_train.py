@@ -2,6 +2,7 @@
 bundle through the engine; plus the pieces (augmentation, schedule, metrics, checkpoints) as unit tests."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -10,15 +11,19 @@ import numpy as np
 import pytest
 import torch
 from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
+from streamtag.train.augment import mixup, power_domain, spec_augment
+from streamtag.train.cache import build_cache, extract, open_cache
+from streamtag.train.cards import render_train_card
+from streamtag.train.config import TrainConfig
+from streamtag.train.evaluate import crop_starts, metrics, windows
+from streamtag.train.fma import load_fma, read_tracks
+from streamtag.train.folders import load_folders, read_split_lists
+from streamtag.train.schedule import FLOOR, lr_factor
+from streamtag.train.train import pos_weights
 
 from streamtag.errors import ConfigError, SourceError
 from streamtag.frontend import FrontendSpec
 from streamtag.registry import load_bundle
-from train.cache import build_cache, extract, open_cache
-from train.evaluate import crop_starts, metrics, windows
-from train.fma import load_fma, read_tracks
-from train.folders import load_folders, read_split_lists
-from train.train import TrainConfig, lr_lambda, mixup, pos_weights, spec_augment
 
 SPEC = FrontendSpec(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=48, scaling="db")
 TINY = {
@@ -152,24 +157,43 @@ def test_cache_skips_broken_files_and_resumes(fma: MiniFMA, cache_dir: Path, tmp
 
 
 def test_spec_augment_masks_and_mixup() -> None:
-    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     x = torch.randn(4, 100, 48)
-    cfg = TrainConfig(time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bands=8)
-    y = spec_augment(x, cfg)
+    y = spec_augment(x, rng, time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bands=8)
     assert y.shape == x.shape
     changed = (y != x)
     assert changed.any() and changed.float().mean() < 0.6
     # masked cells hold each example's mean
     fill = x.mean(dim=(1, 2), keepdim=True).expand_as(x)
     assert torch.equal(y[changed], fill[changed])
-    xm, ym = mixup(x, torch.eye(4), alpha=0.4)
+    # p=0: no mask at all; the same seed gives the same masks
+    assert torch.equal(spec_augment(x, rng, time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bands=8, p=0.0), x)
+    a = spec_augment(x, np.random.default_rng(1), time_masks=1, time_mask_frames=9, freq_masks=1, freq_mask_bands=9)
+    b = spec_augment(x, np.random.default_rng(1), time_masks=1, time_mask_frames=9, freq_masks=1, freq_mask_bands=9)
+    assert torch.equal(a, b)
+    xm, ym = mixup(x, torch.eye(4), rng, alpha=0.4)
     assert torch.allclose(ym.sum(dim=1), torch.ones(4)) and xm.shape == x.shape
 
 
+@pytest.mark.parametrize("scaling", ["log10p", "db", "log"])
+def test_power_domain_inverts_the_bundles_scaling(scaling: str) -> None:
+    from streamtag.frontend import _scale  # the front end's own scaling, so the two can never drift
+
+    spec = FrontendSpec(scaling=scaling)
+    mel = np.random.default_rng(0).random((3, 20, 8)) * 0.01 + 1e-4
+    logged = torch.from_numpy(_scale(mel, spec)).float()
+    to_power, to_log = power_domain(spec)
+    assert torch.allclose(to_log(to_power(logged)), logged, atol=1e-3)
+    p = to_power(logged).numpy()
+    ratio = p / mel  # power up to one constant factor (it cancels in gain and mixing)
+    assert np.allclose(ratio, ratio.flat[0], rtol=1e-2)
+
+
 def test_schedule_and_pos_weight() -> None:
-    lrs = [lr_lambda(s, warmup=10, total=100) for s in range(100)]
+    lrs = [lr_factor(s, warmup=10, total=100) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.05
+    assert lr_factor(100, warmup=10, total=100) == pytest.approx(FLOOR)
     y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
     w = pos_weights(y)
     assert w[0] == pytest.approx(1.0) and w[1] == pytest.approx(3.0) and w[2] == 1.0  # never positive: 1
@@ -203,7 +227,7 @@ def _cli(argv: list[str]) -> int:
     try:
         from streamtag.cli import main
     except ImportError:  # the lead's CLI is not there yet: the training module's own entry point
-        from train.cli import main
+        from streamtag.train.cli import main
     return main(argv)
 
 
@@ -226,7 +250,15 @@ def test_train_then_eval_end_to_end(
     assert bundle.frontend == SPEC and bundle.window_frames == SPEC.frames_for(5.0)
     assert bundle.activation == ("sigmoid" if labels == "all" else "softmax")
     assert bundle.streaming == ("stateful" if arch == "stateful_gru" else "window")
-    assert (run / "bundle" / "model_card.md").read_text().startswith("# run")
+    card = (run / "bundle" / "model_card.md").read_text()
+    assert card.startswith("# run")
+    # the card is rendered from summary.json: its counts and figures are the summary's
+    assert card == render_train_card(summary)
+    assert f"{summary['n_train']} training / {summary['n_valid']} validation / {summary['n_test']} test items" in card
+    assert f"(epoch {summary['best_epoch']} of {summary['epochs']}, step {summary['best_step']};" in card
+    assert f"{summary['best_metric']:.4f}" in card and summary["n_valid"] == 4
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved == bundle.extra["train_config"] == summary["train_config"] and saved["epochs"] == epochs
 
     if labels == "top":  # resume continues the same run; starting over in the same folder is refused
         assert _cli(argv) != 0
@@ -254,7 +286,7 @@ def test_train_then_eval_end_to_end(
 
 
 def extract_audio(path: Path, sr: int) -> np.ndarray:
-    from train.data import decode_audio
+    from streamtag.train.data import decode_audio
 
     return decode_audio(path, sr)
 
@@ -302,7 +334,7 @@ def test_ddp_two_processes_on_cpu(fma: MiniFMA, cache_dir: Path, tmp_path: Path)
 
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "train.cli", "train", *_data_args(fma, "top"), "--arch", "transformer",
+           "-m", "streamtag.train.cli", "train", *_data_args(fma, "top"), "--arch", "transformer",
            "--arch-config", TINY["transformer"], "--frontend", json.dumps({"n_mels": SPEC.n_mels}),
            "--cache", str(cache_dir), "--out", str(run), "--epochs", "1", "--max-steps", "2", "--batch-size", "4",
            "--loader-workers", "0", "--device", "cpu"]
@@ -316,7 +348,7 @@ def test_ddp_two_processes_on_cpu(fma: MiniFMA, cache_dir: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_baselines_on_mini_fma(fma: MiniFMA, tmp_path: Path) -> None:
-    from train.baseline import run_baselines
+    from streamtag.train.baseline import run_baselines
 
     ds = load_fma(fma.metadata, fma.audio, labels="top")
     rep = run_baselines(ds, tmp_path, progress=False)
@@ -329,3 +361,198 @@ def test_baselines_on_mini_fma(fma: MiniFMA, tmp_path: Path) -> None:
     assert again["results"]["knn"] == rep["results"]["knn"]
     with pytest.raises(ConfigError, match="single-label"):
         run_baselines(load_fma(fma.metadata, fma.audio, labels="all"), tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------- training that explains itself
+
+
+def _tiny_cfg(**kw) -> TrainConfig:
+    base = dict(arch="transformer", arch_config=json.loads(TINY["transformer"]), epochs=3, batch_size=8,
+                warmup_steps=2, loader_workers=0, val_crops=1, mixup=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.slow  # three short trainings
+def test_resume_continues_the_lr_schedule(fma: MiniFMA, cache_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted and resumed run applies the same learning rate at every step as an uninterrupted one."""
+    from streamtag.train import loop
+    from streamtag.train.train import train
+
+    ds = load_fma(fma.metadata, fma.audio, subset="small", labels="top")
+    applied: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):  # the lr the optimizer really uses, step by step
+        applied.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    kw = dict(frontend=SPEC, cache_dir=cache_dir, device="cpu", progress=False)
+    full = train(_tiny_cfg(), ds, tmp_path / "full", **kw)
+    straight = list(applied)
+    assert full["steps"] == len(straight) == 6 and len(set(straight)) > 3  # warm-up and decay: not constant
+
+    applied.clear()
+    real_save = loop._save_checkpoint
+
+    def save_then_interrupt(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt  # as if Ctrl-C came right after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_cfg(), ds, tmp_path / "cut", **kw)
+    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
+    first = len(applied)
+    assert 0 < first < len(straight)
+    resumed = train(_tiny_cfg(lr=1.0), ds, tmp_path / "cut", resume=True, **kw)  # the saved lr wins on resume
+    assert applied == pytest.approx(straight, rel=1e-12)
+    assert resumed["steps"] == full["steps"] and resumed["epochs"] == 3
+    assert json.loads((tmp_path / "cut" / "train_config.json").read_text())["lr"] == TrainConfig().lr
+
+
+class _MeanHead(torch.nn.Module):
+    def __init__(self, channels: int, labels: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(channels, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, L)
+        return self.fc(x.mean(dim=1))
+
+
+class _NoiseFeed:
+    steps_per_epoch = 2
+
+    def epoch(self, index: int, rng: np.random.Generator):
+        from streamtag.train.loop import Batch
+
+        for _ in range(self.steps_per_epoch):
+            x = torch.from_numpy(rng.standard_normal((4, 10, 6)).astype(np.float32))
+            yield Batch(x, torch.eye(3)[rng.integers(0, 3, 4)])
+
+
+def test_early_stop_says_why_and_when(caplog: pytest.LogCaptureFixture) -> None:
+    from streamtag.train.loop import Score, fit
+
+    scores = iter([0.41, 0.30, 0.45, 0.44, 0.40, 0.39, 0.2, 0.1])
+
+    def validate(model: torch.nn.Module) -> Score:
+        v = next(scores)
+        return Score((v,), {"accuracy": v}, "validation accuracy")
+
+    cfg = TrainConfig(epochs=8, patience=3, warmup_steps=1, specaug=False, mixup=0.0, log_every=100)
+    with caplog.at_level("WARNING", logger="streamtag.train"):
+        res = fit(_MeanHead(6, 3), cfg, _NoiseFeed(), multilabel=False, validate=validate)
+    # best 0.45 at epoch 3; epochs 4, 5, 6 do not improve on it: stop after epoch 6, not 8
+    assert res.epochs == 6 and res.steps == 12 and res.best_epoch == 3 and res.best_score == (0.45,)
+    line = "early stop at epoch 6: validation accuracy did not improve for 3 epochs (best 0.4500 at epoch 3)"
+    assert res.stop_reason == line
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [line]
+
+
+def test_frame_loss_masks_and_matches_plain_losses() -> None:
+    from streamtag.train.loop import frame_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(3, 5, 4, generator=g), torch.rand(3, 4, generator=g)
+    mask = torch.zeros(3, 5)
+    mask[:, 2:] = 1.0
+    expect = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 2:], y[:, None].expand(-1, 3, -1))
+    assert frame_loss(logits, y, mask) == pytest.approx(float(expect), rel=1e-6)
+    onehot = torch.eye(4)[[0, 2, 3]]
+    ce = torch.nn.functional.cross_entropy(logits[:, 0], torch.tensor([0, 2, 3]))
+    assert frame_loss(logits[:, 0], onehot, multilabel=False) == pytest.approx(float(ce), rel=1e-6)
+
+
+def test_stratified_folder_split_keeps_every_genre_in_every_split(tmp_path: Path) -> None:
+    from streamtag.train.folders import MIN_CLIPS_PER_GENRE
+
+    root = tmp_path / "genres"
+    sizes = {"blues": 3, "jazz": 4, "rock": 12, "folk": 25}
+    for g, n in sizes.items():
+        (root / g).mkdir(parents=True)
+        for i in range(n):
+            (root / g / f"{g}.{i:05d}.wav").write_bytes(b"")
+    ds = load_folders(root)
+    for gi, g in enumerate(ds.labels):
+        counts = {s: sum(1 for it in ds.split(s) if it.target == (gi,)) for s in ("train", "valid", "test")}
+        assert min(counts.values()) >= 1, (g, counts)
+        assert sum(counts.values()) == sizes[g]
+        assert counts["valid"] == counts["test"] == max(1, round(0.1 * sizes[g]))
+    assert load_folders(root).items == ds.items  # stable
+    (root / "punk").mkdir()
+    for i in range(MIN_CLIPS_PER_GENRE - 1):
+        (root / "punk" / f"p{i}.wav").write_bytes(b"")
+    with pytest.raises(ConfigError, match=f"'punk' has 2; each genre needs at least {MIN_CLIPS_PER_GENRE}"):
+        load_folders(root)
+
+
+def test_split_lists_without_validation_are_refused(tmp_path: Path) -> None:
+    root, splits = tmp_path / "g", tmp_path / "s"
+    (root / "a").mkdir(parents=True)
+    splits.mkdir()
+    for i in range(4):
+        (root / "a" / f"{i}.wav").write_bytes(b"")
+    (splits / "train.txt").write_text("a/0.wav\na/1.wav\n")
+    (splits / "valid.txt").write_text("# none\n")
+    (splits / "test.txt").write_text("a/2.wav\n")
+    with pytest.raises(ConfigError, match="no file .* in the validation split"):
+        load_folders(root, splits)
+
+
+def _train_parsers() -> dict:
+    import argparse
+
+    from streamtag.train.cli import register
+
+    parser = argparse.ArgumentParser(prog="streamtag")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    return dict(sub.choices)
+
+
+def test_help_states_every_default_and_reads_it_from_the_config() -> None:
+    parsers = _train_parsers()
+    cfg = TrainConfig()
+    train_p = parsers["train"]
+    actions = {a.dest: a for a in train_p._actions}
+    for dest in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "patience", "val_every", "mixup",
+                 "val_crops", "crop_seconds", "loader_workers", "amp", "seed"):
+        assert actions[dest].default == getattr(cfg, dest), dest  # argparse reads the dataclass
+    text = " ".join(train_p.format_help().split()).split("options:", 1)[1]  # past the usage line
+    for flag, value in (("--epochs EPOCHS", cfg.epochs), ("--lr LR", cfg.lr), ("--patience PATIENCE", cfg.patience),
+                        ("--batch BATCH_SIZE", cfg.batch_size)):
+        after = text.split(flag, 1)[1]
+        assert f"(default: {value})" in after.split(" --", 1)[0], flag
+    for p in parsers.values():  # every option says something, and every option with a default states it
+        for a in p._actions:
+            if a.option_strings and a.dest != "help":
+                assert a.help, (p.prog, a.dest)
+                if a.default not in (None, False) and a.help is not argparse.SUPPRESS:
+                    assert "(default" in a.help, (p.prog, a.dest)
+    eval_text = " ".join(parsers["eval"].format_help().split())
+    assert "--crops CROPS windows averaged per clip (default: 5)" in eval_text
+
+
+def test_docs_numbers_are_the_codes(fma: MiniFMA, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/training.md's figures that the code determines are checked against the code."""
+    import re
+
+    from streamtag.train.baseline import clip_features
+    from streamtag.train.schedule import FLOOR
+
+    doc = " ".join((Path(__file__).parents[1] / "docs" / "training.md").read_text().split())
+    n = clip_features(np.random.default_rng(0).standard_normal(22050 * 3).astype(np.float32)).shape[0]
+    assert re.search(r"\((\d+) numbers\)", doc).group(1) == str(n) == "206"
+    assert f"cosine decay to {FLOOR * 100:g} % of `--lr`" in doc
+    cfg = TrainConfig()
+    assert (f"SpecAugment ({cfg.time_masks} time masks <= {cfg.time_mask_frames} frames, {cfg.freq_masks} "
+            f"frequency masks <= {cfg.freq_mask_bands} bands") in doc
+    assert f"`--mixup {cfg.mixup}`" in doc and f"`--patience` ({cfg.patience})" in doc
+    # "left out N tracks" is a WARNING: shown by default, without -v
+    with caplog.at_level("WARNING"):
+        load_fma(fma.metadata, fma.audio, subset="medium", labels="top")
+    assert "left out 4 tracks (audio file missing)" in [r.getMessage().split(": ", 1)[1] for r in caplog.records
+                                                          if r.levelname == "WARNING" and "left out" in r.getMessage()]
+    assert 'log line "left out N tracks (audio file missing)", shown without `-v`' in doc

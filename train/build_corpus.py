@@ -20,7 +20,7 @@ three hours, which the teacher can label and the students can train on with two 
 
 Usage::
 
-    python -m train.build_corpus --out /work/corpus
+    python -m streamtag.train.build_corpus --out /work/corpus
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("train.build_corpus")
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, the rate of the stored audio (the students' and the teacher's front-end rate)
 AUDIO_EXTS = (".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav")
@@ -357,7 +357,7 @@ def summary(tracks: list[Track]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.build_corpus", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m streamtag.train.build_corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="corpus directory (outside the repo; never commit audio)")
     ap.add_argument("--packages", nargs="*", default=list(DEFAULT_PACKAGES), help="Debian game-music packages")
     ap.add_argument("--shared-audio", type=Path, default=_shared_dir() / "audio", help="../shared/audio")

@@ -2,8 +2,8 @@
 
 Run::
 
-    python -m train.convert_musicnn --out models/              # pip-downloads the musicnn==0.1.0 wheel
-    python -m train.convert_musicnn --out models/ --wheel musicnn-0.1.0-py3-none-any.whl
+    python -m streamtag.train.convert_musicnn --out models/              # pip-downloads the musicnn==0.1.0 wheel
+    python -m streamtag.train.convert_musicnn --out models/ --wheel musicnn-0.1.0-py3-none-any.whl
 
 writes ``models/musicnn-msd/`` and ``models/musicnn-mtt/``. No TensorFlow is needed: the checkpoint's
 ``.index`` file is read directly. It is a LevelDB-style SSTable (data blocks of prefix-compressed key/value
@@ -27,6 +27,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from streamtag.errors import ModelError
 from streamtag.frontend import FrontendSpec, logmel
 from streamtag.registry import Bundle, save_bundle
 
-log = logging.getLogger("train.convert_musicnn")
+log = logging.getLogger(__name__)
 
 WHEEL_REQUIREMENT = "musicnn==0.1.0"
 WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"  # PyPI's musicnn-0.1.0 wheel
@@ -221,7 +222,7 @@ def read_tf_checkpoint(index: bytes, shard: bytes, *, verify: bool = True) -> di
         block_offset, p = _varint(handle, 0)
         block_size, _ = _varint(handle, p)
         for key, value in _read_block(index, block_offset, block_size):
-            fields = dict(_proto_fields(value))
+            fields: dict[int, Any] = dict(_proto_fields(value))  # ints (varints) or bytes, by field number
             if key == b"":  # BundleHeaderProto: num_shards=1, endianness=2, version=3
                 if fields.get(1, 1) != 1 or fields.get(2, 0) != 0:
                     raise ModelError("only single-shard little-endian TensorFlow checkpoints are supported")
@@ -231,8 +232,8 @@ def read_tf_checkpoint(index: bytes, shard: bytes, *, verify: bool = True) -> di
                 raise ModelError(f"checkpoint variable {name!r} is sliced or sharded; unsupported")
             dtype_code = fields.get(1, 0)
             if dtype_code not in _DTYPES:
-                raise ModelError(f"checkpoint variable {name!r} has unsupported dtype code {dtype_code}")
-            shape = [dict(_proto_fields(d)).get(1, 0) for n, d in _proto_fields(fields.get(2, b"")) if n == 2]
+                raise ModelError(f"checkpoint variable {name!r} has unsupported dtype code {dtype_code!r}")
+            shape: list[Any] = [dict(_proto_fields(d)).get(1, 0) for n, d in _proto_fields(fields.get(2, b"")) if n == 2 and isinstance(d, bytes)]
             offset, size = fields.get(4, 0), fields.get(5, 0)
             raw = shard[offset : offset + size]
             if len(raw) != size:
@@ -256,13 +257,14 @@ def variable_map(model: Musicnn) -> dict[str, tuple[str, str]]:
     """TF variable name -> (PyTorch state-dict key, transform). Layers are numbered in TF creation order."""
     bn_modules = ["input_bn"]
     conv_modules = []
-    for i in range(len(model.timbral)):
+    m: Any = model  # ModuleLists, indexed by layer
+    for i in range(len(m.timbral)):
         conv_modules.append((f"timbral.{i}.conv", "conv2d"))
         bn_modules.append(f"timbral.{i}.bn")
-    for i in range(len(model.temporal)):
+    for i in range(len(m.temporal)):
         conv_modules.append((f"temporal.{i}.conv", "conv2d"))
         bn_modules.append(f"temporal.{i}.bn")
-    for i in range(len(model.midend)):
+    for i in range(len(m.midend)):
         conv_modules.append((f"midend.{i}.conv", "conv1d"))
         bn_modules.append(f"midend.{i}.bn")
     bn_modules += ["pool_bn", "dense_bn"]
@@ -433,7 +435,7 @@ Group, Universitat Pompeu Fabra): timbral (7 x 38 and 7 x 67) and temporal (128 
 over a 96-band log-mel spectrogram, max-pooled over frequency, three 1-D mid-end convolutions with residual
 and dense connections, and a back end of mean + max pooling over time, a 200-unit dense layer and a
 50-way sigmoid output. This bundle holds the `{src.folder}` checkpoint of the musicnn 0.1.0 wheel
-(PyPI `musicnn==0.1.0`), converted to PyTorch by `python -m train.convert_musicnn` without TensorFlow.
+(PyPI `musicnn==0.1.0`), converted to PyTorch by `python -m streamtag.train.convert_musicnn` without TensorFlow.
 {n_params:,} parameters.
 
 Front end: 16 kHz mono, n_fft 512, hop 256, 96 Slaney mel bands, power, rounded to float16, then

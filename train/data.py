@@ -61,7 +61,7 @@ def decode_audio(path: str | Path, sr: int) -> np.ndarray:
     and for training), else PyAV directly.
     """
     try:
-        from streamtag.sources import read_audio  # type: ignore[attr-defined]
+        from streamtag.sources import read_audio
     except ImportError:
         return _decode_pyav(Path(path), sr)
     return np.asarray(read_audio(path, sr), dtype=np.float32).reshape(-1)

@@ -158,7 +158,7 @@ def write_plots(out_dir: Path, y: np.ndarray, probs: np.ndarray, labels: Sequenc
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         for (i, j), v in np.ndenumerate(cm):
             if v:
-                ax.text(j, i, int(v), ha="center", va="center", fontsize=6)
+                ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=6)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         path = out_dir / "confusion.png"
@@ -202,7 +202,8 @@ def evaluate_bundle(
     report_cache = build_cache(items, cache_root, bundle.frontend, workers=workers, progress=progress)
     cache = open_cache(cache_root, bundle.frontend)
 
-    kept, ys = [], []
+    kept = []
+    ys: list[Any] = []  # (n_labels,) multi-hot vectors, or class indices
     dropped = 0
     for it in items:
         if it.key not in cache:

@@ -13,9 +13,9 @@ the windows past them are computed.
 
 Usage::
 
-    python -m train.extend_corpus plan --src /work/corpus --out /work/corpus2
-    python -m train.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 0 --shards 2 &
-    python -m train.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 1 --shards 2
+    python -m streamtag.train.extend_corpus plan --src /work/corpus --out /work/corpus2
+    python -m streamtag.train.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 0 --shards 2 &
+    python -m streamtag.train.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 1 --shards 2
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ import torch
 
 from streamtag.frontend import logmel
 from streamtag.registry import load_bundle
-from train.build_corpus import (
+
+from .build_corpus import (
     DEFAULT_PACKAGES,
     Track,
     _hash,
@@ -43,9 +44,10 @@ from train.build_corpus import (
     package_files,
     read_manifest,
 )
-from train.distill import GRID_FRAMES, student_frontend, teacher_probs, teacher_windows
+from .features import student_frontend
+from .teacher import GRID_FRAMES, teacher_probs, teacher_windows
 
-log = logging.getLogger("train.extend_corpus")
+log = logging.getLogger(__name__)
 
 
 def plan(src: Path, out: Path, *, max_track_seconds: float, max_new_minutes: float, min_track_seconds: float) -> list[Track]:
@@ -100,7 +102,7 @@ def plan(src: Path, out: Path, *, max_track_seconds: float, max_new_minutes: flo
 
 def _source_file(src: Path, t: Track) -> Path:
     if t.source == "shared":
-        from train.build_corpus import _shared_dir
+        from .build_corpus import _shared_dir
 
         return _shared_dir() / "audio" / t.path
     root = src / "pkgs" / t.source
@@ -160,7 +162,7 @@ def label(src: Path, out: Path, *, teacher_name: str, shard: int, shards: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.extend_corpus", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m streamtag.train.extend_corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("phase", choices=("plan", "label"))
     ap.add_argument("--src", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "plan":
         tracks = plan(args.src, args.out, max_track_seconds=args.max_track_seconds,
                       max_new_minutes=args.max_new_minutes, min_track_seconds=args.min_track_seconds)
-        from train.build_corpus import summary
+        from .build_corpus import summary
 
         print(summary(tracks))
     else:

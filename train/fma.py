@@ -168,7 +168,7 @@ def load_fma(metadata_dir: str | Path, audio_dir: str | Path, *, subset: str = "
         if labels == "all" and not row["genres_all"]:
             notes["no genres"] += 1
             continue
-        p = audio_path(audio, int(row["track_id"]))  # type: ignore[arg-type]
+        p = audio_path(audio, int(str(row["track_id"])))
         if not p.is_file():
             notes["audio file missing"] += 1
             continue
@@ -203,7 +203,7 @@ def load_fma(metadata_dir: str | Path, audio_dir: str | Path, *, subset: str = "
         ]
         genre_labels = [genres[g].title for g in present if genres[g].parent == 0] or None
     for reason, n in sorted(notes.items()):
-        log.info("FMA %s: left out %d tracks (%s)", subset, n, reason)
+        log.warning("FMA %s: left out %d tracks (%s)", subset, n, reason)
     return LabelledSet(
         name=f"fma_{subset}/{labels}", labels=vocab, multilabel=labels == "all", items=items,
         genre_labels=genre_labels, notes=dict(notes),
