@@ -21,11 +21,11 @@ __all__ = ["StdinSource", "RAW_FORMATS"]
 
 log = logging.getLogger(__name__)
 
-# raw_format -> (numpy dtype, scale to [-1, 1))
+# raw_format -> numpy dtype (integers are scaled by streamtag.audio's one rule, 2**(bits-1))
 RAW_FORMATS = {
-    "s16le": (np.dtype("<i2"), 32768.0),
-    "s32le": (np.dtype("<i4"), 2147483648.0),
-    "f32le": (np.dtype("<f4"), 1.0),
+    "s16le": np.dtype("<i2"),
+    "s32le": np.dtype("<i4"),
+    "f32le": np.dtype("<f4"),
 }
 READ_SIZE = 16384  # bytes per read from the pipe
 
@@ -116,7 +116,7 @@ class StdinSource(Source):
         yield from pipeline.finish()
 
     def _raw_blocks(self) -> Iterator[np.ndarray]:
-        dtype, scale = RAW_FORMATS[self.raw_format]
+        dtype = RAW_FORMATS[self.raw_format]
         frame_bytes = dtype.itemsize * self.raw_channels
         pipeline = AudioPipeline(self.sample_rate, self.block_size)
         read = getattr(self._file, "read1", self._file.read)
@@ -134,8 +134,7 @@ class StdinSource(Source):
             rest = data[usable:]
             if not usable:
                 continue
-            x = np.frombuffer(data[:usable], dtype=dtype).reshape(-1, self.raw_channels).T  # (C, N)
-            x = (x.astype(np.float32) / np.float32(scale)) if scale != 1.0 else x.astype(np.float32)
+            x = np.frombuffer(data[:usable], dtype=dtype).reshape(-1, self.raw_channels).T  # (C, N) PCM
             total += x.shape[1]
             yield from pipeline.push(x, int(self.raw_rate))
         if total == 0 and not self.closed:
