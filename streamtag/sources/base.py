@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import av
@@ -31,6 +32,9 @@ __all__ = [
     "frame_to_array",
     "iter_frames",
     "describe_av_error",
+    "AvReader",
+    "SourceInterrupted",
+    "interruptible",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,8 @@ def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError as e:  # one corrupt packet: skip it
+        except (av.error.InvalidDataError, av.error.UndefinedError) as e:  # one corrupt packet: skip it
+            # (an ADTS stream joined mid-frame makes the AAC decoder fail its first packet with an odd code)
             bad += 1
             if bad > MAX_BAD_PACKETS:
                 raise
@@ -73,6 +78,51 @@ def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
             continue
         bad = 0
         yield from frames
+
+
+class SourceInterrupted(Exception):
+    """A KeyboardInterrupt that arrived inside a PyAV read callback, carried out as an Exception.
+
+    PyAV's callbacks catch only ``Exception`` (a KeyboardInterrupt raised there is printed and dropped), so
+    :class:`AvReader` turns it into this, PyAV re-raises it from its own call, and :func:`interruptible`
+    turns it back into KeyboardInterrupt.
+    """
+
+
+class AvReader:
+    """``read(n)`` for ``av.open(file_like)``: lets Ctrl-C through, and reads nothing once ``closed`` is set."""
+
+    def __init__(self, read: Callable[[int], bytes], closed: threading.Event) -> None:
+        self._read = read
+        self._closed = closed
+        self.interrupted = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.interrupted or self._closed.is_set():
+            return b""
+        try:
+            return self._read(n)
+        except (KeyboardInterrupt, SystemExit) as e:
+            self.interrupted = True
+            raise SourceInterrupted() from e
+
+
+
+@contextmanager
+def interruptible(reader: AvReader | None = None) -> Iterator[None]:
+    """Around PyAV calls that read through an :class:`AvReader`: a Ctrl-C caught inside one propagates."""
+    try:
+        yield
+    except SourceInterrupted:
+        raise KeyboardInterrupt from None
+    except GeneratorExit:
+        raise
+    except BaseException:
+        if reader is not None and reader.interrupted:  # PyAV turned it into an error of its own
+            raise KeyboardInterrupt from None
+        raise
+    if reader is not None and reader.interrupted:  # PyAV took it for the end of the input
+        raise KeyboardInterrupt
 
 
 class AudioPipeline:
@@ -157,7 +207,7 @@ class Source:
         self.info: dict[str, Any] = {}
         self.on_event: EventCallback | None = None
         self._closed = threading.Event()
-        self._gen: Iterator[np.ndarray] | None = None
+        self._gen: Generator[np.ndarray, None, None] | None = None
 
     # iteration -------------------------------------------------------------------------------------------------
     def __iter__(self) -> Source:
@@ -170,7 +220,7 @@ class Source:
             self._gen = self._blocks()
         return next(self._gen)
 
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _blocks(self) -> Generator[np.ndarray, None, None]:
         raise NotImplementedError
 
     # lifetime --------------------------------------------------------------------------------------------------
