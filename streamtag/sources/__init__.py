@@ -101,7 +101,7 @@ def open_source(
     label = display_name(text) if explicit_policy else text
     source: Source
     if text == "-":
-        check_stdin(policy)
+        check_stdin(policy, "stdin")
         source = StdinSource(sample_rate, block_seconds=block_seconds, raw_rate=raw_rate, raw_format=raw_format,
                              raw_channels=raw_channels, format=format, fileobj=fileobj, name=name or "stdin")
     else:

@@ -329,7 +329,10 @@ def _request_once(
     lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     lines += ["Connection: close", "", ""]
-    sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel)
+    try:
+        sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel)
+    except _Cancelled as e:
+        raise SourceError(f"{label}: closed while connecting") from e
     reader = _SocketReader(sock, cancel)
     deadline = time.monotonic() + timeouts.header  # the whole header phase, however the bytes trickle in
     what = f"no complete answer within {timeouts.header:g} s"
@@ -361,9 +364,9 @@ def _request_once(
     except StallError as e:
         sock.close()
         raise SourceError(f"{label}: the server did not answer within {timeouts.header:g} s; try again later") from e
-    except _Cancelled:
+    except _Cancelled as e:
         sock.close()
-        raise
+        raise SourceError(f"{label}: closed while connecting") from e
     except OSError as e:
         sock.close()
         raise SourceError(
@@ -490,8 +493,8 @@ def fetch_bytes(
         if deadline is not None and time.monotonic() >= deadline:
             raise SourceError(f"{label}: the download took longer than {total_timeout:g} s; try again") from e
         raise SourceError(f"{label}: the download stalled for {read_timeout:g} s; try again") from e
-    except _Cancelled:
-        raise
+    except _Cancelled as e:
+        raise SourceError(f"{label}: closed during the download") from e
     except OSError as e:
         raise SourceError(f"{label}: the download failed ({e.strerror or type(e).__name__}); try again") from e
     finally:

@@ -68,7 +68,7 @@ def check_address(address: str, policy: SourcePolicy, display: str) -> None:
         raise refused(display)
 
 
-def check_stdin(policy: SourcePolicy, display: str = "-") -> None:
+def check_stdin(policy: SourcePolicy, display: str = "stdin") -> None:
     if not policy.allow_stdin:
         raise refused(display)
 

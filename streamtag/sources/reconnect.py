@@ -132,9 +132,10 @@ class Reconnector:
             if limit is not None and self.failures > limit:
                 if limit == 0:
                     raise SourceError(f"{self.label}: the stream ended ({self._reason}); allow retries to reconnect")
+                last = f" (last: {last_error})" if last_error else ""
                 raise SourceError(
-                    f"{self.label}: the stream ended ({self._reason}) and {limit} reconnect attempts failed "
-                    f"(last: {last_error or 'no answer'}); check the station, or allow more retries"
+                    f"{self.label}: the stream ended ({self._reason}) and {limit} reconnect attempts failed{last}; "
+                    "check the station, or allow more retries"
                 )
             delay = self.policy.backoff(self.failures)
             log.info("%s: reconnecting in %.1f s (attempt %d)", self.label, delay, self.failures)
