@@ -1,13 +1,9 @@
 """What every source shares: the Source contract and the decoded-frames -> mono blocks pipeline.
 
-Decoded audio goes through the same three steps as ``librosa.load(path, sr=sr)``, so the engine sees the samples the
-musicnn reference saw:
-
-1. integer PCM is scaled to float32 in [-1, 1) (divide by 2**(bits-1), as libsndfile does);
-2. channels are averaged to mono (``librosa.to_mono``: mean over the channel axis);
-3. the mono signal is resampled with soxr at quality "HQ" (``librosa.resample(..., res_type="soxr_hq")``), here in
-   streaming form (``soxr.ResampleStream``), whose output equals the one-shot resample sample for sample; the final
-   length is padded to ``ceil(n * sr / sr_in)`` like librosa's ``fix_length``.
+Decoded audio goes through :mod:`streamtag.audio` (the one conversion: integer PCM / 2**(bits-1), channel mean,
+streaming soxr HQ resampling padded like librosa's ``fix_length``), so the engine sees the samples the musicnn
+reference saw, whatever the input. PyAV reads of Python file objects go through :class:`AvReader`, so Ctrl-C is
+not lost inside PyAV's read callback and a closed source reads nothing more.
 """
 from __future__ import annotations
 
@@ -190,8 +186,9 @@ class Source:
     """An iterator of mono float32 blocks ``(block_size,)`` at ``sample_rate``.
 
     Attributes: ``name`` (str), ``title`` (latest ICY StreamTitle or None), ``info`` (codec, input rate, channels,
-    content type, ...), ``on_event`` (optional ``callback(kind, detail)`` for "title", "disconnected",
-    "reconnecting", "connected"). ``close()`` may be called from any thread; it ends the iteration.
+    content type, ...), ``on_event`` (optional ``callback(kind, detail)``: ("title", title), ("dropped", reason),
+    ("reconnecting", "in 2.0 s (attempt 3)"), ("connected", display name)). ``close()`` may be called from any
+    thread; it ends the iteration.
     """
 
     def __init__(self, name: str, sample_rate: int, block_seconds: float = 0.1) -> None:
