@@ -293,7 +293,7 @@ class HlsSource(Source):
         self._segment_format = self.format or SEGMENT_FORMATS.get(ext)
         self.info = {
             "uri": self.label,
-            "url": playlist.url,
+            "url": display_name(playlist.url),
             "content_type": "application/vnd.apple.mpegurl",
             "format": self._segment_format,
             "live": not playlist.ended,

@@ -231,7 +231,7 @@ class UrlSource(Source):
         headers = response.headers
         self.info = {
             "uri": label,
-            "url": response.url,
+            "url": display_name(response.url),
             "content_type": ctype or None,
             "format": container.format.name,
             "codec": stream.codec_context.name,
