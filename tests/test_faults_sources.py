@@ -415,3 +415,28 @@ def test_display_name_strips_credentials_and_paths() -> None:
     assert display_name("file:///home/me/Music/song%20x.mp3") == "song x.mp3"
     assert display_name("-") == "stdin"
     assert display_name("../../etc/passwd") == "passwd"
+
+
+# hostile metadata ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["nan", "inf", "-5", "0", "abc", "1e308", ""])
+def test_hostile_hls_numbers_are_clamped(target: str) -> None:
+    from streamtag.sources.hls import MAX_TARGET_DURATION, MIN_TARGET_DURATION, MediaPlaylist, parse_playlist
+
+    text = (f"#EXTM3U\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{target}\n"
+            f"#EXTINF:{target},x\nseg0.ts\n")
+    playlist = parse_playlist(text, "http://cdn.example/live.m3u8")
+    assert isinstance(playlist, MediaPlaylist)
+    assert MIN_TARGET_DURATION <= playlist.target_duration <= MAX_TARGET_DURATION  # never a busy re-poll loop
+    assert playlist.media_sequence >= 0
+    assert 0.0 <= playlist.segments[0].duration <= MAX_TARGET_DURATION
+
+
+def test_remote_titles_cannot_drive_the_terminal() -> None:
+    from streamtag.sources.base import MAX_TITLE_CHARS, clean_title
+
+    assert clean_title("Song\x1b[2J\x1b]0;pwned\x07 – Artist\r\n") == "Song [2J ]0;pwned – Artist"
+    assert clean_title("a\u202eb") == "a b"  # no right-to-left override spoofing
+    assert len(clean_title("x" * 10_000)) == MAX_TITLE_CHARS
+    assert clean_title("Sigur Rós – Hoppípolla") == "Sigur Rós – Hoppípolla"

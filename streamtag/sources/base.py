@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import unicodedata
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "AvReader",
     "SourceInterrupted",
     "interruptible",
+    "clean_title",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,18 @@ def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
             continue
         bad = 0
         yield from frames
+
+
+MAX_TITLE_CHARS = 256
+
+
+def clean_title(title: str | None) -> str:
+    """A title from a remote (ICY StreamTitle, HLS #EXTINF, playlist) fit to show: control characters (terminal
+    escapes included) replaced by spaces, whitespace collapsed, at most ``MAX_TITLE_CHARS`` characters."""
+    if not title:
+        return ""
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in title)
+    return " ".join(text.split())[:MAX_TITLE_CHARS]
 
 
 class SourceInterrupted(Exception):
@@ -263,7 +277,7 @@ class Source:
             log.exception("%s: on_event callback failed for %s event", self.name, kind)
 
     def _set_title(self, title: str | None) -> None:
-        title = title or None
+        title = clean_title(title) or None
         if title != self.title:
             self.title = title
             log.info("%s: title %r", self.name, title)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import Generator, Iterator
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 PLAYLIST_LIMIT = 4 << 20  # bytes
 SEGMENT_LIMIT = 64 << 20  # bytes
+MIN_TARGET_DURATION = 0.5  # s: a live playlist is never polled faster than every 0.25 s, whatever it claims
+MAX_TARGET_DURATION = 60.0  # s
 LIVE_EDGE_SEGMENTS = 3  # a live stream starts this many segments before the end (RFC 8216, 6.3.3)
 SEGMENT_FORMATS = {".ts": "mpegts", ".aac": "aac", ".mp3": "mp3", ".m4s": "mp4", ".mp4": "mp4", ".m4a": "mp4"}
 _ATTR_RE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
@@ -96,6 +99,17 @@ class MasterPlaylist:
 
 def _attributes(text: str) -> dict[str, str]:
     return {k: v.strip('"') for k, v in _ATTR_RE.findall(text)}
+
+
+def _seconds(text: str, default: float, *, low: float, high: float) -> float:
+    """A playlist's number of seconds, clamped to [low, high]; ``default`` when it is not a finite number."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return default
+    if not math.isfinite(value):
+        return default
+    return min(high, max(low, value))
 
 
 def is_hls_text(text: str) -> bool:
@@ -151,13 +165,14 @@ def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
     discontinuity = False
     for line in lines:
         if line.startswith("#EXT-X-TARGETDURATION:"):
-            target = float(line.split(":", 1)[1] or 10)
+            target = _seconds(line.split(":", 1)[1], 10.0, low=MIN_TARGET_DURATION, high=MAX_TARGET_DURATION)
         elif line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            sequence = int(line.split(":", 1)[1] or 0)
+            text = line.split(":", 1)[1].strip()
+            sequence = int(text) if text.isdigit() and len(text) < 19 else 0
         elif line.startswith("#EXTINF:"):
             value = line.split(":", 1)[1]
             length, _, title = value.partition(",")
-            duration = float(length or 0)
+            duration = _seconds(length, 0.0, low=0.0, high=MAX_TARGET_DURATION)
         elif line.startswith("#EXT-X-DISCONTINUITY") and not line.startswith("#EXT-X-DISCONTINUITY-SEQUENCE"):
             discontinuity = True
         elif line.startswith("#EXT-X-ENDLIST"):
