@@ -440,3 +440,13 @@ def test_remote_titles_cannot_drive_the_terminal() -> None:
     assert clean_title("a\u202eb") == "a b"  # no right-to-left override spoofing
     assert len(clean_title("x" * 10_000)) == MAX_TITLE_CHARS
     assert clean_title("Sigur Rós – Hoppípolla") == "Sigur Rós – Hoppípolla"
+
+
+def test_read_audio_of_a_local_playlist(tmp_path: Path) -> None:
+    from streamtag.sources import read_audio
+
+    a = tone_clip(tmp_path / "a.wav", 0.5, 440.0, sr=16000)
+    b = tone_clip(tmp_path / "b.wav", 0.25, 660.0, sr=8000)
+    (tmp_path / "two.m3u").write_text("a.wav\nb.wav\n")
+    expected = np.concatenate([read_audio(a, SR), read_audio(b, SR)])
+    np.testing.assert_array_equal(read_audio(tmp_path / "two.m3u", SR), expected)

@@ -150,8 +150,15 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
     """The whole file as mono float32 ``(N,)`` at ``sample_rate``: ``librosa.load(path, sr=sample_rate)``'s result.
 
     The same conversion as the streamed blocks (:func:`streamtag.audio.to_mono`), so it equals their concatenation
-    sample for sample; the length is ``ceil(n * sr / sr_in)`` like librosa's.
+    sample for sample; the length is ``ceil(n * sr / sr_in)`` like librosa's. A local playlist (.pls/.m3u/.m3u8)
+    gives its entries' audio one after the other.
     """
+    if os.fspath(path).lower().endswith((".pls", ".m3u", ".m3u8")):
+        from . import open_source  # local import: the package imports this module
+
+        with open_source(path, sample_rate) as playlist:
+            blocks = list(playlist)
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     source = FileSource(path, sample_rate)
     chunks: list[np.ndarray] = []
     rates: set[int] = set()
