@@ -450,3 +450,4 @@ def test_read_audio_of_a_local_playlist(tmp_path: Path) -> None:
     (tmp_path / "two.m3u").write_text("a.wav\nb.wav\n")
     expected = np.concatenate([read_audio(a, SR), read_audio(b, SR)])
     np.testing.assert_array_equal(read_audio(tmp_path / "two.m3u", SR), expected)
+

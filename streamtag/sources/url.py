@@ -272,10 +272,12 @@ class UrlSource(Source):
                 with interruptible(conn.reader):
                     frame: av.AudioFrame | None = conn.first
                     while frame is not None:
-                        self._progress = time.monotonic()
                         yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
                         if self.closed:
                             return
+                        # the stall clock runs only while we wait for the next frame, not while the consumer
+                        # holds the generator: "no decoded audio for stall_timeout s" of network time
+                        self._progress = time.monotonic()
                         frame = next(conn.frames, None)
                     reason = "the server ended the stream"
                     if finite:  # read what the demuxer left (trailing tags) to tell the end of the file from a cut
