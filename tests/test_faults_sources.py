@@ -74,6 +74,21 @@ def test_trickled_headers_hit_the_overall_header_deadline() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_redirect_hops_share_one_header_budget(mp3_bytes: bytes) -> None:
+    """Five redirects, each answered just under the header deadline, cannot add up to five deadlines."""
+    def handler(conn, index, stop):
+        if index < 5:
+            answer = f"HTTP/1.0 302 Found\r\nLocation: /hop{index + 1}\r\n\r\n".encode()
+            trickle(conn, answer, 1.0 / len(answer), stop)  # ~1 s per hop, under the 1.5 s header deadline
+        else:
+            conn.sendall(AUDIO_HEAD + mp3_bytes)
+
+    with ScriptedServer(handler) as server:
+        with pytest.raises(SourceError, match="did not answer within"):
+            open_source(server.url(), SR, connect_timeout=0.5, header_timeout=1.5, max_retries=0)
+        assert server.connections < 5  # the budget (connect + header = 2 s) ran out after two or three hops
+
+
 def test_trickled_body_without_audio_is_an_error_at_open(mp3_bytes: bytes) -> None:
     """Headers arrive, then the body at 20 bytes/s: no decoded audio within stall_timeout -> one-line error."""
     def handler(conn, index, stop):

@@ -257,10 +257,10 @@ def _resolve(url: str, label: str, host: str, port: int, policy: SourcePolicy) -
 
 def _connect(
     url: str, label: str, host: str, port: int, https: bool, connect_timeout: float, policy: SourcePolicy,
-    cancel: Cancel,
+    cancel: Cancel, overall: float,
 ) -> socket.socket:
     """A connected (TLS-wrapped) socket to an address the policy allows; never re-resolves after the check."""
-    deadline = time.monotonic() + connect_timeout
+    deadline = min(time.monotonic() + connect_timeout, overall)
     last: OSError | None = None
     sock: socket.socket | None = None
     for family, type_, proto, _, address in _resolve(url, label, host, port, policy):
@@ -309,7 +309,7 @@ def _connect(
 
 
 def _request_once(
-    url: str, headers: dict[str, str], timeouts: Timeouts, policy: SourcePolicy, cancel: Cancel
+    url: str, headers: dict[str, str], timeouts: Timeouts, policy: SourcePolicy, cancel: Cancel, overall: float
 ) -> HttpResponse:
     label = display_name(url)
     parts = urlsplit(url)
@@ -330,11 +330,12 @@ def _request_once(
     lines += [f"{k}: {v}" for k, v in headers.items()]
     lines += ["Connection: close", "", ""]
     try:
-        sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel)
+        sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel, overall)
     except _Cancelled as e:
         raise SourceError(f"{label}: closed while connecting") from e
     reader = _SocketReader(sock, cancel)
-    deadline = time.monotonic() + timeouts.header  # the whole header phase, however the bytes trickle in
+    # the whole header phase, however the bytes trickle in, and all redirects together within `overall`
+    deadline = min(time.monotonic() + timeouts.header, overall)
     what = f"no complete answer within {timeouts.header:g} s"
     try:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -407,6 +408,7 @@ def http_get(
 
     ``policy`` (None: permissive) is applied to the resolved address of the URL and of every redirect target;
     the connection goes to the address that was checked. ``cancel`` aborts a connect or header read in progress.
+    All hops together take at most ``connect_timeout + header_timeout`` seconds (DNS lookups aside).
     """
     policy = policy if policy is not None else SourcePolicy.permissive()
     cancel = cancel if cancel is not None else Cancel()
@@ -416,9 +418,10 @@ def http_get(
     if icy:
         headers["Icy-MetaData"] = "1"
     current = url
+    overall = time.monotonic() + timeouts.connect + timeouts.header  # every redirect hop shares this budget
     for _ in range(max_redirects + 1):
         try:
-            response = _request_once(current, headers, timeouts, policy, cancel)
+            response = _request_once(current, headers, timeouts, policy, cancel, overall)
         except PolicyError:
             raise refused(label) from None
         except SourceError as e:
