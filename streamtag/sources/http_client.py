@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import http
+import ipaddress
 import logging
 import os
 import re
@@ -235,10 +236,45 @@ class HttpResponse:
         self._sock.close()
 
 
-def _resolve(url: str, label: str, host: str, port: int, policy: SourcePolicy) -> list[tuple[Any, ...]]:
+def _getaddrinfo(host: str, port: int, deadline: float, cancel: Cancel) -> list[tuple[Any, ...]]:
+    """``socket.getaddrinfo`` with a deadline and cancellation (the lookup itself cannot be interrupted, so a
+    name is looked up on a daemon thread we stop waiting for); numeric addresses need no lookup thread."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    result: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread below
+            result.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="streamtag-dns", daemon=True).start()
+    while not done.wait(_wait_slice(deadline)):
+        if cancel.cancelled:
+            raise _Cancelled("the source was closed")
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return list(result[0])
+
+
+def _resolve(
+    url: str, label: str, host: str, port: int, policy: SourcePolicy, deadline: float, cancel: Cancel
+) -> list[tuple[Any, ...]]:
     """getaddrinfo, then the policy on every address: only addresses the policy allows are kept (and used)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, deadline, cancel)
+    except TimeoutError as e:
+        raise SourceError(f"{label}: cannot resolve host {host!r} in time; check the URL and your network") from e
     except socket.gaierror as e:
         raise SourceError(f"{label}: cannot resolve host {host!r} ({e.strerror}); check the URL") from e
     except (UnicodeError, OSError) as e:
@@ -263,7 +299,7 @@ def _connect(
     deadline = min(time.monotonic() + connect_timeout, overall)
     last: OSError | None = None
     sock: socket.socket | None = None
-    for family, type_, proto, _, address in _resolve(url, label, host, port, policy):
+    for family, type_, proto, _, address in _resolve(url, label, host, port, policy, deadline, cancel):
         sock = socket.socket(family, type_, proto)
         try:
             sock.setblocking(False)
@@ -408,7 +444,7 @@ def http_get(
 
     ``policy`` (None: permissive) is applied to the resolved address of the URL and of every redirect target;
     the connection goes to the address that was checked. ``cancel`` aborts a connect or header read in progress.
-    All hops together take at most ``connect_timeout + header_timeout`` seconds (DNS lookups aside).
+    All hops together take at most ``connect_timeout + header_timeout`` seconds (DNS lookups included).
     """
     policy = policy if policy is not None else SourcePolicy.permissive()
     cancel = cancel if cancel is not None else Cancel()
