@@ -191,6 +191,8 @@ def test_garbage_from_the_server_is_an_error_not_a_hang() -> None:
         (b"HTTP/1.0 500 SECRET-BANNER\r\n\r\n", "HTTP 500 Internal Server Error"),
         (b"HTTP/1.0 200 OK\r\nContent-Type: text/secret-banner\r\n\r\n<html>SECRET-BANNER</html>", "web page"),
         (b"HTTP/1.0 200 OK\r\nContent-Type: application/secret-banner\r\n\r\n" + b"SECRET-BANNER " * 5000, ""),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: " + b"9" * 20000
+         + b"\r\nicy-metaint: " + b"9" * 20000 + b"\r\n\r\nSECRET-BANNER", ""),
         (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: audio/mpeg\r\n\r\nSECRET-BANNER\r\n",
          ""),
     ],
@@ -446,6 +448,8 @@ def test_hostile_hls_numbers_are_clamped(target: str) -> None:
     assert MIN_TARGET_DURATION <= playlist.target_duration <= MAX_TARGET_DURATION  # never a busy re-poll loop
     assert playlist.media_sequence >= 0
     assert 0.0 <= playlist.segments[0].duration <= MAX_TARGET_DURATION
+    master = parse_playlist(f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH={'9' * 20000}\nv.m3u8\n", "http://cdn.example/m")
+    assert master.variants[0].bandwidth == 0  # type: ignore[union-attr]
 
 
 def test_remote_titles_cannot_drive_the_terminal() -> None:

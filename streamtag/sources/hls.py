@@ -144,7 +144,7 @@ def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
                 master.variants.append(
                     Variant(
                         uri=urljoin(url, line),
-                        bandwidth=int(bandwidth) if bandwidth.isdigit() else 0,
+                        bandwidth=int(bandwidth) if bandwidth.isdigit() and len(bandwidth) <= 15 else 0,
                         codecs=pending.get("CODECS", ""),
                         audio_group=pending.get("AUDIO"),
                     )

@@ -148,8 +148,8 @@ class HttpResponse:
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value and value.strip().isdigit() else None
+        value = (self.headers.get("content-length") or "").strip()
+        return int(value) if value.isdigit() and len(value) <= 18 else None  # no 10**5-digit int() of a header
 
     @property
     def complete(self) -> bool:

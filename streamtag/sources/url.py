@@ -184,7 +184,8 @@ class UrlSource(Source):
             )
         fmt = self.format or FORMAT_BY_CONTENT_TYPE.get(ctype)  # None: let FFmpeg sniff the bytes
         metaint_text = response.headers.get("icy-metaint", "")
-        metaint = int(metaint_text) if metaint_text.isdigit() and 0 < int(metaint_text) <= MAX_METAINT else None
+        ok = metaint_text.isdigit() and len(metaint_text) <= 8  # a hostile header: no 10**5-digit int()
+        metaint = int(metaint_text) if ok and 0 < int(metaint_text) <= MAX_METAINT else None
         self._progress = time.monotonic()
         icy = IcyReader(response, metaint, self._on_metadata, progress=lambda: self._progress,
                         stall_timeout=p.stall_timeout)
