@@ -448,6 +448,8 @@ def test_hostile_hls_numbers_are_clamped(target: str) -> None:
     assert MIN_TARGET_DURATION <= playlist.target_duration <= MAX_TARGET_DURATION  # never a busy re-poll loop
     assert playlist.media_sequence >= 0
     assert 0.0 <= playlist.segments[0].duration <= MAX_TARGET_DURATION
+    with pytest.raises(SourceError, match="not a valid HLS playlist"):
+        parse_playlist("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://[bad/seg.ts\n", "http://cdn.example/x")
     master = parse_playlist(f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH={'9' * 20000}\nv.m3u8\n", "http://cdn.example/m")
     assert master.variants[0].bandwidth == 0  # type: ignore[union-attr]
 

@@ -119,7 +119,14 @@ def is_hls_text(text: str) -> bool:
 
 
 def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
-    """Parse an m3u8 playlist; relative URIs are resolved against ``url``."""
+    """Parse an m3u8 playlist; relative URIs are resolved against ``url``; SourceError for a malformed one."""
+    try:
+        return _parse_playlist(text, url)
+    except ValueError as e:  # a URI urljoin cannot parse ("http://[bad"), ...
+        raise SourceError(f"{display_name(url)}: not a valid HLS playlist; check the URL") from e
+
+
+def _parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
     if not text.lstrip("\ufeff \r\n").startswith("#EXTM3U"):
         raise SourceError(f"{url}: not an HLS playlist (no #EXTM3U header); check the URL")
     lines = [line.strip() for line in text.splitlines()]

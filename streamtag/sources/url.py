@@ -379,7 +379,10 @@ def open_url(
         text = data.decode("utf-8", errors="replace")
         if is_hls_text(text):
             return HlsSource(url, sample_rate, playlist_text=text, **common)
-        entry = _playlist_entry(text, response.url)
+        try:
+            entry = _playlist_entry(text, response.url)
+        except ValueError as e:  # an entry urljoin cannot parse
+            raise SourceError(f"{label}: the playlist's entry is not a valid URL; check the URL") from e
         if entry is None:
             raise SourceError(f"{label}: the playlist lists no stream URL; check the URL")
         if _depth >= 3 or not entry.lower().startswith(("http://", "https://")):
