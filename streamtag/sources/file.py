@@ -25,6 +25,9 @@ TRUNCATION_TOLERANCE_S = 0.5  # decoded this much less than the header's duratio
 
 def _check_path(path: Path, label: str | None = None) -> None:
     label = label or str(path)
+    if "\0" in str(path):
+        shown = label.replace("\0", "\\0")
+        raise SourceError(f"{shown}: not a valid path (it contains a NUL byte)")
     if not path.exists():
         raise SourceError(f"{label}: no such file; check the path (use - to read from stdin)")
     if path.is_dir():
