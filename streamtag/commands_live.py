@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, SourceError
 
@@ -63,12 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--source", action="append", default=[], metavar="NAME=URI",
                    help="tag URI (file, http(s) radio, HLS) as stream NAME; repeatable")
-    p.add_argument("--token", default=None, help="clients must connect with ?token=T; allows add_source/remove_source")
-    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                   help="browser Origin allowed to connect (repeatable; default: any)")
-    p.add_argument("--max-message-bytes", type=int, default=1 << 20, metavar="N",
-                   help="largest message a client may send (default 1 MiB)")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="pace file sources at X times real time")
+    from .publishers.websocket import add_serve_security_args
+
+    add_serve_security_args(p)
     _model_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -141,7 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _parse_sources(specs: list[str]) -> list[tuple[str, str]]:
     from .protocol import valid_stream_name
 
-    out = []
+    out: list[tuple[str, str]] = []
     for spec in specs:
         name, sep, uri = spec.partition("=")
         if not sep or not uri:
@@ -155,38 +154,45 @@ def _parse_sources(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .publishers.websocket import ServerConfig
+    from .publishers.websocket import config_from_args
 
     _positive(args.speed, "--speed")
-    config = ServerConfig(  # validates host/token before the model loads
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        allowed_origins=tuple(args.allowed_origin),
-        max_message_bytes=args.max_message_bytes,
-        file_speed=args.speed,
-    )
+    # validates host/token/limits before the model loads
+    config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed)
     sources = _parse_sources(args.source)
     engine = _engine(args)
     return asyncio.run(_serve(engine, config, sources))
 
 
-async def _serve(engine, config, sources: list[tuple[str, str]]) -> int:
-    from .publishers.websocket import GenreServer
+async def _serve(engine: Any, config: Any, sources: list[tuple[str, str]]) -> int:
+    from .live import LiveRunner
+    from .publishers.websocket import WebsocketServer
+    from .sources.policy import SourcePolicy
 
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def stopping() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, stopping)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
-    async with GenreServer(engine, config) as server:
-        for name, uri in sources:
-            await server.add_source(name, uri)
-        host = config.host if ":" not in config.host else f"[{config.host}]"
-        query = "?token=<TOKEN>" if config.token else ""
-        print(f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · Ctrl-C to stop",
-              file=sys.stderr, flush=True)
-        await stop
+    runner = LiveRunner(engine)
+    runner.start()
+    server = WebsocketServer(runner, config)
+    try:
+        for name, uri in sources:  # the user's own inputs; they exist before the first client connects
+            await server.add_source(name, uri, policy=SourcePolicy.permissive())
+        async with server:
+            host = config.host if ":" not in config.host else f"[{config.host}]"
+            query = "?token=<TOKEN>" if config.token else ""
+            print(f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · Ctrl-C to stop",
+                  file=sys.stderr, flush=True)
+            await stop
+    finally:
+        await loop.run_in_executor(None, runner.stop)
     return 0
