@@ -155,7 +155,7 @@ class ServerConfig:
     max_streams: int = 64  # --max-streams: streams at once (sources and audio in)
     max_audio_streams: int = 16  # --max-audio-streams: audio-in streams at once (one per connection)
     audio_rate: float = 2.0  # --max-audio-rate: s of audio per s one connection may send (then throttled)
-    audio_burst: float = 2.0  # s of audio a connection may send ahead of that rate
+    audio_burst: float = 1.0  # s of audio a connection may send ahead of that rate
     message_rate: float = 50.0  # --max-message-rate: text messages per s per connection (then throttled)
     auth_failures: int = 5  # --auth-failures: failed handshakes per address per minute before it gets 429
     open_timeout: float = 15.0  # --open-timeout: s an add_source may take to open its source
@@ -566,8 +566,10 @@ class WebsocketServer:
             return self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS,
                                 f"too many failed handshakes from {address}; retry in {math.ceil(wait)} s",
                                 [("Retry-After", str(math.ceil(wait)))])
-        host = request.headers.get("Host", "")
-        origin = request.headers.get("Origin")
+        hosts, origins = request.headers.get_all("Host"), request.headers.get_all("Origin")
+        if len(hosts) > 1 or len(origins) > 1:
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, "more than one Host or Origin header")
+        host, origin = (hosts or [""])[0], (origins or [None])[0]
         if not self._host_allowed(host):
             log.warning("refused %s: Host %r is not this loopback server", address, _safe_text(host, 80))
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
@@ -628,31 +630,31 @@ class WebsocketServer:
         messages = RateLimiter(rate=self.config.message_rate, burst=2 * self.config.message_rate)
         audio = RateLimiter(rate=self.config.audio_rate, burst=self.config.audio_burst)
         noticed = -math.inf
+
+        async def over_budget(wait: float, what: str) -> None:
+            # Hold this connection only: its frames wait in websockets' small queue, then in TCP, which stops
+            # the sender; other clients and streams never wait for it.
+            nonlocal noticed
+            now = time.monotonic()
+            if now - noticed >= RATE_NOTICE_INTERVAL_S:
+                noticed = now
+                log.info("client %d throttled: %s", client.id, what)
+                self.hub.error(client, "rate_limited", f"{what}; slowed down to that rate")
+            await asyncio.sleep(wait)
+
         writer = asyncio.create_task(self._writer(ws, client, wake))
         try:
             async for message in ws:
                 if isinstance(message, bytes):
                     got = self.hub.receive_audio(client, message)
                     if got is None:
-                        wait = messages.take(1.0)
+                        if (wait := messages.take(1.0)) > 0:
+                            await over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
                     else:
-                        stream, samples = got
-                        wait = audio.take(samples.shape[0] / self.sample_rate)
+                        await self._push_paced(got[0], got[1], audio, over_budget)
                 else:
-                    got, wait = None, messages.take(1.0)
-                if wait > 0:  # over budget: hold this connection (its sender stalls), nobody else
-                    now = time.monotonic()
-                    if now - noticed >= RATE_NOTICE_INTERVAL_S:
-                        noticed = now
-                        log.info("client %d throttled (%s)", client.id, "audio" if got else "messages")
-                        self.hub.error(client, "rate_limited",
-                                       f"sending faster than {self.config.audio_rate:g}x real time"
-                                       if got else f"more than {self.config.message_rate:g} messages/s; slowed down")
-                    await asyncio.sleep(wait)
-                if isinstance(message, bytes):
-                    if got is not None and got[1].size and got[0] in self.hub.streams:
-                        self.runner.push(got[0], np.asarray(got[1], dtype=np.float32))
-                else:
+                    if (wait := messages.take(1.0)) > 0:
+                        await over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
                     for action in self.hub.receive(client, message):
                         await self._perform(client, action)
                 if writer.done():
@@ -664,6 +666,19 @@ class WebsocketServer:
             log.info("client %d disconnected", client.id)
             for stop in self.hub.disconnect(client):
                 await self._stop_audio(stop.stream, stop.reason)
+
+    async def _push_paced(self, stream: str, samples: np.ndarray, budget: RateLimiter,
+                          over_budget: Callable[[float, str], Any]) -> None:
+        """Hand ``samples`` to the runner in slices of at most one hop, each within the connection's audio
+        budget: a big frame never lands as many hops at once, which would delay every other stream's next one."""
+        step = max(1, int(min(self.hub.hop_seconds, 0.5) * self.sample_rate))
+        for i in range(0, samples.shape[0], step):
+            piece = np.asarray(samples[i : i + step], dtype=np.float32)
+            if (wait := budget.take(piece.shape[0] / self.sample_rate)) > 0:
+                await over_budget(wait, f"audio faster than {self.config.audio_rate:g}x real time")
+            if stream not in self.hub.streams:
+                return
+            self.runner.push(stream, piece)
 
     async def _writer(self, ws: ServerConnection, client: Client, wake: asyncio.Event) -> None:
         try:
