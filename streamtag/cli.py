@@ -262,9 +262,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         # a first connection that fails raises here: typos get a one-line error at once
         src = open_source(url, engine.sample_rate, max_retries=args.max_retries, **_stdin_opts(args))
         sources[name] = src
-    from .live import run
+    from .app import run_live
 
-    return run(engine, sources, output=fmt, duration=args.duration, top=args.top, describe={n: n for n in sources})
+    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top)
 
 
 if __name__ == "__main__":

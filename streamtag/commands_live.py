@@ -1,17 +1,13 @@
 """Live commands: ``listen`` (microphone), ``devices``, ``serve`` (websocket server + web page), ``demo``.
 
-Argument parsing only; the work happens in streamtag.live, streamtag.sources.microphone and
-streamtag.publishers.websocket. ``streamtag/cli.py`` calls :func:`register`.
+Argument parsing only; the work happens in streamtag.app (the live and server loops).
+``streamtag/cli.py`` calls :func:`register`.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError, SourceError
 
@@ -101,20 +97,22 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from .live import run
+    from .app import run_live
     from .sources.microphone import MicrophoneSource
 
     _positive(args.duration, "--duration")
     engine = _engine(args)
     mic = MicrophoneSource(args.device, sample_rate=engine.sample_rate)
     desc = f"input device {mic.device['index']} {mic.name!r} ({mic.device['hostapi']}), {mic.device_rate} Hz"
-    return run(engine, {"mic": mic}, output=args.format, describe={"mic": desc}, duration=args.duration, top=args.top)
+    return run_live(engine, {"mic": mic}, output=args.format, describe={"mic": desc}, duration=args.duration,
+                    top=args.top)
 
 
 # -- demo ------------------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .live import Playlist, run
+    from .app import run_live
     from .sources.file import FileSource
+    from .sources.playlist import Playlist
 
     _positive(args.speed, "--speed")
     _positive(args.duration, "--duration")
@@ -132,8 +130,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         sources = {"demo": Playlist([(f.name, lambda f=f: FileSource(f, engine.sample_rate)) for f in files])}
         describe = {"demo": f"{len(files)} file(s) at {args.speed:g}x real time"}
-    return run(engine, sources, output=args.format, speed=args.speed, describe=describe,
-               duration=args.duration, top=args.top)
+    return run_live(engine, sources, output=args.format, speed=args.speed, describe=describe,
+                    duration=args.duration, top=args.top)
 
 
 # -- serve -----------------------------------------------------------------------------------------------------
@@ -161,38 +159,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed)
     sources = _parse_sources(args.source)
     engine = _engine(args)
-    return asyncio.run(_serve(engine, config, sources))
+    from .app import run_serve
 
-
-async def _serve(engine: Any, config: Any, sources: list[tuple[str, str]]) -> int:
-    from .live import LiveRunner
-    from .publishers.websocket import WebsocketServer
-    from .sources.policy import SourcePolicy
-
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def stopping() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stopping)
-        except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
-            pass
-    runner = LiveRunner(engine)
-    runner.start()
-    server = WebsocketServer(runner, config)
-    try:
-        for name, uri in sources:  # the user's own inputs; they exist before the first client connects
-            await server.add_source(name, uri, policy=SourcePolicy.permissive())
-        async with server:
-            host = config.host if ":" not in config.host else f"[{config.host}]"
-            query = "?token=<TOKEN>" if config.token else ""
-            print(f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · Ctrl-C to stop",
-                  file=sys.stderr, flush=True)
-            await stop
-    finally:
-        await loop.run_in_executor(None, runner.stop)
-    return 0
+    return run_serve(engine, config, sources)

@@ -1,178 +1,269 @@
-"""Live orchestration: source threads -> Engine -> publishers.
+"""The live runner: source feeder threads -> Engine -> sinks.
 
-:class:`LiveRunner` gives every source its own feeder thread (which only pushes blocks into the engine's ring
-buffers, optionally paced at real time) and one engine thread that calls ``engine.step()`` whenever audio
-arrived and hands the updates to a publisher callback. :func:`run` drives a set of sources to the terminal:
-the rich dashboard when stdout is a terminal, JSON lines otherwise. It is what ``streamtag stream``,
-``listen`` and ``demo`` call.
+:class:`LiveRunner` gives every source its own feeder thread, which only pushes blocks into the engine's ring
+buffers (paced at ``speed`` x real time, or waiting on back-pressure for unpaced sources such as files), and one
+engine thread that calls ``engine.step()`` whenever audio arrived and hands the updates to every sink
+(:class:`streamtag.publishers.base.Sink`). Sinks learn everything through those calls: streams added and
+removed, updates, titles, and source events (reconnecting, connected, ...) via ``on_status``.
+
+Per stream, sinks see ``on_stream_added``, then updates/titles/statuses, then exactly one ``on_stream_removed``:
+when its source ends (after the engine has emitted the hops of its last audio; the stream then leaves the
+engine), on :meth:`LiveRunner.remove`, or on :meth:`LiveRunner.stop`.
+
+The terminal and server loops that drive a runner live in :mod:`streamtag.app`.
 """
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import SourceError, StreamtagError
 from .events import GenreUpdate
 
-__all__ = ["Source", "LiveRunner", "Playlist", "run", "run_dashboard", "jsonl_writer"]
+if TYPE_CHECKING:
+    from .publishers.base import Sink
+
+__all__ = ["LiveRunner", "IDLE_WAIT_S", "MAX_BACKLOG_SECONDS"]
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05  # s the engine thread sleeps when no audio arrived (a push wakes it at once)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in a stream's ring before an unpaced feeder waits (back-pressure)
-REFRESH_HZ = 4.0  # dashboard refreshes per second
-
-
-class Source(Protocol):
-    """What sources yield: mono float32 blocks at the engine's sample rate (streamtag.sources)."""
-
-    name: str
-    title: str | None
-
-    def __iter__(self) -> Iterator[np.ndarray]: ...
-
-    def close(self) -> None: ...
+JOIN_TIMEOUT_S = 5.0  # s to wait for a feeder or the engine thread to end
+FLUSH_TIMEOUT_S = 60.0  # s flush() waits for the engine to process the audio already pushed (a slow CPU, a big backlog)
 
 
 @dataclass
-class _Feeder:
+class _Stream:
+    """The runner's record of one stream (a feeder thread for sources; none for push-fed streams)."""
+
     name: str
-    source: Source
-    speed: float | None
+    source: Any = None  # an iterable of (N,) float32 blocks with optional .title, .close(), .on_event, .overruns
+    speed: float | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     samples: int = 0
     error: StreamtagError | None = None
-    done: bool = False
+    done: bool = False  # the source ended (or failed); the engine thread finishes the stream
+    removed: bool = False  # on_stream_removed was sent
+
+
+class _CallbackSink:
+    """The pre-sink form ``LiveRunner(engine, on_updates, on_end=..., on_title=...)`` as a sink (kept for callers
+    written against it; new code passes sinks). ``on_end`` is only called for sources that ended by themselves."""
+
+    def __init__(
+        self,
+        on_updates: Callable[[list[GenreUpdate]], None],
+        on_end: Callable[[str, StreamtagError | None], None] | None,
+        on_title: Callable[[str, str | None], None] | None,
+    ) -> None:
+        self._on_updates, self._on_end, self._on_title = on_updates, on_end, on_title
+        self.explicit: set[str] = set()  # streams removed by remove()/stop(): no on_end, as before
+
+    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
+        self.explicit.discard(name)
+
+    def on_update(self, updates: list[GenreUpdate]) -> None:
+        self._on_updates(updates)
+
+    def on_title(self, name: str, title: str | None) -> None:
+        if self._on_title is not None:
+            self._on_title(name, title)
+
+    def on_status(self, name: str, kind: str, detail: str) -> None:
+        pass
+
+    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
+        if name in self.explicit:
+            self.explicit.discard(name)
+        elif self._on_end is not None:
+            self._on_end(name, error)
 
 
 class LiveRunner:
-    """Feeder threads push sources into ``engine``; one engine thread steps it and publishes the updates.
+    """Feeder threads push sources into ``engine``; one engine thread steps it and feeds ``sinks``.
 
-    ``on_updates(updates)`` and ``on_end(name, error)`` are called from runner threads; ``on_title(name,
-    title)`` whenever a source's ICY title changes. ``speed`` paces a source at ``speed`` x real time (None:
-    as fast as it yields, which is right for live sources: radio and microphones pace themselves).
+    ``speed`` (per source) paces it at ``speed`` x real time; None feeds it as fast as it yields, which is right
+    for live sources (radio and microphones pace themselves) and, with back-pressure, for files tagged flat out.
+    Sinks are called from the runner's threads; a sink that raises is logged and skipped, never fatal.
     """
 
     def __init__(
         self,
-        engine,
-        on_updates: Callable[[list[GenreUpdate]], None],
+        engine: Any,
+        sinks: Sequence[Sink] | Callable[[list[GenreUpdate]], None] = (),
         *,
         on_end: Callable[[str, StreamtagError | None], None] | None = None,
         on_title: Callable[[str, str | None], None] | None = None,
     ) -> None:
-        self.engine = engine
-        self.on_updates = on_updates
-        self.on_end = on_end or (lambda name, error: None)
-        self.on_title = on_title or (lambda name, title: None)
-        self.feeders: dict[str, _Feeder] = {}
+        self._engine = engine
+        self._legacy: _CallbackSink | None = None
+        if callable(sinks) and not hasattr(sinks, "on_update"):  # LiveRunner(engine, on_updates, on_end=...)
+            self._legacy = _CallbackSink(sinks, on_end, on_title)
+            sinks = [self._legacy]
+        elif on_end is not None or on_title is not None:
+            raise TypeError("on_end/on_title go with an on_updates callback; pass sinks instead")
+        self._sinks: tuple[Sink, ...] = tuple(sinks)  # type: ignore[arg-type]
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()  # guards self._streams and self._sinks
+        # Held by the engine thread while it steps and publishes, and by remove()/stop() while they take a stream
+        # out of the engine: no update of a stream reaches a sink after its on_stream_removed. Reentrant, so a
+        # sink may call remove() from inside a callback.
+        self._publish = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._engine_thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # guards self.feeders
-        # Producers copy blocks straight into the engine's per-stream ring buffers (engine.push is thread-safe);
-        # when the engine falls behind live audio, the rings drop the oldest audio and count overruns, so
-        # latency and memory stay bounded. Unpaced sources (files) wait instead: nothing of a file is lost.
+        self._iterations = 0  # engine-loop iterations completed (flush waits on it)
+        self._cv = threading.Condition()
         self.engine_error: BaseException | None = None
 
-    # -- sources -----------------------------------------------------------------------------------------
-    def add_source(self, name: str, source: Source, *, speed: float | None = None) -> None:
-        """Add stream ``name`` to the engine and start feeding it from ``source``."""
+    @property
+    def engine(self) -> Any:
+        """The engine (read-only use: labels_shown, sample_rate, hop_seconds, bundle)."""
+        return self._engine
+
+    # -- sinks ---------------------------------------------------------------------------------------------
+    def add_sink(self, sink: Sink) -> None:
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        with self._lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for sink in self._sinks:  # a tuple: adding/removing sinks meanwhile replaces it, never mutates it
+            try:
+                getattr(sink, method)(*args)
+            except Exception:  # a broken sink must not stop the engine or starve the other sinks
+                log.exception("sink %r failed in %s", sink, method)
+
+    # -- streams -------------------------------------------------------------------------------------------
+    def add_source(self, name: str, source: Any, *, speed: float | None = None, display: str | None = None) -> None:
+        """Add stream ``name`` to the engine and start feeding it from ``source`` in a thread of its own.
+
+        ``display`` is the input as sinks show it (default: the source's ``name``); never put credentials in it.
+        """
         if speed is not None and not (math.isfinite(speed) and speed > 0):
             raise StreamtagError(f"--speed must be a positive number, got {speed}")
-        self.engine.add_stream(name, title=getattr(source, "title", None))
-        feeder = _Feeder(name, source, speed)
-        feeder.thread = threading.Thread(target=self._feed, args=(feeder,), name=f"feed-{name}", daemon=True)
+        title = getattr(source, "title", None)
+        self._engine.add_stream(name, title=title)  # raises ConfigError for a duplicate name
+        st = _Stream(name, source, speed)
+        st.thread = threading.Thread(target=self._feed, args=(st,), name=f"feed-{name}", daemon=True)
+        if hasattr(source, "on_event"):
+            source.on_event = _chain(getattr(source, "on_event", None), self._source_event(name))
         with self._lock:
-            self.feeders[name] = feeder
-        feeder.thread.start()
+            self._streams[name] = st
+        self._notify("on_stream_added", name, display if display is not None else str(getattr(source, "name", name)),
+                     title)
+        st.thread.start()
 
-    def add_stream(self, name: str, title: str | None = None) -> None:
-        """A push-fed stream (websocket audio-in): the caller calls :meth:`push`."""
-        self.engine.add_stream(name, title=title)
+    def add_stream(self, name: str, *, display: str = "", title: str | None = None) -> None:
+        """A push-fed stream (websocket audio in): the caller calls :meth:`push` and, at the end, :meth:`remove`."""
+        self._engine.add_stream(name, title=title)
+        with self._lock:
+            self._streams[name] = _Stream(name)
+        self._notify("on_stream_added", name, display, title)
 
     def push(self, name: str, samples: np.ndarray) -> None:
-        """Hand (N,) float32 samples of stream ``name`` to the engine thread (never blocks)."""
-        if name in self.engine.streams:
-            self.engine.push(name, samples)
+        """Hand (N,) float32 samples of stream ``name`` to the engine thread (never blocks; unknown names are
+        ignored: the stream may have just been removed)."""
+        if name in self._engine.streams:
+            self._engine.push(name, samples)
         self._wake.set()
 
     def remove(self, name: str, timeout: float = 2.0) -> None:
-        """Stop feeding ``name`` (closing its source) and remove it from the engine."""
+        """Stop feeding ``name`` (closing its source), take it out of the engine; sinks get on_stream_removed."""
         with self._lock:
-            feeder = self.feeders.pop(name, None)
-        if feeder is not None:
-            feeder.stop.set()
-            _close(feeder.source)
-            if feeder.thread is not None and feeder.thread is not threading.current_thread():
-                feeder.thread.join(timeout)
-        try:
-            self.engine.remove_stream(name)
-        except StreamtagError:  # already gone
-            pass
+            st = self._streams.pop(name, None)
+        if st is not None:
+            st.stop.set()
+            _close(st.source)
+            if st.thread is not None and st.thread is not threading.current_thread():
+                st.thread.join(timeout)
+        with self._publish:
+            try:
+                self._engine.remove_stream(name)
+            except StreamtagError:  # already gone (its source ended)
+                pass
+            if st is not None and not st.removed:
+                st.removed = True
+                if self._legacy is not None:
+                    self._legacy.explicit.add(name)
+                self._notify("on_stream_removed", name, None)
+
+    def streams(self) -> list[str]:
+        """Names of the streams sinks currently know (not yet removed)."""
+        with self._lock:
+            return [n for n, st in self._streams.items() if not st.removed]
 
     def active(self) -> list[str]:
-        """Names of sources still feeding."""
+        """Names of the sources still feeding (push-fed streams count until removed)."""
         with self._lock:
-            return [n for n, f in self.feeders.items() if not f.done]
+            return [n for n, st in self._streams.items() if not st.done and not st.removed]
 
     def errors(self) -> dict[str, StreamtagError]:
+        """The error each failed source ended with, by stream name."""
         with self._lock:
-            return {n: f.error for n, f in self.feeders.items() if f.error is not None}
+            return {n: st.error for n, st in self._streams.items() if st.error is not None}
+
+    def _source_event(self, name: str) -> Callable[[str, str], None]:
+        def on_event(kind: str, detail: str) -> None:
+            if kind != "title":  # titles reach sinks through on_title (also for sources that emit no events)
+                self._notify("on_status", name, kind, detail)
+
+        return on_event
 
     def _backlog(self, name: str) -> float:
         """Seconds of audio of stream ``name`` waiting for the engine."""
-        st = self.engine.streams.get(name)
-        return len(st.ring) / self.engine.sample_rate if st is not None else 0.0
+        st = self._engine.streams.get(name)
+        return len(st.ring) / self._engine.sample_rate if st is not None else 0.0
 
-    def _feed(self, f: _Feeder) -> None:
-        sr = self.engine.sample_rate
+    def _feed(self, st: _Stream) -> None:
+        sr = self._engine.sample_rate
         t0 = time.monotonic()
-        title = getattr(f.source, "title", None)
+        title = getattr(st.source, "title", None)
         try:
-            for block in f.source:
-                if f.stop.is_set():
+            for block in st.source:
+                if st.stop.is_set():
                     break
                 block = np.asarray(block, dtype=np.float32).reshape(-1)  # (N,)
-                while f.speed is None and self._backlog(f.name) > MAX_BACKLOG_SECONDS and not f.stop.is_set():
-                    f.stop.wait(0.01)  # a file decodes faster than the model runs: wait for the engine
-                if f.speed is not None:
+                while st.speed is None and self._backlog(st.name) > MAX_BACKLOG_SECONDS and not st.stop.is_set():
+                    st.stop.wait(0.01)  # a file decodes faster than the model runs: wait for the engine
+                if st.speed is not None:
                     # A live source delivers a block once its last sample has been played.
-                    delay = t0 + (f.samples + block.shape[0]) / sr / f.speed - time.monotonic()
-                    if delay > 0 and f.stop.wait(delay):
+                    delay = t0 + (st.samples + block.shape[0]) / sr / st.speed - time.monotonic()
+                    if delay > 0 and st.stop.wait(delay):
                         break
-                self.push(f.name, block)
-                f.samples += block.shape[0]
-                new_title = getattr(f.source, "title", None)
+                self.push(st.name, block)
+                st.samples += block.shape[0]
+                new_title = getattr(st.source, "title", None)
                 if new_title != title:
                     title = new_title
-                    if f.name in self.engine.streams:
-                        self.engine.set_title(f.name, title)
-                    self.on_title(f.name, title)
+                    if st.name in self._engine.streams:
+                        self._engine.set_title(st.name, title)
+                    self._notify("on_title", st.name, title)
         except StreamtagError as e:
-            if not f.stop.is_set():
-                f.error = e
+            if not st.stop.is_set():
+                st.error = e
         except Exception as e:  # a source bug must end its stream, not the process
-            if not f.stop.is_set():
-                log.exception("source %s failed", f.name)
-                f.error = SourceError(f"{f.name}: source failed ({type(e).__name__}: {e})")
+            if not st.stop.is_set():
+                log.exception("source %s failed", st.name)
+                st.error = SourceError(f"{st.name}: source failed ({type(e).__name__}: {e})")
         finally:
-            _close(f.source)
-            f.done = True
+            _close(st.source)
+            st.done = True
             self._wake.set()
-        if not f.stop.is_set():
-            self.on_end(f.name, f.error)
 
-    # -- engine ------------------------------------------------------------------------------------------
+    # -- engine --------------------------------------------------------------------------------------------
     def start(self) -> LiveRunner:
         self._engine_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._engine_thread.start()
@@ -182,50 +273,111 @@ class LiveRunner:
         while not self._stop.is_set():
             self._wake.wait(IDLE_WAIT_S)
             self._wake.clear()
+            with self._lock:  # sources that ended before this step: their last audio is in this step
+                ending = [st for st in self._streams.values() if st.done and not st.removed]
             try:
-                updates = self.engine.step()
-            except Exception as e:  # logged and surfaced by run(); the thread must not die silently
+                with self._publish:
+                    updates = self._engine.step()
+                    if updates:
+                        self._add_input_overruns(updates)
+                        self._notify("on_update", updates)
+                    for st in ending:
+                        self._finish(st, st.error)
+            except Exception as e:  # surfaced by the app loop; the thread must not die silently
                 log.exception("engine step failed")
                 self.engine_error = e
+                self._engine_failed(e)
                 return
-            if updates:
-                self._add_input_overruns(updates)
-                self.on_updates(updates)
+            finally:
+                with self._cv:
+                    self._iterations += 1
+                    self._cv.notify_all()
+
+    def _finish(self, st: _Stream, error: StreamtagError | None) -> None:
+        """Take a stream whose source ended out of the engine and tell the sinks (engine thread, _publish held)."""
+        if st.removed:
+            return
+        st.removed = True
+        try:
+            self._engine.remove_stream(st.name)
+        except StreamtagError:
+            pass
+        self._notify("on_stream_removed", st.name, error)
+
+    def _engine_failed(self, e: BaseException) -> None:
+        error = e if isinstance(e, StreamtagError) else StreamtagError(f"engine failed: {type(e).__name__}: {e}")
+        with self._lock:
+            streams = list(self._streams.values())
+        for st in streams:
+            st.stop.set()
+            _close(st.source)
+            with self._publish:
+                self._finish(st, error)
 
     def _add_input_overruns(self, updates: list[GenreUpdate]) -> None:
         # Sources that can lose audio before the engine sees it (a microphone's PortAudio overflows) count
         # their own overruns; publish them beside the engine's ring-buffer overruns.
         with self._lock:
-            sources = {n: f.source for n, f in self.feeders.items()}
+            sources = {n: st.source for n, st in self._streams.items()}
         for u in updates:
             n = getattr(sources.get(u.stream), "overruns", None)
             if isinstance(n, int):
                 u.extra["input_overruns"] = n
 
-    def flush(self) -> None:
-        """Run the hops still pending (call after sources ended, before stop)."""
-        self._wake.set()
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and self._engine_thread is not None and self._engine_thread.is_alive():
-            if all(len(st.ring) == 0 for st in list(self.engine.streams.values())):
-                break
-            time.sleep(0.01)
-        time.sleep(IDLE_WAIT_S * 2)
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until the engine has processed all audio pushed before this call and sent its updates (and
+        finished the streams whose sources had ended). Returns False if the engine thread is not running or
+        did not get there within ``timeout`` s."""
+        thread = self._engine_thread
+        if thread is None:
+            return False
+        deadline = time.monotonic() + timeout
+        # Two completed iterations: the second one started after this call, so it read everything pushed before.
+        for _ in range(2):
+            with self._cv:
+                target = self._iterations + 1
+                self._wake.set()
+                while self._iterations < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not thread.is_alive():
+                        log.warning("flush: the engine did not catch up within %.0f s", timeout)
+                        return False
+                    self._cv.wait(min(left, IDLE_WAIT_S))
+        return True
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop feeders (closing sources) and the engine thread."""
+    def stop(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        """Stop feeders (closing sources) and the engine thread; every stream still known is removed from the
+        engine and reported to the sinks as removed (``error`` None)."""
         with self._lock:
-            feeders = list(self.feeders.values())
-        for f in feeders:
-            f.stop.set()
-            _close(f.source)
+            streams = list(self._streams.values())
+        for st in streams:
+            st.stop.set()
+            _close(st.source)
         self._stop.set()
         self._wake.set()
-        for f in feeders:
-            if f.thread is not None:
-                f.thread.join(timeout)
-        if self._engine_thread is not None:
+        for st in streams:
+            if st.thread is not None and st.thread is not threading.current_thread():
+                st.thread.join(timeout)
+        if self._engine_thread is not None and self._engine_thread is not threading.current_thread():
             self._engine_thread.join(timeout)
+        with self._publish:
+            for st in streams:
+                if not st.removed and self._legacy is not None:
+                    self._legacy.explicit.add(st.name)
+                self._finish(st, None)
+
+
+def _chain(first: Callable[[str, str], None] | None, second: Callable[[str, str], None]) -> Callable[[str, str], None]:
+    if first is None:
+        return second
+
+    def both(kind: str, detail: str) -> None:
+        try:
+            first(kind, detail)
+        finally:
+            second(kind, detail)
+
+    return both
 
 
 def _close(source: object) -> None:
@@ -238,141 +390,7 @@ def _close(source: object) -> None:
         log.debug("closing %r failed", source, exc_info=True)
 
 
-class Playlist:
-    """Several sources one after another as one stream; ``title`` names the one playing.
-
-    ``items`` are (title, opener) pairs; each opener is called when its turn comes.
-    """
-
-    def __init__(self, items: list[tuple[str, Callable[[], Source]]]) -> None:
-        self.items = list(items)
-        self.name = "playlist"
-        self.title: str | None = self.items[0][0] if self.items else None
-        self._current: Source | None = None
-        self._closed = False
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for title, opener in self.items:
-            if self._closed:
-                return
-            self.title = title
-            self._current = opener()
-            try:
-                yield from self._current
-            finally:
-                _close(self._current)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._current is not None:
-            _close(self._current)
-
-
-def jsonl_writer(out: TextIO, top: int | None = None) -> Callable[[list[GenreUpdate]], None]:
-    """A publisher writing one JSON line per update to ``out`` (thread-safe, flushed per batch)."""
-    lock = threading.Lock()
-
-    def write(updates: list[GenreUpdate]) -> None:
-        with lock:
-            for u in updates:
-                if top is not None:
-                    u.top = u.top[:top]
-                out.write(u.to_json() + "\n")
-            try:
-                out.flush()
-            except (BrokenPipeError, ValueError):
-                pass
-
-    return write
-
-
-def run(
-    engine,
-    sources: Mapping[str, Source],
-    *,
-    output: str = "auto",
-    speed: float | None = None,
-    describe: Mapping[str, str] | None = None,
-    stdout: TextIO | None = None,
-    console=None,
-    duration: float | None = None,
-    refresh_hz: float = REFRESH_HZ,
-    top: int | None = None,
-) -> int:
-    """Tag ``sources`` live until they all end (or Ctrl-C, or ``duration`` s); returns an exit code.
-
-    ``output``: "dashboard" (rich, needs a terminal), "jsonl" (GenreUpdate.to_json() lines on stdout) or
-    "auto" (dashboard when stdout is a terminal). ``speed`` paces every source (see :class:`LiveRunner`).
-    ``describe`` maps stream names to a short description of the source for the dashboard. ``top`` limits
-    the genres per JSON update and the bars per stream.
-    Raises the first source's :class:`StreamtagError` after cleanup when a source failed.
-    """
-    out = stdout or sys.stdout
-    if output == "auto":
-        output = "dashboard" if out.isatty() else "jsonl"
-    if output not in ("dashboard", "jsonl"):
-        raise StreamtagError(f"unknown output {output!r}; use dashboard, jsonl or auto")
-    publish = jsonl_writer(out, top) if output == "jsonl" else (lambda updates: None)
-    status: dict[str, str] = {}
-    runner = LiveRunner(
-        engine, publish, on_end=lambda name, err: status.__setitem__(name, str(err) if err else "ended")
-    )
-    runner.start()
-    t0 = time.monotonic()
-    code = 0
-    try:
-        for name, src in sources.items():
-            runner.add_source(name, src, speed=speed)
-
-        def finished() -> bool:
-            if runner.engine_error is not None or not runner.active():
-                return True
-            return duration is not None and time.monotonic() - t0 >= duration
-
-        if output == "dashboard":
-            from rich.console import Console
-
-            from .publishers.dashboard import Dashboard, snapshot
-
-            dash = Dashboard(console or Console(file=out))
-            with dash:
-                while True:
-                    done = finished()
-                    if done:
-                        runner.flush()
-                    dash.show(
-                        snapshot(
-                            engine,
-                            sources=describe,
-                            extra_overruns={n: int(getattr(s, "overruns", 0)) for n, s in sources.items()},
-                            status=status,
-                            max_bars=min(top or 99, dash.max_bars_for(len(sources))),
-                            elapsed=time.monotonic() - t0,
-                            footer="done" if done else "Ctrl-C to stop",
-                        )
-                    )
-                    if done:
-                        break
-                    time.sleep(1.0 / refresh_hz)
-        else:
-            while not finished():
-                time.sleep(0.05)
-            runner.flush()
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        runner.stop()
-    if runner.engine_error is not None:
-        err = runner.engine_error
-        raise err if isinstance(err, StreamtagError) else StreamtagError(f"engine failed: {err}")
-    errors = runner.errors()
-    if errors and code == 0:
-        raise next(iter(errors.values()))
-    return code
-
-
-def run_dashboard(engine, sources: Mapping[str, Source], *, duration: float | None = None, top: int | None = None,
-                  describe: Mapping[str, str] | None = None) -> int:
-    """The rich dashboard for live sources (radio, microphones): :func:`run` with ``output="dashboard"``."""
-    return run(engine, sources, output="dashboard", duration=duration, top=top,
-               describe=describe or {n: n for n in sources})
+def close_all(sources: Iterable[object]) -> None:
+    """Close every source (best effort)."""
+    for s in sources:
+        _close(s)

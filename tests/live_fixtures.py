@@ -111,86 +111,11 @@ def open_any(uri: str, sample_rate: int) -> Any:
     return open_source(uri, sample_rate)
 
 
-class _SinkRunner:
-    """The agreed sink-shaped LiveRunner API over the callback-shaped one, for checkouts where streamtag.live
-    has not been rewritten yet (branch live); make_runner() picks the real one when it has add_sink."""
-
-    def __init__(self, engine: Any) -> None:
-        from streamtag.live import LiveRunner
-
-        self.sinks: list[Any] = []
-        self._runner = LiveRunner(engine, self._updates, on_end=self._ended, on_title=self._title)
-
-    @property
-    def engine(self) -> Any:
-        return self._runner.engine
-
-    def add_sink(self, sink: Any) -> None:
-        self.sinks.append(sink)
-
-    def remove_sink(self, sink: Any) -> None:
-        if sink in self.sinks:
-            self.sinks.remove(sink)
-
-    def _updates(self, updates: list[Any]) -> None:
-        for s in list(self.sinks):
-            s.on_update(updates)
-
-    def _title(self, name: str, title: str | None) -> None:
-        for s in list(self.sinks):
-            s.on_title(name, title)
-
-    def _ended(self, name: str, error: Any) -> None:
-        def later() -> None:  # the hops still in the ring buffer go out first
-            self._runner.remove(name)
-            for s in list(self.sinks):
-                s.on_stream_removed(name, error)
-
-        threading.Timer(0.5, later).start()
-
-    def add_source(self, name: str, source: Any, *, speed: float | None = None, display: str | None = None) -> None:
-        self._runner.add_source(name, source, speed=speed)
-        for s in list(self.sinks):
-            s.on_stream_added(name, display or name, getattr(source, "title", None))
-
-    def add_stream(self, name: str, *, display: str, title: str | None = None) -> None:
-        self._runner.add_stream(name, title=title)
-        for s in list(self.sinks):
-            s.on_stream_added(name, display, title)
-
-    def push(self, name: str, samples: Any) -> None:
-        self._runner.push(name, samples)
-
-    def remove(self, name: str) -> None:
-        known = name in self.engine.streams
-        self._runner.remove(name)
-        if known:
-            for s in list(self.sinks):
-                s.on_stream_removed(name, None)
-
-    def streams(self) -> list[str]:
-        return list(self.engine.streams)
-
-    def start(self) -> _SinkRunner:
-        self._runner.start()
-        return self
-
-    def flush(self) -> None:
-        self._runner.flush()
-
-    def stop(self) -> None:
-        self._runner.stop()
-
-
 def make_runner(engine: Any) -> Any:
-    """A started live runner with the sink API (streamtag.live.LiveRunner once it has add_sink)."""
+    """A started live runner (the server's tests hand it to a WebsocketServer, which registers as its sink)."""
     from streamtag.live import LiveRunner
 
-    if hasattr(LiveRunner, "add_sink"):
-        runner = LiveRunner(engine)
-        runner.start()
-        return runner
-    return _SinkRunner(engine).start()
+    return LiveRunner(engine).start()
 
 
 class ServerThread:

@@ -1,19 +1,22 @@
-"""Dashboard rendering (pure, with a capture console) and the live runner's terminal outputs."""
+"""The dashboard: a sink whose state comes only from sink calls, rendered purely (capture console), and the
+terminal app loop that shows it."""
 from __future__ import annotations
 
 import io
 import json
 import re
-import time
 
 import numpy as np
 import pytest
 from live_fixtures import live_bundle, make_engine, write_tone_wav
 from rich.console import Console
 
-from streamtag.live import LiveRunner, Playlist, run
-from streamtag.publishers.dashboard import DashboardState, StreamView, bar, render, snapshot
-from streamtag.sources import open_source
+from streamtag.app import run_live
+from streamtag.errors import SourceError
+from streamtag.events import GenreUpdate
+from streamtag.live import LiveRunner
+from streamtag.publishers.dashboard import SILENCE_DB, DashboardSink, DashboardState, StreamView, bar, render
+from streamtag.sources import Playlist, open_source
 
 
 def text_of(state: DashboardState, width: int = 100) -> str:
@@ -98,53 +101,155 @@ def clips(tmp_path_factory):
     return write_tone_wav(d / "a.wav", seconds=6.0), write_tone_wav(d / "b.wav", seconds=5.0, sr=16000)
 
 
-def test_snapshot_of_a_real_engine_renders_its_latest_update(engine_factory, clips):
+def update(stream: str, t: float, probs: dict[str, float], top: str | None = None, level_db: float | None = -20.0,
+           **extra) -> GenreUpdate:
+    held = top or max(probs, key=probs.get)
+    order = [held] + sorted((k for k in probs if k != held), key=lambda k: -probs[k])
+    return GenreUpdate(stream=stream, t=t, top=[(k, probs[k]) for k in order], probs=dict(probs), raw=dict(probs),
+                       model="m", extra={"level_db": level_db, "latency_ms": 40.0, "overruns": 1, **extra})
+
+
+def new_sink() -> DashboardSink:
+    return DashboardSink(model="m", sample_rate=16000, hop_seconds=0.5, labels=("rock", "jazz", "folk", "pop"))
+
+
+def test_the_sink_state_is_built_only_from_sink_calls():
+    sink = new_sink()
+    sink.on_stream_added("radio", "http://radio.example/live.mp3", "Song A")
+    sink.on_update([update("radio", 1.0, {"rock": 0.6, "jazz": 0.3}, input_overruns=2),
+                    update("radio", 1.5, {"rock": 0.2, "jazz": 0.7})])
+    [v] = sink.state().streams
+    assert (v.name, v.source, v.title, v.t, v.updates) == ("radio", "http://radio.example/live.mp3", "Song A", 1.5, 2)
+    assert v.top == ("jazz", 0.7) and dict(v.probs) == {"rock": 0.2, "jazz": 0.7} and v.history == ("rock", "jazz")
+    assert v.overruns == 1 and v.latency_ms == 40.0 and v.level_db == -20.0 and v.status == "live"
+    sink.on_title("radio", "Song B")
+    sink.on_status("radio", "reconnecting", "attempt 3 in 2.0 s")
+    out = text_of(sink.state(), width=120)
+    assert "♪ Song B" in out and "reconnecting in 2.0 s (attempt 3)" in out
+    sink.on_status("radio", "connected", "http://radio.example/live.mp3")
+    assert sink.state().streams[0].notice is None and "reconnecting" not in text_of(sink.state(), width=120)
+    sink.on_stream_removed("radio", SourceError("radio: 5 reconnect attempts failed"))
+    assert sink.state().streams[0].status == "radio: 5 reconnect attempts failed"
+    assert "5 reconnect attempts failed" in text_of(sink.state(), width=120)
+
+
+def headline(out: str) -> str:
+    return next(line for line in out.splitlines() if "▶" in line and "%" in line)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_headline_is_the_top_bar_and_its_number(seed):
+    rng = np.random.default_rng(seed)
+    probs = dict(zip(["rock", "jazz", "folk", "pop"], rng.dirichlet(np.ones(4)).round(3)))
+    sink = new_sink()
+    sink.on_stream_added("s", "x", None)
+    sink.on_update([update("s", 3.0, probs)])
+    out = text_of(sink.state(), width=120)
+    best = max(probs, key=probs.get)
+    m = re.search(r"▶ (\w+)\s+(\d+)%", headline(out))
+    assert m and m.group(1) == best and f"{m.group(2)}%" == f"{probs[best]:.0%}"  # the smoothed probability
+    [row] = [line for line in out.splitlines() if re.search(rf"▶ +{best} [█▏▎▍▌▋▊▉ ]+ \d\.\d\d", line)]
+    assert row.split()[-2] == f"{probs[best]:.2f}"  # the marked bar carries the same number
+    assert "held" not in out
+
+
+def test_a_held_genre_is_marked_and_the_headline_says_why():
+    # hysteresis: the smoother still holds pop while folk's smoothed probability is (slightly) higher
+    sink = new_sink()
+    sink.on_update([update("s", 3.0, {"pop": 0.21, "folk": 0.22, "rock": 0.1}, top="pop")])
+    out = text_of(sink.state(), width=120)
+    assert "▶ pop  21%" in out and "held: folk 22% challenging" in out
+    marked = [line for line in out.splitlines() if re.search(r"▶ +pop [█▏▎▍▌▋▊▉ ]+ \d\.\d\d", line)]
+    assert len(marked) == 1 and marked[0].split()[-2] == "0.21"
+    assert re.search(r"│ +folk [█▏▎▍▌▋▊▉ ]+ 0\.22", out)  # folk's bar, unmarked, is the higher one
+
+
+def test_silence_is_shown_and_holds_the_genre_state():
+    sink = new_sink()
+    sink.on_update([update("s", 1.0, {"rock": 0.3, "jazz": 0.19, "folk": 0.1}, top="rock")])
+    before = sink.state().streams[0]
+    # Brahms' silent ending: the model still says something, the level says there is nothing to tag
+    sink.on_update([update("s", 1.5 + 0.5 * i, {"rock": 0.05, "jazz": 0.9, "folk": 0.05}, level_db=-97.6)
+                    for i in range(4)])
+    v = sink.state().streams[0]
+    assert v.silent and v.updates == 5 and v.t == 3.0 and v.level_db == -97.6
+    assert (v.top, v.probs, v.history) == (before.top, before.probs, before.history)  # nothing updated
+    out = text_of(sink.state(), width=120)
+    assert "◼ silence" in out and f"< {SILENCE_DB:g} dBFS" in out
+    assert not re.search(r"\b(jazz|rock)\s+\d+%", out)  # no genre headline at all
+    # the threshold is the documented one: just above it is music, just below is silence
+    assert not sink.is_silent(SILENCE_DB) and sink.is_silent(SILENCE_DB - 0.1) and not sink.is_silent(None)
+    sink.on_update([update("s", 3.5, {"rock": 0.05, "jazz": 0.9, "folk": 0.05}, level_db=-30.0)])
+    v = sink.state().streams[0]
+    assert not v.silent and v.top == ("jazz", 0.9) and v.history == ("rock", "jazz")
+
+
+def test_max_bars_limits_rows_and_empty_state_renders_also_from_the_sink():
+    assert "no streams yet" in text_of(new_sink().state())
+    sink = new_sink()
+    sink.on_stream_added("mic", "input device 0", None)
+    assert "listening" in text_of(sink.state())
+
+
+def write_wav(path, x: np.ndarray, sr: int = 16000):
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_a_real_engine_through_the_runner_with_a_silent_ending(engine_factory):
+    sr = 16000
+    t = np.arange(4 * sr) / sr
+    music = (0.5 * np.sin(2 * np.pi * 440 * t) * (1 + np.sign(np.sin(2 * np.pi * 2 * t))) / 2).astype(np.float32)
     engine = engine_factory()
-    updates = []
-    runner = LiveRunner(engine, updates.extend).start()
+    dash = DashboardSink.for_engine(engine)
+    seen: list[GenreUpdate] = []
+
+    class Collect:
+        def __getattr__(self, name):
+            return (lambda updates: seen.extend(updates)) if name == "on_update" else (lambda *a: None)
+
+    runner = LiveRunner(engine, [dash, Collect()]).start()
     try:
-        runner.add_source("tone", open_source(str(clips[0]), engine.sample_rate))
-        deadline = time.monotonic() + 20
-        while runner.active() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        runner.flush()
+        runner.add_stream("clip", display="ending.wav")
+        runner.push("clip", music)
+        assert runner.flush()
+        n_music = len(seen)
+        runner.push("clip", np.zeros(3 * sr, np.float32))  # the silent ending
+        assert runner.flush()
+        runner.remove("clip")
     finally:
         runner.stop()
-    st = engine.streams["tone"]
-    assert updates and st.latest is updates[-1]
-    state = snapshot(engine, sources={"tone": "a.wav"})
-    [view] = state.streams
-    assert view.top == tuple(st.latest.top[0]) and view.updates == len(updates)
-    assert view.history == tuple(label for _, label, _ in st.history)
-    out = text_of(state, width=120)
-    assert f"▶ {view.top[0]}" in out and "a.wav" in out and f"updates {len(updates)}" in out
+    [v] = dash.state().streams
+    heard = [u for u in seen if u.extra["level_db"] is not None and u.extra["level_db"] >= SILENCE_DB]
+    assert len(heard) == n_music >= 3 and len(seen) > n_music and v.updates == len(seen)
+    assert all(u.extra["level_db"] < SILENCE_DB for u in seen[n_music:]) and v.silent
+    assert v.top == tuple(heard[-1].top[0]) and dict(v.probs) == heard[-1].probs  # the last music's state
+    assert v.history == tuple(u.top[0][0] for u in heard)[-len(v.history):]
+    assert v.status == "ended" and v.source == "ending.wav"
+    out = text_of(dash.state(), width=120)
+    assert "◼ silence" in out and "ended" in out
 
 
-def test_run_prints_json_lines_when_not_a_terminal(engine_factory, clips):
-    engine = engine_factory()
-    out = io.StringIO()
-    sources = {"a": open_source(str(clips[0]), engine.sample_rate), "b": open_source(str(clips[1]), engine.sample_rate)}
-    assert run(engine, sources, output="auto", stdout=out, top=2) == 0
-    events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert {e["stream"] for e in events} == {"a", "b"}
-    for name in ("a", "b"):
-        ts = [e["t"] for e in events if e["stream"] == name]
-        steps = np.diff(ts)
-        assert len(ts) >= 3 and np.allclose(steps, engine.hop_seconds, atol=1e-3)  # one update per hop, none lost
-    assert all(e["type"] == "update" and len(e["top"]) == 2 for e in events)
-
-
-def test_run_dashboard_with_a_playlist_shows_titles_and_finishes(engine_factory, clips):
+def test_run_live_dashboard_with_a_playlist_shows_titles_and_summarises(engine_factory, clips):
     engine = engine_factory()
     console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=True)
+    err = io.StringIO()
     playlist = Playlist([(p.name, lambda p=p: open_source(str(p), engine.sample_rate)) for p in clips])
-    code = run(engine, {"demo": playlist}, output="dashboard", console=console, speed=20.0,
-               describe={"demo": "two tones"}, refresh_hz=20)
+    code = run_live(engine, {"demo": playlist}, output="dashboard", console=console, speed=20.0, stderr=err,
+                    describe={"demo": "two tones"}, refresh_hz=20)
     out = console.file.getvalue()
     assert code == 0
     assert "a.wav" in out and "b.wav" in out  # the title followed the playlist
     assert "done" in out and "two tones" in out
-    assert engine.streams["demo"].t == pytest.approx(11.0, abs=0.01)  # both clips, every sample
+    [line] = err.getvalue().splitlines()
+    assert line.startswith("streamtag: demo: ") and line.endswith(", 0 reconnects, 0 overruns, ended")
+    assert float(line.split()[2]) == pytest.approx(11.0, abs=1.0)  # both clips (6 s + 5 s), up to the last hop
 
 
 def test_demo_command_emits_json_lines(engine_factory, clips, capsys):
@@ -154,8 +259,10 @@ def test_demo_command_emits_json_lines(engine_factory, clips, capsys):
     model = str(engine.bundle.path)
     assert main(["demo", str(clips[0]), "--model", model, "--speed", "50", "--format", "jsonl",
                  "--compute", "cpu", "--hop", "0.5"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
     assert events and {e["stream"] for e in events} == {"demo"} and events[-1]["title"] == "a.wav"
+    assert "streamtag: demo: " in captured.err and f"{len(events)} updates" in captured.err
     assert main(["demo", "/no/such.ogg", "--model", model]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/no/such.ogg" in err[0]

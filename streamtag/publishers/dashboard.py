@@ -1,13 +1,26 @@
-"""Terminal dashboard (rich): a pure ``render(state)`` plus a thin :class:`Dashboard` that shows it live.
+"""Terminal dashboard (rich): a sink that keeps its own small state, a pure ``render(state)``, and a thin
+:class:`Dashboard` that shows it live.
 
-State is kept apart from rendering: :func:`snapshot` reads the engine into a :class:`DashboardState` (plain
-values, no references into the engine), :func:`render` turns a state into a renderable and touches nothing
-else, and :class:`Dashboard` pushes renderables to ``rich.live.Live`` at a rate its caller owns.
+State is kept apart from rendering: :class:`DashboardSink` builds its state ONLY from the sink calls the live
+runner makes (``on_update``, ``on_title``, ``on_status``, ...), never from engine internals; ``state()`` freezes
+it into a :class:`DashboardState` of plain values; :func:`render` turns a state into a renderable and touches
+nothing else; :class:`Dashboard` pushes renderables to ``rich.live.Live`` at a rate its caller owns.
+
+What the numbers mean (the views tell the truth):
+
+- the headline is the smoothed top genre (the smoother's held top, ``GenreUpdate.top[0]``) and its number is
+  that genre's smoothed probability; the bars are the smoothed probabilities of every shown genre, so the
+  headline's number is its bar's. When the smoother's hysteresis holds a genre although another bar is higher,
+  the headline says so ("held: folk 22% challenging") and the held genre's bar is marked ``▶``.
+- silence: an update whose input level (``level_db``: RMS in dBFS of the audio read for that hop) is below
+  :data:`SILENCE_DB` shows the stream as "silence" and leaves its genre state (headline, bars, history) as it
+  was: a silent ending does not get a genre.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +30,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["StreamView", "DashboardState", "render", "snapshot", "Dashboard", "bar"]
+from ..errors import StreamtagError
+from ..events import GenreUpdate
+from . import SILENCE_DB, status_message
+
+__all__ = ["StreamView", "DashboardState", "DashboardSink", "render", "Dashboard", "bar", "SILENCE_DB"]
 
 BAR_WIDTH = 32  # characters of a full probability bar
 LEVEL_WIDTH = 24  # characters of the level meter
 LEVEL_FLOOR_DB = -60.0  # dBFS shown as an empty meter
+HISTORY_LEN = 120  # top-genre history entries kept per stream
 HISTORY_SHOWN = 48  # top-genre history entries drawn in the timeline
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta",
            "bright_green", "bright_yellow", "bright_blue", "bright_red")
@@ -34,16 +52,18 @@ class StreamView:
 
     name: str
     source: str = ""
-    title: str | None = None  # ICY StreamTitle for radio
-    t: float = 0.0  # s of audio received
-    probs: tuple[tuple[str, float], ...] = ()  # smoothed probability of every shown label
-    top: tuple[str, float] | None = None  # held top genre and its smoothed probability
-    history: tuple[str, ...] = ()  # recent top genres, oldest first
-    level_db: float | None = None  # input level, dBFS
+    title: str | None = None  # ICY StreamTitle for radio, the clip's name in a playlist
+    t: float = 0.0  # s of audio the latest update describes
+    probs: tuple[tuple[str, float], ...] = ()  # smoothed probability of every shown label (last non-silent hop)
+    top: tuple[str, float] | None = None  # held top genre and its smoothed probability (last non-silent hop)
+    history: tuple[str, ...] = ()  # top genres of recent non-silent hops, oldest first
+    level_db: float | None = None  # input level of the latest hop, dBFS
     latency_ms: float | None = None  # audio arrival -> update, ms
     overruns: int = 0  # ring-buffer overruns + device/input overflows
     updates: int = 0
     status: str = "live"  # "live", "ended" or an error message
+    notice: str | None = None  # a source event in progress, e.g. "reconnecting in 2.0 s (attempt 3)"
+    silent: bool = False  # the latest hop was below the silence threshold
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ class DashboardState:
     step_ms: float | None = None  # last engine step, ms
     elapsed: float = 0.0  # s since start
     footer: str = "Ctrl-C to stop"
+    silence_db: float = SILENCE_DB  # dBFS, the silence threshold
 
 
 def bar(p: float, width: int = BAR_WIDTH) -> str:
@@ -109,10 +130,18 @@ def _level(level_db: float | None) -> Text:
 
 def _stream_panel(s: StreamView, state: DashboardState) -> Panel:
     head = Text()
-    if s.top is not None:
+    best = max(s.probs, key=lambda lp: lp[1]) if s.probs else None
+    if s.silent:
+        head.append("◼ silence", style="bold dim")
+        level = f"{s.level_db:.1f} dBFS" if s.level_db is not None else "no level"
+        head.append(f"  {level} < {state.silence_db:g} dBFS · genre state held", style="dim")
+    elif s.top is not None:
         head.append("▶ ", style="bold")
         head.append(s.top[0], style=f"bold {_color(s.top[0], state.labels)}")
         head.append(f"  {s.top[1]:.0%}", style="bold")
+        if best is not None and best[0] != s.top[0] and best[1] > s.top[1]:
+            # hysteresis: a challenger is higher but has not led by the margin for long enough yet
+            head.append(f"  held: {best[0]} {best[1]:.0%} challenging", style="dim")
     else:
         head.append("listening… (first update after one window of audio)", style="dim")
     rows: list[RenderableType] = [head]
@@ -120,11 +149,14 @@ def _stream_panel(s: StreamView, state: DashboardState) -> Panel:
         rows.append(Text(f"♪ {s.title}", style="italic"))
 
     bars = Table.grid(padding=(0, 1))
+    bars.add_column(no_wrap=True, width=1)
     bars.add_column(justify="right", no_wrap=True)
     bars.add_column(no_wrap=True)
     bars.add_column(justify="right", no_wrap=True)
+    held = s.top[0] if s.top is not None else None
     for label, p in sorted(s.probs, key=lambda lp: -lp[1])[: state.max_bars]:
-        bars.add_row(label, Text(bar(p), style=_color(label, state.labels)), f"{p:.2f}")
+        style = "dim" if s.silent else _color(label, state.labels)
+        bars.add_row("▶" if label == held else "", label, Text(bar(p), style=style), f"{p:.2f}")
     rows.append(bars)
 
     facts = Table.grid(padding=(0, 1))
@@ -141,6 +173,9 @@ def _stream_panel(s: StreamView, state: DashboardState) -> Panel:
 
     border = "green" if s.status == "live" else "yellow" if s.status == "ended" else "red"
     subtitle = None if s.status == "live" else Text(s.status, style=border)
+    if s.notice and s.status == "live":
+        border = "yellow"
+        subtitle = Text(s.notice, style="yellow")
     return Panel(Group(*rows), title=f"[bold]{s.name}[/]", subtitle=subtitle, border_style=border)
 
 
@@ -171,48 +206,116 @@ def render(state: DashboardState) -> RenderableType:
     return Group(header, body, Text(state.footer, style="dim"))
 
 
-def snapshot(
-    engine: Any,
-    *,
-    sources: Mapping[str, str] | None = None,
-    extra_overruns: Mapping[str, int] | None = None,
-    status: Mapping[str, str] | None = None,
-    max_bars: int = 12,
-    elapsed: float = 0.0,
-    footer: str = "Ctrl-C to stop",
-) -> DashboardState:
-    """Read an Engine (streamtag.pipeline.Engine) into a DashboardState of plain values."""
-    views = []
-    for name, st in list(engine.streams.items()):
-        latest = st.latest
-        extra = latest.extra if latest is not None else {}
-        views.append(
-            StreamView(
-                name=name,
-                source=(sources or {}).get(name, ""),
-                title=st.title,
-                t=st.t,
-                probs=tuple(latest.probs.items()) if latest is not None else (),
-                top=tuple(latest.top[0]) if latest is not None and latest.top else None,  # type: ignore[arg-type]
-                history=tuple(label for _, label, _ in list(st.history)),
-                level_db=st.level_db if math.isfinite(st.level_db) else None,
-                latency_ms=extra.get("latency_ms"),
-                overruns=st.overruns + int((extra_overruns or {}).get(name, 0)),
-                updates=st.updates,
-                status=(status or {}).get(name, "live"),
-            )
+@dataclass
+class _Record:
+    """The sink's mutable record of one stream."""
+
+    name: str
+    source: str = ""
+    title: str | None = None
+    t: float = 0.0
+    probs: tuple[tuple[str, float], ...] = ()
+    top: tuple[str, float] | None = None
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
+    level_db: float | None = None
+    latency_ms: float | None = None
+    overruns: int = 0
+    updates: int = 0
+    status: str = "live"
+    notice: str | None = None
+    silent: bool = False
+
+    def view(self) -> StreamView:
+        return StreamView(
+            name=self.name, source=self.source, title=self.title, t=self.t, probs=self.probs, top=self.top,
+            history=tuple(self.history), level_db=self.level_db, latency_ms=self.latency_ms,
+            overruns=self.overruns, updates=self.updates, status=self.status, notice=self.notice,
+            silent=self.silent,
         )
-    return DashboardState(
-        model=engine.bundle.name,
-        sample_rate=engine.sample_rate,
-        hop_seconds=engine.hop_seconds,
-        streams=tuple(views),
-        labels=tuple(engine.labels_shown),
-        max_bars=max_bars,
-        step_ms=getattr(engine, "last_step_ms", None),
-        elapsed=elapsed,
-        footer=footer,
-    )
+
+
+class DashboardSink:
+    """A sink that keeps what the dashboard shows, built only from the runner's sink calls (thread-safe).
+
+    ``model``, ``sample_rate``, ``hop_seconds`` and ``labels`` describe the engine for the header; use
+    :meth:`for_engine` to take them from an engine's read-only metadata. Ended streams stay shown.
+    """
+
+    def __init__(self, *, model: str, sample_rate: int, hop_seconds: float, labels: tuple[str, ...] = (),
+                 silence_db: float = SILENCE_DB) -> None:
+        self.model, self.sample_rate, self.hop_seconds = model, int(sample_rate), float(hop_seconds)
+        self.labels = tuple(labels)
+        self.silence_db = float(silence_db)
+        self._streams: dict[str, _Record] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_engine(cls, engine: Any, **kw: Any) -> DashboardSink:
+        return cls(model=engine.bundle.name, sample_rate=engine.sample_rate, hop_seconds=engine.hop_seconds,
+                   labels=tuple(engine.labels_shown), **kw)
+
+    def _record(self, name: str) -> _Record:
+        rec = self._streams.get(name)
+        if rec is None:
+            rec = self._streams[name] = _Record(name)
+        return rec
+
+    def is_silent(self, level_db: float | None) -> bool:
+        """Whether a hop at ``level_db`` dBFS counts as silence (None: no level known, not silence)."""
+        return level_db is not None and not level_db >= self.silence_db
+
+    # -- the Sink calls ------------------------------------------------------------------------------------
+    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
+        with self._lock:
+            self._streams[name] = _Record(name, source=source, title=title)
+
+    def on_update(self, updates: list[GenreUpdate]) -> None:
+        with self._lock:
+            for u in updates:
+                rec = self._record(u.stream)
+                rec.updates += 1
+                rec.t = u.t
+                if u.title is not None:
+                    rec.title = u.title
+                extra = u.extra
+                level = extra.get("level_db")
+                rec.level_db = float(level) if isinstance(level, int | float) else None
+                latency = extra.get("latency_ms")
+                rec.latency_ms = float(latency) if isinstance(latency, int | float) else None
+                rec.overruns = int(extra.get("overruns") or 0) + int(extra.get("input_overruns") or 0)
+                rec.silent = self.is_silent(rec.level_db)
+                if rec.silent:
+                    continue  # silence does not update the genre state
+                rec.probs = tuple(u.probs.items())
+                if u.top:
+                    label, p = u.top[0]
+                    rec.top = (label, float(p))
+                    rec.history.append(label)
+
+    def on_title(self, name: str, title: str | None) -> None:
+        with self._lock:
+            self._record(name).title = title
+
+    def on_status(self, name: str, kind: str, detail: str) -> None:
+        with self._lock:
+            rec = self._record(name)
+            rec.notice = None if kind == "connected" else status_message(kind, detail)
+
+    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
+        with self._lock:
+            rec = self._record(name)
+            rec.status = str(error) if error is not None else "ended"
+            rec.notice = None
+
+    # -- the view ------------------------------------------------------------------------------------------
+    def state(self, *, max_bars: int = 12, elapsed: float = 0.0, footer: str = "Ctrl-C to stop") -> DashboardState:
+        """A frozen snapshot of the state, for :func:`render`."""
+        with self._lock:
+            views = tuple(rec.view() for rec in self._streams.values())
+        return DashboardState(
+            model=self.model, sample_rate=self.sample_rate, hop_seconds=self.hop_seconds, streams=views,
+            labels=self.labels, max_bars=max_bars, elapsed=elapsed, footer=footer, silence_db=self.silence_db,
+        )
 
 
 @dataclass

@@ -569,7 +569,8 @@ class WebsocketServer:
         hosts, origins = request.headers.get_all("Host"), request.headers.get_all("Origin")
         if len(hosts) > 1 or len(origins) > 1:
             return self._refuse(connection, HTTPStatus.BAD_REQUEST, "more than one Host or Origin header")
-        host, origin = (hosts or [""])[0], (origins or [None])[0]
+        host = hosts[0] if hosts else ""
+        origin = origins[0] if origins else None
         if not self._host_allowed(host):
             log.warning("refused %s: Host %r is not this loopback server", address, _safe_text(host, 80))
             return self._refuse(connection, HTTPStatus.FORBIDDEN,

@@ -20,6 +20,7 @@ from ..errors import ConfigError, SourceError
 from .base import AudioPipeline, EventCallback, Source
 from .file import FileSource, probe_duration, read_audio
 from .hls import HlsSource
+from .playlist import Playlist
 from .stdin import StdinSource
 from .url import UrlSource, open_url
 
@@ -33,6 +34,7 @@ __all__ = [
     "FileSource",
     "UrlSource",
     "HlsSource",
+    "Playlist",
     "StdinSource",
     "SourceError",
 ]

@@ -1,0 +1,302 @@
+"""The app loops: what ``stream``, ``listen``, ``demo`` (:func:`run_live`) and ``serve`` (:func:`run_serve`) run.
+
+They build a :class:`~streamtag.live.LiveRunner`, hand it the sinks the output needs (JSON lines or the rich
+dashboard, plus the stderr status lines and the end-of-run summary below), add the sources and wait for the
+end: all sources ended, ``duration`` elapsed, or Ctrl-C. The CLI only parses arguments and calls these.
+
+On the terminal (stderr): a source event such as a dropped radio stream is one line
+(``streamtag: radio: reconnecting in 2.0 s (attempt 1)``) in JSON-lines mode, and the dashboard's status line
+in dashboard mode; on exit every stream gets a one-line summary (audio tagged, updates, top genre over the
+run, reconnects, overruns, how it ended).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .errors import StreamtagError
+from .events import GenreUpdate
+from .live import LiveRunner, close_all
+from .publishers import SILENCE_DB, status_message
+from .publishers.jsonl import JsonlSink
+
+__all__ = ["run_live", "run_serve", "RunSummary", "StatusLines", "REFRESH_HZ"]
+
+log = logging.getLogger(__name__)
+
+REFRESH_HZ = 4.0  # dashboard refreshes per second
+POLL_S = 0.05  # s between checks for the end of a JSON-lines run
+
+
+class StatusLines:
+    """A sink printing source events that users must know about (reconnecting, reconnected) as one line each."""
+
+    KINDS = ("reconnecting", "connected")
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self._lock = threading.Lock()
+
+    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
+        pass
+
+    def on_update(self, updates: list[GenreUpdate]) -> None:
+        pass
+
+    def on_title(self, name: str, title: str | None) -> None:
+        pass
+
+    def on_status(self, name: str, kind: str, detail: str) -> None:
+        if kind in self.KINDS:
+            _line(self.err, f"streamtag: {name}: {status_message(kind, detail)}", self._lock)
+
+    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
+        pass
+
+
+@dataclass
+class _Tally:
+    source: str = ""
+    t: float = 0.0  # s of audio the last update describes
+    updates: int = 0
+    silent: int = 0  # updates below the silence threshold (left out of the run's top genre)
+    sums: dict[str, float] = field(default_factory=dict)  # label -> sum of raw probabilities over non-silent hops
+    reconnects: int = 0
+    overruns: int = 0
+    end: str = "live"
+
+
+class RunSummary:
+    """A sink that tallies each stream for the one-line summary printed on exit (:meth:`lines`).
+
+    The run's top genre is the label with the highest mean raw probability over the stream's non-silent hops
+    (``level_db`` >= ``silence_db``), like ``streamtag tag``'s summary of a file.
+    """
+
+    def __init__(self, *, silence_db: float = SILENCE_DB) -> None:
+        self.silence_db = silence_db
+        self.streams: dict[str, _Tally] = {}
+        self.stopping = False  # set before the runner stops: streams removed from then on were stopped, not ended
+        self._lock = threading.Lock()
+
+    def _tally(self, name: str) -> _Tally:
+        return self.streams.setdefault(name, _Tally())
+
+    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
+        with self._lock:
+            self.streams[name] = _Tally(source=source)
+
+    def on_update(self, updates: list[GenreUpdate]) -> None:
+        with self._lock:
+            for u in updates:
+                s = self._tally(u.stream)
+                s.updates += 1
+                s.t = max(s.t, u.t)
+                s.overruns = int(u.extra.get("overruns") or 0) + int(u.extra.get("input_overruns") or 0)
+                level = u.extra.get("level_db")
+                if isinstance(level, int | float) and not level >= self.silence_db:
+                    s.silent += 1
+                    continue
+                for label, p in u.raw.items():
+                    s.sums[label] = s.sums.get(label, 0.0) + float(p)
+
+    def on_title(self, name: str, title: str | None) -> None:
+        pass
+
+    def on_status(self, name: str, kind: str, detail: str) -> None:
+        if kind == "connected":  # sources report "connected" after a drop (the first connection is before)
+            with self._lock:
+                self._tally(name).reconnects += 1
+
+    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
+        with self._lock:
+            s = self._tally(name)
+            s.end = f"failed: {error}" if error is not None else "stopped" if self.stopping else "ended"
+
+    def top(self, name: str) -> tuple[str, float] | None:
+        """The run's top genre of ``name`` and its mean raw probability (None: no non-silent hop)."""
+        with self._lock:
+            s = self.streams[name]
+            heard = s.updates - s.silent
+            if not s.sums or heard <= 0:
+                return None
+            label = max(s.sums, key=lambda k: s.sums[k])
+            return label, s.sums[label] / heard
+
+    def lines(self) -> list[str]:
+        """One line per stream: ``NAME: 63.5 s tagged, 127 updates, top rock (mean 0.41), 1 reconnect, 0 overruns,
+        ended``."""
+        out = []
+        for name in list(self.streams):
+            s = self.streams[name]
+            top = self.top(name)
+            genre = f"top {top[0]} (mean {top[1]:.2f})" if top else "top – (no music heard)"
+            silent = f" ({s.silent} silent)" if s.silent else ""
+            out.append(
+                f"{name}: {s.t:.1f} s tagged, {s.updates} update{'s' if s.updates != 1 else ''}{silent}, {genre}, "
+                f"{s.reconnects} reconnect{'s' if s.reconnects != 1 else ''}, "
+                f"{s.overruns} overrun{'s' if s.overruns != 1 else ''}, {s.end}"
+            )
+        return out
+
+
+def run_live(
+    engine: Any,
+    sources: Mapping[str, Any],
+    *,
+    output: str = "auto",
+    speed: float | None = None,
+    duration: float | None = None,
+    top: int | None = None,
+    describe: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    console: Any = None,
+    refresh_hz: float = REFRESH_HZ,
+) -> int:
+    """Tag ``sources`` (name -> source) live until they all end, Ctrl-C, or ``duration`` s; returns an exit code.
+
+    ``output``: "dashboard" (rich, needs a terminal), "jsonl" (GenreUpdate JSON lines on ``stdout``) or "auto"
+    (dashboard when stdout is a terminal). ``speed`` paces every source at that many times real time (None: as
+    fast as they yield). ``describe`` maps stream names to the input as shown (default: the name). ``top`` limits
+    the genres per JSON update and the bars per stream. Status lines and the per-stream summaries go to
+    ``stderr``. Raises the engine's error, or the first source's :class:`StreamtagError`, after cleanup.
+    """
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    if output == "auto":
+        output = "dashboard" if out.isatty() else "jsonl"
+    if output not in ("dashboard", "jsonl"):
+        close_all(sources.values())
+        raise StreamtagError(f"unknown output {output!r}; use dashboard, jsonl or auto")
+    if duration is not None and not duration > 0:
+        close_all(sources.values())
+        raise StreamtagError(f"--duration must be positive, got {duration}")
+    summary = RunSummary()
+    dash_sink = None
+    if output == "jsonl":
+        sinks: list[Any] = [summary, JsonlSink(out, top=top), StatusLines(err)]
+    else:
+        from .publishers.dashboard import DashboardSink
+
+        dash_sink = DashboardSink.for_engine(engine)
+        sinks = [summary, dash_sink]
+    runner = LiveRunner(engine, sinks).start()
+    t0 = time.monotonic()
+    code = 0
+    try:
+        added = []
+        try:
+            for name, src in sources.items():
+                runner.add_source(name, src, speed=speed, display=(describe or {}).get(name, name))
+                added.append(name)
+        finally:
+            close_all(s for n, s in sources.items() if n not in added)
+
+        def finished() -> bool:
+            if runner.engine_error is not None or not runner.active():
+                return True
+            return duration is not None and time.monotonic() - t0 >= duration
+
+        if dash_sink is not None:
+            _dashboard_loop(runner, dash_sink, finished, console=console or _console(out), n_streams=len(sources),
+                            top=top, refresh_hz=refresh_hz, t0=t0)
+        else:
+            while not finished():
+                time.sleep(POLL_S)
+            runner.flush()
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        summary.stopping = True
+        runner.stop()
+        for line in summary.lines():
+            _line(err, f"streamtag: {line}")
+    if runner.engine_error is not None:
+        e = runner.engine_error
+        raise e if isinstance(e, StreamtagError) else StreamtagError(f"engine failed: {type(e).__name__}: {e}")
+    errors = runner.errors()
+    if errors and code == 0:
+        raise next(iter(errors.values()))
+    return code
+
+
+def _console(out: TextIO) -> Any:
+    from rich.console import Console
+
+    return Console(file=out)
+
+
+def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: Any, n_streams: int,
+                    top: int | None, refresh_hz: float, t0: float) -> None:
+    from .publishers.dashboard import Dashboard
+
+    dash = Dashboard(console)
+    with dash:
+        while True:
+            done = finished()
+            if done:
+                runner.flush()
+            dash.show(sink.state(max_bars=min(top or 99, dash.max_bars_for(n_streams)),
+                                 elapsed=time.monotonic() - t0, footer="done" if done else "Ctrl-C to stop"))
+            if done:
+                return
+            time.sleep(1.0 / refresh_hz)
+
+
+def run_serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]] = (), *,
+              stderr: TextIO | None = None) -> int:
+    """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri)
+    until SIGINT/SIGTERM; returns an exit code."""
+    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr))
+
+
+async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO) -> int:
+    from .publishers.websocket import WebsocketServer
+    from .sources.policy import SourcePolicy
+
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, request_stop)
+        except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
+            pass
+    runner = LiveRunner(engine)
+    runner.start()
+    server = WebsocketServer(runner, config)  # a sink of the runner
+    try:
+        for name, uri in sources:  # the user's own inputs; they exist before the first client connects
+            await server.add_source(name, uri, policy=SourcePolicy.permissive())
+        async with server:
+            host = config.host if ":" not in config.host else f"[{config.host}]"
+            query = "?token=<TOKEN>" if config.token else ""
+            _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · "
+                       "Ctrl-C to stop")
+            await stop
+    finally:
+        await loop.run_in_executor(None, runner.stop)
+    return 0
+
+
+def _line(err: TextIO, text: str, lock: threading.Lock | None = None) -> None:
+    try:
+        if lock is not None:
+            with lock:
+                print(text, file=err, flush=True)
+        else:
+            print(text, file=err, flush=True)
+    except (BrokenPipeError, ValueError):  # stderr closed: nothing left to tell
+        pass

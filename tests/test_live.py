@@ -1,0 +1,343 @@
+"""LiveRunner (sources -> engine -> sinks) and the app loop (streamtag.app): real engine, real decoded audio,
+real sockets for the reconnect case. Invariants are equalities: the runner's updates are the engine's updates
+for the same audio; every stream gets exactly one added and one removed call, with its updates between."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from live_fixtures import live_bundle, make_engine, write_tone_wav
+
+from streamtag.app import RunSummary, StatusLines, run_live
+from streamtag.errors import SourceError, StreamtagError
+from streamtag.live import LiveRunner
+from streamtag.publishers import status_message
+from streamtag.sources import open_source
+
+
+class Recorder:
+    """A sink that records every call (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.lock = threading.Lock()
+        self.removed = threading.Event()
+
+    def _add(self, *call: object) -> None:
+        with self.lock:
+            self.calls.append(call)
+
+    def on_stream_added(self, name, source, title):
+        self._add("added", name, source, title)
+
+    def on_update(self, updates):
+        for u in updates:
+            self._add("update", u.stream, u)
+
+    def on_title(self, name, title):
+        self._add("title", name, title)
+
+    def on_status(self, name, kind, detail):
+        self._add("status", name, kind, detail)
+
+    def on_stream_removed(self, name, error):
+        self._add("removed", name, error)
+        self.removed.set()
+
+    def of(self, name: str) -> list[tuple]:
+        with self.lock:
+            return [c for c in self.calls if c[1] == name]
+
+    def updates(self, name: str) -> list:
+        return [c[2] for c in self.of(name) if c[0] == "update"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return live_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_tone_wav(tmp_path_factory.mktemp("clips") / "a.wav", seconds=6.0, sr=16000)
+
+
+def offline_updates(bundle, samples: np.ndarray) -> list:
+    """The same engine settings fed the whole signal at once, stepped in this thread."""
+    engine = make_engine(bundle, hop=0.5)
+    engine.add_stream("x")
+    engine.push("x", samples)
+    return engine.step()
+
+
+def run_to_end(runner: LiveRunner, sink: Recorder, timeout: float = 60.0) -> None:
+    assert sink.removed.wait(timeout), "the stream never ended"
+    runner.flush()
+
+
+def test_a_file_through_the_runner_gives_the_engines_updates_in_order(bundle, clip):
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
+    try:
+        runner.add_source("tone", open_source(str(clip), engine.sample_rate), display="a.wav")
+        run_to_end(runner, sink)
+    finally:
+        runner.stop()
+    calls = sink.of("tone")
+    assert calls[0][:3] == ("added", "tone", "a.wav")
+    assert calls[-1] == ("removed", "tone", None) and [c[0] for c in calls].count("removed") == 1
+    got = sink.updates("tone")
+    from streamtag.sources import read_audio
+
+    want = offline_updates(bundle, read_audio(str(clip), engine.sample_rate))
+    assert len(got) == len(want) >= 5
+    assert [u.t for u in got] == pytest.approx([u.t for u in want], abs=1e-9)
+    for a, b in zip(got, want):
+        assert a.raw == pytest.approx(b.raw, abs=1e-5)
+    assert "tone" not in engine.streams and runner.streams() == []  # an ended source leaves the engine
+
+
+def test_push_fed_stream_flush_and_remove(bundle):
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
+    x = (0.3 * np.sin(np.arange(16000 * 4) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    try:
+        runner.add_stream("ws", display="websocket", title="mic")
+        for block in np.array_split(x, 37):
+            runner.push("ws", block)
+        runner.flush()
+        got = sink.updates("ws")
+        assert [u.raw for u in got] == [u.raw for u in offline_updates(bundle, x)]  # chunked == whole
+        assert runner.streams() == ["ws"]
+        runner.remove("ws")
+        runner.push("ws", x)  # after removal: ignored, never raises
+        runner.flush()
+    finally:
+        runner.stop()
+    kinds = [c[0] for c in sink.of("ws")]
+    assert kinds[0] == "added" and kinds[-1] == "removed" and kinds.count("removed") == 1
+    assert len(sink.updates("ws")) == len(got)  # nothing after the removal
+    assert "ws" not in engine.streams
+
+
+class EventfulSource:
+    """A source that reports events (like a radio that drops and comes back) and has input overruns."""
+
+    name = "radio"
+
+    def __init__(self, n_blocks: int = 40, fail: bool = False) -> None:
+        self.title: str | None = "First"
+        self.on_event = None
+        self.overruns = 3
+        self.n_blocks, self.fail = n_blocks, fail
+        self.closed = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(1)
+        for i in range(self.n_blocks):
+            if i == 10:
+                self.on_event("disconnected", "connection reset")
+                self.on_event("reconnecting", "attempt 1 in 0.5 s")
+                self.on_event("connected", "http://radio.example/live")
+                self.title = "Second"
+            yield (0.2 * rng.standard_normal(1600)).astype(np.float32)
+        if self.fail:
+            raise SourceError("radio: the stream ended and 2 reconnect attempts failed")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_source_events_titles_and_input_overruns_reach_the_sinks(bundle):
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    err = io.StringIO()
+    summary = RunSummary()
+    runner = LiveRunner(engine, [sink, StatusLines(err), summary]).start()
+    src = EventfulSource()
+    try:
+        runner.add_source("radio", src)
+        run_to_end(runner, sink)
+    finally:
+        runner.stop()
+    calls = sink.of("radio")
+    statuses = [c[2:] for c in calls if c[0] == "status"]
+    assert statuses == [("disconnected", "connection reset"), ("reconnecting", "attempt 1 in 0.5 s"),
+                        ("connected", "http://radio.example/live")]
+    assert ("title", "radio", "Second") in calls
+    assert calls[0] == ("added", "radio", "radio", "First")
+    ups = sink.updates("radio")
+    assert ups and all(u.extra["input_overruns"] == 3 for u in ups)
+    assert err.getvalue().splitlines() == ["streamtag: radio: reconnecting in 0.5 s (attempt 1)",
+                                           "streamtag: radio: connected to http://radio.example/live"]
+    assert summary.streams["radio"].reconnects == 1 and summary.streams["radio"].updates == len(ups)
+    assert src.closed
+
+
+def test_a_failing_source_ends_its_stream_with_the_error_and_others_go_on(bundle):
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+
+    class BrokenSink:
+        def __getattr__(self, name):
+            def fail(*args):
+                raise RuntimeError("sink bug")
+            return fail
+
+    runner = LiveRunner(engine, [BrokenSink(), sink]).start()
+    try:
+        runner.add_source("bad", EventfulSource(n_blocks=12, fail=True))
+        run_to_end(runner, sink)
+    finally:
+        runner.stop()
+    [removed] = [c for c in sink.of("bad") if c[0] == "removed"]
+    assert isinstance(removed[2], SourceError) and "reconnect attempts failed" in str(removed[2])
+    assert runner.errors()["bad"] is removed[2]
+    assert sink.updates("bad")  # the broken sink before it did not starve this one
+
+
+def test_the_callback_form_still_works(bundle, clip):
+    engine = make_engine(bundle, hop=0.5)
+    updates: list = []
+    ended: list = []
+    done = threading.Event()
+    runner = LiveRunner(engine, updates.extend, on_end=lambda n, e: (ended.append((n, e)), done.set())).start()
+    try:
+        runner.add_source("a", open_source(str(clip), engine.sample_rate))
+        runner.add_stream("pushed")
+        assert done.wait(60)
+        runner.flush()
+        runner.remove("pushed")  # an explicit removal is not an "end", as before
+    finally:
+        runner.stop()
+    assert ended == [("a", None)] and updates and {u.stream for u in updates} == {"a"}
+
+
+def test_engine_failure_ends_every_stream_with_one_error(bundle):
+    engine = make_engine(bundle, hop=0.5)
+
+    def broken_step():
+        raise RuntimeError("CUDA out of memory")
+
+    engine.step = broken_step
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
+    try:
+        runner.add_stream("s", display="x")
+        runner.push("s", np.zeros(1600, np.float32))
+        assert sink.removed.wait(10)
+    finally:
+        runner.stop()
+    [removed] = [c for c in sink.of("s") if c[0] == "removed"]
+    assert isinstance(removed[2], StreamtagError) and "CUDA out of memory" in str(removed[2])
+    assert isinstance(runner.engine_error, RuntimeError)
+
+
+@pytest.mark.parametrize(("kind", "detail", "line"), [
+    ("reconnecting", "attempt 3 in 2.0 s", "reconnecting in 2.0 s (attempt 3)"),
+    ("reconnecting", "in 2.5 s (attempt 4)", "reconnecting in 2.5 s (attempt 4)"),
+    ("reconnecting", "attempt 2 in 1.0 s (HTTP 503)", "reconnecting in 1.0 s (attempt 2): HTTP 503"),
+    ("disconnected", "no data for 10 s", "disconnected: no data for 10 s"),
+    ("connected", "http://x/y", "connected to http://x/y"),
+])
+def test_status_messages_read_the_same_whatever_the_source_wrote(kind, detail, line):
+    assert status_message(kind, detail) == line
+
+
+# -- the app loop -------------------------------------------------------------------------------------------
+def test_run_live_jsonl_keeps_stdout_pure_and_summarises_each_stream_on_stderr(bundle, clip, tmp_path):
+    engine = make_engine(bundle, hop=0.5)
+    silent = tmp_path / "silent.wav"
+    import wave
+
+    with wave.open(str(silent), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(16000 * 3, "<i2").tobytes())
+    out, err = io.StringIO(), io.StringIO()
+    sources = {"a": open_source(str(clip), engine.sample_rate), "quiet": open_source(str(silent), engine.sample_rate)}
+    assert run_live(engine, sources, output="jsonl", stdout=out, stderr=err, top=2) == 0
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {e["stream"] for e in events} == {"a", "quiet"} and all(len(e["top"]) == 2 for e in events)
+    for name in ("a", "quiet"):
+        ts = [e["t"] for e in events if e["stream"] == name]
+        assert len(ts) >= 3 and np.allclose(np.diff(ts), engine.hop_seconds, atol=1e-3)  # none lost
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 2
+    n_a = sum(e["stream"] == "a" for e in events)
+    mean = {k: np.mean([e["raw"][k] for e in events if e["stream"] == "a"]) for k in events[0]["raw"]}
+    best = max(mean, key=mean.get)
+    assert lines[0].startswith(f"streamtag: a: {max(e['t'] for e in events if e['stream'] == 'a'):.1f} s tagged, "
+                               f"{n_a} updates, top {best} (mean {mean[best]:.2f}), 0 reconnects, 0 overruns, ended")
+    n_q = sum(e["stream"] == "quiet" for e in events)
+    assert f"{n_q} updates ({n_q} silent), top – (no music heard)" in lines[1]
+
+
+def _drop_server(payload: bytes, connections: int) -> tuple[str, threading.Thread, socket.socket]:
+    """A radio that sends ``payload`` then hangs up, ``connections`` times, then stops listening."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(30)
+
+    def serve() -> None:
+        with listener:
+            for _ in range(connections):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn, contextlib.suppress(OSError):
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n" + payload)
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/live.mp3", thread, listener
+
+
+def test_a_dropping_radio_says_reconnecting_and_the_summary_counts_it(bundle, tmp_path):
+    from radio_fixtures import tone_clip
+
+    engine = make_engine(bundle, hop=0.5)
+    payload = tone_clip(tmp_path / "t.mp3", 2.0).read_bytes()
+    url, thread, listener = _drop_server(payload, connections=2)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        src = open_source(url, engine.sample_rate, max_retries=2, backoff_initial=0.05, backoff_max=0.1,
+                          read_timeout=5.0)
+        with pytest.raises(SourceError, match="reconnect attempts failed"):
+            run_live(engine, {"radio": src}, output="jsonl", stdout=out, stderr=err)
+    finally:
+        listener.close()
+        thread.join(10)
+    lines = err.getvalue().splitlines()
+    reconnecting = [ln for ln in lines if "reconnecting in" in ln]
+    assert [ln.split("(")[-1] for ln in reconnecting] == ["attempt 1)", "attempt 2)"]
+    assert all(ln.startswith("streamtag: radio: reconnecting in ") for ln in reconnecting)
+    [summary] = [ln for ln in lines if " s tagged, " in ln]
+    assert ", 1 reconnect, " in summary and "failed: " in summary
+    assert out.getvalue().count("\n") >= 3  # updates from both connections
+
+
+def test_run_live_refuses_bad_settings_in_one_line_and_closes_the_sources(bundle, clip):
+    engine = make_engine(bundle, hop=0.5)
+    src = open_source(str(clip), engine.sample_rate)
+    with pytest.raises(StreamtagError, match="unknown output 'html'; use dashboard, jsonl or auto"):
+        run_live(engine, {"a": src}, output="html")
+    assert src.closed
+    src = open_source(str(clip), engine.sample_rate)
+    with pytest.raises(StreamtagError, match="--duration must be positive"):
+        run_live(engine, {"a": src}, output="jsonl", duration=0)
+    assert src.closed
