@@ -287,16 +287,12 @@ class AudioDecoder:
     """Binary audio frames (interleaved pcm16 / float32, little endian) -> mono float32 at ``target_rate``."""
 
     def __init__(self, *, sample_rate: int, fmt: str, channels: int, target_rate: int) -> None:
-        import soxr  # librosa's resampler; stateful so frame boundaries leave no seams
+        from .audio import MonoConverter  # the one PCM -> model-input conversion (stateful: no seams)
 
         self.sample_rate, self.format, self.channels, self.target_rate = sample_rate, fmt, channels, target_rate
         self._dtype = np.dtype("<i2") if fmt == "pcm16" else np.dtype("<f4")
         self._frame_bytes = self._dtype.itemsize * channels
-        self._resampler = (
-            soxr.ResampleStream(sample_rate, target_rate, 1, dtype="float32", quality="HQ")
-            if sample_rate != target_rate
-            else None
-        )
+        self._converter = MonoConverter(sample_rate=sample_rate, target_rate=target_rate, channels=channels)
         self.samples_in = 0
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -307,16 +303,11 @@ class AudioDecoder:
                 f"binary frame of {len(data)} bytes is not a whole number of {self.format} x {self.channels} "
                 f"samples ({self._frame_bytes} bytes each)",
             )
-        x = np.frombuffer(data, dtype=self._dtype).reshape(-1, self.channels)  # (N, C)
-        mono = x.astype(np.float32).mean(axis=1)  # (N,)
-        if self.format == "pcm16":
-            mono /= 32768.0
-        if not np.all(np.isfinite(mono)):
+        x = np.frombuffer(data, dtype=self._dtype)  # (N * C,) interleaved
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
             raise ClientError("bad_audio", "audio frame holds NaN or infinite samples")
-        self.samples_in += mono.shape[0]
-        if self._resampler is None:
-            return mono
-        return self._resampler.resample_chunk(mono)
+        self.samples_in += x.shape[0] // self.channels
+        return self._converter.push(x)
 
 
 # -- budgets the I/O layer enforces ---------------------------------------------------------------------------

@@ -411,3 +411,77 @@ def stalling_server(payload: bytes, content_type: str = "audio/mpeg", status_lin
         listener.close()
         for conn in connections:
             conn.close()
+
+
+class ScriptedServer:
+    """A raw TCP server on loopback that runs ``handler(conn, index, stop)`` for every connection it accepts
+    (each on its own thread): the way to play a slow, broken or hostile HTTP server byte by byte."""
+
+    def __init__(self, handler, host: str = "127.0.0.1") -> None:
+        self.handler = handler
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.host = host
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._conns: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/stream.mp3") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            index = self.connections
+            self.connections += 1
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._run, args=(conn, index), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket, index: int) -> None:
+        with contextlib.suppress(OSError):
+            conn.settimeout(5.0)
+            request = b""
+            while b"\r\n\r\n" not in request and len(request) < 65536:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                request += data
+            self.requests.append(request)
+            self.handler(conn, index, self.stop)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def trickle(conn: socket.socket, data: bytes, interval: float, stop: threading.Event) -> None:
+    """Send ``data`` one byte every ``interval`` seconds (until ``stop``), as a slowloris-style server would."""
+    for i in range(len(data)):
+        if stop.wait(interval):
+            return
+        conn.sendall(data[i : i + 1])

@@ -31,7 +31,7 @@ from radio_fixtures import (
 )
 
 from streamtag.errors import SourceError
-from streamtag.sources import HlsSource, UrlSource, open_source
+from streamtag.sources import HlsSource, ReconnectPolicy, UrlSource, open_source
 from streamtag.sources.http_client import IcyDemuxer, parse_stream_title
 
 SR = 16000
@@ -118,11 +118,9 @@ def test_parse_stream_title(block: bytes, title: str | None) -> None:
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
-    from types import SimpleNamespace
-
-    cfg = SimpleNamespace(backoff_initial=0.5, backoff_max=30.0)
-    for attempt, nominal in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (50, 30.0)]:
-        delays = [UrlSource._backoff(cfg, attempt) for _ in range(200)]
+    cfg = ReconnectPolicy(backoff_initial=0.5, backoff_max=30.0)
+    for attempt, nominal in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (50, 30.0), (10**6, 30.0)]:
+        delays = [cfg.backoff(attempt) for _ in range(200)]
         assert all(0.5 * nominal <= d <= nominal for d in delays)
         assert len(set(delays)) > 1  # jittered, so reconnecting clients do not stampede
 
@@ -248,7 +246,7 @@ def test_stream_that_ends_raises_when_retries_run_out(radio, tmp_path: Path) -> 
             pass
     message = str(info.value)
     assert "short.mp3" in message and "ended" in message and "1 reconnect attempts failed" in message
-    assert events.kinds()[:2] == ["disconnected", "reconnecting"]
+    assert events.kinds()[:2] == ["dropped", "reconnecting"]
 
 
 def test_stalled_stream_counts_as_a_drop(tmp_path: Path) -> None:
@@ -258,7 +256,7 @@ def test_stalled_stream_counts_as_a_drop(tmp_path: Path) -> None:
         source = open_source(url, SR, read_timeout=1.0, max_retries=0, on_event=events)
         with pytest.raises(SourceError, match="no data for 1 s"):
             list(source)
-    assert events.kinds() == ["disconnected"]
+    assert events.kinds() == ["dropped"]
 
 
 def test_cut_http_download_is_an_error_not_a_replay(tmp_path: Path) -> None:
@@ -314,7 +312,7 @@ def test_reconnects_after_icecast_restart(tmp_path: Path) -> None:
                 thread.start()
                 wait_until(lambda: len(blocks) >= 10 and source.title == "Before restart", 15, "first blocks")
                 ice.stop()  # the server goes away: the listener connection drops
-            wait_until(lambda: "disconnected" in events.kinds(), 10, "the drop")
+            wait_until(lambda: "dropped" in events.kinds(), 10, "the drop")
             wait_until(lambda: "reconnecting" in events.kinds(), 10, "a reconnect attempt")
             n_before = len(blocks)
             ice.start()  # same port, same config
@@ -330,7 +328,7 @@ def test_reconnects_after_icecast_restart(tmp_path: Path) -> None:
                 thread.join(timeout=10)
     assert not thread.is_alive() and not errors
     kinds = events.kinds()
-    assert kinds.index("disconnected") < kinds.index("reconnecting") < kinds.index("connected")
+    assert kinds.index("dropped") < kinds.index("reconnecting") < kinds.index("connected")
     assert source.info["reconnects"] >= 1
     assert all(b.shape == (1600,) for b in blocks)
 

@@ -199,10 +199,12 @@ def test_garbage_inside_an_mp3_is_skipped(tmp_path: Path) -> None:
     assert 3.0 < y.shape[0] / SR < 4.2
 
 
-def test_unknown_option_is_a_config_error(tmp_path: Path) -> None:
+def test_unknown_option_is_an_error(tmp_path: Path) -> None:
     path = tone_clip(tmp_path / "t.wav", 0.5, sr=16000)
-    with pytest.raises(ConfigError, match="bogus"):
-        open_source(path, SR, bogus=1)
+    with pytest.raises(TypeError, match="bogus"):
+        open_source(path, SR, bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="read_timout"):
+        open_source("http://127.0.0.1:9/x.mp3", SR, read_timout=1.0)  # type: ignore[call-arg]
     with pytest.raises(ConfigError):
         open_source(path, 0)
 

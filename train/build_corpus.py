@@ -87,7 +87,8 @@ def _hash(text: str) -> str:
 def decode(path: Path, *, max_seconds: float | None = None, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, float]:
     """Decode ``path`` to mono float32 at ``sr`` (soxr HQ). Returns (samples (N,), full duration in seconds)."""
     import av
-    import soxr
+
+    from streamtag.audio import downmix, to_float32, to_mono
 
     chunks: list[np.ndarray] = []
     with av.open(str(path)) as container:
@@ -97,14 +98,9 @@ def decode(path: Path, *, max_seconds: float | None = None, sr: int = SAMPLE_RAT
         limit = int(max_seconds * native) if max_seconds else None
         got = 0
         for frame in container.decode(stream):
-            a = frame.to_ndarray()
-            if a.dtype.kind in "iu":
-                a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-            a = a.astype(np.float32)
-            if frame.format.is_planar:
-                mono = a.mean(axis=0)  # (channels, n) -> (n,)
-            else:
-                mono = a.reshape(-1, len(frame.layout.channels)).mean(axis=1)  # interleaved
+            # the engine's own conversion: integers / 2**(bits-1), channel mean (streamtag.audio)
+            mono = downmix(to_float32(frame.to_ndarray()), channels=len(frame.layout.channels),
+                           planar=frame.format.is_planar)  # (n,)
             chunks.append(mono)
             got += mono.shape[0]
             if limit is not None and got >= limit:
@@ -116,8 +112,7 @@ def decode(path: Path, *, max_seconds: float | None = None, sr: int = SAMPLE_RAT
         x = x[:limit]
     if not duration:
         duration = x.shape[0] / native
-    if native != sr:
-        x = soxr.resample(x, native, sr, quality="HQ")
+    x = to_mono(x, sample_rate=native, target_rate=sr)  # soxr HQ, length ceil(n * sr / native)
     return np.ascontiguousarray(x, dtype=np.float32), duration
 
 

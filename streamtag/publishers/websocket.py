@@ -58,7 +58,7 @@ from ..protocol import (
     RemoveSource,
     valid_stream_name,
 )
-from ..sources.policy import PolicyError, SourcePolicy
+from ..sources.policy import PolicyError, SourcePolicy, display_name
 
 __all__ = [
     "ServerConfig",
@@ -109,22 +109,8 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 def public_source(uri: str) -> str:
-    """What clients are shown of a source: URLs without credentials, query or fragment; files by name only."""
-    if uri == "-":
-        return "stdin"
-    if "://" not in uri:
-        return Path(uri).name or "file"
-    parts = urlsplit(uri)
-    if parts.scheme.lower() == "file":
-        return Path(parts.path).name or "file"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme.lower()}://{host}{port}{parts.path}"
+    """What clients are shown of a source: URLs without credentials or query, files by name only."""
+    return display_name(uri)
 
 
 def _safe_text(text: str, limit: int = 200) -> str:

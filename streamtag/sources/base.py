@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import av
 import av.error
 import numpy as np
-import soxr
 
+from ..audio import Resampler, downmix, to_float32
 from ..errors import ConfigError
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "frame_to_array",
     "iter_frames",
     "describe_av_error",
+    "AvReader",
+    "SourceInterrupted",
+    "interruptible",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,27 +43,13 @@ EventCallback = Callable[[str, str], None]
 
 MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a decoder gives up
 
-# Scale that maps each integer sample format onto [-1, 1) (libsndfile's convention).
-_INT_SCALE = {
-    np.dtype(np.uint8): 128.0,
-    np.dtype(np.int16): 32768.0,
-    np.dtype(np.int32): 2147483648.0,
-    np.dtype(np.int64): 9223372036854775808.0,
-}
-
-
 def frame_to_array(frame: av.AudioFrame) -> np.ndarray:
-    """One decoded frame as float32 ``(channels, samples)``."""
+    """One decoded frame as float32 ``(channels, samples)``, integers scaled by :func:`streamtag.audio.to_float32`."""
     x = frame.to_ndarray()
     channels = frame.layout.nb_channels
     if not frame.format.is_planar:
         x = x.reshape(-1, channels).T  # (1, N * C) interleaved -> (C, N)
-    if x.dtype in _INT_SCALE:
-        scale = _INT_SCALE[x.dtype]
-        if x.dtype == np.uint8:
-            return ((x.astype(np.float32) - 128.0) / scale).astype(np.float32)
-        return (x.astype(np.float64) / scale).astype(np.float32)
-    return x.astype(np.float32, copy=False)
+    return to_float32(x)
 
 
 def describe_av_error(e: BaseException) -> str:
@@ -79,7 +69,8 @@ def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError as e:  # one corrupt packet: skip it
+        except (av.error.InvalidDataError, av.error.UndefinedError) as e:  # one corrupt packet: skip it
+            # (an ADTS stream joined mid-frame makes the AAC decoder fail its first packet with an odd code)
             bad += 1
             if bad > MAX_BAD_PACKETS:
                 raise
@@ -89,9 +80,55 @@ def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
         yield from frames
 
 
+class SourceInterrupted(Exception):
+    """A KeyboardInterrupt that arrived inside a PyAV read callback, carried out as an Exception.
+
+    PyAV's callbacks catch only ``Exception`` (a KeyboardInterrupt raised there is printed and dropped), so
+    :class:`AvReader` turns it into this, PyAV re-raises it from its own call, and :func:`interruptible`
+    turns it back into KeyboardInterrupt.
+    """
+
+
+class AvReader:
+    """``read(n)`` for ``av.open(file_like)``: lets Ctrl-C through, and reads nothing once ``closed`` is set."""
+
+    def __init__(self, read: Callable[[int], bytes], closed: threading.Event) -> None:
+        self._read = read
+        self._closed = closed
+        self.interrupted = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.interrupted or self._closed.is_set():
+            return b""
+        try:
+            return self._read(n)
+        except (KeyboardInterrupt, SystemExit) as e:
+            self.interrupted = True
+            raise SourceInterrupted() from e
+
+
+
+@contextmanager
+def interruptible(reader: AvReader | None = None) -> Iterator[None]:
+    """Around PyAV calls that read through an :class:`AvReader`: a Ctrl-C caught inside one propagates."""
+    try:
+        yield
+    except SourceInterrupted:
+        raise KeyboardInterrupt from None
+    except GeneratorExit:
+        raise
+    except BaseException:
+        if reader is not None and reader.interrupted:  # PyAV turned it into an error of its own
+            raise KeyboardInterrupt from None
+        raise
+    if reader is not None and reader.interrupted:  # PyAV took it for the end of the input
+        raise KeyboardInterrupt
+
+
 class AudioPipeline:
     """Float32 ``(C, N)`` chunks at any rate -> mono float32 blocks of ``block_size`` samples at ``sample_rate``.
 
+    The conversion itself is :mod:`streamtag.audio` (downmix + streaming resampler); this class only cuts blocks.
     ``restart()`` ends a continuous segment (a reconnect, an input rate change): the resampler's tail is flushed
     and the next chunk starts a fresh resampler. ``finish()`` also returns the last, possibly shorter, block.
     """
@@ -99,27 +136,18 @@ class AudioPipeline:
     def __init__(self, sample_rate: int, block_size: int) -> None:
         self.sample_rate = int(sample_rate)
         self.block_size = int(block_size)
-        self._in_sr: int | None = None
-        self._resampler: soxr.ResampleStream | None = None
-        self._n_in = 0  # input samples in the current segment
-        self._n_out = 0  # output samples in the current segment
+        self._resampler: Resampler | None = None
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
 
     def push(self, x: np.ndarray, sr_in: int) -> list[np.ndarray]:
-        """Add ``x`` (C, N) float32 at ``sr_in``; return the complete blocks now available."""
-        if sr_in != self._in_sr:
+        """Add ``x`` (C, N) or (N,) samples at ``sr_in`` (any PCM dtype); return the complete blocks now available."""
+        if self._resampler is None or self._resampler.sample_rate != int(sr_in):
             self._flush_segment()
-            self._in_sr = int(sr_in)
-            if self._in_sr != self.sample_rate:
-                self._resampler = soxr.ResampleStream(
-                    self._in_sr, self.sample_rate, 1, dtype="float32", quality="HQ"
-                )
-        mono = x.mean(axis=0) if x.ndim == 2 else x  # (N,) librosa.to_mono
-        mono = np.ascontiguousarray(mono, dtype=np.float32)
-        self._n_in += mono.shape[0]
-        y = mono if self._resampler is None else self._resampler.resample_chunk(mono)
-        self._append(y)
+            self._resampler = Resampler(sample_rate=int(sr_in), target_rate=self.sample_rate)
+        x = to_float32(x)
+        mono = downmix(x, channels=x.shape[0], planar=True) if x.ndim == 2 else downmix(x)  # (N,)
+        self._append(self._resampler.push(mono))
         return self._take_blocks()
 
     def restart(self) -> list[np.ndarray]:
@@ -137,19 +165,13 @@ class AudioPipeline:
 
     def _flush_segment(self) -> None:
         if self._resampler is not None:
-            self._append(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-            target = math.ceil(self._n_in * self.sample_rate / self._in_sr)  # librosa fix_length
-            if self._n_out < target:
-                self._append(np.zeros(target - self._n_out, np.float32))
+            self._append(self._resampler.flush())
         self._resampler = None
-        self._in_sr = None
-        self._n_in = self._n_out = 0
 
     def _append(self, y: np.ndarray) -> None:
         if y.shape[0]:
             self._pending.append(np.asarray(y, dtype=np.float32))
             self._n_pending += y.shape[0]
-            self._n_out += y.shape[0]
 
     def _take_blocks(self) -> list[np.ndarray]:
         if self._n_pending < self.block_size:
@@ -185,7 +207,7 @@ class Source:
         self.info: dict[str, Any] = {}
         self.on_event: EventCallback | None = None
         self._closed = threading.Event()
-        self._gen: Iterator[np.ndarray] | None = None
+        self._gen: Generator[np.ndarray, None, None] | None = None
 
     # iteration -------------------------------------------------------------------------------------------------
     def __iter__(self) -> Source:
@@ -198,7 +220,7 @@ class Source:
             self._gen = self._blocks()
         return next(self._gen)
 
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _blocks(self) -> Generator[np.ndarray, None, None]:
         raise NotImplementedError
 
     # lifetime --------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ NOT_AUDIO_HINT = "it is not audio that FFmpeg can decode; pass an audio file (mp
 TRUNCATION_TOLERANCE_S = 0.5  # decoded this much less than the header's duration -> warn "truncated"
 
 
-def _check_path(path: Path) -> None:
-    label = str(path)
+def _check_path(path: Path, label: str | None = None) -> None:
+    label = label or str(path)
     if not path.exists():
         raise SourceError(f"{label}: no such file; check the path (use - to read from stdin)")
     if path.is_dir():
@@ -36,9 +36,9 @@ def _check_path(path: Path) -> None:
         raise SourceError(f"{label}: is an empty file (0 bytes); pass a file that contains audio")
 
 
-def _open_container(path: Path) -> tuple[Any, Any]:
+def _open_container(path: Path, label: str | None = None) -> tuple[Any, Any]:
     """Open ``path`` and return (container, its first audio stream); SourceError on any failure."""
-    label = str(path)
+    label = label or str(path)
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -78,16 +78,18 @@ class FileSource(Source):
         *,
         block_seconds: float = 0.1,
         name: str | None = None,
+        label: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.label = label or str(self.path)  # how messages name the file (a server shows the file name only)
         super().__init__(name or self.path.name, sample_rate, block_seconds)
-        _check_path(self.path)
-        self._container, stream = _open_container(self.path)
+        _check_path(self.path, self.label)
+        self._container, stream = _open_container(self.path, self.label)
         self._stream = stream
         cc = stream.codec_context
         self.duration = _header_duration(self._container, stream)
         self.info = {
-            "uri": str(self.path),
+            "uri": self.label,
             "format": self._container.format.name,
             "codec": cc.name,
             "sample_rate": cc.sample_rate,
@@ -99,7 +101,7 @@ class FileSource(Source):
         self._first = self._next_frame(decoded_s=0.0)
         if self._first is None:
             self._container.close()
-            raise SourceError(f"{self.path}: no audio could be decoded; {NOT_AUDIO_HINT}")
+            raise SourceError(f"{self.label}: no audio could be decoded; {NOT_AUDIO_HINT}")
 
     def _next_frame(self, decoded_s: float) -> av.AudioFrame | None:
         """The next frame; None at the end, or at a corrupt tail once some audio has been decoded."""
@@ -110,14 +112,14 @@ class FileSource(Source):
         except (av.error.FFmpegError, OSError, ValueError) as e:
             if decoded_s == 0.0:
                 self._container.close()
-                raise SourceError(f"{self.path}: {NOT_AUDIO_HINT} ({describe_av_error(e)})") from e
+                raise SourceError(f"{self.label}: {NOT_AUDIO_HINT} ({describe_av_error(e)})") from e
             log.warning(
                 "%s: decoding stopped at %.1f s (%s); the file is truncated or corrupt, using what was decoded",
-                self.path, decoded_s, describe_av_error(e),
+                self.label, decoded_s, describe_av_error(e),
             )
             return None
 
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _blocks(self) -> Generator[np.ndarray, None, None]:
         pipeline = AudioPipeline(self.sample_rate, self.block_size)
         decoded_s = 0.0
         frame = self._first
@@ -138,7 +140,7 @@ class FileSource(Source):
         if self.duration is not None and decoded_s < self.duration - TRUNCATION_TOLERANCE_S:
             log.warning(
                 "%s: truncated at %.1f s (its header says %.1f s); using what was decoded",
-                self.path, decoded_s, self.duration,
+                self.label, decoded_s, self.duration,
             )
 
     def _abort(self) -> None:

@@ -5,12 +5,17 @@ A master playlist picks its highest-bandwidth variant (or that variant's default
 and is re-polled every target duration, skipping media sequence numbers already read. Segments (MPEG-TS, ADTS AAC,
 MP3, fragmented MP4 after its ``#EXT-X-MAP``) are concatenated into one byte stream for a single PyAV demuxer,
 restarted at ``#EXT-X-DISCONTINUITY``. Encrypted streams are refused with a clear error.
+
+Every playlist and segment download has an overall deadline (``fetch_timeout``, 30 s) besides the per-read one;
+every URL (variants, segments, redirects) is checked against the source policy after DNS resolution.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -20,8 +25,19 @@ import av.error
 import numpy as np
 
 from ..errors import SourceError
-from .base import AudioPipeline, EventCallback, Source, describe_av_error, frame_to_array, iter_frames
-from .http_client import fetch_bytes
+from .base import (
+    AudioPipeline,
+    AvReader,
+    EventCallback,
+    Source,
+    describe_av_error,
+    frame_to_array,
+    interruptible,
+    iter_frames,
+)
+from .http_client import Cancel, fetch_bytes
+from .policy import PolicyError, SourcePolicy, display_name, refused
+from .reconnect import UNSET, Reconnector, ReconnectPolicy, Unset, merge_policy
 
 __all__ = [
     "HlsSource",
@@ -187,6 +203,7 @@ class _SegmentStream:
         self.current: Segment | None = None
 
     def _next(self) -> bool:
+        item: tuple[Segment, bytes] | None
         if self.carry is not None:
             item, self.carry = self.carry, None
         else:
@@ -197,6 +214,7 @@ class _SegmentStream:
             if item[0].discontinuity and self._started:
                 self.carry = item
                 return False
+        assert item is not None
         self.current, data = item
         self._buffer = memoryview(data)
         self._started = True
@@ -223,27 +241,35 @@ class HlsSource(Source):
         *,
         block_seconds: float = 0.1,
         playlist_text: str | None = None,
-        max_retries: int | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 15.0,
-        segment_retries: int = 2,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        reconnect: ReconnectPolicy | None = None,
+        max_retries: int | None | Unset = UNSET,
+        connect_timeout: float | None = None,
+        header_timeout: float | None = None,
+        read_timeout: float | None = None,
+        stall_timeout: float | None = None,
+        fetch_timeout: float | None = None,
+        segment_retries: int | None = None,
+        backoff_initial: float | None = None,
+        backoff_max: float | None = None,
+        healthy_after: float | None = None,
         format: str | None = None,
         name: str | None = None,
         on_event: EventCallback | None = None,
-        **_ignored: Any,
+        policy: SourcePolicy | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        super().__init__(name or (parts.netloc + parts.path), sample_rate, block_seconds)
+        self.label = display_name(url)
+        super().__init__(name or self.label.split("://", 1)[-1], sample_rate, block_seconds)
         self.on_event = on_event
         self.url = url
-        self.max_retries = max_retries
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.segment_retries = segment_retries
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.policy = policy if policy is not None else SourcePolicy.permissive()
+        self.reconnect_policy = merge_policy(
+            reconnect, max_retries=max_retries, connect_timeout=connect_timeout, header_timeout=header_timeout,
+            read_timeout=read_timeout, stall_timeout=stall_timeout, fetch_timeout=fetch_timeout,
+            segment_retries=segment_retries, backoff_initial=backoff_initial, backoff_max=backoff_max,
+            healthy_after=healthy_after,
+        )
+        self._retry = Reconnector(self.reconnect_policy, label=self.label, closed=self._closed, emit=self._emit)
+        self._cancel = Cancel(self._closed)
         self.format = format
         self.skipped_segments = 0
         if playlist_text is not None:
@@ -252,21 +278,21 @@ class HlsSource(Source):
             playlist = self._fetch_playlist(url)
         if isinstance(playlist, MasterPlaylist):
             if playlist.key_method:
-                raise _encrypted(url, playlist.key_method)
+                raise _encrypted(self.label, playlist.key_method)
             media_url = self._choose_variant(playlist)
-            log.info("%s: HLS variant %s", url, media_url)
+            log.info("%s: HLS variant %s", self.label, display_name(media_url))
             playlist = self._fetch_playlist(media_url)
             if isinstance(playlist, MasterPlaylist):
-                raise SourceError(f"{url}: the HLS variant {media_url} is another master playlist; not supported")
+                raise SourceError(f"{self.label}: the HLS variant is another master playlist; not supported")
         self._check(playlist)
         if not playlist.segments and playlist.ended:
-            raise SourceError(f"{url}: the HLS playlist has no segments; check the URL")
+            raise SourceError(f"{self.label}: the HLS playlist has no segments; check the URL")
         self._playlist = playlist
         first_uri = playlist.segments[0].uri if playlist.segments else ""
         ext = "." + urlsplit(first_uri).path.rsplit(".", 1)[-1].lower() if "." in first_uri else ""
         self._segment_format = self.format or SEGMENT_FORMATS.get(ext)
         self.info = {
-            "uri": url,
+            "uri": self.label,
             "url": playlist.url,
             "content_type": "application/vnd.apple.mpegurl",
             "format": self._segment_format,
@@ -275,20 +301,32 @@ class HlsSource(Source):
             "codec": None,
             "sample_rate": None,
             "channels": None,
+            "reconnects": 0,
         }
+
+    @property
+    def max_retries(self) -> int | None:
+        return self.reconnect_policy.max_retries
+
+    @property
+    def reconnects(self) -> int:
+        return self._retry.reconnects
+
+    def _fetch(self, url: str, limit: int) -> tuple[bytes, Any]:
+        p = self.reconnect_policy
+        return fetch_bytes(url, limit=limit, connect_timeout=p.connect_timeout, read_timeout=p.read_timeout,
+                           total_timeout=p.fetch_timeout, policy=self.policy, cancel=self._cancel)
 
     def _fetch_playlist(self, url: str) -> MasterPlaylist | MediaPlaylist:
         """Download and parse a playlist; relative URIs resolve against the URL after redirects."""
-        data, response = fetch_bytes(
-            url, limit=PLAYLIST_LIMIT, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
-        )
+        data, response = self._fetch(url, PLAYLIST_LIMIT)
         playlist = parse_playlist(data.decode("utf-8", errors="replace"), response.url)
         playlist.url = url  # re-poll the address we were given (a redirect may point at a one-off URL)
         return playlist
 
     def _check(self, playlist: MediaPlaylist) -> None:
         if playlist.key_method:
-            raise _encrypted(self.url, playlist.key_method)
+            raise _encrypted(self.label, playlist.key_method)
 
     @staticmethod
     def _choose_variant(master: MasterPlaylist) -> str:
@@ -302,28 +340,35 @@ class HlsSource(Source):
 
     # segments --------------------------------------------------------------------------------------------------
     def _fetch_segment(self, segment: Segment) -> bytes | None:
-        """Segment bytes, retried ``segment_retries`` times; None (skipped, with a warning) when it keeps failing."""
-        for attempt in range(self.segment_retries + 1):
+        """Segment bytes, retried ``segment_retries`` times; None (skipped, with a warning) when it keeps failing.
+
+        A PolicyError (the segment's host is not allowed) is not retried: it ends the stream.
+        """
+        retries = self.reconnect_policy.segment_retries
+        for attempt in range(retries + 1):
             try:
-                data, _ = fetch_bytes(
-                    segment.uri,
-                    limit=SEGMENT_LIMIT,
-                    connect_timeout=self.connect_timeout,
-                    read_timeout=self.read_timeout,
-                )
+                data, _ = self._fetch(segment.uri, SEGMENT_LIMIT)
                 return data
+            except PolicyError:
+                raise refused(self.label) from None
             except SourceError as e:
-                if attempt < self.segment_retries:
-                    log.info("%s: segment %d failed (%s), retrying", self.url, segment.sequence, e)
-                    if self._closed.wait(min(self.backoff_max, self.backoff_initial * 2**attempt)):
+                if self.closed:
+                    return None
+                if attempt < retries:
+                    log.info("%s: segment %d failed (%s), retrying", self.label, segment.sequence, e)
+                    if self._closed.wait(self.reconnect_policy.backoff(attempt + 1)):
                         return None
                 else:
-                    log.warning("%s: skipping segment %d: %s", self.url, segment.sequence, e)
+                    log.warning("%s: skipping segment %d: %s", self.label, segment.sequence, e)
         self.skipped_segments += 1
         return None
 
     def _segments(self) -> Iterator[tuple[Segment, bytes]]:
-        """(segment, bytes) in order, re-polling a live playlist; ends at #EXT-X-ENDLIST or on close."""
+        """(segment, bytes) in order, re-polling a live playlist; ends at #EXT-X-ENDLIST or on close.
+
+        A live playlist that cannot be reloaded, or that brings no new segment for ``stall_timeout`` seconds
+        (at least two target durations), counts as a drop and is re-fetched with the reconnect backoff.
+        """
         playlist = self._playlist
         last = -1
         if not playlist.ended and playlist.segments:
@@ -332,7 +377,7 @@ class HlsSource(Source):
         init = b""
         if playlist.map_uri:
             init = self._fetch_segment(Segment(playlist.map_uri, 0.0, -1)) or b""
-        failures = 0
+        last_new = time.monotonic()
         while not self.closed:
             new = [s for s in playlist.segments if s.sequence > last]
             for segment in new:
@@ -348,54 +393,72 @@ class HlsSource(Source):
                 init = b""  # fMP4: the init section goes once before the first media segment
             if playlist.ended:
                 return
+            now = time.monotonic()
+            if new:
+                last_new = now
+                self._retry.healthy(float("inf"))
             wait = playlist.target_duration if new else playlist.target_duration / 2
             if self._closed.wait(wait):
                 return
-            try:
-                reloaded = self._fetch_playlist(playlist.url)
-            except SourceError as e:
-                failures += 1
-                if self.max_retries is not None and failures > self.max_retries:
-                    raise SourceError(
-                        f"{self.url}: the live playlist could not be reloaded ({e}); check the stream"
-                    ) from e
-                delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
-                log.warning("%s: playlist reload failed (%s); retrying in %.1f s", self.url, e, delay)
-                self._emit("reconnecting", f"attempt {failures} in {delay:.1f} s ({e})")
-                if self._closed.wait(delay):
+            stall = max(self.reconnect_policy.stall_timeout, 2 * playlist.target_duration)
+            reloaded: MasterPlaylist | MediaPlaylist | None = None
+            if time.monotonic() - last_new >= stall:
+                self._retry.dropped(f"no new segment for {stall:g} s")
+                last_new = time.monotonic()
+            else:
+                try:
+                    reloaded = self._fetch_playlist(playlist.url)
+                except PolicyError:
+                    raise refused(self.label) from None
+                except SourceError as e:
+                    if self.closed:
+                        return
+                    self._retry.dropped(f"the playlist could not be reloaded ({str(e).split(': ', 1)[-1]})")
+            if reloaded is None:
+                reloaded = self._retry.reconnect(functools.partial(self._fetch_playlist, playlist.url))
+                if reloaded is None:
                     return
-                continue
-            if failures:
-                self._emit("connected", self.url)
-            failures = 0
+                self.info["reconnects"] = self.reconnects
             if isinstance(reloaded, MasterPlaylist):
-                raise SourceError(f"{self.url}: the live playlist turned into a master playlist; not supported")
+                raise SourceError(f"{self.label}: the live playlist turned into a master playlist; not supported")
             self._check(reloaded)
             if reloaded.segments and reloaded.segments[-1].sequence < last:
-                log.warning("%s: media sequence went back (server restart?); following it", self.url)
+                log.warning("%s: media sequence went back (server restart?); following it", self.label)
                 last = reloaded.segments[0].sequence - 1
             playlist = reloaded
 
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _abort(self) -> None:
+        cancel = getattr(self, "_cancel", None)
+        if cancel is not None:
+            cancel.cancel()
+
+    def _blocks(self) -> Generator[np.ndarray, None, None]:
         pipeline = AudioPipeline(self.sample_rate, self.block_size)
         segments = self._segments()
         carry: tuple[Segment, bytes] | None = None
         decoded_any = False
         while not self.closed:
             stream = _SegmentStream(segments, carry)
+            reader = AvReader(stream.read, self._closed)
             try:
-                container = av.open(stream, mode="r", format=self._segment_format)
+                with interruptible(reader):
+                    container = av.open(reader, mode="r", format=self._segment_format)
             except (av.error.FFmpegError, OSError, ValueError) as e:
-                if stream.ended and stream.current is None:
-                    break  # no segments left
+                if self.closed or (stream.ended and stream.current is None):
+                    break  # closed, or no segments left
                 raise SourceError(
-                    f"{self.url}: the HLS segments are not audio that FFmpeg can decode ({describe_av_error(e)})"
+                    f"{self.label}: the HLS segments are not audio that FFmpeg can decode ({describe_av_error(e)})"
                 ) from e
             try:
                 if not container.streams.audio:
-                    raise SourceError(f"{self.url}: the HLS segments have no audio track; check the URL")
+                    raise SourceError(f"{self.label}: the HLS segments have no audio track; check the URL")
                 audio = container.streams.audio[0]
-                for frame in iter_frames(container, audio):
+                frames = iter_frames(container, audio)
+                while True:
+                    with interruptible(reader):
+                        frame = next(frames, None)
+                    if frame is None:
+                        break
                     if not decoded_any:
                         decoded_any = True
                         self.info.update(
@@ -407,7 +470,7 @@ class HlsSource(Source):
                     if self.closed:
                         return
             except (av.error.FFmpegError, OSError, ValueError) as e:
-                log.warning("%s: decoding failed near segment %s (%s); restarting the decoder", self.url,
+                log.warning("%s: decoding failed near segment %s (%s); restarting the decoder", self.label,
                             stream.current.sequence if stream.current else "?", describe_av_error(e))
             finally:
                 container.close()
@@ -416,5 +479,5 @@ class HlsSource(Source):
             if stream.ended:
                 break
         if not decoded_any and not self.closed:
-            raise SourceError(f"{self.url}: no audio could be decoded from the HLS segments; check the URL")
+            raise SourceError(f"{self.label}: no audio could be decoded from the HLS segments; check the URL")
         yield from pipeline.finish()

@@ -6,19 +6,30 @@ The ICY part is sans-I/O: ``IcyDemuxer.feed(bytes) -> (audio bytes, [metadata bl
 """
 from __future__ import annotations
 
+import errno
+import http
 import logging
+import os
 import re
+import select
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
 from ..errors import SourceError
+from .policy import PolicyError, SourcePolicy, check_address, display_name, refused
+from .reconnect import StallError
 
 __all__ = [
     "USER_AGENT",
+    "Cancel",
+    "Timeouts",
     "HttpResponse",
     "http_get",
     "fetch_bytes",
@@ -31,20 +42,98 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"streamtag/{__version__} (music genre tagger; Python)"
 REDIRECTS = (301, 302, 303, 307, 308)
-MAX_HEADER_BYTES = 65536
+MAX_HEADER_BYTES = 65536  # status line + headers, in all
+MAX_HEADERS = 200  # header lines
 READ_SIZE = 16384  # bytes asked from the socket per read
+
+
+class _Cancelled(ConnectionAbortedError):
+    """The source was closed while a read or connect was waiting."""
+
+
+class Cancel:
+    """Closes what a connect or read in another thread is waiting on: ``cancel()`` wakes it within ``SLICE``."""
+
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self.event = event if event is not None else threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.event.is_set()
+
+    def cancel(self) -> None:
+        self.event.set()
+
+
+SLICE = 0.2  # s: the longest a blocked network call waits before it checks for cancellation
+
+
+def _wait_slice(deadline: float) -> float:
+    return max(0.001, min(SLICE, deadline - time.monotonic()))
+
+
+class _SocketReader:
+    """Buffered reads from a socket where every call has a deadline and wakes on cancellation."""
+
+    def __init__(self, sock: socket.socket, cancel: Cancel) -> None:
+        self.sock = sock
+        self.cancel = cancel
+        self.buffer = bytearray()
+        self.eof = False
+
+    def _fill(self, deadline: float, what: str) -> bool:
+        """Receive more bytes into the buffer; False at EOF; StallError past ``deadline``."""
+        while True:
+            if self.cancel.cancelled:
+                raise _Cancelled("the source was closed")
+            if time.monotonic() >= deadline:
+                raise StallError(what)
+            try:
+                self.sock.settimeout(_wait_slice(deadline))
+                data = self.sock.recv(READ_SIZE)
+            except (TimeoutError, ssl.SSLWantReadError):
+                continue
+            if not data:
+                self.eof = True
+                return False
+            self.buffer += data
+            return True
+
+    def read1(self, n: int, deadline: float, what: str) -> bytes:
+        if not self.buffer and not self.eof:
+            self._fill(deadline, what)
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    def readline(self, limit: int, deadline: float, what: str) -> bytes:
+        while True:
+            i = self.buffer.find(b"\n", 0, limit)
+            if i >= 0:
+                line = bytes(self.buffer[: i + 1])
+                del self.buffer[: i + 1]
+                return line
+            if len(self.buffer) >= limit:
+                line = bytes(self.buffer[:limit])
+                del self.buffer[:limit]
+                return line
+            if self.eof or not self._fill(deadline, what):
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                return line
 
 
 @dataclass
 class HttpResponse:
-    """An open response: status, lower-cased headers, and a body read with short reads."""
+    """An open response: status, lower-cased headers, and a body read with short, deadline-bound reads."""
 
     url: str  # final URL, after redirects
     status: int
-    reason: str
+    reason: str  # as the server sent it: never put it in an error message
     headers: dict[str, str]
     _sock: socket.socket
-    _file: object  # BufferedReader over the socket
+    _reader: _SocketReader
+    read_timeout: float = 15.0  # s any single read may wait for a byte
     _remaining: int | None = None  # Content-Length left, None when unknown
     _chunked: bool = False
     _chunk_left: int = 0
@@ -66,16 +155,24 @@ class HttpResponse:
         """True when a body of known length (Content-Length or chunked) was read to its very end."""
         return self._complete
 
-    def read(self, n: int = READ_SIZE) -> bytes:
-        """Up to ``n`` body bytes, as soon as any are available; b"" at the end of the body."""
+    def read(self, n: int = READ_SIZE, *, deadline: float | None = None) -> bytes:
+        """Up to ``n`` body bytes, as soon as any are available; b"" at the end of the body.
+
+        Waits at most ``read_timeout`` (or until ``deadline``, a ``time.monotonic()`` value, if sooner), then
+        raises :class:`StallError` (a TimeoutError); a cancelled read raises ConnectionAbortedError.
+        """
         if self._eof or n <= 0:
             return b""
+        limit = time.monotonic() + self.read_timeout
+        if deadline is not None:
+            limit = min(limit, deadline)
+        what = f"no data for {self.read_timeout:g} s"
         if self._chunked:
-            data = self._read_chunked(n)
+            data = self._read_chunked(n, limit, what)
         else:
             if self._remaining is not None:
                 n = min(n, self._remaining)
-            data = self._file.read1(n) if n else b""  # type: ignore[attr-defined]
+            data = self._reader.read1(n, limit, what) if n else b""
             if self._remaining is not None:
                 self._remaining -= len(data)
                 if self._remaining == 0:
@@ -85,29 +182,34 @@ class HttpResponse:
         self.bytes_read += len(data)
         return data
 
-    def _read_chunked(self, n: int) -> bytes:
-        f = self._file
+    def _read_chunked(self, n: int, deadline: float, what: str) -> bytes:
+        r = self._reader
         if self._chunk_left == 0:
-            line = f.readline(1024)  # type: ignore[attr-defined]
+            line = r.readline(1024, deadline, what)
             if not line:
                 return b""
-            size = int(line.split(b";")[0].strip() or b"0", 16)
+            try:
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+            except ValueError as e:
+                raise OSError("bad chunked transfer encoding") from e
+            if size < 0:
+                raise OSError("bad chunked transfer encoding")
             if size == 0:
                 self._eof = self._complete = True
                 return b""
             self._chunk_left = size
-        data = f.read1(min(n, self._chunk_left))  # type: ignore[attr-defined]
+        data = r.read1(min(n, self._chunk_left), deadline, what)
         self._chunk_left -= len(data)
         if self._chunk_left == 0 and data:
-            f.readline(16)  # type: ignore[attr-defined]  # CRLF after the chunk
+            r.readline(16, deadline, what)  # CRLF after the chunk
         return data
 
-    def read_all(self, limit: int, label: str) -> bytes:
+    def read_all(self, limit: int, label: str, *, deadline: float | None = None) -> bytes:
         """The whole body (playlists, HLS segments); SourceError when larger than ``limit`` bytes."""
         parts: list[bytes] = []
         total = 0
         while True:
-            data = self.read(65536)
+            data = self.read(65536, deadline=deadline)
             if not data:
                 break
             total += len(data)
@@ -117,7 +219,8 @@ class HttpResponse:
         return b"".join(parts)
 
     def abort(self) -> None:
-        """Unblock a read in another thread (it then sees the end of the body)."""
+        """Unblock a read in another thread (it then raises ConnectionAbortedError or sees the end)."""
+        self._reader.cancel.cancel()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -125,94 +228,168 @@ class HttpResponse:
 
     def close(self) -> None:
         self._eof = True
-        self.abort()
         try:
-            self._file.close()  # type: ignore[attr-defined]
-        finally:
-            self._sock.close()
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
 
 
-def _connect(url: str, host: str, port: int, https: bool, connect_timeout: float) -> socket.socket:
+def _resolve(url: str, label: str, host: str, port: int, policy: SourcePolicy) -> list[tuple[Any, ...]]:
+    """getaddrinfo, then the policy on every address: only addresses the policy allows are kept (and used)."""
     try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise SourceError(f"{url}: cannot resolve host {host!r} ({e.strerror}); check the URL") from e
-    except ConnectionRefusedError as e:
-        raise SourceError(
-            f"{url}: connection refused by {host}:{port}; check the URL and that the server is running"
-        ) from e
-    except TimeoutError as e:
-        raise SourceError(
-            f"{url}: no answer from {host}:{port} within {connect_timeout:g} s; check the URL and your network"
-        ) from e
-    except OSError as e:
-        raise SourceError(f"{url}: cannot connect to {host}:{port} ({e.strerror or e}); check the URL") from e
+        raise SourceError(f"{label}: cannot resolve host {host!r} ({e.strerror}); check the URL") from e
+    except (UnicodeError, OSError) as e:
+        raise SourceError(f"{label}: cannot resolve host {host!r}; check the URL") from e
+    allowed = []
+    for info in infos:
+        try:
+            check_address(str(info[4][0]), policy, label)
+        except PolicyError:
+            continue
+        allowed.append(info)
+    if not allowed:
+        raise refused(label)
+    return allowed
+
+
+def _connect(
+    url: str, label: str, host: str, port: int, https: bool, connect_timeout: float, policy: SourcePolicy,
+    cancel: Cancel,
+) -> socket.socket:
+    """A connected (TLS-wrapped) socket to an address the policy allows; never re-resolves after the check."""
+    deadline = time.monotonic() + connect_timeout
+    last: OSError | None = None
+    sock: socket.socket | None = None
+    for family, type_, proto, _, address in _resolve(url, label, host, port, policy):
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(address)
+            while err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+                if cancel.cancelled:
+                    raise _Cancelled("the source was closed")
+                if time.monotonic() >= deadline:
+                    raise TimeoutError
+                _, writable, _ = select.select([], [sock], [], _wait_slice(deadline))
+                if writable:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            break
+        except _Cancelled:
+            sock.close()
+            raise
+        except TimeoutError as e:
+            sock.close()
+            raise SourceError(
+                f"{label}: no answer from {host}:{port} within {connect_timeout:g} s; check the URL and your network"
+            ) from e
+        except OSError as e:
+            sock.close()
+            sock, last = None, e
+    if sock is None:
+        if last is not None and last.errno == errno.ECONNREFUSED:
+            raise SourceError(
+                f"{label}: connection refused by {host}:{port}; check the URL and that the server is running"
+            ) from last
+        raise SourceError(f"{label}: cannot connect to {host}:{port} ({last and last.strerror}); check the URL")
     if https:
         try:
+            sock.setblocking(True)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
         except (ssl.SSLError, OSError) as e:
             sock.close()
-            raise SourceError(f"{url}: TLS handshake with {host} failed ({e}); check the URL or use http://") from e
+            detail = e.reason if isinstance(e, ssl.SSLError) and e.reason else type(e).__name__
+            raise SourceError(f"{label}: TLS handshake with {host} failed ({detail}); check the URL or use http://") from e
     return sock
 
 
 def _request_once(
-    url: str, headers: dict[str, str], connect_timeout: float, read_timeout: float
+    url: str, headers: dict[str, str], timeouts: Timeouts, policy: SourcePolicy, cancel: Cancel
 ) -> HttpResponse:
+    label = display_name(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        raise SourceError(f"{url}: not an http(s):// URL with a host name; check the URL")
+        raise SourceError(f"{label}: not an http(s):// URL with a host name; check the URL")
     https = scheme == "https"
     try:
         port = parts.port or (443 if https else 80)
     except ValueError as e:
-        raise SourceError(f"{url}: bad port in the URL; check the URL") from e
+        raise SourceError(f"{label}: bad port in the URL; check the URL") from e
     host = parts.hostname
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = parts.netloc.rsplit("@", 1)[-1]
+    if any(c in target + host_header for c in "\r\n\0 "):
+        raise SourceError(f"{label}: the URL contains spaces or control characters; check the URL")
     lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     lines += ["Connection: close", "", ""]
-    sock = _connect(url, host, port, https, connect_timeout)
     try:
-        sock.settimeout(read_timeout)
+        sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel)
+    except _Cancelled as e:
+        raise SourceError(f"{label}: closed while connecting") from e
+    reader = _SocketReader(sock, cancel)
+    deadline = time.monotonic() + timeouts.header  # the whole header phase, however the bytes trickle in
+    what = f"no complete answer within {timeouts.header:g} s"
+    try:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         sock.sendall("\r\n".join(lines).encode("latin-1"))
-        f = sock.makefile("rb")
-        status_line = f.readline(MAX_HEADER_BYTES).decode("latin-1").strip()
+        status_line = reader.readline(MAX_HEADER_BYTES, deadline, what).decode("latin-1").strip()
         if not status_line:
-            raise SourceError(f"{url}: the server closed the connection without answering; check the URL")
+            raise SourceError(f"{label}: the server closed the connection without answering; check the URL")
         fields = status_line.split(None, 2)
         if len(fields) < 2 or not (fields[0].startswith("HTTP/") or fields[0] == "ICY") or not fields[1].isdigit():
-            raise SourceError(f"{url}: not an HTTP server (it answered {status_line[:60]!r}); check the URL")
+            raise SourceError(f"{label}: the server did not answer in HTTP; check the URL")
         status, reason = int(fields[1]), (fields[2] if len(fields) > 2 else "")
         response_headers: dict[str, str] = {}
         size = 0
         while True:
-            line = f.readline(MAX_HEADER_BYTES)
+            line = reader.readline(MAX_HEADER_BYTES, deadline, what)
             size += len(line)
-            if size > MAX_HEADER_BYTES:
-                raise SourceError(f"{url}: the response headers are too large; check the URL")
+            if size > MAX_HEADER_BYTES or len(response_headers) > MAX_HEADERS:
+                raise SourceError(f"{label}: the response headers are too large; check the URL")
+            if not line:
+                raise SourceError(f"{label}: the server closed the connection in the middle of its headers")
             text = line.decode("latin-1").strip()
             if not text:
                 break
             if ":" in text:
                 key, value = text.split(":", 1)
                 response_headers[key.strip().lower()] = value.strip()
-    except TimeoutError as e:
+    except StallError as e:
         sock.close()
-        raise SourceError(f"{url}: the server did not answer within {read_timeout:g} s; try again later") from e
+        raise SourceError(f"{label}: the server did not answer within {timeouts.header:g} s; try again later") from e
+    except _Cancelled as e:
+        sock.close()
+        raise SourceError(f"{label}: closed while connecting") from e
     except OSError as e:
         sock.close()
-        raise SourceError(f"{url}: connection failed while reading the answer ({e}); try again later") from e
-    except SourceError:
+        raise SourceError(
+            f"{label}: connection failed while reading the answer ({e.strerror or type(e).__name__}); try again later"
+        ) from e
+    except BaseException:
         sock.close()
         raise
-    response = HttpResponse(url=url, status=status, reason=reason, headers=response_headers, _sock=sock, _file=f)
+    response = HttpResponse(
+        url=url, status=status, reason=reason, headers=response_headers, _sock=sock, _reader=reader,
+        read_timeout=timeouts.read,
+    )
     response._chunked = "chunked" in response_headers.get("transfer-encoding", "").lower()
     if not response._chunked:
         response._remaining = response.content_length
     return response
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0  # s to connect (DNS excluded: the resolver has its own)
+    header: float = 15.0  # s for the whole status line and headers
+    read: float = 15.0  # s any single body read may wait
 
 
 def http_get(
@@ -221,50 +398,105 @@ def http_get(
     icy: bool = False,
     connect_timeout: float = 10.0,
     read_timeout: float = 15.0,
+    header_timeout: float | None = None,
     max_redirects: int = 5,
+    policy: SourcePolicy | None = None,
+    cancel: Cancel | None = None,
 ) -> HttpResponse:
-    """GET ``url`` following redirects; SourceError (one line, naming the URL) for any failure or status >= 400."""
+    """GET ``url`` following redirects; SourceError (one line, naming the URL) for any failure or status >= 400.
+
+    ``policy`` (None: permissive) is applied to the resolved address of the URL and of every redirect target;
+    the connection goes to the address that was checked. ``cancel`` aborts a connect or header read in progress.
+    """
+    policy = policy if policy is not None else SourcePolicy.permissive()
+    cancel = cancel if cancel is not None else Cancel()
+    timeouts = Timeouts(connect_timeout, header_timeout if header_timeout is not None else read_timeout, read_timeout)
+    label = display_name(url)
     headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
     if icy:
         headers["Icy-MetaData"] = "1"
     current = url
     for _ in range(max_redirects + 1):
-        response = _request_once(current, headers, connect_timeout, read_timeout)
+        try:
+            response = _request_once(current, headers, timeouts, policy, cancel)
+        except PolicyError:
+            raise refused(label) from None
+        except SourceError as e:
+            if current == url:
+                raise
+            raise SourceError(f"{label}: after a redirect, {str(e).removeprefix(display_name(current) + ': ')}") from e
         if response.status in REDIRECTS and "location" in response.headers:
             response.close()
-            current = urljoin(current, response.headers["location"])
-            log.debug("%s: redirected to %s", url, current)
+            location = response.headers["location"]
+            try:
+                current = urljoin(current, location)
+            except ValueError as e:
+                raise SourceError(f"{label}: the server redirected to an invalid URL; check the URL") from e
+            if urlsplit(current).scheme.lower() not in ("http", "https"):
+                raise refused(label)  # file://, gopher://, ...: never followed
+            log.debug("%s: redirected to %s", label, display_name(current))
             continue
         if response.status >= 400:
             response.close()
-            what = f"HTTP {response.status} {response.reason}".strip()
+            what = f"HTTP {response.status} {_phrase(response.status)}".strip()
             if response.status == 404:
-                raise SourceError(f"{url}: {what}; check the URL (for Icecast/Shoutcast, the mount point name)")
+                raise SourceError(f"{label}: {what}; check the URL (for Icecast/Shoutcast, the mount point name)")
             if response.status in (401, 403):
-                raise SourceError(f"{url}: {what}; the server refuses access to this stream")
-            raise SourceError(f"{url}: {what}; the server refused the request, try again later or check the URL")
+                raise SourceError(f"{label}: {what}; the server refuses access to this stream")
+            raise SourceError(f"{label}: {what}; the server refused the request, try again later or check the URL")
         if response.status >= 300:
             response.close()
-            raise SourceError(f"{url}: HTTP {response.status} without a usable redirect; check the URL")
+            raise SourceError(f"{label}: HTTP {response.status} without a usable redirect; check the URL")
+        if response.status < 200:
+            response.close()
+            raise SourceError(f"{label}: HTTP {response.status} is not an answer to a GET; check the URL")
         return response
-    raise SourceError(f"{url}: more than {max_redirects} redirects; check the URL")
+    raise SourceError(f"{label}: more than {max_redirects} redirects; check the URL")
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase (the server's own is remote text and is never shown)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def fetch_bytes(
-    url: str, *, limit: int = 64 << 20, connect_timeout: float = 10.0, read_timeout: float = 15.0
+    url: str,
+    *,
+    limit: int = 64 << 20,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 15.0,
+    total_timeout: float | None = None,
+    policy: SourcePolicy | None = None,
+    cancel: Cancel | None = None,
 ) -> tuple[bytes, HttpResponse]:
-    """The whole body of ``url`` (and its closed response, for headers and the final URL)."""
-    response = http_get(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+    """The whole body of ``url`` (and its closed response, for headers and the final URL).
+
+    ``total_timeout`` bounds the whole download (connect, headers and body), so a server that trickles cannot
+    hold it open; it defaults to no overall bound beyond the per-read ``read_timeout``.
+    """
+    start = time.monotonic()
+    label = display_name(url)
+    header_timeout = read_timeout if total_timeout is None else min(read_timeout, total_timeout)
+    response = http_get(url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                        header_timeout=header_timeout, policy=policy, cancel=cancel)
+    deadline = None if total_timeout is None else start + total_timeout
     try:
-        data = response.read_all(limit, url)
+        data = response.read_all(limit, label, deadline=deadline)
         length = response.content_length
         if length is not None and len(data) < length:
-            raise SourceError(f"{url}: the download stopped after {len(data)} of {length} bytes; try again")
+            raise SourceError(f"{label}: the download stopped after {len(data)} of {length} bytes; try again")
         return data, response
     except TimeoutError as e:
-        raise SourceError(f"{url}: the download stalled for {read_timeout:g} s; try again") from e
+        if deadline is not None and time.monotonic() >= deadline:
+            raise SourceError(f"{label}: the download took longer than {total_timeout:g} s; try again") from e
+        raise SourceError(f"{label}: the download stalled for {read_timeout:g} s; try again") from e
+    except _Cancelled as e:
+        raise SourceError(f"{label}: closed during the download") from e
     except OSError as e:
-        raise SourceError(f"{url}: the download failed ({e}); try again") from e
+        raise SourceError(f"{label}: the download failed ({e.strerror or type(e).__name__}); try again") from e
     finally:
         response.close()
 
@@ -334,19 +566,43 @@ class IcyDemuxer:
 
 
 class IcyReader:
-    """File-like ``read(n)`` over a response's audio bytes, ICY metadata removed and handed to ``on_metadata``."""
+    """File-like ``read(n)`` over a response's audio bytes, ICY metadata removed and handed to ``on_metadata``.
 
-    def __init__(self, response: HttpResponse, metaint: int | None, on_metadata: Callable[[bytes], None]) -> None:
+    With ``progress`` (a callable giving the ``time.monotonic()`` of the last decoded audio) a read also fails
+    with :class:`StallError` once ``stall_timeout`` seconds pass without progress, bytes arriving or not.
+    """
+
+    def __init__(
+        self,
+        response: HttpResponse,
+        metaint: int | None,
+        on_metadata: Callable[[bytes], None],
+        *,
+        progress: Callable[[], float] | None = None,
+        stall_timeout: float = 15.0,
+    ) -> None:
         self._response = response
         self._demuxer = IcyDemuxer(metaint) if metaint else None
         self._on_metadata = on_metadata
         self._buffer = b""
+        self._progress = progress
+        self._stall_timeout = stall_timeout
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = READ_SIZE
         while not self._buffer:
-            raw = self._response.read(max(n, 4096))
+            deadline = None
+            if self._progress is not None:
+                deadline = self._progress() + self._stall_timeout
+                if time.monotonic() >= deadline:
+                    raise StallError(f"no audio for {self._stall_timeout:g} s")
+            try:
+                raw = self._response.read(max(n, 4096), deadline=deadline)
+            except StallError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StallError(f"no audio for {self._stall_timeout:g} s") from None
+                raise
             if not raw:
                 return b""
             if self._demuxer is None:

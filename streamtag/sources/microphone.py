@@ -3,8 +3,8 @@
 ``sounddevice`` is imported lazily inside functions, so file and URL tagging work on machines without
 PortAudio. The audio callback runs on PortAudio's real-time thread and only copies the block into a bounded
 queue (counting status overflows and full-queue drops as overruns); the consumer side (the source's
-iterator, running on a feeder thread) down-mixes and resamples with a stateful ``soxr.ResampleStream`` from
-the device's native rate to the engine's rate.
+iterator, running on a feeder thread) converts with :class:`streamtag.audio.MonoConverter` (down-mix, stateful
+soxr resampling) from the device's native rate to the engine's rate.
 
 On Linux with PulseAudio/PipeWire, PortAudio's ALSA devices ``pulse`` / ``default`` record the server's
 default source; pick another PulseAudio source (e.g. a sink's ``.monitor``) with ``PULSE_SOURCE=<name>``.
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import MonoConverter
 from ..errors import DeviceError
 
 __all__ = ["MicrophoneSource", "list_input_devices", "resolve_input_device", "PORTAUDIO_HINT"]
@@ -153,34 +154,31 @@ class MicrophoneSource:
         log.info("recording %r at %d Hz -> %d Hz", self.name, self.device_rate, self.sample_rate)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        import soxr  # librosa's resampler
-
         self._open()
-        resampler = (
-            soxr.ResampleStream(self.device_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-            if self.device_rate != self.sample_rate
-            else None
-        )
-        waited = 0.0
         try:
-            while not self._closed.is_set():
-                try:
-                    block = self._queue.get(timeout=0.25)
-                except queue.Empty:
-                    waited += 0.25
-                    if waited >= STALL_SECONDS:
-                        raise DeviceError(
-                            f"input device {self.name!r} delivered no audio for {STALL_SECONDS:.0f} s; "
-                            "check that it is not in use or muted"
-                        ) from None
-                    continue
-                waited = 0.0
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]  # (N,)
-                out = resampler.resample_chunk(mono) if resampler is not None else mono
-                if out.size:
-                    yield out.astype(np.float32, copy=False)
+            yield from self._converted()
         finally:
             self.close()
+
+    def _converted(self) -> Iterator[np.ndarray]:
+        """Queued ``(frames, channels)`` callback blocks -> mono float32 at ``sample_rate`` (streamtag.audio)."""
+        converter = MonoConverter(sample_rate=self.device_rate, target_rate=self.sample_rate, channels=self.channels)
+        waited = 0.0
+        while not self._closed.is_set():
+            try:
+                block = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                waited += 0.25
+                if waited >= STALL_SECONDS:
+                    raise DeviceError(
+                        f"input device {self.name!r} delivered no audio for {STALL_SECONDS:.0f} s; "
+                        "check that it is not in use or muted"
+                    ) from None
+                continue
+            waited = 0.0
+            out = converter.push(block)  # (frames, channels) interleaved -> (M,)
+            if out.size:
+                yield out
 
     def close(self) -> None:
         self._closed.set()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, BinaryIO
 
 import av
@@ -15,17 +15,26 @@ import av.error
 import numpy as np
 
 from ..errors import ConfigError, SourceError
-from .base import AudioPipeline, EventCallback, Source, describe_av_error, frame_to_array, iter_frames
+from .base import (
+    AudioPipeline,
+    AvReader,
+    EventCallback,
+    Source,
+    describe_av_error,
+    frame_to_array,
+    interruptible,
+    iter_frames,
+)
 
 __all__ = ["StdinSource", "RAW_FORMATS"]
 
 log = logging.getLogger(__name__)
 
-# raw_format -> (numpy dtype, scale to [-1, 1))
-RAW_FORMATS = {
-    "s16le": (np.dtype("<i2"), 32768.0),
-    "s32le": (np.dtype("<i4"), 2147483648.0),
-    "f32le": (np.dtype("<f4"), 1.0),
+# raw_format -> numpy dtype (integers are scaled by streamtag.audio's one rule, 2**(bits-1))
+RAW_FORMATS: dict[str, np.dtype] = {
+    "s16le": np.dtype("<i2"),
+    "s32le": np.dtype("<i4"),
+    "f32le": np.dtype("<f4"),
 }
 READ_SIZE = 16384  # bytes per read from the pipe
 
@@ -56,7 +65,6 @@ class StdinSource(Source):
         fileobj: BinaryIO | None = None,
         name: str = "stdin",
         on_event: EventCallback | None = None,
-        **_ignored: Any,
     ) -> None:
         super().__init__(name, sample_rate, block_seconds)
         self.on_event = on_event
@@ -75,8 +83,10 @@ class StdinSource(Source):
             self.info = {"uri": "-", "format": raw_format, "codec": f"pcm_{raw_format}",
                          "sample_rate": int(raw_rate), "channels": self.raw_channels}
             return
+        self._reader = AvReader(_Unseekable(self._file).read, self._closed)
         try:
-            self._container = av.open(_Unseekable(self._file), mode="r", format=format)
+            with interruptible(self._reader):
+                self._container = av.open(self._reader, mode="r", format=format)
         except (av.error.FFmpegError, OSError, ValueError) as e:
             raise SourceError(
                 f"stdin: not audio that FFmpeg can decode ({describe_av_error(e)}); pipe in WAV/MP3/Ogg/FLAC, "
@@ -91,18 +101,20 @@ class StdinSource(Source):
         self.info = {"uri": "-", "format": self._container.format.name, "codec": cc.name,
                      "sample_rate": cc.sample_rate, "channels": cc.layout.nb_channels}
 
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _blocks(self) -> Generator[np.ndarray, None, None]:
         if self.raw_rate is not None:
             yield from self._raw_blocks()
             return
         pipeline = AudioPipeline(self.sample_rate, self.block_size)
         decoded_s = 0.0
         try:
-            for frame in iter_frames(self._container, self._stream):
-                decoded_s += frame.samples / frame.sample_rate
-                yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
-                if self.closed:
-                    return
+            with interruptible(self._reader):
+                frames = iter_frames(self._container, self._stream)
+                while (frame := next(frames, None)) is not None:
+                    decoded_s += frame.samples / frame.sample_rate
+                    yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                    if self.closed:
+                        return
         except (av.error.FFmpegError, OSError, ValueError) as e:
             if decoded_s == 0.0:
                 raise SourceError(
@@ -116,7 +128,8 @@ class StdinSource(Source):
         yield from pipeline.finish()
 
     def _raw_blocks(self) -> Iterator[np.ndarray]:
-        dtype, scale = RAW_FORMATS[self.raw_format]
+        dtype = RAW_FORMATS[self.raw_format]
+        rate = int(self.raw_rate or 0)
         frame_bytes = dtype.itemsize * self.raw_channels
         pipeline = AudioPipeline(self.sample_rate, self.block_size)
         read = getattr(self._file, "read1", self._file.read)
@@ -134,10 +147,9 @@ class StdinSource(Source):
             rest = data[usable:]
             if not usable:
                 continue
-            x = np.frombuffer(data[:usable], dtype=dtype).reshape(-1, self.raw_channels).T  # (C, N)
-            x = (x.astype(np.float32) / np.float32(scale)) if scale != 1.0 else x.astype(np.float32)
+            x = np.frombuffer(data[:usable], dtype=dtype).reshape(-1, self.raw_channels).T  # (C, N) PCM
             total += x.shape[1]
-            yield from pipeline.push(x, int(self.raw_rate))
+            yield from pipeline.push(x, rate)
         if total == 0 and not self.closed:
             raise SourceError("stdin: no data arrived on standard input; pipe audio into streamtag")
         yield from pipeline.finish()

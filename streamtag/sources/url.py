@@ -4,13 +4,16 @@ The first connection is made when the source is opened, so a typo (unknown host,
 page instead of a stream) fails at once with a one-line SourceError. Later drops (the server ends the stream,
 closes the socket, or sends nothing for ``read_timeout`` seconds) are retried with exponential backoff and jitter;
 on each reconnect the decoder and the resampler restart and the iterator simply goes on yielding blocks.
+
+Deadlines (``ReconnectPolicy``): connect 10 s; the whole header phase 15 s (a server trickling its headers
+cannot hold the connection); each body read 15 s; and no decoded audio for ``stall_timeout`` = 15 s, bytes or
+not (a server trickling garbage or a few bytes a second), counts as a drop, reconnected with backoff.
 """
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -20,8 +23,19 @@ import av.error
 import numpy as np
 
 from ..errors import SourceError
-from .base import AudioPipeline, EventCallback, Source, describe_av_error, frame_to_array, iter_frames
-from .http_client import HttpResponse, IcyReader, http_get, parse_stream_title
+from .base import (
+    AudioPipeline,
+    AvReader,
+    EventCallback,
+    Source,
+    describe_av_error,
+    frame_to_array,
+    interruptible,
+    iter_frames,
+)
+from .http_client import Cancel, HttpResponse, IcyReader, http_get, parse_stream_title
+from .policy import SourcePolicy, display_name
+from .reconnect import UNSET, Reconnector, ReconnectPolicy, Unset, merge_policy
 
 __all__ = ["UrlSource", "open_url", "FORMAT_BY_CONTENT_TYPE", "MPEGURL_TYPES"]
 
@@ -62,6 +76,7 @@ WEB_PAGE_TYPES = {"application/xhtml+xml", "application/json", "application/xml"
 # Small probe: a live stream should start playing after a few frames, not after 5 s of analysis.
 AV_OPTIONS = {"probesize": "32768", "analyzeduration": "500000"}
 PLAYLIST_LIMIT = 1 << 20  # bytes
+MAX_METAINT = 1 << 20  # bytes of audio between ICY metadata blocks; larger values are ignored
 
 
 @dataclass
@@ -70,6 +85,7 @@ class _Connection:
     container: Any
     frames: Iterator[av.AudioFrame]
     first: av.AudioFrame
+    reader: AvReader
 
     def close(self) -> None:
         try:
@@ -78,8 +94,21 @@ class _Connection:
             self.response.close()
 
 
+def _shown_ctype(ctype: str) -> str:
+    """A Content-Type fit for an error message: one we know, or a neutral phrase (never the server's text)."""
+    known = FORMAT_BY_CONTENT_TYPE.keys() | MPEGURL_TYPES | PLS_TYPES | WEB_PAGE_TYPES | {"text/html", "text/plain"}
+    if ctype in known:
+        return ctype
+    return "no content type" if not ctype else "an unexpected content type"
+
+
 class UrlSource(Source):
-    """An HTTP(S) audio stream (Icecast, Shoutcast, or a plain audio file over HTTP)."""
+    """An HTTP(S) audio stream (Icecast, Shoutcast, or a plain audio file over HTTP).
+
+    Deadlines and retries come from ``reconnect`` (:class:`ReconnectPolicy`); the other keyword arguments, when
+    given, override its fields. ``policy`` (:class:`SourcePolicy`, None = permissive) is applied to the address of
+    every connection, after DNS and after every redirect.
+    """
 
     def __init__(
         self,
@@ -87,89 +116,121 @@ class UrlSource(Source):
         sample_rate: int,
         *,
         block_seconds: float = 0.1,
-        max_retries: int | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 15.0,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
-        healthy_after: float = 30.0,
+        reconnect: ReconnectPolicy | None = None,
+        max_retries: int | None | Unset = UNSET,
+        connect_timeout: float | None = None,
+        header_timeout: float | None = None,
+        read_timeout: float | None = None,
+        stall_timeout: float | None = None,
+        backoff_initial: float | None = None,
+        backoff_max: float | None = None,
+        healthy_after: float | None = None,
         format: str | None = None,
         name: str | None = None,
         on_event: EventCallback | None = None,
+        policy: SourcePolicy | None = None,
         response: HttpResponse | None = None,
-        **_ignored: Any,  # HLS-only options (segment_retries) passed through open_url
     ) -> None:
-        parts = urlsplit(url)
-        super().__init__(name or (parts.netloc + parts.path), sample_rate, block_seconds)
+        self.label = display_name(url)
+        super().__init__(name or self.label.split("://", 1)[-1], sample_rate, block_seconds)
         self.on_event = on_event
         self.url = url
-        self.max_retries = max_retries
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.healthy_after = healthy_after
+        self.policy = policy if policy is not None else SourcePolicy.permissive()
+        self.reconnect_policy = merge_policy(
+            reconnect, max_retries=max_retries, connect_timeout=connect_timeout, header_timeout=header_timeout,
+            read_timeout=read_timeout, stall_timeout=stall_timeout, backoff_initial=backoff_initial,
+            backoff_max=backoff_max, healthy_after=healthy_after,
+        )
         self.format = format
-        self.reconnects = 0
+        self._retry = Reconnector(self.reconnect_policy, label=self.label, closed=self._closed, emit=self._emit)
+        self._cancel = Cancel(self._closed)
+        self._progress = time.monotonic()  # when audio was last decoded (stall detection)
         self._response: HttpResponse | None = None
         self._conn: _Connection | None = self._connect(response)
+
+    # back-compatible views of the policy -------------------------------------------------------------------------
+    @property
+    def max_retries(self) -> int | None:
+        return self.reconnect_policy.max_retries
+
+    @property
+    def read_timeout(self) -> float:
+        return self.reconnect_policy.read_timeout
+
+    @property
+    def reconnects(self) -> int:
+        return self._retry.reconnects
 
     # connection ------------------------------------------------------------------------------------------------
     def _connect(self, response: HttpResponse | None = None) -> _Connection:
         """Connect, open the decoder and decode the first frame; SourceError on any failure."""
-        url = self.url
+        label = self.label
+        p = self.reconnect_policy
         if response is None:
             response = http_get(
-                url, icy=True, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
+                self.url, icy=True, connect_timeout=p.connect_timeout, read_timeout=p.read_timeout,
+                header_timeout=p.header_timeout, policy=self.policy, cancel=self._cancel,
             )
         self._response = response
+        if self.closed:  # close() ran while we connected
+            response.close()
+            raise SourceError(f"{label}: closed")
         ctype = response.content_type
         if ctype in WEB_PAGE_TYPES or ctype.startswith("text/"):
             response.close()
             raise SourceError(
-                f"{url}: the server sent {ctype} (a web page?), not an audio stream; "
+                f"{label}: the server sent {_shown_ctype(ctype)} (a web page?), not an audio stream; "
                 "use the stream's own URL (often ending in .mp3, .aac, .ogg or /stream)"
             )
         fmt = self.format or FORMAT_BY_CONTENT_TYPE.get(ctype)  # None: let FFmpeg sniff the bytes
         metaint_text = response.headers.get("icy-metaint", "")
-        metaint = int(metaint_text) if metaint_text.isdigit() and int(metaint_text) > 0 else None
-        reader = IcyReader(response, metaint, self._on_metadata)
+        metaint = int(metaint_text) if metaint_text.isdigit() and 0 < int(metaint_text) <= MAX_METAINT else None
+        self._progress = time.monotonic()
+        icy = IcyReader(response, metaint, self._on_metadata, progress=lambda: self._progress,
+                        stall_timeout=p.stall_timeout)
+        reader = AvReader(icy.read, self._closed)
+        no_audio = f"{label}: no audio arrived within {p.stall_timeout:g} s; check the URL or try again later"
+        container = None
         try:
-            container = av.open(reader, mode="r", format=fmt, options=AV_OPTIONS)
-        except TimeoutError as e:
-            response.close()
-            raise SourceError(f"{url}: no audio arrived within {self.read_timeout:g} s; try again later") from e
-        except (av.error.FFmpegError, OSError, ValueError) as e:
-            response.close()
-            raise SourceError(
-                f"{url}: the stream ({ctype or 'no content type'}) is not audio that FFmpeg can decode "
-                f"({describe_av_error(e)}); check the URL"
-            ) from e
-        try:
-            if not container.streams.audio:
-                raise SourceError(f"{url}: the stream has no audio track; check the URL")
-            stream = container.streams.audio[0]
-            frames = iter_frames(container, stream)
-            first = next(frames, None)
-            if first is None:
-                raise SourceError(f"{url}: the stream ended before any audio; check the URL or try again later")
-        except TimeoutError as e:
-            container.close()
-            response.close()
-            raise SourceError(f"{url}: no audio arrived within {self.read_timeout:g} s; try again later") from e
-        except (av.error.FFmpegError, OSError, ValueError) as e:
-            container.close()
-            response.close()
-            raise SourceError(
-                f"{url}: the stream could not be decoded ({describe_av_error(e)}); check the URL"
-            ) from e
-        except SourceError:
-            container.close()
+            with interruptible(reader):
+                try:
+                    container = av.open(reader, mode="r", format=fmt, options=AV_OPTIONS)
+                except TimeoutError as e:
+                    raise SourceError(no_audio) from e
+                except (av.error.FFmpegError, OSError, ValueError) as e:
+                    if self.closed:
+                        raise SourceError(f"{label}: closed") from e
+                    raise SourceError(
+                        f"{label}: the stream ({_shown_ctype(ctype)}) is not audio that FFmpeg can decode "
+                        f"({describe_av_error(e)}); check the URL"
+                    ) from e
+                try:
+                    if not container.streams.audio:
+                        raise SourceError(f"{label}: the stream has no audio track; check the URL")
+                    stream = container.streams.audio[0]
+                    frames = iter_frames(container, stream)
+                    first = next(frames, None)
+                    if first is None:
+                        if self.closed:
+                            raise SourceError(f"{label}: closed")
+                        raise SourceError(
+                            f"{label}: the stream ended before any audio; check the URL or try again later"
+                        )
+                except TimeoutError as e:
+                    raise SourceError(no_audio) from e
+                except (av.error.FFmpegError, OSError, ValueError) as e:
+                    raise SourceError(
+                        f"{label}: the stream could not be decoded ({describe_av_error(e)}); check the URL"
+                    ) from e
+        except BaseException:
+            if container is not None:
+                container.close()
             response.close()
             raise
+        self._progress = time.monotonic()
         headers = response.headers
         self.info = {
-            "uri": self.url,
+            "uri": label,
             "url": response.url,
             "content_type": ctype or None,
             "format": container.format.name,
@@ -185,9 +246,9 @@ class UrlSource(Source):
         }
         log.info(
             "%s: connected (%s, %s %d Hz, %d ch)",
-            self.url, ctype or "?", stream.codec_context.name, first.sample_rate, first.layout.nb_channels,
+            label, ctype or "?", stream.codec_context.name, first.sample_rate, first.layout.nb_channels,
         )
-        return _Connection(response, container, frames, first)
+        return _Connection(response, container, frames, first, reader)
 
     def _on_metadata(self, block: bytes) -> None:
         title = parse_stream_title(block)
@@ -195,14 +256,12 @@ class UrlSource(Source):
             self._set_title(title)
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: initial * 2**(attempt-1), capped, scaled by a random 0.5 .. 1."""
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** max(0, attempt - 1))
-        return delay * random.uniform(0.5, 1.0)
+        """Delay before reconnect attempt ``attempt`` (the policy's backoff with jitter)."""
+        return self.reconnect_policy.backoff(attempt)
 
     # iteration -------------------------------------------------------------------------------------------------
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _blocks(self) -> Generator[np.ndarray, None, None]:
         pipeline = AudioPipeline(self.sample_rate, self.block_size)
-        failures = 0  # consecutive reconnects without a healthy period
         conn = self._conn
         self._conn = None
         while conn is not None:
@@ -210,19 +269,21 @@ class UrlSource(Source):
             response = conn.response
             finite = response.content_length is not None and not self.info.get("icy_metaint")  # a file over HTTP
             try:
-                frame: av.AudioFrame | None = conn.first
-                while frame is not None:
-                    yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
-                    if self.closed:
-                        return
-                    frame = next(conn.frames, None)
-                reason = "the server ended the stream"
-                if finite:  # read what the demuxer left (trailing tags) to tell the end of the file from a cut
-                    for _ in range(64):
-                        if not response.read(65536):
-                            break
-            except TimeoutError:
-                reason = f"no data for {self.read_timeout:g} s"
+                with interruptible(conn.reader):
+                    frame: av.AudioFrame | None = conn.first
+                    while frame is not None:
+                        self._progress = time.monotonic()
+                        yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                        if self.closed:
+                            return
+                        frame = next(conn.frames, None)
+                    reason = "the server ended the stream"
+                    if finite:  # read what the demuxer left (trailing tags) to tell the end of the file from a cut
+                        for _ in range(64):
+                            if not response.read(65536):
+                                break
+            except TimeoutError as e:
+                reason = str(e) or f"no data for {self.read_timeout:g} s"
             except (av.error.FFmpegError, OSError, ValueError) as e:
                 reason = describe_av_error(e)
             finally:
@@ -234,45 +295,24 @@ class UrlSource(Source):
                     yield from pipeline.finish()
                     return
                 raise SourceError(
-                    f"{self.url}: the download stopped after {response.bytes_read} of {response.content_length} "
+                    f"{self.label}: the download stopped after {response.bytes_read} of {response.content_length} "
                     f"bytes ({reason}); try again"
                 )
             yield from pipeline.restart()
-            if time.monotonic() - started >= self.healthy_after:
-                failures = 0
-            log.warning("%s: stream dropped (%s)", self.url, reason)
-            self._emit("disconnected", reason)
-            conn = None
-            last_error = ""
-            while conn is None:
-                failures += 1
-                if self.max_retries is not None and failures > self.max_retries:
-                    if self.max_retries == 0:
-                        raise SourceError(f"{self.url}: the stream ended ({reason}); allow retries to reconnect")
-                    raise SourceError(
-                        f"{self.url}: the stream ended ({reason}) and {self.max_retries} reconnect attempts failed "
-                        f"(last: {last_error}); check the station, or allow more retries"
-                    )
-                delay = self._backoff(failures)
-                log.info("%s: reconnecting in %.1f s (attempt %d)", self.url, delay, failures)
-                self._emit("reconnecting", f"attempt {failures} in {delay:.1f} s")
-                if self._closed.wait(delay):
-                    return
-                try:
-                    conn = self._connect()
-                except SourceError as e:
-                    last_error = str(e).removeprefix(f"{self.url}: ").split(";")[0]
-                    log.warning("%s", e)
-                if self.closed:
-                    if conn is not None:
-                        conn.close()
-                    return
-            self.reconnects += 1
+            self._retry.healthy(time.monotonic() - started)
+            self._retry.dropped(reason)
+            conn = self._retry.reconnect(self._connect)
+            if conn is None or self.closed:
+                if conn is not None:
+                    conn.close()
+                return
             self.info["reconnects"] = self.reconnects
-            self._emit("connected", self.url)
 
     def _abort(self) -> None:
-        response = self._response
+        cancel = getattr(self, "_cancel", None)
+        if cancel is not None:
+            cancel.cancel()
+        response = getattr(self, "_response", None)
         if response is not None:
             response.abort()
         conn = getattr(self, "_conn", None)
@@ -296,31 +336,55 @@ def _playlist_entry(text: str, base_url: str) -> str | None:
     return None
 
 
-def open_url(url: str, sample_rate: int, *, block_seconds: float = 0.1, _depth: int = 0, **opts: Any) -> Source:
-    """Open an http(s) URL as radio (Icecast/Shoutcast/HTTP audio), HLS, or a PLS/M3U playlist pointing at one."""
+def open_url(
+    url: str,
+    sample_rate: int,
+    *,
+    block_seconds: float = 0.1,
+    reconnect: ReconnectPolicy | None = None,
+    policy: SourcePolicy | None = None,
+    format: str | None = None,
+    name: str | None = None,
+    on_event: EventCallback | None = None,
+    _depth: int = 0,
+) -> Source:
+    """Open an http(s) URL as radio (Icecast/Shoutcast/HTTP audio), HLS, or a PLS/M3U playlist pointing at one.
+
+    Every address contacted (the URL, each redirect, the playlist's entry, HLS variants and segments) is checked
+    against ``policy`` after DNS resolution.
+    """
     from .hls import HlsSource, is_hls_text  # local import: hls imports this module
 
+    label = display_name(url)
+    p = reconnect if reconnect is not None else ReconnectPolicy()
+    policy = policy if policy is not None else SourcePolicy.permissive()
+    common: dict[str, Any] = {"block_seconds": block_seconds, "reconnect": p, "policy": policy, "format": format,
+                              "name": name, "on_event": on_event}
     path = urlsplit(url).path.lower()
-    timeouts = {k: opts[k] for k in ("connect_timeout", "read_timeout") if k in opts}
     if path.endswith(".m3u8"):
-        return HlsSource(url, sample_rate, block_seconds=block_seconds, **opts)
-    response = http_get(url, icy=True, **timeouts)
+        return HlsSource(url, sample_rate, **common)
+    response = http_get(url, icy=True, connect_timeout=p.connect_timeout, read_timeout=p.read_timeout,
+                        header_timeout=p.header_timeout, policy=policy)
     ctype = response.content_type
     if ctype in MPEGURL_TYPES or ctype in PLS_TYPES or path.endswith((".pls", ".m3u")):
         try:
-            data = response.read_all(PLAYLIST_LIMIT, url)
+            data = response.read_all(PLAYLIST_LIMIT, label, deadline=time.monotonic() + p.fetch_timeout)
         except OSError as e:
-            raise SourceError(f"{url}: the playlist download failed ({e}); try again") from e
+            raise SourceError(f"{label}: the playlist download failed ({type(e).__name__}); try again") from e
         finally:
             response.close()
         text = data.decode("utf-8", errors="replace")
         if is_hls_text(text):
-            return HlsSource(url, sample_rate, block_seconds=block_seconds, playlist_text=text, **opts)
+            return HlsSource(url, sample_rate, playlist_text=text, **common)
         entry = _playlist_entry(text, response.url)
         if entry is None:
-            raise SourceError(f"{url}: the playlist lists no stream URL; check the URL")
+            raise SourceError(f"{label}: the playlist lists no stream URL; check the URL")
         if _depth >= 3 or not entry.lower().startswith(("http://", "https://")):
-            raise SourceError(f"{url}: the playlist points at {entry!r}, which is not a usable stream URL")
-        log.info("%s: playlist -> %s", url, entry)
-        return open_url(entry, sample_rate, block_seconds=block_seconds, _depth=_depth + 1, **opts)
-    return UrlSource(url, sample_rate, block_seconds=block_seconds, response=response, **opts)
+            raise SourceError(f"{label}: the playlist's entry is not a usable http(s) stream URL")
+        log.info("%s: playlist -> %s", label, display_name(entry))
+        return open_url(entry, sample_rate, _depth=_depth + 1, **common)
+    try:
+        return UrlSource(url, sample_rate, response=response, **common)
+    except BaseException:
+        response.close()
+        raise
