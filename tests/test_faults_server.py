@@ -569,7 +569,9 @@ def test_add_source_is_refused_by_policy_without_revealing_what_exists(server, t
         assert all("refused by policy" in r["message"] for r in refused)  # fails closed
         pytest.skip("open_source does not enforce SourcePolicy in this checkout (branch sources)")
     assert ok["type"] == "source_added"
-    file_messages = {r["message"].replace(uri, "URI") for uri, r in zip(refused_uris[:4], refused[:4])}
+    from streamtag.publishers.websocket import public_source
+
+    file_messages = {r["message"].replace(public_source(uri), "NAME") for uri, r in zip(refused_uris[:4], refused[:4])}
     assert all("refused by policy" in m for m in file_messages)
     assert len(file_messages) == 1, file_messages  # an existing and a missing file read the same
     assert all("refused by policy" in r["message"] for r in refused[4:8])
