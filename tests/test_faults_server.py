@@ -662,3 +662,59 @@ def test_outbox_keeps_one_pending_stream_list():
 def test_short_path_messages_keep_their_shape_in_the_schema():
     schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "protocol.schema.json").read_text())
     assert schema["$defs"]["error"]["properties"]["code"]["enum"] == list(ERROR_CODES)
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+def test_serve_command_has_its_sources_before_the_first_connection(tmp_path):
+    """`streamtag serve --source`: the very first handshake that succeeds already lists the stream."""
+    import subprocess
+    import sys
+
+    from live_fixtures import free_port, tiny_bundle
+
+    tiny_bundle(tmp_path / "model")
+    wav = write_tone_wav(tmp_path / "early.wav", seconds=30.0)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "serve", "--model", str(tmp_path / "model"), "--port", str(port),
+         "--source", f"early={wav}", "--compute", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+    async def first_hello():
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                async with connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws:
+                    return await recv_json(ws)
+            except OSError:  # not listening yet
+                await asyncio.sleep(0.05)
+        raise AssertionError("serve never listened")
+
+    try:
+        hello = run(first_hello(), timeout=120)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert [s["name"] for s in hello["streams"]] == ["early"] and hello["streams"][0]["source"] == "early.wav"
+    assert proc.returncode == 0  # SIGTERM is a clean stop
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--token", "short"], "at least 16"),
+    (["--allowed-origin", "evil.example/x"], "--allowed-origin"),
+    (["--max-audio-rate", "0"], "--max-audio-rate"),
+    (["--max-connections", "0"], "--max-connections"),
+])
+def test_serve_flags_refuse_unsafe_values_in_one_line(argv, words, capsys):
+    from streamtag.cli import main
+
+    assert main(["serve", "--port", "0", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
