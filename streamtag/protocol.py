@@ -18,13 +18,14 @@ clock-driven budgets the I/O layer enforces (audio seconds, messages, failed han
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import re
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -154,6 +155,12 @@ def _stream_list(msg: dict[str, Any]) -> list[str] | None:
             or not all(isinstance(s, str) for s in streams)):
         raise ClientError("bad_message", f"{msg['type']}: 'streams' must be \"*\" or a list of 1-{MAX_LIST_NAMES} names")
     return streams
+
+
+def _few(names: Iterable[str], limit: int = 10) -> str:
+    """The first ``limit`` names, comma-separated (an error message stays short whatever a client sent)."""
+    items = list(itertools.islice(names, limit + 1))
+    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
 
 
 # -- per-client outbox -------------------------------------------------------------------------------------
@@ -599,7 +606,7 @@ class Hub:
         if unknown:
             raise ClientError(
                 "unknown_stream",
-                f"unknown stream(s) {', '.join(map(repr, unknown))}; streams: {', '.join(self.streams) or '(none)'}",
+                f"unknown stream(s) {_few(repr(s)[:70] for s in unknown)}; streams: {_few(self.streams) or '(none)'}",
             )
 
     def _subscribed(self, client: Client, msg: dict[str, Any]) -> None:
