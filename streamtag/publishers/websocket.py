@@ -164,6 +164,9 @@ class ServerConfig:
                         ("--max-message-rate", self.message_rate), ("--open-timeout", self.open_timeout)):
             if not (math.isfinite(x) and x > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {x}")
+        for d in self.allow_files:
+            if not Path(d).is_dir():
+                raise ConfigError(f"--allow-files {d}: not a directory; name a directory of audio files")
         for origin in self.allowed_origins:
             if origin != "*" and not (origin.startswith(("http://", "https://")) and "/" not in origin[8:]):
                 raise ConfigError(f"--allowed-origin {origin!r}: use scheme://host[:port], e.g. https://example.org")
