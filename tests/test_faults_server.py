@@ -242,6 +242,28 @@ def test_connections_beyond_the_limit_get_503(server):
     assert run(scenario()) == (503, 101)
 
 
+def test_a_handshake_that_trickles_is_dropped_at_its_deadline(server):
+    """Slowloris: one header byte every 0.1 s; the server hangs up at handshake_timeout (1 s here), long before
+    the 100-byte request is complete, and serves other clients meanwhile."""
+    srv = server(handshake_timeout=1.0)
+    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\nX-Pad: "
+               + "a" * 100).encode()
+    sent = 0
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT) as sock:
+        try:
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                sent += 1
+                time.sleep(0.1)
+                if sent == 5:
+                    assert run(status_of(srv.url)) == 101  # others get in while it trickles
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        else:
+            pytest.fail("the server waited for the whole trickled request")
+    assert sent < len(request) // 2  # dropped near 1 s (10 bytes), far from the 10 s the trickle needs
+
+
 # -- malformed messages -----------------------------------------------------------------------------------------
 HOSTILE_MESSAGES = [
     ('{"type":"audio_stop","stream":["x"]}', "bad_message"),

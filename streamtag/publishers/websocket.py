@@ -137,6 +137,7 @@ class ServerConfig:
     file_speed: float | None = 1.0  # pacing of file sources (x real time; None: as fast as decoded)
     web_dir: Path | None = WEB_DIR  # static files served over HTTP (None: no page)
     ping_interval: float | None = 20.0  # s between keepalive pings (a client that stops reading is closed)
+    handshake_timeout: float = 10.0  # s a connection may take to send its HTTP request (slowloris)
     max_connections: int = 128  # --max-connections: websocket connections at once
     max_streams: int = 64  # --max-streams: streams at once (sources and audio in)
     max_audio_streams: int = 16  # --max-audio-streams: audio-in streams at once (one per connection)
@@ -161,7 +162,8 @@ class ServerConfig:
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"{flag} must be a whole number >= 1, got {value}")
         for flag, x in (("--max-audio-rate", self.audio_rate), ("audio_burst", self.audio_burst),
-                        ("--max-message-rate", self.message_rate), ("--open-timeout", self.open_timeout)):
+                        ("--max-message-rate", self.message_rate), ("--open-timeout", self.open_timeout),
+                        ("handshake_timeout", self.handshake_timeout)):
             if not (math.isfinite(x) and x > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {x}")
         for d in self.allow_files:
@@ -345,7 +347,7 @@ class WebsocketServer:
                 max_size=self.config.max_message_bytes,
                 max_queue=FRAMES_QUEUED,
                 ping_interval=self.config.ping_interval,
-                open_timeout=10.0,  # a handshake that takes longer (slowloris) is dropped
+                open_timeout=self.config.handshake_timeout,  # a slower handshake (slowloris) is dropped
                 close_timeout=5.0,
                 server_header=f"streamtag/{__version__}",
                 compression=None,  # small JSON at a high rate: deflate costs more CPU than it saves
