@@ -743,3 +743,18 @@ def test_serve_flags_refuse_unsafe_values_in_one_line(argv, words, capsys):
     assert main(["serve", "--port", "0", *argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
+
+
+def test_security_flags_replace_earlier_definitions_of_the_same_flags():
+    import argparse
+
+    from streamtag.publishers.websocket import add_serve_security_args, config_from_args
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--token", default=None, help="an older definition")
+    p.add_argument("--allowed-origin", action="append", default=[])
+    add_serve_security_args(p)
+    args = p.parse_args(["--token", TOKEN, "--allowed-origin", "https://a.example", "--max-streams", "3"])
+    config = config_from_args(args, port=0)
+    assert (config.token, config.allowed_origins, config.max_streams) == (TOKEN, ("https://a.example",), 3)
+    assert "an older definition" not in p.format_help()  # one --token: this block's

@@ -180,9 +180,13 @@ class ServerConfig:
 
 
 def add_serve_security_args(p: argparse.ArgumentParser) -> None:
-    """The serve command's security flags and limits (one block; ``config_from_args`` reads them back)."""
+    """The serve command's security flags and limits (one block; ``config_from_args`` reads them back).
+
+    These definitions win over any earlier ones of the same flags on ``p`` (``--token``, ``--allowed-origin``,
+    ``--max-message-bytes`` may already be there), so the CLI can call this wherever it builds ``serve``.
+    """
     d = ServerConfig()
-    g = p.add_argument_group("security and limits (docs/security.md)")
+    g = p.add_argument_group("security and limits (docs/security.md)", conflict_handler="resolve")
     g.add_argument("--token", default=None,
                    help=f"clients must connect with ?token=T (>= {MIN_TOKEN_CHARS} chars); allows add_source")
     g.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
