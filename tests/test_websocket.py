@@ -30,15 +30,6 @@ from live_fixtures import (
 from streamtag.errors import ConfigError
 from streamtag.protocol import Hub, Outbox
 
-
-def policy_enforced() -> bool:
-    """Whether open_source applies a SourcePolicy in this checkout (branch sources)."""
-    import inspect
-
-    from streamtag.sources import open_source
-
-    return "policy" in inspect.signature(open_source).parameters
-
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
@@ -480,10 +471,7 @@ def test_token_is_required_and_authorizes_sources(bundle, tone, validate):
             validate(m)
         assert hello["authorized"] is True
         assert [s["source"] for s in hello["streams"]] == [tone.name]  # a local path shows only its file name
-        if policy_enforced():  # --allow-files covers the tone's directory
-            assert added == {"type": "source_added", "name": "added", "uri": str(tone), "id": "a"}
-        else:  # this checkout's open_source cannot apply a policy: the server refuses rather than open blindly
-            assert added["code"] == "source_error" and "refused by policy" in added["message"]
+        assert added == {"type": "source_added", "name": "added", "uri": str(tone), "id": "a"}  # --allow-files
         assert missing["code"] == "source_error" and "refused by policy" in missing["message"]
         assert "/no/such" not in missing["message"]  # outside --allow-files: nothing said about the path
         assert update["stream"] == "served" and ended["stream"] == "served" and removed["name"] == "served"
