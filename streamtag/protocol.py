@@ -62,6 +62,7 @@ MAX_PENDING_CONTROL = 256  # replies/errors queued for one client before it coun
 MAX_JSON_DEPTH = 8  # nesting levels of a client message (the protocol needs 3: {"streams": [..]})
 MAX_LIST_NAMES = 1024  # names in one subscribe/unsubscribe
 MAX_ID_CHARS = 128  # a request "id" string longer than this is refused
+AUDIO_STARTS_PER_S, AUDIO_STARTS_BURST = 0.5, 3.0  # audio_start budget per connection (then rate_limited)
 TITLE_INTERVAL_S = 1.0  # s: at most one `streams` broadcast per stream per interval for title changes
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "unknown_stream", "unauthorized", "stream_exists",
                "bad_audio", "source_error", "limit_exceeded", "rate_limited")
@@ -345,6 +346,10 @@ class RateLimiter:
         self.throttled_s += wait
         return wait
 
+    def refund(self, amount: float) -> None:
+        """Give back what a refused request took."""
+        self._tokens = min(self.burst, self._tokens + amount)
+
 
 class HandshakeThrottle:
     """Failed handshakes per address: past ``max_failures`` within ``window`` s, the address is refused until its
@@ -400,6 +405,7 @@ class Client:
     all_streams: bool = False  # subscribed with "*"
     audio: dict[str, AudioDecoder] = field(default_factory=dict)  # streams this client feeds
     notify: Callable[[], None] = lambda: None  # set by the I/O adapter: "the outbox has something"
+    starts: RateLimiter | None = None  # audio_start budget (each start and stop is news to every "*" client)
 
     def wants(self, stream: str) -> bool:
         return self.all_streams or stream in self.subscriptions
@@ -458,6 +464,7 @@ class Hub:
                         peer=peer)
         if notify is not None:
             client.notify = notify
+        client.starts = RateLimiter(rate=AUDIO_STARTS_PER_S, burst=AUDIO_STARTS_BURST, clock=self.clock)
         self._next_id += 1
         self.clients[client.id] = client
         client.send(self.hello(client))
@@ -687,6 +694,10 @@ class Hub:
         if client.audio:
             raise ClientError("limit_exceeded", "this connection already sends a stream (one per connection); "
                               "send audio_stop first or open another connection")
+        if client.starts is not None and client.starts.take(1.0) > 0:
+            client.starts.refund(1.0)  # a refused start costs nothing
+            raise ClientError("rate_limited", f"audio_start more than {AUDIO_STARTS_BURST:g} times in a row; "
+                              f"wait {1 / AUDIO_STARTS_PER_S:g} s between starts")
         self._check_room()
         n_audio = sum(len(c.audio) for c in self.clients.values())
         if n_audio >= self.max_audio_streams:

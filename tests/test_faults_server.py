@@ -659,6 +659,26 @@ def test_hub_coalesces_titles_per_stream():
     assert [m["streams"][0]["title"] for m in msgs] == ["t9"]  # "one" was replaced unsent: one slot per list
 
 
+def test_audio_start_and_stop_cycles_are_rate_limited_per_connection():
+    """Every start/stop is news to every "*" subscriber; one connection may not cycle them as fast as it can."""
+    clock = FakeClock()
+    hub = Hub(model="m", labels=["rock"], sample_rate=SR, hop_seconds=HOP, max_message_bytes=1 << 20, clock=clock)
+    client = hub.connect(authorized=False)
+
+    def cycle(k: int) -> str:
+        actions = hub.receive(client, json.dumps({"type": "audio_start", "stream": f"c{k}", "sample_rate": SR}))
+        if not actions:
+            return json.loads([t for t in iter(client.outbox.pop, None)][-1])["code"]
+        hub.stream_added(f"c{k}", "websocket", owner=client.id)
+        hub.stream_removed(f"c{k}", "stopped")
+        return "started"
+
+    got = [cycle(k) for k in range(5)]
+    assert got == ["started"] * 3 + ["rate_limited"] * 2
+    clock.t = 2.0  # one more start per 2 s
+    assert [cycle(k) for k in range(5, 7)] == ["started", "rate_limited"]
+
+
 def test_outbox_keeps_one_pending_stream_list():
     box = Outbox()
     for k in range(1000):
