@@ -341,3 +341,61 @@ def test_run_live_refuses_bad_settings_in_one_line_and_closes_the_sources(bundle
     with pytest.raises(StreamtagError, match="--duration must be positive"):
         run_live(engine, {"a": src}, output="jsonl", duration=0)
     assert src.closed
+
+
+def test_stream_command_says_reconnecting_summarises_and_ends_with_one_error_line(bundle, tmp_path, capsys):
+    from radio_fixtures import tone_clip
+
+    from streamtag.cli import main
+
+    payload = tone_clip(tmp_path / "t.mp3", 2.0).read_bytes()
+    url, thread, listener = _drop_server(payload, connections=2)
+    try:
+        code = main(["stream", url, "--model", str(bundle.path), "--format", "jsonl", "--max-retries", "2",
+                     "--device", "cpu", "--hop", "0.5", "--top", "3"])
+    finally:
+        listener.close()
+        thread.join(10)
+    captured = capsys.readouterr()
+    assert code == 1
+    events = [json.loads(line) for line in captured.out.splitlines()]  # stdout: JSON lines only
+    assert events and all(e["type"] == "update" and len(e["top"]) == 3 for e in events)
+    ours = [ln for ln in captured.err.splitlines() if ln.startswith(f"streamtag: {url}: ")]
+    assert [ln.split("(")[-1] for ln in ours if "reconnecting in" in ln] == ["attempt 1)", "attempt 2)"]
+    [summary] = [ln for ln in ours if " s tagged, " in ln]
+    assert f"{len(events)} updates" in summary and ", 1 reconnect, " in summary
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("streamtag: error: ")]
+    assert len(errors) == 1 and "reconnect attempts failed" in errors[0]
+    assert "Traceback" not in captured.err
+
+
+def test_the_live_layer_loads_no_terminal_or_server_library_until_asked():
+    import subprocess
+    import sys
+
+    code = ("import sys, streamtag.app, streamtag.live, streamtag.publishers.jsonl, streamtag.sources.playlist; "
+            "bad = [m for m in ('rich', 'websockets', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sinks_can_join_and_leave_a_running_runner(bundle):
+    engine = make_engine(bundle, hop=0.5)
+    first, late = Recorder(), Recorder()
+    runner = LiveRunner(engine, [first]).start()
+    x = (0.3 * np.random.default_rng(2).standard_normal(16000 * 2)).astype(np.float32)
+    try:
+        runner.add_stream("s")
+        runner.push("s", x)
+        assert runner.flush()
+        runner.add_sink(late)
+        runner.remove_sink(first)
+        runner.push("s", x)
+        assert runner.flush()
+        runner.remove("s")
+    finally:
+        runner.stop()
+    n_first, n_late = len(first.updates("s")), len(late.updates("s"))
+    assert n_first >= 1 and n_late >= 1
+    assert n_first + n_late == len(offline_updates(bundle, np.concatenate([x, x])))  # none lost, none twice
+    assert [c[0] for c in late.of("s")][-1] == "removed" and "removed" not in [c[0] for c in first.of("s")]

@@ -2,8 +2,8 @@
 ``websocket`` (server). Import the one you need; this package imports none of them, so a JSON-lines run never
 loads rich and a dashboard never loads websockets.
 
-Publishers import events/errors/protocol only: never the runner (``streamtag.live``) or the app loops
-(``streamtag.app``); tests/test_layers.py checks it.
+Publishers build on events/errors/protocol (and sources, for the server's client-requested inputs): never the
+runner (``streamtag.live``), the engine, or the app loops (``streamtag.app``); tests/test_layers.py checks it.
 """
 from __future__ import annotations
 
