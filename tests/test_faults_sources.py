@@ -74,6 +74,21 @@ def test_trickled_headers_hit_the_overall_header_deadline() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_redirect_hops_share_one_header_budget(mp3_bytes: bytes) -> None:
+    """Five redirects, each answered just under the header deadline, cannot add up to five deadlines."""
+    def handler(conn, index, stop):
+        if index < 5:
+            answer = f"HTTP/1.0 302 Found\r\nLocation: /hop{index + 1}\r\n\r\n".encode()
+            trickle(conn, answer, 1.0 / len(answer), stop)  # ~1 s per hop, under the 1.5 s header deadline
+        else:
+            conn.sendall(AUDIO_HEAD + mp3_bytes)
+
+    with ScriptedServer(handler) as server:
+        with pytest.raises(SourceError, match="did not answer within"):
+            open_source(server.url(), SR, connect_timeout=0.5, header_timeout=1.5, max_retries=0)
+        assert server.connections < 5  # the budget (connect + header = 2 s) ran out after two or three hops
+
+
 def test_trickled_body_without_audio_is_an_error_at_open(mp3_bytes: bytes) -> None:
     """Headers arrive, then the body at 20 bytes/s: no decoded audio within stall_timeout -> one-line error."""
     def handler(conn, index, stop):
@@ -176,6 +191,8 @@ def test_garbage_from_the_server_is_an_error_not_a_hang() -> None:
         (b"HTTP/1.0 500 SECRET-BANNER\r\n\r\n", "HTTP 500 Internal Server Error"),
         (b"HTTP/1.0 200 OK\r\nContent-Type: text/secret-banner\r\n\r\n<html>SECRET-BANNER</html>", "web page"),
         (b"HTTP/1.0 200 OK\r\nContent-Type: application/secret-banner\r\n\r\n" + b"SECRET-BANNER " * 5000, ""),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: " + b"9" * 20000
+         + b"\r\nicy-metaint: " + b"9" * 20000 + b"\r\n\r\nSECRET-BANNER", ""),
         (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: audio/mpeg\r\n\r\nSECRET-BANNER\r\n",
          ""),
     ],
@@ -415,3 +432,43 @@ def test_display_name_strips_credentials_and_paths() -> None:
     assert display_name("file:///home/me/Music/song%20x.mp3") == "song x.mp3"
     assert display_name("-") == "stdin"
     assert display_name("../../etc/passwd") == "passwd"
+
+
+# hostile metadata ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["nan", "inf", "-5", "0", "abc", "1e308", ""])
+def test_hostile_hls_numbers_are_clamped(target: str) -> None:
+    from streamtag.sources.hls import MAX_TARGET_DURATION, MIN_TARGET_DURATION, MediaPlaylist, parse_playlist
+
+    text = (f"#EXTM3U\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{target}\n"
+            f"#EXTINF:{target},x\nseg0.ts\n")
+    playlist = parse_playlist(text, "http://cdn.example/live.m3u8")
+    assert isinstance(playlist, MediaPlaylist)
+    assert MIN_TARGET_DURATION <= playlist.target_duration <= MAX_TARGET_DURATION  # never a busy re-poll loop
+    assert playlist.media_sequence >= 0
+    assert 0.0 <= playlist.segments[0].duration <= MAX_TARGET_DURATION
+    with pytest.raises(SourceError, match="not a valid HLS playlist"):
+        parse_playlist("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://[bad/seg.ts\n", "http://cdn.example/x")
+    master = parse_playlist(f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH={'9' * 20000}\nv.m3u8\n", "http://cdn.example/m")
+    assert master.variants[0].bandwidth == 0  # type: ignore[union-attr]
+
+
+def test_remote_titles_cannot_drive_the_terminal() -> None:
+    from streamtag.sources.base import MAX_TITLE_CHARS, clean_title
+
+    assert clean_title("Song\x1b[2J\x1b]0;pwned\x07 – Artist\r\n") == "Song [2J ]0;pwned – Artist"
+    assert clean_title("a\u202eb") == "a b"  # no right-to-left override spoofing
+    assert len(clean_title("x" * 10_000)) == MAX_TITLE_CHARS
+    assert clean_title("Sigur Rós – Hoppípolla") == "Sigur Rós – Hoppípolla"
+
+
+def test_read_audio_of_a_local_playlist(tmp_path: Path) -> None:
+    from streamtag.sources import read_audio
+
+    a = tone_clip(tmp_path / "a.wav", 0.5, 440.0, sr=16000)
+    b = tone_clip(tmp_path / "b.wav", 0.25, 660.0, sr=8000)
+    (tmp_path / "two.m3u").write_text("a.wav\nb.wav\n")
+    expected = np.concatenate([read_audio(a, SR), read_audio(b, SR)])
+    np.testing.assert_array_equal(read_audio(tmp_path / "two.m3u", SR), expected)
+

@@ -99,8 +99,9 @@ def decode(path: Path, *, max_seconds: float | None = None, sr: int = SAMPLE_RAT
         got = 0
         for frame in container.decode(stream):
             # the engine's own conversion: integers / 2**(bits-1), channel mean (streamtag.audio)
-            mono = downmix(to_float32(frame.to_ndarray()), channels=len(frame.layout.channels),
-                           planar=frame.format.is_planar)  # (n,)
+            a = frame.to_ndarray()  # planar (channels, n) or packed (1, n * channels)
+            a = a if frame.format.is_planar else a.reshape(-1)
+            mono = downmix(to_float32(a), channels=len(frame.layout.channels), planar=frame.format.is_planar)
             chunks.append(mono)
             got += mono.shape[0]
             if limit is not None and got >= limit:

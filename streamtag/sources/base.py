@@ -1,19 +1,16 @@
 """What every source shares: the Source contract and the decoded-frames -> mono blocks pipeline.
 
-Decoded audio goes through the same three steps as ``librosa.load(path, sr=sr)``, so the engine sees the samples the
-musicnn reference saw:
-
-1. integer PCM is scaled to float32 in [-1, 1) (divide by 2**(bits-1), as libsndfile does);
-2. channels are averaged to mono (``librosa.to_mono``: mean over the channel axis);
-3. the mono signal is resampled with soxr at quality "HQ" (``librosa.resample(..., res_type="soxr_hq")``), here in
-   streaming form (``soxr.ResampleStream``), whose output equals the one-shot resample sample for sample; the final
-   length is padded to ``ceil(n * sr / sr_in)`` like librosa's ``fix_length``.
+Decoded audio goes through :mod:`streamtag.audio` (the one conversion: integer PCM / 2**(bits-1), channel mean,
+streaming soxr HQ resampling padded like librosa's ``fix_length``), so the engine sees the samples the musicnn
+reference saw, whatever the input. PyAV reads of Python file objects go through :class:`AvReader`, so Ctrl-C is
+not lost inside PyAV's read callback and a closed source reads nothing more.
 """
 from __future__ import annotations
 
 import logging
 import math
 import threading
+import unicodedata
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +32,7 @@ __all__ = [
     "AvReader",
     "SourceInterrupted",
     "interruptible",
+    "clean_title",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +76,18 @@ def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
             continue
         bad = 0
         yield from frames
+
+
+MAX_TITLE_CHARS = 256
+
+
+def clean_title(title: str | None) -> str:
+    """A title from a remote (ICY StreamTitle, HLS #EXTINF, playlist) fit to show: control characters (terminal
+    escapes included) replaced by spaces, whitespace collapsed, at most ``MAX_TITLE_CHARS`` characters."""
+    if not title:
+        return ""
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in title)
+    return " ".join(text.split())[:MAX_TITLE_CHARS]
 
 
 class SourceInterrupted(Exception):
@@ -190,8 +200,9 @@ class Source:
     """An iterator of mono float32 blocks ``(block_size,)`` at ``sample_rate``.
 
     Attributes: ``name`` (str), ``title`` (latest ICY StreamTitle or None), ``info`` (codec, input rate, channels,
-    content type, ...), ``on_event`` (optional ``callback(kind, detail)`` for "title", "disconnected",
-    "reconnecting", "connected"). ``close()`` may be called from any thread; it ends the iteration.
+    content type, ...), ``on_event`` (optional ``callback(kind, detail)``: ("title", title), ("dropped", reason),
+    ("reconnecting", "in 2.0 s (attempt 3)"), ("connected", display name)). ``close()`` may be called from any
+    thread; it ends the iteration.
     """
 
     def __init__(self, name: str, sample_rate: int, block_seconds: float = 0.1) -> None:
@@ -266,7 +277,7 @@ class Source:
             log.exception("%s: on_event callback failed for %s event", self.name, kind)
 
     def _set_title(self, title: str | None) -> None:
-        title = title or None
+        title = clean_title(title) or None
         if title != self.title:
             self.title = title
             log.info("%s: title %r", self.name, title)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Generator
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Any
 import av
 import av.error
 import numpy as np
-import soxr
 
+from ..audio import downmix, to_mono
 from ..errors import SourceError
 from .base import AudioPipeline, Source, describe_av_error, frame_to_array, iter_frames
 
@@ -26,6 +25,9 @@ TRUNCATION_TOLERANCE_S = 0.5  # decoded this much less than the header's duratio
 
 def _check_path(path: Path, label: str | None = None) -> None:
     label = label or str(path)
+    if "\0" in str(path):
+        shown = label.replace("\0", "\\0")
+        raise SourceError(f"{shown}: not a valid path (it contains a NUL byte)")
     if not path.exists():
         raise SourceError(f"{label}: no such file; check the path (use - to read from stdin)")
     if path.is_dir():
@@ -150,8 +152,16 @@ class FileSource(Source):
 def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
     """The whole file as mono float32 ``(N,)`` at ``sample_rate``: ``librosa.load(path, sr=sample_rate)``'s result.
 
-    One-shot soxr HQ resampling of the mono mix, padded/trimmed to ``ceil(n * sr / sr_in)`` like librosa.
+    The same conversion as the streamed blocks (:func:`streamtag.audio.to_mono`), so it equals their concatenation
+    sample for sample; the length is ``ceil(n * sr / sr_in)`` like librosa's. A local playlist (.pls/.m3u/.m3u8)
+    gives its entries' audio one after the other.
     """
+    if os.fspath(path).lower().endswith((".pls", ".m3u", ".m3u8")):
+        from . import open_source  # local import: the package imports this module
+
+        with open_source(path, sample_rate) as playlist:
+            blocks = list(playlist)
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     source = FileSource(path, sample_rate)
     chunks: list[np.ndarray] = []
     rates: set[int] = set()
@@ -163,7 +173,8 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
             rates.add(frame.sample_rate)
             if len(rates) > 1:
                 break
-            chunks.append(frame_to_array(frame).mean(axis=0))  # (N,) librosa.to_mono
+            x = frame_to_array(frame)  # (C, N)
+            chunks.append(downmix(x, channels=x.shape[0], planar=True))  # (N,)
             frame = source._next_frame(decoded_s)
     finally:
         source._container.close()
@@ -172,11 +183,4 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
             return np.concatenate(list(again))
     source._warn_if_short(decoded_s)
     y = np.concatenate(chunks).astype(np.float32, copy=False)  # (N,)
-    sr_in = rates.pop()
-    if sr_in == sample_rate:
-        return y
-    y_hat = soxr.resample(y, sr_in, sample_rate, quality="soxr_hq")
-    n = math.ceil(y.shape[0] * sample_rate / sr_in)
-    if y_hat.shape[0] < n:
-        y_hat = np.pad(y_hat, (0, n - y_hat.shape[0]))
-    return np.ascontiguousarray(y_hat[:n], dtype=np.float32)
+    return to_mono(y, sample_rate=rates.pop(), target_rate=sample_rate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import Generator, Iterator
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 PLAYLIST_LIMIT = 4 << 20  # bytes
 SEGMENT_LIMIT = 64 << 20  # bytes
+MIN_TARGET_DURATION = 0.5  # s: a live playlist is never polled faster than every 0.25 s, whatever it claims
+MAX_TARGET_DURATION = 60.0  # s
 LIVE_EDGE_SEGMENTS = 3  # a live stream starts this many segments before the end (RFC 8216, 6.3.3)
 SEGMENT_FORMATS = {".ts": "mpegts", ".aac": "aac", ".mp3": "mp3", ".m4s": "mp4", ".mp4": "mp4", ".m4a": "mp4"}
 _ATTR_RE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
@@ -98,6 +101,17 @@ def _attributes(text: str) -> dict[str, str]:
     return {k: v.strip('"') for k, v in _ATTR_RE.findall(text)}
 
 
+def _seconds(text: str, default: float, *, low: float, high: float) -> float:
+    """A playlist's number of seconds, clamped to [low, high]; ``default`` when it is not a finite number."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return default
+    if not math.isfinite(value):
+        return default
+    return min(high, max(low, value))
+
+
 def is_hls_text(text: str) -> bool:
     return text.lstrip("\ufeff \r\n").startswith("#EXTM3U") and (
         "#EXT-X-TARGETDURATION" in text or "#EXT-X-STREAM-INF" in text
@@ -105,7 +119,14 @@ def is_hls_text(text: str) -> bool:
 
 
 def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
-    """Parse an m3u8 playlist; relative URIs are resolved against ``url``."""
+    """Parse an m3u8 playlist; relative URIs are resolved against ``url``; SourceError for a malformed one."""
+    try:
+        return _parse_playlist(text, url)
+    except ValueError as e:  # a URI urljoin cannot parse ("http://[bad"), ...
+        raise SourceError(f"{display_name(url)}: not a valid HLS playlist; check the URL") from e
+
+
+def _parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
     if not text.lstrip("\ufeff \r\n").startswith("#EXTM3U"):
         raise SourceError(f"{url}: not an HLS playlist (no #EXTM3U header); check the URL")
     lines = [line.strip() for line in text.splitlines()]
@@ -130,7 +151,7 @@ def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
                 master.variants.append(
                     Variant(
                         uri=urljoin(url, line),
-                        bandwidth=int(bandwidth) if bandwidth.isdigit() else 0,
+                        bandwidth=int(bandwidth) if bandwidth.isdigit() and len(bandwidth) <= 15 else 0,
                         codecs=pending.get("CODECS", ""),
                         audio_group=pending.get("AUDIO"),
                     )
@@ -151,13 +172,14 @@ def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
     discontinuity = False
     for line in lines:
         if line.startswith("#EXT-X-TARGETDURATION:"):
-            target = float(line.split(":", 1)[1] or 10)
+            target = _seconds(line.split(":", 1)[1], 10.0, low=MIN_TARGET_DURATION, high=MAX_TARGET_DURATION)
         elif line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            sequence = int(line.split(":", 1)[1] or 0)
+            text = line.split(":", 1)[1].strip()
+            sequence = int(text) if text.isdigit() and len(text) < 19 else 0
         elif line.startswith("#EXTINF:"):
             value = line.split(":", 1)[1]
             length, _, title = value.partition(",")
-            duration = float(length or 0)
+            duration = _seconds(length, 0.0, low=0.0, high=MAX_TARGET_DURATION)
         elif line.startswith("#EXT-X-DISCONTINUITY") and not line.startswith("#EXT-X-DISCONTINUITY-SEQUENCE"):
             discontinuity = True
         elif line.startswith("#EXT-X-ENDLIST"):
@@ -293,7 +315,7 @@ class HlsSource(Source):
         self._segment_format = self.format or SEGMENT_FORMATS.get(ext)
         self.info = {
             "uri": self.label,
-            "url": playlist.url,
+            "url": display_name(playlist.url),
             "content_type": "application/vnd.apple.mpegurl",
             "format": self._segment_format,
             "live": not playlist.ended,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import http
+import ipaddress
 import logging
 import os
 import re
@@ -147,8 +148,8 @@ class HttpResponse:
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value and value.strip().isdigit() else None
+        value = (self.headers.get("content-length") or "").strip()
+        return int(value) if value.isdigit() and len(value) <= 18 else None  # no 10**5-digit int() of a header
 
     @property
     def complete(self) -> bool:
@@ -235,10 +236,45 @@ class HttpResponse:
         self._sock.close()
 
 
-def _resolve(url: str, label: str, host: str, port: int, policy: SourcePolicy) -> list[tuple[Any, ...]]:
+def _getaddrinfo(host: str, port: int, deadline: float, cancel: Cancel) -> list[tuple[Any, ...]]:
+    """``socket.getaddrinfo`` with a deadline and cancellation (the lookup itself cannot be interrupted, so a
+    name is looked up on a daemon thread we stop waiting for); numeric addresses need no lookup thread."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    result: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread below
+            result.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="streamtag-dns", daemon=True).start()
+    while not done.wait(_wait_slice(deadline)):
+        if cancel.cancelled:
+            raise _Cancelled("the source was closed")
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return list(result[0])
+
+
+def _resolve(
+    url: str, label: str, host: str, port: int, policy: SourcePolicy, deadline: float, cancel: Cancel
+) -> list[tuple[Any, ...]]:
     """getaddrinfo, then the policy on every address: only addresses the policy allows are kept (and used)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, deadline, cancel)
+    except TimeoutError as e:
+        raise SourceError(f"{label}: cannot resolve host {host!r} in time; check the URL and your network") from e
     except socket.gaierror as e:
         raise SourceError(f"{label}: cannot resolve host {host!r} ({e.strerror}); check the URL") from e
     except (UnicodeError, OSError) as e:
@@ -257,13 +293,13 @@ def _resolve(url: str, label: str, host: str, port: int, policy: SourcePolicy) -
 
 def _connect(
     url: str, label: str, host: str, port: int, https: bool, connect_timeout: float, policy: SourcePolicy,
-    cancel: Cancel,
+    cancel: Cancel, overall: float,
 ) -> socket.socket:
     """A connected (TLS-wrapped) socket to an address the policy allows; never re-resolves after the check."""
-    deadline = time.monotonic() + connect_timeout
+    deadline = min(time.monotonic() + connect_timeout, overall)
     last: OSError | None = None
     sock: socket.socket | None = None
-    for family, type_, proto, _, address in _resolve(url, label, host, port, policy):
+    for family, type_, proto, _, address in _resolve(url, label, host, port, policy, deadline, cancel):
         sock = socket.socket(family, type_, proto)
         try:
             sock.setblocking(False)
@@ -309,7 +345,7 @@ def _connect(
 
 
 def _request_once(
-    url: str, headers: dict[str, str], timeouts: Timeouts, policy: SourcePolicy, cancel: Cancel
+    url: str, headers: dict[str, str], timeouts: Timeouts, policy: SourcePolicy, cancel: Cancel, overall: float
 ) -> HttpResponse:
     label = display_name(url)
     parts = urlsplit(url)
@@ -330,11 +366,12 @@ def _request_once(
     lines += [f"{k}: {v}" for k, v in headers.items()]
     lines += ["Connection: close", "", ""]
     try:
-        sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel)
+        sock = _connect(url, label, host, port, https, timeouts.connect, policy, cancel, overall)
     except _Cancelled as e:
         raise SourceError(f"{label}: closed while connecting") from e
     reader = _SocketReader(sock, cancel)
-    deadline = time.monotonic() + timeouts.header  # the whole header phase, however the bytes trickle in
+    # the whole header phase, however the bytes trickle in, and all redirects together within `overall`
+    deadline = min(time.monotonic() + timeouts.header, overall)
     what = f"no complete answer within {timeouts.header:g} s"
     try:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -407,6 +444,7 @@ def http_get(
 
     ``policy`` (None: permissive) is applied to the resolved address of the URL and of every redirect target;
     the connection goes to the address that was checked. ``cancel`` aborts a connect or header read in progress.
+    All hops together take at most ``connect_timeout + header_timeout`` seconds (DNS lookups included).
     """
     policy = policy if policy is not None else SourcePolicy.permissive()
     cancel = cancel if cancel is not None else Cancel()
@@ -416,9 +454,10 @@ def http_get(
     if icy:
         headers["Icy-MetaData"] = "1"
     current = url
+    overall = time.monotonic() + timeouts.connect + timeouts.header  # every redirect hop shares this budget
     for _ in range(max_redirects + 1):
         try:
-            response = _request_once(current, headers, timeouts, policy, cancel)
+            response = _request_once(current, headers, timeouts, policy, cancel, overall)
         except PolicyError:
             raise refused(label) from None
         except SourceError as e:

@@ -184,7 +184,8 @@ class UrlSource(Source):
             )
         fmt = self.format or FORMAT_BY_CONTENT_TYPE.get(ctype)  # None: let FFmpeg sniff the bytes
         metaint_text = response.headers.get("icy-metaint", "")
-        metaint = int(metaint_text) if metaint_text.isdigit() and 0 < int(metaint_text) <= MAX_METAINT else None
+        ok = metaint_text.isdigit() and len(metaint_text) <= 8  # a hostile header: no 10**5-digit int()
+        metaint = int(metaint_text) if ok and 0 < int(metaint_text) <= MAX_METAINT else None
         self._progress = time.monotonic()
         icy = IcyReader(response, metaint, self._on_metadata, progress=lambda: self._progress,
                         stall_timeout=p.stall_timeout)
@@ -231,7 +232,7 @@ class UrlSource(Source):
         headers = response.headers
         self.info = {
             "uri": label,
-            "url": response.url,
+            "url": display_name(response.url),
             "content_type": ctype or None,
             "format": container.format.name,
             "codec": stream.codec_context.name,
@@ -272,10 +273,12 @@ class UrlSource(Source):
                 with interruptible(conn.reader):
                     frame: av.AudioFrame | None = conn.first
                     while frame is not None:
-                        self._progress = time.monotonic()
                         yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
                         if self.closed:
                             return
+                        # the stall clock runs only while we wait for the next frame, not while the consumer
+                        # holds the generator: "no decoded audio for stall_timeout s" of network time
+                        self._progress = time.monotonic()
                         frame = next(conn.frames, None)
                     reason = "the server ended the stream"
                     if finite:  # read what the demuxer left (trailing tags) to tell the end of the file from a cut
@@ -376,7 +379,10 @@ def open_url(
         text = data.decode("utf-8", errors="replace")
         if is_hls_text(text):
             return HlsSource(url, sample_rate, playlist_text=text, **common)
-        entry = _playlist_entry(text, response.url)
+        try:
+            entry = _playlist_entry(text, response.url)
+        except ValueError as e:  # an entry urljoin cannot parse
+            raise SourceError(f"{label}: the playlist's entry is not a valid URL; check the URL") from e
         if entry is None:
             raise SourceError(f"{label}: the playlist lists no stream URL; check the URL")
         if _depth >= 3 or not entry.lower().startswith(("http://", "https://")):
