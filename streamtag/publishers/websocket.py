@@ -62,7 +62,6 @@ from ..sources.policy import PolicyError, SourcePolicy, display_name
 __all__ = [
     "ServerConfig",
     "WebsocketServer",
-    "GenreServer",
     "add_serve_security_args",
     "config_from_args",
     "check_bind",
@@ -733,4 +732,3 @@ class WebsocketServer:
             self._stream_gone(stream, None)
 
 
-GenreServer = WebsocketServer  # the earlier name
