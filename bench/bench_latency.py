@@ -1,6 +1,6 @@
 """Live latency: an audio block's arrival -> the websocket message's receipt by a client, at 1/10/100 streams.
 
-A real server (GenreServer: LiveRunner + Engine + websockets) runs in this process; every stream is a real clip
+A real server (WebsocketServer, a sink of a LiveRunner + Engine) runs in this process; every stream is a real clip
 paced at real time by its own feeder thread, which stamps each block's arrival (time.monotonic) as it hands it
 to the engine. Clients (10 by default) run in a separate process, subscribed to every stream, and stamp each
 update's receipt with the same system-wide monotonic clock. An update's latency is receipt time minus the
@@ -32,8 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from streamtag.live import LiveRunner  # noqa: E402
 from streamtag.pipeline import Engine  # noqa: E402
-from streamtag.publishers.websocket import GenreServer, ServerConfig  # noqa: E402
+from streamtag.publishers.websocket import ServerConfig, WebsocketServer  # noqa: E402
 from streamtag.registry import DEFAULT_MODEL, load_bundle  # noqa: E402
 from streamtag.sources import read_audio  # noqa: E402
 
@@ -118,16 +119,17 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
     result: dict = {}
 
     async def scenario():
-        server = GenreServer(engine, ServerConfig(port=0, queue_streams=max(256, n_streams), web_dir=None))
-        result["runner"] = server.runner
+        runner = LiveRunner(engine)
+        runner.start()
+        result["runner"] = runner
+        server = WebsocketServer(runner, ServerConfig(port=0, queue_streams=max(256, n_streams), web_dir=None))
         async with server:
             stop = threading.Event()
             sources = {}
             for k in range(n_streams):
                 src = PacedClip(audio, sr, offset=(k * 7919 * 13) % audio.shape[0], stop=stop)
                 sources[f"s{k}"] = src
-                server.runner.add_source(f"s{k}", src, speed=None)
-                server.hub.stream_added(f"s{k}", "bench")
+                runner.add_source(f"s{k}", src, speed=None, display="bench")
             warmup = bundle.window_seconds + 2.0
             await asyncio.sleep(warmup)  # first windows fill, first-step imports done
             parent, child = mp.get_context("spawn").Pipe(duplex=False)

@@ -259,7 +259,8 @@ def run_serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]] = (),
 
 
 async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO) -> int:
-    from .publishers.websocket import GenreServer
+    from .publishers.websocket import WebsocketServer
+    from .sources.policy import SourcePolicy
 
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
@@ -273,13 +274,20 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
-    async with GenreServer(engine, config) as server:
-        for name, uri in sources:
-            await server.add_source(name, uri)
-        host = config.host if ":" not in config.host else f"[{config.host}]"
-        query = "?token=<TOKEN>" if config.token else ""
-        _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · Ctrl-C to stop")
-        await stop
+    runner = LiveRunner(engine)
+    runner.start()
+    server = WebsocketServer(runner, config)  # a sink of the runner
+    try:
+        for name, uri in sources:  # the user's own inputs; they exist before the first client connects
+            await server.add_source(name, uri, policy=SourcePolicy.permissive())
+        async with server:
+            host = config.host if ":" not in config.host else f"[{config.host}]"
+            query = "?token=<TOKEN>" if config.token else ""
+            _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · "
+                       "Ctrl-C to stop")
+            await stop
+    finally:
+        await loop.run_in_executor(None, runner.stop)
     return 0
 
 

@@ -60,12 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--source", action="append", default=[], metavar="NAME=URI",
                    help="tag URI (file, http(s) radio, HLS) as stream NAME; repeatable")
-    p.add_argument("--token", default=None, help="clients must connect with ?token=T; allows add_source/remove_source")
-    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                   help="browser Origin allowed to connect (repeatable; default: any)")
-    p.add_argument("--max-message-bytes", type=int, default=1 << 20, metavar="N",
-                   help="largest message a client may send (default 1 MiB)")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="pace file sources at X times real time")
+    from .publishers.websocket import add_serve_security_args
+
+    add_serve_security_args(p)
     _model_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -140,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _parse_sources(specs: list[str]) -> list[tuple[str, str]]:
     from .protocol import valid_stream_name
 
-    out = []
+    out: list[tuple[str, str]] = []
     for spec in specs:
         name, sep, uri = spec.partition("=")
         if not sep or not uri:
@@ -154,17 +152,11 @@ def _parse_sources(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .publishers.websocket import ServerConfig
+    from .publishers.websocket import config_from_args
 
     _positive(args.speed, "--speed")
-    config = ServerConfig(  # validates host/token before the model loads
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        allowed_origins=tuple(args.allowed_origin),
-        max_message_bytes=args.max_message_bytes,
-        file_speed=args.speed,
-    )
+    # validates host/token/limits before the model loads
+    config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed)
     sources = _parse_sources(args.source)
     engine = _engine(args)
     from .app import run_serve

@@ -9,16 +9,25 @@ back (opening a source, adding an audio stream). The wire format is documented i
 Back-pressure: broadcasting must never stall the engine or other clients, so each client has a bounded outbox
 that keeps only the NEWEST few pending updates per stream. Updates discarded before a slow client read them are
 counted, and the next message it gets carries ``"dropped": n``.
+
+Hostile clients: every message of the wrong shape gets a ``bad_message`` error and the connection stays; JSON is
+parsed with its nesting depth bounded and non-finite numbers refused, so every reply is valid JSON; the
+``streams`` list waits in each outbox as one slot (a newer list replaces an unsent one) and title changes are
+coalesced to one broadcast per second per stream; :class:`RateLimiter` and :class:`HandshakeThrottle` are the
+clock-driven budgets the I/O layer enforces (audio seconds, messages, failed handshakes).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import re
+import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -36,6 +45,9 @@ __all__ = [
     "AudioStart",
     "AudioStop",
     "AudioDecoder",
+    "RateLimiter",
+    "HandshakeThrottle",
+    "ERROR_CODES",
     "parse_message",
     "valid_stream_name",
 ]
@@ -47,12 +59,19 @@ AUDIO_FORMATS = ("pcm16", "float32")  # binary audio frame encodings a client ma
 MAX_AUDIO_CHANNELS = 8
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 4000, 192000  # Hz accepted for websocket audio-in
 MAX_PENDING_CONTROL = 256  # replies/errors queued for one client before it counts as too slow
+MAX_JSON_DEPTH = 8  # nesting levels of a client message (the protocol needs 3: {"streams": [..]})
+MAX_LIST_NAMES = 1024  # names in one subscribe/unsubscribe
+MAX_ID_CHARS = 128  # a request "id" string longer than this is refused
+AUDIO_STARTS_PER_S, AUDIO_STARTS_BURST = 0.5, 3.0  # audio_start budget per connection (then rate_limited)
+TITLE_INTERVAL_S = 1.0  # s: at most one `streams` broadcast per stream per interval for title changes
+ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "unknown_stream", "unauthorized", "stream_exists",
+               "bad_audio", "source_error", "limit_exceeded", "rate_limited")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 CLIENT_TYPES = ("subscribe", "unsubscribe", "add_source", "remove_source", "audio_start", "audio_stop")
 
 
-def valid_stream_name(name: Any) -> bool:
+def valid_stream_name(name: Any) -> TypeGuard[str]:
     """Stream names: 1-64 of letters, digits, ``_ . : -``, starting with a letter or digit."""
     return isinstance(name, str) and bool(_NAME_RE.match(name))
 
@@ -65,18 +84,65 @@ class ClientError(ProtocolError):
         self.code = code
 
 
+def _reject_constant(name: str) -> Any:
+    raise ClientError("bad_json", f"message holds {name}; JSON numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ClientError("bad_json", f"number {text[:20]} is out of range; JSON numbers must be finite")
+    return x
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` levels of lists/objects (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
 def parse_message(text: str | bytes) -> dict[str, Any]:
-    """Decode one client text message into a dict with a known ``type``; :class:`ClientError` otherwise."""
+    """Decode one client text message into a dict with a known ``type``; :class:`ClientError` otherwise.
+
+    Nesting is bounded (``MAX_JSON_DEPTH``) and NaN, Infinity and out-of-range numbers are refused, so whatever
+    the server echoes (a request's ``id``) serializes back to valid JSON.
+    """
     try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ClientError("bad_json", f"message is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from e
+        msg = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError as e:
+        raise ClientError("bad_message", f"message nests deeper than {MAX_JSON_DEPTH} levels") from e
+    except json.JSONDecodeError as e:
+        raise ClientError("bad_json", f"message is not valid JSON ({e.msg} at character {e.pos})") from e
+    except (UnicodeDecodeError, ValueError) as e:  # bad UTF-8; an integer of more than 4300 digits
+        raise ClientError("bad_json", f"message is not valid JSON ({str(e)[:80]})") from e
     if not isinstance(msg, dict):
         raise ClientError("bad_message", "message must be a JSON object with a 'type'")
+    if not _depth(msg, MAX_JSON_DEPTH):
+        raise ClientError("bad_message", f"message nests deeper than {MAX_JSON_DEPTH} levels")
+    if "id" in msg and not _valid_id(msg["id"]):
+        del msg["id"]  # never echoed
+        raise ClientError("bad_message", f"'id' must be a string of at most {MAX_ID_CHARS} characters or a number")
     kind = msg.get("type")
-    if kind not in CLIENT_TYPES:
-        raise ClientError("unknown_type", f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}")
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        shown = repr(kind)[:40] if isinstance(kind, (str, int, float, bool)) or kind is None else type(kind).__name__
+        raise ClientError("unknown_type", f"unknown message type {shown}; expected one of {', '.join(CLIENT_TYPES)}")
     return msg
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_ID_CHARS
+    if isinstance(value, bool) or value is None:
+        return value is None
+    if isinstance(value, int):
+        return abs(value) < 2**53
+    return isinstance(value, float)  # finite: parse_message refuses the others
 
 
 def _stream_list(msg: dict[str, Any]) -> list[str] | None:
@@ -86,9 +152,16 @@ def _stream_list(msg: dict[str, Any]) -> list[str] | None:
         return None
     if isinstance(streams, str):
         streams = [streams]
-    if not isinstance(streams, list) or not streams or not all(isinstance(s, str) for s in streams):
-        raise ClientError("bad_message", f"{msg['type']}: 'streams' must be \"*\" or a non-empty list of names")
+    if (not isinstance(streams, list) or not streams or len(streams) > MAX_LIST_NAMES
+            or not all(isinstance(s, str) for s in streams)):
+        raise ClientError("bad_message", f"{msg['type']}: 'streams' must be \"*\" or a list of 1-{MAX_LIST_NAMES} names")
     return streams
+
+
+def _few(names: Iterable[str], limit: int = 10) -> str:
+    """The first ``limit`` names, comma-separated (an error message stays short whatever a client sent)."""
+    items = list(itertools.islice(names, limit + 1))
+    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
 
 
 # -- per-client outbox -------------------------------------------------------------------------------------
@@ -107,7 +180,8 @@ class Outbox:
         if max_streams <= 0 or depth <= 0:
             raise ValueError("max_streams and depth must be positive")
         self.max_streams, self.depth = max_streams, depth
-        self._control: deque[str] = deque()
+        self._control: deque[list[str]] = deque()  # [text] cells: a keyed one is replaced in place
+        self._keyed: dict[str, list[str]] = {}  # key -> its pending cell
         self._updates: OrderedDict[str, deque[str]] = OrderedDict()  # round-robin order of streams
         self._n_updates = 0
         self.dropped = 0  # updates lost since the last message popped
@@ -117,11 +191,20 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._control) + self._n_updates
 
-    def put_control(self, msg: dict[str, Any]) -> None:
+    def put_control(self, msg: dict[str, Any], *, key: str | None = None) -> None:
+        """Queue a control message; one with a ``key`` replaces the unsent one of the same key (a state snapshot
+        such as the stream list, where only the newest matters), so snapshots never pile up."""
+        text = json.dumps(msg, ensure_ascii=False, allow_nan=False)
+        if key is not None and (cell := self._keyed.get(key)) is not None:
+            cell[0] = text
+            return
         if len(self._control) >= MAX_PENDING_CONTROL:
             self.overflowed = True
             return
-        self._control.append(json.dumps(msg, ensure_ascii=False))
+        cell = [text]
+        self._control.append(cell)
+        if key is not None:
+            self._keyed[key] = cell
 
     def put_update(self, stream: str, text: str) -> None:
         """Queue one serialized update (a JSON object) of ``stream``; the oldest pending one goes past ``depth``."""
@@ -144,7 +227,7 @@ class Outbox:
         q = self._updates.pop(stream, None)
         if q:
             self._n_updates -= len(q)
-            self._control.extend(q)
+            self._control.extend([t] for t in q)
 
     def _lost(self, n: int) -> None:
         self.dropped += n
@@ -153,7 +236,12 @@ class Outbox:
     def pop(self) -> str | None:
         """The next message to send (control first), with ``dropped`` attached when updates were lost."""
         if self._control:
-            text = self._control.popleft()
+            cell = self._control.popleft()
+            text = cell[0]
+            for key, pending in self._keyed.items():
+                if pending is cell:
+                    del self._keyed[key]
+                    break
         elif self._updates:
             stream, q = next(iter(self._updates.items()))
             text = q.popleft()
@@ -230,6 +318,80 @@ class AudioDecoder:
         return self._converter.push(x)
 
 
+# -- budgets the I/O layer enforces ---------------------------------------------------------------------------
+class RateLimiter:
+    """A token bucket: ``rate`` units per second, ``burst`` units banked at most.
+
+    :meth:`take` spends ``amount`` and returns how many seconds the caller must wait before acting on it (0.0
+    within budget). The server throttles by waiting, so a client over its budget slows down (its socket and TCP
+    window fill, which stops the sender) and nothing it sent is lost.
+    """
+
+    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not (rate > 0 and burst > 0):
+            raise ValueError("rate and burst must be positive")
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._tokens = burst
+        self._t = clock()
+        self.throttled_s = 0.0  # total seconds of waiting imposed so far
+
+    def take(self, amount: float) -> float:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        self._tokens -= amount
+        if self._tokens >= 0:
+            return 0.0
+        wait = -self._tokens / self.rate
+        self.throttled_s += wait
+        return wait
+
+    def refund(self, amount: float) -> None:
+        """Give back what a refused request took."""
+        self._tokens = min(self.burst, self._tokens + amount)
+
+
+class HandshakeThrottle:
+    """Failed handshakes per address: past ``max_failures`` within ``window`` s, the address is refused until its
+    oldest failure leaves the window. Remembers at most ``max_addresses`` addresses (the oldest are forgotten)."""
+
+    def __init__(self, *, max_failures: int = 5, window: float = 60.0, max_addresses: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures, self.window, self.max_addresses, self.clock = max_failures, window, max_addresses, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.refused = 0
+
+    def _recent(self, address: str) -> deque[float] | None:
+        q = self._failures.get(address)
+        if q is None:
+            return None
+        now = self.clock()
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        if not q:
+            del self._failures[address]
+            return None
+        return q
+
+    def blocked_for(self, address: str) -> float:
+        """Seconds until ``address`` may try again (0.0: it may now)."""
+        q = self._recent(address)
+        if q is None or len(q) < self.max_failures:
+            return 0.0
+        self.refused += 1
+        return max(0.0, q[0] + self.window - self.clock())
+
+    def failed(self, address: str) -> None:
+        q = self._recent(address)
+        if q is None:
+            q = self._failures[address] = deque(maxlen=self.max_failures)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(address)
+        q.append(self.clock())
+
+
 # -- the hub ------------------------------------------------------------------------------------------------
 @dataclass
 class Client:
@@ -243,12 +405,13 @@ class Client:
     all_streams: bool = False  # subscribed with "*"
     audio: dict[str, AudioDecoder] = field(default_factory=dict)  # streams this client feeds
     notify: Callable[[], None] = lambda: None  # set by the I/O adapter: "the outbox has something"
+    starts: RateLimiter | None = None  # audio_start budget (each start and stop is news to every "*" client)
 
     def wants(self, stream: str) -> bool:
         return self.all_streams or stream in self.subscriptions
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self.outbox.put_control(msg)
+    def send(self, msg: dict[str, Any], *, key: str | None = None) -> None:
+        self.outbox.put_control(msg, key=key)
         self.notify()
 
 
@@ -277,15 +440,23 @@ class Hub:
         queue_streams: int = 256,
         queue_depth: int = 8,
         server: str = "streamtag",
+        max_streams: int = 64,
+        max_audio_streams: int = 16,
+        title_interval: float = TITLE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model, self.labels = model, list(labels)
         self.sample_rate, self.hop_seconds = sample_rate, hop_seconds
         self.max_message_bytes, self.server = max_message_bytes, server
         self.queue_streams, self.queue_depth = queue_streams, queue_depth
+        self.max_streams, self.max_audio_streams = max_streams, max_audio_streams
+        self.title_interval, self.clock = title_interval, clock
         self.streams: dict[str, StreamInfo] = {}
         self.clients: dict[int, Client] = {}
         self._next_id = 1
         self.published: Counter[str] = Counter()  # updates published per stream
+        self._title_sent: dict[str, float] = {}  # stream -> when its title last went out
+        self._titles_pending: set[str] = set()  # streams whose newest title has not gone out yet
 
     # -- connections -------------------------------------------------------------------------------------
     def connect(self, *, authorized: bool, peer: str = "", notify: Callable[[], None] | None = None) -> Client:
@@ -293,6 +464,7 @@ class Hub:
                         peer=peer)
         if notify is not None:
             client.notify = notify
+        client.starts = RateLimiter(rate=AUDIO_STARTS_PER_S, burst=AUDIO_STARTS_BURST, clock=self.clock)
         self._next_id += 1
         self.clients[client.id] = client
         client.send(self.hello(client))
@@ -322,7 +494,8 @@ class Hub:
     def _broadcast_streams(self) -> None:
         msg = {"type": "streams", "streams": [s.to_dict() for s in self.streams.values()]}
         for c in self.clients.values():
-            c.send(msg)
+            c.send(msg, key="streams")  # an unsent older list is replaced, never queued behind
+        self._titles_pending.clear()  # every current title just went out
 
     def stream_added(self, name: str, source: str, title: str | None = None, owner: int | None = None) -> None:
         self.streams[name] = StreamInfo(name, source, title, owner)
@@ -331,6 +504,7 @@ class Hub:
     def stream_removed(self, name: str, reason: str) -> None:
         if self.streams.pop(name, None) is None:
             return
+        self._title_sent.pop(name, None)
         ended = {"type": "stream_ended", "stream": name, "reason": reason}
         for c in self.clients.values():
             if c.wants(name):
@@ -340,17 +514,45 @@ class Hub:
             c.audio.pop(name, None)
         self._broadcast_streams()
 
-    def set_title(self, name: str, title: str | None) -> None:
+    def set_title(self, name: str, title: str | None) -> float | None:
+        """Record ``name``'s new title; broadcast now, or return in how many seconds :meth:`flush_titles` should
+        run (a stream's title goes out at most once per ``title_interval``; the newest wins)."""
         info = self.streams.get(name)
-        if info is not None and info.title != title:
-            info.title = title
+        if info is None or info.title == title:
+            return None
+        info.title = title
+        now = self.clock()
+        due = self._title_sent.get(name, -math.inf) + self.title_interval
+        if now >= due:
+            self._title_sent[name] = now
             self._broadcast_streams()
+            return None
+        first = name not in self._titles_pending
+        self._titles_pending.add(name)
+        return due - now if first else None  # one timer per pending stream
+
+    def flush_titles(self) -> float | None:
+        """Broadcast titles that waited out their interval; returns when to call again (None: nothing waits)."""
+        if not self._titles_pending:
+            return None
+        now = self.clock()
+        due = {n: self._title_sent.get(n, -math.inf) + self.title_interval for n in self._titles_pending}
+        if any(now >= d for d in due.values()):
+            for n in self._titles_pending:
+                self._title_sent[n] = now
+            self._broadcast_streams()
+            return None
+        return min(due.values()) - now
 
     # -- engine side -------------------------------------------------------------------------------------
     def publish(self, update: dict[str, Any]) -> int:
         """Queue one update (``GenreUpdate.to_dict()``) for every subscriber; returns how many."""
         stream = update["stream"]
-        text = json.dumps(update, ensure_ascii=False)  # serialized once for every client
+        try:
+            text = json.dumps(update, ensure_ascii=False, allow_nan=False)  # serialized once for every client
+        except ValueError:
+            log.warning("update of %s holds a non-finite number; not sent", stream)
+            return 0
         n = 0
         for c in self.clients.values():
             if c.wants(stream):
@@ -380,9 +582,15 @@ class Hub:
         msg: dict[str, Any] | None = None
         try:
             msg = parse_message(text)
-            return getattr(self, "_on_" + msg["type"])(client, msg)
+            actions: list[Action] = getattr(self, "_on_" + msg["type"])(client, msg)
+            return actions
         except ClientError as e:
             self.error(client, e.code, str(e), msg)
+            return []
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # a shape no check above foresaw
+            log.warning("client %d: unexpected message shape (%s: %s)", client.id, type(e).__name__, e)
+            self.error(client, "bad_message", f"{msg['type'] if msg else 'message'}: fields of the wrong type; "
+                       "see docs/protocol.md", msg)
             return []
 
     def receive_audio(self, client: Client, data: bytes) -> tuple[str, np.ndarray] | None:
@@ -405,7 +613,7 @@ class Hub:
         if unknown:
             raise ClientError(
                 "unknown_stream",
-                f"unknown stream(s) {', '.join(map(repr, unknown))}; streams: {', '.join(self.streams) or '(none)'}",
+                f"unknown stream(s) {_few(repr(s)[:70] for s in unknown)}; streams: {_few(self.streams) or '(none)'}",
             )
 
     def _subscribed(self, client: Client, msg: dict[str, Any]) -> None:
@@ -451,15 +659,18 @@ class Hub:
             raise ClientError("bad_message", f"add_source: invalid stream name {name!r} (letters, digits, _.:-)")
         if not isinstance(uri, str) or not uri:
             raise ClientError("bad_message", "add_source: 'uri' must be a non-empty string")
+        if len(uri) > 2048:
+            raise ClientError("bad_message", "add_source: 'uri' is longer than 2048 characters")
         if name in self.streams:
             raise ClientError("stream_exists", f"stream {name!r} already exists; remove it first or pick another name")
+        self._check_room()
         return [AddSource(client.id, msg.get("id"), name=name, uri=uri)]
 
     def _on_remove_source(self, client: Client, msg: dict[str, Any]) -> list[Action]:
         self._require_auth(client, "remove_source")
         name = msg.get("name")
-        if not isinstance(name, str):
-            raise ClientError("bad_message", "remove_source: 'name' must be a string")
+        if not valid_stream_name(name):
+            raise ClientError("bad_message", "remove_source: 'name' must be a stream name")
         self._check_known([name], msg)
         return [RemoveSource(client.id, msg.get("id"), name=name)]
 
@@ -481,7 +692,17 @@ class Hub:
         if stream in self.streams:
             raise ClientError("stream_exists", f"stream {stream!r} already exists; pick another name")
         if client.audio:
-            raise ClientError("bad_audio", "this connection already sends a stream; send audio_stop first")
+            raise ClientError("limit_exceeded", "this connection already sends a stream (one per connection); "
+                              "send audio_stop first or open another connection")
+        if client.starts is not None and client.starts.take(1.0) > 0:
+            client.starts.refund(1.0)  # a refused start costs nothing
+            raise ClientError("rate_limited", f"audio_start more than {AUDIO_STARTS_BURST:g} times in a row; "
+                              f"wait {1 / AUDIO_STARTS_PER_S:g} s between starts")
+        self._check_room()
+        n_audio = sum(len(c.audio) for c in self.clients.values())
+        if n_audio >= self.max_audio_streams:
+            raise ClientError("limit_exceeded", f"the server already takes {n_audio} audio streams (its limit, "
+                              "--max-audio-streams); try again later")
         client.audio[stream] = AudioDecoder(
             sample_rate=rate, fmt=fmt, channels=channels, target_rate=self.sample_rate
         )
@@ -489,7 +710,16 @@ class Hub:
         return [AudioStart(client.id, msg.get("id"), stream=stream, sample_rate=rate, format=fmt, channels=channels)]
 
     def _on_audio_stop(self, client: Client, msg: dict[str, Any]) -> list[Action]:
-        stream = msg.get("stream") or next(iter(client.audio), None)
-        if stream is None or stream not in client.audio:
+        stream = msg.get("stream", next(iter(client.audio), None))
+        if stream is None:
+            raise ClientError("bad_message", "audio_stop: this connection sends no stream; send audio_start first")
+        if not valid_stream_name(stream):
+            raise ClientError("bad_message", "audio_stop: 'stream' must be a stream name")
+        if stream not in client.audio:
             raise ClientError("bad_message", f"audio_stop: this connection sends no stream {stream!r}")
         return [AudioStop(client.id, msg.get("id"), stream=stream)]
+
+    def _check_room(self) -> None:
+        if len(self.streams) >= self.max_streams:
+            raise ClientError("limit_exceeded", f"the server already has {len(self.streams)} streams (its limit, "
+                              "--max-streams); remove one first")

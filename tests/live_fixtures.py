@@ -111,14 +111,23 @@ def open_any(uri: str, sample_rate: int) -> Any:
     return open_source(uri, sample_rate)
 
 
+def make_runner(engine: Any) -> Any:
+    """A started live runner (the server's tests hand it to a WebsocketServer, which registers as its sink)."""
+    from streamtag.live import LiveRunner
+
+    return LiveRunner(engine).start()
+
+
 class ServerThread:
-    """A GenreServer on its own event loop in a background thread; ``stop()`` always cleans up."""
+    """A WebsocketServer (with a runner of its own) on its own event loop in a background thread; ``stop()``
+    always cleans up."""
 
     def __init__(self, engine: Any, **config: Any) -> None:
-        from streamtag.publishers.websocket import GenreServer, ServerConfig
+        from streamtag.publishers.websocket import ServerConfig, WebsocketServer
 
         config.setdefault("port", 0)
-        self.server = GenreServer(engine, ServerConfig(**config))
+        self.runner = make_runner(engine)
+        self.server = WebsocketServer(self.runner, ServerConfig(**config))
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -140,12 +149,22 @@ class ServerThread:
         if not self._started.wait(timeout):
             raise TimeoutError("server did not start")
         if self._error is not None:
+            self.runner.stop()
             raise self._error
         return self
 
     def call(self, coro_fn: Callable[..., Any], *args: Any, timeout: float = 20.0) -> Any:
         """Run ``coro_fn(*args)`` on the server loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro_fn(*args), self.loop).result(timeout)
+
+    def add_source(self, name: str, uri: str) -> None:
+        """Add a source as the command line's --source does (the user's own input: permissive policy)."""
+        from streamtag.sources.policy import SourcePolicy
+
+        async def add() -> None:
+            await self.server.add_source(name, uri, policy=SourcePolicy.permissive())
+
+        self.call(add)
 
     @property
     def port(self) -> int:
@@ -165,3 +184,4 @@ class ServerThread:
             self.thread.join(timeout)
             if not self.loop.is_running():
                 self.loop.close()
+            self.runner.stop()

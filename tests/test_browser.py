@@ -130,7 +130,7 @@ def test_page_shows_live_bars_sends_the_microphone_and_reconnects(browser, bundl
     srv = ServerThread(engine, port=port, file_speed=2.0).start()
     srv2 = None
     try:
-        srv.call(srv.server.add_source, "radio", str(tone))
+        srv.add_source("radio", str(tone))
         browser.navigate(f"http://127.0.0.1:{port}/?stream=radio")
         browser.wait_for("document.getElementById('status').dataset.state === 'connected'")
         assert browser.eval("document.getElementById('stream').value") == "radio"
@@ -164,7 +164,7 @@ def test_page_shows_live_bars_sends_the_microphone_and_reconnects(browser, bundl
         srv.stop()
         browser.wait_for("document.getElementById('status').dataset.state !== 'connected'")
         srv2 = ServerThread(make_engine(bundle, hop=0.25), port=port, file_speed=2.0).start()
-        srv2.call(srv2.server.add_source, "radio", str(tone))
+        srv2.add_source("radio", str(tone))
         browser.wait_for("document.getElementById('status').dataset.state === 'connected'", timeout=30)
         n2 = browser.eval(COUNT)
         browser.wait_for(f"{COUNT} >= {n2 + 2}")

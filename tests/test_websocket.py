@@ -215,7 +215,7 @@ _names = iter(range(10_000))
 
 def add_stream(srv: ServerThread, path: Path) -> str:
     name = f"s{next(_names)}"
-    srv.call(srv.server.add_source, name, str(path))
+    srv.add_source(name, str(path))
     return name
 
 
@@ -436,10 +436,15 @@ def test_message_over_the_size_limit_closes_with_1009(bundle):
         srv.stop()
 
 
+TOKEN = "s3cret-0123456789abcdef"
+
+
 def test_token_is_required_and_authorizes_sources(bundle, tone, validate):
     engine = make_engine(bundle)
-    srv = ServerThread(engine, token="s3cret", file_speed=4.0).start()
+    srv = ServerThread(engine, token=TOKEN, file_speed=4.0, allow_files=(tone.parent,)).start()
     try:
+        srv.add_source("served", str(tone))
+
         async def scenario():
             refused = []
             for url in (srv.url, srv.url + "?token=wrong"):
@@ -447,15 +452,15 @@ def test_token_is_required_and_authorizes_sources(bundle, tone, validate):
                     async with connect(url):
                         pass
                 refused.append(info.value.response.status_code)
-            async with connect(srv.url + "?token=s3cret") as ws:
+            async with connect(srv.url + "?token=" + TOKEN) as ws:
                 hello = await recv_json(ws)
                 await ws.send(json.dumps({"type": "add_source", "name": "added", "uri": str(tone), "id": "a"}))
                 added = await recv_until(ws, lambda m: m["type"] in ("source_added", "error"))
                 await ws.send(json.dumps({"type": "add_source", "name": "bad", "uri": "/no/such/file.ogg"}))
                 missing = await recv_until(ws, lambda m: m["type"] == "error")
-                await ws.send(json.dumps({"type": "subscribe", "streams": ["added"]}))
+                await ws.send(json.dumps({"type": "subscribe", "streams": ["served"]}))
                 update = await recv_until(ws, lambda m: m["type"] == "update")
-                await ws.send(json.dumps({"type": "remove_source", "name": "added"}))
+                await ws.send(json.dumps({"type": "remove_source", "name": "served"}))
                 ended = await recv_until(ws, lambda m: m["type"] == "stream_ended")
                 removed = await recv_until(ws, lambda m: m["type"] == "source_removed")
             return refused, hello, added, missing, update, ended, removed
@@ -465,10 +470,12 @@ def test_token_is_required_and_authorizes_sources(bundle, tone, validate):
         for m in (hello, added, missing, update, ended, removed):
             validate(m)
         assert hello["authorized"] is True
-        assert added == {"type": "source_added", "name": "added", "uri": str(tone), "id": "a"}
-        assert missing["code"] == "source_error" and "/no/such/file.ogg" in missing["message"]
-        assert update["stream"] == "added" and ended["stream"] == "added" and removed["name"] == "added"
-        assert "added" not in engine.streams
+        assert [s["source"] for s in hello["streams"]] == [tone.name]  # a local path shows only its file name
+        assert added == {"type": "source_added", "name": "added", "uri": str(tone), "id": "a"}  # --allow-files
+        assert missing["code"] == "source_error" and "refused by policy" in missing["message"]
+        assert "/no/such" not in missing["message"]  # outside --allow-files: nothing said about the path
+        assert update["stream"] == "served" and ended["stream"] == "served" and removed["name"] == "served"
+        assert "served" not in engine.streams
     finally:
         srv.stop()
 
@@ -480,7 +487,9 @@ def test_non_loopback_bind_without_token_is_refused(capsys):
     with pytest.raises(ConfigError, match="--token"):
         ServerConfig(host="0.0.0.0")
     check_bind("127.0.0.1", None)
-    check_bind("0.0.0.0", "t")
+    check_bind("0.0.0.0", TOKEN)
+    with pytest.raises(ConfigError, match="at least 16"):
+        ServerConfig(token="s3cret")  # guessable: refused at start, on loopback too
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refusing" in err[0] and "--token" in err[0]
@@ -523,7 +532,7 @@ def test_example_subscriber_survives_a_server_restart(bundle, tone):
     engine = make_engine(bundle)
     port = free_port()
     srv = ServerThread(engine, port=port, file_speed=4.0).start()
-    srv.call(srv.server.add_source, "before", str(tone))
+    srv.add_source("before", str(tone))
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "subscriber.py"), f"ws://127.0.0.1:{port}/", "*"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -540,7 +549,7 @@ def test_example_subscriber_survives_a_server_restart(bundle, tone):
         srv.stop()
         _wait_line(err, lambda l: "disconnected" in l or "retrying" in l)
         srv2 = ServerThread(engine, port=port, file_speed=4.0).start()
-        srv2.call(srv2.server.add_source, "after", str(tone))
+        srv2.add_source("after", str(tone))
         _wait_line(err, lambda l: l.startswith("# connected"))
         after = _wait_line(out, lambda l: l.startswith("after\t"))
         assert float(after.split("\t")[1]) > 0
@@ -568,7 +577,7 @@ def test_default_model_updates_equal_offline_tagging(validate):
                         name="clip", hop_seconds=engine.hop_seconds)
     srv = ServerThread(engine, file_speed=6.0).start()
     try:
-        srv.call(srv.server.add_source, "clip", str(clip))
+        srv.add_source("clip", str(clip))
 
         async def scenario():
             async with connect(srv.url) as ws:

@@ -1,51 +1,89 @@
-"""Websocket server: live genre updates for many clients, audio in, and the web page, on one port.
+"""Websocket server: a sink of the live runner that serves its updates to many clients, takes audio in, and
+serves the web page, on one port.
 
 This is the I/O adapter around the sans-I/O protocol core (``streamtag/protocol.py``): it runs a
 ``websockets.asyncio.server`` on an asyncio loop, feeds client messages to the :class:`~streamtag.protocol.Hub`,
 carries out the actions the hub returns, and moves each client's bounded outbox onto its socket in a writer
-task of its own, so a slow client only ever delays itself. The engine runs in a :class:`~streamtag.live.LiveRunner`
-thread; its updates cross into the loop with ``call_soon_threadsafe``.
+task of its own, so a slow client only ever delays itself. It is handed a runner (``streamtag.live.LiveRunner``
+or anything with its methods) and registers itself as one of its sinks; what the runner reports arrives from
+its threads and crosses into the loop with ``call_soon_threadsafe``. Sources a client names are opened only
+through ``streamtag.sources.open_source`` under the server's :class:`~streamtag.sources.policy.SourcePolicy`.
+
+Safe by default (``docs/security.md``): loopback bind, browser Origins checked, Host checked on loopback (DNS
+rebinding), tokens of 16+ characters, failed handshakes throttled per address, and a bound on everything a client
+can make the server hold: connections, streams, audio streams, audio seconds per second, messages per second,
+frames queued per connection, sources still opening.
 
 Plain HTTP GETs on the same port serve the web page (``streamtag/web``) and ``/healthz``.
 Wire format: ``docs/protocol.md``.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import email.utils
 import hmac
 import ipaddress
 import logging
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .. import __version__
-from ..errors import ConfigError, StreamtagError
+from ..errors import ConfigError, SourceError, StreamtagError
 from ..events import GenreUpdate
-from ..live import LiveRunner
-from ..protocol import AddSource, AudioStart, AudioStop, Client, Hub, RemoveSource, valid_stream_name
+from ..protocol import (
+    Action,
+    AddSource,
+    AudioStart,
+    AudioStop,
+    Client,
+    ClientError,
+    HandshakeThrottle,
+    Hub,
+    RateLimiter,
+    RemoveSource,
+    valid_stream_name,
+)
+from ..sources.policy import PolicyError, SourcePolicy, display_name
 
-__all__ = ["ServerConfig", "GenreServer", "check_bind", "is_loopback", "WEB_DIR"]
+__all__ = [
+    "ServerConfig",
+    "WebsocketServer",
+    "add_serve_security_args",
+    "config_from_args",
+    "check_bind",
+    "is_loopback",
+    "public_source",
+    "WEB_DIR",
+]
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~6 s of 44.1 kHz float32 mono audio per binary frame
+MIN_TOKEN_CHARS = 16  # a shorter --token is refused at start (guessable)
+RATE_NOTICE_INTERVAL_S = 10.0  # s between two `rate_limited` notices to one client
+FRAMES_QUEUED = 4  # incoming frames websockets buffers per connection before it stops reading the socket
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json"}
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "ip6-localhost")
 
 
 def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
     if host in ("localhost", "ip6-localhost"):
         return True
     try:
@@ -55,12 +93,28 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to listen beyond loopback without a token (ConfigError)."""
+    """Refuse to listen beyond loopback without a token, and refuse guessable tokens (ConfigError)."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"--token is {len(token)} characters; use at least {MIN_TOKEN_CHARS} random ones, "
+            "e.g. --token $(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if not is_loopback(host) and not token:
         raise ConfigError(
             f"refusing to serve on non-loopback address {host!r} without a token; add --token T "
             "(clients then connect with ?token=T) or bind 127.0.0.1"
         )
+
+
+def public_source(uri: str) -> str:
+    """What clients are shown of a source: URLs without credentials or query, files by name only."""
+    return display_name(uri)
+
+
+def _safe_text(text: str, limit: int = 200) -> str:
+    """One printable line of at most ``limit`` characters (nothing a remote sent can forge a log or reply line)."""
+    line = "".join(ch if ch.isprintable() else " " for ch in text)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _is_file_uri(uri: str) -> bool:
@@ -69,16 +123,30 @@ def _is_file_uri(uri: str) -> bool:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Everything ``streamtag serve`` takes; every limit's flag is named beside it (docs/security.md)."""
+
     host: str = "127.0.0.1"
-    port: int = 8765  # 0: any free port (see GenreServer.port)
-    token: str | None = None  # required to connect when set; enables add_source / remove_source
-    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed (empty: any); the server's own is added
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # largest incoming message (websockets max_size)
+    port: int = 8765  # 0: any free port (see WebsocketServer.port)
+    token: str | None = None  # --token: required to connect when set; enables add_source / remove_source
+    allowed_origins: tuple[str, ...] = ()  # --allowed-origin: browser Origins allowed besides the server's own; "*": any
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # --max-message-bytes: largest incoming message
     queue_streams: int = 256  # per-client outbox bound: streams with pending updates
     queue_depth: int = 8  # per-client outbox bound: pending updates per stream (older ones are dropped)
     file_speed: float | None = 1.0  # pacing of file sources (x real time; None: as fast as decoded)
     web_dir: Path | None = WEB_DIR  # static files served over HTTP (None: no page)
     ping_interval: float | None = 20.0  # s between keepalive pings (a client that stops reading is closed)
+    handshake_timeout: float = 10.0  # s a connection may take to send its HTTP request (slowloris)
+    max_connections: int = 128  # --max-connections: websocket connections at once
+    max_streams: int = 64  # --max-streams: streams at once (sources and audio in)
+    max_audio_streams: int = 16  # --max-audio-streams: audio-in streams at once (one per connection)
+    audio_rate: float = 2.0  # --max-audio-rate: s of audio per s one connection may send (then throttled)
+    audio_burst: float = 1.0  # s of audio a connection may send ahead of that rate
+    message_rate: float = 50.0  # --max-message-rate: text messages per s per connection (then throttled)
+    auth_failures: int = 5  # --auth-failures: failed handshakes per address per minute before it gets 429
+    open_timeout: float = 15.0  # --open-timeout: s an add_source may take to open its source
+    max_pending_opens: int = 4  # sources opening at once (each in a thread of its own)
+    allow_files: tuple[Path, ...] = ()  # --allow-files: directories add_source may open files under
+    allow_private_urls: bool = False  # --allow-private-urls: loopback/private/link-local URLs for add_source
 
     def __post_init__(self) -> None:
         check_bind(self.host, self.token)
@@ -86,67 +154,203 @@ class ServerConfig:
             raise ConfigError(f"--max-message-bytes {self.max_message_bytes} is too small; use at least 1024")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port (0-65535)")
+        for flag, value in (("--max-connections", self.max_connections), ("--max-streams", self.max_streams),
+                            ("--max-audio-streams", self.max_audio_streams),
+                            ("--auth-failures", self.auth_failures), ("max_pending_opens", self.max_pending_opens)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"{flag} must be a whole number >= 1, got {value}")
+        for flag, x in (("--max-audio-rate", self.audio_rate), ("audio_burst", self.audio_burst),
+                        ("--max-message-rate", self.message_rate), ("--open-timeout", self.open_timeout),
+                        ("handshake_timeout", self.handshake_timeout)):
+            if not (math.isfinite(x) and x > 0):
+                raise ConfigError(f"{flag} must be a positive number, got {x}")
+        for d in self.allow_files:
+            if not Path(d).is_dir():
+                raise ConfigError(f"--allow-files {d}: not a directory; name a directory of audio files")
+        for origin in self.allowed_origins:
+            if origin != "*" and not (origin.startswith(("http://", "https://")) and "/" not in origin[8:]):
+                raise ConfigError(f"--allowed-origin {origin!r}: use scheme://host[:port], e.g. https://example.org")
+
+    @property
+    def policy(self) -> SourcePolicy:
+        """What a client's add_source may open."""
+        return SourcePolicy(allow_files=tuple(self.allow_files), allow_private_urls=self.allow_private_urls)
 
 
-def _default_open_source(uri: str, sample_rate: int) -> Any:
+def add_serve_security_args(p: argparse.ArgumentParser) -> None:
+    """The serve command's security flags and limits (one block; ``config_from_args`` reads them back).
+
+    These definitions win over any earlier ones of the same flags on ``p`` (``--token``, ``--allowed-origin``,
+    ``--max-message-bytes`` may already be there), so the CLI can call this wherever it builds ``serve``.
+    """
+    d = ServerConfig()
+    g = p.add_argument_group("security and limits (docs/security.md)", conflict_handler="resolve")
+    g.add_argument("--token", default=None,
+                   help=f"clients must connect with ?token=T (>= {MIN_TOKEN_CHARS} chars); allows add_source")
+    g.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="browser Origin allowed besides the server's own page (repeatable; '*': any, not advised)")
+    g.add_argument("--allow-files", action="append", default=[], metavar="DIR", type=Path,
+                   help="add_source may open files under DIR (repeatable; default: no local files)")
+    g.add_argument("--allow-private-urls", action="store_true",
+                   help="add_source may open loopback, private and link-local URLs (default: refused)")
+    g.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, metavar="N",
+                   help=f"largest message a client may send (default {d.max_message_bytes})")
+    g.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
+                   help=f"websocket connections at once (default {d.max_connections})")
+    g.add_argument("--max-streams", type=int, default=d.max_streams, metavar="N",
+                   help=f"streams at once, sources and audio in (default {d.max_streams})")
+    g.add_argument("--max-audio-streams", type=int, default=d.max_audio_streams, metavar="N",
+                   help=f"audio-in streams at once, one per connection (default {d.max_audio_streams})")
+    g.add_argument("--max-audio-rate", type=float, default=d.audio_rate, metavar="X",
+                   help=f"seconds of audio per second one connection may send before it is throttled "
+                        f"(default {d.audio_rate:g})")
+    g.add_argument("--max-message-rate", type=float, default=d.message_rate, metavar="N",
+                   help=f"text messages per second per connection before it is throttled (default {d.message_rate:g})")
+    g.add_argument("--auth-failures", type=int, default=d.auth_failures, metavar="N",
+                   help=f"failed handshakes per address per minute before it is refused (default {d.auth_failures})")
+    g.add_argument("--open-timeout", type=float, default=d.open_timeout, metavar="S",
+                   help=f"seconds an add_source may take to open its source (default {d.open_timeout:g})")
+
+
+def config_from_args(args: argparse.Namespace, **fields: Any) -> ServerConfig:
+    """A ServerConfig from :func:`add_serve_security_args`' flags plus ``fields`` (host, port, file_speed...)."""
+    return ServerConfig(
+        token=args.token,
+        allowed_origins=tuple(args.allowed_origin),
+        allow_files=tuple(args.allow_files),
+        allow_private_urls=args.allow_private_urls,
+        max_message_bytes=args.max_message_bytes,
+        max_connections=args.max_connections,
+        max_streams=args.max_streams,
+        max_audio_streams=args.max_audio_streams,
+        audio_rate=args.max_audio_rate,
+        message_rate=args.max_message_rate,
+        auth_failures=args.auth_failures,
+        open_timeout=args.open_timeout,
+        **fields,
+    )
+
+
+def _open_source(uri: str, sample_rate: int, policy: SourcePolicy) -> Any:
+    """``streamtag.sources.open_source`` under ``policy`` (it checks paths, DNS answers and every redirect)."""
     from ..sources import open_source
 
-    return open_source(uri, sample_rate)
+    return open_source(uri, sample_rate, policy=policy)
 
 
-@dataclass
-class GenreServer:
-    """Engine + hub + websocket server. Use ``async with GenreServer(engine, config) as server: ...``."""
+def _run_in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+    """Run ``fn`` in a daemon thread of its own (never a shared pool another client may need)."""
+    fut: asyncio.Future[Any] = loop.create_future()
 
-    engine: Any
-    config: ServerConfig = field(default_factory=ServerConfig)
-    open_source: Callable[[str, int], Any] = _default_open_source
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
 
-    def __post_init__(self) -> None:
+    def work() -> None:
+        try:
+            result: tuple[bool, Any] = (True, fn())
+        except BaseException as e:  # handed to the awaiting coroutine, which decides
+            result = (False, e)
+        try:
+            loop.call_soon_threadsafe(settle, *result)
+        except RuntimeError:  # the loop closed meanwhile (shutdown)
+            if result[0]:
+                _close(result[1])
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return fut
+
+
+def _close(source: object) -> None:
+    close = getattr(source, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # closing is best effort
+            log.debug("closing %r failed", source, exc_info=True)
+
+
+class WebsocketServer:
+    """A sink of ``runner`` with a websocket server in front. ``async with WebsocketServer(runner, config)``.
+
+    The caller owns the runner (starts and stops it). The server removes on close the streams it added
+    (sources and audio in) and unregisters itself; streams it did not add are shown but never touched.
+    ``open_source(uri, sample_rate, policy)`` opens what add_source names (tests swap it).
+    """
+
+    def __init__(
+        self,
+        runner: Any,
+        config: ServerConfig | None = None,
+        *,
+        open_source: Callable[[str, int, SourcePolicy], Any] = _open_source,
+    ) -> None:
+        self.runner = runner
+        self.config = config or ServerConfig()
+        self.open_source = open_source
+        engine = runner.engine  # read-only metadata
+        self.sample_rate: int = engine.sample_rate
         self.hub = Hub(
-            model=self.engine.bundle.name,
-            labels=list(self.engine.labels_shown),
-            sample_rate=self.engine.sample_rate,
-            hop_seconds=self.engine.hop_seconds,
+            model=engine.bundle.name,
+            labels=list(engine.labels_shown),
+            sample_rate=engine.sample_rate,
+            hop_seconds=engine.hop_seconds,
             max_message_bytes=self.config.max_message_bytes,
             queue_streams=self.config.queue_streams,
             queue_depth=self.config.queue_depth,
             server=f"streamtag/{__version__}",
+            max_streams=self.config.max_streams,
+            max_audio_streams=self.config.max_audio_streams,
         )
-        self.runner = LiveRunner(
-            self.engine, self._updates_from_thread, on_end=self._ended_from_thread, on_title=self._title_from_thread
-        )
+        self.throttle = HandshakeThrottle(max_failures=self.config.auth_failures)
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._static: dict[str, Path] = {}
         if self.config.web_dir is not None and self.config.web_dir.is_dir():
             self._static = {"/" + p.name: p for p in self.config.web_dir.iterdir() if p.suffix in _CONTENT_TYPES}
             if "/index.html" in self._static:
                 self._static["/"] = self._static["/index.html"]
+        self._own: set[str] = set()  # streams this server added (removed on close)
+        self._reserved: set[str] = set()  # names of sources still opening
+        self._owners: dict[str, int] = {}  # audio-in stream -> client id, for the hub
+        self._reasons: dict[str, str] = {}  # stream -> why we removed it (for stream_ended)
+        self._opening = 0  # open_source threads still running (timed-out ones included)
+        self._title_timer: asyncio.TimerHandle | None = None
         self.updates_sent = 0
+        self.refused: dict[int, int] = {}  # HTTP status -> handshakes refused with it
+        if "*" in self.config.allowed_origins:
+            log.warning("--allowed-origin '*': any web page the user visits can read every stream and send audio")
+        runner.add_sink(self)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    async def start(self) -> GenreServer:
-        self._loop = asyncio.get_running_loop()
-        self.runner.start()
-        origins: list[Any] | None = None
-        if self.config.allowed_origins:
-            own = re.compile(rf"https?://({re.escape(self.config.host)}|localhost|127\.0\.0\.1)(:\d+)?")
-            origins = [*self.config.allowed_origins, own, None]  # None: non-browser clients send no Origin
+    def _bind_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+
+    async def start(self) -> WebsocketServer:
+        """Start listening. Streams added before this (``--source``) are in the first ``hello`` already."""
+        self._bind_loop()
         try:
             self._server = await serve(
                 self._handler,
                 self.config.host,
                 self.config.port,
                 process_request=self._process_request,
-                origins=origins,
                 max_size=self.config.max_message_bytes,
+                max_queue=FRAMES_QUEUED,
                 ping_interval=self.config.ping_interval,
+                open_timeout=self.config.handshake_timeout,  # a slower handshake (slowloris) is dropped
+                close_timeout=5.0,
                 server_header=f"streamtag/{__version__}",
                 compression=None,  # small JSON at a high rate: deflate costs more CPU than it saves
             )
         except OSError as e:
-            self.runner.stop()
             raise ConfigError(
                 f"cannot listen on {self.config.host}:{self.config.port} ({e.strerror or e}); "
                 "pick another --port or stop the other server"
@@ -158,7 +362,8 @@ class GenreServer:
     def port(self) -> int:
         if self._server is None:
             return self.config.port
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def url(self) -> str:
@@ -170,13 +375,13 @@ class GenreServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        loop = asyncio.get_running_loop()
-        for name in list(self.hub.streams):  # leave the engine as we found it
-            await loop.run_in_executor(None, self.runner.remove, name)
-            self.hub.stream_removed(name, "server stopped")
-        await loop.run_in_executor(None, self.runner.stop)
+        for name in sorted(self._own):  # leave the runner as we found it
+            await self._remove(name, "server stopped")
+        remove_sink = getattr(self.runner, "remove_sink", None)
+        if remove_sink is not None:
+            remove_sink(self)
 
-    async def __aenter__(self) -> GenreServer:
+    async def __aenter__(self) -> WebsocketServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -187,66 +392,197 @@ class GenreServer:
         await self._server.serve_forever()
 
     # -- sources -----------------------------------------------------------------------------------------
-    async def add_source(self, name: str, uri: str) -> None:
-        """Open ``uri`` (off the loop: it may connect to a host) and start tagging it as stream ``name``."""
+    async def add_source(self, name: str, uri: str, *, policy: SourcePolicy | None = None) -> None:
+        """Open ``uri`` under ``policy`` (default: the server's) and tag it as stream ``name``.
+
+        The open runs in a thread of its own, at most ``max_pending_opens`` at once, and this returns within
+        ``open_timeout`` s whatever the remote does (a source that opens after that is closed).
+        """
+        self._bind_loop()
         if not valid_stream_name(name):
             raise ConfigError(f"invalid stream name {name!r}: use letters, digits and _.:-")
-        if name in self.hub.streams or name in self.engine.streams:
-            raise ConfigError(f"stream {name!r} already exists; pick another name")
-        loop = asyncio.get_running_loop()
-        source = await loop.run_in_executor(None, self.open_source, uri, self.engine.sample_rate)
-        speed = self.config.file_speed if _is_file_uri(uri) else None
+        if name in self.hub.streams or name in self._reserved or name in self.runner.streams():
+            raise ClientError("stream_exists", f"stream {name!r} already exists; pick another name")
+        if self._opening >= self.config.max_pending_opens:
+            raise ClientError("limit_exceeded", f"{self._opening} sources are still opening; try again later")
+        policy = self.config.policy if policy is None else policy
+        shown = public_source(uri)
+        assert self._loop is not None
+        self._opening += 1
+        self._reserved.add(name)
         try:
-            self.runner.add_source(name, source, speed=speed)
-        except StreamtagError:
-            getattr(source, "close", lambda: None)()
-            raise
-        self.hub.stream_added(name, uri, getattr(source, "title", None))
+            fut = _run_in_thread(self._loop, lambda: self.open_source(uri, self.sample_rate, policy), f"open-{name}")
+            fut.add_done_callback(self._opened)
+            try:
+                source = await asyncio.wait_for(asyncio.shield(fut), self.config.open_timeout)
+            except asyncio.TimeoutError:
+                fut.add_done_callback(self._discard_late)
+                raise SourceError(
+                    f"{shown}: no answer within {self.config.open_timeout:g} s (--open-timeout); check the URL"
+                ) from None
+            except PolicyError as e:
+                raise PolicyError(_safe_text(str(e))) from None  # says "refused by policy", nothing more
+            except StreamtagError as e:
+                raise SourceError(_safe_text(str(e))) from None
+            except Exception as e:  # a source bug: one line, not the connection
+                log.exception("opening %s failed", shown)
+                raise SourceError(f"{shown}: cannot open ({type(e).__name__})") from None
+            speed = self.config.file_speed if _is_file_uri(uri) else None
+            self._own.add(name)
+            try:
+                self.runner.add_source(name, source, speed=speed, display=shown)
+            except BaseException:
+                self._own.discard(name)
+                _close(source)
+                raise
+            self._stream_added(name, shown, getattr(source, "title", None))
+        finally:
+            self._reserved.discard(name)
+        log.info("stream %s: source %s added", name, shown)
+
+    def _opened(self, fut: asyncio.Future[Any]) -> None:
+        self._opening -= 1
+
+    @staticmethod
+    def _discard_late(fut: asyncio.Future[Any]) -> None:
+        """A source that opened after add_source gave up: nobody will read it."""
+        if not fut.cancelled() and fut.exception() is None:
+            _close(fut.result())
 
     async def remove_source(self, name: str, reason: str = "removed") -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.runner.remove, name)
-        self.hub.stream_removed(name, reason)
+        await self._remove(name, reason)
 
-    # -- engine thread -> loop ---------------------------------------------------------------------------
+    async def _remove(self, name: str, reason: str) -> None:
+        self._bind_loop()
+        assert self._loop is not None
+        self._reasons[name] = reason
+        try:
+            await _run_in_thread(self._loop, lambda: self.runner.remove(name), f"remove-{name}")
+        except StreamtagError:  # already gone
+            pass
+        self._stream_gone(name, None)
+
+    # -- sink (called from the runner's threads) ---------------------------------------------------------
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or threading.get_ident() == self._loop_thread:
+            fn(*args)
+            return
+        if not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # the loop closed meanwhile (shutdown)
                 pass
 
-    def _updates_from_thread(self, updates: list[GenreUpdate]) -> None:
+    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
+        self._call(self._stream_added, name, source, title)
+
+    def on_update(self, updates: list[GenreUpdate]) -> None:
         self._call(self._publish, [u.to_dict() for u in updates])
+
+    def on_title(self, name: str, title: str | None) -> None:
+        self._call(self._set_title, name, title)
+
+    def on_status(self, name: str, kind: str, detail: str) -> None:
+        log.info("stream %s: %s %s", name, kind, _safe_text(detail))
+
+    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
+        self._call(self._stream_gone, name, error)
+
+    # -- on the loop -------------------------------------------------------------------------------------
+    def _stream_added(self, name: str, source: str, title: str | None) -> None:
+        if name not in self.hub.streams:
+            self.hub.stream_added(name, source, title, owner=self._owners.get(name))
 
     def _publish(self, updates: list[dict[str, Any]]) -> None:
         for u in updates:
             if u["stream"] in self.hub.streams:
                 self.hub.publish(u)
 
-    def _ended_from_thread(self, name: str, error: StreamtagError | None) -> None:
-        self._call(self._source_ended, name, str(error) if error else "ended")
+    def _set_title(self, name: str, title: str | None) -> None:
+        delay = self.hub.set_title(name, title)
+        self._schedule_titles(delay)
 
-    def _source_ended(self, name: str, reason: str) -> None:
-        log.info("stream %s ended: %s", name, reason)
-        # Let the engine thread emit the hops still in the ring buffer before the stream goes.
-        assert self._loop is not None
-        self._loop.call_later(0.5, lambda: asyncio.ensure_future(self.remove_source(name, reason)))
+    def _schedule_titles(self, delay: float | None) -> None:
+        if delay is None or self._loop is None or self._title_timer is not None:
+            return
+        self._title_timer = self._loop.call_later(delay, self._flush_titles)
 
-    def _title_from_thread(self, name: str, title: str | None) -> None:
-        self._call(self.hub.set_title, name, title)
+    def _flush_titles(self) -> None:
+        self._title_timer = None
+        self._schedule_titles(self.hub.flush_titles())
+
+    def _stream_gone(self, name: str, error: StreamtagError | None) -> None:
+        reason = self._reasons.pop(name, None) or (_safe_text(str(error)) if error else "ended")
+        self._own.discard(name)
+        self._owners.pop(name, None)
+        if name in self.hub.streams:
+            log.info("stream %s ended: %s", name, reason)
+            self.hub.stream_removed(name, reason)
 
     # -- HTTP --------------------------------------------------------------------------------------------
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str,
+                headers: Sequence[tuple[str, str]] = ()) -> Response:
+        self.refused[status.value] = self.refused.get(status.value, 0) + 1
+        response = connection.respond(status, text + "\n")
+        for k, v in headers:
+            response.headers[k] = v
+        return response
+
+    def _origin_allowed(self, origin: str | None, host: str) -> bool:
+        if origin is None:  # not a browser: browsers always send Origin on websocket handshakes
+            return True
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin.rstrip("/") in allowed:
+            return True
+        return origin.rstrip("/") in (f"http://{host}", f"https://{host}")  # the page this server served
+
+    def _host_allowed(self, host: str) -> bool:
+        """On loopback only loopback names (a DNS name that rebinds to 127.0.0.1 is refused)."""
+        if not is_loopback(self.config.host):
+            return True
+        hostname = urlsplit(f"//{host}").hostname or ""
+        if is_loopback(hostname) or hostname in _LOOPBACK_NAMES:
+            return True
+        return any(urlsplit(o).hostname == hostname for o in self.config.allowed_origins)
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._http(connection, request)
+        address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        wait = self.throttle.blocked_for(address)
+        if wait > 0:
+            return self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS,
+                                f"too many failed handshakes from {address}; retry in {math.ceil(wait)} s",
+                                [("Retry-After", str(math.ceil(wait)))])
+        hosts, origins = request.headers.get_all("Host"), request.headers.get_all("Origin")
+        if len(hosts) > 1 or len(origins) > 1:
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, "more than one Host or Origin header")
+        host = hosts[0] if hosts else ""
+        origin = origins[0] if origins else None
+        if not self._host_allowed(host):
+            log.warning("refused %s: Host %r is not this loopback server", address, _safe_text(host, 80))
+            return self._refuse(connection, HTTPStatus.FORBIDDEN,
+                                f"Host {_safe_text(host, 80)!r} not served here; connect to 127.0.0.1:{self.port}")
+        if not self._origin_allowed(origin, host):
+            shown = _safe_text(origin or "", 80)
+            log.warning("refused %s: Origin %r not allowed", address, shown)
+            return self._refuse(connection, HTTPStatus.FORBIDDEN,
+                                f"Origin {shown!r} not allowed; start the server with --allowed-origin {shown}")
         if self.config.token is not None:
             token = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
             auth = request.headers.get("Authorization", "")
             if not token and auth.lower().startswith("bearer "):
                 token = auth[7:].strip()
             if not hmac.compare_digest(token.encode(), self.config.token.encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token; connect with ?token=T\n")
+                self.throttle.failed(address)
+                log.warning("refused %s: missing or wrong token", address)
+                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
+                                    "missing or wrong token; connect with ?token=T")
+        if len(self.hub.clients) >= self.config.max_connections:
+            log.warning("refused %s: %d connections (--max-connections)", address, len(self.hub.clients))
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                                "server full (--max-connections); try again later", [("Retry-After", "5")])
         return None
 
     def _http(self, connection: ServerConnection, request: Request) -> Response:
@@ -255,7 +591,7 @@ class GenreServer:
             return connection.respond(HTTPStatus.OK, "ok\n")
         file = self._static.get(path)
         if file is None:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+            return connection.respond(HTTPStatus.NOT_FOUND, f"not found: {_safe_text(path, 80)}\n")
         body = file.read_bytes()  # small files, read on request so edits show without a restart
         headers = Headers(
             [
@@ -265,26 +601,50 @@ class GenreServer:
                 ("Content-Length", str(len(body))),
                 ("Cache-Control", "no-cache"),
                 ("X-Content-Type-Options", "nosniff"),
+                ("X-Frame-Options", "DENY"),
+                ("Referrer-Policy", "no-referrer"),
             ]
         )
         return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
     # -- websocket connections ---------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
+        if len(self.hub.clients) >= self.config.max_connections:  # handshakes that raced past the check
+            await ws.close(1013, "server full (--max-connections); try again later")
+            return
         wake = asyncio.Event()
-        client = self.hub.connect(
-            authorized=self.config.token is not None, peer=str(ws.remote_address), notify=wake.set
-        )
+        peer = str(ws.remote_address[0]) if ws.remote_address else "?"
+        client = self.hub.connect(authorized=self.config.token is not None, peer=peer, notify=wake.set)
+        log.info("client %d connected from %s (Origin %s)", client.id, peer,
+                 _safe_text(ws.request.headers.get("Origin", "-") if ws.request else "-", 80))
+        messages = RateLimiter(rate=self.config.message_rate, burst=2 * self.config.message_rate)
+        audio = RateLimiter(rate=self.config.audio_rate, burst=self.config.audio_burst)
+        noticed = -math.inf
+
+        async def over_budget(wait: float, what: str) -> None:
+            # Hold this connection only: its frames wait in websockets' small queue, then in TCP, which stops
+            # the sender; other clients and streams never wait for it.
+            nonlocal noticed
+            now = time.monotonic()
+            if now - noticed >= RATE_NOTICE_INTERVAL_S:
+                noticed = now
+                log.info("client %d throttled: %s", client.id, what)
+                self.hub.error(client, "rate_limited", f"{what}; slowed down to that rate")
+            await asyncio.sleep(wait)
+
         writer = asyncio.create_task(self._writer(ws, client, wake))
         try:
             async for message in ws:
                 if isinstance(message, bytes):
                     got = self.hub.receive_audio(client, message)
-                    if got is not None and got[0] in self.engine.streams:
-                        stream, samples = got
-                        if samples.size:
-                            self.runner.push(stream, samples)
+                    if got is None:
+                        if (wait := messages.take(1.0)) > 0:
+                            await over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
+                    else:
+                        await self._push_paced(got[0], got[1], audio, over_budget)
                 else:
+                    if (wait := messages.take(1.0)) > 0:
+                        await over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
                     for action in self.hub.receive(client, message):
                         await self._perform(client, action)
                 if writer.done():
@@ -293,8 +653,22 @@ class GenreServer:
             pass
         finally:
             writer.cancel()
+            log.info("client %d disconnected", client.id)
             for stop in self.hub.disconnect(client):
                 await self._stop_audio(stop.stream, stop.reason)
+
+    async def _push_paced(self, stream: str, samples: np.ndarray, budget: RateLimiter,
+                          over_budget: Callable[[float, str], Any]) -> None:
+        """Hand ``samples`` to the runner in slices of at most one hop, each within the connection's audio
+        budget: a big frame never lands as many hops at once, which would delay every other stream's next one."""
+        step = max(1, int(min(self.hub.hop_seconds, 0.5) * self.sample_rate))
+        for i in range(0, samples.shape[0], step):
+            piece = np.asarray(samples[i : i + step], dtype=np.float32)
+            if (wait := budget.take(piece.shape[0] / self.sample_rate)) > 0:
+                await over_budget(wait, f"audio faster than {self.config.audio_rate:g}x real time")
+            if stream not in self.hub.streams:
+                return
+            self.runner.push(stream, piece)
 
     async def _writer(self, ws: ServerConnection, client: Client, wake: asyncio.Event) -> None:
         try:
@@ -310,11 +684,12 @@ class GenreServer:
         except ConnectionClosed:
             return
 
-    async def _perform(self, client: Client, action: Any) -> None:
+    async def _perform(self, client: Client, action: Action) -> None:
         request: dict[str, Any] = {"id": action.request_id} if action.request_id is not None else {}
         try:
             if isinstance(action, AddSource):
                 request["type"] = "add_source"
+                log.info("client %d: add_source %s = %s", client.id, action.name, public_source(action.uri))
                 await self.add_source(action.name, action.uri)
                 self.hub.reply(client, {"type": "source_added", "name": action.name, "uri": action.uri}, request)
             elif isinstance(action, RemoveSource):
@@ -323,28 +698,37 @@ class GenreServer:
                 self.hub.reply(client, {"type": "source_removed", "name": action.name}, request)
             elif isinstance(action, AudioStart):
                 request["type"] = "audio_start"
+                self._owners[action.stream] = client.id
+                self._own.add(action.stream)
                 try:
-                    self.runner.add_stream(action.stream)
+                    self.runner.add_stream(action.stream, display="websocket")
                 except StreamtagError:
                     client.audio.pop(action.stream, None)
+                    self._owners.pop(action.stream, None)
+                    self._own.discard(action.stream)
                     raise
-                self.hub.stream_added(action.stream, "websocket", owner=client.id)
+                self._stream_added(action.stream, "websocket", None)
                 client.subscriptions.add(action.stream)
                 self.hub.reply(
                     client,
                     {"type": "audio_started", "stream": action.stream, "sample_rate": action.sample_rate,
-                     "engine_sample_rate": self.engine.sample_rate},
+                     "engine_sample_rate": self.sample_rate},
                     request,
                 )
             elif isinstance(action, AudioStop):
                 request["type"] = "audio_stop"
                 await self._stop_audio(action.stream, action.reason)
                 self.hub.reply(client, {"type": "audio_stopped", "stream": action.stream}, request)
+        except ClientError as e:
+            self.hub.error(client, e.code, str(e), request)
         except StreamtagError as e:
             self.hub.error(client, "source_error" if request.get("type") == "add_source" else "bad_message",
-                           str(e), request)
+                           _safe_text(str(e), 300), request)
 
     async def _stop_audio(self, stream: str, reason: str) -> None:
-        if stream in self.engine.streams:
-            await asyncio.get_running_loop().run_in_executor(None, self.runner.remove, stream)
-        self.hub.stream_removed(stream, reason)
+        if stream in self._own:
+            await self._remove(stream, reason)
+        else:
+            self._stream_gone(stream, None)
+
+
