@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtag.architectures import build_model
-from train.cache import build_cache
-from train.fma import load_fma
-from train.train import DEFAULT_FRONTEND, CachedCrops, DecodedCrops
+from streamtag.train.cache import build_cache
+from streamtag.train.fma import load_fma
+from streamtag.train.train import DEFAULT_FRONTEND, CachedCrops, DecodedCrops
 
 
 def _run(loader: DataLoader, model: torch.nn.Module, batches: int, train_step: bool) -> tuple[int, float]:

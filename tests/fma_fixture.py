@@ -101,7 +101,7 @@ def _synth(genre: str, seed: int, n: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _decoded(path: Path) -> np.ndarray:
-    from train.data import decode_audio
+    from streamtag.train.data import decode_audio
 
     return decode_audio(path, SR)
 

@@ -12,7 +12,7 @@ import torch
 
 from streamtag.errors import ModelError
 from streamtag.registry import Bundle, load_bundle, save_bundle
-from train import build_corpus, distill
+from streamtag.train import build_corpus, distill
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared"))

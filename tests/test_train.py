@@ -14,11 +14,11 @@ from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
 from streamtag.errors import ConfigError, SourceError
 from streamtag.frontend import FrontendSpec
 from streamtag.registry import load_bundle
-from train.cache import build_cache, extract, open_cache
-from train.evaluate import crop_starts, metrics, windows
-from train.fma import load_fma, read_tracks
-from train.folders import load_folders, read_split_lists
-from train.train import TrainConfig, lr_lambda, mixup, pos_weights, spec_augment
+from streamtag.train.cache import build_cache, extract, open_cache
+from streamtag.train.evaluate import crop_starts, metrics, windows
+from streamtag.train.fma import load_fma, read_tracks
+from streamtag.train.folders import load_folders, read_split_lists
+from streamtag.train.train import TrainConfig, lr_lambda, mixup, pos_weights, spec_augment
 
 SPEC = FrontendSpec(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=48, scaling="db")
 TINY = {
@@ -203,7 +203,7 @@ def _cli(argv: list[str]) -> int:
     try:
         from streamtag.cli import main
     except ImportError:  # the lead's CLI is not there yet: the training module's own entry point
-        from train.cli import main
+        from streamtag.train.cli import main
     return main(argv)
 
 
@@ -254,7 +254,7 @@ def test_train_then_eval_end_to_end(
 
 
 def extract_audio(path: Path, sr: int) -> np.ndarray:
-    from train.data import decode_audio
+    from streamtag.train.data import decode_audio
 
     return decode_audio(path, sr)
 
@@ -302,7 +302,7 @@ def test_ddp_two_processes_on_cpu(fma: MiniFMA, cache_dir: Path, tmp_path: Path)
 
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "train.cli", "train", *_data_args(fma, "top"), "--arch", "transformer",
+           "-m", "streamtag.train.cli", "train", *_data_args(fma, "top"), "--arch", "transformer",
            "--arch-config", TINY["transformer"], "--frontend", json.dumps({"n_mels": SPEC.n_mels}),
            "--cache", str(cache_dir), "--out", str(run), "--epochs", "1", "--max-steps", "2", "--batch-size", "4",
            "--loader-workers", "0", "--device", "cpu"]
@@ -316,7 +316,7 @@ def test_ddp_two_processes_on_cpu(fma: MiniFMA, cache_dir: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_baselines_on_mini_fma(fma: MiniFMA, tmp_path: Path) -> None:
-    from train.baseline import run_baselines
+    from streamtag.train.baseline import run_baselines
 
     ds = load_fma(fma.metadata, fma.audio, labels="top")
     rep = run_baselines(ds, tmp_path, progress=False)
