@@ -201,29 +201,33 @@ class _Progress:
 
     def __init__(self, console: Any, n_inputs: int) -> None:
         from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.table import Column
         from rich.text import Text
 
         class _Audio(ProgressColumn):
             def render(self, task: Any) -> Text:
                 total = f"/{task.total:.0f}" if task.total is not None else ""
-                return Text(f"{task.completed:.0f}{total} s audio")
+                return Text(f"{task.completed:.0f}{total} s", no_wrap=True)
 
         class _Speed(ProgressColumn):
             def render(self, task: Any) -> Text:
                 elapsed = task.elapsed or 0.0
-                return Text(f"{task.completed / elapsed:.1f}x real time" if elapsed > 0.5 else "")
+                return Text(f"{task.completed / elapsed:.1f}x real time" if elapsed > 0.5 else "", no_wrap=True)
 
         self.n_inputs, self.files_done = n_inputs, 0
         self.progress = Progress(
             TextColumn("{task.description}", style="bold"),
             TextColumn("{task.fields[files]}"),
-            BarColumn(),
-            _Audio(),
-            _Speed(),
+            BarColumn(bar_width=16),
+            _Audio(table_column=Column(min_width=9, no_wrap=True)),
+            _Speed(table_column=Column(min_width=15, no_wrap=True)),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
             transient=True,
+            # results go to stdout: keep them there unless stdout is the same terminal as the bar
+            redirect_stdout=sys.stdout.isatty() and sys.stderr.isatty(),
+            redirect_stderr=True,
         )
         self.task = self.progress.add_task("", total=None, files=self._files())
 
@@ -241,7 +245,7 @@ class _Progress:
 
     def begin(self, label: str) -> None:
         name = Path(label).name if "://" not in label else label
-        self.progress.update(self.task, description=name[:40])
+        self.progress.update(self.task, description=name[:24])
 
     def advance(self, seconds: float) -> None:
         self.progress.update(self.task, advance=seconds)
