@@ -38,7 +38,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("default" in text.lower() or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
             return text
         return super()._get_help_string(action)
 
@@ -87,7 +88,8 @@ def add_device_arg(p: argparse.ArgumentParser, *, default: str = "auto", old_com
     p.add_argument("--device", default=default, metavar="auto|cpu|cuda[:N]",
                    help="compute device for the model; auto picks CUDA when PyTorch sees a GPU")
     if old_compute:
-        p.add_argument("--compute", dest="device", action=_DeprecatedAlias, new="--device", help=argparse.SUPPRESS)
+        p.add_argument("--compute", dest="device", action=_DeprecatedAlias, new="--device",
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_top_arg(p: argparse.ArgumentParser) -> None:
@@ -298,12 +300,12 @@ def _training_handler(module: str, func: str) -> Any:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=("fma", "folders"), required=True, help="data set kind (required)")
-    g.add_argument("--fma-metadata", type=Path, help="FMA: the unzipped fma_metadata folder (tracks.csv, genres.csv)")
-    g.add_argument("--audio", type=Path, help="FMA: the fma_<subset> audio folder (or its parent)")
+    g.add_argument("--fma-metadata", type=Path, help="FMA: the unzipped fma_metadata folder, tracks.csv and genres.csv (no default; needed with --data fma)")
+    g.add_argument("--audio", type=Path, help="FMA: the fma_<subset> audio folder or its parent (no default; needed with --data fma)")
     g.add_argument("--subset", default="small", choices=("small", "medium", "large", "full"), help="FMA subset")
     g.add_argument("--labels", default="top", choices=("top", "all"),
                    help="FMA: top = single-label genre_top; all = multi-label genres_all")
-    g.add_argument("--root", type=Path, help="folders: ROOT/<genre>/<audio files>")
+    g.add_argument("--root", type=Path, help="folders: ROOT/<genre>/<audio files> (no default; needed with --data folders)")
     g.add_argument("--splits", type=Path,
                    help="folders: folder of train/valid/test list files, GTZAN format (default: a hash split)")
     g.add_argument("--cache", type=Path, help="feature cache folder (default: inside --out)")

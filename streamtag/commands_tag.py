@@ -212,7 +212,7 @@ class _Progress:
         class _Speed(ProgressColumn):
             def render(self, task: Any) -> Text:
                 elapsed = task.elapsed or 0.0
-                return Text(f"{task.completed / elapsed:.1f}x real time" if elapsed > 0.5 else "", no_wrap=True)
+                return Text(f"{task.completed / elapsed:.1f}x real time" if task.completed and elapsed else "", no_wrap=True)
 
         self.n_inputs, self.files_done = n_inputs, 0
         self.progress = Progress(

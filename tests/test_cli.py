@@ -1,6 +1,7 @@
 """`streamtag tag` / `models` end to end as a user runs them: real decoding, the shipped default model."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -151,3 +152,251 @@ def test_engine_path_reproduces_musicnn_clip_tags(shared_dir: Path) -> None:
             assert set(want) == set(labels[key])
             worst = max(worst, max(abs(got[t] - want[t]) for t in want))
         assert worst <= 0.03, f"{model}: max clip-level deviation {worst:.4f}"
+
+
+# -- one CLI: the same flag means the same thing everywhere ----------------------------------------------------------
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from streamtag.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_option_has_help_that_states_its_default() -> None:
+    from streamtag.cli import _HelpFormatter
+
+    missing = []
+    for name, p in _subparsers().items():
+        fmt = _HelpFormatter(prog=p.prog)
+        for a in p._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS or isinstance(a, argparse._HelpAction):
+                continue
+            text = fmt._get_help_string(a) or ""
+            is_flag = a.nargs == 0
+            if not text or not (is_flag or a.required or "default" in text.lower()):  # "no default" counts
+                missing.append(f"{name} {a.option_strings[0]}: {text!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_compute_device_is_device_everywhere_and_top_has_one_default() -> None:
+    from streamtag.cli import TOP_DEFAULT
+
+    subs = _subparsers()
+    for name in ("tag", "stream", "listen", "demo", "serve", "train", "eval"):
+        (device,) = [a for a in subs[name]._actions if "--device" in a.option_strings]
+        assert device.dest == "device" and device.default == "auto", name
+    for name, p in subs.items():
+        for a in p._actions:
+            if "--top" in a.option_strings:
+                assert a.default == TOP_DEFAULT, name
+    assert {"tag", "stream", "listen", "demo", "serve"} <= {
+        n for n, p in subs.items() if any("--smoothing" in a.option_strings for a in p._actions)}
+
+
+@pytest.mark.parametrize(("argv", "device", "mic", "warned"), [
+    (["listen", "--input", "USB"], "auto", "USB", False),
+    (["listen", "--mic", "3", "--device", "cpu"], "cpu", "3", False),
+    (["listen", "--device", "cuda:1"], "cuda:1", None, False),
+    (["listen", "--device", "USB Mic"], "auto", "USB Mic", True),  # the old spelling of the microphone
+    (["listen", "--device", "2"], "auto", "2", True),
+    (["listen", "--compute", "cpu"], "cpu", None, True),
+    (["demo", "--compute", "cpu"], "cpu", None, True),
+])
+def test_listen_device_spellings(argv: list[str], device: str, mic: str | None, warned: bool) -> None:
+    from streamtag.cli import build_parser
+
+    args = build_parser(serve_security=False).parse_args(argv)
+    if getattr(args, "fix", None):
+        args.fix(args)
+    assert args.device == device
+    assert getattr(args, "input", None) == mic
+    assert bool(getattr(args, "deprecations", None)) == warned
+
+
+def test_deprecated_spelling_warns_and_still_works(tmp_path: Path) -> None:
+    r = run("demo", "--compute", "cpu", str(tmp_path / "missing.ogg"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "--compute is deprecated" in r.stderr and "--device" in r.stderr
+    assert "missing.ogg" in r.stderr  # the command itself ran with the old flag
+
+
+def test_unknown_flag_shows_the_subcommand_usage() -> None:
+    r = run("tag", "--no-such-flag", "x.ogg")
+    assert r.returncode == 2
+    assert "usage: streamtag tag" in r.stderr and "--no-such-flag" in r.stderr
+    r = run("train", "--data", "fma")  # a missing required option: train's usage too
+    assert r.returncode == 2 and "usage: streamtag train" in r.stderr and "--out" in r.stderr
+
+
+def test_version_and_doctor() -> None:
+    import torch
+
+    from streamtag import __version__
+    from streamtag.registry import available_models
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"streamtag {__version__}"
+    r = run("doctor")
+    assert r.returncode == 0, r.stderr
+    import re
+
+    rows = dict(re.match(r"^(\S.*?)\s{2,}(.*)$", line).groups() for line in r.stdout.splitlines())  # type: ignore[union-attr]
+    assert rows["torch"] == torch.__version__
+    for item in ("python", "numpy", "librosa", "av", "websockets", "rich", "FFmpeg (PyAV)", "PortAudio", "CUDA",
+                 "torch threads"):
+        assert rows[item], item
+    for name in available_models():
+        assert rows[f"model {name}"].endswith(name)  # its path
+
+
+def test_training_commands_are_parsed_without_importing_the_training_code() -> None:
+    code = ("import sys; from streamtag.cli import build_parser; "
+            "a = build_parser().parse_args(['train', '--data', 'folders', '--root', 'r', '--out', 'o']); "
+            "assert a.epochs == 30 and a.batch_size == 32 and a.device == 'auto'; "
+            "print(sorted(m for m in sys.modules if m.startswith('streamtag.train')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_train_architectures_match_the_registry() -> None:
+    from streamtag.architectures import available_architectures
+    from streamtag.cli import _ARCHITECTURES
+
+    assert set(_ARCHITECTURES) == set(available_architectures()) - {"musicnn"}
+
+
+def test_smoothing_choices() -> None:
+    from streamtag.cli import smoothing_config
+    from streamtag.errors import ConfigError
+
+    assert smoothing_config("none").tau_seconds == 0
+    assert smoothing_config("ema").tau_seconds > 0
+    try:
+        smoothing_config("hmm")  # available once branch smooth has landed
+    except ConfigError as e:
+        assert "hmm" in str(e)
+
+
+def test_smoothing_none_shows_the_raw_answers() -> None:
+    updates = {}
+    for method in ("none", "ema"):
+        r = run("tag", str(EXAMPLES[1]), "--format", "jsonl", "--timeline", "--duration", "12", "--smoothing", method)
+        assert r.returncode == 0, r.stderr
+        updates[method] = [e for e in jsonl(r.stdout) if e["type"] == "update"]
+        assert r.stderr == ""  # stderr is not a terminal: no progress bar, nothing extra
+    assert len(updates["none"]) == len(updates["ema"]) >= 5
+    assert all(u["probs"] == u["raw"] for u in updates["none"])
+    assert any(u["probs"] != u["raw"] for u in updates["ema"])
+    assert [u["raw"] for u in updates["none"]] == [u["raw"] for u in updates["ema"]]
+
+
+# -- inputs users have ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of short clips: a.ogg, b.wav, notes.txt, sub/c.flac."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg (apt install ffmpeg) not installed")
+    d = tmp_path_factory.mktemp("clips")
+    (d / "sub").mkdir()
+    for src, out in ((EXAMPLES[0], d / "b.wav"), (EXAMPLES[1], d / "a.ogg"), (EXAMPLES[2], d / "sub" / "c.flac")):
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-t", "4", str(out)], check=True)
+    (d / "notes.txt").write_text("not audio\n")
+    return d
+
+
+def test_tag_a_folder_walks_it_sorted(clips: Path) -> None:
+    r = run("tag", str(clips), "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [e["stream"] for e in jsonl(r.stdout)] == [str(clips / "a.ogg"), str(clips / "b.wav")]
+    r = run("tag", str(clips), "--recursive", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [e["stream"] for e in jsonl(r.stdout)] == [str(clips / n) for n in ("a.ogg", "b.wav", "sub/c.flac")]
+
+
+def test_empty_folder_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "deeper").mkdir()
+    r = run("tag", str(tmp_path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    err = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "no audio files" in err[0] and "--recursive" in err[0]
+
+
+def test_local_playlists_are_expanded(clips: Path, tmp_path: Path) -> None:
+    from streamtag.commands_tag import expand_inputs
+
+    m3u = clips / "list.m3u"
+    m3u.write_text("#EXTM3U\n#EXTINF:4,first\nsub/c.flac\n\n" + f"{clips / 'a.ogg'}\n")
+    pls = tmp_path / "list.pls"
+    pls.write_text(f"[playlist]\nNumberOfEntries=2\nFile1={clips / 'b.wav'}\nTitle1=b\nFile2={m3u}\n")
+    assert [i.source for i in expand_inputs([str(pls)])] == [
+        str(clips / "b.wav"), str(clips / "sub" / "c.flac"), str(clips / "a.ogg")]
+    loop = tmp_path / "loop.m3u"
+    loop.write_text(f"{loop}\n")
+    (bad,) = expand_inputs([str(loop)])
+    assert bad.error is not None and "loop" in bad.error
+    hls = tmp_path / "live.m3u8"
+    hls.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\nseg0.ts\n")
+    assert [i.source for i in expand_inputs([str(hls)])] == [str(hls)]  # one HLS stream, not a list
+    r = run("tag", str(m3u), "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [e["stream"] for e in jsonl(r.stdout)] == [str(clips / "sub" / "c.flac"), str(clips / "a.ogg")]
+
+
+# -- progress and interrupts -----------------------------------------------------------------------------------------
+def test_progress_bar_on_a_terminal(clips: Path) -> None:
+    import os
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "streamtag", "tag", str(clips), "--format", "jsonl"],
+                         stdout=subprocess.PIPE, stderr=slave, cwd=REPO, env={**os.environ, "COLUMNS": "100"})
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif p.poll() is not None:
+            break
+    os.close(master)
+    out = p.stdout.read() if p.stdout else b""
+    assert p.wait(timeout=60) == 0
+    text = seen.decode("utf-8", "replace")
+    assert "2/2 files" in text and "x real time" in text and "ETA" in text and "/8 s" in text
+    assert [e["stream"] for e in jsonl(out.decode())] == [str(clips / "a.ogg"), str(clips / "b.wav")]  # stdout
+
+
+@needs_ffmpeg
+def test_ctrl_c_prints_the_partial_summary_and_exits_130() -> None:
+    """Ctrl-C while stdin (the second input) is being tagged: the first summary whole, the second partial."""
+    import signal
+
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(EXAMPLES[1]), "-f", "s16le",
+                          "-ac", "1", "-ar", "16000", "-t", "130", "-"], check=True, capture_output=True).stdout
+    p = subprocess.Popen([sys.executable, "-m", "streamtag", "tag", str(EXAMPLES[2]), "-", "--raw-rate", "16000",
+                          "--format", "jsonl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=REPO)
+    assert p.stdin is not None
+    # stdin never ends, so it is in progress; writing 4 MB into a pipe returns only once the tagger has taken all
+    # but what its bounded queue (16 blocks, about 1 MB of s16le) and the pipe hold.
+    p.stdin.write(raw)
+    p.stdin.flush()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    assert b"Traceback" not in err
+    summaries = jsonl(out.decode())
+    assert [s["stream"] for s in summaries] == [str(EXAMPLES[2]), "-"]
+    assert "partial" not in summaries[0] and summaries[1]["partial"] is True
+    written = len(raw) / 2 / 16000
+    assert written - 80 < summaries[1]["duration"] <= written
+    assert b"interrupted: 1 of 2 inputs tagged" in err and b"partial" in err
