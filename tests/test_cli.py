@@ -20,21 +20,33 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO)
 
 
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The same command line in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from streamtag.cli import main
+
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        rc = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def jsonl(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_models_lists_the_default() -> None:
-    r = run("models")
-    assert r.returncode == 0, r.stderr
-    assert "musicnn-msd" in r.stdout and "musicnn-mtt" in r.stdout
+def test_models_lists_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = cli(capsys, "models")
+    assert rc == 0, err
+    assert "musicnn-msd" in out and "musicnn-mtt" in out
 
 
-def test_unknown_model_is_one_line_listing_valid_names() -> None:
-    r = run("tag", str(EXAMPLES[0]), "--model", "no-such-model")
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    err = r.stderr.strip().splitlines()
+def test_unknown_model_is_one_line_listing_valid_names(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, stderr = cli(capsys, "tag", str(EXAMPLES[0]), "--model", "no-such-model")
+    assert rc != 0
+    assert "Traceback" not in stderr
+    err = stderr.strip().splitlines()
     assert len(err) == 1 and "no-such-model" in err[0] and "musicnn-msd" in err[0]
 
 
@@ -46,6 +58,7 @@ def examples_jsonl() -> list[dict]:
     return jsonl(r.stdout)
 
 
+@pytest.mark.slow
 def test_tag_examples_summary_and_timeline(examples_jsonl: list[dict]) -> None:
     events = examples_jsonl
     summaries = [e for e in events if e["type"] == "summary"]
@@ -67,6 +80,7 @@ def test_tag_examples_summary_and_timeline(examples_jsonl: list[dict]) -> None:
         assert summaries[0]["mean"][label] == pytest.approx(mean_raw, abs=2e-4)
 
 
+@pytest.mark.slow
 def test_genres_are_plausible_for_the_examples(examples_jsonl: list[dict]) -> None:
     """Not a hard-coded answer: each clip's top genres must fit its music."""
     tops = {Path(e["stream"]).stem: [l for l, _ in e["top"][:3]] for e in examples_jsonl if e["type"] == "summary"}
@@ -75,16 +89,18 @@ def test_genres_are_plausible_for_the_examples(examples_jsonl: list[dict]) -> No
     assert tops["brahms-hungarian-dance-5"][0] not in {"rock", "metal", "punk", "Hip-Hop", "hard rock", "House"}
 
 
-def test_all_tags_shows_fifty(tmp_path: Path) -> None:
-    r = run("tag", str(EXAMPLES[2]), "--format", "jsonl", "--all-tags", "--top", "50", "--duration", "8")
-    s = jsonl(r.stdout)[-1]
+def test_all_tags_shows_fifty(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = cli(capsys, "tag", str(EXAMPLES[2]), "--format", "jsonl", "--all-tags", "--top", "50",
+                       "--duration", "8")
+    assert rc == 0, err
+    s = jsonl(out)[-1]
     assert len(s["top"]) == 50 and "female vocalists" in dict(s["top"])
 
 
-def test_table_output_names_file_and_genres() -> None:
-    r = run("tag", str(EXAMPLES[1]), "--duration", "10")
-    assert r.returncode == 0, r.stderr
-    assert EXAMPLES[1].name in r.stdout and "genre" in r.stdout
+def test_table_output_names_file_and_genres(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = cli(capsys, "tag", str(EXAMPLES[1]), "--duration", "10")
+    assert rc == 0, err
+    assert EXAMPLES[1].name in out and "genre" in out
 
 
 @needs_ffmpeg
@@ -111,6 +127,7 @@ def test_bad_inputs_are_one_line_errors_and_the_rest_is_tagged(tmp_path: Path) -
 
 
 @needs_ffmpeg
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["silence", "telephone", "surround"])
 def test_odd_audio_is_tagged(tmp_path: Path, kind: str) -> None:
     out = tmp_path / f"{kind}.wav"
@@ -128,9 +145,9 @@ def test_odd_audio_is_tagged(tmp_path: Path, kind: str) -> None:
     assert all(0 <= p <= 1 for p in s["mean"].values())
 
 
-def test_hop_too_small_is_a_clear_error() -> None:
-    r = run("tag", str(EXAMPLES[0]), "--hop", "0.1", "--duration", "5")
-    assert r.returncode != 0 and "0.25" in r.stderr and "Traceback" not in r.stderr
+def test_hop_too_small_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = cli(capsys, "tag", str(EXAMPLES[0]), "--hop", "0.1", "--duration", "5")
+    assert rc != 0 and "0.25" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -214,34 +231,35 @@ def test_listen_device_spellings(argv: list[str], device: str, mic: str | None, 
     assert bool(getattr(args, "deprecations", None)) == warned
 
 
-def test_deprecated_spelling_warns_and_still_works(tmp_path: Path) -> None:
-    r = run("demo", "--compute", "cpu", str(tmp_path / "missing.ogg"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "--compute is deprecated" in r.stderr and "--device" in r.stderr
-    assert "missing.ogg" in r.stderr  # the command itself ran with the old flag
+def test_deprecated_spelling_warns_and_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    rc, _, err = cli(capsys, "demo", "--compute", "cpu", str(tmp_path / "missing.ogg"))
+    assert rc == 1 and "Traceback" not in err
+    assert any("--compute is deprecated" in m and "--device" in m for m in caplog.messages)
+    assert "missing.ogg" in err  # the command itself ran with the old flag
 
 
-def test_unknown_flag_shows_the_subcommand_usage() -> None:
-    r = run("tag", "--no-such-flag", "x.ogg")
-    assert r.returncode == 2
-    assert "usage: streamtag tag" in r.stderr and "--no-such-flag" in r.stderr
-    r = run("train", "--data", "fma")  # a missing required option: train's usage too
-    assert r.returncode == 2 and "usage: streamtag train" in r.stderr and "--out" in r.stderr
+def test_unknown_flag_shows_the_subcommand_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = cli(capsys, "tag", "--no-such-flag", "x.ogg")
+    assert rc == 2
+    assert "usage: streamtag tag" in err and "--no-such-flag" in err
+    rc, _, err = cli(capsys, "train", "--data", "fma")  # a missing required option: train's usage too
+    assert rc == 2 and "usage: streamtag train" in err and "--out" in err
 
 
-def test_version_and_doctor() -> None:
+def test_version_and_doctor(capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     from streamtag import __version__
     from streamtag.registry import available_models
 
-    r = run("--version")
-    assert r.returncode == 0 and r.stdout.strip() == f"streamtag {__version__}"
-    r = run("doctor")
-    assert r.returncode == 0, r.stderr
+    rc, out, _ = cli(capsys, "--version")
+    assert rc == 0 and out.strip() == f"streamtag {__version__}"
+    rc, out, err = cli(capsys, "doctor")
+    assert rc == 0, err
     import re
 
-    rows = dict(re.match(r"^(\S.*?)\s{2,}(.*)$", line).groups() for line in r.stdout.splitlines())  # type: ignore[union-attr]
+    rows = dict(re.match(r"^(\S.*?)\s{2,}(.*)$", line).groups() for line in out.splitlines())  # type: ignore[union-attr]
     assert rows["torch"] == torch.__version__
     for item in ("python", "numpy", "librosa", "av", "websockets", "rich", "FFmpeg (PyAV)", "PortAudio", "CUDA",
                  "torch threads"):
@@ -279,13 +297,14 @@ def test_smoothing_choices() -> None:
         assert "hmm" in str(e)
 
 
-def test_smoothing_none_shows_the_raw_answers() -> None:
+def test_smoothing_none_shows_the_raw_answers(capsys: pytest.CaptureFixture[str]) -> None:
     updates = {}
     for method in ("none", "ema"):
-        r = run("tag", str(EXAMPLES[1]), "--format", "jsonl", "--timeline", "--duration", "12", "--smoothing", method)
-        assert r.returncode == 0, r.stderr
-        updates[method] = [e for e in jsonl(r.stdout) if e["type"] == "update"]
-        assert r.stderr == ""  # stderr is not a terminal: no progress bar, nothing extra
+        rc, out, err = cli(capsys, "tag", str(EXAMPLES[1]), "--format", "jsonl", "--timeline", "--duration", "12",
+                           "--smoothing", method)
+        assert rc == 0, err
+        updates[method] = [e for e in jsonl(out) if e["type"] == "update"]
+        assert err == ""  # stderr is not a terminal: no progress bar, nothing extra
     assert len(updates["none"]) == len(updates["ema"]) >= 5
     assert all(u["probs"] == u["raw"] for u in updates["none"])
     assert any(u["probs"] != u["raw"] for u in updates["ema"])
@@ -306,24 +325,24 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_tag_a_folder_walks_it_sorted(clips: Path) -> None:
-    r = run("tag", str(clips), "--format", "jsonl")
-    assert r.returncode == 0, r.stderr
-    assert [e["stream"] for e in jsonl(r.stdout)] == [str(clips / "a.ogg"), str(clips / "b.wav")]
-    r = run("tag", str(clips), "--recursive", "--format", "jsonl")
-    assert r.returncode == 0, r.stderr
-    assert [e["stream"] for e in jsonl(r.stdout)] == [str(clips / n) for n in ("a.ogg", "b.wav", "sub/c.flac")]
+def test_tag_a_folder_walks_it_sorted(clips: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = cli(capsys, "tag", str(clips), "--format", "jsonl")
+    assert rc == 0, err
+    assert [e["stream"] for e in jsonl(out)] == [str(clips / "a.ogg"), str(clips / "b.wav")]
+    rc, out, err = cli(capsys, "tag", str(clips), "--recursive", "--format", "jsonl")
+    assert rc == 0, err
+    assert [e["stream"] for e in jsonl(out)] == [str(clips / n) for n in ("a.ogg", "b.wav", "sub/c.flac")]
 
 
-def test_empty_folder_is_one_clear_line(tmp_path: Path) -> None:
+def test_empty_folder_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "deeper").mkdir()
-    r = run("tag", str(tmp_path))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    err = [line for line in r.stderr.splitlines() if "error" in line]
+    rc, _, stderr = cli(capsys, "tag", str(tmp_path))
+    assert rc == 1 and "Traceback" not in stderr
+    err = [line for line in stderr.splitlines() if "error" in line]
     assert len(err) == 1 and "no audio files" in err[0] and "--recursive" in err[0]
 
 
-def test_local_playlists_are_expanded(clips: Path, tmp_path: Path) -> None:
+def test_local_playlists_are_expanded(clips: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from streamtag.commands_tag import expand_inputs
 
     m3u = clips / "list.m3u"
@@ -339,9 +358,9 @@ def test_local_playlists_are_expanded(clips: Path, tmp_path: Path) -> None:
     hls = tmp_path / "live.m3u8"
     hls.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\nseg0.ts\n")
     assert [i.source for i in expand_inputs([str(hls)])] == [str(hls)]  # one HLS stream, not a list
-    r = run("tag", str(m3u), "--format", "jsonl")
-    assert r.returncode == 0, r.stderr
-    assert [e["stream"] for e in jsonl(r.stdout)] == [str(clips / "sub" / "c.flac"), str(clips / "a.ogg")]
+    rc, out, err = cli(capsys, "tag", str(m3u), "--format", "jsonl")
+    assert rc == 0, err
+    assert [e["stream"] for e in jsonl(out)] == [str(clips / "sub" / "c.flac"), str(clips / "a.ogg")]
 
 
 # -- progress and interrupts -----------------------------------------------------------------------------------------
