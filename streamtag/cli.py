@@ -464,7 +464,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         size_mb = sum(f.stat().st_size for f in b.path.iterdir() if f.is_file()) / 1e6
         mark = "*" if name == DEFAULT_MODEL else " "
         print(
-            f"{mark} {name:24s} {b.architecture:13s} {len(b.labels):3d} labels ({len(b.genre_labels)} genres)  "
+            f"{mark} {name:24s} {b.architecture:15s} {len(b.labels):3d} labels ({len(b.genre_labels)} genres)  "
             f"window {b.window_seconds:.2f} s  hop {b.hop_seconds:.2f} s  {b.streaming:8s} {size_mb:5.1f} MB"
             + (f"  {b.description}" if b.description else "")
         )
@@ -488,7 +488,16 @@ def _version_of(module: str) -> str:
         return f"missing ({e})"
     except OSError as e:  # a shared library the module needs cannot be loaded
         return f"broken ({e})"
-    return str(getattr(mod, "__version__", "?"))
+    version = getattr(mod, "__version__", None)
+    if version is None:  # e.g. rich: only its distribution metadata knows
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
+
+        try:
+            version = dist_version(module)
+        except PackageNotFoundError:
+            version = "?"
+    return str(version)
 
 
 def doctor_report() -> list[tuple[str, str]]:

@@ -264,6 +264,8 @@ def test_version_and_doctor(capsys: pytest.CaptureFixture[str]) -> None:
     for item in ("python", "numpy", "librosa", "av", "websockets", "rich", "FFmpeg (PyAV)", "PortAudio", "CUDA",
                  "torch threads"):
         assert rows[item], item
+    for module in ("numpy", "librosa", "av", "websockets", "rich", "safetensors"):
+        assert rows[module][0].isdigit(), (module, rows[module])  # a version number, not "?"
     for name in available_models():
         assert rows[f"model {name}"].endswith(name)  # its path
 
