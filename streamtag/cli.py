@@ -277,15 +277,23 @@ def _lazy(module: str, func: str) -> Any:
 # ==== training commands (parsers only; bodies in streamtag.train, imported when one runs) ==========================
 # Branch `train` restructures the training stack; this section is the only place in the runtime package that knows
 # its flags. Handlers called: streamtag.train.cli._cmd_train/_cmd_eval/_cmd_baseline/_cmd_cache(args) and
-# streamtag.train.distill._run(args), each with the argparse Namespace built below (same dest names as before).
+# streamtag.train.distill._run(args), each with the argparse Namespace built below (same dest names as before;
+# eval's --device arrives resolved, "auto" -> "cpu" or "cuda", as evaluate_bundle wants a torch device).
 # trainable by `train`: every registered architecture but musicnn (tests/test_cli.py checks it against the registry)
 _ARCHITECTURES = ("bigru", "crnn", "musicnn_student", "stateful_gru", "transformer", "vit")
 _STUDENT_ARCHITECTURES = ("stateful_gru", "transformer")  # distill --arch (train.distill.DEFAULT_ARCH_CONFIGS)
 
 
-def _training_handler(module: str, func: str) -> Any:
+def _training_handler(module: str, func: str, *, resolve_device: bool = False) -> Any:
+    """``resolve_device``: the body takes a concrete torch device, so "auto" is resolved here."""
+
     def handler(args: argparse.Namespace) -> int:
         import importlib
+
+        if resolve_device:
+            from .runner import resolve_device as resolve
+
+            args.device = str(resolve(args.device))
 
         try:
             mod = importlib.import_module(f"{__package__}.train.{module}")
@@ -354,7 +362,7 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--crops", type=int, default=5, help="windows averaged per clip")
     p.add_argument("--out", type=Path, required=True, help="report folder (required)")
     add_device_arg(p)
-    p.set_defaults(func=_training_handler("cli", "_cmd_eval"), log_level=logging.INFO)
+    p.set_defaults(func=_training_handler("cli", "_cmd_eval", resolve_device=True), log_level=logging.INFO)
 
     p = _subparser(sub, "baseline", help="summary features + scikit-learn classifiers",
                    description="Classical ML baselines (LogReg, SVM, kNN, random forest).")
