@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .errors import ConfigError, StreamtagError
 
-__all__ = ["main", "build_parser", "smoothing_config", "TOP_DEFAULT", "SMOOTHING_CHOICES"]
+__all__ = ["main", "build_parser", "apply_old_spellings", "smoothing_config", "TOP_DEFAULT", "SMOOTHING_CHOICES"]
 
 log = logging.getLogger("streamtag")
 
@@ -88,7 +88,7 @@ def add_device_arg(p: argparse.ArgumentParser, *, default: str = "auto", old_com
     p.add_argument("--device", default=default, metavar="auto|cpu|cuda[:N]",
                    help="compute device for the model; auto picks CUDA when PyTorch sees a GPU")
     if old_compute:
-        p.add_argument("--compute", dest="device", action=_DeprecatedAlias, new="--device",
+        p.add_argument("--compute", dest="compute", action=_DeprecatedAlias, new="--device",
                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
@@ -198,7 +198,7 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_top_arg(p)
     add_smoothing_arg(p)
     add_live_format_args(p)
-    p.set_defaults(func=_lazy("commands_live", "cmd_listen"), fix=_fix_listen_device)
+    p.set_defaults(func=_lazy("commands_live", "cmd_listen"))
 
     p = _subparser(sub, "devices", help="list audio input devices",
                    description="List the audio input devices PortAudio sees (give one to listen --input).")
@@ -250,8 +250,17 @@ def _add_serve_security_args(p: argparse.ArgumentParser) -> None:
         add(p)
 
 
+def apply_old_spellings(args: argparse.Namespace) -> None:
+    """Map the deprecated spellings onto today's: ``--compute DEV`` is ``--device DEV``; in listen,
+    ``--device NAME|ID`` (anything but auto|cpu|cuda[:N]) is the microphone, ``--input NAME|ID``."""
+    if getattr(args, "command", None) == "listen":
+        _fix_listen_device(args)
+    compute = getattr(args, "compute", None)
+    if compute is not None:
+        args.device = compute
+
+
 def _fix_listen_device(args: argparse.Namespace) -> None:
-    # Old spelling: `listen --device NAME|ID` meant the microphone. Decide by value.
     if args.device is not None and not _COMPUTE_RE.match(str(args.device)):
         if args.input is not None:
             raise ConfigError(f"--device {args.device!r} is not a compute device (auto, cpu, cuda[:N]) and --input "
@@ -436,9 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        fix = getattr(args, "fix", None)
-        if fix is not None:
-            fix(args)
+        apply_old_spellings(args)
         for message in getattr(args, "deprecations", None) or []:
             log.warning("warning: %s", message)
         return int(args.func(args) or 0)

@@ -219,13 +219,13 @@ def test_compute_device_is_device_everywhere_and_top_has_one_default() -> None:
     (["listen", "--device", "2"], "auto", "2", True),
     (["listen", "--compute", "cpu"], "cpu", None, True),
     (["demo", "--compute", "cpu"], "cpu", None, True),
+    (["listen", "--device", "pulse", "--compute", "cpu"], "cpu", "pulse", True),  # both old spellings at once
 ])
 def test_listen_device_spellings(argv: list[str], device: str, mic: str | None, warned: bool) -> None:
-    from streamtag.cli import build_parser
+    from streamtag.cli import apply_old_spellings, build_parser
 
     args = build_parser(serve_security=False).parse_args(argv)
-    if getattr(args, "fix", None):
-        args.fix(args)
+    apply_old_spellings(args)
     assert args.device == device
     assert getattr(args, "input", None) == mic
     assert bool(getattr(args, "deprecations", None)) == warned
