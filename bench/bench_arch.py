@@ -29,7 +29,7 @@ def _build(arch: str) -> tuple[torch.nn.Module, int]:
     """(model, input mel bands). ``musicnn_student/HEAD``: the distilled students' layout (musicnn-msd's
     frozen front end, 96 mels, 50 tags) with the head sizes train/distill.py uses."""
     if arch.startswith("musicnn_student/"):
-        from train.distill import DEFAULT_ARCH_CONFIGS
+        from streamtag.train.distill import DEFAULT_ARCH_CONFIGS
 
         head = arch.split("/", 1)[1]
         return build_model("musicnn_student", {"n_mels": 96, "n_labels": 50, "head": head,

@@ -1,79 +1,41 @@
-"""Live commands: ``listen`` (microphone), ``devices``, ``serve`` (websocket server + web page), ``demo``.
-
-Argument parsing only; the work happens in streamtag.app (the live and server loops).
-``streamtag/cli.py`` calls :func:`register`.
+"""Bodies of the live commands: ``listen`` (microphone), ``devices``, ``serve`` (websocket server + web page),
+``demo``. Their parsers are in streamtag/cli.py; the work happens in streamtag.app (the live and
+server loops).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, SourceError
 
-__all__ = ["register", "DEMO_CLIPS"]
+__all__ = ["cmd_listen", "cmd_devices", "cmd_demo", "cmd_serve", "DEMO_CLIPS", "examples_audio_dir"]
 
 log = logging.getLogger(__name__)
 
-EXAMPLES_AUDIO = Path(__file__).resolve().parent.parent / "examples" / "audio"
+_HERE = Path(__file__).resolve().parent
+# the wheel ships the example clips as streamtag/examples/ (pyproject package-dir); a checkout has examples/audio/
+EXAMPLES_AUDIO_DIRS = (_HERE / "examples", _HERE.parent / "examples" / "audio")
 DEMO_CLIPS = ("karissa-hobbs-lets-go-fishin.ogg", "kevin-macleod-vibe-ace.ogg", "brahms-hungarian-dance-5.ogg")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="bundle name (see `streamtag models`) or bundle directory")
-    p.add_argument("--hop", type=float, default=None, metavar="S",
-                   help="seconds between updates (default: the bundle's; >= 0.25)")
-    p.add_argument("--compute", default="auto", metavar="DEV", help="model device: auto | cpu | cuda[:N]")
-    p.add_argument("--all-tags", action="store_true", help="show all the model's tags, not only its genres")
-
-
-def _output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("auto", "dashboard", "jsonl"), default="auto",
-                   help="auto: dashboard on a terminal, JSON lines otherwise")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.add_argument("--top", type=int, default=None, metavar="K", help="genres per update / bars per stream")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("listen", help="tag the microphone (or any input device) live")
-    p.add_argument("--device", default=None, metavar="ID|NAME",
-                   help="input device index or name (see `streamtag devices`; default: the system's default input)")
-    _model_args(p)
-    _output_args(p)
-    p.set_defaults(func=cmd_listen)
-
-    p = sub.add_parser("devices", help="list audio input devices")
-    p.set_defaults(func=cmd_devices)
-
-    p = sub.add_parser("demo", help="tag audio files live, paced at real time, on the dashboard")
-    p.add_argument("files", nargs="*", metavar="FILE",
-                   help=f"audio files (default: examples/audio/{{{','.join(DEMO_CLIPS)}}})")
-    p.add_argument("--speed", type=float, default=1.0, metavar="X", help="play X times faster than real time")
-    p.add_argument("--parallel", action="store_true",
-                   help="one stream per file, all at once (default: one after another)")
-    _model_args(p)
-    _output_args(p)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("serve", help="websocket server: live updates, audio in, and a web page")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --token)")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--source", action="append", default=[], metavar="NAME=URI",
-                   help="tag URI (file, http(s) radio, HLS) as stream NAME; repeatable")
-    p.add_argument("--speed", type=float, default=1.0, metavar="X", help="pace file sources at X times real time")
-    from .publishers.websocket import add_serve_security_args
-
-    add_serve_security_args(p)
-    _model_args(p)
-    p.set_defaults(func=cmd_serve)
+def examples_audio_dir() -> Path:
+    """Where the shipped example clips are (installed package first, then the source checkout)."""
+    for d in EXAMPLES_AUDIO_DIRS:
+        if all((d / c).is_file() for c in DEMO_CLIPS):
+            return d
+    return EXAMPLES_AUDIO_DIRS[-1]
 
 
 def _engine(args: argparse.Namespace):
+    from .cli import load_model, smoothing_config
     from .pipeline import Engine
-    from .registry import DEFAULT_MODEL, load_bundle
 
-    bundle = load_bundle(args.model or DEFAULT_MODEL)
-    return Engine(bundle, device=args.compute, hop_seconds=args.hop, all_tags=args.all_tags)
+    return Engine(load_model(args), device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
+                  smoothing=smoothing_config(args.smoothing))
 
 
 def _positive(value: float | None, flag: str) -> None:
@@ -102,7 +64,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     _positive(args.duration, "--duration")
     engine = _engine(args)
-    mic = MicrophoneSource(args.device, sample_rate=engine.sample_rate)
+    mic = MicrophoneSource(args.input, sample_rate=engine.sample_rate)
     desc = f"input device {mic.device['index']} {mic.name!r} ({mic.device['hostapi']}), {mic.device_rate} Hz"
     return run_live(engine, {"mic": mic}, output=args.format, describe={"mic": desc}, duration=args.duration,
                     top=args.top)
@@ -116,11 +78,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _positive(args.speed, "--speed")
     _positive(args.duration, "--duration")
-    files = [Path(f) for f in args.files] or [EXAMPLES_AUDIO / c for c in DEMO_CLIPS]
+    files = [Path(f) for f in args.files] or [examples_audio_dir() / c for c in DEMO_CLIPS]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise SourceError(f"demo file(s) not found: {', '.join(missing)}; give audio files: streamtag demo FILE...")
     engine = _engine(args)
+    sources: dict[str, Any]
     if args.parallel:
         sources = {}
         for f in files:
@@ -128,7 +91,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sources[name] = FileSource(f, engine.sample_rate)
         describe = {n: str(s.path) for n, s in sources.items()}
     else:
-        sources = {"demo": Playlist([(f.name, lambda f=f: FileSource(f, engine.sample_rate)) for f in files])}
+        def opener(f: Path) -> Callable[[], FileSource]:
+            return lambda: FileSource(f, engine.sample_rate)
+
+        sources = {"demo": Playlist([(f.name, opener(f)) for f in files])}
         describe = {"demo": f"{len(files)} file(s) at {args.speed:g}x real time"}
     return run_live(engine, sources, output=args.format, speed=args.speed, describe=describe,
                     duration=args.duration, top=args.top)
