@@ -186,7 +186,8 @@ def add_serve_security_args(p: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     g = p.add_argument_group("security and limits (docs/security.md)", conflict_handler="resolve")
     g.add_argument("--token", default=None,
-                   help=f"clients must connect with ?token=T (>= {MIN_TOKEN_CHARS} chars); allows add_source")
+                   help=f"clients must connect with ?token=T (>= {MIN_TOKEN_CHARS} chars); allows add_source "
+                        "(default: none; required on a non-loopback --host)")
     g.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="browser Origin allowed besides the server's own page (repeatable; '*': any, not advised)")
     g.add_argument("--allow-files", action="append", default=[], metavar="DIR", type=Path,
