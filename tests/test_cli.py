@@ -291,12 +291,11 @@ def test_smoothing_choices() -> None:
     from streamtag.cli import smoothing_config
     from streamtag.errors import ConfigError
 
-    assert smoothing_config("none").tau_seconds == 0
+    for method in ("none", "ema", "hmm"):
+        assert smoothing_config(method).method == method
     assert smoothing_config("ema").tau_seconds > 0
-    try:
-        smoothing_config("hmm")  # available once branch smooth has landed
-    except ConfigError as e:
-        assert "hmm" in str(e)
+    with pytest.raises(ConfigError, match="--smoothing"):
+        smoothing_config("median")
 
 
 def test_smoothing_none_shows_the_raw_answers(capsys: pytest.CaptureFixture[str]) -> None:
