@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from .base import StatefulModel, check_ends
@@ -109,7 +108,7 @@ class MusicnnStudent(StatefulModel):
         ``_STEP_SPAN`` frames (not hop by hop) and the head batched over the ends: equals :meth:`step` chunk by
         chunk. Returns ((B, len(ends), n_labels), state after ``ends[-1]``)."""
         ends = check_ends(x.shape[1], ends)
-        B, fs = x.shape[0], self.frames.state_size
+        fs = self.frames.state_size
         out: list[torch.Tensor] = []
         start, i = 0, 0
         while i < len(ends):
