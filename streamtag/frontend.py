@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def _mel_basis_t(spec: FrontendSpec) -> np.ndarray:
         fmin=spec.fmin,
         fmax=spec.fmax,
         htk=spec.htk,
-        norm=spec.norm,
+        norm=cast(Any, spec.norm),  # "slaney", None or a p-norm order: librosa's own validation
     )  # (n_mels, n_fft // 2 + 1)
     return np.ascontiguousarray(fb.T, dtype=np.float64)
 

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
 from .smoothing import Smoother, SmoothingConfig
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Engine", "StreamState", "Timeline", "FileTagger", "tag_audio", "hop_frames_for", "repair", "window_ends",
@@ -464,7 +468,7 @@ class FileTagger:
         return updates
 
     # -- batches ----------------------------------------------------------------------------------------
-    def _state_(self) -> object:
+    def _state_(self) -> torch.Tensor:
         assert self._state is not None
         return self._state
 

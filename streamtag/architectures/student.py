@@ -22,12 +22,12 @@ feature width, so ``train/distill.py`` trains them on cached features and this m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import ConfigError
-from .base import StatefulModel, check_ends
+from .base import StatefulModel, StreamingModel, check_ends
 from .musicnn import MusicnnConfig, MusicnnFrames
 
 __all__ = ["MusicnnStudentConfig", "MusicnnStudent", "HEADS"]
@@ -65,16 +65,13 @@ class MusicnnStudent(StatefulModel):
         self.config = c = config
         self.frames = MusicnnFrames(MusicnnConfig(**{**c.musicnn, "n_mels": c.n_mels, "n_labels": c.n_labels}))
         head_cfg = {**c.head_config, "n_mels": self.frames.channels, "n_labels": c.n_labels}
-        self.head = build_model(c.head, head_cfg)
+        self.head: StreamingModel = cast(StreamingModel, build_model(c.head, head_cfg))
         if c.head == "stateful_gru":
-            self.head_state = self.head.state_size
+            self.head_state = int(self.head.init_state(1).shape[1])
         else:
             self.head_state = c.window_frames * self.frames.channels
-
-    @property
-    def lag_frames(self) -> int:
-        """Frames between the newest input and the newest music an answer describes (the front end's look-ahead)."""
-        return self.frames.delay
+        # frames between the newest input and the newest music an answer describes (the front end's look-ahead)
+        self.lag_frames = int(self.frames.delay)
 
     @property
     def state_size(self) -> int:
