@@ -2,7 +2,7 @@
 
 Runs the CLI's file path (decode with PyAV + soxr, then pipeline.FileTagger: incremental log-mel, windows
 batched through the model's shared-work path, stateful students stepped a batch of hops per pass) over the
-same clips of ../shared/audio (or examples/audio) for every shipped model, in one run, interleaving the
+same clips of ../shared/audio ($STREAMTAG_SHARED/audio; else examples/audio) for every shipped model, in one run, interleaving the
 models run by run so load on the machine hits them alike. Prints, per model, the median wall time of
 ``--runs`` runs (>= 3), seconds of audio tagged per second, and the speed ratio against musicnn-msd measured
 in the same run (> 1: faster than musicnn-msd).
@@ -12,6 +12,7 @@ in the same run (> 1: faster than musicnn-msd).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def main() -> None:
         ap.error("--runs must be at least 3 (the median of >= 3 runs is reported)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    d = args.dir or (REPO.parent / "shared" / "audio")
+    shared = Path(os.environ["STREAMTAG_SHARED"]) if os.environ.get("STREAMTAG_SHARED") else REPO.parent / "shared"
+    d = args.dir or (shared / "audio")
     if not d.is_dir():
         d = REPO / "examples" / "audio"
     files = sorted(p for p in d.iterdir() if p.suffix in AUDIO_EXT)
