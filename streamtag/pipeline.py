@@ -459,8 +459,8 @@ class FileTagger:
                 probs, self._state = self.runner.step_many(self._frames[None], self._state_(), [total])
                 self._held = (total, probs[0, 0])
             assert self._held is not None
-            end, raw = self._held
-            updates.append(self._emit(end, raw))  # nothing passed the lag: the last answer, at its own end
+            end, raw = self._held  # nothing passed the lag: the last answer, at its own end (or lag_frames back)
+            updates.append(self._emit(end - self.lag if end > self.lag else end, raw))
         self._finished = True
         if self.repaired:
             log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", self.name, self.repaired,
