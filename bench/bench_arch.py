@@ -1,4 +1,4 @@
-"""Cost per hop of each architecture at 1 and 64 concurrent streams, and how it grows with the window.
+"""Cost per hop of each architecture at 1, 64 and 512 concurrent streams, and how it grows with the window.
 
 Window models run a whole window (default 5 s) per hop; the stateful GRU runs only the new hop's frames
 with its carried state, so its per-hop cost does not depend on the window length. Default configs
@@ -6,14 +6,15 @@ with its carried state, so its per-hop cost does not depend on the window length
 ``musicnn_student/HEAD`` rows are the shipped students' layout (musicnn-msd's frozen front end run
 incrementally on the hop's new frames, 96 mels, 50 tags, then the GRU or the transformer over 5 s of features).
 
-    python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64] [--windows 5 10 20] [--repeats 5]
+    python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64 512] [--windows 5 10 20] [--repeats 5]
 
-Prints the least ms per hop over the repeats (all streams together) and ms per stream-hop, and the ratio to the baseline measured in
+Prints the median ms per hop over the repeats (all streams together) and ms per stream-hop, and the ratio to the baseline measured in
 the same run (the transformer, 1 stream, 5 s window).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -38,8 +39,8 @@ def _build(arch: str) -> tuple[torch.nn.Module, int]:
 
 
 def _time(fn, repeats: int, device: torch.device) -> float:
-    """Least seconds of ``fn()`` over ``repeats`` runs, after one warm-up run (the minimum is the figure least
-    disturbed by other processes on a shared machine)."""
+    """Median seconds of ``fn()`` over at least ``repeats`` (>= 3) runs, after one warm-up run; cheap calls are
+    repeated until they add up to a second, so the median is of enough samples."""
     fn()
     times: list[float] = []
     while len(times) < repeats or (sum(times) < 1.0 and len(times) < 200):  # cheap calls: more samples
@@ -50,19 +51,21 @@ def _time(fn, repeats: int, device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return min(times)
+    return statistics.median(times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--streams", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 64, 512])
     ap.add_argument("--windows", type=float, nargs="+", default=[5.0, 10.0, 20.0], help="window seconds")
     ap.add_argument("--hop", type=float, default=0.5, help="hop seconds")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per cell, median reported (>= 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
     args = ap.parse_args()
+    if args.repeats < 3:
+        ap.error("--repeats must be at least 3 (the median of >= 3 runs is reported)")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)

@@ -1,69 +1,88 @@
-"""`streamtag tag` throughput: seconds of audio tagged per second of wall time, decoding included.
+"""`streamtag tag` throughput of every shipped model, decoding included, as ratios against musicnn-msd.
 
-Runs the same code path as the CLI (decode with PyAV + soxr, log-mel, every window batched through the model)
-over the clips in ../shared/audio (or examples/audio), and prints the throughput for the default model at its
-default hop, plus two ratios measured in the same run: decoding alone vs the whole job, and batched windows vs
-one window per forward pass (what a naive loop would do).
+Runs the CLI's file path (decode with PyAV + soxr, then pipeline.FileTagger: incremental log-mel, windows
+batched through the model's shared-work path, stateful students stepped a batch of hops per pass) over the
+same clips of ../shared/audio ($STREAMTAG_SHARED/audio; else examples/audio) for every shipped model, in one run, interleaving the
+models run by run so load on the machine hits them alike. Prints, per model, the median wall time of
+``--runs`` runs (>= 3), seconds of audio tagged per second, and the speed ratio against musicnn-msd measured
+in the same run (> 1: faster than musicnn-msd).
 
-    python bench/bench_tag.py [--model musicnn-msd] [--hop S] [--dir DIR]
+    python bench/bench_tag.py [--runs 3] [--files 4] [--dir DIR] [--models a,b] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from streamtag.frontend import logmel
-from streamtag.pipeline import hop_frames_for, tag_audio, window_ends
-from streamtag.registry import DEFAULT_MODEL, load_bundle
+from streamtag.pipeline import FileTagger
+from streamtag.registry import available_models, load_bundle
 from streamtag.runner import ModelRunner
 from streamtag.sources import read_audio
 
 REPO = Path(__file__).resolve().parents[1]
+BASELINE = "musicnn-msd"
+AUDIO_EXT = {".ogg", ".mp3", ".wav", ".flac"}
+
+
+def tag_files(runner: ModelRunner, files: list[Path]) -> float:
+    """Decode and tag every file as `streamtag tag` does; returns the seconds of audio tagged."""
+    sr = runner.bundle.frontend.sample_rate
+    seconds = 0.0
+    for f in files:
+        x = read_audio(str(f), sr)
+        tagger = FileTagger(runner, name=f.name)
+        block = sr * 10  # the decoder's blocks: 10 s
+        for i in range(0, x.shape[0], block):
+            tagger.push(x[i : i + block])
+        tagger.finish()
+        tagger.summary()
+        seconds += tagger.seconds
+    return seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--hop", type=float, default=None)
-    ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--runs", type=int, default=3, help="runs per model; the median is reported (default 3)")
+    ap.add_argument("--files", type=int, default=4, help="clips to tag, sorted by name (0: all; default 4)")
+    ap.add_argument("--dir", type=Path, default=None, help="folder of clips (default ../shared/audio)")
+    ap.add_argument("--models", default=None, help="comma-separated bundles (default: every shipped one)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
-    d = args.dir or (REPO.parent / "shared" / "audio")
+    if args.runs < 3:
+        ap.error("--runs must be at least 3 (the median of >= 3 runs is reported)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shared = Path(os.environ["STREAMTAG_SHARED"]) if os.environ.get("STREAMTAG_SHARED") else REPO.parent / "shared"
+    d = args.dir or (shared / "audio")
     if not d.is_dir():
         d = REPO / "examples" / "audio"
-    files = sorted(p for p in d.iterdir() if p.suffix in {".ogg", ".mp3", ".wav", ".flac"})
-    bundle = load_bundle(args.model)
-    runner = ModelRunner(bundle, "cpu")
-    sr = bundle.frontend.sample_rate
-    print(f"{len(files)} files from {d}, model {bundle.name}, torch threads {torch.get_num_threads()}")
-
-    t0 = time.perf_counter()
-    audio = {f: read_audio(str(f), sr) for f in files}
-    t_decode = time.perf_counter() - t0
-    seconds = sum(x.shape[0] for x in audio.values()) / sr
-
-    t0 = time.perf_counter()
-    for f in files:
-        tag_audio(read_audio(str(f), sr), runner, name=str(f), hop_seconds=args.hop)
-    t_total = time.perf_counter() - t0
-
-    # the same windows, one forward pass each
-    hop_frames = hop_frames_for(bundle, args.hop)
-    t0 = time.perf_counter()
-    n_windows = 0
-    for x in audio.values():
-        fr = logmel(x, bundle.frontend)
-        for e in window_ends(fr.shape[0], bundle.window_frames, hop_frames):
-            runner.predict(fr[None, max(0, e - bundle.window_frames) : e])
-            n_windows += 1
-    t_single = time.perf_counter() - t0 + t_decode
-
-    print(f"audio: {seconds:.1f} s in {n_windows} windows (hop {hop_frames * bundle.frontend.frame_seconds:.2f} s)")
-    print(f"tag (decode + mel + batched model): {t_total:6.2f} s  -> {seconds / t_total:7.1f} s of audio per s")
-    print(f"decode alone:                       {t_decode:6.2f} s  ({100 * t_decode / t_total:.0f}% of the job)")
-    print(f"one window per forward pass:        {t_single:6.2f} s  -> the tag path is {t_single / t_total:.2f}x faster")
+    files = sorted(p for p in d.iterdir() if p.suffix in AUDIO_EXT)
+    files = files[: args.files] if args.files else files
+    models = args.models.split(",") if args.models else available_models()
+    if BASELINE not in models:
+        models = [BASELINE, *models]
+    runners = {m: ModelRunner(load_bundle(m), "cpu") for m in models}
+    print(f"{len(files)} files from {d}; models {', '.join(models)}; torch threads {torch.get_num_threads()}")
+    tag_files(runners[BASELINE], files[:1])  # warm-up: imports, allocator, first-call costs
+    times: dict[str, list[float]] = {m: [] for m in models}
+    audio_s = 0.0
+    for _ in range(args.runs):
+        for m in models:
+            t0 = time.perf_counter()
+            audio_s = tag_files(runners[m], files)
+            times[m].append(time.perf_counter() - t0)
+    base = statistics.median(times[BASELINE])
+    print(f"audio: {audio_s:.1f} s per run; median of {args.runs} runs, decode included")
+    print(f"{'model':<22} {'wall s':>8} {'x real time':>12} {'speed vs ' + BASELINE:>22}")
+    for m in models:
+        t = statistics.median(times[m])
+        spread = f"(runs {min(times[m]):.2f}-{max(times[m]):.2f})"
+        print(f"{m:<22} {t:8.2f} {audio_s / t:12.1f} {base / t:21.2f}x  {spread}")
 
 
 if __name__ == "__main__":

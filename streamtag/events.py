@@ -25,8 +25,13 @@ class GenreUpdate:
 
     ``t`` is seconds of audio since the stream began, at the end of the window that produced it (the end of
     the music the answer describes: for a model with ``lag_frames``, that many frames before the newest audio).
-    ``probs`` are smoothed, ``raw`` are the model's outputs for this window; ``top`` is sorted by the
-    smoothed probability, highest first.
+    ``probs`` are smoothed, ``raw`` are the model's outputs for this window; ``top`` is the smoother's ranking:
+    ``top[0]`` is the smoothed (held) top genre with its smoothed probability, the rest by smoothed probability.
+
+    ``extra`` (flattened into the JSON form): ``level_db`` (dBFS RMS of the hop the answer describes),
+    ``silence`` (True when that level is below ``pipeline.SILENCE_DB``: the smoothed state was not moved by
+    this hop); live updates also carry ``latency_ms``, ``overruns`` and ``repaired`` (samples of the stream
+    repaired so far: non-finite zeroed, beyond ``pipeline.CLIP_LEVEL`` clipped).
     """
 
     stream: str
@@ -37,7 +42,7 @@ class GenreUpdate:
     model: str
     wall: str = field(default_factory=now_iso)
     title: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. latency_ms, overruns, level_db
+    extra: dict[str, Any] = field(default_factory=dict)  # level_db, silence, latency_ms, overruns, repaired
     type: str = "update"
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +67,8 @@ class GenreUpdate:
 
 @dataclass
 class Summary:
-    """A whole input's result: mean raw probability of every label over all its windows."""
+    """A whole input's result: mean raw probability of every label over its windows (silent windows left out
+    unless every window is silent). ``extra``: ``repaired_samples``, ``silent_windows``."""
 
     stream: str
     duration: float

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["FrontendSpec", "IncrementalLogMel", "logmel", "SCALINGS"]
+__all__ = ["FrontendSpec", "IncrementalLogMel", "logmel", "frame_power", "SCALINGS", "FP16_MAX"]
 
 # Supported amplitude scalings applied to the mel power spectrogram (x >= 0):
 #   "log10p"  log10(1 + 10000 * x)          musicnn's "logC"
 #   "db"      10 * log10(max(x, 1e-10))     decibels re 1.0, no top_db (top_db needs the whole clip)
 #   "log"     ln(x + 1e-6)
 SCALINGS = ("log10p", "db", "log")
+FP16_MAX = 65504.0  # largest finite float16: ``fp16_mel`` saturates here instead of overflowing to inf
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _mel_basis_t(spec: FrontendSpec) -> np.ndarray:
         fmin=spec.fmin,
         fmax=spec.fmax,
         htk=spec.htk,
-        norm=spec.norm,
+        norm=cast(Any, spec.norm),  # "slaney", None or a p-norm order: librosa's own validation
     )  # (n_mels, n_fft // 2 + 1)
     return np.ascontiguousarray(fb.T, dtype=np.float64)
 
@@ -106,7 +107,9 @@ def _window(spec: FrontendSpec) -> np.ndarray:
 
 def _scale(mel: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     if spec.fp16_mel:
-        mel = mel.astype(np.float16).astype(np.float64)
+        # saturate first: a mel power above 65504 (float input of magnitude ~5 or more) would round to inf,
+        # and log(inf) poisons every window it is in. Values below it round exactly as before.
+        mel = np.minimum(mel, FP16_MAX).astype(np.float16).astype(np.float64)
     if spec.scaling == "log10p":
         return np.log10(1.0 + 10000.0 * mel)
     if spec.scaling == "db":
@@ -137,6 +140,20 @@ def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
         power = mag**spec.power if spec.power != 1.0 else mag
         out[i : i + _CHUNK_FRAMES] = _scale(power @ fb, spec)  # (t, n_mels)
     return out
+
+
+def frame_power(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """Mean square of each complete frame's samples (valid framing, no window). (N,) -> (T,) float64.
+
+    The level a hop is judged by (silence detection): ``10 * log10(mean)`` over a hop's frames is its dBFS RMS.
+    """
+    n = samples.shape[0]
+    if n < spec.n_fft:
+        return np.zeros(0, dtype=np.float64)
+    n_frames = 1 + (n - spec.n_fft) // spec.hop_length
+    c = np.concatenate([[0.0], np.cumsum(np.square(samples, dtype=np.float64))])  # (N + 1,)
+    starts = np.arange(n_frames) * spec.hop_length
+    return np.maximum(c[starts + spec.n_fft] - c[starts], 0.0) / spec.n_fft
 
 
 def logmel(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
@@ -174,6 +191,15 @@ class IncrementalLogMel:
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Feed (N,) mono samples; returns the (T_new, n_mels) frames they complete (T_new may be 0)."""
+        return self._push(samples, with_power=False)[0]
+
+    def push_with_power(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`push`, plus each new frame's mean square (T_new,) float64 (see :func:`frame_power`)."""
+        frames, power = self._push(samples, with_power=True)
+        assert power is not None
+        return frames, power
+
+    def _push(self, samples: np.ndarray, *, with_power: bool) -> tuple[np.ndarray, np.ndarray | None]:
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ConfigError(f"push expects mono audio of shape (N,), got {samples.shape}")
@@ -182,10 +208,11 @@ class IncrementalLogMel:
         spec = self.spec
         if buf.shape[0] < spec.n_fft:
             self._pending = buf.copy()
-            return np.zeros((0, spec.n_mels), dtype=np.float32)
+            return np.zeros((0, spec.n_mels), dtype=np.float32), np.zeros(0) if with_power else None
         n_new = 1 + (buf.shape[0] - spec.n_fft) // spec.hop_length
         used = spec.samples_for_frames(n_new)
         frames = _frames(buf[:used], spec)
+        power = frame_power(buf[:used], spec) if with_power else None
         self._pending = buf[n_new * spec.hop_length :].copy()
         self.frames_emitted += n_new
-        return frames
+        return frames, power

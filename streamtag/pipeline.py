@@ -1,13 +1,21 @@
 """The only module that wires the stages together; reading it explains the system.
 
-    source -> ring buffer -> incremental log-mel -> sliding window / carried state -> model runner
-           -> smoother -> GenreUpdate -> publishers
+    source -> repair -> ring buffer -> incremental log-mel -> sliding window / carried state -> model runner
+           -> smoother (skipped on silence) -> GenreUpdate -> publishers
 
 :class:`Engine` is the live path: many named streams, each with its own ring buffer, incremental front end,
 frame window (or recurrent state) and smoother; ``step()`` runs every hop that is complete in every stream,
-with the windows of all streams batched into one forward pass. :func:`tag_audio` is the file path: the whole
-signal's log-mel at once, every window batched. Both produce the same raw probabilities for the same audio
-(tests/test_pipeline.py).
+with the windows of all streams batched into one forward pass. :class:`FileTagger` is the file path: the
+same incremental front end over one input pushed block by block, its windows run in batches as soon as they
+are complete (through the model's shared-work ``forward_windows``; a stateful model steps a batch of hops in
+one ``step_many`` pass), its summary accumulated online, so its memory does not grow with the file's length.
+:func:`tag_audio` is FileTagger on a whole signal. Both paths produce the same raw probabilities for the
+same audio (tests/test_pipeline.py).
+
+Bad samples never poison a stream: before the front end, non-finite samples are zeroed and samples beyond
++-``CLIP_LEVEL`` clipped, and counted (``repaired``). A hop whose level is below ``SILENCE_DB`` still gets an
+update (``extra["silence"] = True``) but does not feed the smoother, so the genre state does not drift
+during silence.
 """
 from __future__ import annotations
 
@@ -18,24 +26,35 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConfigError, StreamtagError
 from .events import GenreUpdate, Summary
-from .frontend import IncrementalLogMel, logmel
+from .frontend import IncrementalLogMel
 from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
 from .smoothing import Smoother, SmoothingConfig
 
-__all__ = ["Engine", "StreamState", "Timeline", "FileTagger", "tag_audio", "hop_frames_for", "MIN_HOP_SECONDS"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Engine", "StreamState", "Timeline", "FileTagger", "tag_audio", "hop_frames_for", "repair", "window_ends",
+    "MIN_HOP_SECONDS", "CLIP_LEVEL", "SILENCE_DB",
+]
 
 log = logging.getLogger(__name__)
 
 MIN_HOP_SECONDS = 0.25  # s, the smallest --hop accepted
 RING_SECONDS = 10.0  # s of unprocessed audio a stream's ring holds; beyond it the oldest is dropped (bounds latency)
 HISTORY_LEN = 120  # top-genre history entries kept per stream (for dashboards)
+CLIP_LEVEL = 4.0  # full scale = 1.0; samples beyond +-4 (+12 dBFS, far above any decoder's inter-sample overs) are clipped
+SILENCE_DB = -60.0  # dBFS RMS over a hop's frames; quieter hops are "silence" and do not move the smoothed genres
+FILE_BATCH = 32  # windows (or hops of a stateful model) the file path runs per batch
+FILE_BLOCK_SECONDS = 20.0  # s: FileTagger.push splits larger blocks so the front end's temporaries stay bounded
 
 
 def hop_frames_for(bundle: Bundle, hop_seconds: float | None) -> int:
@@ -44,6 +63,21 @@ def hop_frames_for(bundle: Bundle, hop_seconds: float | None) -> int:
     if not math.isfinite(hop) or hop < MIN_HOP_SECONDS:
         raise ConfigError(f"--hop {hop} is too small; use at least {MIN_HOP_SECONDS} s")
     return bundle.frontend.frames_for(hop)
+
+
+def repair(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """(N,) float32 samples with non-finite values zeroed and magnitudes clipped to ``CLIP_LEVEL``, and how many
+    samples that changed. Returns the input itself (no copy) when nothing needed repair."""
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    bad = ~np.isfinite(x)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        x = np.where(bad, np.float32(0.0), x)  # a copy: the caller's array is never modified
+    loud = np.abs(x) > CLIP_LEVEL
+    n_loud = int(np.count_nonzero(loud))
+    if n_loud:
+        x = np.clip(x, -CLIP_LEVEL, CLIP_LEVEL)
+    return x, n_bad + n_loud
 
 
 def _label_sets(bundle: Bundle, all_tags: bool) -> list[int]:
@@ -57,14 +91,37 @@ def _level_db(x: np.ndarray) -> float:
     return 20.0 * math.log10(rms) if rms > 1e-10 else -200.0
 
 
-def _smoothed_update(
+def _power_db(mean_square: float) -> float:
+    """dBFS RMS of a mean square (-200 for digital silence)."""
+    return 10.0 * math.log10(mean_square) if mean_square > 1e-20 else -200.0
+
+
+def _hop_level(power: np.ndarray, power_offset: int, end: int, hop_frames: int) -> float:
+    """dBFS RMS of frames [end - hop_frames, end) (absolute indices) of a per-frame mean-square array."""
+    a, b = max(0, end - hop_frames) - power_offset, end - power_offset
+    seg = power[max(0, a) : max(0, b)]
+    return _power_db(float(seg.mean())) if seg.size else -200.0
+
+
+def _update(
     bundle: Bundle, shown: list[int], smoother: Smoother, raw: np.ndarray, dt: float, *, stream: str, t: float,
-    top_k: int | None = None, **fields: object,
+    silent: bool, top_k: int | None = None, **fields: object,
 ) -> GenreUpdate:
-    """Fold one hop's raw probabilities (L,) into ``smoother`` and build the update for the shown labels."""
+    """One hop's update for the shown labels. The smoother folds in ``raw`` (L,) unless the hop is silent (or,
+    defensively, non-finite); ``top`` is the smoother's ranking (held top genre first) with the smoothed
+    probabilities, so ``top[0]`` is always the smoothed top genre and its smoothed probability."""
     labels = bundle.labels
-    smoothed = smoother.update(raw, dt)
-    order = smoother.ranking(shown)[:top_k]
+    feed = not silent and bool(np.all(np.isfinite(raw)))
+    if feed:
+        smoothed = smoother.update(raw, dt)
+    elif smoother.probs is not None:
+        smoothed = smoother.probs
+    else:  # silence from the very start: nothing smoothed yet, show the raw answer without keeping it
+        smoothed = np.nan_to_num(np.asarray(raw, dtype=np.float64))
+    if smoother.probs is not None:
+        order = smoother.ranking(shown)[:top_k]
+    else:
+        order = sorted(shown, key=lambda i: -smoothed[i])[:top_k]
     return GenreUpdate(
         stream=stream,
         t=t,
@@ -72,7 +129,7 @@ def _smoothed_update(
         probs={labels[i]: float(smoothed[i]) for i in shown},
         raw={labels[i]: float(raw[i]) for i in shown},
         model=bundle.name,
-        **fields,
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -87,13 +144,16 @@ class StreamState:
     title: str | None = None
     frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # (F, n_mels) kept
     frames_offset: int = 0  # absolute index of frames[0]
+    power: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F',) mean square of each kept frame
+    power_offset: int = 0  # absolute index of power[0]
     next_end: int = 0  # absolute frame index (exclusive) at which the next window ends
-    level_db: float = -math.inf
+    level_db: float = -math.inf  # level of the last block read
     latest: GenreUpdate | None = None
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
     arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))  # (samples written so far, wall time)
     updates: int = 0
     skipped: int = 0  # samples the ring dropped (overruns): added to t so it stays the stream's real time
+    repaired: int = 0  # samples repaired before the front end (non-finite zeroed, beyond CLIP_LEVEL clipped)
 
     @property
     def overruns(self) -> int:
@@ -182,10 +242,16 @@ class Engine:
         x = st.ring.read()
         if x.size == 0:
             return
+        x, n = repair(x)
+        if n:
+            if not st.repaired:
+                log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", st.name, n, CLIP_LEVEL)
+            st.repaired += n
         st.level_db = _level_db(x)
-        new = st.mel.push(x)  # (T_new, n_mels)
+        new, power = st.mel.push_with_power(x)  # (T_new, n_mels), (T_new,)
         if new.shape[0]:
             st.frames = np.concatenate([st.frames, new]) if st.frames.size else new
+            st.power = np.concatenate([st.power, power]) if st.power.size else power
 
     def _ready_ends(self, st: StreamState) -> list[int]:
         total = st.frames_offset + st.frames.shape[0]
@@ -244,18 +310,23 @@ class Engine:
         return probs
 
     def _emit(self, st: StreamState, end: int, raw: np.ndarray) -> GenreUpdate:
-        spec = self.spec
+        spec, lag = self.spec, self.runner.lag_frames
         end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
         # the time the answer describes: a lagging model's answer is about the music lag_frames back
-        t = (end_sample - self.runner.lag_frames * spec.hop_length) / spec.sample_rate
+        t = (end_sample - lag * spec.hop_length) / spec.sample_rate
         arrival = self._arrival_of(st, end_sample)
         latency_ms = (time.monotonic() - arrival) * 1000.0 if arrival is not None else None
-        upd = _smoothed_update(
-            self.bundle, self.shown, st.smoother, raw, self.hop_seconds, stream=st.name, t=t, title=st.title,
+        level = _hop_level(st.power, st.power_offset, end - lag, self.hop_frames)  # the hop the answer describes
+        silent = level < SILENCE_DB
+        upd = _update(
+            self.bundle, self.shown, st.smoother, raw, self.hop_seconds, stream=st.name, t=t, silent=silent,
+            title=st.title,
             extra={
                 "latency_ms": round(latency_ms, 1) if latency_ms is not None else None,
                 "overruns": st.overruns,
-                "level_db": round(st.level_db, 1) if math.isfinite(st.level_db) else None,
+                "level_db": round(level, 1),
+                "silence": silent,
+                "repaired": st.repaired,
             },
         )
         st.next_end = end + self.hop_frames
@@ -266,15 +337,19 @@ class Engine:
         return upd
 
     def _trim(self, st: StreamState) -> None:
-        # Keep only the frames the next window needs.
+        # Keep only the frames the next window needs, and the levels of the hop its answer describes.
         need_from = st.next_end - (self.hop_frames if self.runner.stateful else self.window_frames)
         drop = need_from - st.frames_offset
         if drop > 0:
-            st.frames = st.frames[drop:]
+            st.frames = st.frames[drop:].copy()  # a copy: a view would keep the whole old array alive
             st.frames_offset += drop
+        drop = st.next_end - self.runner.lag_frames - self.hop_frames - st.power_offset
+        if drop > 0:
+            st.power = st.power[drop:].copy()
+            st.power_offset += drop
 
 
-# -- files: the whole signal at once ---------------------------------------------------------------------
+# -- files: streamed block by block ---------------------------------------------------------------------
 @dataclass
 class Timeline:
     """Result of tagging one whole input."""
@@ -296,64 +371,16 @@ def window_ends(n_frames: int, window_frames: int, hop_frames: int) -> list[int]
     return list(range(window_frames, n_frames + 1, hop_frames))
 
 
-def tag_audio(
-    samples: np.ndarray,
-    runner: ModelRunner,
-    *,
-    name: str,
-    hop_seconds: float | None = None,
-    all_tags: bool = False,
-    top_k: int = 5,
-    smoothing: SmoothingConfig | None = None,
-) -> Timeline:
-    """Tag a whole mono signal at the bundle's sample rate: every window batched through the model."""
-    bundle = runner.bundle
-    spec = bundle.frontend
-    hop_frames = hop_frames_for(bundle, hop_seconds)
-    frames = logmel(samples, spec)  # (T, n_mels)
-    if frames.shape[0] == 0:
-        raise StreamtagError(f"{name}: too short to tag ({samples.shape[0] / spec.sample_rate:.3f} s of audio)")
-    if runner.stateful:
-        ends = list(range(hop_frames, frames.shape[0] + 1, hop_frames)) or [frames.shape[0]]
-        raw_list, start = [], 0
-        for e in ends:
-            raw_list.append(runner.step([name], frames[None, start:e])[0])
-            start = e
-        runner.reset_state(name)
-        raw = np.stack(raw_list)
-        lag = runner.lag_frames
-        keep = [i for i, e in enumerate(ends) if e > lag] or [len(ends) - 1]  # as the Engine emits
-        raw, ends = raw[keep], [ends[i] - lag if ends[i] > lag else ends[i] for i in keep]  # described times
-    else:
-        ends = window_ends(frames.shape[0], bundle.window_frames, hop_frames)
-        raw = runner.predict_windows(frames, ends, bundle.window_frames)  # (n_windows, L)
-    shown = _label_sets(bundle, all_tags)
-    labels = bundle.labels
-    smoother = Smoother(smoothing or SmoothingConfig(), candidates=shown, genres=bundle.genre_indices())
-    hop_s = hop_frames * spec.frame_seconds
-    updates = [
-        _smoothed_update(bundle, shown, smoother, r, hop_s, stream=name,
-                         t=spec.samples_for_frames(e) / spec.sample_rate, top_k=top_k)
-        for e, r in zip(ends, raw)
-    ]
-    mean = raw.mean(axis=0)
-    ranked = sorted(shown, key=lambda i: -mean[i])
-    summary = Summary(
-        stream=name,
-        duration=samples.shape[0] / spec.sample_rate,
-        mean={labels[i]: float(mean[i]) for i in range(len(labels))},
-        top=[(labels[i], float(mean[i])) for i in ranked[:top_k]],
-        model=bundle.name,
-        windows=len(ends),
-    )
-    return Timeline(summary=summary, updates=updates, raw=raw)
-
-
 class FileTagger:
     """One input tagged block by block: ``push`` audio as it decodes, ``finish`` at its end, ``summary`` any time.
 
-    ``summary(partial=True)`` describes what was tagged so far (Ctrl-C during a long file). Updates come back
-    from ``push``/``finish`` as their windows complete; ``seconds`` is the audio consumed so far.
+    The front end is incremental (equal to the offline log-mel); windows run ``FILE_BATCH`` at a time through
+    the model's shared-work ``forward_windows`` as soon as they are complete, a stateful model's hops
+    ``FILE_BATCH`` at a time in one ``step_many`` pass; the summary is a running sum. Memory is bounded by the
+    batch, not by the input's length. Updates come back from ``push``/``finish`` as their windows complete;
+    ``summary(partial=True)`` describes what was tagged so far (Ctrl-C during a long file); ``seconds`` is the
+    audio consumed so far and ``repaired`` the samples that had to be repaired. Inputs shorter than one window
+    get one window of all they have.
     """
 
     def __init__(
@@ -366,33 +393,184 @@ class FileTagger:
         top_k: int = 5,
         smoothing: SmoothingConfig | None = None,
     ) -> None:
-        self.runner, self.name = runner, name
-        self._opts = {"hop_seconds": hop_seconds, "all_tags": all_tags, "top_k": top_k, "smoothing": smoothing}
-        hop_frames_for(runner.bundle, hop_seconds)  # validate now
-        self._blocks: list[np.ndarray] = []
+        self.runner, self.name, self.top_k = runner, name, top_k
+        self.bundle = bundle = runner.bundle
+        self.spec = spec = bundle.frontend
+        self.hop_frames = hop_frames_for(bundle, hop_seconds)  # validates now
+        self.hop_seconds = self.hop_frames * spec.frame_seconds
+        self.window = bundle.window_frames
+        self.lag = runner.lag_frames
+        self.shown = _label_sets(bundle, all_tags)
+        self._smoother = Smoother(smoothing or SmoothingConfig(), candidates=self.shown, genres=bundle.genre_indices())
+        self._mel = IncrementalLogMel(spec)
+        self._frames = np.zeros((0, spec.n_mels), dtype=np.float32)  # (F, n_mels) kept, from _offset
+        self._offset = 0
+        self._power = np.zeros(0)  # (F',) mean square per frame, from _power_offset
+        self._power_offset = 0
+        self._next_end = self.hop_frames if runner.stateful else self.window
+        self._state = runner.init_state(1) if runner.stateful else None
+        self._consumed = 0  # stateful: frames the state has seen
+        self._held: tuple[int, np.ndarray] | None = None  # stateful: last hop answered before the lag was passed
+        self._sum = np.zeros(len(bundle.labels))  # running sums of raw probabilities: non-silent windows
+        self._sum_all = np.zeros(len(bundle.labels))  # ... and all windows
+        self.windows = 0
+        self.silent_windows = 0
         self.samples = 0
         self.repaired = 0  # samples that had to be repaired (non-finite zeroed, out of range clipped)
-        self._timeline: Timeline | None = None
+        self._finished = False
+        self._raw: list[np.ndarray] | None = None  # tag_audio collects every window's raw output here
 
     @property
     def seconds(self) -> float:
-        return self.samples / self.runner.bundle.frontend.sample_rate
+        return self.samples / self.spec.sample_rate
 
+    # -- input -----------------------------------------------------------------------------------------
     def push(self, samples: np.ndarray) -> list[GenreUpdate]:
+        """Feed the next (N,) mono float32 samples at the bundle's rate; returns the updates they complete."""
+        if self._finished:
+            raise StreamtagError(f"{self.name}: push after finish")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        self._blocks.append(x)
-        self.samples += x.shape[0]
-        return []
+        block = max(1, int(FILE_BLOCK_SECONDS * self.spec.sample_rate))
+        updates: list[GenreUpdate] = []
+        for i in range(0, x.shape[0], block):
+            part, n = repair(x[i : i + block])
+            self.repaired += n
+            self.samples += part.shape[0]
+            frames, power = self._mel.push_with_power(part)
+            if frames.shape[0]:
+                self._frames = np.concatenate([self._frames, frames]) if self._frames.size else frames
+                self._power = np.concatenate([self._power, power]) if self._power.size else power
+            updates.extend(self._run(final=False))
+        return updates
 
     def finish(self) -> list[GenreUpdate]:
-        x = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
-        self._timeline = tag_audio(x, self.runner, name=self.name, **self._opts)  # type: ignore[arg-type]
-        return self._timeline.updates
+        """The input ended: run what is left (one window of all for inputs shorter than one window)."""
+        if self._finished:
+            return []
+        total = self._offset + self._frames.shape[0]
+        if total == 0:
+            raise StreamtagError(f"{self.name}: too short to tag ({self.seconds:.3f} s of audio)")
+        updates = self._run(final=True)
+        if not self.runner.stateful and self.windows == 0:  # shorter than one window: one window of all
+            raw = self.runner.predict_windows(self._frames, [total], self.window)
+            updates.append(self._emit(total, raw[0]))
+        elif self.runner.stateful and self.windows == 0:
+            if self._consumed < total and self._consumed == 0:  # shorter than one hop: one step of all
+                probs, self._state = self.runner.step_many(self._frames[None], self._state_(), [total])
+                self._held = (total, probs[0, 0])
+            assert self._held is not None
+            end, raw = self._held  # nothing passed the lag: the last answer, at its own end (or lag_frames back)
+            updates.append(self._emit(end - self.lag if end > self.lag else end, raw))
+        self._finished = True
+        if self.repaired:
+            log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", self.name, self.repaired,
+                        CLIP_LEVEL)
+        return updates
 
+    # -- batches ----------------------------------------------------------------------------------------
+    def _state_(self) -> torch.Tensor:
+        assert self._state is not None
+        return self._state
+
+    def _ready(self) -> list[int]:
+        total = self._offset + self._frames.shape[0]
+        return list(range(self._next_end, total + 1, self.hop_frames))
+
+    def _run(self, *, final: bool) -> list[GenreUpdate]:
+        updates: list[GenreUpdate] = []
+        ends = self._ready()
+        while ends and (len(ends) >= FILE_BATCH or final):
+            batch, ends = ends[:FILE_BATCH], ends[FILE_BATCH:]
+            if self.runner.stateful:
+                a = self._consumed - self._offset
+                rel = [e - self._consumed for e in batch]
+                probs, self._state = self.runner.step_many(
+                    self._frames[None, a : batch[-1] - self._offset], self._state_(), rel)  # (1, n, L)
+                raws = probs[0]
+                self._consumed = batch[-1]
+            else:
+                a = batch[0] - self.window - self._offset
+                rel = [e - batch[0] + self.window for e in batch]
+                raws = self.runner.predict_windows(
+                    self._frames[a : batch[-1] - self._offset], rel, self.window)  # (n, L)
+            for e, raw in zip(batch, raws):
+                if e <= self.lag:  # the model has not heard any of the music yet (as the Engine does)
+                    self._held = (e, raw)
+                    continue
+                updates.append(self._emit(e - self.lag, raw))
+            self._next_end = batch[-1] + self.hop_frames
+            self._trim()
+        return updates
+
+    def _trim(self) -> None:
+        keep_from = self._consumed if self.runner.stateful else self._next_end - self.window
+        drop = keep_from - self._offset
+        if drop > 0:
+            self._frames = self._frames[drop:].copy()
+            self._offset += drop
+        drop = self._next_end - self.lag - self.hop_frames - self._power_offset
+        if drop > 0:
+            self._power = self._power[drop:].copy()
+            self._power_offset += drop
+
+    def _emit(self, end: int, raw: np.ndarray) -> GenreUpdate:
+        """The update of the window (or hop) whose described music ends at frame ``end``."""
+        level = _hop_level(self._power, self._power_offset, end, self.hop_frames)
+        silent = level < SILENCE_DB
+        self.windows += 1
+        self._sum_all += raw
+        if silent:
+            self.silent_windows += 1
+        else:
+            self._sum += raw
+        if self._raw is not None:
+            self._raw.append(np.asarray(raw, dtype=np.float32))
+        return _update(
+            self.bundle, self.shown, self._smoother, raw, self.hop_seconds, stream=self.name,
+            t=self.spec.samples_for_frames(end) / self.spec.sample_rate, silent=silent, top_k=self.top_k,
+            extra={"level_db": round(level, 1), "silence": silent},
+        )
+
+    # -- result -----------------------------------------------------------------------------------------
     def summary(self, *, partial: bool = False) -> Summary:
-        if self._timeline is None:
+        """Mean raw probability of every label over the windows so far (silent windows left out unless all
+        are silent). ``partial=False`` finishes the input first."""
+        if not partial and not self._finished:
             self.finish()
-        assert self._timeline is not None
-        s = self._timeline.summary
-        s.partial = partial
-        return s
+        labels = self.bundle.labels
+        counted = self.windows - self.silent_windows
+        if counted:
+            mean = self._sum / counted
+        else:
+            mean = self._sum_all / max(1, self.windows)
+        ranked = sorted(self.shown, key=lambda i: -mean[i])
+        return Summary(
+            stream=self.name,
+            duration=self.seconds,
+            mean={labels[i]: float(mean[i]) for i in range(len(labels))},
+            top=[(labels[i], float(mean[i])) for i in ranked[: self.top_k]],
+            model=self.bundle.name,
+            windows=self.windows,
+            partial=partial,
+            extra={"repaired_samples": self.repaired, "silent_windows": self.silent_windows},
+        )
+
+
+def tag_audio(
+    samples: np.ndarray,
+    runner: ModelRunner,
+    *,
+    name: str,
+    hop_seconds: float | None = None,
+    all_tags: bool = False,
+    top_k: int = 5,
+    smoothing: SmoothingConfig | None = None,
+) -> Timeline:
+    """Tag a whole mono signal at the bundle's sample rate: a :class:`FileTagger` pushed everything at once."""
+    tagger = FileTagger(runner, name=name, hop_seconds=hop_seconds, all_tags=all_tags, top_k=top_k,
+                        smoothing=smoothing)
+    tagger._raw = []
+    updates = tagger.push(samples)
+    updates += tagger.finish()
+    raw = np.stack(tagger._raw) if tagger._raw else np.zeros((0, len(runner.bundle.labels)), np.float32)
+    return Timeline(summary=tagger.summary(), updates=updates, raw=raw)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .architectures import build_model
+from .architectures.base import StreamingModel
 from .errors import ModelError
 from .frontend import FrontendSpec
 
@@ -76,7 +77,7 @@ class Bundle:
         index = {label: i for i, label in enumerate(self.labels)}
         return [index[g] for g in self.genre_labels]
 
-    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+    def build_model(self, device: str | torch.device = "cpu") -> StreamingModel:
         """The network with its weights loaded, in eval mode, on ``device``."""
         from safetensors.torch import load_file
 
@@ -92,7 +93,16 @@ class Bundle:
                 f"weights in {weights} do not fit architecture {self.architecture!r} "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-        return model.to(device).eval()
+        model = model.to(device).eval()
+        if not isinstance(model, StreamingModel):
+            raise ModelError(f"architecture {self.architecture!r} does not implement the streaming-model protocol")
+        if model.stateful != (self.streaming == "stateful"):
+            kind = "stateful" if model.stateful else "window"
+            raise ModelError(
+                f"{self.path}: config.json says streaming {self.streaming!r} but architecture "
+                f"{self.architecture!r} is a {kind} model; set \"streaming\": \"{kind}\" or re-create the bundle"
+            )
+        return model
 
     def config_dict(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,13 @@
-"""Model runner: owns the compute device, batches windows, and keeps per-stream recurrent state.
+"""Model runner: owns the compute device, batches windows, and keeps every stream's recurrent state.
 
-On CUDA the weights and every stream's recurrent state stay on the GPU; only log-mel frames go in and
-probabilities come out. The same code runs on the CPU. No I/O here.
+The runner uses only the streaming-model protocol (``architectures/base.py``): ``stateful`` and
+``lag_frames`` say what a model is, window models run through ``forward`` / ``forward_windows``, stateful
+ones through ``init_state`` / ``step`` / ``step_many`` on one batch-first (B, state_size) state tensor.
+
+Per-stream state lives in ONE tensor of shape (capacity, state_size) on the runner's device, with a slot
+index per stream name: a hop of many streams gathers their rows, runs one batched forward and scatters the
+new rows back, so nothing is concatenated per stream. On CUDA the weights and that table stay on the GPU;
+only log-mel frames go in and probabilities come out. The same code runs on the CPU. No I/O here.
 """
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import logging
 import numpy as np
 import torch
 
-from .errors import DeviceError
+from .architectures.base import StreamingModel
+from .errors import DeviceError, ModelError
 from .registry import Bundle
 
 __all__ = ["ModelRunner", "resolve_device"]
@@ -38,10 +45,15 @@ class ModelRunner:
         self.bundle = bundle
         self.device = resolve_device(device)
         self.max_batch = max_batch
-        self.model = bundle.build_model(self.device)
-        self.stateful = bool(getattr(self.model, "stateful", False))
-        self.lag_frames = int(getattr(self.model, "lag_frames", 0))  # answers describe the music this many frames back
-        self._states: dict[str, torch.Tensor] = {}  # stream name -> recurrent state, on self.device
+        self.model: StreamingModel = bundle.build_model(self.device)  # checks the protocol and bundle.streaming
+        self.stateful = self.model.stateful
+        self.lag_frames = int(self.model.lag_frames)  # answers describe the music this many frames back
+        self._slots: dict[str, int] = {}  # stream name -> row of self._state
+        self._free: list[int] = []  # rows released by reset_state, reused first
+        self._state: torch.Tensor | None = None  # (capacity, state_size), stateful models only
+        if self.stateful:
+            with torch.inference_mode():
+                self._state = self.model.init_state(0, self.device)
         log.info("loaded %s (%s) on %s", bundle.name, bundle.architecture, self.device)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -49,6 +61,7 @@ class ModelRunner:
             return torch.softmax(logits.float(), dim=-1)
         return torch.sigmoid(logits.float())
 
+    # -- window models -----------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
         """Probabilities (B, L) for windows (B, T, n_mels), in chunks of ``max_batch`` per forward pass."""
@@ -63,20 +76,45 @@ class ModelRunner:
 
     @torch.inference_mode()
     def predict_windows(self, frames: np.ndarray | torch.Tensor, ends: list[int], window: int) -> np.ndarray:
-        """Probabilities (n, L) of the windows ``frames[max(0, e - window) : e]`` of one sequence (T, n_mels).
-
-        Models with a ``forward_windows(frames, ends, window)`` method share work between overlapping windows
-        (equal results); others get the windows stacked through :meth:`predict`.
-        """
+        """Probabilities (n, L) of the windows ``frames[max(0, e - window) : e]`` of one sequence (T, n_mels),
+        through the model's ``forward_windows`` (which shares work between overlapping windows where it can)."""
         if not len(ends):
             return np.zeros((0, len(self.bundle.labels)), dtype=np.float32)
-        if hasattr(self.model, "forward_windows"):
-            x = torch.as_tensor(frames, dtype=torch.float32).to(self.device)  # (T, n_mels)
-            return self._activate(self.model.forward_windows(x, list(ends), window)).cpu().numpy()
-        frames = np.asarray(frames, dtype=np.float32)
-        w = min(window, frames.shape[0])
-        views = np.lib.stride_tricks.sliding_window_view(frames, (w, frames.shape[1]))[:, 0]  # (T-w+1, w, n_mels)
-        return self.predict(views[[e - w for e in ends]])
+        x = torch.as_tensor(frames, dtype=torch.float32).to(self.device)  # (T, n_mels)
+        return self._activate(self.model.forward_windows(x, list(ends), window)).cpu().numpy()
+
+    # -- stateful models: explicit state ----------------------------------------------------------
+    def init_state(self, batch_size: int = 1) -> torch.Tensor:
+        """Fresh state (B, state_size) on the runner's device, for callers that hold their own (files)."""
+        return self.model.init_state(batch_size, self.device)
+
+    @torch.inference_mode()
+    def step_many(
+        self, frames: np.ndarray | torch.Tensor, state: torch.Tensor, ends: list[int]
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Probabilities after each end of ``frames`` (B, T, n_mels) in one pass: ((B, n, L), new state)."""
+        x = torch.as_tensor(frames, dtype=torch.float32).to(self.device)
+        logits, state = self.model.step_many(x, state, list(ends))
+        return self._activate(logits).cpu().numpy(), state
+
+    # -- stateful models: named streams -----------------------------------------------------------
+    def _slot_rows(self, names: list[str]) -> torch.Tensor:
+        assert self._state is not None
+        new = [n for n in names if n not in self._slots]
+        if new:
+            reuse = self._free[: len(new)]
+            del self._free[: len(reuse)]
+            grow = len(new) - len(reuse)
+            if grow:  # double the table so adding streams one by one costs amortised O(1) copies
+                cap = self._state.shape[0]
+                extra = max(grow, cap)
+                self._free.extend(range(cap + grow, cap + extra))
+                reuse = reuse + list(range(cap, cap + grow))
+                self._state = torch.cat([self._state, self.model.init_state(extra, self.device)])
+            fresh = torch.tensor(reuse, device=self.device)
+            self._state[fresh] = self.model.init_state(len(reuse), self.device)
+            self._slots.update(zip(new, reuse))
+        return torch.tensor([self._slots[n] for n in names], device=self.device)
 
     @torch.inference_mode()
     def step(self, names: list[str], frames: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -85,36 +123,22 @@ class ModelRunner:
         Each stream's state is carried between calls (created on first use), so calling ``step`` hop by hop
         equals one call on the whole sequence; batching streams together equals running them alone.
         """
+        if len(set(names)) != len(names):
+            raise ModelError(f"step: each stream may appear once per call, got {names}")
         x = torch.as_tensor(frames, dtype=torch.float32).to(self.device)  # (B, T, n_mels)
-        states = []
-        for n in names:
-            if n not in self._states:
-                self._states[n] = self.model.init_state(1, self.device)
-            states.append(self._states[n])
-        state = _cat_states(states)
-        logits, new_state = self.model.step(x, state)
-        for n, s in zip(names, _split_states(new_state, len(names))):
-            self._states[n] = s
+        rows = self._slot_rows(names)
+        assert self._state is not None
+        logits, new_state = self.model.step(x, self._state[rows])  # state rows: (B, S)
+        self._state[rows] = new_state.to(self._state.dtype)
         return self._activate(logits).cpu().numpy()
 
     def reset_state(self, name: str) -> None:
-        self._states.pop(name, None)
+        """Forget a stream's state (its row is reused by the next new stream)."""
+        row = self._slots.pop(name, None)
+        if row is not None:
+            self._free.append(row)
 
-
-# Recurrent states are tensors (or tuples of tensors) whose batch dimension is 1 (GRU: (layers, B, H)).
-def _batch_dim(t: torch.Tensor) -> int:
-    return 1 if t.dim() == 3 else 0
-
-
-def _cat_states(states: list):
-    first = states[0]
-    if isinstance(first, (tuple, list)):
-        return type(first)(_cat_states([s[i] for s in states]) for i in range(len(first)))
-    return torch.cat(states, dim=_batch_dim(first))
-
-
-def _split_states(state, n: int) -> list:
-    if isinstance(state, (tuple, list)):
-        parts = [_split_states(s, n) for s in state]
-        return [type(state)(p[i] for p in parts) for i in range(n)]
-    return list(torch.split(state, 1, dim=_batch_dim(state)))
+    @property
+    def streams(self) -> int:
+        """Named streams holding state."""
+        return len(self._slots)

@@ -198,3 +198,35 @@ def test_musicnn_student_chunked_equals_full_and_batched_equals_alone(head: str)
         assert torch.equal(state2, state)
         for i in range(3):
             torch.testing.assert_close(model(x[i : i + 1]), full[i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["stateful_gru", "musicnn_student-stateful_gru", "musicnn_student-transformer"])
+def test_step_many_equals_stepping_hop_by_hop(name: str) -> None:
+    """The file path's one-pass ``step_many`` gives the logits and state of ``step`` chunk by chunk."""
+    from streamtag.architectures import student
+
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    if name == "stateful_gru":
+        model = _model("stateful_gru")
+    else:
+        head = name.split("-")[1]
+        head_config = SMALL["musicnn_student"]["head_config"] if head == "transformer" else SMALL["stateful_gru"]
+        model = build_model("musicnn_student", {"n_mels": N_MELS, "n_labels": N_LABELS, "head": head,
+                                                "head_config": head_config, "window_frames": 40,
+                                                "musicnn": MUSICNN_SMALL})
+        _randomize_batch_norms(model.frames, gen)
+    model.eval()
+    x = torch.randn(2, 700, N_MELS, generator=gen) + 1.0  # longer than one step_many span (512 frames)
+    ends = [13, 40, 41, 300, 560, 640, 690]  # uneven hops, one of one frame; the last 10 frames are left over
+    assert ends[-1] - ends[2] > student._STEP_SPAN
+    with torch.no_grad():
+        state, ref, start = model.init_state(2), [], 0
+        for e in ends:
+            logits, state = model.step(x[:, start:e], state)
+            ref.append(logits)
+            start = e
+        got, state_many = model.step_many(x, model.init_state(2), ends)
+    assert got.shape == (2, len(ends), N_LABELS)
+    torch.testing.assert_close(got, torch.stack(ref, dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state_many, state, atol=1e-5, rtol=1e-5)

@@ -214,3 +214,81 @@ def test_updates_carry_the_time_the_answer_describes(bundle) -> None:
     assert np.allclose(np.diff([u.t for u in ups]), hop * frame_s)
     offline = tag_audio(x, ModelRunner(bundle, "cpu"), name="a")
     assert [round(u.t, 6) for u in offline.updates] == [round(u.t, 6) for u in ups]
+
+
+def test_file_tagger_chunked_equals_tag_audio(bundle) -> None:
+    """Pushing a file in blocks of any sizes gives tag_audio's updates, raw outputs and summary."""
+    from streamtag.pipeline import FileTagger
+
+    runner = ModelRunner(bundle, "cpu")
+    x = _audio(23.0, 7)  # more than one batch of windows / hops
+    whole = tag_audio(x, runner, name="f", all_tags=True)
+    rng = np.random.default_rng(3)
+    tagger = FileTagger(runner, name="f", all_tags=True)
+    ups, pos, partial = [], 0, None
+    while pos < x.shape[0]:
+        n = int(rng.integers(1, 40000))
+        ups += tagger.push(x[pos : pos + n])
+        pos += n
+        if partial is None and tagger.windows:
+            partial = tagger.summary(partial=True)
+    ups += tagger.finish()
+    assert partial is not None and partial.partial and 0 < partial.windows < len(whole.updates)
+    assert [round(u.t, 6) for u in ups] == [round(u.t, 6) for u in whole.updates]
+    for u, w in zip(ups, whole.updates):
+        assert max(abs(u.raw[k] - w.raw[k]) for k in LABELS) <= 1e-5
+        assert max(abs(u.probs[k] - w.probs[k]) for k in LABELS) <= 1e-5
+    s, ws = tagger.summary(), whole.summary
+    assert s.windows == ws.windows == whole.raw.shape[0] and not s.partial
+    assert max(abs(s.mean[k] - float(whole.raw[:, i].mean())) for i, k in enumerate(LABELS)) <= 1e-6
+    assert s.duration == pytest.approx(ws.duration) and s.extra["repaired_samples"] == 0
+
+
+def test_file_tagger_memory_does_not_grow_with_length(bundle) -> None:
+    """The frames a FileTagger keeps are bounded by its batch, whatever the file's length."""
+    from streamtag.pipeline import FileTagger
+
+    runner = ModelRunner(bundle, "cpu")
+    most = {}
+    for seconds in (30.0, 90.0):
+        tagger = FileTagger(runner, name="f")
+        x = _audio(seconds, 9)
+        kept = 0
+        for i in range(0, x.shape[0], 8000):
+            tagger.push(x[i : i + 8000])
+            kept = max(kept, tagger._frames.shape[0], tagger._power.shape[0])
+        tagger.finish()
+        most[seconds] = kept
+        assert tagger.windows > 20
+    from streamtag.pipeline import FILE_BATCH, hop_frames_for
+
+    hop = hop_frames_for(bundle, None)  # one batch of hops, one window, one pushed block, the lag: never the file
+    bound = bundle.window_frames + (FILE_BATCH + 1) * hop + 8000 // SPEC.hop_length + 1 + runner.lag_frames
+    assert most[30.0] <= bound and most[90.0] <= bound
+
+
+def test_silent_hops_are_flagged_and_do_not_move_the_genres(bundle) -> None:
+    from streamtag.pipeline import SILENCE_DB
+
+    loud = _audio(6.0, 11)
+    x = np.concatenate([loud, np.zeros(4 * SPEC.sample_rate, np.float32), 1e-5 * loud, _audio(4.0, 12)])
+    runner = ModelRunner(bundle, "cpu")
+    tl = tag_audio(x, runner, name="s")
+    engine = Engine(bundle, device="cpu", runner=runner)
+    engine.add_stream("s")
+    live: list = []
+    _push_randomly(engine, "s", x, np.random.default_rng(2), live)
+    for ups in (tl.updates, live):
+        flags = [u.extra["silence"] for u in ups]
+        assert any(flags) and not all(flags)
+        for u in ups:
+            assert (u.extra["level_db"] < SILENCE_DB) == u.extra["silence"]
+        for prev, u in zip(ups, ups[1:]):
+            if u.extra["silence"]:  # the smoothed state holds still while it is silent
+                assert u.probs == prev.probs and u.top[0] == prev.top[0]
+        assert all(u.top[0][1] == u.probs[u.top[0][0]] for u in ups)  # top[0]: the smoothed top, its smoothed p
+    silent = [i for i, u in enumerate(tl.updates) if u.extra["silence"]]
+    s = tl.summary
+    assert s.extra["silent_windows"] == len(silent)
+    heard = np.delete(tl.raw, silent, axis=0).mean(axis=0)
+    assert max(abs(s.mean[k] - heard[i]) for i, k in enumerate(LABELS)) <= 1e-6

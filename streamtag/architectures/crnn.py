@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .base import WindowModel
+
 __all__ = ["CRNNConfig", "CRNN"]
 
 
@@ -51,10 +53,8 @@ class CRNNConfig:
             raise ValueError("time_pool needs one entry per conv block")
 
 
-class CRNN(nn.Module):
+class CRNN(WindowModel):
     """Window model: conv front end + bidirectional GRU."""
-
-    stateful = False
 
     def __init__(self, config: CRNNConfig) -> None:
         super().__init__()

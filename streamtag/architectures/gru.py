@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import StatefulModel, WindowModel, check_ends
+
 __all__ = ["BiGRUConfig", "BiGRUTagger", "StatefulGRUConfig", "StatefulGRUTagger"]
 
 
@@ -61,10 +63,8 @@ class BiGRUConfig:
     dropout: float = 0.1
 
 
-class BiGRUTagger(nn.Module):
+class BiGRUTagger(WindowModel):
     """Window model: bidirectional GRU over a whole window, mean+max pooled."""
-
-    stateful = False
 
     def __init__(self, config: BiGRUConfig) -> None:
         super().__init__()
@@ -100,10 +100,9 @@ class StatefulGRUConfig:
     dropout: float = 0.1
 
 
-class StatefulGRUTagger(nn.Module):
+class StatefulGRUTagger(StatefulModel):
     """Streaming model: explicit state in, state out; chunked runs equal one full run."""
 
-    stateful = True
     _EMA_BLOCK = 256  # frames per block of the vectorised EMA (bounds the (block, block) weight matrix)
 
     def __init__(self, config: StatefulGRUConfig) -> None:
@@ -188,6 +187,16 @@ class StatefulGRUTagger(nn.Module):
             return self.head(self.ln(ema.to(x.dtype))), state
         logits, state = self.forward_frames(x, state)
         return logits[:, -1], state  # (B, n_labels)
+
+    def step_many(
+        self, x: torch.Tensor, state: torch.Tensor, ends: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over ``x[:, :ends[-1]]``; the per-frame logits at each end. -> ((B, n, n_labels), state)."""
+        ends = check_ends(x.shape[1], ends)
+        if not ends:
+            return x.new_zeros((x.shape[0], 0, self.config.n_labels)), state
+        logits, state = self.forward_frames(x[:, : ends[-1]], state)  # (B, T, n_labels)
+        return logits[:, [e - 1 for e in ends]], state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Full-sequence run from a fresh state: the logits after the last frame. (B, T, n_mels) -> (B, n_labels)."""

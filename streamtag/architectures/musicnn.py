@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .base import WindowModel
 
 __all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
 
@@ -142,7 +143,7 @@ def _add_feature_layers(module: nn.Module, c: MusicnnConfig) -> None:
     )
 
 
-class Musicnn(nn.Module):
+class Musicnn(WindowModel):
     """musicnn tagger. forward: (B, T, n_mels) log10(1 + 10000 mel) -> (B, n_labels) logits."""
 
     stateful = False

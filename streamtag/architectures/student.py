@@ -22,12 +22,12 @@ feature width, so ``train/distill.py`` trains them on cached features and this m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
+from .base import StatefulModel, StreamingModel, check_ends
 from .musicnn import MusicnnConfig, MusicnnFrames
 
 __all__ = ["MusicnnStudentConfig", "MusicnnStudent", "HEADS"]
@@ -51,10 +51,12 @@ class MusicnnStudentConfig:
             raise ConfigError(f"window_frames must be >= 1, got {self.window_frames}")
 
 
-class MusicnnStudent(nn.Module):
-    """Stateful student: frozen musicnn features -> trained streaming head."""
+_STEP_SPAN = 512  # frames per pass of step_many through the frozen front end (bounds its (B, C, T, bands) temporary)
+_HEAD_WINDOWS = 16  # transformer-head windows per forward pass in step_many
 
-    stateful = True
+
+class MusicnnStudent(StatefulModel):
+    """Stateful student: frozen musicnn features -> trained streaming head."""
 
     def __init__(self, config: MusicnnStudentConfig) -> None:
         super().__init__()
@@ -63,16 +65,13 @@ class MusicnnStudent(nn.Module):
         self.config = c = config
         self.frames = MusicnnFrames(MusicnnConfig(**{**c.musicnn, "n_mels": c.n_mels, "n_labels": c.n_labels}))
         head_cfg = {**c.head_config, "n_mels": self.frames.channels, "n_labels": c.n_labels}
-        self.head = build_model(c.head, head_cfg)
+        self.head: StreamingModel = cast(StreamingModel, build_model(c.head, head_cfg))
         if c.head == "stateful_gru":
-            self.head_state = self.head.state_size
+            self.head_state = int(self.head.init_state(1).shape[1])
         else:
             self.head_state = c.window_frames * self.frames.channels
-
-    @property
-    def lag_frames(self) -> int:
-        """Frames between the newest input and the newest music an answer describes (the front end's look-ahead)."""
-        return self.frames.delay
+        # frames between the newest input and the newest music an answer describes (the front end's look-ahead)
+        self.lag_frames = int(self.frames.delay)
 
     @property
     def state_size(self) -> int:
@@ -99,6 +98,40 @@ class MusicnnStudent(nn.Module):
         logits, h_state = self.head_logits(feats, state[:, fs:])
         return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """A whole sequence from a fresh state: the logits after its last frame. (B, T, n_mels) -> (B, n_labels)."""
-        return self.step(x, self.init_state(x.shape[0], x.device))[0]
+    def step_many(
+        self, x: torch.Tensor, state: torch.Tensor, ends: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits after each end of ``x`` (B, T, n_mels) with the front end run over spans of up to
+        ``_STEP_SPAN`` frames (not hop by hop) and the head batched over the ends: equals :meth:`step` chunk by
+        chunk. Returns ((B, len(ends), n_labels), state after ``ends[-1]``)."""
+        ends = check_ends(x.shape[1], ends)
+        fs = self.frames.state_size
+        out: list[torch.Tensor] = []
+        start, i = 0, 0
+        while i < len(ends):
+            j = i + 1  # ends[i:j] form one span: at least one end, at most _STEP_SPAN frames when more fit
+            while j < len(ends) and ends[j] - start <= _STEP_SPAN:
+                j += 1
+            group = ends[i:j]
+            feats, f_state = self.frames.step(x[:, start : group[-1]], state[:, :fs])  # (B, n, channels)
+            rel = [e - start for e in group]
+            logits, h_state = self._head_many(feats, state[:, fs:], rel)  # (B, len(group), n_labels)
+            out.append(logits)
+            state = torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
+            start, i = group[-1], j
+        return torch.cat(out, dim=1), state
+
+    def _head_many(
+        self, feats: torch.Tensor, head_state: torch.Tensor, ends: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head after each end of new features (B, n, channels) -> ((B, len(ends), n_labels), head state)."""
+        if self.config.head == "stateful_gru":
+            return self.head.step_many(feats, head_state, ends)
+        B, W, C = feats.shape[0], self.config.window_frames, self.frames.channels
+        seq = torch.cat([head_state.view(B, W, C), feats.to(head_state.dtype)], dim=1)  # (B, W + n, C)
+        logits = []
+        for g in range(0, len(ends), _HEAD_WINDOWS):
+            idx = torch.tensor(ends[g : g + _HEAD_WINDOWS], device=feats.device)[:, None] + torch.arange(W, device=feats.device)
+            wins = seq[:, idx]  # (B, g, W, C): the W features before each end
+            logits.append(self.head(wins.flatten(0, 1)).view(B, idx.shape[0], -1))  # (B, g, n_labels)
+        return torch.cat(logits, dim=1), seq[:, ends[-1] : ends[-1] + W].reshape(B, W * C)

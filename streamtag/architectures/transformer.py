@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import WindowModel
+
 __all__ = ["TransformerConfig", "TransformerTagger", "Block", "AttentionPool", "resize_pos_emb"]
 
 
@@ -116,10 +118,8 @@ class TransformerConfig:
     dropout: float = 0.1
 
 
-class TransformerTagger(nn.Module):
+class TransformerTagger(WindowModel):
     """Window model: (B, T, n_mels) log-mel -> (B, n_labels) logits."""
-
-    stateful = False
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()

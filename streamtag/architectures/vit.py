@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import WindowModel
 from .transformer import Block, _init_weights, resize_pos_emb
 
 __all__ = ["ViTConfig", "ViTTagger"]
@@ -38,10 +39,8 @@ class ViTConfig:
     dropout: float = 0.1
 
 
-class ViTTagger(nn.Module):
+class ViTTagger(WindowModel):
     """Window model over spectrogram patches."""
-
-    stateful = False
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
