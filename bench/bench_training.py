@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
+from streamtag.architectures import build_model
 from streamtag.train.cache import build_cache
 from streamtag.train.config import TrainConfig
 from streamtag.train.fma import load_fma
 from streamtag.train.loop import frame_loss, make_optimizer
 from streamtag.train.train import DEFAULT_FRONTEND, CachedCrops, DecodedCrops
-from torch.utils.data import DataLoader
-
-from streamtag.architectures import build_model
 
 
 def _run(loader: DataLoader, model: torch.nn.Module, batches: int, train_step: bool) -> tuple[int, float]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .architectures import build_model
-from .architectures.base import StreamingModel
+from .architectures.base import StatefulModel, StreamingModel, WindowModel
 from .errors import ModelError
 from .frontend import FrontendSpec
 
@@ -77,7 +77,7 @@ class Bundle:
         index = {label: i for i, label in enumerate(self.labels)}
         return [index[g] for g in self.genre_labels]
 
-    def build_model(self, device: str | torch.device = "cpu") -> StreamingModel:
+    def build_model(self, device: str | torch.device = "cpu") -> WindowModel | StatefulModel:
         """The network with its weights loaded, in eval mode, on ``device``."""
         from safetensors.torch import load_file
 
@@ -94,7 +94,7 @@ class Bundle:
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         model = model.to(device).eval()
-        if not isinstance(model, StreamingModel):
+        if not isinstance(model, (WindowModel, StatefulModel)) or not isinstance(model, StreamingModel):
             raise ModelError(f"architecture {self.architecture!r} does not implement the streaming-model protocol")
         if model.stateful != (self.streaming == "stateful"):
             kind = "stateful" if model.stateful else "window"

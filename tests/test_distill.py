@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streamtag.train import build_corpus, distill
 
 from streamtag.errors import ModelError
 from streamtag.registry import Bundle, load_bundle, save_bundle
+from streamtag.train import build_corpus, distill
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared"))
@@ -280,11 +280,10 @@ def test_distill_defaults_come_from_the_config() -> None:
 
 def test_sequence_lengths_follow_the_students_frontend() -> None:
     """The feed converts --seq-seconds with the student front end's frame rate (not a hard-coded hop)."""
+    from streamtag.frontend import FrontendSpec
     from streamtag.train.build_corpus import Track
     from streamtag.train.config import DISTILL_DEFAULTS
     from streamtag.train.tracks import TrackData, TrackFeed
-
-    from streamtag.frontend import FrontendSpec
 
     g = distill.Geometry(grid_frames=8, teacher_frames=16, window_frames=24)
     rng = np.random.default_rng(0)

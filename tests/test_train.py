@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 import torch
 from fma_fixture import MiniFMA, make_mini_fma, shared_or_none
+
+from streamtag.errors import ConfigError, SourceError
+from streamtag.frontend import FrontendSpec
+from streamtag.registry import load_bundle
 from streamtag.train.augment import mixup, power_domain, spec_augment
 from streamtag.train.cache import build_cache, extract, open_cache
 from streamtag.train.cards import render_train_card
@@ -20,10 +24,6 @@ from streamtag.train.fma import load_fma, read_tracks
 from streamtag.train.folders import load_folders, read_split_lists
 from streamtag.train.schedule import FLOOR, lr_factor
 from streamtag.train.train import pos_weights
-
-from streamtag.errors import ConfigError, SourceError
-from streamtag.frontend import FrontendSpec
-from streamtag.registry import load_bundle
 
 SPEC = FrontendSpec(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=48, scaling="db")
 TINY = {
