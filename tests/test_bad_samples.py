@@ -21,7 +21,7 @@ BAD_AT = 6 * SR  # the bad samples sit 6 s into the clip
 # An EMA remembers any input for a few time constants by design (tau 3 s: a loud click is still 4e-3 away
 # 13 s later). A short tau makes the comparison test the stream's own state (ring, front end, model), not
 # the smoother's intended memory.
-QUICK = SmoothingConfig(tau_seconds=0.1, margin=0.05, hold_seconds=0.0)
+QUICK = SmoothingConfig(method="ema", tau_seconds=0.1, margin=0.05, hold_seconds=0.0)
 
 
 def test_repair_zeroes_non_finite_and_clips_loud_samples() -> None:
