@@ -127,3 +127,40 @@ def test_real_music_tag_audio_equals_per_window(audio_dir: Path) -> None:
     ref = _reference(runner.model, frames, ends, WINDOW).numpy()
     assert timeline.raw.shape == ref.shape
     assert np.abs(timeline.raw - ref).max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"sr": 16000, "n_fft": 512, "n_mels": 96},  # musicnn's
+        {"sr": 16000, "n_fft": 512, "n_mels": 128, "htk": True},
+        {"sr": 22050, "n_fft": 2048, "n_mels": 128, "fmin": 30.0, "fmax": 8000.0, "norm": None},
+        {"sr": 16000, "n_fft": 400, "n_mels": 80, "fmin": 1200.0},
+    ],
+)
+def test_mel_filterbank_is_librosas_bit_for_bit(kw: dict) -> None:
+    librosa = pytest.importorskip("librosa")
+    from streamtag.melfilters import mel_filterbank
+
+    ours, ref = mel_filterbank(**kw), librosa.filters.mel(**kw)
+    assert ours.dtype == ref.dtype == np.float32
+    assert np.array_equal(ours, ref)
+
+
+def test_tag_path_imports_neither_librosa_nor_scipy_signal() -> None:
+    import subprocess
+    import sys
+
+    clip = Path(__file__).resolve().parents[1] / "examples" / "audio" / "kevin-macleod-vibe-ace.ogg"
+    if not clip.exists():
+        pytest.skip(f"no example clip at {clip}")
+    code = (
+        "import sys, io, contextlib\n"
+        "from streamtag.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    rc = main(['tag', '--format', 'jsonl', '--duration', '4', {str(clip)!r}])\n"
+        "print(rc, out.getvalue().count('\"mean\"'), sorted(m for m in ('librosa', 'scipy.signal', 'numba')"
+        " if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().split(maxsplit=2) == ["0", "1", "[]"], r.stdout + r.stderr
