@@ -1,11 +1,13 @@
 """musicnn forward cost per window: the original per-window forward vs the optimized ones and the fast path.
 
 Runs the default musicnn bundle over the first seconds of a real clip (../shared/audio, or random log-mel
-when absent) at several hops, and prints milliseconds per window of each variant, best of ``--repeats``, with
+when absent) at several hops, and prints milliseconds per window of each variant, median of ``--repeats`` (>= 3), with
 ratios measured in the same run (the machine may be busy: compare ratios, not absolute times), and the max abs
 difference of the sigmoid outputs of each variant against the original. Variants: "original" (the front-end
 blocks' amax + amin + where inference path), "per-window" (the current forward: one conv with sign-flipped
-weights, one amax), each with 1 and 8 windows per pass, and ``Musicnn.forward_windows`` (shared front end).
+weights, one amax), each with 1 and 8 windows per pass, and ``Musicnn.forward_windows`` (shared front end), also
+with the 8 windows per unshared-block pass it used before (the wide temporal convs' output then overflows the cache)
+and with its window groups on torch's intra-op threads instead of its own worker threads.
 
     python bench/bench_musicnn.py [--seconds 30] [--repeats 3] [--hops 1.0 0.5] [--threads 1 2]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 import types
 from collections.abc import Callable
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamtag.architectures import musicnn
 from streamtag.frontend import logmel
 from streamtag.pipeline import hop_frames_for, window_ends
 from streamtag.registry import DEFAULT_MODEL, load_bundle
@@ -31,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _frames(bundle, seconds: float) -> tuple[torch.Tensor, str]:
-    d = REPO.parent / "shared" / "audio"
+    d = next((p / "shared" / "audio" for p in REPO.parents[:2] if (p / "shared" / "audio").is_dir()), REPO / "none")
     files = sorted(p for p in d.glob("*") if p.suffix in {".ogg", ".mp3", ".wav", ".flac"}) if d.is_dir() else []
     sr = bundle.frontend.sample_rate
     if files:
@@ -66,6 +70,25 @@ def _best(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Te
     return best, out
 
 
+def _with_sub_batch(n: int, model, frames: torch.Tensor, ends: list[int], w: int) -> torch.Tensor:
+    """forward_windows with ``n`` windows per pass through the blocks it cannot share (the old default: 8)."""
+    saved, musicnn._SUB_BATCH = musicnn._SUB_BATCH, n
+    try:
+        return model.forward_windows(frames, ends, w)
+    finally:
+        musicnn._SUB_BATCH = saved
+
+
+def _intra_op_only(model, frames: torch.Tensor, ends: list[int], w: int) -> torch.Tensor:
+    """forward_windows with its window groups run one after another on torch's intra-op threads (as before)."""
+    saved = musicnn._map_threads
+    musicnn._map_threads = lambda fn, items, workers: [fn(i) for i in items]
+    try:
+        return model.forward_windows(frames, ends, w)
+    finally:
+        musicnn._map_threads = saved
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -92,20 +115,25 @@ def main() -> None:
                 "original (B=8)": lambda: torch.cat([original(wins[i : i + 8]) for i in range(0, len(ends), 8)]),
                 "per-window (B=1)": lambda: torch.cat([model(wins[i : i + 1]) for i in range(len(ends))]),
                 "per-window (B=8)": lambda: torch.cat([model(wins[i : i + 8]) for i in range(0, len(ends), 8)]),
+                "forward_windows (sub-batch 8)": lambda: _with_sub_batch(8, model, frames, ends, w),
+                "forward_windows (intra-op)": lambda: _intra_op_only(model, frames, ends, w),
                 "forward_windows": lambda: model.forward_windows(frames, ends, w),
             }
-            times, outs = {}, {}
+            runs: dict[str, list[float]] = {name: [] for name in variants}
+            outs = {}
             with torch.inference_mode():
-                for _ in range(args.repeats):  # interleave variants so load changes hit them alike
+                for _ in range(max(3, args.repeats)):  # interleave variants so load changes hit them alike
                     for name, fn in variants.items():
                         t, o = _best(fn, 1)
-                        times[name] = min(times.get(name, float("inf")), t)
+                        runs[name].append(t)
                         outs[name] = torch.sigmoid(o)
+            times = {name: statistics.median(ts) for name, ts in runs.items()}
             ref_name = next(iter(variants))
             print(f"threads {threads}, hop {hop_s} s, {len(ends)} windows")
             for name in variants:
                 diff = (outs[name] - outs[ref_name]).abs().max().item()
-                print(f"  {name:18s} {1e3 * times[name] / len(ends):8.1f} ms/window   "
+                lo, hi = (1e3 * f(runs[name]) / len(ends) for f in (min, max))
+                print(f"  {name:30s} {1e3 * times[name] / len(ends):8.1f} ms/window ({lo:.1f}-{hi:.1f})  "
                       f"x{times[ref_name] / times[name]:5.2f} vs {ref_name}   max |dp| {diff:.1e}")
 
 

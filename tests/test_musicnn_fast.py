@@ -164,3 +164,19 @@ def test_tag_path_imports_neither_librosa_nor_scipy_signal() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.stdout.strip().split(maxsplit=2) == ["0", "1", "[]"], r.stdout + r.stderr
+
+
+def test_threaded_groups_equal_one_thread_and_restore_settings(model: Musicnn, random_frames: torch.Tensor) -> None:
+    ends = window_ends(random_frames.shape[0], WINDOW, 9)  # 13 windows: several groups per worker
+    one = _fast(model, random_frames, ends, WINDOW, batch_size=4)
+    torch.set_num_threads(2)  # the fixture restores 1 afterwards
+    threaded = _fast(model, random_frames, ends, WINDOW, batch_size=4)
+    assert torch.get_num_threads() == 2  # the workers' one-thread setting did not leak into the caller
+    ref = _reference(model, random_frames, ends, WINDOW)
+    assert (threaded - one).abs().max().item() <= TOL
+    assert (threaded - ref).abs().max().item() <= TOL
+    with torch.no_grad():  # grad mode is thread-local: the workers must inherit the caller's
+        out = model.forward_windows(random_frames, ends, WINDOW, batch_size=4)
+    assert not out.requires_grad
+    out = model.forward_windows(random_frames, ends, WINDOW, batch_size=4)  # grad on: a graph to the weights
+    assert out.requires_grad

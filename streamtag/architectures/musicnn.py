@@ -24,7 +24,11 @@ padding puts the odd extra element at the end, which :func:`same_padding` reprod
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,8 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
+
+T_in = TypeVar("T_in")
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,37 @@ class MusicnnConfig:
         return self.frontend_channels + self.midend_filters * self.midend_layers
 
 
-_SUB_BATCH = 8  # windows per pass through a front-end block that forward_windows cannot share
+# windows per pass through a front-end block that forward_windows cannot share (the wide temporal convs at 1 s
+# hops): its (n, C, window, n_mels) conv output must stay cache-sized; 2 windows ran the 128-frame conv at
+# ~70 GFLOP/s per core where 8 ran it at ~40 (bench/bench_musicnn.py, docs/performance.md)
+_SUB_BATCH = 2
+_MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
+
+
+def _map_threads(fn: Callable[[T_in], torch.Tensor], items: list[T_in], workers: int) -> list[torch.Tensor]:
+    """``[fn(i) for i in items]`` on up to ``workers`` threads of one intra-op thread each.
+
+    Coarse-grained parallelism across independent items instead of torch's intra-op threads: on a busy machine an
+    intra-op parallel region waits for its slowest thread at every op (3x slower than one thread when the other
+    core is taken, bench/bench_musicnn.py), while threads pulling whole items from a queue never wait for each
+    other. Grad and inference modes are thread-local: the workers inherit the caller's. The caller's thread count
+    is restored on return (torch keeps it process-wide; the workers' own is per thread under OpenMP).
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    saved = torch.get_num_threads()
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(item: T_in) -> torch.Tensor:
+        torch.set_num_threads(1)
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(item)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="musicnn") as pool:
+            return list(pool.map(run, items))
+    finally:
+        torch.set_num_threads(saved)
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -199,7 +235,9 @@ class Musicnn(nn.Module):
         the same block run over the whole sequence, except the ``pad`` frames at each window edge whose
         kernels reach into the window's zero padding: those are recomputed per window from short edge slabs.
         A block is shared only where that costs fewer frames than running it per window (the wide temporal
-        kernels with 1 s hops are not). Mid and back ends run per window. frames: (T, n_mels).
+        kernels with 1 s hops are not). Mid and back ends run per window. On the CPU, groups of windows run on
+        ``torch.get_num_threads()`` threads of one intra-op thread each (see :func:`_map_threads`); the result
+        does not depend on the grouping. frames: (T, n_mels).
         """
         c = self.config
         if frames.dim() != 2 or frames.shape[1] != c.n_mels or frames.shape[0] < 1:
@@ -216,36 +254,44 @@ class Musicnn(nn.Module):
             return torch.cat([self(frames[None, s:e]) for s, e in zip(starts, ends)])
         length = ends[0] - starts[0]
         x = self.input_bn(frames[None, None])  # (1, 1, T, n_mels), an elementwise affine map in eval mode
-        blocks = (*self.timbral, *self.temporal)
-        out = []
-        for g in range(0, len(ends), batch_size):
-            g_starts = torch.tensor(starts[g : g + batch_size], device=frames.device)
-            n = g_starts.shape[0]
-            a, b = int(g_starts.min()), int(g_starts.max()) + length  # frames spanned by this group
-            idx = g_starts[:, None] + torch.arange(length, device=frames.device)  # (n, length)
-            wins = x[0, 0][idx].unsqueeze(1)  # (n, 1, length, n_mels)
-            feats = []
-            for blk in blocks:
-                k = blk.conv.kernel_size[0]
-                pl, pr = blk.pad
-                shared = length > pl + pr and (b - a) + n * (pl + pr) < n * length
-                if not shared:  # a few windows at a time: the (n, C, length, bands) conv output is large
-                    feats.append(torch.cat([blk(wins[i : i + _SUB_BATCH]) for i in range(0, n, _SUB_BATCH)]))
-                    continue
-                xs = F.pad(x[:, :, a:b], (0, 0, pl, pr))  # (1, 1, span + k - 1, n_mels)
-                span = torch.cat(
-                    [blk.valid(xs[:, :, c0 : min(c0 + chunk_frames, b - a) + k - 1])
-                     for c0 in range(0, b - a, chunk_frames)],
-                    dim=2,
-                )  # (1, C, span)
-                f = span[0][:, idx - a].permute(1, 0, 2).contiguous()  # (n, C, length)
-                if pl:  # first pl frames: kernels reach into the zero padding before the window
-                    f[:, :, :pl] = blk.valid(F.pad(wins[:, :, : k - 1], (0, 0, pl, 0)))  # (n, C, pl)
-                if pr:  # last pr frames: kernels reach into the zero padding after the window
-                    f[:, :, length - pr :] = blk.valid(F.pad(wins[:, :, length - k + 1 :], (0, 0, 0, pr)))
-                feats.append(f)
-            out.append(self._head(torch.cat(feats, dim=1)))  # (n, n_labels)
+        workers = torch.get_num_threads() if frames.device.type == "cpu" else 1
+        # groups of windows are independent: spread them evenly over the workers (each group shares its span)
+        n_groups = max(1, math.ceil(len(ends) / batch_size))
+        if workers > 1 and len(ends) >= 2 * _MIN_GROUP:
+            n_groups = workers * math.ceil(n_groups / workers)
+        size = math.ceil(len(ends) / n_groups)
+        groups = [starts[g : g + size] for g in range(0, len(starts), size)]
+        out = _map_threads(lambda g: self._window_group(x, g, length, chunk_frames), groups, workers)
         return torch.cat(out)
+
+    def _window_group(self, x: torch.Tensor, starts: list[int], length: int, chunk_frames: int) -> torch.Tensor:
+        """forward_windows for windows ``x[s : s + length]`` of one group. x (1, 1, T, n_mels) normalized."""
+        g_starts = torch.tensor(starts, device=x.device)
+        n = g_starts.shape[0]
+        a, b = int(g_starts.min()), int(g_starts.max()) + length  # frames spanned by this group
+        idx = g_starts[:, None] + torch.arange(length, device=x.device)  # (n, length)
+        wins = x[0, 0][idx].unsqueeze(1)  # (n, 1, length, n_mels)
+        feats = []
+        for blk in (*self.timbral, *self.temporal):
+            k = blk.conv.kernel_size[0]
+            pl, pr = blk.pad
+            shared = length > pl + pr and (b - a) + n * (pl + pr) < n * length
+            if not shared:  # a few windows at a time: the (n, C, length, bands) conv output is large
+                feats.append(torch.cat([blk(wins[i : i + _SUB_BATCH]) for i in range(0, n, _SUB_BATCH)]))
+                continue
+            xs = F.pad(x[:, :, a:b], (0, 0, pl, pr))  # (1, 1, span + k - 1, n_mels)
+            span = torch.cat(
+                [blk.valid(xs[:, :, c0 : min(c0 + chunk_frames, b - a) + k - 1])
+                 for c0 in range(0, b - a, chunk_frames)],
+                dim=2,
+            )  # (1, C, span)
+            f = span[0][:, idx - a].permute(1, 0, 2).contiguous()  # (n, C, length)
+            if pl:  # first pl frames: kernels reach into the zero padding before the window
+                f[:, :, :pl] = blk.valid(F.pad(wins[:, :, : k - 1], (0, 0, pl, 0)))  # (n, C, pl)
+            if pr:  # last pr frames: kernels reach into the zero padding after the window
+                f[:, :, length - pr :] = blk.valid(F.pad(wins[:, :, length - k + 1 :], (0, 0, 0, pr)))
+            feats.append(f)
+        return self._head(torch.cat(feats, dim=1))  # (n, n_labels)
 
 
 class MusicnnFrames(nn.Module):
