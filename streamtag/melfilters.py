@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
+
 __all__ = ["mel_filterbank"]
 
 _F_SP = 200.0 / 3  # Hz per mel below 1 kHz (Slaney's linear region)
@@ -39,10 +41,12 @@ def mel_filterbank(
     norm: str | float | None = "slaney",
 ) -> np.ndarray:
     """(n_mels, 1 + n_fft // 2) float32 mel filterbank, equal to ``librosa.filters.mel`` with the same arguments."""
-    if norm not in (None, "slaney"):
+    if norm is not None and norm != "slaney":
+        if isinstance(norm, str):
+            raise ConfigError(f"unknown mel filter norm {norm!r}; use 'slaney', a number (an l_p norm) or null")
         import librosa  # an l_p norm: rare, and librosa's own util.normalize defines it
 
-        return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm)
+        return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=float(norm))
     if fmax is None:
         fmax = float(sr) / 2
     n_mels = int(n_mels)

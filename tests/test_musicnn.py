@@ -16,7 +16,7 @@ from streamtag.architectures.musicnn import FrontendBlock, Musicnn, MusicnnConfi
 from streamtag.errors import ModelError
 from streamtag.frontend import FrontendSpec, logmel
 from streamtag.registry import load_bundle, save_bundle
-from train.convert_musicnn import load_tf_weights, variable_map
+from streamtag.train.convert_musicnn import load_tf_weights, variable_map
 
 BUNDLES = {"musicnn-msd": ("MSD_musicnn", "msd"), "musicnn-mtt": ("MTT_musicnn", "mtt")}
 WINDOW = 187  # musicnn's 3 s patch, in frames

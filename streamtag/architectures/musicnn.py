@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,9 @@ class FrontendBlock(nn.Module):
         # min z = -max(-z), and -z is the conv with negated weights and bias (bit for bit: negation is exact),
         # so one conv and one max over bands give every channel's extreme.
         sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(self.conv.weight.dtype)  # (C,) sign of a
-        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), self.conv.bias * sign)  # (B, C, T, F)
+        bias = self.conv.bias
+        assert bias is not None  # built with a bias
+        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), bias * sign)  # (B, C, T, F)
         extreme = z.amax(dim=3) * sign.view(1, -1, 1)  # (B, C, T)
         bn = self.bn
         return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
@@ -162,6 +164,24 @@ class MidendBlock(nn.Module):
         return self.bn(F.relu(self.conv(x)))  # (B, C_out, T)
 
 
+class _FeatureLayers(nn.Module):
+    """The layers :func:`_add_feature_layers` adds, typed (for the classes that have them)."""
+
+    input_bn: nn.BatchNorm2d
+    timbral: nn.ModuleList
+    temporal: nn.ModuleList
+    midend: nn.ModuleList
+
+    @property
+    def front_blocks(self) -> tuple[FrontendBlock, ...]:
+        """The timbral then the temporal front-end blocks, in the order their features are concatenated."""
+        return tuple(cast(FrontendBlock, blk) for blk in (*self.timbral, *self.temporal))
+
+    @property
+    def mid_blocks(self) -> tuple[MidendBlock, ...]:
+        return tuple(cast(MidendBlock, blk) for blk in self.midend)
+
+
 def _add_feature_layers(module: nn.Module, c: MusicnnConfig) -> None:
     """musicnn's input batch norm, front end and mid end, under the parameter names the checkpoints use
     (shared by the tagger and the streaming feature extractor, so teacher weights load by name)."""
@@ -178,7 +198,7 @@ def _add_feature_layers(module: nn.Module, c: MusicnnConfig) -> None:
     )
 
 
-class Musicnn(nn.Module):
+class Musicnn(_FeatureLayers):
     """musicnn tagger. forward: (B, T, n_mels) log10(1 + 10000 mel) -> (B, n_labels) logits."""
 
     stateful = False
@@ -198,19 +218,19 @@ class Musicnn(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.config.n_mels or x.shape[1] < 1:
             raise ValueError(f"musicnn expects (B, T >= 1, {self.config.n_mels}) log-mel, got {tuple(x.shape)}")
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
-        front = torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1)  # (B, C_front, T)
+        front = torch.cat([blk(x) for blk in self.front_blocks], dim=1)  # (B, C_front, T)
         return self._head(front)
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-frame features the back end pools (front end + mid end). (B, T, n_mels) -> (B, C_mid, T)."""
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
-        return self._midend(torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1))
+        return self._midend(torch.cat([blk(x) for blk in self.front_blocks], dim=1))
 
     def _midend(self, front: torch.Tensor) -> torch.Tensor:
         """Front-end features (B, C_front, T) -> dense mid-end features (B, C_mid, T)."""
         features = [front]
         h = front
-        for i, blk in enumerate(self.midend):
+        for i, blk in enumerate(self.mid_blocks):
             h = blk(h) if i == 0 else blk(h) + h  # (B, midend_filters, T), residual after the first
             features.append(h)
         return torch.cat(features, dim=1)  # (B, C_mid, T)
@@ -272,7 +292,7 @@ class Musicnn(nn.Module):
         idx = g_starts[:, None] + torch.arange(length, device=x.device)  # (n, length)
         wins = x[0, 0][idx].unsqueeze(1)  # (n, 1, length, n_mels)
         feats = []
-        for blk in (*self.timbral, *self.temporal):
+        for blk in self.front_blocks:
             k = blk.conv.kernel_size[0]
             pl, pr = blk.pad
             shared = length > pl + pr and (b - a) + n * (pl + pr) < n * length
@@ -294,7 +314,7 @@ class Musicnn(nn.Module):
         return self._head(torch.cat(feats, dim=1))  # (n, n_labels)
 
 
-class MusicnnFrames(nn.Module):
+class MusicnnFrames(_FeatureLayers):
     """musicnn's front end and mid end as a causal, streaming per-frame feature extractor.
 
     ``step(x, state)`` takes the log-mel frames that arrived since the last call, (B, n, n_mels) in musicnn's
@@ -317,7 +337,7 @@ class MusicnnFrames(nn.Module):
         c = config
         self.config = c
         _add_feature_layers(self, c)
-        blocks = (*self.timbral, *self.temporal)
+        blocks = self.front_blocks
         self.left = max(b.pad[0] for b in blocks)  # input frames before a front-end frame its kernels read
         self.right = max(b.pad[1] for b in blocks)  # ... and after it
         self.mid_left, self.mid_right = same_padding(c.midend_frames)
@@ -383,7 +403,7 @@ class MusicnnFrames(nn.Module):
             return x.new_zeros((B, 0, self.channels)), state
         z = torch.cat([xh, x], dim=1).unsqueeze(1)  # (B, 1, in_hist + n, n_mels)
         front = []
-        for blk in (*self.timbral, *self.temporal):
+        for blk in self.front_blocks:
             pl, pr = blk.pad
             front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
         new = torch.cat(front, dim=1)  # (B, C0, n): stream frames count - right + k
@@ -400,8 +420,8 @@ class MusicnnFrames(nn.Module):
             levels.append(zj[:, :, H - lag : H - lag + n])
             new_hs.append(zj[:, :, zj.shape[2] - H :] if H else h)
             if j + 1 < len(hs):
-                blk = self.midend[j]
-                out = blk.bn(F.relu(blk.conv(zj[:, :, H - self.mid_left - self.mid_right :])))  # (B, C, n)
+                mid = self.mid_blocks[j]
+                out = mid.bn(F.relu(mid.conv(zj[:, :, H - self.mid_left - self.mid_right :])))  # (B, C, n)
                 new = out if j == 0 else out + zj[:, :, H - self.mid_right : H - self.mid_right + n]
         feats = torch.cat(levels, dim=1).transpose(1, 2)  # (B, n, channels)
         xh = z[:, 0, z.shape[2] - self.in_hist :]
