@@ -180,3 +180,14 @@ def test_threaded_groups_equal_one_thread_and_restore_settings(model: Musicnn, r
     assert not out.requires_grad
     out = model.forward_windows(random_frames, ends, WINDOW, batch_size=4)  # grad on: a graph to the weights
     assert out.requires_grad
+
+
+def test_threaded_batched_forward_equals_windows_alone(model: Musicnn, random_frames: torch.Tensor) -> None:
+    wins = torch.stack([random_frames[s : s + WINDOW] for s in range(0, 100, 14)])  # (8, WINDOW, n_mels)
+    with torch.inference_mode():
+        alone = torch.cat([torch.sigmoid(model(w[None])) for w in wins])
+        torch.set_num_threads(2)  # the fixture restores 1 afterwards
+        batched = torch.sigmoid(model(wins))
+    assert torch.get_num_threads() == 2
+    assert batched.shape == (8, 50)
+    assert (batched - alone).abs().max().item() <= TOL

@@ -217,6 +217,14 @@ class Musicnn(_FeatureLayers):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[2] != self.config.n_mels or x.shape[1] < 1:
             raise ValueError(f"musicnn expects (B, T >= 1, {self.config.n_mels}) log-mel, got {tuple(x.shape)}")
+        if self.training or x.shape[0] <= _SUB_BATCH or x.device.type != "cpu":
+            return self._forward(x)
+        # inference on many windows (the live engine's streams): cache-sized passes, spread over worker threads;
+        # every window's output is computed on its own, so the split changes nothing
+        parts = list(torch.split(x, _SUB_BATCH))
+        return torch.cat(_map_threads(self._forward, parts, torch.get_num_threads()))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
         front = torch.cat([blk(x) for blk in self.front_blocks], dim=1)  # (B, C_front, T)
         return self._head(front)
