@@ -10,6 +10,7 @@ with the 8 windows per unshared-block pass it used before (the wide temporal con
 and with its window groups on torch's intra-op threads instead of its own worker threads.
 
     python bench/bench_musicnn.py [--seconds 30] [--repeats 3] [--hops 1.0 0.5] [--threads 1 2]
+    python bench/bench_musicnn.py --breakdown     # CPU seconds by stage and layer group, all shared clips
 """
 from __future__ import annotations
 
@@ -89,6 +90,61 @@ def _intra_op_only(model, frames: torch.Tensor, ends: list[int], w: int) -> torc
         musicnn._map_threads = saved
 
 
+def breakdown(bundle, model, repeats: int) -> None:
+    """CPU seconds (one thread) of decode, log-mel and forward_windows by layer group over every shared clip."""
+    from streamtag.architectures.musicnn import FrontendBlock, Musicnn
+
+    d = next((p / "shared" / "audio" for p in REPO.parents[:2] if (p / "shared" / "audio").is_dir()), None)
+    if d is None:
+        raise SystemExit("--breakdown needs ../shared/audio")
+    files = sorted(p for p in d.iterdir() if p.suffix in {".ogg", ".mp3", ".wav", ".flac"})
+    torch.set_num_threads(1)
+    sr, w = bundle.frontend.sample_rate, bundle.window_frames
+    acc: dict[str, list[float]] = {}
+    stage = {"decode": 0.0, "log-mel": 0.0}
+    valid, head = FrontendBlock.valid, Musicnn._head
+
+    def timed(key: str, fn):
+        def wrapper(self, *a):
+            t = time.process_time()
+            y = fn(self, *a)
+            acc.setdefault(key(self), [0.0])[-1] += time.process_time() - t
+            return y
+        return wrapper
+
+    FrontendBlock.valid = timed(lambda b: f"front end conv {tuple(b.conv.kernel_size)}", valid)  # type: ignore
+    Musicnn._head = timed(lambda m: "mid end + back end", head)  # type: ignore
+    frames, seconds = [], 0.0
+    for f in files:
+        t = time.process_time()
+        x = read_audio(str(f), sr)
+        stage["decode"] += time.process_time() - t
+        seconds += x.shape[0] / sr
+        t = time.process_time()
+        frames.append(torch.from_numpy(logmel(x, bundle.frontend)))
+        stage["log-mel"] += time.process_time() - t
+    totals = []
+    with torch.inference_mode():
+        for _ in range(max(3, repeats)):
+            for v in acc.values():
+                v.append(0.0)
+            t = time.process_time()
+            for fr in frames:
+                model.forward_windows(fr, window_ends(fr.shape[0], w, hop_frames_for(bundle, None)), w)
+            totals.append(time.process_time() - t)
+    FrontendBlock.valid, Musicnn._head = valid, head  # type: ignore
+    total = statistics.median(totals)
+    print(f"{len(files)} files, {seconds:.0f} s of audio, one thread, CPU seconds (forward: median of {len(totals)})")
+    for k, v in stage.items():
+        print(f"  {k:32s} {v:6.2f} s")
+    print(f"  {'forward_windows':32s} {total:6.2f} s  = 100%  ({seconds / total:.0f}x real time per core)")
+    for k, v in sorted(acc.items(), key=lambda kv: -statistics.median(kv[1][1:])):
+        m = statistics.median(v[1:])
+        print(f"    {k:30s} {m:6.2f} s  {100 * m / total:5.1f}%")
+    rest = total - sum(statistics.median(v[1:]) for v in acc.values())
+    print(f"    {'other (indexing, cat, Python)':30s} {rest:6.2f} s  {100 * rest / total:5.1f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -96,9 +152,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hops", type=float, nargs="+", default=[1.0, 0.5])
     ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    ap.add_argument("--breakdown", action="store_true",
+                    help="instead: CPU seconds by stage and layer group over every clip of ../shared/audio")
     args = ap.parse_args()
     bundle = load_bundle(args.model)
     model = bundle.build_model().eval()
+    if args.breakdown:
+        breakdown(bundle, model, args.repeats)
+        return
     if not hasattr(model, "forward_windows"):
         raise SystemExit(f"{bundle.name} has no forward_windows fast path")
     original = _original(model)
