@@ -191,3 +191,18 @@ def test_threaded_batched_forward_equals_windows_alone(model: Musicnn, random_fr
     assert torch.get_num_threads() == 2
     assert batched.shape == (8, 50)
     assert (batched - alone).abs().max().item() <= TOL
+
+
+def test_peer_bench_skips_cleanly_without_its_venv(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, str(repo / "bench" / "bench_vs_musicnn.py"), "--no-build", "--peer-venv", str(tmp_path / "no"),
+         "--dir", str(repo / "examples" / "audio")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("skip: no working peer venv"), r.stdout
+    assert "Traceback" not in r.stderr
