@@ -206,3 +206,26 @@ def test_peer_bench_skips_cleanly_without_its_venv(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("skip: no working peer venv"), r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_frames_step_many_streams_threaded_equals_each_alone(model: Musicnn, random_frames: torch.Tensor) -> None:
+    from streamtag.architectures.musicnn import MusicnnFrames
+
+    frames = MusicnnFrames(model.config)
+    frames.load_state_dict(model.state_dict(), strict=False)
+    x = torch.stack([random_frames[s : s + 31] for s in range(0, 90, 10)])  # (9 streams, 31, n_mels)
+    state = frames.init_state(9)
+    torch.set_num_threads(2)  # the fixture restores 1 afterwards
+    chunks = [x, x.flip(1), x]  # 93 frames: past the 73-frame delay
+    together = []
+    for c in chunks:
+        f, state = frames.step(c, state)
+        together.append(f)
+    torch.set_num_threads(1)
+    for i in range(9):
+        s = frames.init_state(1)
+        for c, t in zip(chunks, together):
+            alone, s = frames.step(c[i : i + 1], s)
+            scale = 1.0 + alone.abs().max().item()  # features, not probabilities: float rounding scales with them
+            assert (t[i] - alone[0]).abs().max().item() <= 1e-5 * scale
+    assert together[-1].abs().sum().item() > 0  # past the delay: real features, not padding

@@ -83,6 +83,7 @@ class MusicnnConfig:
 # hops): its (n, C, window, n_mels) conv output must stay cache-sized; 2 windows ran the 128-frame conv at
 # ~70 GFLOP/s per core where 8 ran it at ~40 (bench/bench_musicnn.py, docs/performance.md)
 _SUB_BATCH = 2
+_STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
@@ -410,11 +411,11 @@ class MusicnnFrames(_FeatureLayers):
         if n == 0:
             return x.new_zeros((B, 0, self.channels)), state
         z = torch.cat([xh, x], dim=1).unsqueeze(1)  # (B, 1, in_hist + n, n_mels)
-        front = []
-        for blk in self.front_blocks:
-            pl, pr = blk.pad
-            front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
-        new = torch.cat(front, dim=1)  # (B, C0, n): stream frames count - right + k
+        if B > _STREAMS_PER_PASS and x.device.type == "cpu":  # many streams: cache-sized passes on worker threads
+            parts = list(torch.split(z, _STREAMS_PER_PASS))
+            new = torch.cat(_map_threads(lambda zb: self._front(zb, n), parts, torch.get_num_threads()))
+        else:
+            new = self._front(z, n)  # (B, C0, n): stream frames count - right + k
         ar = torch.arange(n, device=x.device, dtype=count.dtype)
         levels, new_hs = [], []
         for j, h in enumerate(hs):
@@ -434,6 +435,14 @@ class MusicnnFrames(_FeatureLayers):
         feats = torch.cat(levels, dim=1).transpose(1, 2)  # (B, n, channels)
         xh = z[:, 0, z.shape[2] - self.in_hist :]
         return feats, self._pack(xh, new_hs, count + n)
+
+    def _front(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """Front-end features of the n newest frames: z (B, 1, in_hist + n, n_mels) -> (B, C0, n)."""
+        front = []
+        for blk in self.front_blocks:
+            pl, pr = blk.pad
+            front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
+        return torch.cat(front, dim=1)
 
     @torch.no_grad()
     def offline(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
