@@ -234,7 +234,7 @@ def main_search(args) -> int:
               f"{Engine(bundle, device=args.device, hop_seconds=args.hop).hop_seconds:.2f} s)", flush=True)
         results.append(search(bundle, audio, args))
     print("\nmodel                 hop s  max streams  (bracket)    sustained updates/s  ms per stream-hop  "
-          "vs 1 stream")
+          "updates/s vs 1 stream")
     for res in results:
         one = next((r for r in res["rows"] if r["streams"] == 1), None)
         scale = f"x{res['updates_per_s'] / one['updates_per_s']:.1f}" if one and one["updates_per_s"] else "-"
