@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class PacedClip:
     """A looped clip as real-time blocks; records (samples so far, arrival time) for every block."""
 
     def __init__(self, audio: np.ndarray, sr: int, offset: int, stop: threading.Event) -> None:
-        self.name, self.title = "clip", None
+        self.name, self.title = "clip", cast("str | None", None)
         self.audio, self.sr, self.offset, self.stop = audio, sr, offset, stop
         self.arrivals: list[tuple[int, float]] = []
 
@@ -199,7 +200,8 @@ def search(bundle, audio: np.ndarray, args) -> dict:
     """The most real-time streams ``bundle`` sustains: double the stream count until a run fails
     :func:`sustains`, then bisect, within ``--budget`` seconds and ``--max-configs`` runs."""
     hop = Engine(bundle, device=args.device, hop_seconds=args.hop).hop_seconds
-    rows, lo, hi, n = [], 0, None, max(1, args.start)
+    rows: list[dict] = []
+    lo, hi, n = 0, None, max(1, args.start)
     deadline = time.monotonic() + args.budget
     while len(rows) < args.max_configs and time.monotonic() < deadline:
         r = run_config(bundle, audio, args, n)

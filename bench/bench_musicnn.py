@@ -21,6 +21,7 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,13 +58,13 @@ def _original_valid(self, x: torch.Tensor) -> torch.Tensor:
 def _original(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of the model with the original front-end block inference path."""
     orig = copy.deepcopy(model)
-    for blk in (*orig.timbral, *orig.temporal):
+    for blk in orig.front_blocks:  # type: ignore[union-attr]
         blk.valid = types.MethodType(_original_valid, blk)
     return orig
 
 
 def _best(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
-    best, out = float("inf"), None
+    best, out = float("inf"), torch.empty(0)
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
@@ -104,7 +105,7 @@ def breakdown(bundle, model, repeats: int) -> None:
     stage = {"decode": 0.0, "log-mel": 0.0}
     valid, head = FrontendBlock.valid, Musicnn._head
 
-    def timed(key: str, fn):
+    def timed(key: Callable[[torch.nn.Module], str], fn: Callable) -> Callable:
         def wrapper(self, *a):
             t = time.process_time()
             y = fn(self, *a)
@@ -133,10 +134,11 @@ def breakdown(bundle, model, repeats: int) -> None:
                 model.forward_windows(fr, window_ends(fr.shape[0], w, hop_frames_for(bundle, None)), w)
             totals.append(time.process_time() - t)
     FrontendBlock.valid, Musicnn._head = valid, head  # type: ignore
-    total = statistics.median(totals)
+    forward = statistics.median(totals)
     print(f"{len(files)} files, {seconds:.0f} s of audio, one thread, CPU seconds (forward: median of {len(totals)})")
-    for k, v in stage.items():
-        print(f"  {k:32s} {v:6.2f} s")
+    for k, cpu in stage.items():
+        print(f"  {k:32s} {cpu:6.2f} s")
+    total = forward
     print(f"  {'forward_windows':32s} {total:6.2f} s  = 100%  ({seconds / total:.0f}x real time per core)")
     for k, v in sorted(acc.items(), key=lambda kv: -statistics.median(kv[1][1:])):
         m = statistics.median(v[1:])
@@ -156,7 +158,7 @@ def main() -> None:
                     help="instead: CPU seconds by stage and layer group over every clip of ../shared/audio")
     args = ap.parse_args()
     bundle = load_bundle(args.model)
-    model = bundle.build_model().eval()
+    model: Any = bundle.build_model().eval()
     if args.breakdown:
         breakdown(bundle, model, args.repeats)
         return
@@ -165,7 +167,7 @@ def main() -> None:
     original = _original(model)
     frames, source = _frames(bundle, args.seconds)
     w = bundle.window_frames
-    print(f"model {bundle.name}, {frames.shape[0]} frames of {source}, window {w} frames, best of {args.repeats}")
+    print(f"model {bundle.name}, {frames.shape[0]} frames of {source}, window {w} frames, median of {max(3, args.repeats)}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for hop_s in args.hops:
