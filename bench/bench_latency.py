@@ -11,8 +11,13 @@ for the engine thread, the model, the hub and the socket, but not the window its
     python bench/bench_latency.py                        # musicnn-msd, 1/10/100 streams, 10 clients, 20 s each
     python bench/bench_latency.py --streams 1 10 --seconds 10 --device cpu --hop 1.0
 
+    python bench/bench_latency.py --search --models all --seconds 8 --clients 2   # the real-time limit per model
+
 Prints one row per stream count with p50/p99 latency, updates/s (engine) and messages/s (all clients), and the
-ratios to the 1-stream baseline measured in the same run. A configuration the machine cannot run in real time
+ratios to the 1-stream baseline measured in the same run. ``--search`` instead finds, per model, the largest
+stream count it sustains in real time (p99 latency under one hop, >= 95% of the expected updates, no overruns):
+doubling from ``--start`` until a run fails, then bisecting, bounded by ``--budget`` and ``--max-configs``; it
+prints the bracket, the sustained updates/s and the engine's wall ms per stream-hop at that limit. A configuration the machine cannot run in real time
 shows up as growing latency and ring-buffer overruns, not as a crash.
 """
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -46,7 +52,7 @@ class PacedClip:
     """A looped clip as real-time blocks; records (samples so far, arrival time) for every block."""
 
     def __init__(self, audio: np.ndarray, sr: int, offset: int, stop: threading.Event) -> None:
-        self.name, self.title = "clip", None
+        self.name, self.title = "clip", cast("str | None", None)
         self.audio, self.sr, self.offset, self.stop = audio, sr, offset, stop
         self.arrivals: list[tuple[int, float]] = []
 
@@ -180,6 +186,73 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
     }
 
 
+def sustains(r: dict, hop_seconds: float) -> bool:
+    """Real time: p99 latency under one hop, (nearly) every expected update published, no audio dropped."""
+    return (r["p99_ms"] < 1000.0 * hop_seconds and r["updates_per_s"] >= 0.95 * r["expected_updates_per_s"]
+            and r["overruns"] == 0)
+
+
+def _row(r: dict) -> str:
+    return (f"  {r['streams']:4d} streams: p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+            f"updates/s {r['updates_per_s']:7.1f} (expected {r['expected_updates_per_s']:.1f})  "
+            f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}")
+
+
+def search(bundle, audio: np.ndarray, args) -> dict:
+    """The most real-time streams ``bundle`` sustains: double the stream count until a run fails
+    :func:`sustains`, then bisect, within ``--budget`` seconds and ``--max-configs`` runs."""
+    hop = Engine(bundle, device=args.device, hop_seconds=args.hop).hop_seconds
+    rows: list[dict] = []
+    lo, hi, n = 0, None, max(1, args.start)
+    deadline = time.monotonic() + args.budget
+    while len(rows) < args.max_configs and time.monotonic() < deadline:
+        r = run_config(bundle, audio, args, n)
+        r["sustained"] = sustains(r, hop)
+        rows.append(r)
+        print(_row(r) + ("  ok" if r["sustained"] else "  NOT real time"), flush=True)
+        if r["sustained"]:
+            lo = n
+        else:
+            hi = n
+        if hi is None:
+            n *= 2
+        elif hi - lo <= max(1, lo // 8):
+            break
+        else:
+            n = (lo + hi) // 2
+    best = max((r for r in rows if r["sustained"]), key=lambda r: r["streams"], default=None)
+    return {"model": bundle.name, "hop_s": hop, "max_streams": lo, "bracket": [lo, hi], "rows": rows,
+            "updates_per_s": best["updates_per_s"] if best else 0.0,
+            "budget_exhausted": hi is None and lo > 0}
+
+
+def main_search(args) -> int:
+    from streamtag.registry import available_models
+
+    names = available_models() if args.models == ["all"] else args.models
+    results = []
+    for name in names:
+        bundle = load_bundle(name)
+        audio = read_audio(args.clip, bundle.frontend.sample_rate)
+        print(f"model {bundle.name}: searching the most real-time streams (p99 < one hop, hop "
+              f"{Engine(bundle, device=args.device, hop_seconds=args.hop).hop_seconds:.2f} s)", flush=True)
+        results.append(search(bundle, audio, args))
+    print("\nmodel                 hop s  max streams  (bracket)    sustained updates/s  ms per stream-hop  "
+          "updates/s vs 1 stream")
+    for res in results:
+        one = next((r for r in res["rows"] if r["streams"] == 1), None)
+        scale = f"x{res['updates_per_s'] / one['updates_per_s']:.1f}" if one and one["updates_per_s"] else "-"
+        per_hop = 1000.0 / res["updates_per_s"] if res["updates_per_s"] else float("nan")
+        hi = res["bracket"][1]
+        print(f"{res['model']:20s} {res['hop_s']:6.2f} {res['max_streams']:12d}  [{res['bracket'][0]}, "
+              f"{hi if hi is not None else '>'}]  {res['updates_per_s']:18.1f} {per_hop:18.1f}  {scale:>11s}"
+              + ("  (budget ran out before a failure)" if res["budget_exhausted"] else ""))
+    print("ms per stream-hop: wall ms the engine spends per update at the largest sustained count (1000 / updates/s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -191,7 +264,20 @@ def main() -> int:
     p.add_argument("--clip", default=str(CLIP))
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--verbose", action="store_true", help="print a sample of one client's receipts")
+    p.add_argument("--search", action="store_true",
+                   help="per model, search the largest stream count with p99 latency under one hop")
+    p.add_argument("--models", nargs="+", default=None, help="models for --search ('all': every shipped one)")
+    p.add_argument("--start", type=int, default=1, help="--search: first stream count (doubled until it fails)")
+    p.add_argument("--max-configs", type=int, default=8, help="--search: most runs per model")
+    p.add_argument("--budget", type=float, default=240.0, help="--search: seconds of runs per model")
     args = p.parse_args()
+    if args.search:
+        import torch
+
+        args.models = args.models or [args.model]
+        print(f"device {args.device} · {args.clients} clients · {args.seconds:g} s per run · "
+              f"torch threads {torch.get_num_threads()}", flush=True)
+        return main_search(args)
 
     import torch
 
@@ -203,11 +289,7 @@ def main() -> int:
           f"torch threads {torch.get_num_threads()}", flush=True)
     for n in args.streams:
         rows.append(run_config(bundle, audio, args, n))
-        r = rows[-1]
-        print(f"  {n:4d} streams: p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
-              f"updates/s {r['updates_per_s']:7.1f} (expected {r['expected_updates_per_s']:.1f})  "
-              f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}",
-              flush=True)
+        print(_row(rows[-1]), flush=True)
     base = rows[0]
     print("\nstreams  p50 ms   p99 ms   p50 x   p99 x   updates/s  msgs/s (all clients)  dropped  overruns")
     for r in rows:

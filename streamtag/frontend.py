@@ -82,9 +82,9 @@ class FrontendSpec:
 @lru_cache(maxsize=16)
 def _mel_basis_t(spec: FrontendSpec) -> np.ndarray:
     """(n_fft // 2 + 1, n_mels) float64: the transposed librosa mel filterbank."""
-    import librosa  # heavy import, only when a front end is built
+    from .melfilters import mel_filterbank  # == librosa.filters.mel, without importing librosa (scipy, numba)
 
-    fb = librosa.filters.mel(
+    fb = mel_filterbank(
         sr=spec.sample_rate,
         n_fft=spec.n_fft,
         n_mels=spec.n_mels,

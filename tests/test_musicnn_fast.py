@@ -127,3 +127,105 @@ def test_real_music_tag_audio_equals_per_window(audio_dir: Path) -> None:
     ref = _reference(runner.model, frames, ends, WINDOW).numpy()
     assert timeline.raw.shape == ref.shape
     assert np.abs(timeline.raw - ref).max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"sr": 16000, "n_fft": 512, "n_mels": 96},  # musicnn's
+        {"sr": 16000, "n_fft": 512, "n_mels": 128, "htk": True},
+        {"sr": 22050, "n_fft": 2048, "n_mels": 128, "fmin": 30.0, "fmax": 8000.0, "norm": None},
+        {"sr": 16000, "n_fft": 400, "n_mels": 80, "fmin": 1200.0},
+    ],
+)
+def test_mel_filterbank_is_librosas_bit_for_bit(kw: dict) -> None:
+    librosa = pytest.importorskip("librosa")
+    from streamtag.melfilters import mel_filterbank
+
+    ours, ref = mel_filterbank(**kw), librosa.filters.mel(**kw)
+    assert ours.dtype == ref.dtype == np.float32
+    assert np.array_equal(ours, ref)
+
+
+def test_tag_path_imports_neither_librosa_nor_scipy_signal() -> None:
+    import subprocess
+    import sys
+
+    clip = Path(__file__).resolve().parents[1] / "examples" / "audio" / "kevin-macleod-vibe-ace.ogg"
+    if not clip.exists():
+        pytest.skip(f"no example clip at {clip}")
+    code = (
+        "import sys, io, contextlib\n"
+        "from streamtag.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    rc = main(['tag', '--format', 'jsonl', '--duration', '4', {str(clip)!r}])\n"
+        "print(rc, out.getvalue().count('\"mean\"'), sorted(m for m in ('librosa', 'scipy.signal', 'numba')"
+        " if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().split(maxsplit=2) == ["0", "1", "[]"], r.stdout + r.stderr
+
+
+def test_threaded_groups_equal_one_thread_and_restore_settings(model: Musicnn, random_frames: torch.Tensor) -> None:
+    ends = window_ends(random_frames.shape[0], WINDOW, 9)  # 13 windows: several groups per worker
+    one = _fast(model, random_frames, ends, WINDOW, batch_size=4)
+    torch.set_num_threads(2)  # the fixture restores 1 afterwards
+    threaded = _fast(model, random_frames, ends, WINDOW, batch_size=4)
+    assert torch.get_num_threads() == 2  # the workers' one-thread setting did not leak into the caller
+    ref = _reference(model, random_frames, ends, WINDOW)
+    assert (threaded - one).abs().max().item() <= TOL
+    assert (threaded - ref).abs().max().item() <= TOL
+    with torch.no_grad():  # grad mode is thread-local: the workers must inherit the caller's
+        out = model.forward_windows(random_frames, ends, WINDOW, batch_size=4)
+    assert not out.requires_grad
+    out = model.forward_windows(random_frames, ends, WINDOW, batch_size=4)  # grad on: a graph to the weights
+    assert out.requires_grad
+
+
+def test_threaded_batched_forward_equals_windows_alone(model: Musicnn, random_frames: torch.Tensor) -> None:
+    wins = torch.stack([random_frames[s : s + WINDOW] for s in range(0, 100, 14)])  # (8, WINDOW, n_mels)
+    with torch.inference_mode():
+        alone = torch.cat([torch.sigmoid(model(w[None])) for w in wins])
+        torch.set_num_threads(2)  # the fixture restores 1 afterwards
+        batched = torch.sigmoid(model(wins))
+    assert torch.get_num_threads() == 2
+    assert batched.shape == (8, 50)
+    assert (batched - alone).abs().max().item() <= TOL
+
+
+def test_peer_bench_skips_cleanly_without_its_venv(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, str(repo / "bench" / "bench_vs_musicnn.py"), "--no-build", "--peer-venv", str(tmp_path / "no"),
+         "--dir", str(repo / "examples" / "audio")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("skip: no working peer venv"), r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_frames_step_many_streams_threaded_equals_each_alone(model: Musicnn, random_frames: torch.Tensor) -> None:
+    from streamtag.architectures.musicnn import MusicnnFrames
+
+    frames = MusicnnFrames(model.config)
+    frames.load_state_dict(model.state_dict(), strict=False)
+    x = torch.stack([random_frames[s : s + 31] for s in range(0, 90, 10)])  # (9 streams, 31, n_mels)
+    state = frames.init_state(9)
+    torch.set_num_threads(2)  # the fixture restores 1 afterwards
+    chunks = [x, x.flip(1), x]  # 93 frames: past the 73-frame delay
+    together = []
+    for c in chunks:
+        f, state = frames.step(c, state)
+        together.append(f)
+    torch.set_num_threads(1)
+    for i in range(9):
+        s = frames.init_state(1)
+        for c, t in zip(chunks, together):
+            alone, s = frames.step(c[i : i + 1], s)
+            scale = 1.0 + alone.abs().max().item()  # features, not probabilities: float rounding scales with them
+            assert (t[i] - alone[0]).abs().max().item() <= 1e-5 * scale
+    assert together[-1].abs().sum().item() > 0  # past the delay: real features, not padding

@@ -24,7 +24,11 @@ padding puts the odd extra element at the end, which :func:`same_padding` reprod
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,8 @@ from ..errors import ConfigError
 from .base import WindowModel
 
 __all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
+
+T_in = TypeVar("T_in")
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,38 @@ class MusicnnConfig:
         return self.frontend_channels + self.midend_filters * self.midend_layers
 
 
-_SUB_BATCH = 8  # windows per pass through a front-end block that forward_windows cannot share
+# windows per pass through a front-end block that forward_windows cannot share (the wide temporal convs at 1 s
+# hops): its (n, C, window, n_mels) conv output must stay cache-sized; 2 windows ran the 128-frame conv at
+# ~70 GFLOP/s per core where 8 ran it at ~40 (bench/bench_musicnn.py, docs/performance.md)
+_SUB_BATCH = 2
+_STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
+_MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
+
+
+def _map_threads(fn: Callable[[T_in], torch.Tensor], items: list[T_in], workers: int) -> list[torch.Tensor]:
+    """``[fn(i) for i in items]`` on up to ``workers`` threads of one intra-op thread each.
+
+    Coarse-grained parallelism across independent items instead of torch's intra-op threads: on a busy machine an
+    intra-op parallel region waits for its slowest thread at every op (3x slower than one thread when the other
+    core is taken, bench/bench_musicnn.py), while threads pulling whole items from a queue never wait for each
+    other. Grad and inference modes are thread-local: the workers inherit the caller's. The caller's thread count
+    is restored on return (torch keeps it process-wide; the workers' own is per thread under OpenMP).
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    saved = torch.get_num_threads()
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(item: T_in) -> torch.Tensor:
+        torch.set_num_threads(1)
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(item)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="musicnn") as pool:
+            return list(pool.map(run, items))
+    finally:
+        torch.set_num_threads(saved)
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -106,7 +143,9 @@ class FrontendBlock(nn.Module):
         # min z = -max(-z), and -z is the conv with negated weights and bias (bit for bit: negation is exact),
         # so one conv and one max over bands give every channel's extreme.
         sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(self.conv.weight.dtype)  # (C,) sign of a
-        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), self.conv.bias * sign)  # (B, C, T, F)
+        bias = self.conv.bias
+        assert bias is not None  # built with a bias
+        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), bias * sign)  # (B, C, T, F)
         extreme = z.amax(dim=3) * sign.view(1, -1, 1)  # (B, C, T)
         bn = self.bn
         return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
@@ -127,6 +166,24 @@ class MidendBlock(nn.Module):
         return self.bn(F.relu(self.conv(x)))  # (B, C_out, T)
 
 
+class _FeatureLayers(nn.Module):
+    """The layers :func:`_add_feature_layers` adds, typed (for the classes that have them)."""
+
+    input_bn: nn.BatchNorm2d
+    timbral: nn.ModuleList
+    temporal: nn.ModuleList
+    midend: nn.ModuleList
+
+    @property
+    def front_blocks(self) -> tuple[FrontendBlock, ...]:
+        """The timbral then the temporal front-end blocks, in the order their features are concatenated."""
+        return tuple(cast(FrontendBlock, blk) for blk in (*self.timbral, *self.temporal))
+
+    @property
+    def mid_blocks(self) -> tuple[MidendBlock, ...]:
+        return tuple(cast(MidendBlock, blk) for blk in self.midend)
+
+
 def _add_feature_layers(module: nn.Module, c: MusicnnConfig) -> None:
     """musicnn's input batch norm, front end and mid end, under the parameter names the checkpoints use
     (shared by the tagger and the streaming feature extractor, so teacher weights load by name)."""
@@ -143,7 +200,7 @@ def _add_feature_layers(module: nn.Module, c: MusicnnConfig) -> None:
     )
 
 
-class Musicnn(WindowModel):
+class Musicnn(_FeatureLayers, WindowModel):
     """musicnn tagger. forward: (B, T, n_mels) log10(1 + 10000 mel) -> (B, n_labels) logits."""
 
     stateful = False
@@ -162,20 +219,28 @@ class Musicnn(WindowModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[2] != self.config.n_mels or x.shape[1] < 1:
             raise ValueError(f"musicnn expects (B, T >= 1, {self.config.n_mels}) log-mel, got {tuple(x.shape)}")
+        if self.training or x.shape[0] <= _SUB_BATCH or x.device.type != "cpu":
+            return self._forward(x)
+        # inference on many windows (the live engine's streams): cache-sized passes, spread over worker threads;
+        # every window's output is computed on its own, so the split changes nothing
+        parts = list(torch.split(x, _SUB_BATCH))
+        return torch.cat(_map_threads(self._forward, parts, torch.get_num_threads()))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
-        front = torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1)  # (B, C_front, T)
+        front = torch.cat([blk(x) for blk in self.front_blocks], dim=1)  # (B, C_front, T)
         return self._head(front)
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-frame features the back end pools (front end + mid end). (B, T, n_mels) -> (B, C_mid, T)."""
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
-        return self._midend(torch.cat([blk(x) for blk in (*self.timbral, *self.temporal)], dim=1))
+        return self._midend(torch.cat([blk(x) for blk in self.front_blocks], dim=1))
 
     def _midend(self, front: torch.Tensor) -> torch.Tensor:
         """Front-end features (B, C_front, T) -> dense mid-end features (B, C_mid, T)."""
         features = [front]
         h = front
-        for i, blk in enumerate(self.midend):
+        for i, blk in enumerate(self.mid_blocks):
             h = blk(h) if i == 0 else blk(h) + h  # (B, midend_filters, T), residual after the first
             features.append(h)
         return torch.cat(features, dim=1)  # (B, C_mid, T)
@@ -200,7 +265,9 @@ class Musicnn(WindowModel):
         the same block run over the whole sequence, except the ``pad`` frames at each window edge whose
         kernels reach into the window's zero padding: those are recomputed per window from short edge slabs.
         A block is shared only where that costs fewer frames than running it per window (the wide temporal
-        kernels with 1 s hops are not). Mid and back ends run per window. frames: (T, n_mels).
+        kernels with 1 s hops are not). Mid and back ends run per window. On the CPU, groups of windows run on
+        ``torch.get_num_threads()`` threads of one intra-op thread each (see :func:`_map_threads`); the result
+        does not depend on the grouping. frames: (T, n_mels).
         """
         c = self.config
         if frames.dim() != 2 or frames.shape[1] != c.n_mels or frames.shape[0] < 1:
@@ -217,39 +284,47 @@ class Musicnn(WindowModel):
             return torch.cat([self(frames[None, s:e]) for s, e in zip(starts, ends)])
         length = ends[0] - starts[0]
         x = self.input_bn(frames[None, None])  # (1, 1, T, n_mels), an elementwise affine map in eval mode
-        blocks = (*self.timbral, *self.temporal)
-        out = []
-        for g in range(0, len(ends), batch_size):
-            g_starts = torch.tensor(starts[g : g + batch_size], device=frames.device)
-            n = g_starts.shape[0]
-            a, b = int(g_starts.min()), int(g_starts.max()) + length  # frames spanned by this group
-            idx = g_starts[:, None] + torch.arange(length, device=frames.device)  # (n, length)
-            wins = x[0, 0][idx].unsqueeze(1)  # (n, 1, length, n_mels)
-            feats = []
-            for blk in blocks:
-                k = blk.conv.kernel_size[0]
-                pl, pr = blk.pad
-                shared = length > pl + pr and (b - a) + n * (pl + pr) < n * length
-                if not shared:  # a few windows at a time: the (n, C, length, bands) conv output is large
-                    feats.append(torch.cat([blk(wins[i : i + _SUB_BATCH]) for i in range(0, n, _SUB_BATCH)]))
-                    continue
-                xs = F.pad(x[:, :, a:b], (0, 0, pl, pr))  # (1, 1, span + k - 1, n_mels)
-                span = torch.cat(
-                    [blk.valid(xs[:, :, c0 : min(c0 + chunk_frames, b - a) + k - 1])
-                     for c0 in range(0, b - a, chunk_frames)],
-                    dim=2,
-                )  # (1, C, span)
-                f = span[0][:, idx - a].permute(1, 0, 2).contiguous()  # (n, C, length)
-                if pl:  # first pl frames: kernels reach into the zero padding before the window
-                    f[:, :, :pl] = blk.valid(F.pad(wins[:, :, : k - 1], (0, 0, pl, 0)))  # (n, C, pl)
-                if pr:  # last pr frames: kernels reach into the zero padding after the window
-                    f[:, :, length - pr :] = blk.valid(F.pad(wins[:, :, length - k + 1 :], (0, 0, 0, pr)))
-                feats.append(f)
-            out.append(self._head(torch.cat(feats, dim=1)))  # (n, n_labels)
+        workers = torch.get_num_threads() if frames.device.type == "cpu" else 1
+        # groups of windows are independent: spread them evenly over the workers (each group shares its span)
+        n_groups = max(1, math.ceil(len(ends) / batch_size))
+        if workers > 1 and len(ends) >= 2 * _MIN_GROUP:
+            n_groups = workers * math.ceil(n_groups / workers)
+        size = math.ceil(len(ends) / n_groups)
+        groups = [starts[g : g + size] for g in range(0, len(starts), size)]
+        out = _map_threads(lambda g: self._window_group(x, g, length, chunk_frames), groups, workers)
         return torch.cat(out)
 
+    def _window_group(self, x: torch.Tensor, starts: list[int], length: int, chunk_frames: int) -> torch.Tensor:
+        """forward_windows for windows ``x[s : s + length]`` of one group. x (1, 1, T, n_mels) normalized."""
+        g_starts = torch.tensor(starts, device=x.device)
+        n = g_starts.shape[0]
+        a, b = int(g_starts.min()), int(g_starts.max()) + length  # frames spanned by this group
+        idx = g_starts[:, None] + torch.arange(length, device=x.device)  # (n, length)
+        wins = x[0, 0][idx].unsqueeze(1)  # (n, 1, length, n_mels)
+        feats = []
+        for blk in self.front_blocks:
+            k = blk.conv.kernel_size[0]
+            pl, pr = blk.pad
+            shared = length > pl + pr and (b - a) + n * (pl + pr) < n * length
+            if not shared:  # a few windows at a time: the (n, C, length, bands) conv output is large
+                feats.append(torch.cat([blk(wins[i : i + _SUB_BATCH]) for i in range(0, n, _SUB_BATCH)]))
+                continue
+            xs = F.pad(x[:, :, a:b], (0, 0, pl, pr))  # (1, 1, span + k - 1, n_mels)
+            span = torch.cat(
+                [blk.valid(xs[:, :, c0 : min(c0 + chunk_frames, b - a) + k - 1])
+                 for c0 in range(0, b - a, chunk_frames)],
+                dim=2,
+            )  # (1, C, span)
+            f = span[0][:, idx - a].permute(1, 0, 2).contiguous()  # (n, C, length)
+            if pl:  # first pl frames: kernels reach into the zero padding before the window
+                f[:, :, :pl] = blk.valid(F.pad(wins[:, :, : k - 1], (0, 0, pl, 0)))  # (n, C, pl)
+            if pr:  # last pr frames: kernels reach into the zero padding after the window
+                f[:, :, length - pr :] = blk.valid(F.pad(wins[:, :, length - k + 1 :], (0, 0, 0, pr)))
+            feats.append(f)
+        return self._head(torch.cat(feats, dim=1))  # (n, n_labels)
 
-class MusicnnFrames(nn.Module):
+
+class MusicnnFrames(_FeatureLayers):
     """musicnn's front end and mid end as a causal, streaming per-frame feature extractor.
 
     ``step(x, state)`` takes the log-mel frames that arrived since the last call, (B, n, n_mels) in musicnn's
@@ -272,7 +347,7 @@ class MusicnnFrames(nn.Module):
         c = config
         self.config = c
         _add_feature_layers(self, c)
-        blocks = (*self.timbral, *self.temporal)
+        blocks = self.front_blocks
         self.left = max(b.pad[0] for b in blocks)  # input frames before a front-end frame its kernels read
         self.right = max(b.pad[1] for b in blocks)  # ... and after it
         self.mid_left, self.mid_right = same_padding(c.midend_frames)
@@ -337,11 +412,11 @@ class MusicnnFrames(nn.Module):
         if n == 0:
             return x.new_zeros((B, 0, self.channels)), state
         z = torch.cat([xh, x], dim=1).unsqueeze(1)  # (B, 1, in_hist + n, n_mels)
-        front = []
-        for blk in (*self.timbral, *self.temporal):
-            pl, pr = blk.pad
-            front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
-        new = torch.cat(front, dim=1)  # (B, C0, n): stream frames count - right + k
+        if B > _STREAMS_PER_PASS and x.device.type == "cpu":  # many streams: cache-sized passes on worker threads
+            parts = list(torch.split(z, _STREAMS_PER_PASS))
+            new = torch.cat(_map_threads(lambda zb: self._front(zb, n), parts, torch.get_num_threads()))
+        else:
+            new = self._front(z, n)  # (B, C0, n): stream frames count - right + k
         ar = torch.arange(n, device=x.device, dtype=count.dtype)
         levels, new_hs = [], []
         for j, h in enumerate(hs):
@@ -355,12 +430,20 @@ class MusicnnFrames(nn.Module):
             levels.append(zj[:, :, H - lag : H - lag + n])
             new_hs.append(zj[:, :, zj.shape[2] - H :] if H else h)
             if j + 1 < len(hs):
-                blk = self.midend[j]
-                out = blk.bn(F.relu(blk.conv(zj[:, :, H - self.mid_left - self.mid_right :])))  # (B, C, n)
+                mid = self.mid_blocks[j]
+                out = mid.bn(F.relu(mid.conv(zj[:, :, H - self.mid_left - self.mid_right :])))  # (B, C, n)
                 new = out if j == 0 else out + zj[:, :, H - self.mid_right : H - self.mid_right + n]
         feats = torch.cat(levels, dim=1).transpose(1, 2)  # (B, n, channels)
         xh = z[:, 0, z.shape[2] - self.in_hist :]
         return feats, self._pack(xh, new_hs, count + n)
+
+    def _front(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """Front-end features of the n newest frames: z (B, 1, in_hist + n, n_mels) -> (B, C0, n)."""
+        front = []
+        for blk in self.front_blocks:
+            pl, pr = blk.pad
+            front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
+        return torch.cat(front, dim=1)
 
     @torch.no_grad()
     def offline(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
