@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from streamtag.train.convert_musicnn import load_tf_weights, variable_map
 
 from streamtag.architectures import build_model
 from streamtag.architectures.musicnn import FrontendBlock, Musicnn, MusicnnConfig
 from streamtag.errors import ModelError
 from streamtag.frontend import FrontendSpec, logmel
 from streamtag.registry import load_bundle, save_bundle
+from streamtag.train.convert_musicnn import load_tf_weights, variable_map
 
 BUNDLES = {"musicnn-msd": ("MSD_musicnn", "msd"), "musicnn-mtt": ("MTT_musicnn", "mtt")}
 WINDOW = 187  # musicnn's 3 s patch, in frames
