@@ -229,3 +229,27 @@ def test_frames_step_many_streams_threaded_equals_each_alone(model: Musicnn, ran
             scale = 1.0 + alone.abs().max().item()  # features, not probabilities: float rounding scales with them
             assert (t[i] - alone[0]).abs().max().item() <= 1e-5 * scale
     assert together[-1].abs().sum().item() > 0  # past the delay: real features, not padding
+
+
+def test_frames_one_stream_long_span_split_in_time_equals_one_thread(model: Musicnn, random_frames: torch.Tensor) -> None:
+    """One stream's long span (a file's 512 frames) runs its front end in time slices on worker threads: the same
+    features and state as one thread, chunk after chunk."""
+    from streamtag.architectures.musicnn import MusicnnFrames
+
+    frames = MusicnnFrames(model.config)
+    frames.load_state_dict(model.state_dict(), strict=False)
+    x = random_frames[None, :300]  # (1, 300, n_mels): two spans of 150 (>= 2 x 64 frames each)
+    outs = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # the fixture restores 1 afterwards
+        state = frames.init_state(1)
+        feats = []
+        for s in (0, 150):
+            f, state = frames.step(x[:, s : s + 150], state)
+            feats.append(f)
+        outs[threads] = (torch.cat(feats, dim=1), state)
+    (f1, s1), (f2, s2) = outs[1], outs[2]
+    scale = 1.0 + f1.abs().max().item()
+    assert (f1 - f2).abs().max().item() <= 1e-5 * scale
+    assert (s1 - s2).abs().max().item() <= 1e-5 * (1.0 + s1.abs().max().item())
+    assert f1[:, 80:].abs().sum().item() > 0  # past the delay: real features

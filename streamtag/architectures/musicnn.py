@@ -84,6 +84,7 @@ class MusicnnConfig:
 # hops): its (n, C, window, n_mels) conv output must stay cache-sized; 2 windows ran the 128-frame conv at
 # ~70 GFLOP/s per core where 8 ran it at ~40 (bench/bench_musicnn.py, docs/performance.md)
 _SUB_BATCH = 2
+_FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
@@ -412,9 +413,17 @@ class MusicnnFrames(_FeatureLayers):
         if n == 0:
             return x.new_zeros((B, 0, self.channels)), state
         z = torch.cat([xh, x], dim=1).unsqueeze(1)  # (B, 1, in_hist + n, n_mels)
+        workers = torch.get_num_threads()
         if B > _STREAMS_PER_PASS and x.device.type == "cpu":  # many streams: cache-sized passes on worker threads
             parts = list(torch.split(z, _STREAMS_PER_PASS))
-            new = torch.cat(_map_threads(lambda zb: self._front(zb, n), parts, torch.get_num_threads()))
+            new = torch.cat(_map_threads(lambda zb: self._front(zb, n), parts, workers))
+        elif n >= 2 * _FRAMES_PER_PASS and workers > 1 and x.device.type == "cpu":
+            # few streams, many new frames (a file's span): split time across worker threads; output frame t
+            # reads only z[t : t + in_hist + 1], so the parts are the same convolutions as one pass
+            cuts = [round(i * n / workers) for i in range(workers + 1)]
+            spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+            new = torch.cat(_map_threads(lambda ab: self._front(z[:, :, ab[0]:], ab[1] - ab[0]), spans, workers),
+                            dim=2)
         else:
             new = self._front(z, n)  # (B, C0, n): stream frames count - right + k
         ar = torch.arange(n, device=x.device, dtype=count.dtype)
