@@ -269,10 +269,9 @@ def _lazy(module: str, func: str) -> Any:
 
 
 # ==== training commands (parsers only; bodies in streamtag.train, imported when one runs) ==========================
-# Branch `train` restructures the training stack; this section is the only place in the runtime package that knows
-# its flags. Handlers called: streamtag.train.cli._cmd_train/_cmd_eval/_cmd_baseline/_cmd_cache(args) and
-# streamtag.train.distill._run(args), each with the argparse Namespace built below (same dest names as before;
-# eval's --device arrives resolved, "auto" -> "cpu" or "cuda", as evaluate_bundle wants a torch device).
+# This section is the only place in the runtime package that knows the training flags. Handlers called:
+# streamtag.train.cli.cmd_train/cmd_eval/cmd_baseline/cmd_cache/cmd_distill(args), each with the argparse Namespace
+# built below (same dest names as before; eval's --device arrives resolved, "auto" -> "cpu" or "cuda", as evaluate_bundle wants a torch device).
 # trainable by `train`: every registered architecture but musicnn (tests/test_cli.py checks it against the registry)
 _ARCHITECTURES = ("bigru", "crnn", "musicnn_student", "stateful_gru", "transformer", "vit")
 _STUDENT_ARCHITECTURES = ("stateful_gru", "transformer")  # distill --arch (train.distill.DEFAULT_ARCH_CONFIGS)
@@ -345,7 +344,7 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     add_device_arg(p)
-    p.set_defaults(func=_training_handler("cli", "_cmd_train"), log_level=logging.INFO)
+    p.set_defaults(func=_training_handler("cli", "cmd_train"), log_level=logging.INFO)
 
     p = _subparser(sub, "eval", help="evaluate a model bundle on a labelled split",
                    description="PR-AUC / ROC-AUC (multi-label) or accuracy / F1 (single-label), "
@@ -356,14 +355,14 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--crops", type=int, default=5, help="windows averaged per clip")
     p.add_argument("--out", type=Path, required=True, help="report folder (required)")
     add_device_arg(p)
-    p.set_defaults(func=_training_handler("cli", "_cmd_eval", resolve_device=True), log_level=logging.INFO)
+    p.set_defaults(func=_training_handler("cli", "cmd_eval", resolve_device=True), log_level=logging.INFO)
 
     p = _subparser(sub, "baseline", help="summary features + scikit-learn classifiers",
                    description="Classical ML baselines (LogReg, SVM, kNN, random forest).")
     _add_data_args(p)
     p.add_argument("--classifiers", default="logreg,svm,knn,forest", help="comma-separated classifiers")
     p.add_argument("--out", type=Path, required=True, help="report folder; features are cached there (required)")
-    p.set_defaults(func=_training_handler("cli", "_cmd_baseline"), log_level=logging.INFO)
+    p.set_defaults(func=_training_handler("cli", "cmd_baseline"), log_level=logging.INFO)
 
     p = _subparser(sub, "cache", help="precompute the log-mel feature cache",
                    description="Decode and cache log-mel frames (parallel, resumable, skips bad files).")
@@ -371,7 +370,7 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="cache folder (default: --cache)")
     p.add_argument("--frontend", help="JSON overrides of the front end (default: the training default)")
     p.add_argument("--retry-skipped", action="store_true", help="try files skipped before again")
-    p.set_defaults(func=_training_handler("cli", "_cmd_cache"), log_level=logging.INFO)
+    p.set_defaults(func=_training_handler("cli", "cmd_cache"), log_level=logging.INFO)
 
     p = _subparser(sub, "distill", help="distil a teacher bundle into a streaming student",
                    description="Distil a teacher bundle into a streaming student (docs/distill.md).")
@@ -411,7 +410,7 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--shards", type=int, default=1, help="feature cache: processes sharing the work")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the bundle at --out and rewrite its card")
     p.add_argument("--command-line", help=argparse.SUPPRESS)
-    p.set_defaults(func=_training_handler("distill", "_run"), log_level=logging.INFO)
+    p.set_defaults(func=_training_handler("cli", "cmd_distill"), log_level=logging.INFO)
 # ==== end of training commands =====================================================================================
 
 

@@ -310,9 +310,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return distill(args)
 
 
-# the names streamtag.cli's handlers used before this module had public command functions
-_cmd_train, _cmd_eval, _cmd_baseline, _cmd_cache = cmd_train, cmd_eval, cmd_baseline, cmd_cache
-
 _HELP = {
     "train": ("train a tagger and write a model bundle",
               "Train a genre tagger on FMA or genre folders; writes OUT/bundle and OUT/summary.json."),

@@ -261,13 +261,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--seq-seconds MIN MAX needs 0 < MIN <= MAX, not {lo:g} {hi:g}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    """The name streamtag.cli's handler used before ``cli.cmd_distill``."""
-    from .cli import cmd_distill
-
-    return cmd_distill(args)
-
-
 def register(subparsers: Any) -> None:
     """Add the ``distill`` subcommand to a CLI's subparsers (the parser and the command live in ``cli.py``)."""
     from .cli import add_train_args, cmd_distill
