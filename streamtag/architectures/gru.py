@@ -33,8 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import StatefulModel, WindowModel, check_ends
+from .threads import one_thread
 
 __all__ = ["BiGRUConfig", "BiGRUTagger", "StatefulGRUConfig", "StatefulGRUTagger"]
+
+_ONE_THREAD_STREAMS = 64  # fewer streams than this step their GRU on one intra-op thread (CPU)
 
 
 class FrameEmbed(nn.Module):
@@ -170,7 +173,10 @@ class StatefulGRUTagger(StatefulModel):
         if state is None:
             state = self.init_state(B, x.device)
         h0, m0, n0 = self._unpack(state.float())
-        y, hT = self.gru(self.embed(x), h0.to(x.dtype))  # (B, T, H), (L, B, H)
+        # a few streams step frame by frame through tiny matmuls: one intra-op thread is 20-50x faster than
+        # two under load (see .threads); many streams' larger matmuls keep torch's threads
+        with one_thread(x.device.type == "cpu" and B < _ONE_THREAD_STREAMS):
+            y, hT = self.gru(self.embed(x), h0.to(x.dtype))  # (B, T, H), (L, B, H)
         m = self._ema(y.float(), m0)  # (B, T, H)
         n = n0[:, None] + torch.arange(1, T + 1, device=x.device, dtype=torch.float32)[None]  # (B, T)
         d = 1.0 - 1.0 / self.config.tau_frames

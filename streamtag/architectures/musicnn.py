@@ -25,10 +25,8 @@ padding puts the odd extra element at the end, which :func:`same_padding` reprod
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +34,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import WindowModel
+from .threads import map_threads as _map_threads
+from .threads import workers as _workers
 
 __all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
-
-T_in = TypeVar("T_in")
-
 
 @dataclass(frozen=True)
 class MusicnnConfig:
@@ -87,32 +84,6 @@ _SUB_BATCH = 2
 _FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
-
-
-def _map_threads(fn: Callable[[T_in], torch.Tensor], items: list[T_in], workers: int) -> list[torch.Tensor]:
-    """``[fn(i) for i in items]`` on up to ``workers`` threads of one intra-op thread each.
-
-    Coarse-grained parallelism across independent items instead of torch's intra-op threads: on a busy machine an
-    intra-op parallel region waits for its slowest thread at every op (3x slower than one thread when the other
-    core is taken, bench/bench_musicnn.py), while threads pulling whole items from a queue never wait for each
-    other. Grad and inference modes are thread-local: the workers inherit the caller's. The caller's thread count
-    is restored on return (torch keeps it process-wide; the workers' own is per thread under OpenMP).
-    """
-    if workers <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
-    saved = torch.get_num_threads()
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def run(item: T_in) -> torch.Tensor:
-        torch.set_num_threads(1)
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return fn(item)
-
-    try:
-        with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="musicnn") as pool:
-            return list(pool.map(run, items))
-    finally:
-        torch.set_num_threads(saved)
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -225,7 +196,7 @@ class Musicnn(_FeatureLayers, WindowModel):
         # inference on many windows (the live engine's streams): cache-sized passes, spread over worker threads;
         # every window's output is computed on its own, so the split changes nothing
         parts = list(torch.split(x, _SUB_BATCH))
-        return torch.cat(_map_threads(self._forward, parts, torch.get_num_threads()))
+        return torch.cat(_map_threads(self._forward, parts, _workers()))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(x.unsqueeze(1))  # (B, 1, T, n_mels)
@@ -267,7 +238,7 @@ class Musicnn(_FeatureLayers, WindowModel):
         kernels reach into the window's zero padding: those are recomputed per window from short edge slabs.
         A block is shared only where that costs fewer frames than running it per window (the wide temporal
         kernels with 1 s hops are not). Mid and back ends run per window. On the CPU, groups of windows run on
-        ``torch.get_num_threads()`` threads of one intra-op thread each (see :func:`_map_threads`); the result
+        ``torch.get_num_threads()`` threads of one intra-op thread each (see :func:`.threads.map_threads`); the result
         does not depend on the grouping. frames: (T, n_mels).
         """
         c = self.config
@@ -285,7 +256,7 @@ class Musicnn(_FeatureLayers, WindowModel):
             return torch.cat([self(frames[None, s:e]) for s, e in zip(starts, ends)])
         length = ends[0] - starts[0]
         x = self.input_bn(frames[None, None])  # (1, 1, T, n_mels), an elementwise affine map in eval mode
-        workers = torch.get_num_threads() if frames.device.type == "cpu" else 1
+        workers = _workers() if frames.device.type == "cpu" else 1
         # groups of windows are independent: spread them evenly over the workers (each group shares its span)
         n_groups = max(1, math.ceil(len(ends) / batch_size))
         if workers > 1 and len(ends) >= 2 * _MIN_GROUP:
@@ -413,7 +384,7 @@ class MusicnnFrames(_FeatureLayers):
         if n == 0:
             return x.new_zeros((B, 0, self.channels)), state
         z = torch.cat([xh, x], dim=1).unsqueeze(1)  # (B, 1, in_hist + n, n_mels)
-        workers = torch.get_num_threads()
+        workers = _workers()
         if B > _STREAMS_PER_PASS and x.device.type == "cpu":  # many streams: cache-sized passes on worker threads
             parts = list(torch.split(z, _STREAMS_PER_PASS))
             new = torch.cat(_map_threads(lambda zb: self._front(zb, n), parts, workers))

@@ -21,6 +21,7 @@ feature width, so ``train/distill.py`` trains them on cached features and this m
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -29,6 +30,8 @@ import torch
 from ..errors import ConfigError
 from .base import StatefulModel, StreamingModel, check_ends
 from .musicnn import MusicnnConfig, MusicnnFrames
+from .threads import map_threads, one_thread, workers
+from .transformer import TransformerTagger
 
 __all__ = ["MusicnnStudentConfig", "MusicnnStudent", "HEADS"]
 
@@ -53,6 +56,13 @@ class MusicnnStudentConfig:
 
 _STEP_SPAN = 512  # frames per pass of step_many through the frozen front end (bounds its (B, C, T, bands) temporary)
 _HEAD_WINDOWS = 16  # transformer-head windows per forward pass in step_many
+_ONE_THREAD_STREAMS = 64  # fewer streams than this run their small ops on one intra-op thread (CPU)
+
+
+def _few_streams(x: torch.Tensor) -> bool:
+    """Few streams on the CPU: their small ops run on one intra-op thread (torch's threads only wait on each
+    other there); the front end and the head's window groups still spread over every core as whole items."""
+    return x.device.type == "cpu" and x.shape[0] < _ONE_THREAD_STREAMS
 
 
 class MusicnnStudent(StatefulModel):
@@ -94,9 +104,10 @@ class MusicnnStudent(StatefulModel):
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         fs = self.frames.state_size
-        feats, f_state = self.frames.step(x, state[:, :fs])  # (B, n, channels)
-        logits, h_state = self.head_logits(feats, state[:, fs:])
-        return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
+        with one_thread(_few_streams(x)):
+            feats, f_state = self.frames.step(x, state[:, :fs])  # (B, n, channels)
+            logits, h_state = self.head_logits(feats, state[:, fs:])
+            return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
 
     def step_many(
         self, x: torch.Tensor, state: torch.Tensor, ends: list[int]
@@ -105,6 +116,12 @@ class MusicnnStudent(StatefulModel):
         ``_STEP_SPAN`` frames (not hop by hop) and the head batched over the ends: equals :meth:`step` chunk by
         chunk. Returns ((B, len(ends), n_labels), state after ``ends[-1]``)."""
         ends = check_ends(x.shape[1], ends)
+        with one_thread(_few_streams(x)):
+            return self._step_many(x, state, ends)
+
+    def _step_many(
+        self, x: torch.Tensor, state: torch.Tensor, ends: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         fs = self.frames.state_size
         out: list[torch.Tensor] = []
         start, i = 0, 0
@@ -129,9 +146,20 @@ class MusicnnStudent(StatefulModel):
             return self.head.step_many(feats, head_state, ends)
         B, W, C = feats.shape[0], self.config.window_frames, self.frames.channels
         seq = torch.cat([head_state.view(B, W, C), feats.to(head_state.dtype)], dim=1)  # (B, W + n, C)
-        logits = []
-        for g in range(0, len(ends), _HEAD_WINDOWS):
-            idx = torch.tensor(ends[g : g + _HEAD_WINDOWS], device=feats.device)[:, None] + torch.arange(W, device=feats.device)
-            wins = seq[:, idx]  # (B, g, W, C): the W features before each end
-            logits.append(self.head(wins.flatten(0, 1)).view(B, idx.shape[0], -1))  # (B, g, n_labels)
+        head = cast(TransformerTagger, self.head)
+        normed = head.in_norm(seq)  # per frame: overlapping windows share it (same values as per window)
+
+        def windows(group: list[int]) -> torch.Tensor:
+            starts = torch.tensor(group, device=feats.device)  # window g covers seq[:, g : g + W]
+            tokens = head.embed_windows(normed, starts, W)  # (B g, T', D)
+            return head.head(head.encode(tokens)).view(B, len(group), -1)  # (B, g, n_labels)
+
+        # groups of windows are independent: on the CPU they run on worker threads of one intra-op thread each
+        # (a window's small matmuls gain nothing from torch's threads and lose much to their waits)
+        n_workers = workers() if feats.device.type == "cpu" else 1
+        size = _HEAD_WINDOWS
+        if n_workers > 1 and len(ends) > 1:
+            size = max(1, min(_HEAD_WINDOWS, math.ceil(len(ends) / n_workers)))
+        groups = [ends[g : g + size] for g in range(0, len(ends), size)]
+        logits = map_threads(windows, groups, n_workers)
         return torch.cat(logits, dim=1), seq[:, ends[-1] : ends[-1] + W].reshape(B, W * C)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -141,18 +142,45 @@ class TransformerTagger(WindowModel):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layers))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled embedding of a window. x (B, T, n_mels) -> (B, d_model)."""
-        x = self.in_norm(x)  # (B, T, n_mels)
-        h = self.embed(x.transpose(1, 2)).transpose(1, 2)  # (B, T', D), T' = ceil(T / stride)
+    def features(self, x: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
+        """Pooled embedding of a window. x (B, T, n_mels) -> (B, d_model). ``normed``: ``x`` is already through
+        ``in_norm`` (per frame, so overlapping windows can share it)."""
+        if not normed:
+            x = self.in_norm(x)  # (B, T, n_mels)
+        return self.encode(self.embed(x.transpose(1, 2)).transpose(1, 2))  # embedded: (B, T', D)
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens (B, T', D), T' = ceil(T / stride) -> pooled embedding (B, D)."""
         h = self.drop(h + resize_pos_emb(self.pos, h.shape[1]).to(h.dtype))  # (B, T', D)
         for block in self.blocks:
             h = block(h)  # (B, T', D)
         h = self.ln_f(h)  # (B, T', D)
         return self.pool(h) if self.pool is not None else h.mean(dim=1)  # (B, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # (B, n_labels)
+    def forward(self, x: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
+        return self.head(self.features(x, normed=normed))  # (B, n_labels)
+
+    def embed_windows(self, normed: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+        """The conv embedding of the windows ``normed[:, s : s + length]`` for each ``s`` in ``starts``, read
+        straight out of one sequence: (B, T, n_mels) already through ``in_norm``, (n,) -> (B * n, T', D).
+
+        Equals ``embed`` on each window stacked (to float rounding: one matmul per token instead of the conv
+        kernel), without materialising the windows twice: the frames each token's kernel reads (zeros where it
+        reaches into the window's padding) are gathered once, laid out (token, kernel frame, channel) so that
+        they are already the matmul's rows.
+        """
+        conv = self.embed
+        K, S, p = conv.kernel_size[0], conv.stride[0], int(cast(tuple[int, ...], conv.padding)[0])
+        B, T, C = normed.shape
+        n_tok = (length + 2 * p - K) // S + 1
+        rel = S * torch.arange(n_tok, device=normed.device)[:, None] - p + torch.arange(K, device=normed.device)
+        inside = ((rel >= 0) & (rel < length)).flatten()  # (n_tok * K,) kernel frames inside the window
+        idx = starts[:, None] + rel.flatten()[None]  # (n, n_tok * K) frame of the sequence
+        idx = torch.where(inside[None], idx, T)  # outside: the zero frame appended below
+        padded = torch.cat([normed, normed.new_zeros((B, 1, C))], dim=1)  # (B, T + 1, C)
+        rows = padded[:, idx].view(B * starts.shape[0] * n_tok, K * C)  # (B n n_tok, K C)
+        weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, K * C)  # (D, K C): (k, c) order
+        return F.linear(rows, weight, conv.bias).view(B * starts.shape[0], n_tok, -1)  # (B n, T', D)
 
 
 def _init_weights(m: nn.Module) -> None:
