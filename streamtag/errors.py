@@ -5,6 +5,8 @@ Every message is a single line that names the input and says what to do about it
 """
 from __future__ import annotations
 
+import logging
+
 __all__ = [
     "StreamtagError",
     "ConfigError",
@@ -12,6 +14,7 @@ __all__ = [
     "ModelError",
     "DeviceError",
     "ProtocolError",
+    "close_quietly",
 ]
 
 
@@ -37,3 +40,15 @@ class DeviceError(StreamtagError):
 
 class ProtocolError(StreamtagError):
     """A malformed or unauthorized message on the websocket protocol."""
+
+
+def close_quietly(resource: object) -> None:
+    """Call ``resource.close()`` if it has one, best effort: a failing close (logged at debug level) must not
+    mask the real outcome (the error or the exit that led to closing it)."""
+    close = getattr(resource, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:
+        logging.getLogger("streamtag").debug("closing %r failed", resource, exc_info=True)

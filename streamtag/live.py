@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import SourceError, StreamtagError
+from .errors import SourceError, StreamtagError, close_quietly
 from .events import GenreUpdate
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class LiveRunner:
             st = self._streams.pop(name, None)
         if st is not None:
             st.stop.set()
-            _close(st.source)
+            close_quietly(st.source)
             if st.thread is not None and st.thread is not threading.current_thread():
                 st.thread.join(timeout)
         with self._publish:
@@ -259,7 +259,7 @@ class LiveRunner:
                 log.exception("source %s failed", st.name)
                 st.error = SourceError(f"{st.name}: source failed ({type(e).__name__}: {e})")
         finally:
-            _close(st.source)
+            close_quietly(st.source)
             st.done = True
             self._wake.set()
 
@@ -310,7 +310,7 @@ class LiveRunner:
             streams = list(self._streams.values())
         for st in streams:
             st.stop.set()
-            _close(st.source)
+            close_quietly(st.source)
             with self._publish:
                 self._finish(st, error)
 
@@ -352,7 +352,7 @@ class LiveRunner:
             streams = list(self._streams.values())
         for st in streams:
             st.stop.set()
-            _close(st.source)
+            close_quietly(st.source)
         self._stop.set()
         self._wake.set()
         for st in streams:
@@ -380,17 +380,7 @@ def _chain(first: Callable[[str, str], None] | None, second: Callable[[str, str]
     return both
 
 
-def _close(source: object) -> None:
-    close = getattr(source, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except Exception:  # closing is best effort; a failing close must not mask the real outcome
-        log.debug("closing %r failed", source, exc_info=True)
-
-
 def close_all(sources: Iterable[object]) -> None:
     """Close every source (best effort)."""
     for s in sources:
-        _close(s)
+        close_quietly(s)

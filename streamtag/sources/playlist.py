@@ -1,16 +1,14 @@
 """Several sources one after another as one stream (the ``demo`` command's clips)."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
+from ..errors import close_quietly
+
 __all__ = ["Playlist"]
-
-log = logging.getLogger(__name__)
-
 
 class Playlist:
     """Plays ``items`` in turn as one source; ``title`` names the one playing.
@@ -35,19 +33,9 @@ class Playlist:
             try:
                 yield from self._current
             finally:
-                _close(self._current)
+                close_quietly(self._current)
 
     def close(self) -> None:
         self._closed = True
         if self._current is not None:
-            _close(self._current)
-
-
-def _close(source: object) -> None:
-    close = getattr(source, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except Exception:  # closing is best effort
-        log.debug("closing %r failed", source, exc_info=True)
+            close_quietly(self._current)
