@@ -63,6 +63,8 @@ MAX_JSON_DEPTH = 8  # nesting levels of a client message (the protocol needs 3: 
 MAX_LIST_NAMES = 1024  # names in one subscribe/unsubscribe
 MAX_ID_CHARS = 128  # a request "id" string longer than this is refused
 AUDIO_STARTS_PER_S, AUDIO_STARTS_BURST = 0.5, 3.0  # audio_start budget per connection (then rate_limited)
+MAX_DETAIL = 300  # characters of a stream_status detail
+STREAM_STATUSES = ("dropped", "reconnecting", "connected")  # source events sent to subscribers
 TITLE_INTERVAL_S = 1.0  # s: at most one `streams` broadcast per stream per interval for title changes
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "unknown_stream", "unauthorized", "stream_exists",
                "bad_audio", "source_error", "limit_exceeded", "rate_limited")
@@ -513,6 +515,20 @@ class Hub:
             c.subscriptions.discard(name)
             c.audio.pop(name, None)
         self._broadcast_streams()
+
+    def stream_status(self, name: str, status: str, detail: str) -> int:
+        """Tell ``name``'s subscribers what its source is doing (``dropped``, ``reconnecting``, ``connected``);
+        ``detail`` must already be safe to show. One unsent notice per stream and client: a newer one replaces
+        it, so a flapping source cannot fill a slow client's queue. Returns how many clients it went to."""
+        if name not in self.streams or status not in STREAM_STATUSES:
+            return 0
+        msg = {"type": "stream_status", "stream": name, "status": status, "detail": detail[:MAX_DETAIL]}
+        n = 0
+        for c in self.clients.values():
+            if c.wants(name):
+                c.send(msg, key=f"status:{name}")
+                n += 1
+        return n
 
     def set_title(self, name: str, title: str | None) -> float | None:
         """Record ``name``'s new title; broadcast now, or return in how many seconds :meth:`flush_titles` should

@@ -601,3 +601,70 @@ def test_default_model_updates_equal_offline_tagging(validate):
         ref = by_t[msg["t"]]
         assert set(msg["probs"]) == set(bundle.genre_labels)
         np.testing.assert_allclose([msg["raw"][k] for k in ref.raw], list(ref.raw.values()), atol=2e-3)
+
+
+def test_hub_sends_source_status_to_subscribers_newest_first(validate):
+    hub = _hub()
+    hub.stream_added("radio", "http://example.org/r.mp3")
+    hub.stream_added("other", "b.ogg")
+    sub, star, elsewhere = (hub.connect(authorized=False) for _ in range(3))
+    hub.receive(sub, json.dumps({"type": "subscribe", "streams": ["radio"]}))
+    hub.receive(star, json.dumps({"type": "subscribe", "streams": "*"}))
+    hub.receive(elsewhere, json.dumps({"type": "subscribe", "streams": ["other"]}))
+    for c in (sub, star, elsewhere):
+        _drain(c)
+    assert hub.stream_status("radio", "dropped", "the server ended the stream") == 2
+    [msg] = _drain(sub)
+    assert validate(msg) == {"type": "stream_status", "stream": "radio", "status": "dropped",
+                             "detail": "the server ended the stream"}
+    assert [m["status"] for m in _drain(star)] == ["dropped"] and _drain(elsewhere) == []
+    # a client that has not read yet gets only the newest notice of a stream: a flapping source cannot pile up
+    for k in range(50):
+        hub.stream_status("radio", "reconnecting", f"in 1.0 s (attempt {k + 1})")
+    hub.stream_status("radio", "connected", "http://example.org/r.mp3")
+    assert [(m["status"], m["detail"]) for m in _drain(sub)] == [("connected", "http://example.org/r.mp3")]
+    # unknown streams and kinds go nowhere; a long detail is cut
+    assert hub.stream_status("gone", "dropped", "x") == 0 and hub.stream_status("radio", "title", "x") == 0
+    hub.stream_status("radio", "dropped", "y" * 5000)
+    assert len(validate(_drain(sub)[0])["detail"]) <= 300
+
+
+def test_radio_drop_reaches_websocket_subscribers(server, tmp_path, validate):
+    """A real URL source on a loopback server that hangs up: subscribers hear dropped, reconnecting, connected."""
+    from radio_fixtures import ScriptedServer, tone_clip
+
+    mp3 = tone_clip(tmp_path / "t.mp3", 3.0, sr=44100, codec_args=["-c:a", "libmp3lame"]).read_bytes()
+    release = threading.Event()
+
+    def handler(conn, index, stop):
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n" + mp3)
+        if index == 0:  # the first connection hangs up when the test says so
+            release.wait(30)
+            conn.shutdown(socket.SHUT_RDWR)
+        else:
+            stop.wait(30)
+
+    with ScriptedServer(handler) as radio:
+        name = f"radio{next(_names)}"
+        server.add_source(name, radio.url())
+
+        async def scenario():
+            async with connect(server.url) as ws:
+                await recv_json(ws)
+                await ws.send(json.dumps({"type": "subscribe", "streams": [name]}))
+                await recv_until(ws, lambda m: m["type"] == "subscribed")
+                release.set()
+                seen = []
+                while not seen or seen[-1]["status"] != "connected":
+                    seen.append(await recv_until(ws, lambda m: m["type"] == "stream_status", timeout=30))
+                return seen
+
+        seen = run(scenario())
+    for m in seen:
+        validate(m)
+        assert m["stream"] == name and "\n" not in m["detail"]
+    kinds = [m["status"] for m in seen]
+    # "dropped" and "reconnecting" are sent back to back: an unread notice is replaced by the newer one, so a
+    # client may see either first; "reconnecting" waits out the backoff (>= 0.5 s) before "connected"
+    assert kinds[0] in ("dropped", "reconnecting") and "reconnecting" in kinds and kinds[-1] == "connected"
+    assert any("attempt 1" in m["detail"] for m in seen if m["status"] == "reconnecting")

@@ -485,7 +485,9 @@ class WebsocketServer:
         self._call(self._set_title, name, title)
 
     def on_status(self, name: str, kind: str, detail: str) -> None:
-        log.info("stream %s: %s %s", name, kind, _safe_text(detail))
+        detail = _safe_text(detail)
+        log.info("stream %s: %s %s", name, kind, detail)
+        self._call(self.hub.stream_status, name, kind, detail)
 
     def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
         self._call(self._stream_gone, name, error)

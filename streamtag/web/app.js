@@ -113,6 +113,7 @@ function connect() {
       case "update": if (msg.stream === state.current) showUpdate(msg); break;
       case "audio_started": choose(msg.stream); log(`sending microphone as stream ${msg.stream}`); break;
       case "stream_ended": log(`stream ${msg.stream} ended: ${msg.reason}`); break;
+      case "stream_status": log(`stream ${msg.stream}: ${msg.status} ${msg.detail}`); break;
       case "error": log(`error (${msg.code}): ${msg.message}`); break;
       default: break;
     }
