@@ -242,6 +242,29 @@ def test_connections_beyond_the_limit_get_503(server):
     assert run(scenario()) == (503, 101)
 
 
+def test_one_address_cannot_take_every_connection(server):
+    """Past --max-connections-per-address an address gets 503 while the server still has room; a closed
+    connection frees its slot."""
+    srv = server(max_connections=10, max_connections_per_address=2)
+
+    async def scenario():
+        held = [await connect(srv.url).__aenter__() for _ in range(2)]
+        for ws in held:
+            await recv_json(ws)
+        over = await status_of(srv.url)
+        await held[0].close()
+        for _ in range(100):  # the server notices the close
+            if len(srv.server.hub.clients) < 2:
+                break
+            await asyncio.sleep(0.05)
+        again = await status_of(srv.url)
+        await held[1].close()
+        return over, again
+
+    assert run(scenario()) == (503, 101)
+    assert srv.server.refused.get(503) == 1
+
+
 def test_a_handshake_that_trickles_is_dropped_at_its_deadline(server):
     """Slowloris: one header byte every 0.1 s; the server hangs up at handshake_timeout (1 s here), long before
     the 100-byte request is complete, and serves other clients meanwhile."""

@@ -203,7 +203,7 @@ def tone(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(engine):
-    srv = ServerThread(engine, file_speed=4.0).start()
+    srv = ServerThread(engine, file_speed=4.0, max_connections_per_address=64).start()  # 50 clients at once
     try:
         yield srv
     finally:

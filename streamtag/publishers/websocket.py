@@ -137,6 +137,7 @@ class ServerConfig:
     ping_interval: float | None = 20.0  # s between keepalive pings (a client that stops reading is closed)
     handshake_timeout: float = 10.0  # s a connection may take to send its HTTP request (slowloris)
     max_connections: int = 128  # --max-connections: websocket connections at once
+    max_connections_per_address: int = 32  # --max-connections-per-address: of those, from one client address
     max_streams: int = 64  # --max-streams: streams at once (sources and audio in)
     max_audio_streams: int = 16  # --max-audio-streams: audio-in streams at once (one per connection)
     audio_rate: float = 2.0  # --max-audio-rate: s of audio per s one connection may send (then throttled)
@@ -154,7 +155,9 @@ class ServerConfig:
             raise ConfigError(f"--max-message-bytes {self.max_message_bytes} is too small; use at least 1024")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port (0-65535)")
-        for flag, value in (("--max-connections", self.max_connections), ("--max-streams", self.max_streams),
+        for flag, value in (("--max-connections", self.max_connections),
+                            ("--max-connections-per-address", self.max_connections_per_address),
+                            ("--max-streams", self.max_streams),
                             ("--max-audio-streams", self.max_audio_streams),
                             ("--auth-failures", self.auth_failures), ("max_pending_opens", self.max_pending_opens)):
             if not (isinstance(value, int) and value >= 1):
@@ -198,6 +201,8 @@ def add_serve_security_args(p: argparse.ArgumentParser) -> None:
                    help=f"largest message a client may send (default {d.max_message_bytes})")
     g.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
                    help=f"websocket connections at once (default {d.max_connections})")
+    g.add_argument("--max-connections-per-address", type=int, default=d.max_connections_per_address, metavar="N",
+                   help=f"of those, connections from one client address (default {d.max_connections_per_address})")
     g.add_argument("--max-streams", type=int, default=d.max_streams, metavar="N",
                    help=f"streams at once, sources and audio in (default {d.max_streams})")
     g.add_argument("--max-audio-streams", type=int, default=d.max_audio_streams, metavar="N",
@@ -222,6 +227,7 @@ def config_from_args(args: argparse.Namespace, **fields: Any) -> ServerConfig:
         allow_private_urls=args.allow_private_urls,
         max_message_bytes=args.max_message_bytes,
         max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
         max_streams=args.max_streams,
         max_audio_streams=args.max_audio_streams,
         audio_rate=args.max_audio_rate,
@@ -586,7 +592,16 @@ class WebsocketServer:
             log.warning("refused %s: %d connections (--max-connections)", address, len(self.hub.clients))
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 "server full (--max-connections); try again later", [("Retry-After", "5")])
+        if self._connections_from(address) >= self.config.max_connections_per_address:
+            log.warning("refused %s: %d connections from it (--max-connections-per-address)", address,
+                        self._connections_from(address))
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"too many connections from {address} (--max-connections-per-address); close one "
+                                "first", [("Retry-After", "5")])
         return None
+
+    def _connections_from(self, address: str) -> int:
+        return sum(1 for c in self.hub.clients.values() if c.peer == address)
 
     def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
@@ -612,11 +627,14 @@ class WebsocketServer:
 
     # -- websocket connections ---------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
+        peer = str(ws.remote_address[0]) if ws.remote_address else "?"
         if len(self.hub.clients) >= self.config.max_connections:  # handshakes that raced past the check
             await ws.close(1013, "server full (--max-connections); try again later")
             return
+        if self._connections_from(peer) >= self.config.max_connections_per_address:
+            await ws.close(1013, "too many connections from this address; close one first")
+            return
         wake = asyncio.Event()
-        peer = str(ws.remote_address[0]) if ws.remote_address else "?"
         client = self.hub.connect(authorized=self.config.token is not None, peer=peer, notify=wake.set)
         log.info("client %d connected from %s (Origin %s)", client.id, peer,
                  _safe_text(ws.request.headers.get("Origin", "-") if ws.request else "-", 80))
