@@ -7,7 +7,7 @@ models run by run so load on the machine hits them alike. Prints, per model, the
 ``--runs`` runs (>= 3), seconds of audio tagged per second, and the speed ratio against musicnn-msd measured
 in the same run (> 1: faster than musicnn-msd).
 
-    python bench/bench_tag.py [--runs 3] [--files 4] [--dir DIR] [--models a,b] [--threads N]
+    python bench/bench_tag.py [--runs 3] [--files 4] [--dir DIR] [--models a,b] [--threads N] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="folder of clips (default ../shared/audio)")
     ap.add_argument("--models", default=None, help="comma-separated bundles (default: every shipped one)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="compute device: cpu | cuda | auto (default cpu)")
     args = ap.parse_args()
     if args.runs < 3:
         ap.error("--runs must be at least 3 (the median of >= 3 runs is reported)")
@@ -66,8 +67,11 @@ def main() -> None:
     models = args.models.split(",") if args.models else available_models()
     if BASELINE not in models:
         models = [BASELINE, *models]
-    runners = {m: ModelRunner(load_bundle(m), "cpu") for m in models}
-    print(f"{len(files)} files from {d}; models {', '.join(models)}; torch threads {torch.get_num_threads()}")
+    runners = {m: ModelRunner(load_bundle(m), args.device) for m in models}
+    device = runners[BASELINE].device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{len(files)} files from {d}; models {', '.join(models)}; device {name}; "
+          f"torch threads {torch.get_num_threads()}")
     tag_files(runners[BASELINE], files[:1])  # warm-up: imports, allocator, first-call costs
     times: dict[str, list[float]] = {m: [] for m in models}
     audio_s = 0.0
