@@ -39,15 +39,25 @@ def _torch_threads() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One torch thread for modules of tiny ops (recurrent steps, small forwards): on 2 shared cores a second
-    intra-op thread only waits. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+def _torch_threads(n: int):
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for modules of tiny ops (recurrent steps, small forwards): on 2 shared cores a second
+    intra-op thread only waits. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads, so the worker-thread paths (architectures/threads.py) run with two workers."""
+    yield from _torch_threads(2)

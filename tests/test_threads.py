@@ -11,17 +11,7 @@ from streamtag.architectures import build_model
 from streamtag.architectures.threads import map_threads, one_thread, workers
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_map_threads_keeps_order_and_restores_the_thread_count(two_threads) -> None:
+def test_map_threads_keeps_order_and_restores_the_thread_count(two_torch_threads) -> None:
     names: set[str] = set()
 
     def work(i: int) -> int:
@@ -36,7 +26,7 @@ def test_map_threads_keeps_order_and_restores_the_thread_count(two_threads) -> N
     assert map_threads(lambda i: sum(map_threads(lambda j: j, list(range(i)), 2)), [3, 4, 5], 2) == [3, 6, 10]
 
 
-def test_map_threads_propagates_errors(two_threads) -> None:
+def test_map_threads_propagates_errors(two_torch_threads) -> None:
     def boom(i: int) -> int:
         if i == 3:
             raise ValueError("bad item")
@@ -47,7 +37,7 @@ def test_map_threads_propagates_errors(two_threads) -> None:
     assert torch.get_num_threads() == 2
 
 
-def test_one_thread_restores_and_workers_sees_the_outer_count(two_threads) -> None:
+def test_one_thread_restores_and_workers_sees_the_outer_count(two_torch_threads) -> None:
     with one_thread():
         assert torch.get_num_threads() == 1
         assert workers() == 2  # the pool may still use both cores
@@ -82,7 +72,7 @@ def test_transformer_embed_windows_equals_the_conv_per_window(kernel: int, strid
 
 @pytest.mark.parametrize("head", ["stateful_gru", "transformer"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_student_step_many_on_two_threads_equals_stepping_on_one(head: str, batch: int, two_threads) -> None:
+def test_student_step_many_on_two_threads_equals_stepping_on_one(head: str, batch: int, two_torch_threads) -> None:
     """The file path with both workers (front end split in time, head windows in groups, GRU on one thread)
     gives what stepping hop by hop on one thread gives."""
     gen = torch.Generator().manual_seed(7)
