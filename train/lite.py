@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamtag.architectures import build_model
-from streamtag.architectures.lite import LiteStudent
+from streamtag.architectures.lite import LiteConfig, LiteStudent
 from streamtag.registry import Bundle, load_bundle, save_bundle
 
-from .agreement import evaluate, majority_baseline
+from .agreement import cost_per_hop_ms, evaluate, majority_baseline
+from .cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_lite_card
 from .features import features_dir, student_frontend
 from .teacher import GRID_FRAMES, Geometry
 from .tracks import TrackData, carve_validation, load_split
@@ -70,9 +71,9 @@ class Aligned(nn.Module):
 
 
 @torch.no_grad()
-def teacher_embedding(head: nn.Module, feats: np.ndarray) -> np.ndarray:
+def teacher_embedding(head: Any, feats: np.ndarray) -> np.ndarray:
     """st-gru-msd's per-frame embedding pre-activation of cached musicnn features. (T, 753) -> (T, d_embed)."""
-    emb: Any = getattr(head, "embed")
+    emb = head.embed
     out = []
     for s in range(0, feats.shape[0], 4096):
         f = torch.from_numpy(feats[s : s + 4096].astype(np.float32))
@@ -159,7 +160,7 @@ def stage_a(model: LiteStudent, data: list[TrackData], emb: list[np.ndarray], *,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step == 20:  # fix the schedule's length from the measured speed
             total = max(21, int(minutes * 60 / ((time.time() - t0) / 20)))
@@ -206,7 +207,7 @@ def stage_b(model: LiteStudent, data: list[TrackData], emb: list[np.ndarray], ge
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step == 10:
             total = max(11, int(minutes * 60 / ((time.time() - t0) / 10)))
@@ -273,7 +274,7 @@ def _sequence_batch(
             torch.from_numpy(zmask))
 
 
-def _embeddings(corpus: Path, teacher: Bundle, head: nn.Module, data: list[TrackData]) -> list[np.ndarray]:
+def _embeddings(corpus: Path, teacher: Bundle, head: Any, data: list[TrackData]) -> list[np.ndarray]:
     fd = features_dir(corpus, teacher)
     return [teacher_embedding(head, np.load(fd / (Path(td.track.file).stem + ".npy"))) for td in data]
 
@@ -324,7 +325,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         model = build_model("lite", cfg)
         fit_normalisation(model, train_data)
         init_head(model, init)
-        head = getattr(init.build_model("cpu"), "head")
+        init_model: Any = init.build_model("cpu")
+        head = init_model.head
         emb = _embeddings(args.corpus, teacher, head, train_data)
         a = stage_a(model, train_data, emb, minutes=args.minutes_a, batch=args.batch_a, frames=args.frames_a,
                     lr=args.lr_a, seed=args.seed)
@@ -356,8 +358,44 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "per_clip": ev["per_clip"],
         "baseline": {k: v for k, v in base.items() if k != "teacher_train_clip_genres"},
     }
-    (out / "evaluation.json").write_text(json.dumps(extra, indent=2) + "\n")
+    teacher_model = teacher.build_model("cpu")
+    hop_frames = spec.frames_for(HOP_SECONDS)
+    cost = cost_per_hop_ms(model, teacher_model, "stateful", geometry.window_frames, teacher.window_frames,
+                           spec.n_mels, hop_frames)
+    init_cost = cost_per_hop_ms(init.build_model("cpu"), teacher_model, "stateful", geometry.window_frames,
+                                teacher.window_frames, spec.n_mels, hop_frames)
+    cost["init_ms"] = init_cost["student_ms"]
+    cost["init_teacher_ms"] = init_cost["teacher_ms"]
+    cost["init_speedup"] = round(init_cost["student_ms"] / cost["student_ms"], 1)
+    extra["cost_per_hop_ms"] = cost
+    n_params = sum(p.numel() for p in model.parameters())
+    bundle = save_bundle(
+        out, model, architecture="lite", arch_config=asdict(model.config), frontend=spec, labels=teacher.labels,
+        genre_labels=teacher.genre_labels, activation="sigmoid", window_frames=geometry.window_frames,
+        hop_seconds=HOP_SECONDS, streaming="stateful", extra=extra,
+        description=(f"musicnn-msd distilled into a {n_params / 1e6:.2f} M-parameter causal conv front end + GRU "
+                     f"(the front end learns {init.name}'s musicnn features)"),
+    )
+    from .build_corpus import read_manifest, summary
+
+    note = Path(args.corpus) / "corpus_note.txt"
+    card_run = {
+        "command": training["command"], "corpus_table": summary(read_manifest(Path(args.corpus))),
+        "corpus_note": note.read_text().strip() if note.is_file() else DEFAULT_CORPUS_NOTE,
+        "train_hours": round(sum(t.track.seconds for t in train_data + val_data) / 3600, 4),
+        "n_params": n_params, "size_mb": round(n_params * 4 / 1e6, 4),
+        "front_mflop": f"{front_mflop_per_frame(model.config):.2f}",
+    }
+    (out / CARD_JSON).write_text(json.dumps(card_run, indent=2, ensure_ascii=False) + "\n")
+    (out / "model_card.md").write_text(render_lite_card(bundle.config_dict(), card_run))
+    log.info("wrote %s: %s", out, json.dumps({k: v for k, v in extra.items() if k != "per_clip"}))
     return 0
+
+
+def front_mflop_per_frame(c: LiteConfig) -> float:
+    """Multiply-adds x 2 of the conv front end per frame (convs and the output layer; norms left out)."""
+    macs = c.n_mels * c.channels * c.kernel + len(c.dilations) * (c.kernel + 1) * c.channels**2 + c.channels * c.d_embed
+    return 2 * macs / 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
