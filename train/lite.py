@@ -300,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--val-every", type=int, default=40, help="stage B steps between validations")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--from-bundle", type=Path, default=None, help="start from this lite bundle's weights (and "
+                    "config) instead of a fresh front end; stage A then continues its training")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the bundle in --out and rewrite its card")
     return ap.parse_args(argv)
 
@@ -322,9 +324,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         cfg = {"n_mels": spec.n_mels, "n_labels": len(teacher.labels), **json.loads(args.arch_config)}
         cfg.setdefault("head_config", {k: v for k, v in init.arch_config["head_config"].items() if k != "d_embed"})
-        model = build_model("lite", cfg)
-        fit_normalisation(model, train_data)
-        init_head(model, init)
+        if args.from_bundle:
+            model = load_bundle(args.from_bundle).build_model("cpu")
+        else:
+            model = build_model("lite", cfg)
+            fit_normalisation(model, train_data)
+            init_head(model, init)
         init_model: Any = init.build_model("cpu")
         head = init_model.head
         emb = _embeddings(args.corpus, teacher, head, train_data)
@@ -334,6 +339,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     batch=args.batch_b, seq_seconds=(args.seq_seconds[0], args.seq_seconds[1]), lr=args.lr_b,
                     feature_weight=args.feature_weight, val_every=args.val_every, seed=args.seed)
         training = {"stage_a": a, "stage_b": b, "threads": args.threads, "init": init.name,
+                    "from_bundle": str(args.from_bundle) if args.from_bundle else None,
                     "validation": b["validation"], "command": "python -m streamtag.train.lite " + " ".join(argv)}
         save_bundle(out, model, architecture="lite", arch_config=asdict(model.config), frontend=spec,
                     labels=teacher.labels, genre_labels=teacher.genre_labels, window_frames=geometry.window_frames,
