@@ -170,3 +170,42 @@ def test_training_batches_shift_every_target_by_the_lag() -> None:
         i = last // 1000
         w = int(np.nonzero(data[i].starts + g.window_frames - 1 == last % 1000)[0][0])
         torch.testing.assert_close(y[b, t], torch.from_numpy(data[i].targets[w]))
+
+
+def test_lite_card_renders_from_its_json(tmp_path) -> None:
+    """cards.render_lite_card fills every field from a lite bundle's config.json + card.json (no figure by hand)."""
+    import dataclasses
+    import json
+
+    from streamtag.frontend import FrontendSpec
+    from streamtag.registry import save_bundle
+    from streamtag.train.cards import render_lite_card
+
+    model = _model()
+    per_clip = [{"id": "s/a.ogg", "teacher": "l0", "student": "l0"}, {"id": "s/b.ogg", "teacher": "l1", "student": "l0"}]
+    ev = {"clips": 2, "windows": 9, "clip_genre_top1_agreement": 0.5, "window_genre_top1_agreement": 0.4,
+          "tag_auc_teacher_p05": 0.9, "tags_p05": 3, "tag_auc_teacher_top3": 0.8, "tags_top3": 5,
+          "mean_abs_prob_error": 0.01, "train_clips": 1, "train_clip_genre_top1_agreement": 1.0,
+          "train_window_genre_top1_agreement": 0.9}
+    stage_b = {"steps": 5, "seconds": 60.0, "batch": 2, "seq_seconds": [8.0, 20.0], "feature_weight": 1.0,
+               "validation": {"tracks": 1, "best_step": 0, "best_clip_genre_top1_agreement": 1.0,
+                              "best_window_genre_top1_agreement": 0.5, "history": [[0, 1.0, 0.5]]}}
+    extra = {"training": {"stage_a": {"steps": 3, "seconds": 120.0, "batch": 4, "frames": 600, "explained": 0.5},
+                          "stage_b": stage_b, "validation": stage_b["validation"], "init": "st-gru-msd",
+                          "threads": 1, "lr": 1e-3, "weight_decay": 0.05},
+             "evaluation": ev, "per_clip": per_clip, "baseline": {"label": "l0", "agreement": 0.5},
+             "cost_per_hop_ms": {"student_ms": 1.0, "teacher_ms": 10.0, "speedup": 10.0, "init_ms": 5.0,
+                                 "init_speedup": 5.0},
+             "distillation": {"grid_frames": 64}}
+    labels = [f"l{i}" for i in range(N_LABELS)]
+    bundle = save_bundle(tmp_path / "st-lite-x", model, architecture="lite", arch_config=dataclasses.asdict(model.config),
+                         frontend=FrontendSpec(n_mels=N_MELS), labels=labels, genre_labels=labels[:3],
+                         window_frames=40, hop_seconds=0.5, streaming="stateful", extra=extra)
+    run = {"command": "python -m streamtag.train.lite --corpus c --out o", "corpus_table": "| t |", "corpus_note": "n",
+           "train_hours": 1.0, "n_params": sum(p.numel() for p in model.parameters()), "size_mb": 0.1,
+           "front_mflop": "0.01"}
+    config = json.loads(json.dumps(bundle.config_dict()))
+    card = render_lite_card(config, run)
+    assert "**50.0%** (1/2)" in card and "Below the project's goal" in card
+    assert "| s/b.ogg | l1 | l0 |" in card and run["command"] in card
+    assert card == render_lite_card(config, run)
