@@ -5,6 +5,8 @@ with its carried state, so its per-hop cost does not depend on the window length
 (n_mels 128, 163 labels), front end 16 kHz / hop_length 256 (62.5 frames/s), hop 0.5 s = 31 frames.
 ``musicnn_student/HEAD`` rows are the shipped students' layout (musicnn-msd's frozen front end run
 incrementally on the hop's new frames, 96 mels, 50 tags, then the GRU or the transformer over 5 s of features).
+``lite`` is st-lite-msd's layout (its default config: a causal dilated-conv front end over 96 mels, then the same
+GRU head as ``musicnn_student/stateful_gru``, 50 tags).
 
     python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64 512] [--windows 5 10 20] [--repeats 5]
 
@@ -23,7 +25,7 @@ from streamtag.architectures import build_model
 
 FPS = 16000 / 256  # frames per second
 ARCHS = ("transformer", "bigru", "crnn", "vit", "stateful_gru", "musicnn_student/stateful_gru",
-         "musicnn_student/transformer")
+         "musicnn_student/transformer", "lite")
 
 
 def _build(arch: str) -> tuple[torch.nn.Module, int]:
@@ -35,6 +37,8 @@ def _build(arch: str) -> tuple[torch.nn.Module, int]:
         head = arch.split("/", 1)[1]
         return build_model("musicnn_student", {"n_mels": 96, "n_labels": 50, "head": head,
                                                "head_config": DEFAULT_ARCH_CONFIGS[head]}), 96
+    if arch == "lite":
+        return build_model("lite", {"n_mels": 96, "n_labels": 50}), 96
     return build_model(arch, {"n_mels": 128, "n_labels": 163}), 128
 
 

@@ -273,7 +273,7 @@ def _lazy(module: str, func: str) -> Any:
 # streamtag.train.cli.cmd_train/cmd_eval/cmd_baseline/cmd_cache/cmd_distill(args), each with the argparse Namespace
 # built below (same dest names as before; eval's --device arrives resolved, "auto" -> "cpu" or "cuda", as evaluate_bundle wants a torch device).
 # trainable by `train`: every registered architecture but musicnn (tests/test_cli.py checks it against the registry)
-_ARCHITECTURES = ("bigru", "crnn", "musicnn_student", "stateful_gru", "transformer", "vit")
+_ARCHITECTURES = ("bigru", "crnn", "lite", "musicnn_student", "stateful_gru", "transformer", "vit")
 _STUDENT_ARCHITECTURES = ("stateful_gru", "transformer")  # distill --arch (train.distill.DEFAULT_ARCH_CONFIGS)
 
 

@@ -19,6 +19,8 @@ SMALL = {  # shrink the default widths so the whole parametrized test stays fast
     "transformer": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_frames": 16},
     "bigru": {"d_embed": 24, "hidden": 16},
     "stateful_gru": {"d_embed": 24, "hidden": 16, "tau_frames": 8.0},
+    "lite": {"channels": 16, "dilations": [1, 2, 4], "d_embed": 12, "lag_frames": 5,
+             "head_config": {"hidden": 16, "tau_frames": 8.0}},
     "crnn": {"channels": [8, 8, 16], "time_pool": [2, 2, 1], "d_rnn_in": 16, "hidden": 16},
     "vit": {"patch": 8, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_time_patches": 4},
     "musicnn_student": {

@@ -30,6 +30,8 @@ TINY = {
     "musicnn_student": dict(n_mels=32, n_labels=4, head="stateful_gru", head_config=dict(d_embed=8, hidden=8),
                             musicnn=dict(timbral_filters=4, timbral_bands=[12, 22], temporal_filters=3,
                                          temporal_frames=[32, 16, 8], midend_filters=4)),
+    "lite": dict(n_mels=32, n_labels=4, channels=8, dilations=[1, 2], d_embed=8, lag_frames=3,
+                 head_config=dict(hidden=8, dropout=0.0)),
 }
 
 # every runner test that can use a GPU runs there too when one exists (bench/gpu_check.sh runs them)

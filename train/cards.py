@@ -12,7 +12,7 @@ import json
 from string import Template
 from typing import Any
 
-__all__ = ["TRAIN_CARD", "DISTILL_CARD", "CARD_JSON", "render_train_card", "render_distill_card",
+__all__ = ["TRAIN_CARD", "DISTILL_CARD", "LITE_CARD", "CARD_JSON", "render_train_card", "render_distill_card", "render_lite_card",
            "distill_card_fields", "DEFAULT_CORPUS_NOTE"]
 
 CARD_JSON = "card.json"  # beside a distilled bundle's model_card.md
@@ -278,3 +278,134 @@ def distill_card_fields(config: dict[str, Any], run: dict[str, Any]) -> dict[str
 def render_distill_card(config: dict[str, Any], run: dict[str, Any]) -> str:
     """A distilled student's model_card.md from its config.json and card.json (see :func:`distill_card_fields`)."""
     return DISTILL_CARD.substitute(distill_card_fields(config, run))
+
+
+LITE_CARD = Template("""# ${name}: musicnn-msd distilled into a cheap streaming conv + GRU student
+
+## Model Details
+
+A student of the `musicnn-msd` tagger (musicnn by Jordi Pons and Xavier Serra, Music Technology Group,
+Universitat Pompeu Fabra; the `MSD_musicnn` checkpoint of the musicnn 0.1.0 wheel, ported to PyTorch in
+streamtag's `models/musicnn-msd`), trained to reproduce the teacher's 50 tag probabilities at a small fraction
+of `${init}`'s cost: architecture `lite`, a causal conv front end over log-mel (a ${channels}-channel
+Conv1d, then ${n_blocks} residual blocks of dilated causal Conv1d (kernel ${kernel}, dilations ${dilations}) +
+1x1 conv, per-frame LayerNorm), about ${front_mflop} MFLOP per frame, that predicts the ${d_embed}-d per-frame
+embedding `${init}`'s head computes from musicnn's 753 features, then `${init}`'s GRU head (hidden
+${hidden}, exponential-moving-average read-out) initialised from `${init}`. ${n_params} parameters,
+${size_mb} MB of float32 safetensors. Labels and genre labels are the teacher's (50 last.fm tags,
+${n_genres} shown by default).
+
+Front end (stored in `config.json`): ${sample_rate} Hz mono, n_fft ${n_fft}, hop ${hop_length},
+${n_mels} Slaney mel bands, power, log10(1 + 10000 * mel): the teacher's front end without its float16
+rounding. Streaming: `stateful`, default hop 0.5 s; the state (every conv's recent inputs, the GRU state, the
+read-out) is reset per stream. Answers describe the music ${lag_frames} frames (${lag_seconds} s) before the
+newest audio: the front end's look-ahead.
+
+Lineage and licence: the teacher's weights are © Music Technology Group, Universitat Pompeu Fabra 2019 (code
+by Jordi Pons), released under the ISC licence, whose notice is reproduced in `models/musicnn-msd/model_card.md`;
+this student was trained only on the teacher's outputs and features (no MSD audio or tags), and carries that
+notice along. Citation: J. Pons and X. Serra, "musicnn: Pre-trained convolutional neural networks for music
+audio tagging", ISMIR 2019 LBD (arXiv:1909.06654).
+
+Made by: `${command}`
+
+## Intended Use
+
+Real-time tagging of many music streams at once on a CPU, where `${init}` (musicnn's front end on every hop)
+is too expensive. The output means "what musicnn-msd would say about the last few seconds", with all of the
+teacher's biases, not ground truth.
+
+Genre labels: ${genres}.
+
+## Training Data
+
+Knowledge distillation on an unlabelled corpus of freely licensed music (built by `train/build_corpus.py`):
+Debian game-music packages and the project's shared clips whose licence lets the project redistribute them;
+the shared clips under non-commercial, unknown or no-redistribution terms were used for evaluation only.
+${corpus_note}
+
+${corpus_table}
+
+Stage A (${a_minutes} minutes, ${a_steps} steps of ${a_batch} crops of ${a_frames} frames): the front end
+alone, mean squared error to `${init}`'s embedding pre-activation of musicnn-msd's features of the frame
+${lag_frames} frames before each output; at the end it explained ${a_explained} of the target's variance
+(training crops). Stage B (${b_minutes} minutes, ${b_steps} steps of ${b_batch} sequences of ${b_lo}-${b_hi} s
+joined from 1-3 tracks): the whole student, binary cross-entropy to the teacher's window targets (the mean of
+its outputs on the 3 s windows centred in each 5 s window) at the output describing each window's last frame,
+plus ${feature_weight} x stage A's loss. AdamW, cosine schedules with warm-up, ${threads} CPU thread(s).
+${validation_text}
+
+## Performance
+
+Agreement with the teacher on ${clips} held-out tracks (${windows} windows), measured by `train/lite.py`:
+
+| metric | value |
+| --- | --- |
+| clip-level genre top-1 agreement (argmax over the genre labels of the mean probability over the clip, student vs teacher) | **${clip_agreement}** (${clip_hits}/${clips}) |
+| same, constant answer `${baseline_label}` (the teacher's most frequent clip genre on the training tracks) | ${baseline_agreement} |
+| per-window genre top-1 agreement (5 s windows) | ${window_agreement} |
+| for comparison, on ${train_clips} training tracks (every 3rd): clip / window genre agreement | ${train_clip_agreement} / ${train_window_agreement} |
+| per-tag ROC-AUC vs teacher p > 0.5, mean over the ${tags_p05} tags with both classes | ${auc_p05} |
+| per-tag ROC-AUC vs the teacher's top-3 tags per window, mean over ${tags_top3} tags | ${auc_top3} |
+| mean absolute probability difference, all tags | ${mean_abs_error} |
+| network cost per hop, 1 thread, batch 1 (step on 0.5 s of new frames; log-mel excluded) | ${student_ms} ms |
+| `${init}`'s cost per hop, same run | ${init_ms} ms: this student is ${init_speedup}x cheaper |
+| teacher's cost per hop, same run (one 3 s window) | ${teacher_ms} ms: ${speedup}x cheaper |
+
+Held-out clips:
+
+| track | teacher | student |
+| --- | --- | --- |
+${rows}
+
+## Limitations
+
+${goal}
+- Many of the teacher's clip-level genre decisions are near ties (top-2 genre probabilities within a few
+  hundredths), where any small difference flips the top-1 answer.
+- It imitates musicnn-msd, errors included: last.fm's Western, rock/indie-heavy tag vocabulary and its
+  noisy genres. Agreement with the teacher is not accuracy against human labels.
+- The corpus is small (about ${train_hours} hours of training audio) and mostly game soundtracks; agreement on
+  styles rare in it is untested and likely lower.
+- The held-out set is small (${clips} tracks): one clip is ${clip_points} points of agreement.
+- The GRU's ~1.5 s read-out lags a few seconds after a track change.
+""")
+
+
+def render_lite_card(config: dict[str, Any], run: dict[str, Any]) -> str:
+    """A ``lite`` student's model_card.md from its config.json and card.json (written by ``train/lite.py``)."""
+    extra, ac, spec = config["extra"], config["arch_config"], config["frontend"]
+    tr, cost, baseline = extra["training"], extra["cost_per_hop_ms"], extra["baseline"]
+    a, b = tr["stage_a"], tr["stage_b"]
+    ev = extra["evaluation"]
+    agreement = ev["clip_genre_top1_agreement"]
+    goal = (f"- Meets the project's goal of 90% clip-level genre agreement with the teacher on the held-out tracks "
+            f"({_pct(agreement)}), but the set is small and several of the teacher's decisions on it are near ties."
+            if agreement >= 0.9 else
+            f"- **Below the project's goal of 90% clip-level genre agreement with the teacher** ({_pct(agreement)}).")
+    fps = spec["sample_rate"] / spec["hop_length"]
+    return LITE_CARD.substitute(
+        name=config["name"], init=tr["init"], channels=ac["channels"], n_blocks=len(ac["dilations"]),
+        kernel=ac["kernel"], dilations=", ".join(str(d) for d in ac["dilations"]), front_mflop=run["front_mflop"],
+        d_embed=ac["d_embed"], hidden=ac["head_config"].get("hidden"), n_params=f"{run['n_params']:,}",
+        size_mb=f"{run['size_mb']:.2f}", n_genres=len(config["genre_labels"]), sample_rate=spec["sample_rate"],
+        n_fft=spec["n_fft"], hop_length=spec["hop_length"], n_mels=spec["n_mels"], lag_frames=ac["lag_frames"],
+        lag_seconds=f"{ac['lag_frames'] / fps:.2f}", command=run["command"],
+        genres=", ".join(f"`{g}`" for g in config["genre_labels"]), corpus_note=run["corpus_note"],
+        corpus_table=run["corpus_table"], a_minutes=f"{a['seconds'] / 60:.0f}", a_steps=a["steps"],
+        a_batch=a["batch"], a_frames=a["frames"], a_explained=_pct(a["explained"]),
+        b_minutes=f"{b['seconds'] / 60:.0f}", b_steps=b["steps"], b_batch=b["batch"],
+        b_lo=f"{b['seq_seconds'][0]:g}", b_hi=f"{b['seq_seconds'][1]:g}", feature_weight=f"{b['feature_weight']:g}",
+        threads=tr.get("threads", 1), validation_text=_validation_text(tr).strip(), clips=ev["clips"],
+        windows=ev["windows"], clip_agreement=_pct(agreement), clip_hits=round(agreement * ev["clips"]),
+        baseline_label=baseline["label"], baseline_agreement=_pct(baseline["agreement"]),
+        window_agreement=_pct(ev["window_genre_top1_agreement"]), train_clips=ev.get("train_clips", 0),
+        train_clip_agreement=_pct(ev.get("train_clip_genre_top1_agreement", float("nan"))),
+        train_window_agreement=_pct(ev.get("train_window_genre_top1_agreement", float("nan"))),
+        tags_p05=ev["tags_p05"], auc_p05=f"{ev['tag_auc_teacher_p05']:.3f}", tags_top3=ev["tags_top3"],
+        auc_top3=f"{ev['tag_auc_teacher_top3']:.3f}", mean_abs_error=f"{ev['mean_abs_prob_error']:.3f}",
+        student_ms=f"{cost['student_ms']:.2f}", init_ms=f"{cost['init_ms']:.2f}", init_speedup=cost["init_speedup"],
+        teacher_ms=f"{cost['teacher_ms']:.2f}", speedup=cost["speedup"],
+        rows="\n".join(f"| {c['id']} | {c['teacher']} | {c['student']} |" for c in extra["per_clip"]),
+        goal=goal, train_hours=f"{run['train_hours']:.1f}", clip_points=f"{100 / max(1, ev['clips']):.1f}",
+    )

@@ -33,6 +33,7 @@ ARCHITECTURES: dict[str, str] = {
     "crnn": "crnn:CRNNConfig:CRNN",
     "vit": "vit:ViTConfig:ViTTagger",
     "musicnn_student": "student:MusicnnStudentConfig:MusicnnStudent",
+    "lite": "lite:LiteConfig:LiteStudent",
 }
 
 
