@@ -115,7 +115,10 @@ def test_push_fed_stream_flush_and_remove(bundle):
             runner.push("ws", block)
         runner.flush()
         got = sink.updates("ws")
-        assert [u.raw for u in got] == [u.raw for u in offline_updates(bundle, x)]  # chunked == whole
+        want = offline_updates(bundle, x)
+        assert len(got) == len(want) and all(u.raw.keys() == w.raw.keys() for u, w in zip(got, want))
+        # chunked == whole (to float rounding: the engine thread and this one may run other kernels)
+        assert max(abs(u.raw[k] - w.raw[k]) for u, w in zip(got, want) for k in u.raw) <= 1e-6
         assert runner.streams() == ["ws"]
         runner.remove("ws")
         runner.push("ws", x)  # after removal: ignored, never raises
