@@ -5,7 +5,7 @@ with its carried state, so its per-hop cost does not depend on the window length
 (n_mels 128, 163 labels), front end 16 kHz / hop_length 256 (62.5 frames/s), hop 0.5 s = 31 frames.
 ``musicnn_student/HEAD`` rows are the shipped students' layout (musicnn-msd's frozen front end run
 incrementally on the hop's new frames, 96 mels, 50 tags, then the GRU or the transformer over 5 s of features).
-``lite`` is st-lite-msd's layout (its default config: a causal dilated-conv front end over 96 mels, then the same
+``lite`` is the cheap-front-end student's layout (not shipped, docs/distill.md section 5; its default config: a causal dilated-conv front end over 96 mels, then the same
 GRU head as ``musicnn_student/stateful_gru``, 50 tags).
 
     python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64 512] [--windows 5 10 20] [--repeats 5]
