@@ -64,7 +64,39 @@ def render_train_card(summary: dict[str, Any]) -> str:
     )
 
 
-DISTILL_CARD = Template("""# ${name}: musicnn-msd distilled into a streaming ${student_kind}
+# rows and sections both distillation cards share (one wording; tests re-render the shipped cards byte for byte)
+_SHARED = {
+    "@@AGREEMENT_ROWS@@\n": """| per-window genre top-1 agreement (5 s windows) | ${window_agreement} |
+| for comparison, on ${train_clips} training tracks (every 3rd): clip / window genre agreement | ${train_clip_agreement} / ${train_window_agreement} |
+| per-tag ROC-AUC vs teacher p > 0.5, mean over the ${tags_p05} tags with both classes | ${auc_p05} |
+| per-tag ROC-AUC vs the teacher's top-3 tags per window, mean over ${tags_top3} tags | ${auc_top3} |
+| mean absolute probability difference, all tags | ${mean_abs_error} |
+""",
+    "@@CLIPS_AND_LIMITS@@\n": """
+Held-out clips:
+
+| track | teacher | student |
+| --- | --- | --- |
+${rows}
+
+## Limitations
+
+${goal}
+- Many of the teacher's clip-level genre decisions are near ties (top-2 genre probabilities within a few
+  hundredths), where any small difference flips the top-1 answer.
+- It imitates musicnn-msd, errors included: last.fm's Western, rock/indie-heavy tag vocabulary and its
+  noisy genres. Agreement with the teacher is not accuracy against human labels.
+""",
+}
+
+
+def _shared(text: str) -> str:
+    for key, value in _SHARED.items():
+        text = text.replace(key, value)
+    return text
+
+
+DISTILL_CARD = Template(_shared("""# ${name}: musicnn-msd distilled into a streaming ${student_kind}
 
 ## Model Details
 
@@ -121,33 +153,16 @@ Agreement with the teacher on ${clips} held-out tracks (${windows} windows); fig
 | --- | --- |
 | clip-level genre top-1 agreement (argmax over the genre labels of the mean probability over the clip, student vs teacher) | **${clip_agreement}** (${clip_hits}/${clips}) |
 | same, constant answer `${baseline_label}` (the teacher's most frequent clip genre on the training tracks) | ${baseline_agreement} |
-| per-window genre top-1 agreement (5 s windows) | ${window_agreement} |
-| for comparison, on ${train_clips} training tracks (every 3rd): clip / window genre agreement | ${train_clip_agreement} / ${train_window_agreement} |
-| per-tag ROC-AUC vs teacher p > 0.5, mean over the ${tags_p05} tags with both classes | ${auc_p05} |
-| per-tag ROC-AUC vs the teacher's top-3 tags per window, mean over ${tags_top3} tags | ${auc_top3} |
-| mean absolute probability difference, all tags | ${mean_abs_error} |
+@@AGREEMENT_ROWS@@
 | network cost per hop, 1 thread, batch 1 (log-mel excluded) | ${student_ms} ms (${student_cost_what}) |
 | teacher's cost per hop, same run (one 3 s window) | ${teacher_ms} ms: the student is ${speedup}x cheaper |
-
-Held-out clips:
-
-| track | teacher | student |
-| --- | --- | --- |
-${rows}
-
-## Limitations
-
-${goal}
-- Many of the teacher's clip-level genre decisions are near ties (top-2 genre probabilities within a few
-  hundredths), where any small difference flips the top-1 answer.
-- It imitates musicnn-msd, errors included: last.fm's Western, rock/indie-heavy tag vocabulary and its
-  noisy genres. Agreement with the teacher is not accuracy against human labels.
+@@CLIPS_AND_LIMITS@@
 - The corpus is small (about ${train_hours} hours of training audio) and mostly game soundtracks (orchestral, ambient,
   electronic, rock); the teacher's clip genres on it are dominated by a few tags (see the constant-answer row),
   so agreement on vocal pop, hip-hop, country or other styles rare in the corpus is untested and likely lower.
 - The held-out set is small (${clips} tracks): one clip is ${clip_points} points of agreement.
 - ${last}
-""")
+"""))
 
 
 DEFAULT_CORPUS_NOTE = (
@@ -280,7 +295,7 @@ def render_distill_card(config: dict[str, Any], run: dict[str, Any]) -> str:
     return DISTILL_CARD.substitute(distill_card_fields(config, run))
 
 
-LITE_CARD = Template("""# ${name}: musicnn-msd distilled into a cheap streaming conv + GRU student
+LITE_CARD = Template(_shared("""# ${name}: musicnn-msd distilled into a cheap streaming conv + GRU student
 
 ## Model Details
 
@@ -343,33 +358,16 @@ Agreement with the teacher on ${clips} held-out tracks (${windows} windows), mea
 | --- | --- |
 | clip-level genre top-1 agreement (argmax over the genre labels of the mean probability over the clip, student vs teacher) | **${clip_agreement}** (${clip_hits}/${clips}) |
 | same, constant answer `${baseline_label}` (the teacher's most frequent clip genre on the training tracks) | ${baseline_agreement} |
-| per-window genre top-1 agreement (5 s windows) | ${window_agreement} |
-| for comparison, on ${train_clips} training tracks (every 3rd): clip / window genre agreement | ${train_clip_agreement} / ${train_window_agreement} |
-| per-tag ROC-AUC vs teacher p > 0.5, mean over the ${tags_p05} tags with both classes | ${auc_p05} |
-| per-tag ROC-AUC vs the teacher's top-3 tags per window, mean over ${tags_top3} tags | ${auc_top3} |
-| mean absolute probability difference, all tags | ${mean_abs_error} |
+@@AGREEMENT_ROWS@@
 | network cost per hop, 1 thread, batch 1 (step on 0.5 s of new frames; log-mel excluded) | ${student_ms} ms |
 | `${init}`'s cost per hop, same run | ${init_ms} ms: this student is ${init_speedup}x cheaper |
 | teacher's cost per hop, same run (one 3 s window) | ${teacher_ms} ms: ${speedup}x cheaper |
-
-Held-out clips:
-
-| track | teacher | student |
-| --- | --- | --- |
-${rows}
-
-## Limitations
-
-${goal}
-- Many of the teacher's clip-level genre decisions are near ties (top-2 genre probabilities within a few
-  hundredths), where any small difference flips the top-1 answer.
-- It imitates musicnn-msd, errors included: last.fm's Western, rock/indie-heavy tag vocabulary and its
-  noisy genres. Agreement with the teacher is not accuracy against human labels.
+@@CLIPS_AND_LIMITS@@
 - The corpus is small (about ${train_hours} hours of training audio) and mostly game soundtracks; agreement on
   styles rare in it is untested and likely lower.
 - The held-out set is small (${clips} tracks): one clip is ${clip_points} points of agreement.
 - The GRU's ~1.5 s read-out lags a few seconds after a track change.
-""")
+"""))
 
 
 def render_lite_card(config: dict[str, Any], run: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ from .agreement import cost_per_hop_ms, evaluate, majority_baseline
 from .cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_lite_card
 from .features import features_dir, student_frontend
 from .teacher import GRID_FRAMES, Geometry
-from .tracks import TrackData, carve_validation, load_split
+from .tracks import TrackData, carve_validation, load_split, segment_bounds
 
 __all__ = ["Aligned", "teacher_embedding", "fit_normalisation", "init_head", "stage_a", "stage_b", "main"]
 
@@ -103,6 +103,15 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p))
 
 
+
+def _update(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor) -> float:
+    """One optimizer step on ``loss`` (gradients clipped at 1.0); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return float(loss.detach())
+
 def _optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
@@ -156,11 +165,7 @@ def stage_a(model: LiteStudent, data: list[TrackData], emb: list[np.ndarray], *,
             g["lr"] = lr * _schedule(step, total, 50)
         pred, _ = model.embed_frames(x, model.init_state(batch))
         loss = _masked_mse(pred, z, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_update(opt, params, loss))
         step += 1
         if step == 20:  # fix the schedule's length from the measured speed
             total = max(21, int(minutes * 60 / ((time.time() - t0) / 20)))
@@ -203,11 +208,7 @@ def stage_b(model: LiteStudent, data: list[TrackData], emb: list[np.ndarray], ge
         loss = (per * mask).sum() / mask.sum().clamp(min=1.0)
         if feature_weight > 0:
             loss = loss + feature_weight * _masked_mse(z, zt, zmask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_update(opt, params, loss))
         step += 1
         if step == 10:
             total = max(11, int(minutes * 60 / ((time.time() - t0) / 10)))
@@ -247,10 +248,7 @@ def _sequence_batch(
     z = np.zeros((batch, frames, d), np.float32)
     zmask = np.zeros((batch, frames), np.float32)
     for b in range(batch):
-        n_seg = int(rng.choice((1, 1, 2, 3)))
-        cuts = (sorted(int(c) for c in rng.choice(np.arange(W, frames - W), n_seg - 1, replace=False))
-                if n_seg > 1 and frames > 3 * W else [])
-        bounds = [0, *cuts, frames]
+        bounds = segment_bounds(rng, frames, W)
         for i in range(len(bounds) - 1):
             a, e = bounds[i], bounds[i + 1]
             n = e - a

@@ -23,7 +23,7 @@ from .features import features_dir
 from .loop import Batch
 from .teacher import Geometry, labels_dir
 
-__all__ = ["TrackData", "load_split", "carve_validation", "window_batch", "sequence_batch", "TrackFeed"]
+__all__ = ["TrackData", "load_split", "carve_validation", "segment_bounds", "window_batch", "sequence_batch", "TrackFeed"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,15 @@ def window_batch(
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
+
+def segment_bounds(rng: np.random.Generator, frames: int, window: int) -> list[int]:
+    """Where a training sequence of ``frames`` changes track: [0, cut, ..., frames], 1-3 segments (one half the
+    time), every cut at least ``window`` frames from both ends (a stream that changes track, as radio does)."""
+    n_seg = int(rng.choice((1, 1, 2, 3)))
+    cuts = (sorted(int(c) for c in rng.choice(np.arange(window, frames - window), n_seg - 1, replace=False))
+            if n_seg > 1 and frames > 3 * window else [])
+    return [0, *cuts, frames]
+
 def sequence_batch(
     data: list[TrackData], geometry: Geometry, batch: int, frames: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,10 +117,7 @@ def sequence_batch(
     y = np.zeros((batch, frames, n_labels), np.float32)
     mask = np.zeros((batch, frames), np.float32)
     for b in range(batch):
-        n_seg = int(rng.choice((1, 1, 2, 3)))
-        cuts = (sorted(int(c) for c in rng.choice(np.arange(W, frames - W), n_seg - 1, replace=False))
-                if n_seg > 1 and frames > 3 * W else [])
-        bounds = [0, *cuts, frames]
+        bounds = segment_bounds(rng, frames, W)
         for i in range(len(bounds) - 1):
             a, e = bounds[i], bounds[i + 1]
             n = e - a
