@@ -19,7 +19,8 @@ from streamtag.registry import Bundle
 from .teacher import Geometry
 from .tracks import TrackData
 
-__all__ = ["student_window_outputs", "evaluate", "majority_baseline", "cost_per_hop_ms"]
+__all__ = ["student_window_outputs", "evaluate", "evaluate_with_gap", "majority_baseline", "cost_per_hop_ms",
+           "distill_extra"]
 
 
 @torch.no_grad()
@@ -130,3 +131,32 @@ def majority_baseline(train: list[TrackData], held: list[TrackData], teacher: Bu
     label = max(counts, key=lambda g: counts[g])
     return {"label": label, "agreement": round(float(np.mean([top(td) == label for td in held])), 4),
             "teacher_train_clip_genres": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
+def evaluate_with_gap(model: nn.Module, held: list[TrackData], train: list[TrackData], geometry: Geometry,
+                      teacher: Bundle) -> dict[str, Any]:
+    """:func:`evaluate` on the held-out tracks plus the generalization gap: the clip / window agreement on every
+    3rd training track, as ``train_clips``, ``train_clip_genre_top1_agreement``, ``train_window_...``."""
+    ev = evaluate(model, held, geometry, teacher)
+    seen = evaluate(model, train[::3], geometry, teacher)
+    ev["train_clips"] = seen["clips"]
+    ev["train_clip_genre_top1_agreement"] = seen["clip_genre_top1_agreement"]
+    ev["train_window_genre_top1_agreement"] = seen["window_genre_top1_agreement"]
+    return ev
+
+
+def distill_extra(teacher: Bundle, geometry: Geometry, training: dict[str, Any], ev: dict[str, Any],
+                  base: dict[str, Any], cost: dict[str, Any]) -> dict[str, Any]:
+    """A distilled bundle's ``extra``: the teacher, the target geometry, the training summary, the evaluation
+    (per-clip rows apart), the constant-answer baseline and the costs per hop (what the card is rendered from)."""
+    return {
+        "teacher": teacher.name,
+        "distillation": {"grid_frames": geometry.grid_frames, "teacher_frames": geometry.teacher_frames,
+                         "n_inside": geometry.n_inside, "offset": geometry.offset,
+                         "target": "mean of the teacher's sigmoid outputs on the 3 s windows centred in the 5 s window"},
+        "training": training,
+        "evaluation": {k: v for k, v in ev.items() if k != "per_clip"},
+        "per_clip": ev["per_clip"],
+        "baseline": {k: v for k, v in base.items() if k != "teacher_train_clip_genres"},
+        "cost_per_hop_ms": cost,
+    }

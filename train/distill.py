@@ -45,7 +45,7 @@ from streamtag.errors import ConfigError
 from streamtag.frontend import FrontendSpec, logmel
 from streamtag.registry import Bundle, load_bundle, save_bundle
 
-from .agreement import cost_per_hop_ms, evaluate, majority_baseline
+from .agreement import cost_per_hop_ms, distill_extra, evaluate, evaluate_with_gap, majority_baseline
 from .build_corpus import read_manifest
 from .cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_distill_card
 from .config import DISTILL_DEFAULTS, TrainConfig
@@ -197,11 +197,7 @@ def distill(args: argparse.Namespace) -> int:
         save_bundle(out, model, architecture=bundle_arch, arch_config=cfg, frontend=spec, labels=teacher.labels,
                     genre_labels=teacher.genre_labels, window_frames=geometry.window_frames, hop_seconds=HOP_SECONDS,
                     streaming=streaming, extra={"training": train_info})  # kept if evaluation fails
-    ev = evaluate(head, eval_data, geometry, teacher)
-    seen = evaluate(head, train_data[::3], geometry, teacher)  # the generalization gap, on tracks it trained on
-    ev["train_clips"] = seen["clips"]
-    ev["train_clip_genre_top1_agreement"] = seen["clip_genre_top1_agreement"]
-    ev["train_window_genre_top1_agreement"] = seen["window_genre_top1_agreement"]
+    ev = evaluate_with_gap(head, eval_data, train_data, geometry, teacher)
     base = majority_baseline(train_data, eval_data, teacher)
     teacher_model = teacher.build_model("cpu")
     hop_frames = spec.frames_for(HOP_SECONDS)
@@ -221,17 +217,7 @@ def distill(args: argparse.Namespace) -> int:
         "train_hours": round(sum(t.track.seconds for t in train_data + val_data) / 3600, 4),
         "n_params": n_params, "n_trained": n_trained, "size_mb": round(n_params * 4 / 1e6, 4),
     }
-    extra = {
-        "teacher": teacher.name,
-        "distillation": {"grid_frames": geometry.grid_frames, "teacher_frames": geometry.teacher_frames,
-                         "n_inside": geometry.n_inside, "offset": geometry.offset,
-                         "target": "mean of the teacher's sigmoid outputs on the 3 s windows centred in the 5 s window"},
-        "training": train_info,
-        "evaluation": {k: v for k, v in ev.items() if k != "per_clip"},
-        "per_clip": ev["per_clip"],
-        "baseline": {k: v for k, v in base.items() if k != "teacher_train_clip_genres"},
-        "cost_per_hop_ms": cost,
-    }
+    extra = distill_extra(teacher, geometry, train_info, ev, base, cost)
     bundle = save_bundle(
         out, model, architecture=bundle_arch, arch_config=cfg, frontend=spec, labels=teacher.labels,
         genre_labels=teacher.genre_labels, activation="sigmoid", window_frames=geometry.window_frames,

@@ -38,7 +38,7 @@ from streamtag.architectures import build_model
 from streamtag.architectures.lite import LiteConfig, LiteStudent
 from streamtag.registry import Bundle, load_bundle, save_bundle
 
-from .agreement import cost_per_hop_ms, evaluate, majority_baseline
+from .agreement import cost_per_hop_ms, distill_extra, evaluate, evaluate_with_gap, majority_baseline
 from .cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_lite_card
 from .features import features_dir, student_frontend
 from .teacher import GRID_FRAMES, Geometry
@@ -343,25 +343,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     labels=teacher.labels, genre_labels=teacher.genre_labels, window_frames=geometry.window_frames,
                     hop_seconds=HOP_SECONDS, streaming="stateful", extra={"training": training})
     model.eval()
-    ev = evaluate(Aligned(model), eval_data, geometry, teacher)
-    seen = evaluate(Aligned(model), train_data[::3], geometry, teacher)
-    ev["train_clips"] = seen["clips"]
-    ev["train_clip_genre_top1_agreement"] = seen["clip_genre_top1_agreement"]
-    ev["train_window_genre_top1_agreement"] = seen["window_genre_top1_agreement"]
+    ev = evaluate_with_gap(Aligned(model), eval_data, train_data, geometry, teacher)
     base = majority_baseline(train_data, eval_data, teacher)
     log.info("held out: clip %.4f window %.4f AUC %.3f / %.3f; per clip %s", ev["clip_genre_top1_agreement"],
              ev["window_genre_top1_agreement"], ev["tag_auc_teacher_p05"], ev["tag_auc_teacher_top3"],
              [c for c in ev["per_clip"] if c["teacher"] != c["student"]])
-    extra = {
-        "teacher": teacher.name,
-        "distillation": {"grid_frames": geometry.grid_frames, "teacher_frames": geometry.teacher_frames,
-                         "n_inside": geometry.n_inside, "offset": geometry.offset,
-                         "target": "mean of the teacher's sigmoid outputs on the 3 s windows centred in the 5 s window"},
-        "training": training,
-        "evaluation": {k: v for k, v in ev.items() if k != "per_clip"},
-        "per_clip": ev["per_clip"],
-        "baseline": {k: v for k, v in base.items() if k != "teacher_train_clip_genres"},
-    }
     teacher_model = teacher.build_model("cpu")
     hop_frames = spec.frames_for(HOP_SECONDS)
     cost = cost_per_hop_ms(model, teacher_model, "stateful", geometry.window_frames, teacher.window_frames,
@@ -371,7 +357,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     cost["init_ms"] = init_cost["student_ms"]
     cost["init_teacher_ms"] = init_cost["teacher_ms"]
     cost["init_speedup"] = round(init_cost["student_ms"] / cost["student_ms"], 1)
-    extra["cost_per_hop_ms"] = cost
+    extra = distill_extra(teacher, geometry, training, ev, base, cost)
     n_params = sum(p.numel() for p in model.parameters())
     bundle = save_bundle(
         out, model, architecture="lite", arch_config=asdict(model.config), frontend=spec, labels=teacher.labels,
