@@ -33,11 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import StatefulModel, WindowModel, check_ends
-from .threads import one_thread
+from .threads import few_streams, one_thread
 
 __all__ = ["BiGRUConfig", "BiGRUTagger", "StatefulGRUConfig", "StatefulGRUTagger"]
-
-_ONE_THREAD_STREAMS = 64  # fewer streams than this step their GRU on one intra-op thread (CPU)
 
 
 class FrameEmbed(nn.Module):
@@ -175,7 +173,7 @@ class StatefulGRUTagger(StatefulModel):
         h0, m0, n0 = self._unpack(state.float())
         # a few streams step frame by frame through tiny matmuls: one intra-op thread is 20-50x faster than
         # two under load (see .threads); many streams' larger matmuls keep torch's threads
-        with one_thread(x.device.type == "cpu" and B < _ONE_THREAD_STREAMS):
+        with one_thread(few_streams(x)):
             y, hT = self.gru(self.embed(x), h0.to(x.dtype))  # (B, T, H), (L, B, H)
         m = self._ema(y.float(), m0)  # (B, T, H)
         n = n0[:, None] + torch.arange(1, T + 1, device=x.device, dtype=torch.float32)[None]  # (B, T)

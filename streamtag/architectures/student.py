@@ -30,7 +30,7 @@ import torch
 from ..errors import ConfigError
 from .base import StatefulModel, StreamingModel, check_ends
 from .musicnn import MusicnnConfig, MusicnnFrames
-from .threads import map_threads, one_thread, workers
+from .threads import few_streams, map_threads, one_thread, workers
 from .transformer import TransformerTagger
 
 __all__ = ["MusicnnStudentConfig", "MusicnnStudent", "HEADS"]
@@ -56,13 +56,6 @@ class MusicnnStudentConfig:
 
 _STEP_SPAN = 512  # frames per pass of step_many through the frozen front end (bounds its (B, C, T, bands) temporary)
 _HEAD_WINDOWS = 16  # transformer-head windows per forward pass in step_many
-_ONE_THREAD_STREAMS = 64  # fewer streams than this run their small ops on one intra-op thread (CPU)
-
-
-def _few_streams(x: torch.Tensor) -> bool:
-    """Few streams on the CPU: their small ops run on one intra-op thread (torch's threads only wait on each
-    other there); the front end and the head's window groups still spread over every core as whole items."""
-    return x.device.type == "cpu" and x.shape[0] < _ONE_THREAD_STREAMS
 
 
 class MusicnnStudent(StatefulModel):
@@ -104,7 +97,7 @@ class MusicnnStudent(StatefulModel):
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         fs = self.frames.state_size
-        with one_thread(_few_streams(x)):
+        with one_thread(few_streams(x)):
             feats, f_state = self.frames.step(x, state[:, :fs])  # (B, n, channels)
             logits, h_state = self.head_logits(feats, state[:, fs:])
             return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
@@ -116,7 +109,7 @@ class MusicnnStudent(StatefulModel):
         ``_STEP_SPAN`` frames (not hop by hop) and the head batched over the ends: equals :meth:`step` chunk by
         chunk. Returns ((B, len(ends), n_labels), state after ``ends[-1]``)."""
         ends = check_ends(x.shape[1], ends)
-        with one_thread(_few_streams(x)):
+        with one_thread(few_streams(x)):
             return self._step_many(x, state, ends)
 
     def _step_many(

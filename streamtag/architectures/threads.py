@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["map_threads", "one_thread", "workers"]
+__all__ = ["FEW_STREAMS", "few_streams", "map_threads", "one_thread", "workers"]
 
 T_in = TypeVar("T_in")
 T_out = TypeVar("T_out")
@@ -30,6 +30,7 @@ T_out = TypeVar("T_out")
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+FEW_STREAMS = 64  # fewer streams than this run their small ops on one intra-op thread (CPU)
 _local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it)
 
 
@@ -54,6 +55,12 @@ def one_thread(enabled: bool = True) -> Iterator[None]:
     finally:
         _local.outer = None
         torch.set_num_threads(saved)
+
+
+def few_streams(x: torch.Tensor) -> bool:
+    """Whether a batch ``x`` (B, ...) is few streams on the CPU: their small ops belong on one intra-op thread
+    (:func:`one_thread`); the work worth both cores still spreads over them as whole items (:func:`map_threads`)."""
+    return x.device.type == "cpu" and x.shape[0] < FEW_STREAMS
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:

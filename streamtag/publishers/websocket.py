@@ -592,9 +592,8 @@ class WebsocketServer:
             log.warning("refused %s: %d connections (--max-connections)", address, len(self.hub.clients))
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 "server full (--max-connections); try again later", [("Retry-After", "5")])
-        if self._connections_from(address) >= self.config.max_connections_per_address:
-            log.warning("refused %s: %d connections from it (--max-connections-per-address)", address,
-                        self._connections_from(address))
+        if (held := self._connections_from(address)) >= self.config.max_connections_per_address:
+            log.warning("refused %s: %d connections from it (--max-connections-per-address)", address, held)
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"too many connections from {address} (--max-connections-per-address); close one "
                                 "first", [("Retry-After", "5")])
