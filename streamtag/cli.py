@@ -21,6 +21,8 @@ from typing import Any
 from . import __version__
 from .errors import ConfigError, StreamtagError
 
+PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
+
 __all__ = ["main", "build_parser", "apply_old_spellings", "smoothing_config", "TOP_DEFAULT", "SMOOTHING_CHOICES"]
 
 log = logging.getLogger("streamtag")
@@ -86,6 +88,9 @@ def add_device_arg(p: argparse.ArgumentParser, *, default: str = "auto", old_com
     """--device: where the model runs. ``old_compute`` also accepts the old spelling --compute (deprecated)."""
     p.add_argument("--device", default=default, metavar="auto|cpu|cuda[:N]",
                    help="compute device for the model; auto picks CUDA when PyTorch sees a GPU")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="arithmetic of the models that offer bf16 (the distilled students): auto picks bf16 on "
+                        "a CPU with hardware bf16 (AMX/AVX512-BF16), fp32 elsewhere")
     if old_compute:
         p.add_argument("--compute", dest="compute", action=_DeprecatedAlias, new="--device",
                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -569,7 +574,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise ConfigError(f"--duration must be positive, got {args.duration}")
     bundle = load_model(args)
     engine = Engine(bundle, device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
-                    smoothing=smoothing_config(args.smoothing))
+                    smoothing=smoothing_config(args.smoothing), precision=args.precision)
     fmt = args.format
     if fmt == "auto":
         fmt = "dashboard" if sys.stdout.isatty() else "jsonl"

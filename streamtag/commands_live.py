@@ -35,7 +35,7 @@ def _engine(args: argparse.Namespace):
     from .pipeline import Engine
 
     return Engine(load_model(args), device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
-                  smoothing=smoothing_config(args.smoothing))
+                  smoothing=smoothing_config(args.smoothing), precision=args.precision)
 
 
 def _positive(value: float | None, flag: str) -> None:

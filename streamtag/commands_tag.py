@@ -361,7 +361,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     bundle = load_model(args)
     hop_frames_for(bundle, args.hop)  # validate before any decoding
     inputs = expand_inputs(args.inputs, recursive=args.recursive)
-    runner = ModelRunner(bundle, args.device)
+    runner = ModelRunner(bundle, args.device, precision=args.precision)
     sr = bundle.frontend.sample_rate
     out = _Output(args.format, args.top, timeline=args.timeline)
 

@@ -178,9 +178,10 @@ class Engine:
         smoothing: SmoothingConfig | None = None,
         runner: ModelRunner | None = None,
         ring_seconds: float = RING_SECONDS,
+        precision: str = "auto",
     ) -> None:
         self.bundle = bundle
-        self.runner = runner or ModelRunner(bundle, device)
+        self.runner = runner or ModelRunner(bundle, device, precision=precision)
         self.spec = bundle.frontend
         self.sample_rate = self.spec.sample_rate
         self.hop_frames = hop_frames_for(bundle, hop_seconds)

@@ -2,7 +2,8 @@
 held-out corpus track, the student streamed hop by hop from a fresh state, clip genre = argmax over the genre
 labels of the mean of all its raw outputs, against the teacher's clip genre from the label cache.
 
-    python -m streamtag.train.product_check --corpus /work/corpus --model models/st-lite-msd [--model ...]
+    python -m streamtag.train.product_check --corpus /work/corpus --model st-gru-msd [--model ...] \
+        [--precision fp32 --precision bf16]
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ __all__ = ["product_agreement", "main"]
 log = logging.getLogger(__name__)
 
 
-def product_agreement(corpus: Path, model: str, teacher_name: str = "musicnn-msd") -> tuple[int, int, list[str]]:
-    """(agreeing clips, held-out clips, ids of the misses) of ``model`` through ``tag_audio``."""
+def product_agreement(corpus: Path, model: str, teacher_name: str = "musicnn-msd",
+                      precision: str = "fp32") -> tuple[int, int, list[str]]:
+    """(agreeing clips, held-out clips, ids of the misses) of ``model`` through ``tag_audio`` in ``precision``."""
     teacher = load_bundle(teacher_name)
     bundle = load_bundle(model)
-    runner = ModelRunner(bundle, "cpu")
+    runner = ModelRunner(bundle, "cpu", precision=precision)
     gi = np.asarray(teacher.genre_indices())
     hits, n, misses = 0, 0, []
     for tr in read_manifest(corpus):
@@ -53,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, required=True, help="corpus with the teacher's label cache")
     ap.add_argument("--model", action="append", required=True, help="student bundle (name or directory); repeatable")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--precision", action="append", choices=("fp32", "bf16"), default=None,
+                    help="arithmetic of the student (repeatable; default: fp32)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     for m in args.model:
-        hits, n, misses = product_agreement(args.corpus, m)
-        log.info("%s: tag_audio clip genre agreement %d/%d (%.1f%%); misses: %s", m, hits, n, 100 * hits / n,
-                 "; ".join(misses) or "none")
+        for precision in args.precision or ["fp32"]:
+            hits, n, misses = product_agreement(args.corpus, m, precision=precision)
+            log.info("%s (%s): tag_audio clip genre agreement %d/%d (%.1f%%); misses: %s", m, precision, hits, n,
+                     100 * hits / n, "; ".join(misses) or "none")
     return 0
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import WindowModel
+from .fastfront import FastFront, MidGemm
 from .threads import map_threads as _map_threads
 from .threads import workers as _workers
 
@@ -83,6 +84,7 @@ class MusicnnConfig:
 _SUB_BATCH = 2
 _FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
+_FAST_STREAMS = 4  # MusicnnFrames' reduced-precision step: streams per group run whole on a worker thread
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
@@ -124,6 +126,18 @@ class FrontendBlock(nn.Module):
                             bn.eps)  # (B, C, T)
 
 
+    def valid_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`valid` (inference) with the convolution in ``dtype`` (bf16 on CUDA); float32 out."""
+        sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(self.conv.weight.dtype)
+        bias = self.conv.bias
+        assert bias is not None
+        z = F.conv2d(x.to(dtype), (self.conv.weight * sign.view(-1, 1, 1, 1)).to(dtype), (bias * sign).to(dtype))
+        extreme = z.amax(dim=3).float() * sign.view(1, -1, 1)
+        bn = self.bn
+        return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                            bn.eps)
+
+
 class MidendBlock(nn.Module):
     """1-D conv over time -> ReLU -> batch norm. (B, C_in, T) -> (B, C_out, T)."""
 
@@ -145,6 +159,14 @@ class _FeatureLayers(nn.Module):
     timbral: nn.ModuleList
     temporal: nn.ModuleList
     midend: nn.ModuleList
+
+    @property
+    def timbral_blocks(self) -> tuple[FrontendBlock, ...]:
+        return tuple(cast(FrontendBlock, blk) for blk in self.timbral)
+
+    @property
+    def temporal_blocks(self) -> tuple[FrontendBlock, ...]:
+        return tuple(cast(FrontendBlock, blk) for blk in self.temporal)
 
     @property
     def front_blocks(self) -> tuple[FrontendBlock, ...]:
@@ -332,8 +354,21 @@ class MusicnnFrames(_FeatureLayers):
             max(self.mid_left + self.mid_right if j < n_mid else 0, (n_mid - j) * self.mid_right) for j in range(n_mid + 1)
         ]
         self.in_hist = self.left + self.right
+        self.compute_dtype = torch.float32  # set_precision: bfloat16 runs the convolutions as bf16 GEMMs
+        self.gemm_front = True  # reduced precision on the CPU as GEMMs (False: the convolutions, as on CUDA; tests)
+        self._fast: FastFront | None = None
+        self._fast_mid: list[MidGemm] = []
         self.requires_grad_(False)  # frozen teacher layers: always inference statistics
         super().train(False)
+
+    def set_precision(self, precision: str) -> None:
+        """"fp32" (musicnn's own float32 convolutions, the reference) or "bf16": the front end as bfloat16
+        GEMMs on the CPU (architectures/fastfront.py; bf16 convolutions on CUDA) and the mid end in bfloat16.
+        Features then differ from float32 by about 1e-2 relative; every state and output stays float32."""
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._fast = None  # rebuilt from the (frozen) weights on first use
 
     def train(self, mode: bool = True) -> MusicnnFrames:
         return super().train(False)
@@ -380,6 +415,8 @@ class MusicnnFrames(_FeatureLayers):
         """:meth:`step` on frames already through the input batch norm (zeros are musicnn's padding).
         ``total``: the stream's length in frames when it is known (offline), so frames past it are padding."""
         B, n, _ = x.shape
+        if n and self.compute_dtype != torch.float32 and x.device.type == "cpu" and self.gemm_front:
+            return self._step_fast(x, state, total)
         xh, hs, count = self._unpack(state.to(x.dtype))
         if n == 0:
             return x.new_zeros((B, 0, self.channels)), state
@@ -410,20 +447,91 @@ class MusicnnFrames(_FeatureLayers):
             levels.append(zj[:, :, H - lag : H - lag + n])
             new_hs.append(zj[:, :, zj.shape[2] - H :] if H else h)
             if j + 1 < len(hs):
-                mid = self.mid_blocks[j]
-                out = mid.bn(F.relu(mid.conv(zj[:, :, H - self.mid_left - self.mid_right :])))  # (B, C, n)
+                out = self._mid(j, zj[:, :, H - self.mid_left - self.mid_right :])  # (B, C, n)
                 new = out if j == 0 else out + zj[:, :, H - self.mid_right : H - self.mid_right + n]
         feats = torch.cat(levels, dim=1).transpose(1, 2)  # (B, n, channels)
         xh = z[:, 0, z.shape[2] - self.in_hist :]
         return feats, self._pack(xh, new_hs, count + n)
 
+    # -- reduced precision on the CPU: frames first, every stage a GEMM (architectures/fastfront.py) ----------
+    def _fast_parts(self) -> tuple[FastFront, list[MidGemm]]:
+        if self._fast is None or self._fast.dtype != self.compute_dtype:
+            self._fast = FastFront(list(self.timbral_blocks), list(self.temporal_blocks), n_mels=self.config.n_mels,
+                                   left=self.left, dtype=self.compute_dtype)
+            self._fast_mid = [MidGemm(b.conv, b.bn, self.compute_dtype) for b in self.mid_blocks]
+        return self._fast, self._fast_mid
+
+    def _step_fast(self, x: torch.Tensor, state: torch.Tensor, total: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """step_normalized on the CPU in reduced precision. Streams are independent, so groups of
+        ``_FAST_STREAMS`` run whole (front end, masks, mid end) on worker threads; a few streams with many new
+        frames (a file's span) split the front end in time instead. Same outputs either way."""
+        B, n, _ = x.shape
+        fast, _ = self._fast_parts()
+        workers = _workers()
+        if B > _FAST_STREAMS or workers <= 1 or n < 2 * _FRAMES_PER_PASS:
+            starts = list(range(0, B, _FAST_STREAMS))
+            res = _map_threads(lambda a: self._fast_group(x[a : a + _FAST_STREAMS], state[a : a + _FAST_STREAMS],
+                                                          total, None), starts, workers)
+            if len(res) == 1:
+                return res[0]
+            return torch.cat([r[0] for r in res]), torch.cat([r[1] for r in res])
+        xh = self._unpack(state.to(x.dtype))[0]
+        z = torch.cat([xh, x], dim=1)  # (B, in_hist + n, n_mels)
+        cuts = [round(i * n / workers) for i in range(workers + 1)]
+        spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        front = torch.empty(B, n, fast.channels)
+        _map_threads(lambda ab: fast.frames_first(z[:, ab[0] :], ab[1] - ab[0], front[:, ab[0] : ab[1]]), spans,
+                     workers)  # (B, n, C0)
+        return self._fast_group(x, state, total, front)
+
+    def _fast_group(self, x: torch.Tensor, state: torch.Tensor, total: int | None,
+                    front: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames-first step of a group of streams: x (b, n, n_mels) normalized, front (b, n, C0) when known."""
+        fast, mids = self._fast_parts()
+        b, n, _ = x.shape
+        xh, hs, count = self._unpack(state.to(x.dtype))
+        z = torch.cat([xh, x], dim=1)  # (b, in_hist + n, n_mels)
+        new = fast.frames_first(z, n) if front is None else front  # (b, n, C0)
+        ar = torch.arange(n, device=x.device, dtype=count.dtype)
+        first, last = float(count.min()), float(count.max()) + n  # stream frames this call covers (CPU: cheap)
+        levels, new_hs = [], []
+        for j, h in enumerate(hs):
+            delay = self.right + j * self.mid_right
+            if first - delay < 0 or (total is not None and last - delay > total):
+                t = count[:, None] - delay + ar  # (b, n) stream frame of each new output
+                inside = (t >= 0) if total is None else (t >= 0) & (t < total)
+                new = new * inside.to(new.dtype)[:, :, None]  # musicnn's zero padding outside the stream
+            H = h.shape[2]
+            zj = torch.cat([h.transpose(1, 2), new], dim=1)  # (b, H_j + n, C_j) frames first
+            lag = (len(hs) - 1 - j) * self.mid_right
+            levels.append(zj[:, H - lag : H - lag + n])
+            new_hs.append(zj[:, zj.shape[1] - H :].transpose(1, 2) if H else h)  # state stays channels first
+            if j + 1 < len(hs):
+                out = mids[j](zj[:, H - self.mid_left - self.mid_right :])  # (b, n, C)
+                new = out if j == 0 else out + zj[:, H - self.mid_right : H - self.mid_right + n]
+        feats = torch.cat(levels, dim=2)  # (b, n, channels)
+        return feats, self._pack(z[:, z.shape[1] - self.in_hist :], new_hs, count + n)
+
     def _front(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """Front-end features of the n newest frames: z (B, 1, in_hist + n, n_mels) -> (B, C0, n)."""
+        dt = self.compute_dtype
         front = []
         for blk in self.front_blocks:
             pl, pr = blk.pad
-            front.append(blk.valid(z[:, :, self.left - pl : self.left + n + pr]))  # (B, C, n)
+            x = z[:, :, self.left - pl : self.left + n + pr]
+            front.append(blk.valid(x) if dt == torch.float32 else blk.valid_as(x, dt))  # (B, C, n)
         return torch.cat(front, dim=1)
+
+    def _mid(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """Mid-end layer j's conv -> ReLU -> batch norm on (B, C_in, frames) -> (B, C, frames - kernel + 1)."""
+        mid = self.mid_blocks[j]
+        dt = self.compute_dtype
+        if dt == torch.float32:
+            return mid.bn(F.relu(mid.conv(x)))
+        bias = mid.conv.bias
+        assert bias is not None
+        z = F.conv1d(x.to(dt), mid.conv.weight.to(dt), bias.to(dt))
+        return mid.bn(F.relu(z.float()))
 
     @torch.no_grad()
     def offline(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:

@@ -61,6 +61,8 @@ _HEAD_WINDOWS = 16  # transformer-head windows per forward pass in step_many
 class MusicnnStudent(StatefulModel):
     """Stateful student: frozen musicnn features -> trained streaming head."""
 
+    precisions = ("fp32", "bf16")  # bf16: the frozen front end as bfloat16 GEMMs (musicnn.MusicnnFrames.set_precision)
+
     def __init__(self, config: MusicnnStudentConfig) -> None:
         super().__init__()
         from . import build_model  # the package registry (imported late: it imports this module lazily)
@@ -79,6 +81,10 @@ class MusicnnStudent(StatefulModel):
     @property
     def state_size(self) -> int:
         return self.frames.state_size + self.head_state
+
+    def set_precision(self, precision: str) -> None:
+        """"fp32" or "bf16" for the frozen front and mid end; the trained head stays float32."""
+        self.frames.set_precision(precision)
 
     def init_state(self, batch_size: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """Fresh state for ``batch_size`` streams: (B, state_size) zeros (zeros are musicnn's padding)."""

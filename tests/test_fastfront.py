@@ -1,0 +1,164 @@
+"""The bf16 path of the distilled students: musicnn's front end as GEMMs (architectures/fastfront.py) with integer
+max/min over bands (architectures/bandmax.py). In float32 the GEMM formulation equals musicnn's convolutions to
+float rounding; in bfloat16 it stays within bf16's precision of them; the streaming equalities (chunked == whole,
+batched == alone, step_many == hop by hop) hold in bf16 too."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamtag.architectures import build_model, fastfront
+from streamtag.architectures.fastfront import FastFront
+from streamtag.architectures.musicnn import MusicnnConfig, MusicnnFrames
+from streamtag.registry import load_bundle
+from streamtag.runner import ModelRunner, resolve_precision
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _random_frames(seed: int, **cfg) -> MusicnnFrames:
+    """A small musicnn feature extractor with random weights and batch norms of both signs."""
+    torch.manual_seed(seed)
+    fr = MusicnnFrames(MusicnnConfig(**{"timbral_filters": 12, "temporal_filters": 6, "midend_filters": 8, **cfg}))
+    with torch.no_grad():
+        for mod in fr.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.weight.copy_(torch.randn_like(mod.weight))
+                mod.bias.copy_(torch.randn_like(mod.bias))
+                mod.running_mean.copy_(torch.randn_like(mod.running_mean))
+                mod.running_var.copy_(torch.rand_like(mod.running_var) + 0.5)
+    return fr.eval()
+
+
+def _fast(fr: MusicnnFrames, dtype: torch.dtype) -> FastFront:
+    return FastFront(list(fr.timbral_blocks), list(fr.temporal_blocks), n_mels=96, left=fr.left, dtype=dtype)
+
+
+def _input(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, T, 96, generator=g) * 3.0  # musicnn's log10(1 + 10^4 mel) range
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gemm_front_equals_the_convolutions_in_fp32(seed: int) -> None:
+    """Banded/Toeplitz GEMMs + bias row + integer max/min over bands == conv -> ReLU -> BN -> max, to rounding."""
+    fr = _random_frames(seed)
+    n = 37
+    z = _input(2, fr.in_hist + n, seed)[:, None]
+    with torch.no_grad():
+        ref = fr._front(z, n)  # the convolutions, (B, C0, n)
+        fast = _fast(fr, torch.float32).front(z, n)
+    assert fast.shape == ref.shape
+    assert (fast - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_gemm_front_in_bf16_stays_within_bf16_precision() -> None:
+    fr = _random_frames(2)
+    n = 31
+    z = _input(3, fr.in_hist + n, 2)[:, None]
+    with torch.no_grad():
+        ref = fr._front(z, n)
+        fast = _fast(fr, torch.bfloat16).front(z, n)
+    rel = (fast - ref).abs().mean() / ref.abs().mean()
+    assert 0 < rel.item() < 2e-2  # bf16 keeps 8 bits: about 0.4% per rounding
+
+
+def test_numba_kernels_equal_torch_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled max/min over bands and PyTorch's reductions (used where numba cannot be imported) agree
+    exactly, in both precisions."""
+    fr = _random_frames(3)
+    n = 20
+    z = _input(2, fr.in_hist + n, 3)[:, None]
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad():
+            compiled = _fast(fr, dtype).front(z, n).clone()
+            monkeypatch.setattr(fastfront, "_kernels", lambda: None)
+            plain = _fast(fr, dtype).front(z, n)
+            monkeypatch.undo()
+        assert torch.equal(compiled, plain), dtype
+
+
+def _feats(fr: MusicnnFrames, x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+    state, out, start = fr.init_state(x.shape[0]), [], 0
+    for c in [*cuts, x.shape[1]]:
+        f, state = fr.step(x[:, start:c], state)
+        out.append(f)
+        start = c
+    return torch.cat(out, dim=1)
+
+
+def test_bf16_streaming_equalities() -> None:
+    """bf16 features: batched == alone exactly; chunked == whole to bf16 rounding of a few features; the conv path
+    that CUDA takes, run here on the CPU, agrees with the GEMM path to bf16 precision."""
+    fr = _random_frames(4)
+    fr.set_precision("bf16")
+    x = _input(5, 300, 4)  # 5 streams: more than one group of streams per worker
+    with torch.no_grad():
+        whole = _feats(fr, x, [])
+        alone = torch.cat([_feats(fr, x[i : i + 1], []) for i in range(5)])
+        assert torch.equal(whole, alone)
+        chunked = _feats(fr, x, [31, 62, 70, 200])
+        scale = whole.abs().mean()
+        assert ((chunked - whole).abs().mean() / scale).item() < 1e-3
+        fr.gemm_front = False
+        conv = _feats(fr, x, [31, 62])
+        fr.set_precision("fp32")
+        ref = _feats(fr, x, [])
+    assert ((conv - ref).abs().mean() / scale).item() < 2e-2
+    assert ((whole - ref).abs().mean() / scale).item() < 2e-2
+
+
+@pytest.mark.parametrize("head", ["stateful_gru", "transformer"])
+def test_student_bf16_step_many_equals_hop_by_hop(head: str) -> None:
+    torch.manual_seed(5)
+    cfg = {"head": head, "window_frames": 64, "musicnn": {"timbral_filters": 8, "temporal_filters": 4,
+                                                          "midend_filters": 8},
+           "head_config": ({"d_embed": 16, "hidden": 16, "n_layers": 1, "dropout": 0.0} if head == "stateful_gru"
+                           else {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.0})}
+    model = build_model("musicnn_student", cfg).eval()
+    model.set_precision("bf16")
+    x = _input(2, 250, 5)
+    with torch.no_grad():
+        ends = [31, 62, 93, 124, 155, 186, 217, 248]
+        many, s_many = model.step_many(x, model.init_state(2), ends)
+        state, hops, start = model.init_state(2), [], 0
+        for e in ends:
+            logits, state = model.step(x[:, start:e], state)
+            hops.append(logits)
+            start = e
+    assert (torch.sigmoid(many) - torch.sigmoid(torch.stack(hops, 1))).abs().max().item() < 1e-4
+
+
+def test_precision_choice() -> None:
+    student = load_bundle("st-gru-msd")
+    runner = ModelRunner(student, "cpu", precision="fp32")
+    assert runner.precision == "fp32" and runner.model.frames.compute_dtype == torch.float32
+    runner = ModelRunner(student, "cpu", precision="bf16")
+    assert runner.precision == "bf16" and runner.model.frames.compute_dtype == torch.bfloat16
+    auto = ModelRunner(student, "cpu").precision
+    assert auto == ("bf16" if fastfront.bf16_native() else "fp32")
+    teacher = ModelRunner(load_bundle("musicnn-msd"), "cpu")
+    assert teacher.precision == "fp32"  # musicnn itself stays the fp32 reference
+    from streamtag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="runs only in fp32"):
+        resolve_precision(teacher.model, torch.device("cpu"), "bf16")
+    with pytest.raises(ConfigError, match="--precision"):
+        resolve_precision(runner.model, torch.device("cpu"), "fp16")
+    from streamtag import cli
+    from streamtag import runner as runner_mod
+
+    assert cli.PRECISIONS == runner_mod.PRECISIONS
+
+
+def test_real_features_in_bf16_agree_with_fp32() -> None:
+    """On the shipped student's real weights, bf16 features stay within 1% of fp32 on average."""
+    fr = load_bundle("st-gru-msd").build_model().frames
+    x = _input(2, 200, 6)
+    with torch.no_grad():
+        ref = fr.offline(x)
+        fr.set_precision("bf16")
+        got = fr.offline(x)
+    assert np.isfinite(got.numpy()).all()
+    assert ((got - ref).abs().mean() / ref.abs().mean()).item() < 1e-2
