@@ -66,7 +66,7 @@ def test_gemm_front_in_bf16_stays_within_bf16_precision() -> None:
 
 def test_numba_kernels_equal_torch_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled max/min over bands and PyTorch's reductions (used where numba cannot be imported) agree
-    exactly, in both precisions."""
+    to float rounding of the batch-norm map, in both precisions."""
     fr = _random_frames(3)
     n = 20
     z = _input(2, fr.in_hist + n, 3)[:, None]
@@ -76,7 +76,7 @@ def test_numba_kernels_equal_torch_reductions(monkeypatch: pytest.MonkeyPatch) -
             monkeypatch.setattr(fastfront, "_kernels", lambda: None)
             plain = _fast(fr, dtype).front(z, n)
             monkeypatch.undo()
-        assert torch.equal(compiled, plain), dtype
+        assert torch.allclose(compiled, plain, rtol=1e-6, atol=1e-6), dtype  # the affine map: FMA or not
 
 
 def _feats(fr: MusicnnFrames, x: torch.Tensor, cuts: list[int]) -> torch.Tensor:

@@ -38,6 +38,9 @@ __all__ = ["FastFront", "MidGemm", "bf16_native"]
 
 _local = threading.local()  # per-thread workspaces: a fresh multi-MB GEMM output per call costs page faults
 _INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+_BITS = {torch.bfloat16: 16, torch.float32: 0}  # shift of the integer view's bits into a float32
+_ROW_OUTPUTS = 320  # timbral GEMM: outputs per row (band positions x channels) to aim for
+_CACHE_BYTES = 16 << 20  # temporal GEMM: output bytes per pass (reduced while in the core's L2)
 
 
 def _buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -62,16 +65,12 @@ def bf16_native() -> bool:
         return False
 
 
-def _bn_affine(blk: FrontendBlock) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eval-mode batch norm as scale * v + shift, and the channel order that puts the channels with
-    scale >= 0 (max over bands) before those with scale < 0 (min over bands)."""
+def _bn_affine(blk: FrontendBlock) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm of a block as scale * v + shift, per channel."""
     bn = blk.bn
     assert bn.running_mean is not None and bn.running_var is not None
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().float()
-    shift = (bn.bias.detach() - bn.running_mean * scale).float()
-    positive = bn.weight.detach() >= 0
-    order = torch.cat([torch.nonzero(positive)[:, 0], torch.nonzero(~positive)[:, 0]])
-    return scale, shift, order
+    return scale, (bn.bias.detach() - bn.running_mean * scale).float()
 
 
 # -- the max/min over bands: numba kernels (bandmax.py), or PyTorch's reductions where numba cannot be imported
@@ -92,40 +91,72 @@ def _kernels() -> object | None:
         return _bandmax or None
 
 
-def _finish(ext: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor, shift: torch.Tensor, inverse: torch.Tensor,
-            out: torch.Tensor) -> None:
-    """Integer-view extremes (..., C) in permuted channel order -> out = BN(relu(.)) in musicnn's order."""
-    v = ext.view(dtype).float().clamp_min_(0.0)
-    torch.addcmul(shift, v, scale, out=v)
-    out.copy_(v[..., inverse])
+class _Block:
+    """What both block kinds share: the channels computed (``parts``: (block, its channels, its first output
+    column); max-over-bands channels first), their weights as (C, time taps, bands) over a common time window of
+    ``taps`` frames (a block with a shorter kernel sits centred by its own "same" padding), their batch norm,
+    and the output column of each."""
+
+    def __init__(self, parts: list[tuple[FrontendBlock, torch.Tensor, int]], dtype: torch.dtype) -> None:
+        left = max(blk.pad[0] for blk, _, _ in parts)
+        right = max(blk.pad[1] for blk, _, _ in parts)
+        self.pad, self.taps, self.dtype = (left, right), left + right + 1, dtype
+        ws, bs, scales, shifts, dests, signs = [], [], [], [], [], []
+        for blk, chans, col0 in parts:
+            w = blk.conv.weight.detach().float()[chans, 0]  # (c, KT, KF)
+            placed = w.new_zeros((len(chans), self.taps, w.shape[2]))
+            placed[:, left - blk.pad[0] : left - blk.pad[0] + w.shape[1]] = w
+            assert blk.conv.bias is not None
+            scale, shift = _bn_affine(blk)
+            ws.append(placed)
+            bs.append(blk.conv.bias.detach().float()[chans])
+            scales.append(scale[chans])
+            shifts.append(shift[chans])
+            dests.append(col0 + chans)
+            signs.append(blk.bn.weight.detach()[chans] >= 0)
+        positive = torch.cat(signs)
+        order = torch.cat([torch.nonzero(positive)[:, 0], torch.nonzero(~positive)[:, 0]])
+        self.n_max, self.C = int(positive.sum()), len(order)
+        self.weight, self.bias = torch.cat(ws)[order], torch.cat(bs)[order]  # (C, taps, KF), (C,)
+        self.scale, self.shift, self.dest = torch.cat(scales)[order], torch.cat(shifts)[order], torch.cat(dests)[order]
+        self.set_columns(self.dest)
+
+    def set_columns(self, dest: torch.Tensor) -> None:
+        """The output column of each computed channel (computed order)."""
+        self.dest = dest
+        self.emit = (self.scale.numpy(), self.shift.numpy(), dest.numpy())  # the kernels' BN + destination
+
+    def finish(self, ext: torch.Tensor, out: torch.Tensor) -> None:
+        """Integer-view extremes (B, n, C) in computed order -> out[..., dest] = BN(relu(.)) (torch path)."""
+        v = ext.view(self.dtype).float().clamp_min_(0.0)
+        out[:, :, self.dest] = torch.addcmul(self.shift, v, self.scale)
 
 
-class _Timbral:
+class _Timbral(_Block):
     """One timbral block: conv (KT x KF) over (time, band) -> ReLU -> BN -> max over band positions."""
 
-    def __init__(self, blk: FrontendBlock, n_mels: int, group: int, dtype: torch.dtype) -> None:
-        scale, shift, order = _bn_affine(blk)
-        w = blk.conv.weight.detach().float()[order]  # (C, 1, KT, KF), max channels first
-        assert blk.conv.bias is not None
-        C, _, KT, KF = w.shape
-        self.C, self.KT, self.KF, self.G, self.dtype = C, KT, KF, group, dtype
+    def __init__(self, blk: FrontendBlock, channels: torch.Tensor, col0: int, n_mels: int,
+                 dtype: torch.dtype) -> None:
+        super().__init__([(blk, channels, col0)], dtype)
+        C, KT, KF = self.weight.shape
+        # positions per GEMM row: enough that the row's outputs (group x C) keep the AMX tiles busy (~600 columns)
+        group = max(1, min(n_mels - KF + 1, -(-_ROW_OUTPUTS // C)))
+        self.KT, self.KF, self.G = KT, KF, group
         self.P = n_mels - KF + 1  # band positions musicnn maxes over
         self.groups = -(-self.P // group)
         self.span = group + KF - 1  # bands one group reads
-        self.pad = self.groups * group + KF - 1 - n_mels  # zero bands appended so the last group is whole
+        self.band_pad = self.groups * group + KF - 1 - n_mels  # zero bands appended so the last group is whole
         m = torch.zeros(KT, self.span, group, C)
         for g in range(group):
-            m[:, g : g + KF, g, :] = w[:, 0].permute(1, 2, 0)  # (KT, KF, C) at band offset g
-        bias = blk.conv.bias.detach().float()[order].repeat(group)[None]  # (1, G * C)
+            m[:, g : g + KF, g, :] = self.weight.permute(1, 2, 0)  # (KT, KF, C) at band offset g
+        bias = self.bias.repeat(group)[None]  # (1, G * C)
         self.M = torch.cat([m.reshape(KT * self.span, group * C), bias]).to(dtype)  # (K + 1, G * C)
-        self.n_max = int((blk.bn.weight >= 0).sum())
-        self.scale, self.shift, self.inverse = scale[order], shift[order], torch.argsort(order)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """x (B, n + KT - 1, n_mels) in ``dtype`` -> out (B, n, C) float32 (may be a strided view)."""
+        """x (B, n + KT - 1, n_mels) in ``dtype`` -> its channels' columns of out (B, n, C_front) float32."""
         B, n = x.shape[0], x.shape[1] - self.KT + 1
-        if self.pad:
-            x = F.pad(x, (0, self.pad))
+        if self.band_pad:
+            x = F.pad(x, (0, self.band_pad))
         patches = x.unfold(1, self.KT, 1).unfold(2, self.span, self.G)  # (B, n, groups, KT, span), a view
         K = self.KT * self.span
         rows = B * n * self.groups
@@ -136,37 +167,34 @@ class _Timbral:
         y = Y.view(_INT[self.dtype])
         kernels: Any = _kernels()
         if kernels is not None:
-            ext = _buffer(f"tE{self.KF}", (B * n, self.C), _INT[self.dtype])
-            kernels.over_positions(y.view(-1).numpy(), self.groups, self.G, self.C, self.P, self.n_max, ext.numpy())
-        else:
-            yv = y.view(B * n, self.groups * self.G, self.C)[:, : self.P]
-            ext = torch.cat([yv[..., : self.n_max].amax(1), yv[..., self.n_max :].amin(1)], dim=1)
-        _finish(ext.view(B, n, self.C), self.dtype, self.scale, self.shift, self.inverse, out)
+            kernels.over_positions(y.view(-1).numpy(), self.groups, self.G, self.C, self.P, self.n_max,
+                                   _BITS[self.dtype], *self.emit, out.numpy(), 0)
+            return
+        yv = y.view(B, n, self.groups * self.G, self.C)[:, :, : self.P]
+        self.finish(torch.cat([yv[..., : self.n_max].amax(2), yv[..., self.n_max :].amin(2)], dim=2), out)
 
 
-class _Temporal:
-    """One temporal block: conv (KT x 1) over time in every band -> ReLU -> BN -> max over bands."""
+class _Temporal(_Block):
+    """The temporal blocks together: conv (KT x 1) over time in every band -> ReLU -> BN -> max over bands, their
+    kernels placed in one common window so that one Toeplitz GEMM computes them all."""
 
-    def __init__(self, blk: FrontendBlock, block: int, dtype: torch.dtype) -> None:
-        scale, shift, order = _bn_affine(blk)
-        w = blk.conv.weight.detach().float()[order][:, 0, :, 0]  # (C, KT), max channels first
-        assert blk.conv.bias is not None
+    def __init__(self, parts: list[tuple[FrontendBlock, torch.Tensor, int]], block: int, dtype: torch.dtype) -> None:
+        super().__init__(parts, dtype)
+        w = self.weight[:, :, 0]  # (C, KT)
         C, KT = w.shape
-        self.C, self.KT, self.nb, self.dtype = C, KT, block, dtype
-        self.n_max = int((blk.bn.weight >= 0).sum())
+        self.KT, self.nb = KT, block
         self.K = block + KT - 1  # input frames of one row
         m = torch.zeros(self.K, block, C)
         for t in range(block):
             m[t : t + KT, t, :] = w.T  # output frame t of the row reads input frames t .. t + KT - 1
         # columns: the max channels of every output frame, then the min channels of every output frame
         m = torch.cat([m[:, :, : self.n_max].reshape(self.K, -1), m[:, :, self.n_max :].reshape(self.K, -1)], dim=1)
-        b = blk.conv.bias.detach().float()[order]
+        b = self.bias
         bias = torch.cat([b[: self.n_max].repeat(block), b[self.n_max :].repeat(block)])[None]
         self.M = torch.cat([m, bias]).to(dtype)  # (K + 1, nb * C)
-        self.scale, self.shift, self.inverse = scale[order], shift[order], torch.argsort(order)
 
     def __call__(self, xt: torch.Tensor, out: torch.Tensor) -> None:
-        """xt (B, n_mels, n + KT - 1) in ``dtype``, time last -> out (B, n, C) float32 (may be a strided view)."""
+        """xt (B, n_mels, n + KT - 1) in ``dtype``, time last -> its channels' columns of out (B, n, C_front)."""
         B, NM, L = xt.shape
         n = L - self.KT + 1
         blocks = -(-n // self.nb)
@@ -177,42 +205,75 @@ class _Temporal:
         X[..., : self.K].copy_(xt.unfold(2, self.K, self.nb).transpose(1, 2))  # (B, blocks, NM, K)
         X[..., self.K] = 1.0
         width = self.nb * self.C
+        kernels: Any = _kernels()
+        if kernels is not None:
+            # a few streams per GEMM, reduced at once while the output is still in the cache
+            per = max(1, _CACHE_BYTES // (blocks * NM * width * X.element_size()))
+            Y = _buffer(f"pY{self.KT}", (min(B, per) * blocks * NM, width), self.dtype)
+            outn = out.numpy()
+            for s0 in range(0, B, per):
+                s1 = min(B, s0 + per)
+                y = torch.matmul(X[s0:s1].reshape(-1, self.K + 1), self.M, out=Y[: (s1 - s0) * blocks * NM])
+                kernels.over_rows(y.view(_INT[self.dtype]).view((s1 - s0) * blocks, NM * width).numpy(), NM,
+                                  self.nb, self.C, self.n_max, n, _BITS[self.dtype], *self.emit, outn[s0:s1], 0)
+            return
         Y = torch.matmul(X.view(-1, self.K + 1), self.M,
                          out=_buffer(f"pY{self.KT}", (B * blocks * NM, width), self.dtype))
         y = Y.view(_INT[self.dtype])
-        kernels: Any = _kernels()
         n_max = self.nb * self.n_max
-        if kernels is not None:
-            ext = _buffer(f"pE{self.KT}", (B * blocks, width), _INT[self.dtype])
-            kernels.over_rows(y.view(B * blocks, NM * width).numpy(), NM, width, n_max, ext.numpy())
-        else:
-            yv = y.view(B * blocks, NM, width)
-            ext = torch.cat([yv[..., :n_max].amax(1), yv[..., n_max:].amin(1)], dim=1)
-        # (B * blocks, [nb x max channels | nb x min channels]) -> (B, blocks * nb, C) permuted channel order
+        yv = y.view(B * blocks, NM, width)
+        ext = torch.cat([yv[..., :n_max].amax(1), yv[..., n_max:].amin(1)], dim=1)
+        # (B * blocks, [nb x max channels | nb x min channels]) -> (B, blocks * nb, C) in computed order
         e = ext.view(B, blocks, width)
         e = torch.cat([e[..., :n_max].reshape(B, blocks, self.nb, self.n_max),
                        e[..., n_max:].reshape(B, blocks, self.nb, self.C - self.n_max)], dim=3)
-        _finish(e.reshape(B, blocks * self.nb, self.C)[:, :n], self.dtype, self.scale, self.shift, self.inverse,
-                out)
+        self.finish(e.reshape(B, blocks * self.nb, self.C)[:, :n], out)
 
 
 class FastFront:
     """The front-end blocks of a :class:`~.musicnn.MusicnnFrames` (timbral then temporal) as GEMMs in ``dtype``.
 
     ``front(z, n)`` has the contract of ``MusicnnFrames._front``: z (B, 1, left + n + right, n_mels), the
-    normalized input with its history, -> (B, C_front, n) float32 features of the n newest frames. The weights
-    are copied at construction (the blocks are frozen)."""
+    normalized input with its history, -> (B, C_front, n) float32 features of the n newest frames. ``live``
+    (bool, C_front) names the channels to compute; the others are taken to be inactive (ReLU output 0), so their
+    feature is their batch norm's shift, ``inactive`` (see MusicnnFrames.set_live_channels). With ``compact``
+    the output holds the live channels only, in channel order (B, n, n_live). The weights are copied at
+    construction (the blocks are frozen)."""
 
     def __init__(self, timbral: list[FrontendBlock], temporal: list[FrontendBlock], *, n_mels: int, left: int,
-                 dtype: torch.dtype = torch.bfloat16, temporal_block: int = 16) -> None:
+                 dtype: torch.dtype = torch.bfloat16, temporal_block: int = 16, live: torch.Tensor | None = None,
+                 compact: bool = False) -> None:
         if dtype not in _INT:
             raise ValueError(f"FastFront computes in bfloat16 or float32, not {dtype}")
         self.dtype, self.left = dtype, left
-        self.timbral = [(blk.pad, _Timbral(blk, n_mels, 4 if blk.conv.kernel_size[1] <= 48 else 3, dtype))
-                        for blk in timbral]
-        self.temporal = [(blk.pad, _Temporal(blk, temporal_block, dtype)) for blk in temporal]
-
-        self.channels = sum(t.C for _, t in self.timbral) + sum(t.C for _, t in self.temporal)
+        blocks = [*timbral, *temporal]
+        self.channels = sum(b.conv.out_channels for b in blocks)
+        live = torch.ones(self.channels, dtype=torch.bool) if live is None else live.bool()
+        if live.shape != (self.channels,):
+            raise ValueError(f"live must name each of the {self.channels} front-end channels, got {tuple(live.shape)}")
+        shifts = []
+        self.timbral: list[_Timbral] = []
+        temporal_parts = []
+        col0 = 0
+        for i, blk in enumerate(blocks):
+            C = blk.conv.out_channels
+            chans = torch.nonzero(live[col0 : col0 + C])[:, 0]
+            shifts.append(_bn_affine(blk)[1])
+            if len(chans) and i < len(timbral):
+                self.timbral.append(_Timbral(blk, chans, col0, n_mels, dtype))
+            elif len(chans):
+                temporal_parts.append((blk, chans, col0))
+            col0 += C
+        self.temporal = _Temporal(temporal_parts, temporal_block, dtype) if temporal_parts else None
+        self.compact = compact
+        if compact:  # live channel c goes to column (number of live channels before c)
+            position = torch.cumsum(live.long(), 0) - 1
+            computed: list[_Block] = [*self.timbral, *([self.temporal] if self.temporal is not None else [])]
+            for part in computed:
+                part.set_columns(position[part.dest])
+        self.width = int(live.sum()) if compact else self.channels
+        self.inactive = torch.cat(shifts)  # (C_front,) the feature of a channel whose ReLU output is 0
+        self.all_live = bool(live.all())
 
     def front(self, z: torch.Tensor, n: int) -> torch.Tensor:
         return self.frames_first(z[:, 0], n).transpose(1, 2)  # (B, C_front, n)
@@ -222,24 +283,26 @@ class FastFront:
         ``out`` when given)."""
         B = z.shape[0]
         if out is None:
-            out = torch.empty(B, n, self.channels)
+            out = torch.empty(B, n, self.width)
+        assert out.shape == (B, n, self.width) and out.stride(2) == 1
+        if not (self.all_live or self.compact):
+            out.copy_(self.inactive.expand(B, n, -1))  # the computed channels overwrite theirs below
         x = z.to(self.dtype)  # (B, L, n_mels)
-        c0 = 0
-        for (pl, pr), t in self.timbral:
-            t(x[:, self.left - pl : self.left + n + pr], out[:, :, c0 : c0 + t.C])
-            c0 += t.C
-        xt = x.transpose(1, 2).contiguous()  # (B, n_mels, L): each band's frames contiguous for the Toeplitz rows
-        for (pl, pr), tp in self.temporal:
-            tp(xt[:, :, self.left - pl : self.left + n + pr], out[:, :, c0 : c0 + tp.C])
-            c0 += tp.C
+        for t in self.timbral:
+            t(x[:, self.left - t.pad[0] : self.left + n + t.pad[1]], out)
+        if self.temporal is not None:
+            pl, pr = self.temporal.pad
+            xt = x[:, self.left - pl : self.left + n + pr].transpose(1, 2).contiguous()  # (B, n_mels, taps + n - 1)
+            self.temporal(xt, out)
         return out
 
 
 class MidGemm:
     """A mid-end conv (C_in -> C, kernel k over time) -> ReLU -> BN as an im2col GEMM in ``dtype``, frames first."""
 
-    def __init__(self, conv: torch.nn.Conv1d, bn: torch.nn.BatchNorm1d, dtype: torch.dtype) -> None:
-        w = conv.weight.detach().float()  # (C, C_in, k)
+    def __init__(self, conv: torch.nn.Conv1d, bn: torch.nn.BatchNorm1d, dtype: torch.dtype,
+                 weight: torch.Tensor | None = None) -> None:
+        w = (conv.weight if weight is None else weight).detach().float()  # (C, C_in, k)
         assert conv.bias is not None and bn.running_mean is not None and bn.running_var is not None
         self.k, self.dtype = w.shape[2], dtype
         self.W = w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous().to(dtype)  # (k * C_in, C): rows (tap, c_in)
@@ -247,13 +310,15 @@ class MidGemm:
         scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().float()
         self.scale, self.shift = scale, (bn.bias.detach() - bn.running_mean * scale).float()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, n + k - 1, C_in) float32 -> (B, n, C) float32."""
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+        """x (B, n + k - 1, C_in) float32 -> out (B, n, C) float32 (+ residual), both may be strided views."""
         B, L, C_in = x.shape
         n = L - self.k + 1
         X = _buffer(f"mX{C_in}", (B, n, self.k, C_in), self.dtype)
         for d in range(self.k):  # tap-major rows: k contiguous copies instead of a transposing gather
             X[:, :, d].copy_(x[:, d : d + n])
-        y = torch.matmul(X.view(B * n, self.k * C_in), self.W).float()  # (Bn, C)
-        y = (y + self.bias).clamp_min_(0.0)
-        return torch.addcmul(self.shift, y, self.scale).view(B, n, -1)
+        y = torch.matmul(X.view(B * n, self.k * C_in), self.W).float().add_(self.bias).clamp_min_(0.0)  # (Bn, C)
+        y = torch.addcmul(self.shift, y, self.scale).view(B, n, -1)
+        if residual is not None:
+            y += residual
+        out.copy_(y)

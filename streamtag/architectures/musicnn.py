@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import WindowModel
-from .fastfront import FastFront, MidGemm
+from .fastfront import FastFront, MidGemm, _buffer
 from .threads import map_threads as _map_threads
 from .threads import workers as _workers
 
@@ -84,7 +84,7 @@ class MusicnnConfig:
 _SUB_BATCH = 2
 _FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
-_FAST_STREAMS = 4  # MusicnnFrames' reduced-precision step: streams per group run whole on a worker thread
+_FAST_STREAMS = 8  # MusicnnFrames' reduced-precision step: streams per group run whole on a worker thread
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
@@ -356,6 +356,8 @@ class MusicnnFrames(_FeatureLayers):
         self.in_hist = self.left + self.right
         self.compute_dtype = torch.float32  # set_precision: bfloat16 runs the convolutions as bf16 GEMMs
         self.gemm_front = True  # reduced precision on the CPU as GEMMs (False: the convolutions, as on CUDA; tests)
+        self.live: torch.Tensor | None = None  # set_live_channels: the front-end channels computed (bool)
+        self._live_idx = torch.zeros(0, dtype=torch.long)
         self._fast: FastFront | None = None
         self._fast_mid: list[MidGemm] = []
         self.requires_grad_(False)  # frozen teacher layers: always inference statistics
@@ -369,6 +371,53 @@ class MusicnnFrames(_FeatureLayers):
             raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
         self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self._fast = None  # rebuilt from the (frozen) weights on first use
+
+    def set_live_channels(self, channels: list[int] | tuple[int, ...] | None) -> None:
+        """Compute only these front-end channels (indices into the C_front = timbral + temporal outputs) on the
+        CPU; every other channel is taken to be inactive, i.e. its ReLU output is 0 on every frame, so its feature
+        is its batch norm's shift. Most of musicnn's channels are like that on real music (its ReLU follows the
+        max or min over bands, which for most filters never leaves the negative side): train/liveness.py
+        measures which, and the student bundles store the list. The answers then equal the full front end's
+        wherever those channels are indeed inactive. None: all channels (the default; CUDA always computes all)."""
+        if channels is None:
+            self.live = None
+        else:
+            live = torch.zeros(self.config.frontend_channels, dtype=torch.bool)
+            idx = torch.as_tensor(list(channels), dtype=torch.long)
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= live.numel()):
+                raise ConfigError(f"live channels must lie in [0, {live.numel()}), got {list(channels)[:4]}...")
+            live[idx] = True
+            self.live = live
+            self._live_idx = torch.nonzero(live)[:, 0]
+        self._fast = None
+
+    def inactive_features(self) -> torch.Tensor:
+        """(C_front,) each front-end channel's feature when its ReLU output is 0: its batch norm's shift."""
+        return self._fast_parts()[0].inactive
+
+    @property
+    def n_live(self) -> int:
+        """Front-end channels computed on the CPU's GEMM path (all of them without set_live_channels)."""
+        return self.config.frontend_channels if self.live is None else int(self.live.sum())
+
+    @property
+    def compact_channels(self) -> int:
+        """Width of :meth:`step_compact`'s values: the live front-end channels, then the mid end's."""
+        return self.n_live + self.config.midend_filters * self.config.midend_layers
+
+    def expand(self, values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """Compact features (B, n, compact_channels) and their frames' inside flags (B, n) -> all the features
+        (B, n, channels): an inactive channel's feature is its batch-norm shift inside the stream, 0 outside."""
+        if self.live is None:
+            return values
+        fast, _ = self._fast_parts()
+        B, n, _ = values.shape
+        C0 = self.config.frontend_channels
+        out = values.new_empty((B, n, self.channels))
+        out[:, :, :C0] = inside[:, :, None] * fast.inactive
+        out[:, :, :C0][:, :, self.live] = values[:, :, : self.n_live]
+        out[:, :, C0:] = values[:, :, self.n_live :]
+        return out
 
     def train(self, mode: bool = True) -> MusicnnFrames:
         return super().train(False)
@@ -415,8 +464,9 @@ class MusicnnFrames(_FeatureLayers):
         """:meth:`step` on frames already through the input batch norm (zeros are musicnn's padding).
         ``total``: the stream's length in frames when it is known (offline), so frames past it are padding."""
         B, n, _ = x.shape
-        if n and self.compute_dtype != torch.float32 and x.device.type == "cpu" and self.gemm_front:
-            return self._step_fast(x, state, total)
+        if self._gemm_path(x):
+            values, inside, state = self._step_fast(x, state, total)
+            return self.expand(values, inside), state
         xh, hs, count = self._unpack(state.to(x.dtype))
         if n == 0:
             return x.new_zeros((B, 0, self.channels)), state
@@ -453,18 +503,45 @@ class MusicnnFrames(_FeatureLayers):
         xh = z[:, 0, z.shape[2] - self.in_hist :]
         return feats, self._pack(xh, new_hs, count + n)
 
-    # -- reduced precision on the CPU: frames first, every stage a GEMM (architectures/fastfront.py) ----------
+    # -- the CPU's GEMM path (bf16, or live channels only): frames first, every stage a GEMM (fastfront.py) ----
+    def _gemm_path(self, x: torch.Tensor) -> bool:
+        return bool(x.shape[1]) and x.device.type == "cpu" and self.gemm_front and (
+            self.compute_dtype != torch.float32 or self.live is not None)
+
+    @torch.no_grad()
+    def step_compact(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                         torch.Tensor]:
+        """:meth:`step` without writing out the inactive channels: (values (B, n, compact_channels), inside
+        (B, n), state) on the CPU's GEMM path (see :meth:`expand`), else (features (B, n, channels), None, state)."""
+        x = self.normalize(x)
+        if self._gemm_path(x):
+            return self._step_fast(x, state, None)
+        feats, state = self.step_normalized(x, state)
+        return feats, None, state
+
     def _fast_parts(self) -> tuple[FastFront, list[MidGemm]]:
         if self._fast is None or self._fast.dtype != self.compute_dtype:
-            self._fast = FastFront(list(self.timbral_blocks), list(self.temporal_blocks), n_mels=self.config.n_mels,
-                                   left=self.left, dtype=self.compute_dtype)
-            self._fast_mid = [MidGemm(b.conv, b.bn, self.compute_dtype) for b in self.mid_blocks]
+            dt = self.compute_dtype
+            fast = FastFront(list(self.timbral_blocks), list(self.temporal_blocks), n_mels=self.config.n_mels,
+                             left=self.left, dtype=dt, live=self.live, compact=self.live is not None)
+            mids = [MidGemm(b.conv, b.bn, dt) for b in self.mid_blocks]
+            if self.live is not None:
+                # the first mid-end conv reads the live channels, plus one more: the inactive channels' constant
+                # features summed into one weight per tap, times a 0/1 column that says whether the frame is in
+                # the stream (outside it every feature is musicnn's zero padding)
+                w = self.mid_blocks[0].conv.weight.detach().float()  # (C, C_front, k)
+                dead = torch.einsum("cik,i->ck", w[:, ~self.live], fast.inactive[~self.live])
+                mids[0] = MidGemm(self.mid_blocks[0].conv, self.mid_blocks[0].bn, dt,
+                                  torch.cat([w[:, self.live], dead[:, None]], dim=1))
+            self._fast, self._fast_mid = fast, mids
         return self._fast, self._fast_mid
 
-    def _step_fast(self, x: torch.Tensor, state: torch.Tensor, total: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """step_normalized on the CPU in reduced precision. Streams are independent, so groups of
-        ``_FAST_STREAMS`` run whole (front end, masks, mid end) on worker threads; a few streams with many new
-        frames (a file's span) split the front end in time instead. Same outputs either way."""
+    def _step_fast(self, x: torch.Tensor, state: torch.Tensor,
+                   total: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """step_normalized on the CPU's GEMM path -> (compact values, inside flags, state); see step_compact.
+        Streams are independent, so groups of ``_FAST_STREAMS`` run whole (front end, masks, mid end) on worker
+        threads; a few streams with many new frames (a file's span) split the front end in time instead. Same
+        outputs either way."""
         B, n, _ = x.shape
         fast, _ = self._fast_parts()
         workers = _workers()
@@ -474,43 +551,79 @@ class MusicnnFrames(_FeatureLayers):
                                                           total, None), starts, workers)
             if len(res) == 1:
                 return res[0]
-            return torch.cat([r[0] for r in res]), torch.cat([r[1] for r in res])
+            return torch.cat([r[0] for r in res]), torch.cat([r[1] for r in res]), torch.cat([r[2] for r in res])
         xh = self._unpack(state.to(x.dtype))[0]
         z = torch.cat([xh, x], dim=1)  # (B, in_hist + n, n_mels)
         cuts = [round(i * n / workers) for i in range(workers + 1)]
         spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        front = torch.empty(B, n, fast.channels)
-        _map_threads(lambda ab: fast.frames_first(z[:, ab[0] :], ab[1] - ab[0], front[:, ab[0] : ab[1]]), spans,
-                     workers)  # (B, n, C0)
+        parts = _map_threads(lambda ab: fast.frames_first(z[:, ab[0] :], ab[1] - ab[0]), spans, workers)
+        front = torch.cat(parts, dim=1)  # (B, n, width)
         return self._fast_group(x, state, total, front)
 
     def _fast_group(self, x: torch.Tensor, state: torch.Tensor, total: int | None,
-                    front: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames-first step of a group of streams: x (b, n, n_mels) normalized, front (b, n, C0) when known."""
+                    front: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames-first step of a group of streams: x (b, n, n_mels) normalized, front (b, n, n_live) when known
+        -> (compact values, inside flags, state). Level j's history and new frames share one per-thread buffer
+        (b, H_j + n, C_j), written in place; with live channels, level 0 holds only those plus a 0/1 column that
+        says whether the frame is in the stream (see _fast_parts)."""
         fast, mids = self._fast_parts()
-        b, n, _ = x.shape
+        b, n, n_mels = x.shape
         xh, hs, count = self._unpack(state.to(x.dtype))
-        z = torch.cat([xh, x], dim=1)  # (b, in_hist + n, n_mels)
-        new = fast.frames_first(z, n) if front is None else front  # (b, n, C0)
+        z = _buffer("fz", (b, self.in_hist + n, n_mels), x.dtype)  # the input with its history
+        z[:, : self.in_hist] = xh
+        z[:, self.in_hist :] = x
+        pruned = self.live is not None
         ar = torch.arange(n, device=x.device, dtype=count.dtype)
+        levels = []
+        for j, (h, c) in enumerate(zip(hs, self.level_channels)):
+            H = h.shape[2]
+            if j == 0 and pruned:
+                zj = _buffer("fz0", (b, H + n, self.n_live + 1), x.dtype)
+                t = count[:, None] - self.right - H + torch.arange(H + n, dtype=count.dtype)  # (b, H + n) frames
+                zj[:, :, -1] = ((t >= 0) if total is None else (t >= 0) & (t < total)).to(zj.dtype)
+                if H:
+                    zj[:, :H, :-1] = h[:, self._live_idx].transpose(1, 2)
+            else:
+                zj = _buffer(f"fz{j}", (b, H + n, c), x.dtype)
+                if H:
+                    zj[:, :H] = h.transpose(1, 2)
+            levels.append(zj)
+        z0_new = levels[0][:, levels[0].shape[1] - n :, : fast.width]
+        if front is None:
+            fast.frames_first(z, n, z0_new)
+        else:
+            z0_new.copy_(front)
         first, last = float(count.min()), float(count.max()) + n  # stream frames this call covers (CPU: cheap)
-        levels, new_hs = [], []
-        for j, h in enumerate(hs):
+        for j, zj in enumerate(levels):
+            H = zj.shape[1] - n
             delay = self.right + j * self.mid_right
             if first - delay < 0 or (total is not None and last - delay > total):
                 t = count[:, None] - delay + ar  # (b, n) stream frame of each new output
                 inside = (t >= 0) if total is None else (t >= 0) & (t < total)
-                new = new * inside.to(new.dtype)[:, :, None]  # musicnn's zero padding outside the stream
-            H = h.shape[2]
-            zj = torch.cat([h.transpose(1, 2), new], dim=1)  # (b, H_j + n, C_j) frames first
-            lag = (len(hs) - 1 - j) * self.mid_right
-            levels.append(zj[:, H - lag : H - lag + n])
-            new_hs.append(zj[:, zj.shape[1] - H :].transpose(1, 2) if H else h)  # state stays channels first
-            if j + 1 < len(hs):
-                out = mids[j](zj[:, H - self.mid_left - self.mid_right :])  # (b, n, C)
-                new = out if j == 0 else out + zj[:, H - self.mid_right : H - self.mid_right + n]
-        feats = torch.cat(levels, dim=2)  # (b, n, channels)
-        return feats, self._pack(z[:, z.shape[1] - self.in_hist :], new_hs, count + n)
+                zj[:, H:] *= inside.to(zj.dtype)[:, :, None]  # musicnn's zero padding outside the stream
+            if j + 1 < len(levels):
+                nxt = levels[j + 1]
+                residual = zj[:, H - self.mid_right : H - self.mid_right + n] if j else None
+                mids[j](zj[:, H - self.mid_left - self.mid_right :], nxt[:, nxt.shape[1] - n :], residual)
+        values = torch.empty(b, n, self.compact_channels, dtype=x.dtype)
+        c0 = 0
+        new_hs = []
+        for j, zj in enumerate(levels):
+            H = zj.shape[1] - n
+            lag = (len(levels) - 1 - j) * self.mid_right  # frames level j is behind the last level
+            width = fast.width if j == 0 else zj.shape[2]
+            values[:, :, c0 : c0 + width] = zj[:, H - lag : H - lag + n, :width]
+            c0 += width
+            if j == 0 and pruned:  # the state keeps every channel's history, channels first
+                ind = zj[:, n:, -1]  # (b, H) inside flags of the kept frames
+                full = ind[:, None, :] * fast.inactive[:, None]  # (b, C_front, H)
+                full[:, self._live_idx] = zj[:, n:, :-1].transpose(1, 2)
+                new_hs.append(full)
+            else:
+                new_hs.append(zj[:, n:].transpose(1, 2))
+        t = count[:, None] - self.delay + ar  # stream frame each output describes
+        inside = ((t >= 0) if total is None else (t >= 0) & (t < total)).to(x.dtype)
+        return values, inside, self._pack(z[:, n:], new_hs, count + n)
 
     def _front(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """Front-end features of the n newest frames: z (B, 1, in_hist + n, n_mels) -> (B, C0, n)."""

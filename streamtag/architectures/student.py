@@ -29,6 +29,8 @@ import torch
 
 from ..errors import ConfigError
 from .base import StatefulModel, StreamingModel, check_ends
+from .fasthead import CompactGRUHead
+from .gru import StatefulGRUTagger
 from .musicnn import MusicnnConfig, MusicnnFrames
 from .threads import few_streams, map_threads, one_thread, workers
 from .transformer import TransformerTagger
@@ -46,8 +48,11 @@ class MusicnnStudentConfig:
     head_config: dict[str, Any] = field(default_factory=dict)  # the head's config, less n_mels / n_labels
     window_frames: int = 312  # transformer head: feature frames it attends over (312 = 5 s at 16 kHz, hop 256)
     musicnn: dict[str, Any] = field(default_factory=dict)  # MusicnnConfig fields of the frozen feature extractor
+    # front-end channels the CPU computes (train/liveness.py measured the others inactive on real music); () = all
+    live_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "live_channels", tuple(int(c) for c in self.live_channels))  # JSON gives lists
         if self.head not in HEADS:
             raise ConfigError(f"student head must be one of {HEADS}, got {self.head!r}")
         if self.window_frames < 1:
@@ -69,6 +74,8 @@ class MusicnnStudent(StatefulModel):
 
         self.config = c = config
         self.frames = MusicnnFrames(MusicnnConfig(**{**c.musicnn, "n_mels": c.n_mels, "n_labels": c.n_labels}))
+        if c.live_channels:
+            self.frames.set_live_channels(c.live_channels)
         head_cfg = {**c.head_config, "n_mels": self.frames.channels, "n_labels": c.n_labels}
         self.head: StreamingModel = cast(StreamingModel, build_model(c.head, head_cfg))
         if c.head == "stateful_gru":
@@ -77,14 +84,28 @@ class MusicnnStudent(StatefulModel):
             self.head_state = c.window_frames * self.frames.channels
         # frames between the newest input and the newest music an answer describes (the front end's look-ahead)
         self.lag_frames = int(self.frames.delay)
+        self._compact_head: CompactGRUHead | None = None
 
     @property
     def state_size(self) -> int:
         return self.frames.state_size + self.head_state
 
     def set_precision(self, precision: str) -> None:
-        """"fp32" or "bf16" for the frozen front and mid end; the trained head stays float32."""
+        """"fp32" or "bf16" for the frozen front and mid end and, on the CPU's GEMM path, the GRU head's matrix
+        products (architectures/fasthead.py); states, gates and outputs stay float32."""
         self.frames.set_precision(precision)
+        self._compact_head = None
+
+    def _compact(self) -> CompactGRUHead | None:
+        """The stateful GRU head on the front end's compact features (None for the transformer head)."""
+        if self.config.head != "stateful_gru":
+            return None
+        if self._compact_head is None or self._compact_head.dtype != self.frames.compute_dtype:
+            fr = self.frames
+            live = fr.live if fr.live is not None else torch.ones(fr.config.frontend_channels, dtype=torch.bool)
+            self._compact_head = CompactGRUHead(cast(StatefulGRUTagger, self.head), live, fr.inactive_features(),
+                                                fr.config.frontend_channels, fr.compute_dtype)
+        return self._compact_head
 
     def init_state(self, batch_size: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """Fresh state for ``batch_size`` streams: (B, state_size) zeros (zeros are musicnn's padding)."""
@@ -104,7 +125,12 @@ class MusicnnStudent(StatefulModel):
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         fs = self.frames.state_size
         with one_thread(few_streams(x)):
-            feats, f_state = self.frames.step(x, state[:, :fs])  # (B, n, channels)
+            values, inside, f_state = self.frames.step_compact(x, state[:, :fs])
+            head = self._compact() if inside is not None and not self.training else None
+            if head is not None and inside is not None and x.shape[1]:
+                logits, h_state = head.run(values, inside, state[:, fs:], [x.shape[1]])
+                return logits[:, -1], torch.cat([f_state, h_state], dim=1)
+            feats = values if inside is None else self.frames.expand(values, inside)  # (B, n, channels)
             logits, h_state = self.head_logits(feats, state[:, fs:])
             return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
 
@@ -129,9 +155,14 @@ class MusicnnStudent(StatefulModel):
             while j < len(ends) and ends[j] - start <= _STEP_SPAN:
                 j += 1
             group = ends[i:j]
-            feats, f_state = self.frames.step(x[:, start : group[-1]], state[:, :fs])  # (B, n, channels)
             rel = [e - start for e in group]
-            logits, h_state = self._head_many(feats, state[:, fs:], rel)  # (B, len(group), n_labels)
+            values, inside, f_state = self.frames.step_compact(x[:, start : group[-1]], state[:, :fs])
+            head = self._compact() if inside is not None and not self.training else None
+            if head is not None and inside is not None:
+                logits, h_state = head.run(values, inside, state[:, fs:], rel)
+            else:
+                feats = values if inside is None else self.frames.expand(values, inside)  # (B, n, channels)
+                logits, h_state = self._head_many(feats, state[:, fs:], rel)  # (B, len(group), n_labels)
             out.append(logits)
             state = torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
             start, i = group[-1], j

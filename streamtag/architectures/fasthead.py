@@ -1,0 +1,107 @@
+"""st-gru-msd's head (architectures/gru.py: StatefulGRUTagger) on the compact features of the CPU's GEMM path.
+
+The head's first layers are LayerNorm over the 753 musicnn features, then Linear(753 -> 128). On the GEMM path
+(musicnn.MusicnnFrames.step_compact) most front-end channels are not computed: they are inactive, so their
+feature is a constant c inside the stream and 0 in musicnn's padding before it (flag s = 1 / 0 per frame). The
+LayerNorm and the Linear then need only the live channels' values v and s:
+
+    mean = (sum v + s * sum c) / 753,  var = (sum v^2 + s * sum c^2) / 753 - mean^2,  r = 1 / sqrt(var + eps)
+    Linear(LN(x)) = r * (v @ (W_live * g_live)^T + s * u1) - mean * r * u2 + u3
+    u1 = W_dead @ (g_dead * c),  u2 = W @ g,  u3 = W @ b_ln + b_linear
+
+which equals the full computation (to float rounding). The GRU is then stepped by hand (PyTorch's gate order
+r, z, n) so that its matrix products can run in bfloat16 (AMX) with float32 state and gates; the EMA read-out,
+its LayerNorm and the output layer run only at the frames whose answer is asked for.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .gru import StatefulGRUTagger
+
+__all__ = ["CompactGRUHead"]
+
+
+class CompactGRUHead:
+    """Inference of a :class:`StatefulGRUTagger` (one with a FrameEmbed input) on compact features."""
+
+    def __init__(self, head: StatefulGRUTagger, live: torch.Tensor, inactive: torch.Tensor, n_front: int,
+                 dtype: torch.dtype) -> None:
+        emb = head.embed
+        norm, fc = emb.norm, emb.fc  # type: ignore[union-attr]
+        n_all = norm.normalized_shape[0]
+        keep = torch.cat([live, torch.ones(n_all - n_front, dtype=torch.bool)])  # live front + every mid-end channel
+        dead = ~keep
+        c = torch.zeros(n_all)
+        c[:n_front] = inactive
+        g, b = norm.weight.detach().float(), norm.bias.detach().float()
+        W = fc.weight.detach().float()  # (d, n_all)
+        self.n_all, self.eps, self.dtype = n_all, norm.eps, dtype
+        self.sum_c, self.sum_c2 = float(c[dead].sum()), float((c[dead] ** 2).sum())
+        self.W = (W[:, keep] * g[keep]).T.contiguous().to(dtype)  # (n_keep, d)
+        self.u1 = W[:, dead] @ (g[dead] * c[dead])
+        self.u2 = W @ g
+        self.u3 = W @ b + fc.bias.detach().float()
+        gru = head.gru
+        self.layers = []
+        for k in range(gru.num_layers):
+            w_ih, w_hh = getattr(gru, f"weight_ih_l{k}"), getattr(gru, f"weight_hh_l{k}")
+            b_ih, b_hh = getattr(gru, f"bias_ih_l{k}"), getattr(gru, f"bias_hh_l{k}")
+            self.layers.append((w_ih.detach().T.contiguous().to(dtype), b_ih.detach().float(),
+                                w_hh.detach().T.contiguous().to(dtype), b_hh.detach().float()))
+        self.H, self.L = gru.hidden_size, gru.num_layers
+        self.tau = head.config.tau_frames
+        self.ln, self.out = head.ln, head.head
+
+    def _mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x.to(self.dtype), w).float()
+
+    def embed(self, v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Compact values (B, n, n_keep) and stream flags (B, n) -> the head's embedding (B, n, d)."""
+        mean = (v.sum(-1) + s * self.sum_c) / self.n_all
+        var = (v.pow(2).sum(-1) + s * self.sum_c2) / self.n_all - mean * mean
+        r = torch.rsqrt(var.clamp_min(0.0) + self.eps)  # (B, n)
+        y = self._mm(v, self.W)  # (B, n, d)
+        y = (y + s[..., None] * self.u1) * r[..., None] - (mean * r)[..., None] * self.u2 + self.u3
+        return F.gelu(y)
+
+    def run(self, v: torch.Tensor, s: torch.Tensor, state: torch.Tensor, ends: list[int]) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+        """Compact values (B, T, n_keep), flags (B, T), head state (B, S) -> (logits after each end (B, len(ends),
+        n_labels), state after ends[-1]); frames past ends[-1] are not consumed."""
+        T = ends[-1]
+        B, H, L = v.shape[0], self.H, self.L
+        x = self.embed(v[:, :T], s[:, :T])  # (B, T, d)
+        h_all = state[:, : L * H].reshape(B, L, H)
+        m0, n0 = state[:, L * H : L * H + H], state[:, -1]
+        hs = []
+        for k, (w_ih, b_ih, w_hh, b_hh) in enumerate(self.layers):
+            gi = self._mm(x, w_ih) + b_ih  # (B, T, 3H)
+            h = h_all[:, k].float()
+            ys = x.new_empty((B, T, H))
+            for t in range(T):
+                gh = self._mm(h, w_hh) + b_hh  # (B, 3H)
+                rz = torch.sigmoid(gi[:, t, : 2 * H] + gh[:, : 2 * H])
+                r, z = rz[:, :H], rz[:, H:]
+                nn_ = torch.tanh(gi[:, t, 2 * H :] + r * gh[:, 2 * H :])
+                h = nn_ + z * (h - nn_)  # (1 - z) * n + z * h
+                ys[:, t] = h
+            hs.append(h)
+            x = ys
+        # EMA read-out m_t = d m_{t-1} + a y_t at the asked frames only
+        a = 1.0 / self.tau
+        d = 1.0 - a
+        t_idx = torch.arange(T, dtype=torch.float32)
+        e = torch.tensor(ends, dtype=torch.float32)  # (E,)
+        lag = (e[:, None] - 1.0) - t_idx[None, :]  # (E, T): end frame - t
+        w = torch.where(lag >= 0, a * d ** lag.clamp(min=0), torch.zeros(()))  # (E, T)
+        m = torch.einsum("et,bth->beh", w, x) + (d ** e)[None, :, None] * m0[:, None]  # (B, E, H)
+        n = n0[:, None] + e[None, :]  # (B, E) frames seen at each end
+        ema = m / (1.0 - d ** n)[..., None]
+        logits = self.out(self.ln(ema))
+        new = torch.cat([torch.stack(hs, 1).reshape(B, L * H), m[:, -1], n[:, -1:]], dim=1)
+        return logits, new
