@@ -32,7 +32,7 @@ class CompactGRUHead:
     def __init__(self, head: StatefulGRUTagger, live: torch.Tensor, inactive: torch.Tensor, n_front: int,
                  dtype: torch.dtype) -> None:
         emb = head.embed
-        norm, fc = emb.norm, emb.fc  # type: ignore[union-attr]
+        norm, fc = emb.norm, emb.fc
         n_all = norm.normalized_shape[0]
         keep = torch.cat([live, torch.ones(n_all - n_front, dtype=torch.bool)])  # live front + every mid-end channel
         dead = ~keep
