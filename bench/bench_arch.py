@@ -8,7 +8,13 @@ incrementally on the hop's new frames, 96 mels, 50 tags, then the GRU or the tra
 ``lite`` is the cheap-front-end student's layout (not shipped, docs/distill.md section 5; its default config: a causal dilated-conv front end over 96 mels, then the same
 GRU head as ``musicnn_student/stateful_gru``, 50 tags).
 
+The shipped student bundles (``--bundles``, real weights) run in three modes: ``fp32/all`` (every front-end
+channel through musicnn's own convolutions: how they ran before this round), ``fp32/live`` (only the front-end
+channels that fire on music, as GEMMs: architectures/fastfront.py, train/liveness.py) and ``bf16/live`` (the
+same in bfloat16: ``--precision auto`` on a CPU with hardware bf16). The window length does not apply to them.
+
     python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64 512] [--windows 5 10 20] [--repeats 5]
+    python bench/bench_arch.py --archs --bundles st-gru-msd --streams 1 64 512     # the shipped students only
 
 Prints the median ms per hop over the repeats (all streams together) and ms per stream-hop, and the ratio to the baseline measured in
 the same run (the transformer, 1 stream, 5 s window).
@@ -22,6 +28,7 @@ import time
 import torch
 
 from streamtag.architectures import build_model
+from streamtag.registry import load_bundle
 
 FPS = 16000 / 256  # frames per second
 ARCHS = ("transformer", "bigru", "crnn", "vit", "stateful_gru", "musicnn_student/stateful_gru",
@@ -66,7 +73,9 @@ def main() -> None:
     ap.add_argument("--hop", type=float, default=0.5, help="hop seconds")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per cell, median reported (>= 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--archs", nargs="*", default=list(ARCHS))
+    ap.add_argument("--bundles", nargs="*", default=["st-gru-msd", "st-transformer-msd"],
+                    help="shipped student bundles, each in fp32/all, fp32/live and bf16/live")
     args = ap.parse_args()
     if args.repeats < 3:
         ap.error("--repeats must be at least 3 (the median of >= 3 runs is reported)")
@@ -98,6 +107,31 @@ def main() -> None:
                         baseline = sec
                     print(f"{arch:13s} {n_params:6.2f}M {window_s:6.1f}s {B:7d} {sec * 1e3:9.2f} "
                           f"{sec * 1e3 / B:10.3f} {sec / baseline:7.2f}", flush=True)
+        for name in args.bundles:
+            bundle = load_bundle(name)
+            live = bundle.arch_config.get("live_channels") or None
+            for mode in ("fp32/all", "fp32/live", "bf16/live"):
+                precision, channels = mode.split("/")
+                if channels == "live" and live is None:
+                    print(f"{name}: no live set in its config (train/liveness.py); {mode} skipped")
+                    continue
+                if dev.type != "cpu" and mode != "fp32/all":
+                    continue  # the GEMM path is the CPU's; a GPU computes every channel
+                model = bundle.build_model(dev).eval()
+                model.frames.set_live_channels(live if channels == "live" else None)
+                model.set_precision(precision)
+                n_params = sum(p.numel() for p in model.parameters()) / 1e6
+                for B in args.streams:
+                    state = model.init_state(B, dev)
+                    x = torch.randn(B, 5 * int(FPS), 96, device=dev) * 0.8 + 1.5  # log-mel in musicnn's range
+                    _, state = model.step(x, state)  # streams already 5 s in (past the look-ahead)
+                    hop = torch.randn(B, hop_frames, 96, device=dev) * 0.8 + 1.5
+                    sec = _time(lambda: model.step(hop, state), args.repeats, dev)
+                    base = baseline if baseline is not None else sec
+                    baseline = base
+                    label = f"{name}[{mode}]"
+                    print(f"{label:13s} {n_params:6.2f}M {'-':>7s} {B:7d} {sec * 1e3:9.2f} "
+                          f"{sec * 1e3 / B:10.3f} {sec / base:7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,118 @@ def test_real_features_in_bf16_agree_with_fp32() -> None:
         got = fr.offline(x)
     assert np.isfinite(got.numpy()).all()
     assert ((got - ref).abs().mean() / ref.abs().mean()).item() < 1e-2
+
+
+# -- live channels: the CPU computes only the front-end channels that fire (train/liveness.py) ----------------
+def _fire_counts(fr: MusicnnFrames, x: torch.Tensor) -> np.ndarray:
+    from streamtag.train.liveness import channel_activity
+
+    return sum(channel_activity(fr, x[i].numpy()) for i in range(x.shape[0]))
+
+
+def test_live_channels_equal_the_full_front_end_where_the_others_are_silent() -> None:
+    """On a random extractor: take as live exactly the channels that fire on this input; the pruned GEMM path
+    (fp32) then gives the full features, and dropping a channel that does fire changes them."""
+    fr = _random_frames(6)
+    x = _input(3, 260, 6)
+    fires = _fire_counts(fr, x) > 0
+    assert 0 < fires.sum() < fires.size  # random batch norms: some channels never fire, some do
+    with torch.no_grad():
+        full = _feats(fr, x, [31, 62])
+        fr.set_live_channels(np.nonzero(fires)[0].tolist())
+        pruned = _feats(fr, x, [31, 62])
+        values, inside, _ = fr.step_compact(x, fr.init_state(3))
+        fr.set_live_channels([int(i) for i in np.nonzero(fires)[0][1:]])  # one firing channel dropped
+        wrong = _feats(fr, x, [31, 62])
+    assert values.shape[2] == int(fires.sum()) + 3 * 8 and inside is not None
+    assert (pruned - full).abs().max().item() <= 1e-4 * full.abs().max().item()
+    assert (wrong - full).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("head", ["stateful_gru", "transformer"])
+def test_shipped_live_set_and_compact_head_equal_the_full_student_on_real_music(head: str) -> None:
+    """The shipped students' live channels on real music: fp32 answers of the pruned CPU path (compact GRU head
+    included) equal the full front end's to 1e-5; bf16 stays within 1e-2 of them; step_many == hop by hop."""
+    from streamtag.frontend import logmel
+    from streamtag.sources import read_audio
+
+    name = "st-gru-msd" if head == "stateful_gru" else "st-transformer-msd"
+    bundle = load_bundle(name)
+    live = bundle.arch_config.get("live_channels")
+    assert live and len(live) == 163, "the shipped students carry train/liveness.py's live set"
+    clip = fastfront_example()
+    mel = torch.from_numpy(logmel(read_audio(str(clip), 16000)[: 16000 * 20], bundle.frontend))[None]
+    ends = list(range(31, mel.shape[1] + 1, 31))
+
+    def hops(model: torch.nn.Module) -> torch.Tensor:
+        state, out, start = model.init_state(1), [], 0
+        for e in ends:
+            logits, state = model.step(mel[:, start:e], state)
+            out.append(torch.sigmoid(logits))
+            start = e
+        return torch.stack(out, 1)
+
+    with torch.no_grad():
+        model = bundle.build_model().eval()
+        model.frames.set_live_channels(None)
+        full = hops(model)
+        model.frames.set_live_channels(live)
+        model.set_precision("fp32")
+        pruned = hops(model)
+        many = torch.sigmoid(model.step_many(mel, model.init_state(1), ends)[0])
+        model.set_precision("bf16")
+        bf16 = hops(model)
+    assert (pruned - full).abs().max().item() <= 1e-5
+    assert (many - pruned).abs().max().item() <= 1e-5
+    assert 0 < (bf16 - full).abs().max().item() <= 1e-2
+
+
+def fastfront_example():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "examples" / "audio" / "kevin-macleod-vibe-ace.ogg"
+
+
+def test_compact_gru_head_equals_the_gru_on_full_features() -> None:
+    """CompactGRUHead (LayerNorm + Linear from the live values and the in-stream flag, GRU stepped by hand, EMA
+    read-out at the asked frames) == StatefulGRUTagger.step_many on the expanded features, in fp32."""
+    from streamtag.architectures.fasthead import CompactGRUHead
+
+    torch.manual_seed(7)
+    cfg = {"head": "stateful_gru", "musicnn": {"timbral_filters": 8, "temporal_filters": 4, "midend_filters": 8},
+           "head_config": {"d_embed": 16, "hidden": 12, "n_layers": 2, "dropout": 0.0, "tau_frames": 20.0}}
+    model = build_model("musicnn_student", cfg).eval()
+    fr = model.frames
+    x = _input(2, 120, 7)
+    fires = _fire_counts(fr, x) > 0
+    fr.set_live_channels(np.nonzero(fires)[0].tolist())
+    with torch.no_grad():
+        values, inside, _ = fr.step_compact(x, fr.init_state(2))
+        assert inside is not None and inside[:, 0].sum() == 0  # the first frames are musicnn's padding
+        feats = fr.expand(values, inside)
+        state = model.head.init_state(2)
+        state[:, -1] = 3.0  # a stream already under way
+        ends = [10, 40, 120]
+        ref, ref_state = model.head.step_many(feats, state, ends)
+        head = CompactGRUHead(model.head, fr.live, fr.inactive_features(), fr.config.frontend_channels,
+                              torch.float32)
+        got, got_state = head.run(values, inside, state, ends)
+    assert (got - ref).abs().max().item() <= 1e-4
+    assert (got_state - ref_state).abs().max().item() <= 1e-4
+
+
+def test_liveness_tool_counts_what_fires(tmp_path) -> None:
+    """channel_activity agrees with the conv path's own features: a channel counted 0 times sits at its inactive
+    value on every frame."""
+    from streamtag.train.liveness import channel_activity
+
+    fr = _random_frames(8)
+    x = _input(1, 200, 8)
+    counts = channel_activity(fr, x[0].numpy())
+    with torch.no_grad():
+        feats = fr.offline(x)[0, :, : fr.config.frontend_channels]  # (T, C_front)
+    inactive = fr.inactive_features()
+    silent = torch.from_numpy(counts == 0)
+    assert silent.any() and (~silent).any()
+    assert torch.allclose(feats[:, silent], inactive[silent].expand(feats.shape[0], -1), atol=1e-6)
+    assert ((feats[:, ~silent] - inactive[~silent]).abs() > 1e-6).any(dim=0).all()
