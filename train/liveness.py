@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -108,7 +108,7 @@ PROBES: dict[str, Callable[[int, float], np.ndarray]] = {
 def measure(corpus: Path, teacher: Bundle, *, probe_seconds: float = 20.0) -> dict[str, Any]:
     """Activity counts of every front-end channel on the training tracks (which decide), the held-out tracks
     and the probes (which check); see the module docstring."""
-    frames = musicnn_frames(teacher)
+    frames = cast(MusicnnFrames, musicnn_frames(teacher))
     spec = student_frontend(teacher)
     counts = {"train": np.zeros(frames.config.frontend_channels, np.int64)}
     counts["eval"] = counts["train"].copy()
