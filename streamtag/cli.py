@@ -535,6 +535,10 @@ def doctor_report() -> list[tuple[str, str]]:
         import torch
 
         rows.append(("torch threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op"))
+        from .architectures.fastfront import bf16_native
+
+        rows.append(("CPU bf16", "hardware (AMX / AVX512-BF16): --precision auto runs the students in bf16"
+                     if bf16_native() else "not in hardware: --precision auto runs everything in fp32"))
         if torch.cuda.is_available():
             gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
             rows.append(("CUDA", f"available: {gpus} (CUDA {torch.version.cuda})"))
