@@ -11,7 +11,8 @@ GRU head as ``musicnn_student/stateful_gru``, 50 tags).
 The shipped student bundles (``--bundles``, real weights) run in three modes: ``fp32/all`` (every front-end
 channel through musicnn's own convolutions: how they ran before this round), ``fp32/live`` (only the front-end
 channels that fire on music, as GEMMs: architectures/fastfront.py, train/liveness.py) and ``bf16/live`` (the
-same in bfloat16: ``--precision auto`` on a CPU with hardware bf16). The window length does not apply to them.
+same in bfloat16: ``--precision auto`` on a CPU with hardware bf16); on a GPU, which computes every channel with
+convolutions, ``fp32/all`` and ``bf16/all``. The window length does not apply to them.
 
     python bench/bench_arch.py [--device cpu|cuda] [--streams 1 64 512] [--windows 5 10 20] [--repeats 5]
     python bench/bench_arch.py --archs --bundles st-gru-msd --streams 1 64 512     # the shipped students only
@@ -110,13 +111,12 @@ def main() -> None:
         for name in args.bundles:
             bundle = load_bundle(name)
             live = bundle.arch_config.get("live_channels") or None
-            for mode in ("fp32/all", "fp32/live", "bf16/live"):
+            modes = ("fp32/all", "fp32/live", "bf16/live") if dev.type == "cpu" else ("fp32/all", "bf16/all")
+            for mode in modes:
                 precision, channels = mode.split("/")
                 if channels == "live" and live is None:
                     print(f"{name}: no live set in its config (train/liveness.py); {mode} skipped")
                     continue
-                if dev.type != "cpu" and mode != "fp32/all":
-                    continue  # the GEMM path is the CPU's; a GPU computes every channel
                 model = bundle.build_model(dev).eval()
                 model.frames.set_live_channels(live if channels == "live" else None)
                 model.set_precision(precision)
