@@ -79,12 +79,14 @@ _bandmax_lock = threading.Lock()
 
 
 def _kernels() -> object | None:
+    """The compiled kernels (compiled or loaded from numba's cache on first use, once per process)."""
     global _bandmax
     with _bandmax_lock:
         if _bandmax is None:
             try:
                 from . import bandmax
 
+                bandmax.warm_up()
                 _bandmax = bandmax
             except ImportError:  # pragma: no cover - numba comes with librosa
                 _bandmax = False
@@ -273,6 +275,7 @@ class FastFront:
                 part.set_columns(position[part.dest])
         self.width = int(live.sum()) if compact else self.channels
         self.inactive = torch.cat(shifts)  # (C_front,) the feature of a channel whose ReLU output is 0
+        _kernels()  # compile now, not in the first hop
         self.all_live = bool(live.all())
 
     def front(self, z: torch.Tensor, n: int) -> torch.Tensor:
