@@ -84,7 +84,7 @@ class MusicnnConfig:
 _SUB_BATCH = 2
 _FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
-_FAST_STREAMS = 8  # MusicnnFrames' reduced-precision step: streams per group run whole on a worker thread
+_FAST_STREAMS = 8  # MusicnnFrames' GEMM path: streams per group, each group run whole on a worker thread
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
@@ -355,7 +355,7 @@ class MusicnnFrames(_FeatureLayers):
         ]
         self.in_hist = self.left + self.right
         self.compute_dtype = torch.float32  # set_precision: bfloat16 runs the convolutions as bf16 GEMMs
-        self.gemm_front = True  # reduced precision on the CPU as GEMMs (False: the convolutions, as on CUDA; tests)
+        self.gemm_front = True  # the CPU runs bf16 or live channels as GEMMs (False: the convolutions, as CUDA; tests)
         self.live: torch.Tensor | None = None  # set_live_channels: the front-end channels computed (bool)
         self._live_idx = torch.zeros(0, dtype=torch.long)
         self._fast: FastFront | None = None
