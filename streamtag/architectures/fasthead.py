@@ -10,8 +10,9 @@ LayerNorm and the Linear then need only the live channels' values v and s:
     u1 = W_dead @ (g_dead * c),  u2 = W @ g,  u3 = W @ b_ln + b_linear
 
 which equals the full computation (to float rounding). The GRU is then stepped by hand (PyTorch's gate order
-r, z, n) so that its matrix products can run in bfloat16 (AMX) with float32 state and gates; the EMA read-out,
-its LayerNorm and the output layer run only at the frames whose answer is asked for.
+r, z, n), one matrix product per frame for both its input and its state, in bfloat16 (AMX) where asked, with
+float32 state and gates; the EMA read-out, its LayerNorm and the output layer run only at the frames whose
+answer is asked for.
 """
 from __future__ import annotations
 
@@ -47,13 +48,24 @@ class CompactGRUHead:
         self.u2 = W @ g
         self.u3 = W @ b + fc.bias.detach().float()
         gru = head.gru
+        self.H, self.L = gru.hidden_size, gru.num_layers
+        H = self.H
+        # one GEMM per GRU step: [x_t | h | 1] @ [[W_ir W_iz | W_in | 0], [W_hr W_hz | 0 | W_hn], [b_r b_z | b_in | b_hn]]
+        # -> [r and z before the sigmoid | the input's n term | the state's n term] (PyTorch's gate order r, z, n)
         self.layers = []
         for k in range(gru.num_layers):
-            w_ih, w_hh = getattr(gru, f"weight_ih_l{k}"), getattr(gru, f"weight_hh_l{k}")
-            b_ih, b_hh = getattr(gru, f"bias_ih_l{k}"), getattr(gru, f"bias_hh_l{k}")
-            self.layers.append((w_ih.detach().T.contiguous().to(dtype), b_ih.detach().float(),
-                                w_hh.detach().T.contiguous().to(dtype), b_hh.detach().float()))
-        self.H, self.L = gru.hidden_size, gru.num_layers
+            w_ih, w_hh = getattr(gru, f"weight_ih_l{k}").detach().float(), getattr(gru, f"weight_hh_l{k}").detach().float()
+            b_ih, b_hh = getattr(gru, f"bias_ih_l{k}").detach().float(), getattr(gru, f"bias_hh_l{k}").detach().float()
+            d_in = w_ih.shape[1]
+            big = torch.zeros(d_in + H + 1, 4 * H)
+            big[:d_in, : 2 * H] = w_ih[: 2 * H].T
+            big[d_in : d_in + H, : 2 * H] = w_hh[: 2 * H].T
+            big[:d_in, 2 * H : 3 * H] = w_ih[2 * H :].T
+            big[d_in : d_in + H, 3 * H :] = w_hh[2 * H :].T
+            big[-1, : 2 * H] = b_ih[: 2 * H] + b_hh[: 2 * H]
+            big[-1, 2 * H : 3 * H] = b_ih[2 * H :]
+            big[-1, 3 * H :] = b_hh[2 * H :]
+            self.layers.append((d_in, big.to(dtype)))
         self.tau = head.config.tau_frames
         self.ln, self.out = head.ln, head.head
 
@@ -62,33 +74,43 @@ class CompactGRUHead:
 
     def embed(self, v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Compact values (B, n, n_keep) and stream flags (B, n) -> the head's embedding (B, n, d)."""
-        mean = (v.sum(-1) + s * self.sum_c) / self.n_all
-        var = (v.pow(2).sum(-1) + s * self.sum_c2) / self.n_all - mean * mean
-        r = torch.rsqrt(var.clamp_min(0.0) + self.eps)  # (B, n)
+        sum_v = v.sum(dim=-1)  # (torch.var_mean is ~40x slower here than these two reductions)
+        sum_v2 = torch.linalg.vector_norm(v, dim=-1).square_()
+        mean = (sum_v + s * self.sum_c) / self.n_all
+        ex2 = (sum_v2 + s * self.sum_c2) / self.n_all
+        r = torch.rsqrt((ex2 - mean * mean).clamp_min(0.0) + self.eps)  # (B, n)
         y = self._mm(v, self.W)  # (B, n, d)
-        y = (y + s[..., None] * self.u1) * r[..., None] - (mean * r)[..., None] * self.u2 + self.u3
+        y = torch.addcmul(y, s[..., None], self.u1).sub_(mean[..., None] * self.u2).mul_(r[..., None]).add_(self.u3)
         return F.gelu(y)
 
-    def run(self, v: torch.Tensor, s: torch.Tensor, state: torch.Tensor, ends: list[int]) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
+    def run(self, v: torch.Tensor, s: torch.Tensor, state: torch.Tensor, ends: list[int],
+            out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Compact values (B, T, n_keep), flags (B, T), head state (B, S) -> (logits after each end (B, len(ends),
-        n_labels), state after ends[-1]); frames past ends[-1] are not consumed."""
+        n_labels), state after ends[-1], written into ``out`` when given); frames past ends[-1] are not consumed."""
         T = ends[-1]
         B, H, L = v.shape[0], self.H, self.L
         x = self.embed(v[:, :T], s[:, :T])  # (B, T, d)
         h_all = state[:, : L * H].reshape(B, L, H)
         m0, n0 = state[:, L * H : L * H + H], state[:, -1]
         hs = []
-        for k, (w_ih, b_ih, w_hh, b_hh) in enumerate(self.layers):
-            gi = self._mm(x, w_ih) + b_ih  # (B, T, 3H)
-            h = h_all[:, k].float()
+        for k, (d_in, big) in enumerate(self.layers):
+            # every per-step temporary is allocated once (fresh MB-sized tensors per step cost page faults)
+            u = x.new_empty((B, d_in + H + 1), dtype=self.dtype)  # [x_t | h | 1]
+            u[:, -1] = 1.0
+            g_low = x.new_empty((B, 4 * H), dtype=self.dtype)
+            g = x.new_empty((B, 4 * H))
+            rz, n_gate, diff = x.new_empty((B, 2 * H)), x.new_empty((B, H)), x.new_empty((B, H))
+            xs = x.to(self.dtype)
+            h = h_all[:, k].float().contiguous()
             ys = x.new_empty((B, T, H))
             for t in range(T):
-                gh = self._mm(h, w_hh) + b_hh  # (B, 3H)
-                rz = torch.sigmoid(gi[:, t, : 2 * H] + gh[:, : 2 * H])
-                r, z = rz[:, :H], rz[:, H:]
-                nn_ = torch.tanh(gi[:, t, 2 * H :] + r * gh[:, 2 * H :])
-                h = nn_ + z * (h - nn_)  # (1 - z) * n + z * h
+                u[:, :d_in] = xs[:, t]
+                u[:, d_in : d_in + H] = h
+                g.copy_(torch.matmul(u, big, out=g_low) if self.dtype != torch.float32 else torch.matmul(u, big, out=g))
+                torch.sigmoid(g[:, : 2 * H], out=rz)
+                torch.addcmul(g[:, 2 * H : 3 * H], rz[:, :H], g[:, 3 * H :], out=n_gate).tanh_()
+                torch.sub(h, n_gate, out=diff)
+                torch.addcmul(n_gate, rz[:, H:], diff, out=h)  # (1 - z) * n + z * h
                 ys[:, t] = h
             hs.append(h)
             x = ys
@@ -103,5 +125,5 @@ class CompactGRUHead:
         n = n0[:, None] + e[None, :]  # (B, E) frames seen at each end
         ema = m / (1.0 - d ** n)[..., None]
         logits = self.out(self.ln(ema))
-        new = torch.cat([torch.stack(hs, 1).reshape(B, L * H), m[:, -1], n[:, -1:]], dim=1)
+        new = torch.cat([torch.stack(hs, 1).reshape(B, L * H), m[:, -1], n[:, -1:]], dim=1, out=out)
         return logits, new

@@ -444,9 +444,9 @@ class MusicnnFrames(_FeatureLayers):
         return xh, hs, state[:, -1]
 
     @staticmethod
-    def _pack(xh: torch.Tensor, hs: list[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
+    def _pack(xh: torch.Tensor, hs: list[torch.Tensor], n: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         B = xh.shape[0]
-        return torch.cat([xh.reshape(B, -1), *(h.reshape(B, -1) for h in hs), n[:, None]], dim=1)
+        return torch.cat([xh.reshape(B, -1), *(h.reshape(B, -1) for h in hs), n[:, None]], dim=1, out=out)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The input batch norm (an affine map in eval mode). x (B, n, n_mels) -> (B, n, n_mels)."""
@@ -509,14 +509,17 @@ class MusicnnFrames(_FeatureLayers):
             self.compute_dtype != torch.float32 or self.live is not None)
 
     @torch.no_grad()
-    def step_compact(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                         torch.Tensor]:
+    def step_compact(self, x: torch.Tensor, state: torch.Tensor, out: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """:meth:`step` without writing out the inactive channels: (values (B, n, compact_channels), inside
-        (B, n), state) on the CPU's GEMM path (see :meth:`expand`), else (features (B, n, channels), None, state)."""
+        (B, n), state) on the CPU's GEMM path (see :meth:`expand`), else (features (B, n, channels), None, state).
+        ``out``: where to write the new state (B, state_size), e.g. a slice of the caller's own state."""
         x = self.normalize(x)
         if self._gemm_path(x):
-            return self._step_fast(x, state, None)
+            return self._step_fast(x, state, None, out)
         feats, state = self.step_normalized(x, state)
+        if out is not None:
+            state = out.copy_(state)
         return feats, None, state
 
     def _fast_parts(self) -> tuple[FastFront, list[MidGemm]]:
@@ -536,8 +539,8 @@ class MusicnnFrames(_FeatureLayers):
             self._fast, self._fast_mid = fast, mids
         return self._fast, self._fast_mid
 
-    def _step_fast(self, x: torch.Tensor, state: torch.Tensor,
-                   total: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step_fast(self, x: torch.Tensor, state: torch.Tensor, total: int | None,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """step_normalized on the CPU's GEMM path -> (compact values, inside flags, state); see step_compact.
         Streams are independent, so groups of ``_FAST_STREAMS`` run whole (front end, masks, mid end) on worker
         threads; a few streams with many new frames (a file's span) split the front end in time instead. Same
@@ -546,22 +549,26 @@ class MusicnnFrames(_FeatureLayers):
         fast, _ = self._fast_parts()
         workers = _workers()
         if B > _FAST_STREAMS or workers <= 1 or n < 2 * _FRAMES_PER_PASS:
-            starts = list(range(0, B, _FAST_STREAMS))
-            res = _map_threads(lambda a: self._fast_group(x[a : a + _FAST_STREAMS], state[a : a + _FAST_STREAMS],
-                                                          total, None), starts, workers)
-            if len(res) == 1:
-                return res[0]
-            return torch.cat([r[0] for r in res]), torch.cat([r[1] for r in res]), torch.cat([r[2] for r in res])
+            # each group writes its rows of these (no concatenation of the groups' results afterwards)
+            values = x.new_empty((B, n, self.compact_channels))
+            inside = x.new_empty((B, n))
+            new_state = state.new_empty((B, self.state_size)) if out is None else out
+            S = _FAST_STREAMS
+            _map_threads(lambda a: self._fast_group(x[a : a + S], state[a : a + S], total, None,
+                                                    (values[a : a + S], inside[a : a + S], new_state[a : a + S])),
+                         list(range(0, B, S)), workers)
+            return values, inside, new_state
         xh = self._unpack(state.to(x.dtype))[0]
         z = torch.cat([xh, x], dim=1)  # (B, in_hist + n, n_mels)
         cuts = [round(i * n / workers) for i in range(workers + 1)]
         spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
         parts = _map_threads(lambda ab: fast.frames_first(z[:, ab[0] :], ab[1] - ab[0]), spans, workers)
         front = torch.cat(parts, dim=1)  # (B, n, width)
-        return self._fast_group(x, state, total, front)
+        return self._fast_group(x, state, total, front, None if out is None else (None, None, out))
 
-    def _fast_group(self, x: torch.Tensor, state: torch.Tensor, total: int | None,
-                    front: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _fast_group(self, x: torch.Tensor, state: torch.Tensor, total: int | None, front: torch.Tensor | None,
+                    out: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames-first step of a group of streams: x (b, n, n_mels) normalized, front (b, n, n_live) when known
         -> (compact values, inside flags, state). Level j's history and new frames share one per-thread buffer
         (b, H_j + n, C_j), written in place; with live channels, level 0 holds only those plus a 0/1 column that
@@ -605,7 +612,7 @@ class MusicnnFrames(_FeatureLayers):
                 nxt = levels[j + 1]
                 residual = zj[:, H - self.mid_right : H - self.mid_right + n] if j else None
                 mids[j](zj[:, H - self.mid_left - self.mid_right :], nxt[:, nxt.shape[1] - n :], residual)
-        values = torch.empty(b, n, self.compact_channels, dtype=x.dtype)
+        values = torch.empty(b, n, self.compact_channels, dtype=x.dtype) if out is None or out[0] is None else out[0]
         c0 = 0
         new_hs = []
         for j, zj in enumerate(levels):
@@ -622,8 +629,9 @@ class MusicnnFrames(_FeatureLayers):
             else:
                 new_hs.append(zj[:, n:].transpose(1, 2))
         t = count[:, None] - self.delay + ar  # stream frame each output describes
-        inside = ((t >= 0) if total is None else (t >= 0) & (t < total)).to(x.dtype)
-        return values, inside, self._pack(z[:, n:], new_hs, count + n)
+        flags = ((t >= 0) if total is None else (t >= 0) & (t < total)).to(x.dtype)
+        inside = flags if out is None or out[1] is None else out[1].copy_(flags)
+        return values, inside, self._pack(z[:, n:], new_hs, count + n, None if out is None else out[2])
 
     def _front(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """Front-end features of the n newest frames: z (B, 1, in_hist + n, n_mels) -> (B, C0, n)."""

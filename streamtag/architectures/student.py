@@ -125,11 +125,12 @@ class MusicnnStudent(StatefulModel):
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         fs = self.frames.state_size
         with one_thread(few_streams(x)):
-            values, inside, f_state = self.frames.step_compact(x, state[:, :fs])
+            new = state.new_empty(state.shape)  # the front end and the head write their parts in place
+            values, inside, f_state = self.frames.step_compact(x, state[:, :fs], new[:, :fs])
             head = self._compact() if inside is not None and not self.training else None
             if head is not None and inside is not None and x.shape[1]:
-                logits, h_state = head.run(values, inside, state[:, fs:], [x.shape[1]])
-                return logits[:, -1], torch.cat([f_state, h_state], dim=1)
+                logits, _ = head.run(values, inside, state[:, fs:], [x.shape[1]], new[:, fs:])
+                return logits[:, -1], new
             feats = values if inside is None else self.frames.expand(values, inside)  # (B, n, channels)
             logits, h_state = self.head_logits(feats, state[:, fs:])
             return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
