@@ -277,3 +277,16 @@ def test_liveness_tool_counts_what_fires(tmp_path) -> None:
     assert silent.any() and (~silent).any()
     assert torch.allclose(feats[:, silent], inactive[silent].expand(feats.shape[0], -1), atol=1e-6)
     assert ((feats[:, ~silent] - inactive[~silent]).abs() > 1e-6).any(dim=0).all()
+
+
+def test_gemm_path_works_in_and_out_of_inference_mode() -> None:
+    """The per-thread buffers outlive the call that made them: a step under no_grad after one under
+    inference_mode (the runner's) must still write them."""
+    fr = _random_frames(9)
+    fr.set_precision("bf16")
+    x = _input(2, 40, 9)
+    with torch.inference_mode():
+        a, _ = fr.step(x, fr.init_state(2))
+    with torch.no_grad():
+        b, _ = fr.step(x, fr.init_state(2))
+    assert torch.equal(a, b)

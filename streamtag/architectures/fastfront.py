@@ -53,7 +53,8 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tens
         n *= s
     buf = store.get(name)
     if buf is None or buf.numel() < n or buf.dtype != dtype:
-        buf = store[name] = torch.empty(max(n, 1), dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode alike
+            buf = store[name] = torch.empty(max(n, 1), dtype=dtype)
     return buf[:n].view(shape)
 
 
