@@ -11,6 +11,7 @@ same frames as one offline call on the whole signal (see ``tests/test_frontend.p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, cast
@@ -19,7 +20,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["FrontendSpec", "IncrementalLogMel", "logmel", "frame_power", "SCALINGS", "FP16_MAX"]
+__all__ = ["FrontendSpec", "IncrementalLogMel", "push_many", "logmel", "frame_power", "SCALINGS", "FP16_MAX"]
 
 # Supported amplitude scalings applied to the mel power spectrogram (x >= 0):
 #   "log10p"  log10(1 + 10000 * x)          musicnn's "logC"
@@ -120,20 +121,15 @@ def _scale(mel: np.ndarray, spec: FrontendSpec) -> np.ndarray:
 _CHUNK_FRAMES = 2048  # frames per FFT batch: bounds the temporary memory for long files
 
 
-def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
-    """Log-mel of every complete frame in ``samples`` (valid framing). Returns (T, n_mels) float32.
+def _logmel_of_frames(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """Log-mel of framed samples: (T, n_fft) float64 (a view is fine) -> (T, n_mels) float32.
 
     Computed in float64 so that a frame's value does not depend on how many frames are computed with it
-    (BLAS batching changes float32 rounding, and ``fp16_mel`` would amplify that to 1e-3 jumps). numpy's
-    FFT is used rather than torch.stft: for the few frames of a live hop its call overhead is ~100x lower.
+    (BLAS batching changes float32 rounding, and ``fp16_mel`` would amplify that to 1e-3 jumps): the frames of
+    one stream, of a whole file and of many streams batched together (:func:`push_many`) come out the same.
     """
-    n = samples.shape[0]
-    if n < spec.n_fft:
-        return np.zeros((0, spec.n_mels), dtype=np.float32)
-    n_frames = 1 + (n - spec.n_fft) // spec.hop_length
-    x = np.asarray(samples, dtype=np.float64)
-    frames = np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[:: spec.hop_length][:n_frames]  # (T, n_fft)
     win, fb = _window(spec), _mel_basis_t(spec)
+    n_frames = frames.shape[0]
     out = np.empty((n_frames, spec.n_mels), dtype=np.float32)
     for i in range(0, n_frames, _CHUNK_FRAMES):
         mag = np.abs(np.fft.rfft(frames[i : i + _CHUNK_FRAMES] * win, axis=1))  # (t, n_fft // 2 + 1)
@@ -142,18 +138,37 @@ def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     return out
 
 
+def _power_of_frames(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """Mean square of each frame's samples: (T, n_fft) float64 -> (T,) float64 (a frame-local sum, so the
+    value does not depend on what else was framed with it)."""
+    return np.square(frames).sum(axis=1) / spec.n_fft
+
+
+def _framed(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """(N,) samples -> (T, n_fft) float64 view of every complete frame (valid framing)."""
+    n_frames = 1 + (samples.shape[0] - spec.n_fft) // spec.hop_length
+    x = np.asarray(samples, dtype=np.float64)
+    return np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[:: spec.hop_length][:n_frames]  # (T, n_fft)
+
+
+def _frames(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+    """Log-mel of every complete frame in ``samples`` (valid framing). Returns (T, n_mels) float32.
+
+    numpy's FFT is used rather than torch.stft: for the few frames of a live hop its call overhead is ~100x lower.
+    """
+    if samples.shape[0] < spec.n_fft:
+        return np.zeros((0, spec.n_mels), dtype=np.float32)
+    return _logmel_of_frames(_framed(samples, spec), spec)
+
+
 def frame_power(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     """Mean square of each complete frame's samples (valid framing, no window). (N,) -> (T,) float64.
 
     The level a hop is judged by (silence detection): ``10 * log10(mean)`` over a hop's frames is its dBFS RMS.
     """
-    n = samples.shape[0]
-    if n < spec.n_fft:
+    if samples.shape[0] < spec.n_fft:
         return np.zeros(0, dtype=np.float64)
-    n_frames = 1 + (n - spec.n_fft) // spec.hop_length
-    c = np.concatenate([[0.0], np.cumsum(np.square(samples, dtype=np.float64))])  # (N + 1,)
-    starts = np.arange(n_frames) * spec.hop_length
-    return np.maximum(c[starts + spec.n_fft] - c[starts], 0.0) / spec.n_fft
+    return _power_of_frames(_framed(samples, spec), spec)
 
 
 def logmel(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
@@ -175,7 +190,8 @@ def logmel(samples: np.ndarray, spec: FrontendSpec) -> np.ndarray:
 class IncrementalLogMel:
     """Streaming log-mel: each :meth:`push` computes only the frames completed by the new samples.
 
-    Keeps at most ``n_fft - hop_length`` (+ < hop) samples of history between pushes.
+    Keeps at most ``n_fft - hop_length`` (+ < hop) samples of history between pushes. :func:`push_many` pushes
+    many streams' samples at once (one FFT over all their new frames) with the same result.
     """
 
     def __init__(self, spec: FrontendSpec) -> None:
@@ -199,20 +215,71 @@ class IncrementalLogMel:
         assert power is not None
         return frames, power
 
-    def _push(self, samples: np.ndarray, *, with_power: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _take(self, samples: np.ndarray) -> tuple[np.ndarray, int]:
+        """Append ``samples`` to the pending ones: (buffer to frame, number of new frames it completes). The
+        caller frames ``buffer[: samples_for_frames(n_new)]`` and then calls :meth:`_keep`."""
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ConfigError(f"push expects mono audio of shape (N,), got {samples.shape}")
         self.samples_seen += samples.shape[0]
         buf = np.concatenate([self._pending, samples]) if self._pending.size else samples
         spec = self.spec
-        if buf.shape[0] < spec.n_fft:
-            self._pending = buf.copy()
-            return np.zeros((0, spec.n_mels), dtype=np.float32), np.zeros(0) if with_power else None
-        n_new = 1 + (buf.shape[0] - spec.n_fft) // spec.hop_length
-        used = spec.samples_for_frames(n_new)
-        frames = _frames(buf[:used], spec)
-        power = frame_power(buf[:used], spec) if with_power else None
-        self._pending = buf[n_new * spec.hop_length :].copy()
+        n_new = 1 + (buf.shape[0] - spec.n_fft) // spec.hop_length if buf.shape[0] >= spec.n_fft else 0
+        return buf, n_new
+
+    def _keep(self, buf: np.ndarray, n_new: int) -> None:
+        """Keep what the next frames need of ``buf`` (everything from the first frame start not yet used)."""
+        self._pending = buf[n_new * self.spec.hop_length :].copy()
         self.frames_emitted += n_new
+
+    def _push(self, samples: np.ndarray, *, with_power: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        buf, n_new = self._take(samples)
+        spec = self.spec
+        if n_new == 0:
+            self._keep(buf, 0)
+            return np.zeros((0, spec.n_mels), dtype=np.float32), np.zeros(0) if with_power else None
+        framed = _framed(buf[: spec.samples_for_frames(n_new)], spec)  # (n_new, n_fft)
+        frames = _logmel_of_frames(framed, spec)
+        power = _power_of_frames(framed, spec) if with_power else None
+        self._keep(buf, n_new)
         return frames, power
+
+
+def push_many(
+    mels: Sequence[IncrementalLogMel], blocks: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[m.push_with_power(b) for m, b in zip(mels, blocks)]`` with one FFT and one mel matmul over every
+    stream's new frames (the live engine's many streams): the same frames and powers, without a numpy call
+    chain per stream. All ``mels`` share one spec. Returns per stream ((T_new, n_mels) float32, (T_new,)
+    float64), views into arrays shared by the batch."""
+    if len(mels) != len(blocks):
+        raise ConfigError(f"push_many: {len(mels)} front ends but {len(blocks)} blocks")
+    if not mels:
+        return []
+    spec = mels[0].spec
+    if any(m.spec != spec for m in mels):
+        raise ConfigError("push_many: every front end must share one FrontendSpec")
+    arrays = [np.asarray(b, dtype=np.float32) for b in blocks]
+    if any(a.ndim != 1 for a in arrays):
+        raise ConfigError(f"push_many expects mono audio of shape (N,), got {[a.shape for a in arrays if a.ndim != 1][0]}")
+    taken = [m._take(a) for m, a in zip(mels, arrays)]  # [(buffer, n_new)]
+    counts = np.array([n for _, n in taken], dtype=np.int64)  # (S,) new frames per stream
+    total = int(counts.sum())
+    if total:
+        lengths = np.array([b.shape[0] for b, _ in taken], dtype=np.int64)
+        seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (S,) where each stream's buffer starts
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (S,) each stream's first row in the batch
+        starts = np.repeat(seg - first * spec.hop_length, counts) + spec.hop_length * np.arange(total)  # (F,)
+        flat = np.concatenate([b for b, _ in taken]).astype(np.float64)  # (sum N,)
+        framed = flat[starts[:, None] + np.arange(spec.n_fft)]  # (F, n_fft): every stream's new frames
+        frames = _logmel_of_frames(framed, spec)  # (F, n_mels)
+        power = _power_of_frames(framed, spec)  # (F,)
+    else:
+        frames, power = np.zeros((0, spec.n_mels), dtype=np.float32), np.zeros(0)
+    out = []
+    row = 0
+    for m, (buf, n_new) in zip(mels, taken):
+        m._keep(buf, n_new)
+        out.append((frames[row : row + n_new], power[row : row + n_new]))
+        row += n_new
+    return out

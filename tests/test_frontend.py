@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamtag.errors import ConfigError
-from streamtag.frontend import FrontendSpec, IncrementalLogMel, logmel
+from streamtag.frontend import FrontendSpec, IncrementalLogMel, frame_power, logmel, push_many
 
 SPECS = [
     FrontendSpec(),  # musicnn-like: 16 kHz, 512/256, 96 mels, log10p
@@ -90,3 +90,41 @@ def test_spec_round_trip_and_unknown_keys() -> None:
 def test_stereo_input_rejected() -> None:
     with pytest.raises(ConfigError):
         logmel(np.zeros((2, 1000), np.float32), FrontendSpec())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.sample_rate}-{s.n_fft}-{s.n_mels}-{s.scaling}")
+def test_push_many_equals_each_stream_alone_and_offline(spec: FrontendSpec) -> None:
+    # many streams' pushes batched into one FFT == each stream's own incremental push == the offline log-mel
+    rng = np.random.default_rng(7)
+    clips = [_music_like(int(2.1 * spec.sample_rate) + 37 * i, spec.sample_rate, 20 + i) for i in range(5)]
+    clips.append(np.zeros(spec.n_fft // 3, np.float32))  # a stream that never completes a frame
+    batched = [IncrementalLogMel(spec) for _ in clips]
+    alone = [IncrementalLogMel(spec) for _ in clips]
+    got: list[list[np.ndarray]] = [[] for _ in clips]
+    got_power: list[list[np.ndarray]] = [[] for _ in clips]
+    pos = [0] * len(clips)
+    while any(p < x.shape[0] for p, x in zip(pos, clips)):
+        blocks = []
+        for i, x in enumerate(clips):
+            n = int(rng.choice([0, 1, spec.hop_length - 1, spec.n_fft + 3, int(rng.integers(1, 6000))]))
+            blocks.append(x[pos[i] : pos[i] + n])
+            pos[i] += n
+        for i, ((frames, power), b) in enumerate(zip(push_many(batched, blocks), blocks)):
+            ref_frames, ref_power = alone[i].push_with_power(b)
+            assert np.array_equal(frames, ref_frames) and np.array_equal(power, ref_power)
+            got[i].append(frames)
+            got_power[i].append(power)
+    for i, x in enumerate(clips):
+        assert batched[i].frames_emitted == alone[i].frames_emitted and batched[i].samples_seen == x.shape[0]
+        assert np.max(np.abs(np.concatenate(got[i]) - logmel(x, spec)), initial=0.0) <= 1e-4
+        assert np.array_equal(np.concatenate(got_power[i]), frame_power(x, spec))
+    assert push_many([], []) == []
+
+
+def test_frame_power_is_each_frames_mean_square() -> None:
+    spec = FrontendSpec()
+    x = _music_like(spec.sample_rate, spec.sample_rate, 4)
+    power = frame_power(x, spec)
+    starts = np.arange(power.shape[0]) * spec.hop_length
+    want = [np.mean(np.square(x[s : s + spec.n_fft].astype(np.float64))) for s in starts]
+    assert np.allclose(power, want, rtol=1e-12, atol=0)
