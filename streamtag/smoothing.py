@@ -145,34 +145,55 @@ class BatchSmoother:
         self.probs = np.zeros((self.streams, n_labels))
 
     def update(
-        self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None
+        self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None, *,
+        rows: Sequence[int] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Fold in one update per row: ``raw`` (S, L) probabilities, ``dt`` seconds since each row's previous
-        update (scalar or (S,)); rows where ``active`` (S,) is False keep their state. Returns probs (S, L)."""
+        update (scalar or (S,)); rows where ``active`` (S,) is False keep their state. Returns probs (S, L).
+
+        ``rows`` (B,) distinct row indices: step only those rows (``raw`` is then (B, L), ``dt`` scalar or (B,),
+        ``active`` (B,)); the others are untouched. Equals stepping every row with the others inactive, at a cost
+        that does not grow with the rows left out (the live engine steps only the streams that completed a hop).
+        The state of those rows is written in place; returns their new probs (B, L)."""
         raw = np.asarray(raw, dtype=np.float64)
-        if raw.ndim != 2 or raw.shape[0] != self.streams:
-            raise ConfigError(f"raw must be (streams={self.streams}, labels), got shape {raw.shape}")
+        sel: slice | np.ndarray = slice(None)
+        n = self.streams
+        if rows is not None:
+            sel = np.asarray(rows, dtype=np.int64).reshape(-1)
+            n = sel.shape[0]
+            if n and (sel.min() < 0 or sel.max() >= self.streams or np.unique(sel).shape[0] != n):
+                raise ConfigError(f"rows must be distinct indices of the {self.streams} rows, got {sel.tolist()[:10]}")
+        if raw.ndim != 2 or raw.shape[0] != n:
+            raise ConfigError(f"raw must be (streams={n}, labels), got shape {raw.shape}")
         if self.n_labels is None:
             self._init_labels(raw.shape[1])
         if raw.shape[1] != self.n_labels:
             raise ConfigError(f"raw has {raw.shape[1]} labels; this smoother was started with {self.n_labels}")
         raw = np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0)
         dt_arr = np.nan_to_num(np.asarray(dt, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # bad dt: no time
-        dt_arr = np.broadcast_to(np.maximum(dt_arr, 0.0), (self.streams,))[:, None]  # (S, 1)
-        act = np.ones(self.streams, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        dt_arr = np.broadcast_to(np.maximum(dt_arr, 0.0), (n,))[:, None]  # (n, 1)
+        act = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         cfg = self.config
-        started = self.started[:, None]  # (S, 1)
+        old_probs, old_started = self.probs[sel], self.started[sel]
+        started = old_started[:, None]  # (n, 1)
         new = raw.copy()  # method "none", and the first update of an EMA
         if cfg.method != "none" and cfg.tau_seconds > 0 and self._ema.size:
-            alpha = 1.0 - np.exp(-dt_arr / cfg.tau_seconds)  # (S, 1)
-            old = self.probs[:, self._ema]
+            alpha = 1.0 - np.exp(-dt_arr / cfg.tau_seconds)  # (n, 1)
+            old = old_probs[:, self._ema]
             new[:, self._ema] = np.where(started, old + alpha * (raw[:, self._ema] - old), raw[:, self._ema])
         if self._hmm.size:
-            new[:, self._hmm] = self._hmm_step(raw[:, self._hmm], dt_arr, started)
-        self.probs = np.where(act[:, None], new, self.probs)
-        self._update_top(dt_arr[:, 0], act)
-        self.started = self.started | act
-        return self.probs
+            new[:, self._hmm] = self._hmm_step(old_probs, raw[:, self._hmm], dt_arr, started)
+        probs = np.where(act[:, None], new, old_probs)
+        top, challenger, challenge_time = self._next_top(
+            probs, old_started, self.top[sel], self._challenger[sel], self._challenge_time[sel], dt_arr[:, 0], act)
+        if rows is None:
+            self.probs, self.top, self._challenger, self._challenge_time = probs, top, challenger, challenge_time
+            self.started = self.started | act
+        else:
+            self.probs[sel], self.top[sel], self._challenger[sel], self._challenge_time[sel] = (
+                probs, top, challenger, challenge_time)
+            self.started[sel] = old_started | act
+        return probs
 
     def update_many(
         self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None
@@ -192,8 +213,8 @@ class BatchSmoother:
             tops[:, i] = self.top
         return probs, tops
 
-    def _hmm_step(self, raw: np.ndarray, dt: np.ndarray, started: np.ndarray) -> np.ndarray:
-        # raw (S, K) genre probabilities -> posterior (S, K)
+    def _hmm_step(self, probs: np.ndarray, raw: np.ndarray, dt: np.ndarray, started: np.ndarray) -> np.ndarray:
+        # probs (S, L) the previous state, raw (S, K) genre probabilities -> posterior (S, K)
         cfg = self.config
         k = raw.shape[1]
         r = np.clip(raw, 0.0, None)
@@ -201,30 +222,33 @@ class BatchSmoother:
         q = np.where(total > 0, r / np.where(total > 0, total, 1.0), 1.0 / k)  # evidence, sums to 1
         q = (1.0 - cfg.floor) * q + cfg.floor / k
         stay = (1.0 - cfg.switch_per_second) ** dt  # (S, 1)
-        post = self.probs[:, self._hmm]
+        post = probs[:, self._hmm]
         prior = np.where(started, stay * post + (1.0 - stay) / k, 1.0 / k)  # (S, K)
         log_like = cfg.sharpness * dt * np.log(q)
         log_post = np.log(prior) + log_like - log_like.max(axis=1, keepdims=True)
         post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         return post / post.sum(axis=1, keepdims=True)
 
-    def _update_top(self, dt: np.ndarray, act: np.ndarray) -> None:
-        # (S,) argmax over the eligible labels; ties go to the first eligible label, as in ranking()
-        best = self._top_from[np.argmax(self.probs[:, self._top_from], axis=1)]
+    def _next_top(
+        self, probs: np.ndarray, started: np.ndarray, top: np.ndarray, challenger: np.ndarray,
+        challenge_time: np.ndarray, dt: np.ndarray, act: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # (n,) argmax over the eligible labels of the new probs; ties go to the first eligible label, as in
+        # ranking(). Returns the new (top, challenger, challenge_time) of these rows.
+        best = self._top_from[np.argmax(probs[:, self._top_from], axis=1)]
         cfg = self.config
-        top = self.top.copy()
         if cfg.method == "ema" and (cfg.hold_seconds > 0 or cfg.margin > 0):
-            rows = np.arange(self.streams)
-            held = np.where(self.started, top, best)
-            challenging = (best != held) & (self.probs[rows, best] > self.probs[rows, held] + cfg.margin)
-            same = challenging & (self._challenger == best)
-            t = np.where(same, self._challenge_time + dt, np.where(challenging, dt, 0.0))
+            rows = np.arange(probs.shape[0])
+            held = np.where(started, top, best)
+            challenging = (best != held) & (probs[rows, best] > probs[rows, held] + cfg.margin)
+            same = challenging & (challenger == best)
+            t = np.where(same, challenge_time + dt, np.where(challenging, dt, 0.0))
             switch = challenging & (t >= cfg.hold_seconds)
             new_top = np.where(switch, best, held)
-            self._challenger = np.where(act, np.where(challenging & ~switch, best, -1), self._challenger)
-            self._challenge_time = np.where(act, np.where(challenging & ~switch, t, 0.0), self._challenge_time)
+            challenger = np.where(act, np.where(challenging & ~switch, best, -1), challenger)
+            challenge_time = np.where(act, np.where(challenging & ~switch, t, 0.0), challenge_time)
             best = new_top
-        self.top = np.where(act, best, top)
+        return np.where(act, best, top), challenger, challenge_time
 
     def ranking(self, indices: Sequence[int], row: int = 0) -> list[int]:
         """``indices`` of stream ``row`` by displayed probability, highest first, the top label first."""

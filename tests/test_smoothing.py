@@ -76,6 +76,32 @@ def test_chunked_updates_equal_one_long_run(name: str) -> None:
     np.testing.assert_array_equal(single.probs, whole.probs)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_stepping_some_rows_equals_stepping_all_with_the_others_inactive(name: str) -> None:
+    # the live engine steps only the streams that completed a hop (rows=...); the rest must not notice
+    rng = np.random.default_rng(3)
+    cfg, n, n_labels, streams = CONFIGS[name], 40, 6, 5
+    raws = np.stack([_raws(rng, n, n_labels) for _ in range(streams)])  # (S, T, L)
+    raws[1, 5] = np.nan  # hostile values take the same path either way
+    dts = np.array([0.5, 1.0, 0.25, 0.5, 0.75])
+    full = BatchSmoother(cfg, [0, 1, 2, 3], genres=[0, 1, 2], streams=streams)
+    some = BatchSmoother(cfg, [0, 1, 2, 3], genres=[0, 1, 2], streams=streams)
+    for i in range(n):
+        stepped = rng.random(streams) < 0.6
+        fed = rng.random(streams) < 0.8  # stepped rows may still be inactive (a silent hop)
+        rows = rng.permutation(np.flatnonzero(stepped))  # any order
+        full_p = full.update(raws[:, i], dts, stepped & fed)
+        some_p = some.update(raws[rows, i], dts[rows], fed[rows], rows=rows)
+        np.testing.assert_array_equal(some_p, full_p[rows])
+        np.testing.assert_array_equal(some.probs, full.probs)
+        np.testing.assert_array_equal(some.top, full.top)
+        np.testing.assert_array_equal(some.started, full.started)
+    with pytest.raises(ConfigError, match="distinct"):
+        some.update(raws[:2, 0], 0.5, rows=[1, 1])
+    with pytest.raises(ConfigError, match="distinct"):
+        some.update(raws[:1, 0], 0.5, rows=[streams])
+
+
 def test_batch_membership_keeps_the_other_rows_state() -> None:
     rng = np.random.default_rng(5)
     raws = np.stack([_raws(rng, 30, 4) for _ in range(3)])  # (S, T, L)
