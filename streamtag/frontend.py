@@ -119,6 +119,21 @@ def _scale(mel: np.ndarray, spec: FrontendSpec) -> np.ndarray:
 
 
 _CHUNK_FRAMES = 2048  # frames per FFT batch: bounds the temporary memory for long files
+# OpenBLAS runs a matmul on all its threads once m * n * k exceeds 4 * 65536; on a shared 2-core machine its
+# spinning workers cost 5-8x the CPU of one thread (measured on the mel projection, 600 frames at once). The mel
+# projection therefore goes through BLAS in stacks of rows below that size, which numpy's stacked matmul loops
+# over in C: one thread, and each frame's value the same whatever it was batched with.
+_BLAS_ONE_THREAD_MNK = 4 * 65536
+
+
+def _mel_project(power: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """``power @ fb`` for (T, n_bins) float64 power and the (n_bins, n_mels) filterbank, on one BLAS thread."""
+    t, k = power.shape
+    rows = max(1, _BLAS_ONE_THREAD_MNK // (k * fb.shape[1]))  # frames per BLAS call
+    pad = -t % rows
+    if pad:
+        power = np.concatenate([power, np.zeros((pad, k))])
+    return np.matmul(power.reshape(-1, rows, k), fb).reshape(-1, fb.shape[1])[:t]  # (T, n_mels)
 
 
 def _logmel_of_frames(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
@@ -134,7 +149,7 @@ def _logmel_of_frames(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     for i in range(0, n_frames, _CHUNK_FRAMES):
         mag = np.abs(np.fft.rfft(frames[i : i + _CHUNK_FRAMES] * win, axis=1))  # (t, n_fft // 2 + 1)
         power = mag**spec.power if spec.power != 1.0 else mag
-        out[i : i + _CHUNK_FRAMES] = _scale(power @ fb, spec)  # (t, n_mels)
+        out[i : i + _CHUNK_FRAMES] = _scale(_mel_project(power, fb), spec)  # (t, n_mels)
     return out
 
 
@@ -248,10 +263,11 @@ class IncrementalLogMel:
 def push_many(
     mels: Sequence[IncrementalLogMel], blocks: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[m.push_with_power(b) for m, b in zip(mels, blocks)]`` with one FFT and one mel matmul over every
-    stream's new frames (the live engine's many streams): the same frames and powers, without a numpy call
-    chain per stream. All ``mels`` share one spec. Returns per stream ((T_new, n_mels) float32, (T_new,)
-    float64), views into arrays shared by the batch."""
+    """``[m.push_with_power(b) for m, b in zip(mels, blocks)]`` with one FFT and one mel matmul over many streams'
+    new frames at a time (the live engine's streams; about ``_CHUNK_FRAMES`` frames per pass, so the temporaries
+    stay bounded when the streams bring seconds of backlog): the same frames and powers, without a numpy call chain
+    per stream. All ``mels`` share one spec. Returns per stream ((T_new, n_mels) float32, (T_new,) float64), views
+    into arrays shared by the streams of its pass."""
     if len(mels) != len(blocks):
         raise ConfigError(f"push_many: {len(mels)} front ends but {len(blocks)} blocks")
     if not mels:
@@ -263,23 +279,31 @@ def push_many(
     if any(a.ndim != 1 for a in arrays):
         raise ConfigError(f"push_many expects mono audio of shape (N,), got {[a.shape for a in arrays if a.ndim != 1][0]}")
     taken = [m._take(a) for m, a in zip(mels, arrays)]  # [(buffer, n_new)]
-    counts = np.array([n for _, n in taken], dtype=np.int64)  # (S,) new frames per stream
-    total = int(counts.sum())
-    if total:
-        lengths = np.array([b.shape[0] for b, _ in taken], dtype=np.int64)
-        seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (S,) where each stream's buffer starts
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (S,) each stream's first row in the batch
-        starts = np.repeat(seg - first * spec.hop_length, counts) + spec.hop_length * np.arange(total)  # (F,)
-        flat = np.concatenate([b for b, _ in taken]).astype(np.float64)  # (sum N,)
-        framed = flat[starts[:, None] + np.arange(spec.n_fft)]  # (F, n_fft): every stream's new frames
-        frames = _logmel_of_frames(framed, spec)  # (F, n_mels)
-        power = _power_of_frames(framed, spec)  # (F,)
-    else:
-        frames, power = np.zeros((0, spec.n_mels), dtype=np.float32), np.zeros(0)
-    out = []
-    row = 0
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    start, n_frames = 0, 0
+    for i, (_, n_new) in enumerate(taken):
+        n_frames += n_new
+        if n_frames >= _CHUNK_FRAMES or i == len(taken) - 1:
+            out.extend(_frames_of(taken[start : i + 1], spec))
+            start, n_frames = i + 1, 0
     for m, (buf, n_new) in zip(mels, taken):
         m._keep(buf, n_new)
-        out.append((frames[row : row + n_new], power[row : row + n_new]))
-        row += n_new
     return out
+
+
+def _frames_of(taken: Sequence[tuple[np.ndarray, int]], spec: FrontendSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Log-mel and power of the first ``n_new`` frames of each (buffer, n_new), in one pass over all of them."""
+    counts = np.array([n for _, n in taken], dtype=np.int64)  # (S,) new frames per stream
+    total = int(counts.sum())
+    if total == 0:
+        empty = (np.zeros((0, spec.n_mels), dtype=np.float32), np.zeros(0))
+        return [empty] * len(taken)
+    lengths = np.array([b.shape[0] for b, _ in taken], dtype=np.int64)
+    seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (S,) where each stream's buffer starts
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (S,) each stream's first row in the pass
+    starts = np.repeat(seg - first * spec.hop_length, counts) + spec.hop_length * np.arange(total)  # (F,)
+    flat = np.concatenate([b for b, _ in taken], dtype=np.float64)  # (sum N,)
+    framed = np.lib.stride_tricks.sliding_window_view(flat, spec.n_fft)[starts]  # (F, n_fft): the new frames
+    frames = _logmel_of_frames(framed, spec)  # (F, n_mels)
+    power = _power_of_frames(framed, spec)  # (F,)
+    return [(frames[a : a + n], power[a : a + n]) for a, n in zip(first.tolist(), counts.tolist())]

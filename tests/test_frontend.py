@@ -121,6 +121,19 @@ def test_push_many_equals_each_stream_alone_and_offline(spec: FrontendSpec) -> N
     assert push_many([], []) == []
 
 
+def test_push_many_in_bounded_passes_equals_each_stream_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # streams bringing seconds of backlog are cut into passes of about _CHUNK_FRAMES frames: same results
+    import streamtag.frontend as frontend
+
+    monkeypatch.setattr(frontend, "_CHUNK_FRAMES", 16)
+    spec = FrontendSpec()
+    blocks = [_music_like(n, spec.sample_rate, i) for i, n in enumerate([9000, 10, 30000, 0, 2000, 700])]
+    batched, alone = [IncrementalLogMel(spec) for _ in blocks], [IncrementalLogMel(spec) for _ in blocks]
+    for (frames, power), m, b in zip(push_many(batched, blocks), alone, blocks):
+        ref_frames, ref_power = m.push_with_power(b)
+        assert np.array_equal(frames, ref_frames) and np.array_equal(power, ref_power)
+
+
 def test_frame_power_is_each_frames_mean_square() -> None:
     spec = FrontendSpec()
     x = _music_like(spec.sample_rate, spec.sample_rate, 4)
