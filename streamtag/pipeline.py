@@ -19,7 +19,6 @@ during silence.
 """
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import threading
@@ -31,12 +30,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ConfigError, StreamtagError
-from .events import GenreUpdate, Summary
-from .frontend import IncrementalLogMel
+from .events import GenreUpdate, Summary, now_iso
+from .frontend import IncrementalLogMel, push_many
 from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
-from .smoothing import Smoother, SmoothingConfig
+from .smoothing import BatchSmoother, Smoother, SmoothingConfig
 
 if TYPE_CHECKING:
     import torch
@@ -84,13 +83,6 @@ def _label_sets(bundle: Bundle, all_tags: bool) -> list[int]:
     return list(range(len(bundle.labels))) if all_tags else bundle.genre_indices()
 
 
-def _level_db(x: np.ndarray) -> float:
-    if x.size == 0:
-        return -math.inf
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    return 20.0 * math.log10(rms) if rms > 1e-10 else -200.0
-
-
 def _power_db(mean_square: float) -> float:
     """dBFS RMS of a mean square (-200 for digital silence)."""
     return 10.0 * math.log10(mean_square) if mean_square > 1e-20 else -200.0
@@ -100,7 +92,7 @@ def _hop_level(power: np.ndarray, power_offset: int, end: int, hop_frames: int) 
     """dBFS RMS of frames [end - hop_frames, end) (absolute indices) of a per-frame mean-square array."""
     a, b = max(0, end - hop_frames) - power_offset, end - power_offset
     seg = power[max(0, a) : max(0, b)]
-    return _power_db(float(seg.mean())) if seg.size else -200.0
+    return _power_db(float(seg.sum()) / seg.size) if seg.size else -200.0  # == seg.mean(), bit for bit
 
 
 def _update(
@@ -135,22 +127,23 @@ def _update(
 
 @dataclass
 class StreamState:
-    """One live stream's stages and facts."""
+    """One live stream's stages and facts (its smoothing state is row ``row`` of the engine's BatchSmoother)."""
 
     name: str
     ring: RingBuffer
     mel: IncrementalLogMel
-    smoother: Smoother
+    row: int  # this stream's row of Engine.smoother
     title: str | None = None
     frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # (F, n_mels) kept
     frames_offset: int = 0  # absolute index of frames[0]
     power: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F',) mean square of each kept frame
     power_offset: int = 0  # absolute index of power[0]
     next_end: int = 0  # absolute frame index (exclusive) at which the next window ends
-    level_db: float = -math.inf  # level of the last block read
     latest: GenreUpdate | None = None
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
-    arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))  # (samples written so far, wall time)
+    # (samples written so far, wall time) of the blocks not yet answered: push() appends, the engine drops the
+    # ones before the hop it answers (bounded: a stream whose engine falls 4096 blocks behind forgets the oldest)
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))
     updates: int = 0
     skipped: int = 0  # samples the ring dropped (overruns): added to t so it stays the stream's real time
     repaired: int = 0  # samples repaired before the front end (non-finite zeroed, beyond CLIP_LEVEL clipped)
@@ -160,13 +153,24 @@ class StreamState:
         return self.ring.overruns
 
     @property
+    def level_db(self) -> float:
+        """dBFS RMS of the newest frame (-inf before the first)."""
+        return _power_db(float(self.power[-1])) if self.power.size else -math.inf
+
+    @property
     def t(self) -> float:
         """Seconds of audio received so far."""
         return self.ring.written / self.mel.spec.sample_rate
 
 
 class Engine:
-    """Live tagging of many named streams with one model; see module docstring."""
+    """Live tagging of many named streams with one model; see module docstring.
+
+    ``step`` does each stage once for all the streams that have new audio, not once per stream: one log-mel
+    pass over every stream's new frames (:func:`~streamtag.frontend.push_many`), one model batch per round of
+    hops, one smoother step over the rows of the streams that completed a hop, and the updates' label dicts
+    built from whole arrays. What is left per stream is reading its ring and its frame bookkeeping.
+    """
 
     def __init__(
         self,
@@ -192,7 +196,15 @@ class Engine:
         self.labels_shown = [bundle.labels[i] for i in self.shown]
         self.ring_samples = int(ring_seconds * self.sample_rate)
         self.streams: dict[str, StreamState] = {}
-        self._lock = threading.Lock()  # guards self.streams membership, not the ring buffers (they lock)
+        # the smoothing state of every stream, one row each; rows of removed streams are reused (reset)
+        self.smoother = BatchSmoother(self.smoothing, candidates=self.shown, genres=bundle.genre_indices(), streams=0)
+        self._free_rows: list[int] = []
+        self._shown_idx = np.asarray(self.shown, dtype=np.int64)
+        self._labels_arr = np.asarray(self.labels_shown, dtype=object)  # (K,) for gathering ranked labels
+        self._shown_pos = np.full(len(bundle.labels), -1, dtype=np.int64)  # label index -> position in shown
+        self._shown_pos[self._shown_idx] = np.arange(len(self.shown))
+        # guards self.streams membership and the smoother's rows (not the ring buffers: they lock)
+        self._lock = threading.Lock()
         self.last_step_ms = 0.0
 
     # -- stream membership ---------------------------------------------------------------------------
@@ -200,11 +212,13 @@ class Engine:
         with self._lock:
             if name in self.streams:
                 raise ConfigError(f"stream {name!r} already exists; pick another name")
+            row = self._free_rows.pop() if self._free_rows else self.smoother.add_stream()
+            self.smoother.reset([row])
             st = StreamState(
                 name=name,
                 ring=RingBuffer(self.ring_samples),
                 mel=IncrementalLogMel(self.spec),
-                smoother=Smoother(self.smoothing, candidates=self.shown, genres=self.bundle.genre_indices()),
+                row=row,
                 title=title,
                 frames=np.zeros((0, self.spec.n_mels), dtype=np.float32),
                 next_end=self.window_frames if not self.runner.stateful else self.hop_frames,
@@ -214,8 +228,10 @@ class Engine:
 
     def remove_stream(self, name: str) -> None:
         with self._lock:
-            if self.streams.pop(name, None) is None:
+            st = self.streams.pop(name, None)
+            if st is None:
                 raise ConfigError(f"unknown stream {name!r}; streams: {', '.join(self.streams) or '(none)'}")
+            self._free_rows.append(st.row)
         self.runner.reset_state(name)
 
     def set_title(self, name: str, title: str | None) -> None:
@@ -231,46 +247,58 @@ class Engine:
         st.arrivals.append((st.ring.written, time.monotonic()))
 
     # -- consumer side -------------------------------------------------------------------------------
-    def _arrival_of(self, st: StreamState, sample_index: int) -> float | None:
-        # Wall time at which the block holding ``sample_index`` arrived. push() appends from other threads:
-        # list() copies the deque in one C call (no Python code runs in between), then search the snapshot.
-        arrivals = list(st.arrivals)
-        i = bisect.bisect_left(arrivals, (sample_index, -math.inf))
-        return arrivals[i][1] if i < len(arrivals) else None
+    @staticmethod
+    def _arrival_of(st: StreamState, sample_index: int) -> float | None:
+        # Wall time at which the block holding ``sample_index`` arrived. The hops of a stream are answered in
+        # order, so the blocks before this one are not needed again: drop them (push() appends from other
+        # threads; appends and popleft are atomic, and only this thread pops).
+        arrivals = st.arrivals
+        while arrivals:
+            written, at = arrivals[0]
+            if written >= sample_index:
+                return float(at)
+            arrivals.popleft()
+        return None
 
-    def _ingest(self, st: StreamState) -> None:
-        st.skipped = st.ring.overrun_samples  # the audio lost before what we read now
-        x = st.ring.read()
-        if x.size == 0:
-            return
-        x, n = repair(x)
-        if n:
-            if not st.repaired:
-                log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", st.name, n, CLIP_LEVEL)
-            st.repaired += n
-        st.level_db = _level_db(x)
-        new, power = st.mel.push_with_power(x)  # (T_new, n_mels), (T_new,)
-        if new.shape[0]:
-            st.frames = np.concatenate([st.frames, new]) if st.frames.size else new
-            st.power = np.concatenate([st.power, power]) if st.power.size else power
+    def _ingest(self, streams: list[StreamState]) -> list[StreamState]:
+        """Read every stream's new audio, repair it, and run the log-mel of all of it in one batch; returns the
+        streams that had new audio."""
+        got: list[StreamState] = []
+        blocks: list[np.ndarray] = []
+        for st in streams:
+            if len(st.ring):
+                st.skipped = st.ring.overrun_samples  # the audio lost before what we read now
+                got.append(st)
+                blocks.append(st.ring.read())
+        if not got:
+            return got
+        flat = np.concatenate(blocks)  # (N,) every stream's new audio
+        if not (flat.min() >= -CLIP_LEVEL and flat.max() <= CLIP_LEVEL):  # NaN fails both: repair the streams hit
+            for i, st in enumerate(got):
+                x, n = repair(blocks[i])
+                if n:
+                    if not st.repaired:
+                        log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", st.name, n, CLIP_LEVEL)
+                    st.repaired += n
+                blocks[i] = x
+        for st, (frames, power) in zip(got, push_many([st.mel for st in got], blocks)):
+            if frames.shape[0]:
+                st.frames = np.concatenate([st.frames, frames]) if st.frames.size else frames.copy()
+                st.power = np.concatenate([st.power, power]) if st.power.size else power.copy()
+        return got
 
     def _ready_ends(self, st: StreamState) -> list[int]:
         total = st.frames_offset + st.frames.shape[0]
-        ends = []
-        end = st.next_end
-        while end <= total:
-            ends.append(end)
-            end += self.hop_frames
-        return ends
+        return list(range(st.next_end, total + 1, self.hop_frames))
 
     def step(self) -> list[GenreUpdate]:
         """Run every complete hop of every stream; returns the updates in time order per stream."""
         t0 = time.perf_counter()
         with self._lock:
             streams = list(self.streams.values())
-        jobs: list[tuple[StreamState, int]] = []  # (stream, window end frame)
+        streams = self._ingest(streams)  # only a stream with new frames can have a hop to run
+        jobs: list[tuple[StreamState, int]] = []  # (stream, window end frame), a stream's hops in order
         for st in streams:
-            self._ingest(st)
             jobs.extend((st, e) for e in self._ready_ends(st))
         if not jobs:
             return []
@@ -282,12 +310,13 @@ class Engine:
             )  # (B, window_frames, n_mels)
             probs = self.runner.predict(windows)
         self.last_step_ms = (time.perf_counter() - t0) * 1000.0
-        updates = []
-        for (st, end), p in zip(jobs, probs):
+        keep = []
+        for j, (st, end) in enumerate(jobs):
             if end <= self.runner.lag_frames:  # the model has not seen any of the stream's music yet
                 st.next_end = end + self.hop_frames
-                continue
-            updates.append(self._emit(st, end, p))
+            else:
+                keep.append(j)
+        updates = self._emit([jobs[j] for j in keep], probs[keep])
         for st in streams:
             self._trim(st)
         return updates
@@ -295,12 +324,7 @@ class Engine:
     def _run_stateful(self, jobs: list[tuple[StreamState, int]]) -> np.ndarray:
         # Hops of one stream must run in order; round r batches the r-th pending hop of every stream.
         probs = np.zeros((len(jobs), len(self.bundle.labels)), dtype=np.float32)
-        by_stream: dict[str, list[int]] = {}
-        for j, (st, _) in enumerate(jobs):
-            by_stream.setdefault(st.name, []).append(j)
-        rounds = max(len(v) for v in by_stream.values())
-        for r in range(rounds):
-            idx = [v[r] for v in by_stream.values() if r < len(v)]
+        for idx in _rounds(jobs):
             names = [jobs[j][0].name for j in idx]
             chunks = []
             for j in idx:
@@ -310,32 +334,74 @@ class Engine:
             probs[idx] = self.runner.step(names, np.stack(chunks))  # (b, hop_frames, n_mels)
         return probs
 
-    def _emit(self, st: StreamState, end: int, raw: np.ndarray) -> GenreUpdate:
+    def _emit(self, jobs: list[tuple[StreamState, int]], raw: np.ndarray) -> list[GenreUpdate]:
+        """The updates of ``jobs`` (a stream's hops in order) with their raw outputs ``raw`` (B, L): one smoother
+        step per round of hops over the rows of the streams in it, the rankings and label dicts from arrays."""
+        if not jobs:
+            return []
         spec, lag = self.spec, self.runner.lag_frames
-        end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
-        # the time the answer describes: a lagging model's answer is about the music lag_frames back
-        t = (end_sample - lag * spec.hop_length) / spec.sample_rate
-        arrival = self._arrival_of(st, end_sample)
-        latency_ms = (time.monotonic() - arrival) * 1000.0 if arrival is not None else None
-        level = _hop_level(st.power, st.power_offset, end - lag, self.hop_frames)  # the hop the answer describes
-        silent = level < SILENCE_DB
-        upd = _update(
-            self.bundle, self.shown, st.smoother, raw, self.hop_seconds, stream=st.name, t=t, silent=silent,
-            title=st.title,
-            extra={
-                "latency_ms": round(latency_ms, 1) if latency_ms is not None else None,
-                "overruns": st.overruns,
-                "level_db": round(level, 1),
-                "silence": silent,
-                "repaired": st.repaired,
-            },
-        )
-        st.next_end = end + self.hop_frames
-        st.latest = upd
-        st.updates += 1
-        top_label, top_p = upd.top[0]
-        st.history.append((t, top_label, top_p))
-        return upd
+        n = len(jobs)
+        now, wall = time.monotonic(), now_iso()
+        t = np.zeros(n)
+        silent = np.zeros(n, dtype=bool)
+        latency: list[float | None] = []
+        levels: list[float] = []
+        for j, (st, end) in enumerate(jobs):
+            end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
+            # the time the answer describes: a lagging model's answer is about the music lag_frames back
+            t[j] = (end_sample - lag * spec.hop_length) / spec.sample_rate
+            arrival = self._arrival_of(st, end_sample)
+            latency.append(round((now - arrival) * 1000.0, 1) if arrival is not None else None)
+            level = _hop_level(st.power, st.power_offset, end - lag, self.hop_frames)  # the hop the answer describes
+            levels.append(round(level, 1))
+            silent[j] = level < SILENCE_DB
+        feed = ~silent & np.all(np.isfinite(raw), axis=1)  # silent (or, defensively, non-finite) hops are not fed
+        smoothed = np.zeros(raw.shape)  # (B, L) float64
+        started = np.zeros(n, dtype=bool)
+        top = np.full(n, -1, dtype=np.int64)
+        with self._lock:  # rows are stable while we hold it (add/remove_stream wait)
+            sm = self.smoother
+            for idx in _rounds(jobs):
+                live = [j for j in idx if self.streams.get(jobs[j][0].name) is jobs[j][0]]  # not removed meanwhile
+                rows = np.array([jobs[j][0].row for j in live], dtype=np.int64)
+                if live:
+                    sm.update(raw[live], self.hop_seconds, feed[live], rows=rows)
+                    started[live] = sm.started[rows]
+                    top[live] = sm.top[rows]
+                    smoothed[live] = sm.probs[rows]
+        # before the first fed hop (silence from the very start) show the raw answer without keeping it
+        smoothed = np.where(started[:, None], smoothed, np.nan_to_num(raw.astype(np.float64)))
+        ranked = _rankings(smoothed[:, self._shown_idx], np.where(started, self._shown_pos[np.maximum(top, 0)], -1))
+        shown_vals = smoothed[:, self._shown_idx].tolist()
+        shown_raw = raw[:, self._shown_idx].tolist()
+        ranked_labels = self._labels_arr[ranked].tolist()
+        ranked_vals = smoothed[np.arange(n)[:, None], self._shown_idx[ranked]].tolist()
+        labels, model = self.labels_shown, self.bundle.name
+        updates = []
+        for j, (st, end) in enumerate(jobs):
+            upd = GenreUpdate(
+                stream=st.name,
+                t=float(t[j]),
+                top=list(zip(ranked_labels[j], ranked_vals[j])),
+                probs=dict(zip(labels, shown_vals[j])),
+                raw=dict(zip(labels, shown_raw[j])),
+                model=model,
+                wall=wall,
+                title=st.title,
+                extra={
+                    "latency_ms": latency[j],
+                    "overruns": st.overruns,
+                    "level_db": levels[j],
+                    "silence": bool(silent[j]),
+                    "repaired": st.repaired,
+                },
+            )
+            st.next_end = end + self.hop_frames
+            st.latest = upd
+            st.updates += 1
+            st.history.append((upd.t, upd.top[0][0], upd.top[0][1]))
+            updates.append(upd)
+        return updates
 
     def _trim(self, st: StreamState) -> None:
         # Keep only the frames the next window needs, and the levels of the hop its answer describes.
@@ -348,6 +414,30 @@ class Engine:
         if drop > 0:
             st.power = st.power[drop:].copy()
             st.power_offset += drop
+
+
+def _rounds(jobs: list[tuple[StreamState, int]]) -> list[list[int]]:
+    """Job indices by round: round r holds the r-th job of every stream that has one (a stream's hops in order)."""
+    by_stream: dict[str, list[int]] = {}
+    for j, (st, _) in enumerate(jobs):
+        by_stream.setdefault(st.name, []).append(j)
+    rounds = max(len(v) for v in by_stream.values())
+    return [[v[r] for v in by_stream.values() if r < len(v)] for r in range(rounds)]
+
+
+def _rankings(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """(B, K) positions ranking each row of ``values`` (B, K) highest first (ties: lower position first, as a
+    stable sort by -value), with position ``first[b]`` (B,) moved to the front where it is >= 0: the smoother's
+    held top, which leads the ranking even when another bar is higher (``BatchSmoother.ranking``)."""
+    order = np.argsort(-values, axis=1, kind="stable")  # (B, K)
+    rows = np.flatnonzero(first >= 0)
+    if rows.size:
+        sub = order[rows]  # (b, K)
+        is_first = sub == first[rows, None]
+        # the held top first, then the others in their order
+        moved = np.argsort(~is_first, axis=1, kind="stable")  # (b, K): True (the top) sorts first
+        order[rows] = np.take_along_axis(sub, moved, axis=1)
+    return order
 
 
 # -- files: streamed block by block ---------------------------------------------------------------------
