@@ -410,7 +410,9 @@ class Engine:
         if drop > 0:
             st.frames = st.frames[drop:].copy()  # a copy: a view would keep the whole old array alive
             st.frames_offset += drop
-        drop = st.next_end - self.runner.lag_frames - self.hop_frames - st.power_offset
+        # (before a window model's first window, fewer frames than that may have arrived: drop only those, or the
+        # offset would run ahead of the frames and every later hop's level would be read from the wrong frames)
+        drop = min(st.next_end - self.runner.lag_frames - self.hop_frames - st.power_offset, st.power.shape[0])
         if drop > 0:
             st.power = st.power[drop:].copy()
             st.power_offset += drop

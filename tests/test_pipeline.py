@@ -292,3 +292,78 @@ def test_silent_hops_are_flagged_and_do_not_move_the_genres(bundle) -> None:
     assert s.extra["silent_windows"] == len(silent)
     heard = np.delete(tl.raw, silent, axis=0).mean(axis=0)
     assert max(abs(s.mean[k] - heard[i]) for i, k in enumerate(LABELS)) <= 1e-6
+
+
+def test_a_stream_added_to_a_running_engine_gets_its_own_hop_levels(bundle) -> None:
+    """A step that answers other streams' hops must not move the frame levels of a stream whose first window is not
+    complete yet (a stream added while others run): its levels and silence flags equal the file path's."""
+    x = _audio(8.0, 13)
+    x[3 * SPEC.sample_rate : 5 * SPEC.sample_rate] = 0.0
+    runner = ModelRunner(bundle, "cpu")
+    want = [(round(u.t, 6), u.extra["level_db"], u.extra["silence"]) for u in tag_audio(x, runner, name="b").updates]
+    engine = Engine(bundle, device="cpu", runner=ModelRunner(bundle, "cpu"))
+    engine.add_stream("a")
+    engine.push("a", _audio(4.0, 14))
+    engine.step()
+    engine.add_stream("b")  # joins while "a" runs: steps answer "a" before "b" has a whole window
+    got = []
+    for i in range(0, x.shape[0], 1000):
+        engine.push("a", _audio(1000 / SPEC.sample_rate, i))
+        engine.push("b", x[i : i + 1000])
+        got += [u for u in engine.step() if u.stream == "b"]
+    assert [(round(u.t, 6), u.extra["level_db"], u.extra["silence"]) for u in got] == want
+
+
+@pytest.mark.parametrize("smoothing", ["hmm", "ema-hold"])
+def test_batched_step_equals_each_stream_alone_and_the_per_update_path(bundle, smoothing: str) -> None:
+    """One step does each stage once for all streams (one log-mel pass, one smoother step over the streams' rows,
+    the rankings and dicts from arrays): every field of every update equals the same stream run in an engine of its
+    own, and its smoothing equals the per-update path the file tagger uses (a Smoother per stream, _update)."""
+    from streamtag.pipeline import _update
+    from streamtag.smoothing import Smoother, SmoothingConfig
+
+    cfg = (SmoothingConfig() if smoothing == "hmm"
+           else SmoothingConfig(method="ema", tau_seconds=2.0, margin=0.05, hold_seconds=1.0))
+    clips = {f"s{i}": _audio(6.0 + i, 20 + i) for i in range(4)}
+    clips["s1"][SPEC.sample_rate : 3 * SPEC.sample_rate] = 0.0  # silence in the middle
+    clips["s2"][: 3 * SPEC.sample_rate] = 0.0  # silence from the start (past the first window)
+    clips["s3"][5000:5040] = np.nan  # repaired samples
+    runner = ModelRunner(bundle, "cpu")
+    together = Engine(bundle, device="cpu", runner=runner, all_tags=True, smoothing=cfg)
+    for name in clips:
+        together.add_stream(name, title=f"title {name}")
+    got: dict[str, list] = {n: [] for n in clips}
+    rng = np.random.default_rng(4)
+    pushes = {n: [] for n in clips}  # each stream's push sizes, replayed alone below
+    pos = {n: 0 for n in clips}
+    while any(pos[n] < x.shape[0] for n, x in clips.items()):
+        for n, x in clips.items():
+            k = int(rng.choice([100, 1600, 5000, 12000]))
+            together.push(n, x[pos[n] : pos[n] + k])
+            pushes[n].append((pos[n], k))
+            pos[n] += k
+        for u in together.step():
+            got[u.stream].append(u)
+
+    def fields(u) -> dict:
+        d = u.to_dict()
+        del d["wall"], d["latency_ms"]
+        return d
+
+    for n, x in clips.items():
+        alone = Engine(bundle, device="cpu", runner=ModelRunner(bundle, "cpu"), all_tags=True, smoothing=cfg)
+        alone.add_stream(n, title=f"title {n}")
+        ref = []
+        for a, k in pushes[n]:
+            alone.push(n, x[a : a + k])
+            ref.extend(alone.step())
+        assert len(got[n]) == len(ref) > 3
+        assert [fields(u) for u in got[n]] == [fields(u) for u in ref]
+        assert any(u.extra["silence"] for u in got[n]) == (n in ("s1", "s2"))
+        # the per-update path on the same raw outputs and silence flags gives the same smoothed answers
+        smoother = Smoother(cfg, candidates=together.shown, genres=bundle.genre_indices())
+        for u in got[n]:
+            raw = np.array([u.raw[k] for k in LABELS], dtype=np.float32)
+            want = _update(bundle, together.shown, smoother, raw, together.hop_seconds, stream=n, t=u.t,
+                           silent=u.extra["silence"])
+            assert u.top == want.top and u.probs == want.probs and u.raw == want.raw
