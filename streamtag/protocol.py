@@ -69,6 +69,8 @@ TITLE_INTERVAL_S = 1.0  # s: at most one `streams` broadcast per stream per inte
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "unknown_stream", "unauthorized", "stream_exists",
                "bad_audio", "source_error", "limit_exceeded", "rate_limited")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+# what json.dumps(msg, ensure_ascii=False, allow_nan=False) does, without building an encoder per message
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 CLIENT_TYPES = ("subscribe", "unsubscribe", "add_source", "remove_source", "audio_start", "audio_stop")
 
@@ -196,7 +198,7 @@ class Outbox:
     def put_control(self, msg: dict[str, Any], *, key: str | None = None) -> None:
         """Queue a control message; one with a ``key`` replaces the unsent one of the same key (a state snapshot
         such as the stream list, where only the newest matters), so snapshots never pile up."""
-        text = json.dumps(msg, ensure_ascii=False, allow_nan=False)
+        text = _ENCODE(msg)
         if key is not None and (cell := self._keyed.get(key)) is not None:
             cell[0] = text
             return
@@ -565,7 +567,7 @@ class Hub:
         """Queue one update (``GenreUpdate.to_dict()``) for every subscriber; returns how many."""
         stream = update["stream"]
         try:
-            text = json.dumps(update, ensure_ascii=False, allow_nan=False)  # serialized once for every client
+            text = _ENCODE(update)  # serialized once for every client
         except ValueError:
             log.warning("update of %s holds a non-finite number; not sent", stream)
             return 0

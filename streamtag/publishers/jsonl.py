@@ -7,7 +7,7 @@ import threading
 from typing import TextIO
 
 from ..errors import StreamtagError
-from ..events import GenreUpdate
+from ..events import GenreUpdate, to_dicts
 
 __all__ = ["JsonlSink"]
 
@@ -39,8 +39,7 @@ class JsonlSink:
             if self.broken:
                 return
             try:
-                for u in updates:
-                    d = u.to_dict()
+                for d in to_dicts(updates):
                     if self.top is not None:
                         d["top"] = d["top"][: self.top]
                     self.out.write(json.dumps(d, ensure_ascii=False) + "\n")

@@ -43,7 +43,7 @@ from websockets.http11 import Request, Response
 
 from .. import __version__
 from ..errors import ConfigError, SourceError, StreamtagError
-from ..events import GenreUpdate
+from ..events import GenreUpdate, to_dicts
 from ..protocol import (
     Action,
     AddSource,
@@ -485,7 +485,7 @@ class WebsocketServer:
         self._call(self._stream_added, name, source, title)
 
     def on_update(self, updates: list[GenreUpdate]) -> None:
-        self._call(self._publish, [u.to_dict() for u in updates])
+        self._call(self._publish, to_dicts(updates))
 
     def on_title(self, name: str, title: str | None) -> None:
         self._call(self._set_title, name, title)
