@@ -77,6 +77,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~6 s of 44.1 kHz float32 mono audi
 MIN_TOKEN_CHARS = 16  # a shorter --token is refused at start (guessable)
 RATE_NOTICE_INTERVAL_S = 10.0  # s between two `rate_limited` notices to one client
 FRAMES_QUEUED = 4  # incoming frames websockets buffers per connection before it stops reading the socket
+PUBLISH_CHUNK = 8  # updates turned into JSON together (one rounding pass) on the loop
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json"}
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "ip6-localhost")
@@ -485,7 +486,7 @@ class WebsocketServer:
         self._call(self._stream_added, name, source, title)
 
     def on_update(self, updates: list[GenreUpdate]) -> None:
-        self._call(self._publish, to_dicts(updates))
+        self._call(self._publish, updates)  # serialized on the loop: the engine thread goes back to the audio
 
     def on_title(self, name: str, title: str | None) -> None:
         self._call(self._set_title, name, title)
@@ -503,10 +504,13 @@ class WebsocketServer:
         if name not in self.hub.streams:
             self.hub.stream_added(name, source, title, owner=self._owners.get(name))
 
-    def _publish(self, updates: list[dict[str, Any]]) -> None:
-        for u in updates:
-            if u["stream"] in self.hub.streams:
-                self.hub.publish(u)
+    def _publish(self, updates: list[GenreUpdate]) -> None:
+        live = [u for u in updates if u.stream in self.hub.streams]
+        # a few at a time: each update's dict (its "top" is 30 small lists) is encoded and dropped before the
+        # collector runs, instead of a whole step's dicts surviving into its older generations
+        for i in range(0, len(live), PUBLISH_CHUNK):
+            for d in to_dicts(live[i : i + PUBLISH_CHUNK]):
+                self.hub.publish(d)
 
     def _set_title(self, name: str, title: str | None) -> None:
         delay = self.hub.set_title(name, title)
