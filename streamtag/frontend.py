@@ -11,7 +11,7 @@ same frames as one offline call on the whole signal (see ``tests/test_frontend.p
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, cast
@@ -136,8 +136,9 @@ def _mel_project(power: np.ndarray, fb: np.ndarray) -> np.ndarray:
     return np.matmul(power.reshape(-1, rows, k), fb).reshape(-1, fb.shape[1])[:t]  # (T, n_mels)
 
 
-def _logmel_of_frames(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
-    """Log-mel of framed samples: (T, n_fft) float64 (a view is fine) -> (T, n_mels) float32.
+def _logmel_of_frames(frames: np.ndarray, spec: FrontendSpec, *, scratch: bool = False) -> np.ndarray:
+    """Log-mel of framed samples: (T, n_fft) float64 (a view is fine) -> (T, n_mels) float32. ``scratch``: the
+    frames are the caller's own copy and may be overwritten (windowed in place: no copy of every frame).
 
     Computed in float64 so that a frame's value does not depend on how many frames are computed with it
     (BLAS batching changes float32 rounding, and ``fp16_mel`` would amplify that to 1e-3 jumps): the frames of
@@ -147,7 +148,12 @@ def _logmel_of_frames(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
     n_frames = frames.shape[0]
     out = np.empty((n_frames, spec.n_mels), dtype=np.float32)
     for i in range(0, n_frames, _CHUNK_FRAMES):
-        mag = np.abs(np.fft.rfft(frames[i : i + _CHUNK_FRAMES] * win, axis=1))  # (t, n_fft // 2 + 1)
+        chunk = frames[i : i + _CHUNK_FRAMES]
+        if scratch:
+            chunk *= win
+        else:
+            chunk = chunk * win
+        mag = np.abs(np.fft.rfft(chunk, axis=1))  # (t, n_fft // 2 + 1)
         power = mag**spec.power if spec.power != 1.0 else mag
         out[i : i + _CHUNK_FRAMES] = _scale(_mel_project(power, fb), spec)  # (t, n_mels)
     return out
@@ -260,32 +266,41 @@ class IncrementalLogMel:
         return frames, power
 
 
+PassMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]  # map(fn, items) -> results in order
+
+
 def push_many(
-    mels: Sequence[IncrementalLogMel], blocks: Sequence[np.ndarray]
+    mels: Sequence[IncrementalLogMel], blocks: Sequence[np.ndarray], *, passes: int = 1, map_fn: PassMap = map,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[m.push_with_power(b) for m, b in zip(mels, blocks)]`` with one FFT and one mel matmul over many streams'
-    new frames at a time (the live engine's streams; about ``_CHUNK_FRAMES`` frames per pass, so the temporaries
-    stay bounded when the streams bring seconds of backlog): the same frames and powers, without a numpy call chain
-    per stream. All ``mels`` share one spec. Returns per stream ((T_new, n_mels) float32, (T_new,) float64), views
-    into arrays shared by the streams of its pass."""
+    new frames at a time (the live engine's streams): the same frames and powers, without a numpy call chain per
+    stream. All ``mels`` share one spec. The frames go in at least ``passes`` passes of at most ``_CHUNK_FRAMES``
+    frames (temporaries stay bounded when the streams bring seconds of backlog), run through ``map_fn`` (``map``,
+    or a caller's thread pool: numpy's FFT and BLAS release the GIL, and a frame's value does not depend on what it
+    is batched with). Returns per stream ((T_new, n_mels) float32, (T_new,) float64), views into arrays shared by the
+    streams of its pass."""
     if len(mels) != len(blocks):
         raise ConfigError(f"push_many: {len(mels)} front ends but {len(blocks)} blocks")
     if not mels:
         return []
     spec = mels[0].spec
-    if any(m.spec != spec for m in mels):
+    if any(m.spec is not spec and m.spec != spec for m in mels):
         raise ConfigError("push_many: every front end must share one FrontendSpec")
     arrays = [np.asarray(b, dtype=np.float32) for b in blocks]
     if any(a.ndim != 1 for a in arrays):
         raise ConfigError(f"push_many expects mono audio of shape (N,), got {[a.shape for a in arrays if a.ndim != 1][0]}")
     taken = [m._take(a) for m, a in zip(mels, arrays)]  # [(buffer, n_new)]
-    out: list[tuple[np.ndarray, np.ndarray]] = []
+    per_pass = min(_CHUNK_FRAMES, -(-sum(n for _, n in taken) // max(1, passes)))  # frames per pass, at least one
+    groups: list[Sequence[tuple[np.ndarray, int]]] = []
     start, n_frames = 0, 0
     for i, (_, n_new) in enumerate(taken):
         n_frames += n_new
-        if n_frames >= _CHUNK_FRAMES or i == len(taken) - 1:
-            out.extend(_frames_of(taken[start : i + 1], spec))
+        if n_frames >= per_pass or i == len(taken) - 1:
+            groups.append(taken[start : i + 1])
             start, n_frames = i + 1, 0
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for frames_of_group in map_fn(lambda group: _frames_of(group, spec), groups):
+        out.extend(frames_of_group)
     for m, (buf, n_new) in zip(mels, taken):
         m._keep(buf, n_new)
     return out
@@ -303,7 +318,7 @@ def _frames_of(taken: Sequence[tuple[np.ndarray, int]], spec: FrontendSpec) -> l
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (S,) each stream's first row in the pass
     starts = np.repeat(seg - first * spec.hop_length, counts) + spec.hop_length * np.arange(total)  # (F,)
     flat = np.concatenate([b for b, _ in taken], dtype=np.float64)  # (sum N,)
-    framed = np.lib.stride_tricks.sliding_window_view(flat, spec.n_fft)[starts]  # (F, n_fft): the new frames
-    frames = _logmel_of_frames(framed, spec)  # (F, n_mels)
+    framed = np.lib.stride_tricks.sliding_window_view(flat, spec.n_fft)[starts]  # (F, n_fft): a copy of the frames
     power = _power_of_frames(framed, spec)  # (F,)
+    frames = _logmel_of_frames(framed, spec, scratch=True)  # (F, n_mels); windows `framed` in place
     return [(frames[a : a + n], power[a : a + n]) for a, n in zip(first.tolist(), counts.tolist())]

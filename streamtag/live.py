@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05  # s the engine thread sleeps when no audio arrived (a push wakes it at once)
 STEP_INTERVAL_S = 0.02  # s: the engine steps at most this often; the hops completed meanwhile share one step
+FRONT_END_THREADS = min(2, os.cpu_count() or 1)  # threads a step's log-mel passes run on (the engine thread + helpers)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in a stream's ring before an unpaced feeder waits (back-pressure)
 # s between a waiting feeder's looks at its backlog: with 5 s buffered, 0.1 s costs the engine nothing, and many
 # feeders polling faster (1,000 at 100 Hz) would take the CPU and the GIL from the engine they wait for
@@ -99,7 +103,8 @@ class LiveRunner:
     for live sources (radio and microphones pace themselves) and, with back-pressure, for files tagged flat out.
     Sinks are called from the runner's threads; a sink that raises is logged and skipped, never fatal.
     ``step_interval``: the engine steps at most this often (s), so that under load many streams' hops share one
-    step; it bounds the latency that batching adds.
+    step; it bounds the latency that batching adds. ``front_end_threads``: a step's log-mel runs in that many
+    passes at once, on the engine thread and helper threads (numpy's FFT and matmul release the GIL).
     """
 
     def __init__(
@@ -110,9 +115,12 @@ class LiveRunner:
         on_end: Callable[[str, StreamtagError | None], None] | None = None,
         on_title: Callable[[str, str | None], None] | None = None,
         step_interval: float = STEP_INTERVAL_S,
+        front_end_threads: int = FRONT_END_THREADS,
     ) -> None:
         self._engine = engine
         self._step_interval = step_interval
+        self._front_end_threads = max(1, front_end_threads)
+        self._pool: ThreadPoolExecutor | None = None
         self._legacy: _CallbackSink | None = None
         if callable(sinks) and not hasattr(sinks, "on_update"):  # LiveRunner(engine, on_updates, on_end=...)
             self._legacy = _CallbackSink(sinks, on_end, on_title)
@@ -274,6 +282,10 @@ class LiveRunner:
 
     # -- engine --------------------------------------------------------------------------------------------
     def start(self) -> LiveRunner:
+        if self._front_end_threads > 1 and hasattr(self._engine, "front_end_map"):
+            pool = self._pool = ThreadPoolExecutor(self._front_end_threads - 1, thread_name_prefix="front-end")
+            self._engine.front_end_passes = self._front_end_threads
+            self._engine.front_end_map = partial(_map_on, pool)
         self._engine_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._engine_thread.start()
         return self
@@ -382,6 +394,18 @@ class LiveRunner:
                 if not st.removed and self._legacy is not None:
                     self._legacy.explicit.add(st.name)
                 self._finish(st, None)
+        if self._pool is not None:
+            self._engine.front_end_map, self._engine.front_end_passes = map, 1
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+def _map_on(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(i) for i in items]``: the first on this thread, the others on ``pool`` meanwhile (in order)."""
+    if len(items) < 2:
+        return [fn(i) for i in items]
+    futures = [pool.submit(fn, i) for i in items[1:]]
+    return [fn(items[0]), *(f.result() for f in futures)]
 
 
 def _chain(first: Callable[[str, str], None] | None, second: Callable[[str, str], None]) -> Callable[[str, str], None]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import ConfigError, StreamtagError
 from .events import GenreUpdate, Summary, now_iso
-from .frontend import IncrementalLogMel, push_many
+from .frontend import IncrementalLogMel, PassMap, push_many
 from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
@@ -147,6 +147,8 @@ class StreamState:
     updates: int = 0
     skipped: int = 0  # samples the ring dropped (overruns): added to t so it stays the stream's real time
     repaired: int = 0  # samples repaired before the front end (non-finite zeroed, beyond CLIP_LEVEL clipped)
+    unread: list = field(default_factory=list)  # blocks read from the ring that do not complete a hop yet
+    unread_samples: int = 0
 
     @property
     def overruns(self) -> int:
@@ -206,6 +208,10 @@ class Engine:
         # guards self.streams membership and the smoother's rows (not the ring buffers: they lock)
         self._lock = threading.Lock()
         self.last_step_ms = 0.0
+        # how the front end's passes run: a step's new frames in at least `front_end_passes` passes through
+        # `front_end_map` (map, or the live runner's worker threads; see frontend.push_many)
+        self.front_end_passes = 1
+        self.front_end_map: PassMap = map
 
     # -- stream membership ---------------------------------------------------------------------------
     def add_stream(self, name: str, title: str | None = None) -> StreamState:
@@ -261,18 +267,25 @@ class Engine:
         return None
 
     def _ingest(self, streams: list[StreamState]) -> list[StreamState]:
-        """Read every stream's new audio, repair it, and run the log-mel of all of it in one batch; returns the
-        streams that had new audio."""
+        """Read every stream's new audio (its ring is drained every step, as before); once a stream's unread audio
+        completes its next hop, repair it and run it through the log-mel, all such streams in one batch. Returns
+        those streams. The front end's per-stream bookkeeping so runs once per hop, not once per pushed block, and
+        a hop is answered in the step that completed it, as when every block went through the front end at once."""
         got: list[StreamState] = []
         blocks: list[np.ndarray] = []
         for st in streams:
             if len(st.ring):
                 st.skipped = st.ring.overrun_samples  # the audio lost before what we read now
-                got.append(st)
-                blocks.append(st.ring.read())
+                x = st.ring.read()
+                st.unread.append(x)
+                st.unread_samples += x.shape[0]
+                if st.unread_samples >= self.spec.samples_for_frames(st.next_end) - st.mel.samples_seen:
+                    got.append(st)
+                    blocks.append(np.concatenate(st.unread) if len(st.unread) > 1 else st.unread[0])
+                    st.unread, st.unread_samples = [], 0
         if not got:
             return got
-        flat = np.concatenate(blocks)  # (N,) every stream's new audio
+        flat = np.concatenate(blocks)  # (N,) the audio of every stream with a hop to run
         if not (flat.min() >= -CLIP_LEVEL and flat.max() <= CLIP_LEVEL):  # NaN fails both: repair the streams hit
             for i, st in enumerate(got):
                 x, n = repair(blocks[i])
@@ -281,7 +294,9 @@ class Engine:
                         log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", st.name, n, CLIP_LEVEL)
                     st.repaired += n
                 blocks[i] = x
-        for st, (frames, power) in zip(got, push_many([st.mel for st in got], blocks)):
+        mels = [st.mel for st in got]
+        new = push_many(mels, blocks, passes=self.front_end_passes, map_fn=self.front_end_map)
+        for st, (frames, power) in zip(got, new):
             if frames.shape[0]:
                 st.frames = np.concatenate([st.frames, frames]) if st.frames.size else frames.copy()
                 st.power = np.concatenate([st.power, power]) if st.power.size else power.copy()

@@ -132,6 +132,15 @@ def test_push_many_in_bounded_passes_equals_each_stream_alone(monkeypatch: pytes
     for (frames, power), m, b in zip(push_many(batched, blocks), alone, blocks):
         ref_frames, ref_power = m.push_with_power(b)
         assert np.array_equal(frames, ref_frames) and np.array_equal(power, ref_power)
+    # the live runner splits a step into passes run on threads at once: still the same frames, in stream order
+    from concurrent.futures import ThreadPoolExecutor
+
+    more = [_music_like(n, spec.sample_rate, 10 + i) for i, n in enumerate([4000, 1, 600, 9000])]
+    with ThreadPoolExecutor(2) as pool:
+        threaded = push_many(batched[:4], more, passes=3, map_fn=pool.map)
+    for (frames, power), m, b in zip(threaded, alone, more):
+        ref_frames, ref_power = m.push_with_power(b)
+        assert np.array_equal(frames, ref_frames) and np.array_equal(power, ref_power)
 
 
 def test_frame_power_is_each_frames_mean_square() -> None:
