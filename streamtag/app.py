@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from .errors import StreamtagError
 from .events import GenreUpdate
-from .live import LiveRunner, close_all
+from .live import LiveRunner, close_all, freeze_startup_objects
 from .publishers import SILENCE_DB, status_message
 from .publishers.jsonl import JsonlSink
 
@@ -189,6 +189,7 @@ def run_live(
         dash_sink = DashboardSink.for_engine(engine)
         sinks = [summary, dash_sink]
     runner = LiveRunner(engine, sinks).start()
+    freeze_startup_objects()
     t0 = time.monotonic()
     code = 0
     try:
@@ -276,6 +277,7 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             pass
     runner = LiveRunner(engine)
     runner.start()
+    freeze_startup_objects()
     server = WebsocketServer(runner, config)  # a sink of the runner
     try:
         for name, uri in sources:  # the user's own inputs; they exist before the first client connects
