@@ -1,24 +1,37 @@
 """Live latency: an audio block's arrival -> the websocket message's receipt by a client, at 1/10/100 streams.
 
 A real server (WebsocketServer, a sink of a LiveRunner + Engine) runs in this process; every stream is a real clip
-paced at real time by its own feeder thread, which stamps each block's arrival (time.monotonic) as it hands it
-to the engine. Clients (10 by default) run in a separate process, subscribed to every stream, and stamp each
-update's receipt with the same system-wide monotonic clock. An update's latency is receipt time minus the
-arrival time of the block that completed its window (the block holding sample t * sr, plus the model's
-lag_frames for the distilled students, whose t is 1.17 s behind their newest audio), so it includes waiting
-for the engine thread, the model, the hub and the socket, but not the window itself.
+paced at real time, and each block's arrival (time.monotonic) is stamped as it is handed to the engine. Two ways
+to feed the streams (``--feed``):
+
+- ``push`` (default): one pacing thread hands every stream its 0.1 s blocks through ``LiveRunner.push``, the way
+  the server feeds websocket audio-in streams. This measures the engine and websocket path.
+- ``threads``: every stream is a source with a feeder thread of its own (``LiveRunner.add_source``), the way radio
+  and file sources are fed. On two cores CPython's GIL makes ~1,000 such threads a cost of their own: every thread
+  waiting for the GIL wakes every switch interval, so the scheduling, not the engine, sets the limit there.
+
+Streams start at phases spread over one hop, so their hops complete evenly over time as independent live streams'
+do (started in the same instant, every stream would complete its hop in the same 0.1 s). Clients (10 by default)
+run in a separate process, subscribed to every stream; the measured window starts 2 s after they subscribed (their
+own start-up shares these cores), and they stamp each update's receipt with the same system-wide monotonic clock.
+An update's latency is receipt time minus the arrival time of the block that completed its window (the block
+holding sample t * sr, plus the model's lag_frames for the distilled students, whose t is 1.17 s behind their
+newest audio), so it includes waiting for the engine thread, the model, the hub and the socket, but not the window
+itself.
 
     python bench/bench_latency.py                        # musicnn-msd, 1/10/100 streams, 10 clients, 20 s each
     python bench/bench_latency.py --streams 1 10 --seconds 10 --device cpu --hop 1.0
 
     python bench/bench_latency.py --search --models all --seconds 8 --clients 2   # the real-time limit per model
+    python bench/bench_latency.py --search --model DIR --clients 2 --seconds 8 --feed threads
 
 Prints one row per stream count with p50/p99 latency, updates/s (engine) and messages/s (all clients), and the
 ratios to the 1-stream baseline measured in the same run. ``--search`` instead finds, per model, the largest
 stream count it sustains in real time (p99 latency under one hop, >= 95% of the expected updates, no overruns):
 doubling from ``--start`` until a run fails, then bisecting, bounded by ``--budget`` and ``--max-configs``; it
-prints the bracket, the sustained updates/s and the engine's wall ms per stream-hop at that limit. A configuration the machine cannot run in real time
-shows up as growing latency and ring-buffer overruns, not as a crash.
+prints the bracket, the sustained updates/s and the engine's wall ms per stream-hop at that limit. A configuration
+the machine cannot run in real time shows up as growing latency and ring-buffer overruns, not as a crash. The
+header line says how the streams were fed and how many intra-op threads torch had (``--torch-threads``).
 """
 from __future__ import annotations
 
@@ -31,45 +44,53 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamtag.live import LiveRunner  # noqa: E402
-from streamtag.pipeline import Engine  # noqa: E402
-from streamtag.publishers.websocket import ServerConfig, WebsocketServer  # noqa: E402
-from streamtag.registry import DEFAULT_MODEL, load_bundle  # noqa: E402
-from streamtag.sources import read_audio  # noqa: E402
+# streamtag (and torch) are imported where they are used, not here: the clients' process is started with
+# "spawn", which re-imports this module, and importing torch there would take a core from the server for seconds
+# just as the measurement starts
+if TYPE_CHECKING:
+    from streamtag.live import LiveRunner
 
 CLIP = REPO / "examples" / "audio" / "kevin-macleod-vibe-ace.ogg"
 BLOCK_SECONDS = 0.1  # s per block a feeder hands over (a typical audio callback / network read)
 
 
 class PacedClip:
-    """A looped clip as real-time blocks; records (samples so far, arrival time) for every block."""
+    """A looped clip as real-time blocks, starting ``phase`` s late; records (samples so far, arrival time) for every
+    block. Streams get phases spread over one hop, so that their hops complete evenly over time, as independent
+    live streams' do (started in the same instant, all streams would complete their hops in the same 0.1 s)."""
 
-    def __init__(self, audio: np.ndarray, sr: int, offset: int, stop: threading.Event) -> None:
+    def __init__(self, audio: np.ndarray, sr: int, offset: int, stop: threading.Event, phase: float = 0.0) -> None:
         self.name, self.title = "clip", cast("str | None", None)
-        self.audio, self.sr, self.offset, self.stop = audio, sr, offset, stop
+        self.audio, self.sr, self.offset, self.stop, self.phase = audio, sr, offset, stop, phase
+        self.block = int(BLOCK_SECONDS * sr)
+        self.looped = np.concatenate([audio, audio[: self.block]])  # a block starting anywhere is one slice
+        self.sent = 0
         self.arrivals: list[tuple[int, float]] = []
 
+    def next_block(self) -> np.ndarray:
+        """The next block (a view: the engine's ring buffer copies it), its arrival stamped now."""
+        start = (self.offset + self.sent) % self.audio.shape[0]
+        self.sent += self.block
+        self.arrivals.append((self.sent, time.monotonic()))
+        return self.looped[start : start + self.block]
+
     def __iter__(self):
-        block = int(BLOCK_SECONDS * self.sr)
-        n = self.audio.shape[0]
-        sent = 0
-        t0 = time.monotonic()
+        """--feed threads: the source of a feeder thread of its own, which blocks until each block is due."""
+        t0 = time.monotonic() + self.phase
         while not self.stop.is_set():
-            due = t0 + (sent + block) / self.sr
-            delay = due - time.monotonic()
-            if delay > 0 and self.stop.wait(delay):
-                return
-            idx = (self.offset + sent + np.arange(block)) % n
-            sent += block
-            self.arrivals.append((sent, time.monotonic()))
-            yield self.audio[idx]
+            delay = t0 + (self.sent + self.block) / self.sr - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # cheaper than Event.wait (a lock per call) for 1,000 threads 10 times a second
+                if self.stop.is_set():
+                    return
+            yield self.next_block()
 
     def close(self) -> None:
         self.stop.set()
@@ -79,11 +100,40 @@ class PacedClip:
         return self.arrivals[i][1] if i < len(self.arrivals) else None
 
 
+PACER_TICK_S = 0.01  # s: --feed push hands over the blocks that are due every 10 ms
+
+
+def pace_all(runner: LiveRunner, sources: dict[str, PacedClip], stop: threading.Event) -> None:
+    """--feed push: one thread hands every stream its blocks at real time through ``runner.push`` (the way the server
+    feeds websocket audio-in streams): each stream's block at the 10 ms tick its phase and the block length put it."""
+    per_block = round(BLOCK_SECONDS / PACER_TICK_S)  # ticks per block
+    by_residue: list[list[tuple[int, str]]] = [[] for _ in range(per_block)]  # tick % per_block -> (first tick, name)
+    for name, src in sources.items():
+        first = round(src.phase / PACER_TICK_S) + per_block  # the end of its first block
+        by_residue[first % per_block].append((first, name))
+    t0 = time.monotonic()
+    tick = 0
+    while not stop.is_set():
+        delay = t0 + tick * PACER_TICK_S - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        for first, name in by_residue[tick % per_block]:
+            if tick >= first:
+                runner.push(name, sources[name].next_block())
+        tick += 1
+
+
+SETTLE_S = 2.0  # s from the clients' subscription to the measured window: their own start-up, on these same cores, is over
+
+
 def clients_main(url: str, n_clients: int, seconds: float, conn) -> None:
-    """Child process: n_clients websocket clients subscribed to '*', stamping every update's receipt."""
+    """Child process: n_clients websocket clients subscribed to '*', stamping every update's receipt in the measured
+    window (which starts SETTLE_S after the last client subscribed)."""
     from websockets.asyncio.client import connect
 
     ready: list[int] = []
+    subscribed = asyncio.Event()
+    window: list[float] = []  # [start, end] of the measured window (time.monotonic)
 
     async def client(i: int):
         rows, dropped = [], 0
@@ -94,22 +144,40 @@ def clients_main(url: str, n_clients: int, seconds: float, conn) -> None:
                 pass
             ready.append(i)
             if len(ready) == n_clients:
-                conn.send("ready")  # every client is subscribed: the measured window starts
-            end = time.monotonic() + seconds
-            while (left := end - time.monotonic()) > 0:
-                try:
-                    text = await asyncio.wait_for(ws.recv(), left)
-                except asyncio.TimeoutError:
-                    break
-                now = time.monotonic()
-                msg = json.loads(text)
-                dropped += msg.get("dropped", 0)
-                if msg["type"] == "update":
-                    rows.append((msg["stream"], msg["t"], now))
+                start = time.monotonic() + SETTLE_S
+                window[:] = [start, start + seconds]
+                subscribed.set()
+            await subscribed.wait()
+            start, end = window
+
+            async def receive() -> None:
+                nonlocal dropped
+                while True:
+                    text = await ws.recv(decode=False)  # json.loads takes the UTF-8 bytes as they came
+                    now = time.monotonic()
+                    if now < start:
+                        continue  # settling: read (so nothing piles up) but not measured
+                    msg = json.loads(text)
+                    dropped += msg.get("dropped", 0)
+                    if msg["type"] == "update":
+                        rows.append((msg["stream"], msg["t"], now))
+
+            try:  # one deadline for the whole window, not a timer per message
+                await asyncio.wait_for(receive(), end - time.monotonic())
+            except asyncio.TimeoutError:
+                pass
         return rows, dropped
 
+    async def start_signal() -> None:
+        await subscribed.wait()
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        conn.send("ready")  # the measured window starts: the server counts what it publishes from here
+
     async def main():
-        return await asyncio.gather(*(client(i) for i in range(n_clients)))
+        signal = asyncio.create_task(start_signal())
+        results = await asyncio.gather(*(client(i) for i in range(n_clients)))
+        await signal
+        return results
 
     results = asyncio.run(main())
     conn.send("done")
@@ -118,6 +186,10 @@ def clients_main(url: str, n_clients: int, seconds: float, conn) -> None:
 
 
 def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
+    from streamtag.live import LiveRunner, freeze_startup_objects
+    from streamtag.pipeline import Engine
+    from streamtag.publishers.websocket import ServerConfig, WebsocketServer
+
     engine = Engine(bundle, device=args.device, hop_seconds=args.hop)
     sr = engine.sample_rate
     # an update's t is the music it describes; a lagging model (the students) had audio lag_frames further on
@@ -127,16 +199,23 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
     async def scenario():
         runner = LiveRunner(engine)
         runner.start()
+        freeze_startup_objects()  # as streamtag serve does
         result["runner"] = runner
         server = WebsocketServer(runner, ServerConfig(port=0, queue_streams=max(256, n_streams), web_dir=None))
         async with server:
             stop = threading.Event()
             sources = {}
             for k in range(n_streams):
-                src = PacedClip(audio, sr, offset=(k * 7919 * 13) % audio.shape[0], stop=stop)
+                src = PacedClip(audio, sr, offset=(k * 7919 * 13) % audio.shape[0], stop=stop,
+                                phase=engine.hop_seconds * k / n_streams)
                 sources[f"s{k}"] = src
-                runner.add_source(f"s{k}", src, speed=None, display="bench")
-            warmup = bundle.window_seconds + 2.0
+                if args.feed == "threads":
+                    runner.add_source(f"s{k}", src, speed=None, display="bench")  # a feeder thread per stream
+                else:
+                    runner.add_stream(f"s{k}", display="bench")
+            if args.feed == "push":
+                threading.Thread(target=pace_all, args=(runner, sources, stop), name="pacer", daemon=True).start()
+            warmup = bundle.window_seconds + engine.hop_seconds + 2.0  # the last stream starts a hop late
             await asyncio.sleep(warmup)  # first windows fill, first-step imports done
             parent, child = mp.get_context("spawn").Pipe(duplex=False)
             proc = mp.get_context("spawn").Process(
@@ -201,6 +280,8 @@ def _row(r: dict) -> str:
 def search(bundle, audio: np.ndarray, args) -> dict:
     """The most real-time streams ``bundle`` sustains: double the stream count until a run fails
     :func:`sustains`, then bisect, within ``--budget`` seconds and ``--max-configs`` runs."""
+    from streamtag.pipeline import Engine
+
     hop = Engine(bundle, device=args.device, hop_seconds=args.hop).hop_seconds
     rows: list[dict] = []
     lo, hi, n = 0, None, max(1, args.start)
@@ -227,7 +308,9 @@ def search(bundle, audio: np.ndarray, args) -> dict:
 
 
 def main_search(args) -> int:
-    from streamtag.registry import available_models
+    from streamtag.pipeline import Engine
+    from streamtag.registry import available_models, load_bundle
+    from streamtag.sources import read_audio
 
     names = available_models() if args.models == ["all"] else args.models
     results = []
@@ -254,6 +337,9 @@ def main_search(args) -> int:
 
 
 def main() -> int:
+    from streamtag.registry import DEFAULT_MODEL, load_bundle
+    from streamtag.sources import read_audio
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -261,6 +347,11 @@ def main() -> int:
     p.add_argument("--streams", type=int, nargs="+", default=[1, 10, 100])
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per configuration")
+    p.add_argument("--feed", choices=("push", "threads"), default="push",
+                   help="push: one pacing thread hands every stream its blocks through LiveRunner.push (as the server "
+                        "feeds websocket audio-in); threads: a feeder thread per stream (as LiveRunner feeds sources)")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads (default: torch's own, one per core)")
     p.add_argument("--clip", default=str(CLIP))
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--verbose", action="store_true", help="print a sample of one client's receipts")
@@ -271,22 +362,21 @@ def main() -> int:
     p.add_argument("--max-configs", type=int, default=8, help="--search: most runs per model")
     p.add_argument("--budget", type=float, default=240.0, help="--search: seconds of runs per model")
     args = p.parse_args()
-    if args.search:
-        import torch
-
-        args.models = args.models or [args.model]
-        print(f"device {args.device} · {args.clients} clients · {args.seconds:g} s per run · "
-              f"torch threads {torch.get_num_threads()}", flush=True)
-        return main_search(args)
-
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, args.torch_threads or torch.get_num_threads()))
+    feed = "one pacing thread (--feed push)" if args.feed == "push" else "a feeder thread per stream (--feed threads)"
+    if args.search:
+        args.models = args.models or [args.model]
+        print(f"device {args.device} · {args.clients} clients · {args.seconds:g} s per run · "
+              f"torch threads {torch.get_num_threads()} · streams fed by {feed}", flush=True)
+        return main_search(args)
+
     bundle = load_bundle(args.model)
     audio = read_audio(args.clip, bundle.frontend.sample_rate)
     rows = []
     print(f"model {bundle.name} · device {args.device} · {args.clients} clients · {args.seconds:g} s per row · "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+          f"torch threads {torch.get_num_threads()} · streams fed by {feed}", flush=True)
     for n in args.streams:
         rows.append(run_config(bundle, audio, args, n))
         print(_row(rows[-1]), flush=True)
