@@ -414,7 +414,10 @@ def _map_on(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequence[
     """``[fn(i) for i in items]``: the first on this thread, the others on ``pool`` meanwhile (in order)."""
     if len(items) < 2:
         return [fn(i) for i in items]
-    futures = [pool.submit(fn, i) for i in items[1:]]
+    try:
+        futures = [pool.submit(fn, i) for i in items[1:]]
+    except RuntimeError:  # the pool was shut down (stop() gave up waiting for a slow step): run them here
+        return [fn(i) for i in items]
     return [fn(items[0]), *(f.result() for f in futures)]
 
 
