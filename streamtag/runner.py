@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .architectures.base import StreamingModel
+from .architectures.threads import few_streams, one_thread
 from .errors import ConfigError, DeviceError, ModelError
 from .registry import Bundle
 
@@ -166,9 +167,12 @@ class ModelRunner:
         x = torch.as_tensor(frames, dtype=torch.float32).to(self.device)  # (B, T, n_mels)
         rows = self._slot_rows(names)
         assert self._state is not None
-        logits, new_state = self.model.step(x, self._state[rows])  # state rows: (B, S)
-        self._state[rows] = new_state.to(self._state.dtype)
-        return self._activate(logits).cpu().numpy()
+        # a live step of a few streams: every op on one intra-op thread, not only the model's own small ops (the
+        # rule of architectures/threads.py); on a busy machine a second intra-op thread spins at each op for nothing
+        with one_thread(few_streams(x)):
+            logits, new_state = self.model.step(x, self._state[rows])  # state rows: (B, S)
+            self._state[rows] = new_state.to(self._state.dtype)
+            return self._activate(logits).cpu().numpy()
 
     def reset_state(self, name: str) -> None:
         """Forget a stream's state (its row is reused by the next new stream)."""
