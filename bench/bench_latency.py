@@ -25,11 +25,13 @@ itself.
     python bench/bench_latency.py --search --models all --seconds 8 --clients 2   # the real-time limit per model
     python bench/bench_latency.py --search --model DIR --clients 2 --seconds 8 --feed threads
 
-Prints one row per stream count with p50/p99 latency, updates/s (engine) and messages/s (all clients), and the
-ratios to the 1-stream baseline measured in the same run. ``--search`` instead finds, per model, the largest
-stream count it sustains in real time (p99 latency under one hop, >= 95% of the expected updates, no overruns):
-doubling from ``--start`` until a run fails, then bisecting, bounded by ``--budget`` and ``--max-configs``; it
-prints the bracket, the sustained updates/s and the engine's wall ms per stream-hop at that limit. A configuration
+Prints one row per stream count with p50/p99 latency, updates/s (engine) and messages/s (all clients), each the
+median of ``--runs`` runs (default 3), and the ratios to the 1-stream baseline measured in the same run.
+``--search`` instead finds, per model, the largest stream count it sustains in real time (p99 latency under one
+hop, >= 95% of the expected updates, no overruns): x4 from ``--start`` until a run fails, then bisecting, bounded by
+``--budget`` and ``--max-configs``, one run per configuration; the limit found is then run until it has ``--runs``
+runs and their median decides (a failing median moves to the next lower sustained count). It prints the bracket,
+the sustained updates/s (median) and the engine's wall ms per stream-hop at that limit. A configuration
 the machine cannot run in real time shows up as growing latency and ring-buffer overruns, not as a crash. The
 header line says how the streams were fed and how many intra-op threads torch had (``--torch-threads``).
 """
@@ -279,7 +281,8 @@ def _row(r: dict) -> str:
 
 def search(bundle, audio: np.ndarray, args) -> dict:
     """The most real-time streams ``bundle`` sustains: double the stream count until a run fails
-    :func:`sustains`, then bisect, within ``--budget`` seconds and ``--max-configs`` runs."""
+    :func:`sustains` (x4 each time), then bisect, within ``--budget`` seconds and ``--max-configs`` runs; then
+    confirm the limit with ``--runs`` runs."""
     from streamtag.pipeline import Engine
 
     hop = Engine(bundle, device=args.device, hop_seconds=args.hop).hop_seconds
@@ -296,15 +299,44 @@ def search(bundle, audio: np.ndarray, args) -> dict:
         else:
             hi = n
         if hi is None:
-            n *= 2
+            n *= 4
         elif hi - lo <= max(1, lo // 8):
             break
         else:
             n = (lo + hi) // 2
-    best = max((r for r in rows if r["sustained"]), key=lambda r: r["streams"], default=None)
+    # the verdict: the found limit again until it has --runs runs; their median decides. A limit whose median
+    # fails gives way to the next lower sustained count, confirmed the same way.
+    best = None
+    while lo > 0:
+        runs = [r for r in rows if r["streams"] == lo]
+        while len(runs) < args.runs:
+            r = run_config(bundle, audio, args, lo)
+            r["sustained"] = sustains(r, hop)
+            rows.append(r)
+            runs.append(r)
+            print(_row(r) + ("  ok" if r["sustained"] else "  NOT real time") + "  (confirming)", flush=True)
+        med = median_row(runs)
+        if sustains(med, hop):
+            best = med
+            break
+        hi = lo
+        lo = max((r["streams"] for r in rows if r["sustained"] and r["streams"] < lo), default=0)
+    if best is not None:
+        print(_row(best) + f"  median of {len(best['runs'])} runs", flush=True)
     return {"model": bundle.name, "hop_s": hop, "max_streams": lo, "bracket": [lo, hi], "rows": rows,
-            "updates_per_s": best["updates_per_s"] if best else 0.0,
+            "median": best, "updates_per_s": best["updates_per_s"] if best else 0.0,
             "budget_exhausted": hi is None and lo > 0}
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One configuration's runs as one row: the median of each latency and rate, the worst of drops and overruns."""
+    row = dict(runs[0])
+    for key in ("p50_ms", "p99_ms", "updates_per_s", "client_msgs_per_s"):
+        row[key] = float(np.median([r[key] for r in runs]))
+    for key in ("dropped", "overruns"):
+        row[key] = max(r[key] for r in runs)
+    row["runs"] = [{k: r[k] for k in ("p50_ms", "p99_ms", "updates_per_s", "overruns")} for r in runs]
+    return row
 
 
 def main_search(args) -> int:
@@ -330,7 +362,8 @@ def main_search(args) -> int:
         print(f"{res['model']:20s} {res['hop_s']:6.2f} {res['max_streams']:12d}  [{res['bracket'][0]}, "
               f"{hi if hi is not None else '>'}]  {res['updates_per_s']:18.1f} {per_hop:18.1f}  {scale:>11s}"
               + ("  (budget ran out before a failure)" if res["budget_exhausted"] else ""))
-    print("ms per stream-hop: wall ms the engine spends per update at the largest sustained count (1000 / updates/s)")
+    print("ms per stream-hop: wall ms the engine spends per update at the largest sustained count (1000 / updates/s); "
+          f"sustained figures: the median of {args.runs} runs at that count")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
@@ -358,9 +391,12 @@ def main() -> int:
     p.add_argument("--search", action="store_true",
                    help="per model, search the largest stream count with p99 latency under one hop")
     p.add_argument("--models", nargs="+", default=None, help="models for --search ('all': every shipped one)")
-    p.add_argument("--start", type=int, default=1, help="--search: first stream count (doubled until it fails)")
-    p.add_argument("--max-configs", type=int, default=8, help="--search: most runs per model")
-    p.add_argument("--budget", type=float, default=240.0, help="--search: seconds of runs per model")
+    p.add_argument("--start", type=int, default=1, help="--search: first stream count (x4 until it fails)")
+    p.add_argument("--max-configs", type=int, default=10, help="--search: most runs per model")
+    p.add_argument("--budget", type=float, default=400.0, help="--search: seconds of runs per model")
+    p.add_argument("--runs", type=int, default=3,
+                   help="runs per configuration, medians reported (--search: the found limit is run again until it "
+                        "has this many, and their median decides)")
     args = p.parse_args()
     import torch
 
@@ -378,8 +414,9 @@ def main() -> int:
     print(f"model {bundle.name} · device {args.device} · {args.clients} clients · {args.seconds:g} s per row · "
           f"torch threads {torch.get_num_threads()} · streams fed by {feed}", flush=True)
     for n in args.streams:
-        rows.append(run_config(bundle, audio, args, n))
-        print(_row(rows[-1]), flush=True)
+        runs = [run_config(bundle, audio, args, n) for _ in range(max(1, args.runs))]
+        rows.append(median_row(runs))
+        print(_row(rows[-1]) + (f"  median of {len(runs)} runs" if len(runs) > 1 else ""), flush=True)
     base = rows[0]
     print("\nstreams  p50 ms   p99 ms   p50 x   p99 x   updates/s  msgs/s (all clients)  dropped  overruns")
     for r in rows:

@@ -30,7 +30,7 @@ step() {  # step NAME SECONDS CMD...
   tail -n 12 "$OUT/$name.log"
 }
 
-step tests 150 "$PY" -m pytest -q -m "" -k cuda tests/test_runner.py
-step bench_tag 120 "$PY" bench/bench_tag.py --files 4 --device cuda
+step tests 120 "$PY" -m pytest -q -m "" -k cuda tests/test_runner.py
+step bench_tag 100 "$PY" bench/bench_tag.py --files 4 --device cuda
 step bench_arch 120 "$PY" bench/bench_arch.py --device cuda --streams 1 64 512 4096 --repeats 5
-step bench_latency 180 "$PY" bench/bench_latency.py --search --models all --device cuda --seconds 6 --budget 40
+step bench_latency 240 "$PY" bench/bench_latency.py --search --models all --device cuda --seconds 5 --budget 30 --runs 3
