@@ -37,6 +37,26 @@ def test_map_threads_propagates_errors(two_torch_threads) -> None:
     assert torch.get_num_threads() == 2
 
 
+def test_transient_map_threads_runs_on_threads_that_end_with_the_call(two_torch_threads) -> None:
+    """A file's span runs on threads of its own: same results, and none of its threads outlives the call
+    (their native per-thread memory goes with them), while the persistent pool's threads stay."""
+    seen: list[threading.Thread] = []
+
+    def work(i: int) -> int:
+        seen.append(threading.current_thread())
+        assert torch.get_num_threads() == 1
+        return i + 1
+
+    assert map_threads(work, list(range(8)), 2, transient=True) == list(range(1, 9))
+    assert torch.get_num_threads() == 2
+    transient = set(seen)
+    assert transient and threading.main_thread() not in transient
+    assert not any(t.is_alive() for t in transient)
+    seen.clear()
+    map_threads(work, list(range(8)), 2)
+    assert seen and any(t.is_alive() for t in set(seen))  # the persistent pool's
+
+
 def test_one_thread_restores_and_workers_sees_the_outer_count(two_torch_threads) -> None:
     with one_thread():
         assert torch.get_num_threads() == 1

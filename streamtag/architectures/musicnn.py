@@ -287,7 +287,7 @@ class Musicnn(_FeatureLayers, WindowModel):
             n_groups = workers * math.ceil(n_groups / workers)
         size = math.ceil(len(ends) / n_groups)
         groups = [starts[g : g + size] for g in range(0, len(starts), size)]
-        out = _map_threads(lambda g: self._window_group(x, g, length, chunk_frames), groups, workers)
+        out = _map_threads(lambda g: self._window_group(x, g, length, chunk_frames), groups, workers, transient=True)
         return torch.cat(out)
 
     def _window_group(self, x: torch.Tensor, starts: list[int], length: int, chunk_frames: int) -> torch.Tensor:
@@ -482,8 +482,8 @@ class MusicnnFrames(_FeatureLayers):
             # reads only z[t : t + in_hist + 1], so the parts are the same convolutions as one pass
             cuts = [round(i * n / workers) for i in range(workers + 1)]
             spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-            new = torch.cat(_map_threads(lambda ab: self._front(z[:, :, ab[0]:], ab[1] - ab[0]), spans, workers),
-                            dim=2)
+            new = torch.cat(_map_threads(lambda ab: self._front(z[:, :, ab[0]:], ab[1] - ab[0]), spans, workers,
+                                         transient=True), dim=2)
         else:
             new = self._front(z, n)  # (B, C0, n): stream frames count - right + k
         ar = torch.arange(n, device=x.device, dtype=count.dtype)
@@ -565,7 +565,7 @@ class MusicnnFrames(_FeatureLayers):
         z = torch.cat([xh, x], dim=1)  # (B, in_hist + n, n_mels)
         cuts = [round(i * n / workers) for i in range(workers + 1)]
         spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        parts = _map_threads(lambda ab: fast.frames_first(z[:, ab[0] :], ab[1] - ab[0]), spans, workers)
+        parts = _map_threads(lambda ab: fast.frames_first(z[:, ab[0] :], ab[1] - ab[0]), spans, workers, transient=True)
         front = torch.cat(parts, dim=1)  # (B, n, width)
         return self._fast_group(x, state, total, front, None if out is None else (None, None, out))
 
