@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bn_fixtures import randomize_batch_norms
 
 from streamtag.architectures import build_model, fastfront
 from streamtag.architectures.fastfront import FastFront
@@ -21,13 +22,7 @@ def _random_frames(seed: int, **cfg) -> MusicnnFrames:
     """A small musicnn feature extractor with random weights and batch norms of both signs."""
     torch.manual_seed(seed)
     fr = MusicnnFrames(MusicnnConfig(**{"timbral_filters": 12, "temporal_filters": 6, "midend_filters": 8, **cfg}))
-    with torch.no_grad():
-        for mod in fr.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.weight.copy_(torch.randn_like(mod.weight))
-                mod.bias.copy_(torch.randn_like(mod.bias))
-                mod.running_mean.copy_(torch.randn_like(mod.running_mean))
-                mod.running_var.copy_(torch.rand_like(mod.running_var) + 0.5)
+    randomize_batch_norms(fr)
     return fr.eval()
 
 

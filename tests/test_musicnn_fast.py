@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bn_fixtures import randomize_batch_norms
 
 from streamtag.architectures import build_model
 from streamtag.architectures.musicnn import Musicnn
@@ -81,13 +82,7 @@ def test_random_weights_with_negative_bn_scales(random_frames: torch.Tensor) -> 
     """A random model whose batch norms have negative scales and nonzero statistics (the shipped one may not)."""
     torch.manual_seed(3)
     net = build_model("musicnn", {"timbral_filters": 16, "temporal_filters": 8, "midend_filters": 16})
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.weight.copy_(torch.randn_like(mod.weight))
-                mod.bias.copy_(torch.randn_like(mod.bias))
-                mod.running_mean.copy_(torch.randn_like(mod.running_mean))
-                mod.running_var.copy_(torch.rand_like(mod.running_var) + 0.5)
+    randomize_batch_norms(net)
     net.eval()
     ends = window_ends(random_frames.shape[0], WINDOW, 40)
     fast = _fast(net, random_frames, ends, WINDOW)
