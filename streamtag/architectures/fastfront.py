@@ -66,9 +66,8 @@ def bf16_native() -> bool:
         return False
 
 
-def _bn_affine(blk: FrontendBlock) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode batch norm of a block as scale * v + shift, per channel."""
-    bn = blk.bn
+def _bn_affine(bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode batch norm as scale * v + shift, per channel."""
     assert bn.running_mean is not None and bn.running_var is not None
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().float()
     return scale, (bn.bias.detach() - bn.running_mean * scale).float()
@@ -110,7 +109,7 @@ class _Block:
             placed = w.new_zeros((len(chans), self.taps, w.shape[2]))
             placed[:, left - blk.pad[0] : left - blk.pad[0] + w.shape[1]] = w
             assert blk.conv.bias is not None
-            scale, shift = _bn_affine(blk)
+            scale, shift = _bn_affine(blk.bn)
             ws.append(placed)
             bs.append(blk.conv.bias.detach().float()[chans])
             scales.append(scale[chans])
@@ -261,7 +260,7 @@ class FastFront:
         for i, blk in enumerate(blocks):
             C = blk.conv.out_channels
             chans = torch.nonzero(live[col0 : col0 + C])[:, 0]
-            shifts.append(_bn_affine(blk)[1])
+            shifts.append(_bn_affine(blk.bn)[1])
             if len(chans) and i < len(timbral):
                 self.timbral.append(_Timbral(blk, chans, col0, n_mels, dtype))
             elif len(chans):
@@ -307,12 +306,11 @@ class MidGemm:
     def __init__(self, conv: torch.nn.Conv1d, bn: torch.nn.BatchNorm1d, dtype: torch.dtype,
                  weight: torch.Tensor | None = None) -> None:
         w = (conv.weight if weight is None else weight).detach().float()  # (C, C_in, k)
-        assert conv.bias is not None and bn.running_mean is not None and bn.running_var is not None
+        assert conv.bias is not None
         self.k, self.dtype = w.shape[2], dtype
         self.W = w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous().to(dtype)  # (k * C_in, C): rows (tap, c_in)
         self.bias = conv.bias.detach().float()
-        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().float()
-        self.scale, self.shift = scale, (bn.bias.detach() - bn.running_mean * scale).float()
+        self.scale, self.shift = _bn_affine(bn)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None = None) -> None:
         """x (B, n + k - 1, C_in) float32 -> out (B, n, C) float32 (+ residual), both may be strided views."""

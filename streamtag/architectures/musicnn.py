@@ -90,6 +90,12 @@ _FAST_STREAMS = 64  # MusicnnFrames' GEMM path: about this many streams per grou
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
+def _inside(t: torch.Tensor, total: int | None) -> torch.Tensor:
+    """Whether stream frames ``t`` lie in the stream (t >= 0, and before ``total`` when the length is known);
+    outside it musicnn sees zero padding."""
+    return (t >= 0) if total is None else (t >= 0) & (t < total)
+
+
 def same_padding(kernel: int) -> tuple[int, int]:
     """(before, after) zero padding of TensorFlow's "same" for stride 1: the odd element goes after."""
     total = kernel - 1
@@ -108,8 +114,9 @@ class FrontendBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.valid(F.pad(x, (0, 0, *self.pad)))  # (B, C, T)
 
-    def valid(self, x: torch.Tensor) -> torch.Tensor:
-        """The block on input already padded in time: (B, 1, T + frames - 1, n_mels) -> (B, C, T)."""
+    def valid(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The block on input already padded in time: (B, 1, T + frames - 1, n_mels) -> (B, C, T). ``dtype``
+        (inference only): run the convolution in it, e.g. bf16 on CUDA; the output stays in the weights' dtype."""
         if self.training:
             z = self.conv(x)  # (B, C, T, n_mels - bands + 1)
             return self.bn(F.relu(z)).amax(dim=3)  # (B, C, T)
@@ -118,26 +125,16 @@ class FrontendBlock(nn.Module):
         # result (monotone maps commute with max), without three passes over the large (B, C, T, F) tensor.
         # min z = -max(-z), and -z is the conv with negated weights and bias (bit for bit: negation is exact),
         # so one conv and one max over bands give every channel's extreme.
-        sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(self.conv.weight.dtype)  # (C,) sign of a
+        wdt = self.conv.weight.dtype
+        dt = wdt if dtype is None else dtype
+        sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(wdt)  # (C,) sign of a
         bias = self.conv.bias
         assert bias is not None  # built with a bias
-        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), bias * sign)  # (B, C, T, F)
-        extreme = z.amax(dim=3) * sign.view(1, -1, 1)  # (B, C, T)
+        z = F.conv2d(x.to(dt), (self.conv.weight * sign.view(-1, 1, 1, 1)).to(dt), (bias * sign).to(dt))  # (B, C, T, F)
+        extreme = z.amax(dim=3).to(wdt) * sign.view(1, -1, 1)  # (B, C, T)
         bn = self.bn
         return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
                             bn.eps)  # (B, C, T)
-
-
-    def valid_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """:meth:`valid` (inference) with the convolution in ``dtype`` (bf16 on CUDA); float32 out."""
-        sign = torch.where(self.bn.weight >= 0, 1.0, -1.0).to(self.conv.weight.dtype)
-        bias = self.conv.bias
-        assert bias is not None
-        z = F.conv2d(x.to(dtype), (self.conv.weight * sign.view(-1, 1, 1, 1)).to(dtype), (bias * sign).to(dtype))
-        extreme = z.amax(dim=3).float() * sign.view(1, -1, 1)
-        bn = self.bn
-        return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
-                            bn.eps)
 
 
 class MidendBlock(nn.Module):
@@ -491,7 +488,7 @@ class MusicnnFrames(_FeatureLayers):
         for j, h in enumerate(hs):
             delay = self.right + j * self.mid_right
             t = count[:, None] - delay + ar  # (B, n) stream frame of each new output of this level
-            inside = (t >= 0) if total is None else (t >= 0) & (t < total)
+            inside = _inside(t, total)
             new = new * inside.to(new.dtype)[:, None, :]  # musicnn's zero padding outside the stream
             zj = torch.cat([h, new], dim=2)  # (B, C_j, H_j + n)
             H = h.shape[2]
@@ -590,7 +587,7 @@ class MusicnnFrames(_FeatureLayers):
             if j == 0 and pruned:
                 zj = _buffer("fz0", (b, H + n, self.n_live + 1), x.dtype)
                 t = count[:, None] - self.right - H + torch.arange(H + n, dtype=count.dtype)  # (b, H + n) frames
-                zj[:, :, -1] = ((t >= 0) if total is None else (t >= 0) & (t < total)).to(zj.dtype)
+                zj[:, :, -1] = _inside(t, total).to(zj.dtype)
                 if H:
                     zj[:, :H, :-1] = h[:, self._live_idx].transpose(1, 2)
             else:
@@ -609,7 +606,7 @@ class MusicnnFrames(_FeatureLayers):
             delay = self.right + j * self.mid_right
             if first - delay < 0 or (total is not None and last - delay > total):
                 t = count[:, None] - delay + ar  # (b, n) stream frame of each new output
-                inside = (t >= 0) if total is None else (t >= 0) & (t < total)
+                inside = _inside(t, total)
                 zj[:, H:] *= inside.to(zj.dtype)[:, :, None]  # musicnn's zero padding outside the stream
             if j + 1 < len(levels):
                 nxt = levels[j + 1]
@@ -632,7 +629,7 @@ class MusicnnFrames(_FeatureLayers):
             else:
                 new_hs.append(zj[:, n:].transpose(1, 2))
         t = count[:, None] - self.delay + ar  # stream frame each output describes
-        flags = ((t >= 0) if total is None else (t >= 0) & (t < total)).to(x.dtype)
+        flags = _inside(t, total).to(x.dtype)
         inside = flags if out is None or out[1] is None else out[1].copy_(flags)
         return values, inside, self._pack(z[:, n:], new_hs, count + n, None if out is None else out[2])
 
@@ -643,7 +640,7 @@ class MusicnnFrames(_FeatureLayers):
         for blk in self.front_blocks:
             pl, pr = blk.pad
             x = z[:, :, self.left - pl : self.left + n + pr]
-            front.append(blk.valid(x) if dt == torch.float32 else blk.valid_as(x, dt))  # (B, C, n)
+            front.append(blk.valid(x, dt))  # (B, C, n)
         return torch.cat(front, dim=1)
 
     def _mid(self, j: int, x: torch.Tensor) -> torch.Tensor:
