@@ -42,14 +42,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def _bf16_native(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    from .architectures.fastfront import bf16_native
-
-    return device.type == "cpu" and bf16_native()
-
-
 def resolve_precision(model: object, device: torch.device, precision: str = "auto") -> str:
     """The arithmetic a model runs in: "fp32", or "bf16" for models that offer it (``model.precisions``).
 
@@ -59,7 +51,9 @@ def resolve_precision(model: object, device: torch.device, precision: str = "aut
     """
     offered = tuple(getattr(model, "precisions", ("fp32",)))
     if precision == "auto":
-        return "bf16" if "bf16" in offered and device.type == "cpu" and _bf16_native(device) else "fp32"
+        from .architectures.fastfront import bf16_native
+
+        return "bf16" if "bf16" in offered and device.type == "cpu" and bf16_native() else "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision not in offered:
