@@ -253,13 +253,15 @@ def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: An
 
 
 def run_serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]] = (), *,
-              stderr: TextIO | None = None) -> int:
+              stderr: TextIO | None = None, runner: Any = None) -> int:
     """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri)
-    until SIGINT/SIGTERM; returns an exit code."""
-    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr))
+    until SIGINT/SIGTERM; returns an exit code. ``runner``: a started runner to serve instead of a LiveRunner
+    of ``engine`` (``serve --cluster``'s gateway, which also brings the server its ``open_source``)."""
+    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr, runner))
 
 
-async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO) -> int:
+async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO,
+                 runner: Any = None) -> int:
     from .publishers.websocket import WebsocketServer
     from .sources.policy import SourcePolicy
 
@@ -275,10 +277,12 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
-    runner = LiveRunner(engine)
-    runner.start()
+    if runner is None:
+        runner = LiveRunner(engine)
+        runner.start()
     freeze_startup_objects()
-    server = WebsocketServer(runner, config)  # a sink of the runner
+    hook = getattr(runner, "open_source", None)  # the cluster gateway's: a worker opens what a client names
+    server = WebsocketServer(runner, config, **({"open_source": hook} if hook is not None else {}))
     try:
         for name, uri in sources:  # the user's own inputs; they exist before the first client connects
             await server.add_source(name, uri, policy=SourcePolicy.permissive())

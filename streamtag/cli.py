@@ -227,6 +227,9 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_model_args(p)
     add_device_arg(p, old_compute=True)
     add_smoothing_arg(p)
+    from .cluster import add_cluster_args  # --cluster ADDRESS and its capacity flags (no Ray import)
+
+    add_cluster_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_serve"))
 
     add_training_commands(sub)

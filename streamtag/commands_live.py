@@ -124,6 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # validates host/token/limits before the model loads
     config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed)
     sources = _parse_sources(args.source)
+    if getattr(args, "cluster", None):  # the stations run on a Ray cluster; this process is the gateway
+        from .cluster.serve import cmd_serve_cluster
+
+        return cmd_serve_cluster(args, config, sources)
     engine = _engine(args)
     from .app import run_serve
 

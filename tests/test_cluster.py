@@ -1,0 +1,327 @@
+"""serve --cluster on a real multi-node Ray cluster on this machine (a head and two 1-CPU worker nodes, shared by
+the module): stations spread over both nodes, a full cluster refuses, a node that dies moves its stations to the
+survivor while the subscriber stays connected, a node that joins takes new stations, and a station's updates
+through the cluster equal a local engine's for the same audio.
+
+The whole module shares one cluster and one gateway (a Ray start and a worker's model load cost seconds on two
+cores); its tests run in file order and leave the gateway as they found it, except the node test, which runs last
+among the gateway's tests.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cluster_fixtures import LocalCluster
+from live_fixtures import live_bundle, write_tone_wav
+
+from streamtag.errors import ConfigError, SourceError, StreamtagError
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_PORT = 25100  # this module's Ray ports: 25100-25499
+TIMEOUT = 60.0
+HOP = 0.25
+
+
+class Collector:
+    """A sink that keeps everything the gateway reports."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.updates: dict[str, list] = {}
+        self.status: list[tuple[str, str, str]] = []
+        self.removed: dict[str, StreamtagError | None] = {}
+
+    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
+        pass
+
+    def on_update(self, updates: list) -> None:
+        with self.lock:
+            for u in updates:
+                self.updates.setdefault(u.stream, []).append(u)
+
+    def on_title(self, name: str, title: str | None) -> None:
+        pass
+
+    def on_status(self, name: str, kind: str, detail: str) -> None:
+        with self.lock:
+            self.status.append((name, kind, detail))
+
+    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
+        with self.lock:
+            self.removed[name] = error
+
+    def count(self, name: str) -> int:
+        with self.lock:
+            return len(self.updates.get(name, []))
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray", reason='Ray is not installed (pip install "streamtag[cluster]")')
+    cluster = LocalCluster(BASE_PORT, nodes=2)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bundle")
+    live_bundle(d)
+    return d / "tiny-live"
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("audio")
+    return {"long": write_tone_wav(d / "long.wav", seconds=300.0), "short": write_tone_wav(d / "short.wav", 6.0)}
+
+
+def engine_spec(bundle_dir: Path):
+    from streamtag.cluster.worker import EngineSpec
+    from streamtag.smoothing import SmoothingConfig
+
+    return EngineSpec(model=str(bundle_dir), device="cpu", hop_seconds=HOP,
+                      smoothing=SmoothingConfig(tau_seconds=0.5, hold_seconds=0.0))
+
+
+class Serving:
+    """The gateway and a real websocket server in front of it, on a loop in a background thread."""
+
+    def __init__(self, gateway, **config) -> None:
+        from streamtag.publishers.websocket import ServerConfig, WebsocketServer
+
+        self.gateway = gateway
+        self.collector = Collector()
+        gateway.add_sink(self.collector)
+        self.server = WebsocketServer(gateway, ServerConfig(port=0, **config), open_source=gateway.open_source)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ws-loop", daemon=True)
+        self.thread.start()
+        self.call(self.server.start)
+
+    def call(self, fn, *args, timeout: float = TIMEOUT, **kw):
+        return asyncio.run_coroutine_threadsafe(fn(*args, **kw), self.loop).result(timeout)
+
+    def add(self, name: str, uri: str, permissive: bool = True) -> None:
+        from streamtag.sources.policy import SourcePolicy
+
+        self.call(self.server.add_source, name, uri, policy=SourcePolicy.permissive() if permissive else None)
+
+    def remove(self, name: str) -> None:
+        self.call(self.server.remove_source, name)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/"
+
+    def close(self) -> None:
+        try:
+            self.call(self.server.close, timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def serving(ray_cluster, bundle_dir):
+    from streamtag.cluster.gateway import ClusterConfig, GatewayRunner
+
+    said: list[str] = []
+    config = ClusterConfig(address=ray_cluster.address, worker_streams=4, worker_cpu=None, dead_after=3.0,
+                           members_interval=0.5)
+    gateway = GatewayRunner(engine_spec(bundle_dir), config, say=said.append).start()
+    wait_until(lambda: sum(w["ready"] for w in gateway.workers()) == 2, TIMEOUT, "a worker on each node")
+    srv = Serving(gateway, file_speed=1.0)
+    srv.said = said  # type: ignore[attr-defined]
+    try:
+        yield srv
+    finally:
+        srv.close()
+        gateway.stop()
+
+
+def nodes_of(gateway) -> dict[str, str]:
+    return {w["id"]: w["node"] for w in gateway.workers()}
+
+
+# -- the gateway keeps the server's protocol -------------------------------------------------------------------
+def test_hello_has_the_workers_model_and_the_page_is_served(serving, bundle_dir):
+    from urllib.request import urlopen
+
+    from websockets.asyncio.client import connect
+
+    from streamtag.registry import load_bundle
+
+    async def hello():
+        async with connect(serving.url) as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+    msg = asyncio.run(hello())
+    bundle = load_bundle(bundle_dir)
+    assert msg["type"] == "hello" and msg["model"] == bundle.name
+    assert msg["labels"] == list(serving.gateway.engine.labels_shown) and set(msg["labels"]) <= set(bundle.labels)
+    assert msg["sample_rate"] == bundle.frontend.sample_rate
+    with urlopen(f"http://127.0.0.1:{serving.server.port}/", timeout=10) as r:
+        assert b"<html" in r.read().lower()
+
+
+def test_updates_through_the_cluster_equal_a_local_engine(serving, audio, bundle_dir):
+    from live_fixtures import make_engine
+
+    from streamtag.live import LiveRunner
+    from streamtag.registry import load_bundle
+    from streamtag.sources import open_source
+
+    serving.add("eq", str(audio["short"]))
+    wait_until(lambda: "eq" in serving.collector.removed, TIMEOUT, "the short station to end")
+    assert serving.collector.removed["eq"] is None
+    remote = serving.collector.updates["eq"]
+
+    engine = make_engine(load_bundle(bundle_dir), hop=HOP)
+    local = Collector()
+    runner = LiveRunner(engine, [local]).start()
+    try:
+        runner.add_source("eq", open_source(str(audio["short"]), engine.sample_rate))
+        wait_until(lambda: "eq" in local.removed, TIMEOUT, "the local run to end")
+    finally:
+        runner.stop()
+    mine = local.updates["eq"]
+    assert len(remote) == len(mine) >= 10
+    for a, b in zip(remote, mine):
+        assert a.t == b.t and a.stream == b.stream == "eq" and a.model == b.model
+        assert [k for k, _ in a.top] == [k for k, _ in b.top]
+        assert a.probs.keys() == b.probs.keys()
+        np.testing.assert_allclose([a.probs[k] for k in a.probs], [b.probs[k] for k in a.probs], atol=1e-5)
+        np.testing.assert_allclose([a.raw[k] for k in a.raw], [b.raw[k] for k in a.raw], atol=1e-5)
+
+
+def test_stations_spread_over_both_nodes_and_a_full_cluster_refuses(serving, audio):
+    names = [f"st{i}" for i in range(4)]
+    for n in names:
+        serving.add(n, str(audio["long"]))
+    placement = serving.gateway.placement()
+    per_worker = {w: sum(1 for n in names if placement[n] == w) for w in nodes_of(serving.gateway)}
+    assert sorted(per_worker.values()) == [2, 2], placement  # least-loaded placement: two on each node
+    wait_until(lambda: all(serving.collector.count(n) >= 2 for n in names), TIMEOUT, "updates from every station")
+
+    extra = [f"x{i}" for i in range(4)]  # 4 + 4 = both workers at --worker-streams 4
+    try:
+        for n in extra:
+            serving.add(n, str(audio["long"]))
+        with pytest.raises(SourceError, match="cluster full"):
+            serving.add("one-too-many", str(audio["long"]))
+        assert "one-too-many" not in serving.gateway.streams()
+    finally:
+        for n in extra:
+            serving.remove(n)
+    assert sorted(serving.gateway.streams()) == names
+
+
+def test_a_client_add_source_is_checked_by_the_gateway_policy(serving, audio):
+    with pytest.raises(StreamtagError, match="refused by policy"):
+        serving.add("nope", str(audio["long"]), permissive=False)  # the server's policy: no local files
+    with pytest.raises(StreamtagError, match="refused by policy"):
+        serving.add("nope", "http://127.0.0.1:9/x.mp3", permissive=False)  # loopback URL
+    with pytest.raises(StreamtagError, match="stdin"):
+        serving.add("nope", "-")
+    assert "nope" not in serving.gateway.streams()
+
+
+def test_a_lost_node_moves_its_stations_and_the_subscriber_stays(serving, ray_cluster, audio):
+    from websockets.asyncio.client import connect
+
+    gateway = serving.gateway
+    names = [f"st{i}" for i in range(4)]
+    assert sorted(gateway.streams()) == names
+    placement = gateway.placement()
+    victim_worker = placement[names[0]]
+    victim_node = nodes_of(gateway)[victim_worker]
+    moved = [n for n in names if placement[n] == victim_worker]
+    result: dict = {}
+
+    async def subscriber(ready: threading.Event, done: threading.Event) -> None:
+        async with connect(serving.url) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+            seen: list[dict] = []
+            ready.set()
+            while not done.is_set():
+                try:
+                    seen.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
+                except asyncio.TimeoutError:
+                    continue
+            result["messages"] = seen
+            result["open"] = ws.state.name == "OPEN"
+
+    ready, done = threading.Event(), threading.Event()
+    client = threading.Thread(target=lambda: asyncio.run(subscriber(ready, done)), daemon=True)
+    client.start()
+    assert ready.wait(TIMEOUT)
+    before = {n: serving.collector.count(n) for n in names}
+    t0 = time.monotonic()
+    ray_cluster.remove_node(ray_cluster.node_of(victim_node))
+    wait_until(lambda: all(gateway.placement()[n] not in (None, victim_worker) for n in moved), 20.0,
+               "the lost node's stations placed on the survivor")
+    wait_until(lambda: all(serving.collector.count(n) > before[n] + 2 for n in names), 20.0,
+               "every station updating again")
+    resumed = time.monotonic() - t0
+    time.sleep(0.5)
+    done.set()
+    client.join(TIMEOUT)
+    assert resumed < 10.0, f"stations resumed {resumed:.1f} s after the node was lost"
+    assert result["open"], "the subscriber's connection was closed"
+    statuses = [(m["stream"], m["status"]) for m in result["messages"] if m["type"] == "stream_status"]
+    for n in moved:
+        assert (n, "connected") in statuses, statuses
+        kinds = [k for s, k, _ in serving.collector.status if s == n]
+        assert kinds[0] == "dropped" and kinds[-1] == "connected", kinds
+    assert not any(m["type"] == "stream_ended" for m in result["messages"])
+    after = [m for m in result["messages"] if m["type"] == "update"]
+    assert {m["stream"] for m in after} == set(names)
+    for n in moved:  # t continues across the move (state restarts, time does not go back)
+        ts = [m["t"] for m in after if m["stream"] == n]
+        assert ts == sorted(ts)
+    assert any("lost" in line for line in serving.said)
+
+    # a node that joins takes new stations
+    ray_cluster.add_node()
+    wait_until(lambda: sum(w["ready"] for w in gateway.workers()) == 2, TIMEOUT, "a worker on the new node")
+    new_worker = next(w["id"] for w in gateway.workers() if w["id"] not in (victim_worker, placement[names[-1]])
+                      and not w["stations"])
+    serving.add("late", str(audio["long"]))
+    assert gateway.placement()["late"] == new_worker
+    wait_until(lambda: serving.collector.count("late") >= 2, TIMEOUT, "updates from the new node")
+
+
+# -- without Ray ----------------------------------------------------------------------------------------------
+def test_without_ray_cluster_says_how_to_install_it(monkeypatch):
+    from streamtag.cluster.gateway import INSTALL_HINT, require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ConfigError) as e:
+        require_ray()
+    assert str(e.value) == INSTALL_HINT and "pip install" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_serve_without_cluster_never_imports_ray():
+    code = ("import sys, streamtag.cli, streamtag.app, streamtag.commands_live, streamtag.publishers.websocket, "
+            "streamtag.cluster; p = streamtag.cli.build_parser(); a = p.parse_args(['serve']); "
+            "assert a.cluster is None; assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
