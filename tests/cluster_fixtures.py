@@ -32,13 +32,13 @@ def node_ports(base: int, index: int) -> dict[str, Any]:
 class LocalCluster:
     """A head and worker nodes; ``add_node()`` / ``remove_node(node)``; ``shutdown()`` stops every process."""
 
-    def __init__(self, base: int, nodes: int = 2) -> None:
+    def __init__(self, base: int, nodes: int = 2, *, gcs_port: int | None = None) -> None:
         from ray.cluster_utils import Cluster
 
         self.base = base
         self._next = 1
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "gcs_server_port": base + 399, "_system_config": SYSTEM_CONFIG, **node_ports(base, 0)})
+            "num_cpus": 0, "gcs_server_port": gcs_port or base + 399, "_system_config": SYSTEM_CONFIG, **node_ports(base, 0)})
         self.nodes = [self.add_node() for _ in range(nodes)]
 
     @property

@@ -162,6 +162,51 @@ def nodes_of(gateway) -> dict[str, str]:
     return {w["id"]: w["node"] for w in gateway.workers()}
 
 
+# -- the command line (first: it needs the nodes' CPUs, which the module's gateway holds from the next test on) ----
+def test_serve_cluster_command_tags_a_station_and_ends_on_sigint(ray_cluster, bundle_dir, audio):
+    import signal
+
+    from websockets.asyncio.client import connect
+
+    cmd = [sys.executable, "-m", "streamtag", "serve", "--cluster", ray_cluster.address, "--port", "0",
+           "--model", str(bundle_dir), "--hop", str(HOP), "--device", "cpu", "--source", f"a={audio['long']}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        while not any("serving ws://" in ln for ln in lines):
+            line = proc.stderr.readline()
+            assert line, f"serve --cluster ended early: {''.join(lines)}"
+            lines.append(line)
+        url = next(ln for ln in lines if "serving ws://" in ln).split("serving ", 1)[1].split(" ", 1)[0]
+        assert any("cluster " + ray_cluster.address in ln and "workers" in ln for ln in lines), lines
+
+        async def first_update():
+            async with connect(url) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "streams": ["a"]}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    if msg["type"] == "update":
+                        return msg
+
+        assert asyncio.run(first_update())["stream"] == "a"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_serve_cluster_without_a_cluster_is_one_line(bundle_dir):
+    cmd = [sys.executable, "-m", "streamtag", "serve", "--cluster", "127.0.0.1:25098", "--model", str(bundle_dir)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no Ray cluster at 127.0.0.1:25098" in lines[0] and "ray start --head" in lines[0]
+
+
 # -- the gateway keeps the server's protocol -------------------------------------------------------------------
 def test_hello_has_the_workers_model_and_the_page_is_served(serving, bundle_dir):
     from urllib.request import urlopen
@@ -233,6 +278,31 @@ def test_stations_spread_over_both_nodes_and_a_full_cluster_refuses(serving, aud
         for n in extra:
             serving.remove(n)
     assert sorted(serving.gateway.streams()) == names
+
+
+def test_audio_in_runs_on_a_worker_and_leaves_with_the_client(serving):
+    from websockets.asyncio.client import connect
+
+    sr = 44100
+    x = (0.4 * np.sin(2 * np.pi * 330 * np.arange(sr * 4) / sr) * 32767).astype("<i2")
+
+    async def scenario():
+        async with connect(serving.url) as ws:
+            await ws.send(json.dumps({"type": "audio_start", "stream": "mic", "sample_rate": sr, "format": "pcm16"}))
+            while json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] != "audio_started":
+                pass
+            placed = serving.gateway.placement().get("mic")
+            for i in range(0, x.shape[0], 4410):
+                await ws.send(x[i : i + 4410].tobytes())
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                if msg["type"] == "update" and msg["stream"] == "mic":
+                    return placed, msg
+
+    placed, update = asyncio.run(scenario())
+    assert placed in nodes_of(serving.gateway)  # on a worker, not on the gateway
+    assert update["level_db"] > -20  # the tone reached the worker's engine, resampled
+    wait_until(lambda: "mic" not in serving.gateway.streams(), 10, "the audio stream to leave with its client")
 
 
 def test_a_client_add_source_is_checked_by_the_gateway_policy(serving, audio):

@@ -56,7 +56,8 @@ CALL_TIMEOUT_S = 10.0  # s the gateway waits for a worker's answer to remove/sta
 OPEN_TIMEOUT_S = 60.0  # s a worker's open may take at most (the server gives up sooner: --open-timeout)
 MOVE_ATTEMPTS = 3  # a station that cannot be reopened this many times after a move ends with its error
 PUSH_QUEUE_MAX = 2000  # audio-in pieces queued for one worker before the oldest are dropped (a stalled worker)
-CONNECT_TIMEOUT_S = 60.0  # s to reach the cluster at start
+CONNECT_TIMEOUT_S = 30.0  # s to join the cluster at start
+PROBE_TIMEOUT_S = 5.0  # s for the TCP connection to the head that comes before joining (a quick, clear refusal)
 RETRY_S = 5.0  # s between tries to reach a lost cluster
 
 
@@ -172,12 +173,8 @@ def check_policy(uri: str, policy: Any) -> None:
         raise SourceError("stdin cannot be a cluster station (a worker has no stdin); give a URL or a file")
     scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
     if scheme in ("http", "https"):
-        host = urlsplit(uri).hostname or ""
-        try:
-            literal = bool(host) and host.replace(".", "").replace(":", "").isalnum() and _is_ip(host)
-        except ValueError:
-            literal = False
-        if literal and not policy.allow_private_urls and not is_public_address(host):
+        host = urlsplit(uri).hostname or ""  # a name is resolved, and its answers checked, on the worker
+        if _is_ip(host) and not policy.allow_private_urls and not is_public_address(host):
             raise refused(shown)
         return
     if scheme and scheme != "file":
@@ -493,21 +490,17 @@ class GatewayRunner:
                 log.exception("cluster membership check failed")
 
     def _alive_nodes(self) -> list[dict[str, Any]] | None:
-        """The cluster's live nodes, or None when the cluster does not answer (said once, retried)."""
-        result: list[Any] = []
-
-        def ask() -> None:
-            result.append(self._ray.nodes())
-
-        t = threading.Thread(target=ask, name="gateway-nodes", daemon=True)
-        t.start()
-        t.join(self.config.dead_after)
-        nodes = result[0] if result else None
+        """The cluster's live nodes, or None when the cluster does not answer (said once, then retried; the workers
+        that still answer keep their stations meanwhile: they talk to the gateway directly, not through the head).
+        A head that comes back with GCS fault tolerance (Redis-backed, as KubeRay sets up) answers again here; one
+        gone for good ends the gateway after Ray's own ~60 s (docs/cluster.md)."""
+        nodes = _within(self.config.dead_after, self._ray.nodes)
         if nodes is None:
             if not self._lost:
                 self._lost = True
                 self._say(f"streamtag: lost the Ray cluster at {self.config.address} (no answer within "
-                          f"{self.config.dead_after:g} s); its stations wait, retrying every {RETRY_S:g} s")
+                          f"{self.config.dead_after:g} s); stations on workers that still answer keep running; "
+                          f"retrying every {RETRY_S:g} s")
             self._stop.wait(RETRY_S)
             return None
         if self._lost:
@@ -808,6 +801,23 @@ class GatewayRunner:
                         self._notify("on_stream_removed", st.name, SourceError(error))
 
 
+def _within(timeout: float, fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a daemon thread, or None when it did not return (or raised) within ``timeout`` s (a call
+    into a cluster that is gone may block for a long time)."""
+    result: list[Any] = []
+
+    def call() -> None:
+        try:
+            result.append(fn())
+        except Exception as e:
+            log.debug("%s failed: %s", getattr(fn, "__name__", fn), e)
+
+    t = threading.Thread(target=call, name="gateway-call", daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else None
+
+
 def _why(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
@@ -820,6 +830,23 @@ def _stderr_line(text: str) -> None:
         pass
 
 
+def _probe(address: str) -> None:
+    """A TCP connection to the head's GCS port, so that a wrong address is one line at once, not a minute of
+    Ray's retries."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--cluster {address!r}: give HOST:PORT of the Ray head (ray start --head --port PORT), "
+                          "or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster at {address} ({e.strerror or type(e).__name__}); start its head with "
+                          f"ray start --head --port {port} or check --cluster") from None
+
+
 def _connect(config: ClusterConfig) -> Any:
     """``ray.init`` to the cluster at ``config.address`` (one-line ConfigError when it cannot be reached)."""
     host = config.address.rsplit(":", 1)[0].strip("[]") if config.address != "auto" else ""
@@ -828,6 +855,10 @@ def _connect(config: ClusterConfig) -> Any:
         # A cluster on this machine's loopback: Ray would otherwise swap 127.0.0.1 for the machine's routable
         # address (where a loopback-bound cluster does not listen). The variable's name is Ray's.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray's C++ core logs every failed reconnection at WARNING on stderr; the gateway says it once, itself
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    if config.address != "auto":
+        _probe(config.address)
     ray = require_ray()
     if loopback:
         from ray._private import ray_constants
