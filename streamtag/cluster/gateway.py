@@ -121,10 +121,9 @@ class _Worker:
     def held(self) -> int:
         return len(self.keys) + self.reserved
 
-    def share(self, max_streams: int) -> float:
-        """The load placement compares: the larger of its stream share and its measured CPU share."""
-        cpu = float(self.load.get("cpu", 0.0)) / max(self.cores, 1e-9)
-        return max(self.held() / max_streams, cpu)
+    def cpu_share(self) -> float:
+        """Its measured CPU (cores, from its last poll) as a share of the cores it is measured against."""
+        return float(self.load.get("cpu", 0.0)) / max(self.cores, 1e-9)
 
 
 @dataclass
@@ -386,16 +385,21 @@ class GatewayRunner:
         st.worker = None
 
     def _pick(self, exclude: set[str] = frozenset()) -> _Worker | None:  # type: ignore[assignment]
-        """The least-loaded ready worker with room, with one station reserved on it; None: all are full."""
+        """The least-loaded ready worker with room, with one station reserved on it; None: all are full.
+
+        Room: fewer than ``worker_streams`` stations and a measured CPU share under ``worker_cpu``. Least loaded:
+        fewest stations per core (a 16-core node takes four times a 4-core node's), then the lower measured CPU.
+        The station count leads because it is exact at once, while the CPU is measured a poll later: a burst of
+        new stations ranked by CPU alone would all land on the worker that was idlest before the burst.
+        """
         limit = self.config.worker_streams
         cpu_limit = self.config.worker_cpu
         with self._lock:
             room = [w for w in self._workers.values() if w.alive and w.ready and w.id not in exclude
-                    and w.held() < limit
-                    and (cpu_limit is None or float(w.load.get("cpu", 0.0)) / w.cores < cpu_limit)]
+                    and w.held() < limit and (cpu_limit is None or w.cpu_share() < cpu_limit)]
             if not room:
                 return None
-            best = min(room, key=lambda w: (w.share(limit), w.held(), w.id))
+            best = min(room, key=lambda w: (w.held() / w.cores, w.cpu_share(), w.id))
             best.reserved += 1
             return best
 
@@ -830,6 +834,21 @@ def _stderr_line(text: str) -> None:
         pass
 
 
+def _quiet(ray: Any) -> None:
+    """Route what Ray's driver prints about the cluster (a dead node's 40-line raylet dump, on stderr) to this
+    module's log: the gateway's operator gets its own one-line notices instead (``-v`` shows Ray's)."""
+    from ray._private import worker as ray_worker
+
+    if getattr(ray_worker, "print_to_stdstream", None) is None:
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        lines = data.get("lines") or []
+        log.info("ray %s: %s", data.get("pid", ""), " | ".join(str(x) for x in lines)[:2000])
+
+    ray_worker.print_to_stdstream = to_log
+
+
 def _probe(address: str) -> None:
     """A TCP connection to the head's GCS port, so that a wrong address is one line at once, not a minute of
     Ray's retries."""
@@ -866,8 +885,9 @@ def _connect(config: ClusterConfig) -> Any:
         ray_constants.ENABLE_RAY_CLUSTER = False
     if ray.is_initialized():
         return ray
+    _quiet(ray)
     kwargs: dict[str, Any] = {"address": config.address, "namespace": config.namespace, "log_to_driver": False,
-                              "logging_level": logging.WARNING}
+                              "logging_level": logging.ERROR}
     if loopback:
         kwargs["_node_ip_address"] = "127.0.0.1"
     result: list[BaseException | None] = []
