@@ -39,7 +39,9 @@ class LocalCluster:
         self._next = 1
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "gcs_server_port": gcs_port or base + 399, "_system_config": SYSTEM_CONFIG, **node_ports(base, 0)})
-        self.nodes = [self.add_node() for _ in range(nodes)]
+        self.nodes: list[Any] = []
+        for _ in range(nodes):
+            self.add_node()
 
     @property
     def address(self) -> str:
@@ -51,6 +53,7 @@ class LocalCluster:
         if index >= 9:
             raise RuntimeError("out of ports for another node")
         node = self.cluster.add_node(num_cpus=1, **node_ports(self.base, index))
+        self.nodes.append(node)
         return node
 
     def remove_node(self, node: Any) -> None:

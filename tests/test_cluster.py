@@ -315,6 +315,25 @@ def test_a_client_add_source_is_checked_by_the_gateway_policy(serving, audio):
     assert "nope" not in serving.gateway.streams()
 
 
+def test_a_crashed_worker_moves_its_stations_and_its_node_gets_a_new_one(serving):
+    import os
+    import signal
+
+    gateway = serving.gateway
+    names = sorted(gateway.streams())
+    victim = next(w for w in gateway.workers() if w["stations"])
+    moved = victim["stations"]
+    before = {n: serving.collector.count(n) for n in names}
+    os.kill(victim["pid"], signal.SIGKILL)  # the actor's process crashes; its node stays
+    wait_until(lambda: all(gateway.placement()[n] not in (None, victim["id"]) for n in moved), 10.0,
+               "the crashed worker's stations placed on the other worker")
+    wait_until(lambda: all(serving.collector.count(n) > before[n] + 1 for n in moved), 10.0,
+               "the moved stations updating again")
+    assert any(victim["id"] in line and "lost" in line for line in serving.said)
+    wait_until(lambda: any(w["ready"] and w["node"] == victim["node"] and w["id"] != victim["id"]
+                           for w in gateway.workers()), TIMEOUT, "a new worker on the crashed worker's node")
+
+
 def test_a_lost_node_moves_its_stations_and_the_subscriber_stays(serving, ray_cluster, audio):
     from websockets.asyncio.client import connect
 

@@ -265,7 +265,8 @@ class GatewayRunner:
         """Each live worker: id, node, stations, measured load (for tests, the bench and health lines)."""
         with self._lock:
             return [{"id": w.id, "node": w.node, "ready": w.ready, "stations": sorted(self._keys[k].name
-                     for k in w.keys if k in self._keys), "load": dict(w.load), "gpu": w.gpu}
+                     for k in w.keys if k in self._keys), "load": dict(w.load), "gpu": w.gpu,
+                     "pid": w.info.get("pid")}
                     for w in self._workers.values() if w.alive]
 
     def placement(self) -> dict[str, str | None]:
