@@ -139,6 +139,7 @@ class _Station:
     key: str = ""
     moves: int = 0
     failures: int = 0
+    waiting: bool = False  # told its subscribers it waits for a worker with room
     last_t: float = 0.0  # t of its newest update as the sinks saw it
     t_offset: float = 0.0  # added to the current placement's t (t continues across moves)
 
@@ -552,6 +553,7 @@ class GatewayRunner:
         worker = _Worker(wid, handle, node, cores=cores, gpu=gpu)
         with self._lock:
             self._workers[wid] = worker
+        self._threads = [t for t in self._threads if t.is_alive()]
         for target, name in ((self._poll_loop, "poll"), (self._push_loop, "push")):
             t = threading.Thread(target=target, args=(worker,), name=f"gateway-{name}-{wid}", daemon=True)
             t.start()
@@ -751,8 +753,11 @@ class GatewayRunner:
                 return
         worker = self._pick()
         if worker is None:
-            self._notify("on_status", st.name, "reconnecting", "waiting for a worker with room")
+            if not st.waiting:  # once, not every round
+                st.waiting = True
+                self._notify("on_status", st.name, "reconnecting", "waiting for a worker with room")
             return
+        st.waiting = False
         self._notify("on_status", st.name, "reconnecting", f"restarting on worker {worker.id} "
                                                            f"(node {worker.node[:8]})")
         key_token = f"move-{next(self._seq)}"
@@ -783,8 +788,9 @@ class GatewayRunner:
                     ref = worker.handle.add_stream.remote(st.key, st.display)
                     worker.pending_refs.append((ref, st.key))
                 answer = ("ok",)
-        except Exception as e:  # that worker died too: the next round tries another
-            answer, error = ("error",), _why(e)
+        except Exception as e:  # that worker died too (not the station's fault): the next round tries another
+            log.info("placing %s on %s: %s", st.name, worker.id, _why(e))
+            answer = ("retry",)
         finally:
             with self._lock:
                 worker.reserved -= 1
