@@ -399,6 +399,82 @@ def test_a_lost_node_moves_its_stations_and_the_subscriber_stays(serving, ray_cl
     wait_until(lambda: serving.collector.count("late") >= 2, TIMEOUT, "updates from the new node")
 
 
+LOST_SCRIPT = """
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[3])
+from cluster_fixtures import LocalCluster
+from streamtag.cluster.gateway import ClusterConfig, GatewayRunner
+from streamtag.cluster.worker import EngineSpec
+from streamtag.smoothing import SmoothingConfig
+from streamtag.sources.policy import SourcePolicy
+said, updates = [], []
+def descendants():  # the cluster's processes: a killed raylet leaves its agents behind, which we end ourselves
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                kids.setdefault(int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [os.getpid()]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+started = []
+class Sink:
+    def on_stream_added(self, *a): pass
+    def on_update(self, u): updates.extend(time.monotonic() for _ in u)
+    def on_title(self, *a): pass
+    def on_status(self, *a): pass
+    def on_stream_removed(self, *a): pass
+cluster = LocalCluster(25900, nodes=1, gcs_port=25990)
+gateway = None
+try:
+    gateway = GatewayRunner(EngineSpec(model=sys.argv[1], device="cpu", hop_seconds=0.25,
+                                       smoothing=SmoothingConfig(tau_seconds=0.5, hold_seconds=0.0)),
+                            ClusterConfig(address=cluster.address, worker_cpu=None, dead_after=2.0,
+                                          members_interval=0.5), say=said.append).start()
+    gateway.add_sink(Sink())
+    gateway.add_source("a", gateway.open_source(sys.argv[2], 16000, SourcePolicy.permissive()), speed=1.0)
+    while len(updates) < 2:
+        time.sleep(0.1)
+    started = descendants()
+    killed = time.monotonic()
+    cluster.cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+    while not any("lost the Ray cluster" in line for line in said) and time.monotonic() - killed < 20:
+        time.sleep(0.1)
+    time.sleep(3.0)
+    t0 = time.monotonic()
+    gateway.stop()
+    stopped = time.monotonic() - t0
+    print(json.dumps({"said": said, "after": sum(t > killed + 2.0 for t in updates), "stop_s": stopped,
+                      "streams": gateway.streams()}))
+finally:
+    cluster.cluster.head_node = None
+    cluster.shutdown()
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def test_the_gateway_that_loses_the_cluster_says_so_once_and_its_stations_keep_running(bundle_dir, audio):
+    pytest.importorskip("ray")
+    proc = subprocess.run([sys.executable, "-c", LOST_SCRIPT, str(bundle_dir), str(audio["long"]),
+                           str(REPO / "tests")], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    lost = [line for line in result["said"] if "lost the Ray cluster" in line]
+    assert len(lost) == 1 and "retrying" in lost[0], result["said"]  # one line, however long it lasts
+    assert result["after"] >= 4  # the worker still answers the gateway directly: its station kept updating
+    assert result["stop_s"] < 20.0 and result["streams"] == []
+
+
 # -- without Ray ----------------------------------------------------------------------------------------------
 def test_without_ray_cluster_says_how_to_install_it(monkeypatch):
     from streamtag.cluster.gateway import INSTALL_HINT, require_ray
