@@ -469,6 +469,7 @@ finally:
 """
 
 
+@pytest.mark.slow  # ~25 s: a cluster of its own (its head is killed); CI runs it (-m "")
 def test_the_gateway_that_loses_the_cluster_says_so_once_and_its_stations_keep_running(bundle_dir, audio):
     pytest.importorskip("ray", reason='Ray is not installed (pip install "streamtag[cluster]")', exc_type=ImportError)
     proc = subprocess.run([sys.executable, "-c", LOST_SCRIPT, str(bundle_dir), str(audio["long"]),

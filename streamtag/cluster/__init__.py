@@ -17,7 +17,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster (docs/cluster.md; needs pip install \"streamtag[cluster]\")")
     g.add_argument("--cluster", default=None, metavar="ADDRESS",
                    help="run the stations on a Ray cluster (HOST:PORT of its head, or auto); this process is the "
-                        "gateway: clients connect here as without --cluster")
+                        "gateway: clients connect here as without --cluster (default: none, all in this process)")
     g.add_argument("--worker-streams", type=int, default=256, metavar="N",
                    help="stations one worker takes at most; then the next worker, then 'cluster full' (default 256)")
     g.add_argument("--worker-cpu", type=float, default=0.85, metavar="X",
