@@ -317,11 +317,18 @@ class GatewayRunner:
             st = _Station(name, "source", uri=source.uri, policy=source.policy, speed=speed, display=shown,
                           title=source.title)
             self._stations[name] = st
-            self._place_on(st, source.worker)
             source.started = True
-            ref = source.worker.handle.start.remote(source.token, st.key, speed, shown)
-            source.worker.pending_refs.append((ref, st.key))
+            lost = not source.worker.alive  # it died after it opened the source: place the station again
+            if lost:
+                self._homeless.append(st)
+            else:
+                self._place_on(st, source.worker)
+                ref = source.worker.handle.start.remote(source.token, st.key, speed, shown)
+                source.worker.pending_refs.append((ref, st.key))
         self._notify("on_stream_added", name, shown, source.title)
+        if lost:
+            self._notify("on_status", name, "dropped", "its worker was lost while it opened; placing it again")
+            self._place_homeless()
 
     def add_stream(self, name: str, *, display: str = "", title: str | None = None) -> None:
         """A push-fed stream (a client's audio in) on the least-loaded worker; :meth:`push` feeds it."""
