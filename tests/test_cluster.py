@@ -37,6 +37,7 @@ class Collector:
         self.lock = threading.Lock()
         self.updates: dict[str, list] = {}
         self.status: list[tuple[str, str, str]] = []
+        self.status_at: list[tuple[str, str, int]] = []  # (stream, status, its updates received before it)
         self.removed: dict[str, StreamtagError | None] = {}
 
     def on_stream_added(self, name: str, source: str, title: str | None) -> None:
@@ -53,6 +54,7 @@ class Collector:
     def on_status(self, name: str, kind: str, detail: str) -> None:
         with self.lock:
             self.status.append((name, kind, detail))
+            self.status_at.append((name, kind, len(self.updates.get(name, []))))
 
     def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
         with self.lock:
@@ -92,7 +94,8 @@ def bundle_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("audio")
-    return {"long": write_tone_wav(d / "long.wav", seconds=300.0), "short": write_tone_wav(d / "short.wav", 6.0)}
+    return {"long": write_tone_wav(d / "long.wav", seconds=300.0), "short": write_tone_wav(d / "short.wav", 6.0),
+            "mid": write_tone_wav(d / "mid.wav", seconds=30.0)}
 
 
 def engine_spec(bundle_dir: Path):
@@ -146,7 +149,7 @@ def serving(ray_cluster, bundle_dir):
     from streamtag.cluster.gateway import ClusterConfig, GatewayRunner
 
     said: list[str] = []
-    config = ClusterConfig(address=ray_cluster.address, worker_streams=4, worker_cpu=None, dead_after=3.0,
+    config = ClusterConfig(address=ray_cluster.address, worker_streams=5, worker_cpu=None, dead_after=3.0,
                            members_interval=0.5)
     gateway = GatewayRunner(engine_spec(bundle_dir), config, say=said.append).start()
     wait_until(lambda: sum(w["ready"] for w in gateway.workers()) == 2, TIMEOUT, "a worker on each node")
@@ -236,33 +239,12 @@ def test_hello_has_the_workers_model_and_the_page_is_served(serving, bundle_dir)
 
 
 def test_updates_through_the_cluster_equal_a_local_engine(serving, audio, bundle_dir):
-    from live_fixtures import make_engine
-
-    from streamtag.live import LiveRunner
-    from streamtag.registry import load_bundle
-    from streamtag.sources import open_source
-
     serving.add("eq", str(audio["short"]))
     wait_until(lambda: "eq" in serving.collector.removed, TIMEOUT, "the short station to end")
     assert serving.collector.removed["eq"] is None
-    remote = serving.collector.updates["eq"]
-
-    engine = make_engine(load_bundle(bundle_dir), hop=HOP)
-    local = Collector()
-    runner = LiveRunner(engine, [local]).start()
-    try:
-        runner.add_source("eq", open_source(str(audio["short"]), engine.sample_rate))
-        wait_until(lambda: "eq" in local.removed, TIMEOUT, "the local run to end")
-    finally:
-        runner.stop()
-    mine = local.updates["eq"]
-    assert len(remote) == len(mine) >= 10
-    for a, b in zip(remote, mine):
-        assert a.t == b.t and a.stream == b.stream == "eq" and a.model == b.model
-        assert [k for k, _ in a.top] == [k for k, _ in b.top]
-        assert a.probs.keys() == b.probs.keys()
-        np.testing.assert_allclose([a.probs[k] for k in a.probs], [b.probs[k] for k in a.probs], atol=1e-5)
-        np.testing.assert_allclose([a.raw[k] for k in a.raw], [b.raw[k] for k in a.raw], atol=1e-5)
+    remote, local = serving.collector.updates["eq"], local_updates(bundle_dir, audio["short"])
+    assert len(remote) == len(local) >= 10 and {u.stream for u in remote} == {"eq"}
+    assert_same_updates(remote, local)
 
 
 def test_stations_spread_over_both_nodes_and_a_full_cluster_refuses(serving, audio):
@@ -274,7 +256,7 @@ def test_stations_spread_over_both_nodes_and_a_full_cluster_refuses(serving, aud
     assert sorted(per_worker.values()) == [2, 2], placement  # least-loaded placement: two on each node
     wait_until(lambda: all(serving.collector.count(n) >= 2 for n in names), TIMEOUT, "updates from every station")
 
-    extra = [f"x{i}" for i in range(4)]  # 4 + 4 = both workers at --worker-streams 4
+    extra = [f"x{i}" for i in range(6)]  # 4 + 6 = both workers at --worker-streams 5
     try:
         for n in extra:
             serving.add(n, str(audio["long"]))
@@ -322,13 +304,43 @@ def test_a_client_add_source_is_checked_by_the_gateway_policy(serving, audio):
     assert "nope" not in serving.gateway.streams()
 
 
-def test_a_crashed_worker_moves_its_stations_and_its_node_gets_a_new_one(serving):
+def local_updates(bundle_dir: Path, path: Path) -> list:
+    """What a local engine (same bundle and options) says for the whole file, fed as fast as it decodes."""
+    from live_fixtures import make_engine
+
+    from streamtag.live import LiveRunner
+    from streamtag.registry import load_bundle
+    from streamtag.sources import open_source
+
+    engine = make_engine(load_bundle(bundle_dir), hop=HOP)
+    local = Collector()
+    runner = LiveRunner(engine, [local]).start()
+    try:
+        runner.add_source("x", open_source(str(path), engine.sample_rate))
+        wait_until(lambda: "x" in local.removed, TIMEOUT, "the local run to end")
+    finally:
+        runner.stop()
+    return local.updates["x"]
+
+
+def assert_same_updates(remote: list, local: list, t_offset: float = 0.0) -> None:
+    assert 0 < len(remote) <= len(local)
+    for a, b in zip(remote, local):
+        assert a.t == pytest.approx(b.t + t_offset, abs=1e-9)
+        assert [k for k, _ in a.top] == [k for k, _ in b.top]
+        np.testing.assert_allclose([a.probs[k] for k in b.probs], list(b.probs.values()), atol=1e-5)
+        np.testing.assert_allclose([a.raw[k] for k in b.raw], list(b.raw.values()), atol=1e-5)
+
+
+def test_a_crashed_worker_moves_its_stations_and_its_node_gets_a_new_one(serving, audio, bundle_dir):
     import os
     import signal
 
     gateway = serving.gateway
+    serving.add("eqm", str(audio["mid"]))  # a file station: after a move it plays again from its start
+    wait_until(lambda: serving.collector.count("eqm") >= 4, TIMEOUT, "updates of the file station")
     names = sorted(gateway.streams())
-    victim = next(w for w in gateway.workers() if w["stations"])
+    victim = next(w for w in gateway.workers() if "eqm" in w["stations"])
     moved = victim["stations"]
     before = {n: serving.collector.count(n) for n in names}
     os.kill(victim["pid"], signal.SIGKILL)  # the actor's process crashes; its node stays
@@ -336,7 +348,18 @@ def test_a_crashed_worker_moves_its_stations_and_its_node_gets_a_new_one(serving
                "the crashed worker's stations placed on the other worker")
     wait_until(lambda: all(serving.collector.count(n) > before[n] + 1 for n in moved), 10.0,
                "the moved stations updating again")
+    wait_until(lambda: serving.collector.count("eqm") >= before["eqm"] + 6, TIMEOUT, "six updates after the move")
+    serving.remove("eqm")
     assert any(victim["id"] in line and "lost" in line for line in serving.said)
+
+    # up to the move, the station's updates equal a local engine's; after it, the same again from the file's start
+    with serving.collector.lock:
+        updates = list(serving.collector.updates["eqm"])
+        cut = next(k for n, status, k in serving.collector.status_at if n == "eqm" and status == "dropped")
+    pre, post = updates[:cut], updates[cut:]
+    local = local_updates(bundle_dir, audio["mid"])
+    assert_same_updates(pre, local)
+    assert_same_updates(post, local, t_offset=pre[-1].t)  # t goes on from the last update before the move
     wait_until(lambda: any(w["ready"] and w["node"] == victim["node"] and w["id"] != victim["id"]
                            for w in gateway.workers()), TIMEOUT, "a new worker on the crashed worker's node")
 
