@@ -107,6 +107,7 @@ class TagResult:
     probs: np.ndarray  # (T, K) float32: smoothed probabilities
     raw: np.ndarray  # (T, K) float32: the model's raw outputs
     level_db: np.ndarray  # (T,) float64: each hop's RMS level, dBFS
+    label_families: list[str]  # the family of each label (the taxonomy's; the label itself without one)
     families: list[str]  # the family names: the columns of family_probs
     family_probs: np.ndarray  # (T, F) float32: smoothed family probabilities
     segments: list[Segment]
@@ -134,7 +135,8 @@ class TagResult:
         return {"name": self.name, "model": self.model, "labels": self.labels, "times": self.times.tolist(),
                 "family": self.family.tolist(), "genre": self.genre.tolist(),
                 "confidence": self.confidence.tolist(), "probs": self.probs.tolist(), "raw": self.raw.tolist(),
-                "level_db": self.level_db.tolist(), "families": self.families,
+                "level_db": self.level_db.tolist(), "label_families": self.label_families,
+                "families": self.families,
                 "family_probs": self.family_probs.tolist(), "segments": [s.to_dict() for s in self.segments],
                 "summary": self.summary}
 
@@ -172,7 +174,7 @@ def result_from_updates(updates: Sequence[GenreUpdate], summary: dict[str, Any],
         probs=probs,
         raw=np.array([[u.raw.get(label, 0.0) for label in labels] for u in updates], np.float32).reshape(n, -1),
         level_db=np.array([float(u.extra.get("level_db", math.nan)) for u in updates], np.float64),
-        families=names, family_probs=fp,
+        label_families=[family_of(label) for label in labels], families=names, family_probs=fp,
         segments=segments_of(updates, family_of=family_of), summary=summary,
     )
 

@@ -166,7 +166,14 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_top_arg(p)
     add_smoothing_arg(p)
     p.add_argument("--timeline", action="store_true", help="also emit one event per hop")
-    p.add_argument("--format", choices=("table", "jsonl"), default="table", help="output on stdout")
+    p.add_argument("--segments", action="store_true",
+                   help="also list the segments: stretches with one headline family (start, end, family, genre)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw each input's taggram with its family strip to FILE (default: no plot; .png/.svg need matplotlib; "
+                        ".html is one self-contained file)")
+    p.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
+                   help="output on stdout (csv: the timeline with --timeline, the segments with --segments, "
+                        "else the summaries)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="tag at most S seconds of each input (default: files whole, URLs 60 s)")
     p.add_argument("-r", "--recursive", action="store_true", help="walk folders given as inputs recursively")

@@ -1,0 +1,95 @@
+"""`streamtag tag --segments`, `--plot`, `--format csv`: run through the real command line (streamtag.cli.main)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+from live_fixtures import TINY_LABELS, tiny_bundle, write_tone_wav
+
+from streamtag.cli import main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("outputs")
+    bundle = tiny_bundle(d / "tiny")
+    wav = write_tone_wav(d / "tone.wav", seconds=12.0, sr=16000)
+    return bundle, wav, d
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["tag", *args, "--device", "cpu"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_jsonl_carries_segments_that_tile_the_timeline(setup, capsys):
+    bundle, wav, _ = setup
+    code, out, _ = _run(capsys, str(wav), "--model", str(bundle.path), "--format", "jsonl", "--segments",
+                        "--timeline")
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    updates = [e for e in events if e["type"] == "update"]
+    segs = [e for e in events if e["type"] == "segment"]
+    assert events[-1]["type"] == "summary" and segs
+    assert sum(s["hops"] for s in segs) == len(updates)
+    assert segs[0]["start"] == 0 and segs[-1]["end"] == updates[-1]["t"]
+    for s in segs:
+        assert s["family"] in TINY_LABELS and 0 <= s["confidence"] <= 1
+
+
+def test_csv_tables(setup, capsys):
+    bundle, wav, _ = setup
+    m = ["--model", str(bundle.path)]
+    code, out, _ = _run(capsys, str(wav), str(wav), *m, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 2 and set(TINY_LABELS) <= set(rows[0])
+    assert sum(float(rows[0][label]) for label in TINY_LABELS) > 0 and float(rows[0]["duration"]) == pytest.approx(12, 0.01)
+
+    code, out, _ = _run(capsys, str(wav), *m, "--format", "csv", "--timeline")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) > 10
+    assert [float(r["t"]) for r in rows] == sorted(float(r["t"]) for r in rows)
+    for r in rows:  # the genre column is the row's top genre: the largest of its smoothed probabilities
+        assert float(r[r["genre"]]) == pytest.approx(max(float(r[label]) for label in TINY_LABELS), abs=1e-4)
+
+    code, out, _ = _run(capsys, str(wav), *m, "--format", "csv", "--segments")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and rows and list(rows[0]) == ["stream", "start", "end", "family", "genre", "confidence",
+                                                    "hops", "title"]
+    assert float(rows[-1]["end"]) > float(rows[0]["start"])
+
+    code, _, err = _run(capsys, str(wav), *m, "--format", "csv", "--segments", "--timeline")
+    assert code == 1 and "one table" in err and err.count("\n") == 1
+
+
+def test_table_lists_segments(setup, capsys):
+    bundle, wav, _ = setup
+    code, out, _ = _run(capsys, str(wav), "--model", str(bundle.path), "--segments")
+    assert code == 0 and re.search(r"0:00\s+0:\d\d\s+\w+", out)
+
+
+def test_plot_png_svg_html(setup, capsys):
+    bundle, wav, d = setup
+    for suffix in ("png", "svg", "html"):
+        path = d / f"taggram.{suffix}"
+        code, _, err = _run(capsys, str(wav), "--model", str(bundle.path), "--plot", str(path))
+        assert code == 0 and path.is_file() and "taggram written" in err
+        data = path.read_bytes()
+        if suffix == "png":
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        else:
+            text = data.decode()
+            assert "<svg" in text
+            for label in TINY_LABELS:
+                assert f">{label}<" in text or f">{label} " in text or label in text
+        if suffix == "html":  # one self-contained file: nothing loaded from elsewhere
+            assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+            assert "<table id=\"segments\">" in text and "<script" not in text
+    code, _, err = _run(capsys, str(wav), "--model", str(bundle.path), "--plot", str(d / "x.jpg"))
+    assert code == 1 and ".png, .svg or .html" in err
+    code, _, err = _run(capsys, str(wav), "--model", str(bundle.path), "--plot", str(d / "missing" / "x.png"))
+    assert code == 1 and "does not exist" in err
