@@ -160,6 +160,9 @@ def run_live(
     stderr: TextIO | None = None,
     console: Any = None,
     refresh_hz: float = REFRESH_HZ,
+    segments: bool = False,
+    record: str | None = None,
+    keep: str | None = None,
 ) -> int:
     """Tag ``sources`` (name -> source) live until they all end, Ctrl-C, or ``duration`` s; returns an exit code.
 
@@ -168,6 +171,8 @@ def run_live(
     fast as they yield). ``describe`` maps stream names to the input as shown (default: the name). ``top`` limits
     the genres per JSON update and the bars per stream. Status lines and the per-stream summaries go to
     ``stderr``. Raises the engine's error, or the first source's :class:`StreamtagError`, after cleanup.
+    ``segments``: JSON lines also carry a ``segment`` event per closed segment; ``record``: the station log's
+    file (``keep``: its retention, e.g. "30d"); see :mod:`streamtag.live_outputs`.
     """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -188,7 +193,16 @@ def run_live(
 
         dash_sink = DashboardSink.for_engine(engine)
         sinks = [summary, dash_sink]
-    runner = LiveRunner(engine, sinks).start()
+    try:  # --segments, --record: the segment events and the station log (streamtag.live_outputs)
+        from .live_outputs import extra_sinks
+
+        jsonl = next((s for s in sinks if isinstance(s, JsonlSink)), None)
+        extra, close_extra = extra_sinks(engine, err=err, record=record, keep=keep,
+                                         on_segment=jsonl.write_event if segments and jsonl is not None else None)
+    except BaseException:
+        close_all(sources.values())
+        raise
+    runner = LiveRunner(engine, [*sinks, *extra]).start()
     freeze_startup_objects()
     t0 = time.monotonic()
     code = 0
@@ -218,6 +232,7 @@ def run_live(
     finally:
         summary.stopping = True
         runner.stop()
+        close_extra()
         for line in summary.lines():
             _line(err, f"streamtag: {line}")
     if runner.engine_error is not None:
@@ -253,13 +268,14 @@ def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: An
 
 
 def run_serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]] = (), *,
-              stderr: TextIO | None = None) -> int:
+              stderr: TextIO | None = None, record: str | None = None, keep: str | None = None) -> int:
     """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri)
-    until SIGINT/SIGTERM; returns an exit code."""
-    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr))
+    until SIGINT/SIGTERM; returns an exit code. ``record``: the station log's file (``keep``: its retention)."""
+    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr, record=record, keep=keep))
 
 
-async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO) -> int:
+async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO, *,
+                 record: str | None = None, keep: str | None = None) -> int:
     from .publishers.websocket import WebsocketServer
     from .sources.policy import SourcePolicy
 
@@ -275,10 +291,19 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
-    runner = LiveRunner(engine)
+    # segment events for the clients and the station log (streamtag.live_outputs): sinks ahead of the server, so
+    # a stream's last segment reaches its subscribers before its end notice
+    server: Any = None
+    from .live_outputs import extra_sinks
+
+    extra, close_extra = extra_sinks(engine, err=err, record=record, keep=keep,
+                                     on_segment=lambda seg: server.on_segment(seg) if server is not None else None)
+    runner = LiveRunner(engine, extra)
     runner.start()
     freeze_startup_objects()
     server = WebsocketServer(runner, config)  # a sink of the runner
+    if record is not None:
+        server.history_log = record  # the web page's timeline reads the station log
     try:
         for name, uri in sources:  # the user's own inputs; they exist before the first client connects
             await server.add_source(name, uri, policy=SourcePolicy.permissive())
@@ -290,6 +315,7 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             await stop
     finally:
         await loop.run_in_executor(None, runner.stop)
+        await loop.run_in_executor(None, close_extra)
     return 0
 
 

@@ -115,6 +115,14 @@ def add_live_format_args(p: argparse.ArgumentParser) -> None:
                    help="stop after S seconds (default: run until the input ends or Ctrl-C)")
 
 
+def add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--record", default=None, metavar="PATH",
+                   help="append every closed segment and hourly family shares per stream to the SQLite station "
+                        "log PATH (read it with `streamtag report PATH`; default: no log)")
+    p.add_argument("--keep", default="30d", metavar="DURATION",
+                   help="with --record: delete log records older than this (30d, 12h, ...)")
+
+
 def add_stdin_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("standard input ('-' as the input)")
     g.add_argument("--raw-rate", type=int, default=None, metavar="HZ",
@@ -190,6 +198,9 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_live_format_args(p)
     p.add_argument("--max-retries", type=int, default=None, metavar="N",
                    help="give up a stream after N failed reconnects (default: retry forever)")
+    p.add_argument("--segments", action="store_true",
+                   help="JSON lines also carry a segment event each time a segment (one headline family) closes")
+    add_record_args(p)
     add_stdin_args(p)
     p.set_defaults(func=cmd_stream)
 
@@ -233,8 +244,24 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
         _add_serve_security_args(p)
     add_model_args(p)
     add_device_arg(p, old_compute=True)
+    add_top_arg(p)
     add_smoothing_arg(p)
+    add_record_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_serve"))
+
+    p = _subparser(sub, "report", help="family shares per hour/day and the segments from a station log",
+                   description="Report what a station log (serve/stream --record PATH) holds: each station's "
+                               "family shares per hour or day, and its segments. Times are UTC.")
+    p.add_argument("path", metavar="PATH", help="the station log (an SQLite file)")
+    p.add_argument("--station", default=None, help="only this station (stream name; default: all)")
+    p.add_argument("--since", default="24h", metavar="DURATION", help="how far back: 90m, 24h, 7d ...")
+    p.add_argument("--by", choices=("hour", "day"), default=None,
+                   help="shares per hour or per day (default: hour up to 2 days back, else day)")
+    p.add_argument("--what", choices=("shares", "segments", "both"), default=None,
+                   help="what to print (default: both; with --format csv: shares)")
+    p.add_argument("--format", choices=("table", "csv", "html"), default="table",
+                   help="a table, csv, or one self-contained html page with a chart")
+    p.set_defaults(func=_lazy("store.report", "cmd_report"))
 
     add_training_commands(sub)
     return parser
@@ -597,7 +624,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         sources[name] = src
     from .app import run_live
 
-    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top)
+    if args.record is not None:
+        from .store import parse_duration
+
+        parse_duration(args.keep)  # a bad --keep fails before anything connects
+    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, segments=args.segments,
+                    record=args.record, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _positive(args.speed, "--speed")
     # validates host/token/limits before the model loads
-    config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed)
+    config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed, top=args.top)
     sources = _parse_sources(args.source)
+    if args.record is not None:
+        from .store import parse_duration
+
+        parse_duration(args.keep)  # a bad --keep fails before the model loads
     engine = _engine(args)
     from .app import run_serve
 
-    return run_serve(engine, config, sources)
+    return run_serve(engine, config, sources, record=args.record, keep=args.keep)
