@@ -153,3 +153,21 @@ def test_docs_api_examples_run(capsys):
         os.chdir(cwd)
     out = capsys.readouterr().out
     assert "segment" in out and "bytes" in out
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_segments_of_a_real_splice(audio_dir):
+    """31 s of dubstep then 40 s of 1920s jazz piano (real recordings, the default model and smoother): two
+    segments, the boundary a few seconds after the splice, no blip in between."""
+    from streamtag.sources.file import read_audio
+
+    model = streamtag.load_model(device="cpu")
+    a = read_audio(audio_dir / "bensound-dubstep.mp3", model.sample_rate)
+    b = read_audio(audio_dir / "fats-waller-aint-misbehavin.ogg", model.sample_rate)[: 40 * model.sample_rate]
+    result = streamtag.tag(np.concatenate([a, b]), sr=model.sample_rate, model=model)
+    splice = len(a) / model.sample_rate
+    segs = result.segments
+    assert len(segs) == 2, [(s.family, s.start, s.end) for s in segs]
+    assert segs[0].family != segs[1].family and segs[1].family == "jazz"
+    assert splice <= segs[0].end <= splice + 8.0
