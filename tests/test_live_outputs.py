@@ -120,3 +120,41 @@ def test_serve_sends_segments_honours_top_and_serves_history(setup):
             proc.kill()
             proc.wait(5)
     assert proc.returncode == 0, proc.stderr.read().decode()
+
+
+@pytest.mark.slow
+def test_a_real_radio_station_logged_with_its_titles_through_the_api_and_the_cli(setup, tmp_path, capsys):
+    """A loopback Icecast station with ICY titles: the API's live iterator sees them, and `stream --record` puts
+    them on the segments of the station log."""
+    from radio_fixtures import feed, icecast_server, music_clip, require_icecast, set_title
+
+    import streamtag
+
+    require_icecast()
+    bundle, _, _ = setup
+    clip = music_clip(tmp_path / "music.wav", seconds=6.0)
+    with icecast_server(tmp_path) as ice, feed(ice.port, "/live.mp3", clip, "mp3"):
+        set_title(ice.port, "/live.mp3", "Artist - First Song")
+        url = f"{ice.url}/live.mp3"
+        model = streamtag.load_model(bundle.path, device="cpu")
+        titles = set()
+        with streamtag.stream(url, model=model, hop=0.5) as live:
+            deadline = time.monotonic() + 30
+            for event in live.events(timeout=10):
+                titles.add(getattr(event, "title", None))
+                if "Artist - First Song" in titles or time.monotonic() > deadline:
+                    break
+        assert "Artist - First Song" in titles
+
+        db = str(tmp_path / "radio.db")
+        code = main(["stream", url, "--model", str(bundle.path), "--format", "jsonl", "--record", db,
+                     "--duration", "6", "--device", "cpu", "--hop", "0.5"])
+        assert code == 0, capsys.readouterr().err
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT station, title, end_ts - start_ts FROM segments").fetchall()
+        logged = conn.execute("SELECT SUM(seconds) FROM hourly").fetchone()[0]
+    finally:
+        conn.close()
+    assert rows and {r[0] for r in rows} == {url} and rows[-1][1] == "Artist - First Song"
+    assert logged == pytest.approx(sum(r[2] for r in rows), abs=1e-3) and logged > 2.0
