@@ -119,8 +119,8 @@ class TagResult:
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` labels with the highest mean raw probability over the input (the summary's ranking)."""
-        mean = self.summary["mean"]
-        return sorted(((label, float(mean[label])) for label in self.labels), key=lambda x: -x[1])[:k]
+        mean = self.summary.get("mean", {})
+        return sorted(((label, float(mean.get(label, 0.0))) for label in self.labels), key=lambda x: -x[1])[:k]
 
     def headline_shares(self) -> dict[str, float]:
         """Fraction of the input's time each family was the headline (from the segments), largest first."""

@@ -93,3 +93,30 @@ def test_plot_png_svg_html(setup, capsys):
     assert code == 1 and ".png, .svg or .html" in err
     code, _, err = _run(capsys, str(wav), "--model", str(bundle.path), "--plot", str(d / "missing" / "x.png"))
     assert code == 1 and "does not exist" in err
+
+
+def test_html_taggram_of_a_long_input_stays_small_and_covers_it_all(tmp_path):
+    """Hours of hops: the HTML taggram averages neighbouring hops into at most MAX_HTML_COLUMNS columns."""
+    import numpy as np
+
+    from streamtag.api import result_from_updates
+    from streamtag.events import GenreUpdate
+    from streamtag.plot import MAX_HTML_COLUMNS, taggram
+
+    rng = np.random.default_rng(0)
+    n = 5 * MAX_HTML_COLUMNS + 7  # not a multiple of the averaging step: the remainder is a column too
+    ups = []
+    for i in range(n):
+        g = TINY_LABELS[(i // 500) % 3]
+        raw = {label: float(rng.uniform(0, 0.2)) for label in TINY_LABELS}
+        raw[g] = 0.9
+        ups.append(GenreUpdate(stream="long", t=(i + 1) * 0.5, top=[(g, 0.9)], probs=raw, raw=raw, model="m"))
+    result = result_from_updates(ups, {"duration": n * 0.5, "mean": {}}, labels=list(TINY_LABELS), name="long",
+                                 model="m")
+    assert [s.family for s in result.segments][:3] == list(TINY_LABELS[:3])
+    path = taggram(result, tmp_path / "long.html")
+    text = path.read_text()
+    cells = text.count('height="14" fill="#') - len(TINY_LABELS)  # the taggram's cells (not the family marks)
+    step = -(-n // MAX_HTML_COLUMNS)  # hops averaged per column
+    assert cells == -(-n // step) * len(TINY_LABELS) and -(-n // step) <= MAX_HTML_COLUMNS
+    assert len(text) < 2_000_000 and text.count('class="segment"') == len(result.segments)
