@@ -31,6 +31,7 @@ __all__ = ["tag", "load_model", "available_models", "Model", "TagResult", "Live"
 DEFAULT_MODEL = "musicnn-msd"
 BLOCK_SECONDS = 2.0  # s of audio decoded per block when tagging a path
 EVENT_QUEUE = 10_000  # events a Live iterator holds before it drops the oldest (a consumer that stopped reading)
+POLL_S = 0.1  # s between a waiting iterator's looks at whether any stream is left
 SMOOTHINGS = ("hmm", "ema", "none")
 
 
@@ -440,18 +441,28 @@ class Live:
             return sorted(self._live)
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
-        """Updates and closed segments as they come, until every stream has ended (or ``timeout`` s pass with
-        nothing new, or :meth:`close`)."""
+        """Updates and closed segments as they come, until every stream has ended (at once when none was added),
+        or ``timeout`` s pass with nothing new, or :meth:`close`."""
+        import time
+
+        idle_since = time.monotonic()
         while True:
             try:
-                item = self._events.get(timeout=timeout)
+                item = self._events.get(timeout=POLL_S)
             except queue.Empty:
-                return
+                with self._lock:
+                    done = not self._live or self._closed
+                if done and self._events.empty():
+                    return
+                if timeout is not None and time.monotonic() - idle_since >= timeout:
+                    return
+                continue
             if item is _END:
                 with self._lock:
                     if not self._live or self._closed:
                         return
                 continue
+            idle_since = time.monotonic()
             yield item
 
     def __iter__(self) -> Iterator[Event]:

@@ -123,6 +123,11 @@ def test_live_iterator_over_a_file_and_callbacks_over_pushed_arrays(tiny, tmp_pa
     assert sum(s.hops for s in segs) == len(updates)  # every update is in exactly one segment
     assert segs[-1].end == pytest.approx(updates[-1].t)
 
+    with streamtag.Live(model=tiny) as idle:  # nothing added: the iterator ends at once, it never hangs
+        assert list(idle.events()) == []
+    with pytest.raises(streamtag.StreamtagError, match="no-such.wav"):
+        streamtag.stream(tmp_path / "no-such.wav", model=tiny)
+
     seen, ended = [], []
     with streamtag.Live(model=tiny, hop=0.5, on_update=seen.append, on_end=lambda n, e: ended.append(n)) as live:
         live.add_stream("pushed", sr=48000)
