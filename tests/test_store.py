@@ -116,6 +116,24 @@ def test_a_locked_database_and_bad_files_give_one_line_errors(tmp_path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+    # a lock taken while recording: the records wait and are written once it is released, none lost
+    err = io.StringIO()
+    slog = StationLog(db, checkpoint_s=0.0, err=err)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        _feed(slog, "held", ["jazz"] * 5 + ["rock"] * 5, t0_wall=time.time() - 20)
+        deadline = time.monotonic() + 20
+        while "locked" not in err.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    slog.close()
+    assert err.getvalue().count("\n") == 1 and "locked by another process" in err.getvalue()
+    assert slog.failed == 0
+    assert [r[0] for r in _rows(db, "SELECT family FROM segments WHERE station = 'held' ORDER BY start_ts")] == \
+        ["jazz", "rock"]
     other = tmp_path / "other.db"
     conn = sqlite3.connect(other)
     conn.execute("CREATE TABLE songs (x)")

@@ -8,7 +8,8 @@ after a crash or ``kill -9`` only the last few seconds are missing. The hourly a
 transactions (each stretch of a segment is added to the hours it covers), so they always match the segments.
 When the queue is full (the disk stalls) records are dropped and counted, never waited for. A write that fails
 (disk full, the file locked by another process) is reported as one line on stderr, at most once a minute per
-kind, and the writer carries on with the next records. Retention (``--keep``) deletes what is older, at start and
+kind, and tried again every ``RETRY_S`` with what arrived meanwhile (at most ``QUEUE_ITEMS`` records wait; beyond
+that the oldest are dropped and counted), so a lock that is released or space that is freed loses nothing. Retention (``--keep``) deletes what is older, at start and
 every ``PURGE_INTERVAL_S``.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ PURGE_INTERVAL_S = 600.0  # s between two retention passes
 REPORT_INTERVAL_S = 60.0  # s between two stderr lines about the same kind of write failure
 DEFAULT_KEEP = "30d"
 CLOSE_TIMEOUT_S = 10.0  # s close() waits for the writer to drain its queue
+RETRY_S = 1.0  # s between two tries of records whose write failed (a locked file, a full disk)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -77,6 +79,7 @@ class StationLog:
         self.keep = keep
         self.err = err or sys.stderr
         self.checkpoint_s = checkpoint_s
+        self.max_pending = queue_items  # failed records kept for the next try, at most
         self.conn = connect(self.path)
         ensure_schema(self.conn, self.path)
         try:
@@ -139,46 +142,53 @@ class StationLog:
     def _run(self) -> None:
         stop = False
         last_purge = time.monotonic()
+        pending: list[Any] = []  # records not written yet: a failed batch is tried again, never dropped at once
         while not stop:
             try:
-                first = self._queue.get(timeout=0.5)
+                item = self._queue.get(timeout=RETRY_S if pending else 0.5)
             except queue.Empty:
-                first = None
-            batch: list[Any] = []
+                item = None
             deadline = time.monotonic() + COMMIT_S
-            item = first
             while item is not None:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)
+                pending.append(item)
                 try:  # gather what arrives within COMMIT_S: one transaction for all of it
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     item = None
-            if batch:
-                self._write(batch)
+            if len(pending) > self.max_pending:  # the disk has been failing for long: drop the oldest
+                lost = len(pending) - self.max_pending
+                self.failed += lost
+                del pending[:lost]
+            if pending and self._write(pending):
+                pending = []
             if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
                 last_purge = time.monotonic()
                 self._purge()
+        self.failed += len(pending)  # the last try at the end failed too
         self.conn.close()
 
-    def _write(self, batch: list[tuple[Segment, bool, float]]) -> None:
+    def _write(self, batch: list[tuple[Segment, bool, float]]) -> bool:
+        """One transaction for ``batch``; False (and nothing written) when it failed."""
+        opened, ends = dict(self._open), dict(self._ends)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            opened = dict(self._open)
             for seg, closed, end_ts in batch:
                 self._apply(seg, closed, end_ts)
             self.conn.execute("COMMIT")
-            self.written += len(batch)
         except sqlite3.Error as e:
-            self._open = opened  # the rows written in this transaction are gone with it
+            self._open, self._ends = opened, ends  # the rows written in this transaction are gone with it
             try:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            self.failed += len(batch)
-            self._report(type(e).__name__ + describe(e), f"{describe(e)}; {len(batch)} records not written")
+            self._report(type(e).__name__ + describe(e),
+                         f"{describe(e)}; {len(batch)} records wait and are tried again every {RETRY_S:g} s")
+            return False
+        self.written += len(batch)
+        return True
 
     def _apply(self, seg: Segment, closed: bool, end_ts: float) -> None:
         key = (seg.start, seg.family)  # a stream's segments are told apart by where they start
