@@ -8,8 +8,9 @@ after a crash or ``kill -9`` only the last few seconds are missing. The hourly a
 transactions (each stretch of a segment is added to the hours it covers), so they always match the segments.
 When the queue is full (the disk stalls) records are dropped and counted, never waited for. A write that fails
 (disk full, the file locked by another process) is reported as one line on stderr, at most once a minute per
-kind, and tried again every ``RETRY_S`` with what arrived meanwhile (at most ``QUEUE_ITEMS`` records wait; beyond
-that the oldest are dropped and counted), so a lock that is released or space that is freed loses nothing. Retention (``--keep``) deletes what is older, at start and
+kind, and tried again every ``RETRY_S`` with what arrived meanwhile (at most ``QUEUE_ITEMS`` records wait in the
+writer and as many in the queue; beyond that new ones are dropped and counted), so a lock that is released or
+space that is freed loses nothing. Retention (``--keep``) deletes what is older, at start and
 every ``PURGE_INTERVAL_S``.
 """
 from __future__ import annotations
@@ -79,7 +80,7 @@ class StationLog:
         self.keep = keep
         self.err = err or sys.stderr
         self.checkpoint_s = checkpoint_s
-        self.max_pending = queue_items  # failed records kept for the next try, at most
+        self.max_pending = queue_items  # records one transaction holds, and failed ones kept for the next try
         self.conn = connect(self.path)
         ensure_schema(self.conn, self.path)
         try:
@@ -154,14 +155,12 @@ class StationLog:
                     stop = True
                     break
                 pending.append(item)
+                if len(pending) >= self.max_pending:  # a full transaction (or records waiting on a failing disk:
+                    break  # then the queue fills and the sink drops the newest, counted, never waits)
                 try:  # gather what arrives within COMMIT_S: one transaction for all of it
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     item = None
-            if len(pending) > self.max_pending:  # the disk has been failing for long: drop the oldest
-                lost = len(pending) - self.max_pending
-                self.failed += lost
-                del pending[:lost]
             if pending and self._write(pending):
                 pending = []
             if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
