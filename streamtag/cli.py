@@ -610,6 +610,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     if args.duration is not None and not args.duration > 0:
         raise ConfigError(f"--duration must be positive, got {args.duration}")
+    if args.record is not None:
+        from .store import check_record_args
+
+        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
     bundle = load_model(args)
     engine = Engine(bundle, device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
                     smoothing=smoothing_config(args.smoothing), precision=args.precision)
@@ -624,10 +628,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
         sources[name] = src
     from .app import run_live
 
-    if args.record is not None:
-        from .store import parse_duration
-
-        parse_duration(args.keep)  # a bad --keep fails before anything connects
     return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, segments=args.segments,
                     record=args.record, keep=args.keep)
 

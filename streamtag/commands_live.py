@@ -125,9 +125,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed, top=args.top)
     sources = _parse_sources(args.source)
     if args.record is not None:
-        from .store import parse_duration
+        from .store import check_record_args
 
-        parse_duration(args.keep)  # a bad --keep fails before the model loads
+        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
     engine = _engine(args)
     from .app import run_serve
 

@@ -50,6 +50,9 @@ def test_stream_refuses_a_bad_keep(setup, capsys):
     code = main(["stream", str(wav), "--model", str(bundle.path), "--record", str(d / "x.db"), "--keep", "soon"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "--keep" in err
+    code = main(["stream", str(wav), "--model", str(bundle.path), "--record", str(d / "no" / "such" / "x.db")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "does not exist" in err
 
 
 def _get(url: str) -> tuple[int, dict]:

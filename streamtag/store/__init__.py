@@ -2,8 +2,8 @@
 and the reports made from it (``streamtag report PATH``). Schema: :mod:`streamtag.store.schema`."""
 from __future__ import annotations
 
-from .log import DEFAULT_KEEP, StationLog, parse_duration
+from .log import DEFAULT_KEEP, StationLog, check_record_args, parse_duration
 from .report import Report, load_report
 from .schema import SCHEMA_VERSION
 
-__all__ = ["StationLog", "parse_duration", "load_report", "Report", "SCHEMA_VERSION", "DEFAULT_KEEP"]
+__all__ = ["StationLog", "parse_duration", "check_record_args", "load_report", "Report", "SCHEMA_VERSION", "DEFAULT_KEEP"]

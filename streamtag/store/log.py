@@ -31,7 +31,7 @@ from ..events import GenreUpdate
 from ..segments import FamilyOf, Segment, SegmentSink
 from .schema import connect, describe, ensure_schema
 
-__all__ = ["StationLog", "parse_duration", "CHECKPOINT_S", "COMMIT_S", "QUEUE_ITEMS", "DEFAULT_KEEP"]
+__all__ = ["StationLog", "parse_duration", "check_record_args", "CHECKPOINT_S", "COMMIT_S", "QUEUE_ITEMS", "DEFAULT_KEEP"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ def parse_duration(text: str, flag: str = "--keep") -> float:
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"{flag} {text!r}: give a positive duration such as 30d, 24h, 90m or 45s")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def check_record_args(path: str, keep: str) -> float:
+    """``--record PATH --keep D`` checked before anything loads: the folder exists, the duration parses."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--record {path}: the folder {folder} does not exist; create it or give another path")
+    if os.path.isdir(path):
+        raise ConfigError(f"--record {path} is a folder; give a file name such as {os.path.join(path, 'radio.db')}")
+    return parse_duration(keep)
 
 
 def _ts(iso: str) -> float:
