@@ -109,6 +109,13 @@ def test_public_names():
         assert hasattr(streamtag, name), name
     assert "musicnn-msd" in streamtag.available_models()
 
+    import subprocess
+    import sys
+
+    code = "import sys, streamtag; print('numpy' in sys.modules, callable(streamtag.tag))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO).stdout
+    assert out.split() == ["False", "True"]  # names load on first use: `streamtag --version` stays instant
+
 
 # -- live -------------------------------------------------------------------------------------------------------
 def test_live_iterator_over_a_file_and_callbacks_over_pushed_arrays(tiny, tmp_path):
