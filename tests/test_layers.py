@@ -78,6 +78,12 @@ def forbidden_for(module: str) -> tuple[str, ...]:
         return (*IO_LIBRARIES, "streamtag.live", "streamtag.publishers", *APP_LAYER)
     if within(module, APP_LAYER):
         return ()
+    if module in ("streamtag.segments", "streamtag.tables"):  # pure: updates in, segments and rows out
+        return (*IO_LIBRARIES, *UPPER_FOR_CORE)
+    if within(module, ("streamtag.store",)):  # the station log: a sink fed by the runner, never its driver
+        return ("streamtag.live", "streamtag.pipeline", "streamtag.runner", "streamtag.publishers", *APP_LAYER)
+    if module == "streamtag.api":  # the Python API drives the engine itself; no terminal, server or CLI
+        return ("streamtag.publishers", "rich", "websockets", *APP_LAYER)
     return APP_LAYER  # everything else (registry helpers, architectures, web, ...): nobody imports the app layer
 
 
