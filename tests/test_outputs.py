@@ -52,9 +52,12 @@ def test_csv_tables(setup, capsys):
     code, out, _ = _run(capsys, str(wav), *m, "--format", "csv", "--timeline")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) > 10
-    assert [float(r["t"]) for r in rows] == sorted(float(r["t"]) for r in rows)
-    for r in rows:  # the genre column is the row's top genre: the largest of its smoothed probabilities
-        assert float(r[r["genre"]]) == pytest.approx(max(float(r[label]) for label in TINY_LABELS), abs=1e-4)
+    code, out, _ = _run(capsys, str(wav), *m, "--format", "jsonl", "--timeline")
+    updates = [e for e in map(json.loads, out.splitlines()) if e["type"] == "update"]
+    assert len(rows) == len(updates)
+    for r, u in zip(rows, updates):  # the CSV row is the update: its time, top genre and smoothed probabilities
+        assert float(r["t"]) == u["t"] and r["genre"] == u["top"][0][0] and r["family"] == u.get("family", r["genre"])
+        assert [float(r[label]) for label in TINY_LABELS] == [u["probs"][label] for label in TINY_LABELS]
 
     code, out, _ = _run(capsys, str(wav), *m, "--format", "csv", "--segments")
     rows = list(csv.DictReader(io.StringIO(out)))
