@@ -1,6 +1,7 @@
 """The web page's small JSON requests, served by ``serve`` beside the websocket (GET, same checks as a handshake):
 
-- ``/api/check``: 200 ``{"ok": true}``, or the status a websocket handshake would get with this request's token
+- ``/api/check``: 200 ``{"ok": true, "recording": bool, "families": {family: [genre, ...]}}`` (the model's
+  taxonomy over the shown labels: the page colours each bar by its genre's family), or the status a websocket handshake would get with this request's token
   and Host (401, 403) and ``{"error": "..."}``: a browser cannot read why a websocket was refused, so the page
   asks here and says it (e.g. "open the page with ?token=…").
 - ``/api/history?stream=NAME&minutes=M``: the stream's segments of the last M minutes (at most 180) from the
@@ -74,10 +75,23 @@ def handle(server: Any, connection: Any, request: Request, path: str) -> Respons
         status, text = refused
         return _json(status, {"ok": False, "status": status.value, "error": text})
     if path == "/api/check":
-        return _json(HTTPStatus.OK, {"ok": True, "recording": server.history_log is not None})
+        return _json(HTTPStatus.OK, {"ok": True, "recording": server.history_log is not None,
+                                     "families": _families(server)})
     if path == "/api/history":
         return _history(server, request)
     return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": f"no such request: {path[:80]}"})
+
+
+def _families(server: Any) -> dict[str, list[str]]:
+    """The model's taxonomy over the shown labels, family -> genres (each genre its own family without one)."""
+    from .segments import family_resolver
+
+    engine = server.runner.engine
+    family_of = family_resolver(getattr(engine, "bundle", None))
+    out: dict[str, list[str]] = {}
+    for label in engine.labels_shown:
+        out.setdefault(family_of(label), []).append(label)
+    return out
 
 
 def _history(server: Any, request: Request) -> Response:

@@ -155,6 +155,8 @@ def test_page_shows_live_bars_sends_the_microphone_and_reconnects(browser, bundl
         top = browser.eval("document.getElementById('top').dataset.label")
         assert top in engine.labels_shown
         assert browser.eval("document.getElementById('confidence').textContent").endswith("% confidence")
+        # every bar in its genre's family colour (the taxonomy from /api/check)
+        browser.wait_for("[...document.querySelectorAll('#bars .bar')].every(b => b.dataset.family)")
         # the overview: a card per stream with its family headline and level
         browser.wait_for(f"{CARDS}.length === 2 && {CARDS}.every(c => c.dataset.family)")
         cards = json.loads(browser.eval(f"JSON.stringify({CARDS}.map(c => [c.dataset.stream, c.dataset.family, "

@@ -111,6 +111,7 @@ def test_serve_sends_segments_honours_top_and_serves_history(setup):
         assert code == 401 and "token" in body["error"]
         code, body = _get(f"http://127.0.0.1:{port}/api/check?token={token}")
         assert code == 200 and body["recording"] is True
+        assert sorted(g for genres in body["families"].values() for g in genres) == sorted(hello["labels"])
         code, body = _get(f"http://127.0.0.1:{port}/api/history?stream=radio&minutes=10&token={token}")
         assert code == 200 and body["segments"], body
         assert [(s["family"], s["genre"]) for s in body["segments"]][-len(segs):] == \

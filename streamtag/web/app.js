@@ -32,7 +32,7 @@ function familyColor(name) {
 
 const state = {
   ws: null, labels: [], hop: 1, model: "", streams: new Map(), current: params.get("stream") || "", updates: 0,
-  dropped: 0, retryMs: 500, mic: null, recording: false, opened: false, refused: false, drawn: 0,
+  dropped: 0, retryMs: 500, mic: null, recording: false, opened: false, refused: false, drawn: 0, familyOf: {},
 };
 
 function log(text) {
@@ -158,9 +158,10 @@ function showUpdate(u) {
     row.dataset.p = value.toFixed(4);
     row.querySelector(".label").textContent = label;
     row.querySelector(".fill").style.width = `${(100 * value).toFixed(1)}%`;
-    // without families every genre is its own family (its colour, as in the overview and the timeline); with
-    // them the page does not know each genre's family: the headline's genre gets its colour, the others plain
-    row.querySelector(".fill").style.background = !u.family ? familyColor(label) : (i === 0 ? familyColor(family) : "");
+    // each bar in its genre's family colour (the taxonomy from /api/check; without one a genre is its own family)
+    const fam = state.familyOf[label] || (u.family ? (i === 0 ? family : "") : label);
+    row.querySelector(".fill").style.background = fam ? familyColor(fam) : "";
+    row.dataset.family = fam;
     row.querySelector(".value").textContent = value.toFixed(2);
   });
   state.updates += 1;
@@ -332,6 +333,10 @@ function connect() {
         showStreams(msg.streams);
         api("/api/check").then(({ body }) => {
           state.recording = !!body.recording;
+          state.familyOf = {};
+          for (const [family, genres] of Object.entries(body.families || {})) {
+            for (const g of genres) state.familyOf[g] = family;
+          }
           $("history-note").textContent = state.recording ? "· from the station log" : "· since this page opened";
           loadHistory(state.current);
         }).catch(() => {});
