@@ -237,7 +237,8 @@ async function loadHistory(name) {
     const { status, body } = await api(`/api/history?stream=${encodeURIComponent(name)}&minutes=${MINUTES}`);
     if (status === 200 && body.segments) {
       stream(name).history = body.segments;
-      $("history-note").textContent = `· from the station log (${body.segments.length} segments)`;
+      const n = body.segments.length;
+      $("history-note").textContent = `· from the station log (${n} segment${n === 1 ? "" : "s"} before this page)`;
       drawTimeline();
     }
   } catch (e) {
