@@ -238,7 +238,7 @@ async function loadHistory(name) {
     if (status === 200 && body.segments) {
       stream(name).history = body.segments;
       const n = body.segments.length;
-      $("history-note").textContent = `· from the station log (${n} segment${n === 1 ? "" : "s"} before this page)`;
+      $("history-note").textContent = `· from the station log (${n} segment${n === 1 ? "" : "s"} logged)`;
       drawTimeline();
     }
   } catch (e) {
