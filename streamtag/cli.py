@@ -165,6 +165,20 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
                    description="What this installation has: versions, FFmpeg, PortAudio, torch threads, CUDA, models.")
     p.set_defaults(func=cmd_doctor)
 
+    p = _subparser(sub, "report", help="family shares per hour/day and the segments from a station log",
+                   description="Report what a station log (serve/stream --record PATH) holds: each station's "
+                               "family shares per hour or day, and its segments. Times are UTC.")
+    p.add_argument("path", metavar="PATH", help="the station log (an SQLite file)")
+    p.add_argument("--station", default=None, help="only this station (stream name; default: all)")
+    p.add_argument("--since", default="24h", metavar="DURATION", help="how far back: 90m, 24h, 7d ...")
+    p.add_argument("--by", choices=("hour", "day"), default=None,
+                   help="shares per hour or per day (default: hour up to 2 days back, else day)")
+    p.add_argument("--what", choices=("shares", "segments", "both"), default=None,
+                   help="what to print (default: both; with --format csv: shares)")
+    p.add_argument("--format", choices=("table", "csv", "html"), default="table",
+                   help="a table, csv, or one self-contained html page with a chart")
+    p.set_defaults(func=_lazy("store.report", "cmd_report"))
+
     p = _subparser(sub, "tag", help="genre summary (and timeline) of files, folders, playlists or URLs",
                    description="Tag whole inputs: audio files, folders of them, local .pls/.m3u/.m3u8 playlists, "
                                "http(s) URLs, or - for stdin. Prints one summary per input.")
@@ -248,20 +262,6 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_smoothing_arg(p)
     add_record_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_serve"))
-
-    p = _subparser(sub, "report", help="family shares per hour/day and the segments from a station log",
-                   description="Report what a station log (serve/stream --record PATH) holds: each station's "
-                               "family shares per hour or day, and its segments. Times are UTC.")
-    p.add_argument("path", metavar="PATH", help="the station log (an SQLite file)")
-    p.add_argument("--station", default=None, help="only this station (stream name; default: all)")
-    p.add_argument("--since", default="24h", metavar="DURATION", help="how far back: 90m, 24h, 7d ...")
-    p.add_argument("--by", choices=("hour", "day"), default=None,
-                   help="shares per hour or per day (default: hour up to 2 days back, else day)")
-    p.add_argument("--what", choices=("shares", "segments", "both"), default=None,
-                   help="what to print (default: both; with --format csv: shares)")
-    p.add_argument("--format", choices=("table", "csv", "html"), default="table",
-                   help="a table, csv, or one self-contained html page with a chart")
-    p.set_defaults(func=_lazy("store.report", "cmd_report"))
 
     add_training_commands(sub)
     return parser
