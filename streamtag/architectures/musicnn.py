@@ -375,7 +375,7 @@ class MusicnnFrames(_FeatureLayers):
         """Compute only these front-end channels (indices into the C_front = timbral + temporal outputs) on the
         CPU; every other channel is taken to be inactive, i.e. its ReLU output is 0 on every frame, so its feature
         is its batch norm's shift. Most of musicnn's channels are like that on real music (its ReLU follows the
-        max or min over bands, which for most filters never leaves the negative side): train/liveness.py
+        max or min over bands, which for most filters never leaves the negative side): research/liveness.py
         measures which, and the student bundles store the list. The answers then equal the full front end's
         wherever those channels are indeed inactive. None: all channels (the default; CUDA always computes all)."""
         if channels is None:

@@ -17,7 +17,7 @@ head. Both heads are ``stateful`` in the runner's sense: ``step(x, state)`` with
 tensor, and a chunked run equals a full-sequence run (tested).
 
 The head modules are the ordinary ``transformer`` / ``stateful_gru`` architectures with ``n_mels`` set to the
-feature width, so ``train/distill.py`` trains them on cached features and this module only assembles them.
+feature width, so ``train/distill/run.py`` trains them on cached features and this module only assembles them.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class MusicnnStudentConfig:
     head_config: dict[str, Any] = field(default_factory=dict)  # the head's config, less n_mels / n_labels
     window_frames: int = 312  # transformer head: feature frames it attends over (312 = 5 s at 16 kHz, hop 256)
     musicnn: dict[str, Any] = field(default_factory=dict)  # MusicnnConfig fields of the frozen feature extractor
-    # front-end channels the CPU computes (train/liveness.py measured the others inactive on real music); () = all
+    # front-end channels the CPU computes (research/liveness.py measured the others inactive on real music); () = all
     live_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
