@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, StreamtagError
+from .options import SMOOTHING_CHOICES, load_model, smoothing_config, stdin_opts
 
 PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
 
@@ -29,7 +30,6 @@ __all__ = ["main", "build_parser", "apply_old_spellings", "smoothing_config", "T
 log = logging.getLogger("streamtag")
 
 TOP_DEFAULT = 5  # genres per update / summary / bars per stream, in every subcommand
-SMOOTHING_CHOICES = ("ema", "hmm", "none")
 _COMPUTE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -122,21 +122,6 @@ def add_stdin_args(p: argparse.ArgumentParser) -> None:
                    help="stdin is raw PCM at this sample rate (default: WAV or any format FFmpeg recognises)")
     g.add_argument("--raw-format", choices=("s16le", "s32le", "f32le"), default="s16le", help="raw PCM sample format")
     g.add_argument("--raw-channels", type=int, default=1, metavar="N", help="raw PCM channels")
-
-
-def stdin_opts(args: argparse.Namespace) -> dict[str, Any]:
-    if getattr(args, "raw_rate", None) is None:
-        return {}
-    return {"raw_rate": args.raw_rate, "raw_format": args.raw_format, "raw_channels": args.raw_channels}
-
-
-def smoothing_config(method: str) -> Any:
-    """The SmoothingConfig for ``--smoothing METHOD`` (the method's defaults: docs/smoothing.md)."""
-    from .smoothing import SmoothingConfig
-
-    if method not in SMOOTHING_CHOICES:
-        raise ConfigError(f"--smoothing {method!r}: use one of {', '.join(SMOOTHING_CHOICES)}")
-    return SmoothingConfig(method=method)
 
 
 # -- the parser ----------------------------------------------------------------------------------------------------
@@ -349,12 +334,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     print("* default")
     return 0
-
-
-def load_model(args: argparse.Namespace) -> Any:
-    from .registry import DEFAULT_MODEL, load_bundle
-
-    return load_bundle(args.model or DEFAULT_MODEL)
 
 
 # -- doctor ------------------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import WindowModel
-from .fastfront import FastFront, MidGemm, _buffer
+from .fastfront import FastFront, MidGemm
 from .threads import map_threads as _map_threads
 from .threads import workers as _workers
+from .threads import workspace
 
 __all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
 
@@ -576,7 +577,7 @@ class MusicnnFrames(_FeatureLayers):
         fast, mids = self._fast_parts()
         b, n, n_mels = x.shape
         xh, hs, count = self._unpack(state.to(x.dtype))
-        z = _buffer("fz", (b, self.in_hist + n, n_mels), x.dtype)  # the input with its history
+        z = workspace("fz", (b, self.in_hist + n, n_mels), x.dtype)  # the input with its history
         z[:, : self.in_hist] = xh
         z[:, self.in_hist :] = x
         pruned = self.live is not None
@@ -585,13 +586,13 @@ class MusicnnFrames(_FeatureLayers):
         for j, (h, c) in enumerate(zip(hs, self.level_channels)):
             H = h.shape[2]
             if j == 0 and pruned:
-                zj = _buffer("fz0", (b, H + n, self.n_live + 1), x.dtype)
+                zj = workspace("fz0", (b, H + n, self.n_live + 1), x.dtype)
                 t = count[:, None] - self.right - H + torch.arange(H + n, dtype=count.dtype)  # (b, H + n) frames
                 zj[:, :, -1] = _inside(t, total).to(zj.dtype)
                 if H:
                     zj[:, :H, :-1] = h[:, self._live_idx].transpose(1, 2)
             else:
-                zj = _buffer(f"fz{j}", (b, H + n, c), x.dtype)
+                zj = workspace(f"fz{j}", (b, H + n, c), x.dtype)
                 if H:
                     zj[:, :H] = h.transpose(1, 2)
             levels.append(zj)

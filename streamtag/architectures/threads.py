@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["FEW_STREAMS", "few_streams", "map_threads", "one_thread", "workers"]
+__all__ = ["FEW_STREAMS", "few_streams", "map_threads", "one_thread", "workers", "workspace"]
 
 T_in = TypeVar("T_in")
 T_out = TypeVar("T_out")
@@ -31,7 +31,23 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 FEW_STREAMS = 64  # fewer streams than this run their small ops on one intra-op thread (CPU)
-_local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it)
+_local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it); .store
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A reusable (never shrunk) per-thread buffer viewed as ``shape``; contents undefined. For the large
+    temporaries of the CPU kernels (GEMM inputs and outputs): a fresh multi-MB tensor per call costs page faults."""
+    store = getattr(_local, "store", None)
+    if store is None:
+        store = _local.store = {}
+    n = 1
+    for s in shape:
+        n *= s
+    buf = store.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode alike
+            buf = store[name] = torch.empty(max(n, 1), dtype=dtype)
+    return buf[:n].view(shape)
 
 
 def workers() -> int:
