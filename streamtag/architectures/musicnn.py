@@ -80,14 +80,13 @@ class MusicnnConfig:
 
 
 # windows per pass through a front-end block that forward_windows cannot share (the wide temporal convs at 1 s
-# hops): its (n, C, window, n_mels) conv output must stay cache-sized; 2 windows ran the 128-frame conv at
-# ~70 GFLOP/s per core where 8 ran it at ~40 (bench/bench_musicnn.py, docs/performance.md)
+# hops): its (n, C, window, n_mels) conv output stays cache-sized (docs/performance.md, "Tuning constants")
 _SUB_BATCH = 2
 _FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
-_FAST_STREAMS = 64  # MusicnnFrames' GEMM path: about this many streams per group, each run whole on a worker thread
-# (fewer, larger groups: per-op overhead and GIL hand-overs fall faster than the cache misses grow; measured 8 -> 64:
-# 0.79 -> 0.61 CPU ms per stream-hop at 512 streams on 2 threads)
+# MusicnnFrames' GEMM path: about this many streams per group, each run whole on a worker thread; fewer, larger
+# groups, because per-op overhead and GIL hand-overs fall faster than the cache misses grow (docs/performance.md)
+_FAST_STREAMS = 64
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
