@@ -55,7 +55,7 @@ def product_agreement(corpus: Path, model: str, teacher_name: str = "musicnn-msd
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m research.product_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="corpus with the teacher's label cache")
     ap.add_argument("--model", action="append", required=True, help="student bundle (name or directory); repeatable")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")

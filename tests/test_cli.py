@@ -276,20 +276,17 @@ def test_version_and_doctor(capsys: pytest.CaptureFixture[str]) -> None:
 def test_runtime_commands_never_import_the_training_code_and_training_parsing_is_light() -> None:
     """`streamtag tag ...` parses without streamtag.train; a training command imports only its parser
     (streamtag.train.cli and its config), not torch, until its body runs."""
-    code = ("import sys; from streamtag.cli import _command_of, TRAINING_COMMANDS, build_parser; "
-            "argv = sys.argv[1:]; c = _command_of(argv); "
-            "a = build_parser(serve_security=False, training=c in TRAINING_COMMANDS).parse_args(argv); "
-            "print(sorted(m for m in sys.modules if m.startswith('streamtag.train') or m == 'torch'))")
-    r = subprocess.run([sys.executable, "-c", code, "tag", "x.ogg"], capture_output=True, text=True, timeout=120,
-                       cwd=REPO)
+    code = ("import sys; from streamtag.cli import _command_of, TRAINING_COMMANDS, build_parser\n"
+            "def parse(argv):\n"
+            "    return build_parser(serve_security=False, training=_command_of(argv) in TRAINING_COMMANDS).parse_args(argv)\n"
+            "def loaded():\n"
+            "    return sorted(m for m in sys.modules if m.startswith('streamtag.train') or m == 'torch')\n"
+            "parse(['tag', 'x.ogg']); print(loaded())\n"
+            "a = parse(['train', '--data', 'folders', '--root', 'r', '--out', 'o']); print(loaded())\n"
+            "assert a.epochs == 30 and a.batch_size == 32 and a.device == 'auto'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
-    argv = ["train", "--data", "folders", "--root", "r", "--out", "o"]
-    r = subprocess.run([sys.executable, "-c", code.replace("print(", "assert a.epochs == 30 and a.batch_size == 32 "
-                                                                     "and a.device == 'auto'; print("), *argv],
-                       capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "['streamtag.train', 'streamtag.train.cli', 'streamtag.train.config']"
+    assert r.stdout.splitlines() == ["[]", "['streamtag.train', 'streamtag.train.cli', 'streamtag.train.config']"]
 
 
 def test_train_architectures_match_the_registry() -> None:
@@ -321,12 +318,20 @@ def test_training_flags_are_one_parser(command: str) -> None:
     assert ours.format_help().split("\n\n", 1)[1] == theirs.format_help().split("\n\n", 1)[1]  # past the usage
 
 
-def test_python_m_streamtag_train_is_the_training_command_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "streamtag.train", "distill", "--help"], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    assert "usage: python -m streamtag.train distill" in r.stdout and "--time-mask-frames" in r.stdout
-    assert "--warmup-steps" in r.stdout and "--batch-size" in r.stdout
+@pytest.mark.parametrize("module", ["streamtag.train", "streamtag.train.distill"])
+def test_python_m_streamtag_train_is_the_training_command_line(module: str, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m streamtag.train distill --help` (and `python -m streamtag.train.distill --help`, the command the
+    model cards record) show the one parser."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [module, *(["distill"] if module == "streamtag.train" else []), "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "usage: python -m streamtag.train distill" in out and "--time-mask-frames" in out
+    assert "--warmup-steps" in out and "--batch-size" in out
 
 
 def test_smoothing_choices() -> None:
