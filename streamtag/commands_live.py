@@ -31,7 +31,7 @@ def examples_audio_dir() -> Path:
 
 
 def _engine(args: argparse.Namespace):
-    from .cli import load_model, smoothing_config
+    from .options import load_model, smoothing_config
     from .pipeline import Engine
 
     return Engine(load_model(args), device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,

@@ -409,7 +409,7 @@ def _error_line(label: str, e: BaseException) -> str:
 def cmd_tag(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .cli import load_model, smoothing_config, stdin_opts
+    from .options import load_model, smoothing_config, stdin_opts
     from .pipeline import FileTagger, hop_frames_for
     from .runner import ModelRunner
 
