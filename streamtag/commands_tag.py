@@ -355,15 +355,6 @@ class _Output:
         partial = "  [yellow]partial: interrupted[/yellow]" if s.partial else ""
         self.console.print(f"[bold]{s.stream}[/bold]  ({s.duration:.1f} s, {s.windows} windows, {s.model}){partial}",
                            highlight=False, soft_wrap=True)
-        if self.with_segments:
-            from .plot import clock
-
-            t = Table(show_edge=False, box=None, padding=(0, 2))
-            for col in ("start", "end", "family", "genre", "conf"):
-                t.add_column(col, justify="right" if col in ("start", "end", "conf") else "left")
-            for seg in segs:
-                t.add_row(clock(seg.start), clock(seg.end), seg.family, seg.genre, f"{seg.confidence:.2f}")
-            self.console.print(t)
         t = Table(show_edge=False, box=None, padding=(0, 2))
         t.add_column("genre")
         t.add_column("mean p", justify="right")
@@ -371,6 +362,17 @@ class _Output:
         for lab, p in s.top:
             t.add_row(lab, f"{p:.3f}", "█" * int(round(p * 30)))
         self.console.print(t)
+        if self.with_segments:  # the segments under the summary
+            from .plot import clock
+
+            self.console.print()
+
+            t = Table(show_edge=False, box=None, padding=(0, 2))
+            for col in ("start", "end", "family", "genre", "conf"):
+                t.add_column(col, justify="right" if col in ("start", "end", "conf") else "left")
+            for seg in segs:
+                t.add_row(clock(seg.start), clock(seg.end), seg.family, seg.genre, f"{seg.confidence:.2f}")
+            self.console.print(t)
         self.console.print()
 
     def _draw(self, s: Summary) -> None:
@@ -521,6 +523,18 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _interrupted(out: _Output, tagger: Any, current: TagInput | None, *, done: int, total: int) -> None:
+    """Ctrl-C: the summary of the input in progress, marked partial, and one line saying what was done."""
+    partial = ""
+    if tagger is not None and current is not None and tagger.samples > 0:
+        try:
+            out.summary(tagger.summary(partial=True))
+            partial = f"; the summary of {current.label} is partial ({tagger.seconds:.1f} s tagged)"
+        except StreamtagError as e:  # e.g. too little audio for one window
+            partial = f"; {current.label} was interrupted before it could be summarised ({e})"
+    print(f"streamtag: interrupted: {done} of {total} inputs tagged{partial}", file=sys.stderr, flush=True)
+
+
 def _check_plot(plot: str | None) -> Path | None:
     """--plot FILE: a known format, and matplotlib present for PNG/SVG, before any tagging."""
     if plot is None:
@@ -539,16 +553,3 @@ def _check_plot(plot: str | None) -> Path | None:
             raise ConfigError("--plot .png/.svg needs matplotlib: pip install 'streamtag[plot]' "
                               "(or write .html, which needs nothing)")
     return path
-
-
-def _interrupted(out: _Output, tagger: Any, current: TagInput | None, *, done: int, total: int) -> None:
-    """Ctrl-C: the summary of the input in progress, marked partial, and one line saying what was done."""
-    partial = ""
-    if tagger is not None and current is not None and tagger.samples > 0:
-        try:
-            out.summary(tagger.summary(partial=True))
-            partial = f"; the summary of {current.label} is partial ({tagger.seconds:.1f} s tagged)"
-        except StreamtagError as e:  # e.g. too little audio for one window
-            partial = f"; {current.label} was interrupted before it could be summarised ({e})"
-    print(f"streamtag: interrupted: {done} of {total} inputs tagged{partial}", file=sys.stderr, flush=True)
-
