@@ -209,6 +209,7 @@ def test_kill_9_loses_at_most_the_last_seconds(tmp_path):
             proc.wait(10)
     assert _rows(db, "PRAGMA integrity_check")[0][0] == "ok"
     last = _rows(db, "SELECT MAX(end_ts) FROM segments WHERE station = 'radio'")[0][0]
+    print(f"kill -9: the log ends {killed_at - last:.2f} s before the kill")
     assert last > first and killed_at - last < 5.0, f"{killed_at - last:.1f} s lost"
     covered = _rows(db, "SELECT SUM(end_ts - start_ts) FROM segments")[0][0]
     hourly = _rows(db, "SELECT SUM(seconds) FROM hourly")[0][0]
