@@ -10,7 +10,7 @@ GRU head as ``musicnn_student/stateful_gru``, 50 tags).
 
 The shipped student bundles (``--bundles``, real weights) run in three modes: ``fp32/all`` (every front-end
 channel through musicnn's own convolutions: how they ran before this round), ``fp32/live`` (only the front-end
-channels that fire on music, as GEMMs: architectures/fastfront.py, train/liveness.py) and ``bf16/live`` (the
+channels that fire on music, as GEMMs: architectures/fastfront.py, research/liveness.py) and ``bf16/live`` (the
 same in bfloat16: ``--precision auto`` on a CPU with hardware bf16); on a GPU, which computes every channel with
 convolutions, ``fp32/all`` and ``bf16/all``. The window length does not apply to them.
 
@@ -38,9 +38,9 @@ ARCHS = ("transformer", "bigru", "crnn", "vit", "stateful_gru", "musicnn_student
 
 def _build(arch: str) -> tuple[torch.nn.Module, int]:
     """(model, input mel bands). ``musicnn_student/HEAD``: the distilled students' layout (musicnn-msd's
-    frozen front end, 96 mels, 50 tags) with the head sizes train/distill.py uses."""
+    frozen front end, 96 mels, 50 tags) with the head sizes train/distill/run.py uses."""
     if arch.startswith("musicnn_student/"):
-        from streamtag.train.distill import DEFAULT_ARCH_CONFIGS
+        from streamtag.train.config import DEFAULT_ARCH_CONFIGS
 
         head = arch.split("/", 1)[1]
         return build_model("musicnn_student", {"n_mels": 96, "n_labels": 50, "head": head,
@@ -115,7 +115,7 @@ def main() -> None:
             for mode in modes:
                 precision, channels = mode.split("/")
                 if channels == "live" and live is None:
-                    print(f"{name}: no live set in its config (train/liveness.py); {mode} skipped")
+                    print(f"{name}: no live set in its config (research/liveness.py); {mode} skipped")
                     continue
                 model = bundle.build_model(dev).eval()
                 model.frames.set_live_channels(live if channels == "live" else None)

@@ -160,6 +160,9 @@ def run_live(
     stderr: TextIO | None = None,
     console: Any = None,
     refresh_hz: float = REFRESH_HZ,
+    segments: bool = False,
+    record: str | None = None,
+    keep: str | None = None,
 ) -> int:
     """Tag ``sources`` (name -> source) live until they all end, Ctrl-C, or ``duration`` s; returns an exit code.
 
@@ -168,6 +171,8 @@ def run_live(
     fast as they yield). ``describe`` maps stream names to the input as shown (default: the name). ``top`` limits
     the genres per JSON update and the bars per stream. Status lines and the per-stream summaries go to
     ``stderr``. Raises the engine's error, or the first source's :class:`StreamtagError`, after cleanup.
+    ``segments``: JSON lines also carry a ``segment`` event per closed segment; ``record``: the station log's
+    file (``keep``: its retention, e.g. "30d"); see :mod:`streamtag.live_outputs`.
     """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -188,7 +193,16 @@ def run_live(
 
         dash_sink = DashboardSink.for_engine(engine)
         sinks = [summary, dash_sink]
-    runner = LiveRunner(engine, sinks).start()
+    try:  # --segments, --record: the segment events and the station log (streamtag.live_outputs)
+        from .live_outputs import extra_sinks
+
+        jsonl = next((s for s in sinks if isinstance(s, JsonlSink)), None)
+        extra, close_extra = extra_sinks(engine, err=err, record=record, keep=keep,
+                                         on_segment=jsonl.write_event if segments and jsonl is not None else None)
+    except BaseException:
+        close_all(sources.values())
+        raise
+    runner = LiveRunner(engine, [*sinks, *extra]).start()
     freeze_startup_objects()
     t0 = time.monotonic()
     code = 0
@@ -218,6 +232,7 @@ def run_live(
     finally:
         summary.stopping = True
         runner.stop()
+        close_extra()
         for line in summary.lines():
             _line(err, f"streamtag: {line}")
     if runner.engine_error is not None:
@@ -253,15 +268,18 @@ def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: An
 
 
 def run_serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]] = (), *,
-              stderr: TextIO | None = None, runner: Any = None) -> int:
+              stderr: TextIO | None = None, record: str | None = None, keep: str | None = None,
+              runner: Any = None) -> int:
     """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri)
-    until SIGINT/SIGTERM; returns an exit code. ``runner``: a started runner to serve instead of a LiveRunner
-    of ``engine`` (``serve --cluster``'s gateway, which also brings the server its ``open_source``)."""
-    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr, runner))
+    until SIGINT/SIGTERM; returns an exit code. ``record``: the station log's file (``keep``: its retention).
+    ``runner``: a started runner to serve instead of a LiveRunner of ``engine`` (``serve --cluster``'s gateway,
+    which also brings the server its ``open_source``)."""
+    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr, record=record, keep=keep,
+                              runner=runner))
 
 
-async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO,
-                 runner: Any = None) -> int:
+async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO, *,
+                 record: str | None = None, keep: str | None = None, runner: Any = None) -> int:
     from .publishers.websocket import WebsocketServer
     from .sources.policy import SourcePolicy
 
@@ -277,12 +295,25 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
+    # segment events for the clients and the station log (streamtag.live_outputs): sinks ahead of the server, so
+    # a stream's last segment reaches its subscribers before its end notice
+    server: Any = None
+    from .live_outputs import extra_sinks
+
+    extra, close_extra = extra_sinks(runner.engine if runner is not None else engine, err=err, record=record,
+                                     keep=keep,
+                                     on_segment=lambda seg: server.on_segment(seg) if server is not None else None)
     if runner is None:
-        runner = LiveRunner(engine)
+        runner = LiveRunner(engine, extra)
         runner.start()
+    else:  # serve --cluster's gateway, started already
+        for sink in extra:
+            runner.add_sink(sink)
     freeze_startup_objects()
     hook = getattr(runner, "open_source", None)  # the cluster gateway's: a worker opens what a client names
     server = WebsocketServer(runner, config, **({"open_source": hook} if hook is not None else {}))
+    if record is not None:
+        server.history_log = record  # the web page's timeline reads the station log
     try:
         for name, uri in sources:  # the user's own inputs; they exist before the first client connects
             await server.add_source(name, uri, policy=SourcePolicy.permissive())
@@ -294,6 +325,7 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
             await stop
     finally:
         await loop.run_in_executor(None, runner.stop)
+        await loop.run_in_executor(None, close_extra)
     return 0
 
 

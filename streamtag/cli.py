@@ -3,7 +3,8 @@
 A flag means the same in every subcommand: ``--model``, ``--device`` (compute: auto | cpu | cuda[:N]),
 ``--hop``, ``--top``, ``--smoothing``, ``--format``, ``--all-tags``. The microphone is ``--input`` (``--mic``).
 Command bodies live in streamtag.commands_tag (tag), streamtag.commands_live (listen, devices, demo, serve) and
-the training package (train, eval, baseline, cache, distill: imported only when one of them runs).
+the training package (train, eval, baseline, cache, distill), which also declares their flags
+(streamtag.train.cli) and is imported only when one of them is on the command line.
 
 Every error a user can cause ends as one line on stderr (``streamtag: error: ...``) and a non-zero exit code,
 never a traceback (``--debug`` shows it). A usage error shows the usage of the subcommand it is about.
@@ -20,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, StreamtagError
+from .options import SMOOTHING_CHOICES, load_model, smoothing_config, stdin_opts
 
 PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
 
@@ -28,7 +30,6 @@ __all__ = ["main", "build_parser", "apply_old_spellings", "smoothing_config", "T
 log = logging.getLogger("streamtag")
 
 TOP_DEFAULT = 5  # genres per update / summary / bars per stream, in every subcommand
-SMOOTHING_CHOICES = ("ema", "hmm", "none")
 _COMPUTE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -115,6 +116,14 @@ def add_live_format_args(p: argparse.ArgumentParser) -> None:
                    help="stop after S seconds (default: run until the input ends or Ctrl-C)")
 
 
+def add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--record", default=None, metavar="PATH",
+                   help="append every closed segment and hourly family shares per stream to the SQLite station "
+                        "log PATH (read it with `streamtag report PATH`; default: no log)")
+    p.add_argument("--keep", default="30d", metavar="DURATION",
+                   help="with --record: delete log records older than this (30d, 12h, ...)")
+
+
 def add_stdin_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("standard input ('-' as the input)")
     g.add_argument("--raw-rate", type=int, default=None, metavar="HZ",
@@ -123,25 +132,12 @@ def add_stdin_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--raw-channels", type=int, default=1, metavar="N", help="raw PCM channels")
 
 
-def stdin_opts(args: argparse.Namespace) -> dict[str, Any]:
-    if getattr(args, "raw_rate", None) is None:
-        return {}
-    return {"raw_rate": args.raw_rate, "raw_format": args.raw_format, "raw_channels": args.raw_channels}
-
-
-def smoothing_config(method: str) -> Any:
-    """The SmoothingConfig for ``--smoothing METHOD`` (the method's defaults: docs/smoothing.md)."""
-    from .smoothing import SmoothingConfig
-
-    if method not in SMOOTHING_CHOICES:
-        raise ConfigError(f"--smoothing {method!r}: use one of {', '.join(SMOOTHING_CHOICES)}")
-    return SmoothingConfig(method=method)
-
-
 # -- the parser ----------------------------------------------------------------------------------------------------
-def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
+def build_parser(*, serve_security: bool = True, training: bool = True) -> argparse.ArgumentParser:
     """The whole command line. ``serve_security=False`` leaves out the server's security flags, whose module
-    imports torch: main() asks for them only when the command line mentions serve, so --version stays instant."""
+    imports torch: main() asks for them only when the command line mentions serve, so --version stays instant.
+    ``training=False`` leaves out the training commands, whose flags live in streamtag.train.cli: main() asks
+    for them only when a training command (or no command, e.g. --help) is on the command line."""
     parser = argparse.ArgumentParser(prog="streamtag", description="Streaming, real-time music genre tagging.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"streamtag {__version__}")
@@ -157,6 +153,20 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
                    description="What this installation has: versions, FFmpeg, PortAudio, torch threads, CUDA, models.")
     p.set_defaults(func=cmd_doctor)
 
+    p = _subparser(sub, "report", help="family shares per hour/day and the segments from a station log",
+                   description="Report what a station log (serve/stream --record PATH) holds: each station's "
+                               "family shares per hour or day, and its segments. Times are UTC.")
+    p.add_argument("path", metavar="PATH", help="the station log (an SQLite file)")
+    p.add_argument("--station", default=None, help="only this station (stream name; default: all)")
+    p.add_argument("--since", default="24h", metavar="DURATION", help="how far back: 90m, 24h, 7d ...")
+    p.add_argument("--by", choices=("hour", "day"), default=None,
+                   help="shares per hour or per day (default: hour up to 2 days back, else day)")
+    p.add_argument("--what", choices=("shares", "segments", "both"), default=None,
+                   help="what to print (default: both; with --format csv: shares)")
+    p.add_argument("--format", choices=("table", "csv", "html"), default="table",
+                   help="a table, csv, or one self-contained html page with a chart")
+    p.set_defaults(func=_lazy("store.report", "cmd_report"))
+
     p = _subparser(sub, "tag", help="genre summary (and timeline) of files, folders, playlists or URLs",
                    description="Tag whole inputs: audio files, folders of them, local .pls/.m3u/.m3u8 playlists, "
                                "http(s) URLs, or - for stdin. Prints one summary per input.")
@@ -166,7 +176,14 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_top_arg(p)
     add_smoothing_arg(p)
     p.add_argument("--timeline", action="store_true", help="also emit one event per hop")
-    p.add_argument("--format", choices=("table", "jsonl"), default="table", help="output on stdout")
+    p.add_argument("--segments", action="store_true",
+                   help="also list the segments: stretches with one headline family (start, end, family, genre)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw each input's taggram with its family strip to FILE (default: no plot; .png/.svg need matplotlib; "
+                        ".html is one self-contained file)")
+    p.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
+                   help="output on stdout (csv: the timeline with --timeline, the segments with --segments, "
+                        "else the summaries)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="tag at most S seconds of each input (default: files whole, URLs 60 s)")
     p.add_argument("-r", "--recursive", action="store_true", help="walk folders given as inputs recursively")
@@ -183,6 +200,9 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
     add_live_format_args(p)
     p.add_argument("--max-retries", type=int, default=None, metavar="N",
                    help="give up a stream after N failed reconnects (default: retry forever)")
+    p.add_argument("--segments", action="store_true",
+                   help="JSON lines also carry a segment event each time a segment (one headline family) closes")
+    add_record_args(p)
     add_stdin_args(p)
     p.set_defaults(func=cmd_stream)
 
@@ -226,13 +246,16 @@ def build_parser(*, serve_security: bool = True) -> argparse.ArgumentParser:
         _add_serve_security_args(p)
     add_model_args(p)
     add_device_arg(p, old_compute=True)
+    add_top_arg(p)
     add_smoothing_arg(p)
+    add_record_args(p)
     from .cluster import add_cluster_args  # --cluster ADDRESS and its capacity flags (no Ray import)
 
     add_cluster_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_serve"))
 
-    add_training_commands(sub)
+    if training:
+        add_training_commands(sub)
     return parser
 
 
@@ -276,156 +299,27 @@ def _lazy(module: str, func: str) -> Any:
     return handler
 
 
-# ==== training commands (parsers only; bodies in streamtag.train, imported when one runs) ==========================
-# This section is the only place in the runtime package that knows the training flags. Handlers called:
-# streamtag.train.cli.cmd_train/cmd_eval/cmd_baseline/cmd_cache/cmd_distill(args), each with the argparse Namespace
-# built below (same dest names as before; eval's --device arrives resolved, "auto" -> "cpu" or "cuda", as evaluate_bundle wants a torch device).
-# trainable by `train`: every registered architecture but musicnn (tests/test_cli.py checks it against the registry)
-_ARCHITECTURES = ("bigru", "crnn", "lite", "musicnn_student", "stateful_gru", "transformer", "vit")
-_STUDENT_ARCHITECTURES = ("stateful_gru", "transformer")  # distill --arch (train.distill.DEFAULT_ARCH_CONFIGS)
-
-
-def _training_handler(module: str, func: str, *, resolve_device: bool = False) -> Any:
-    """``resolve_device``: the body takes a concrete torch device, so "auto" is resolved here."""
-
-    def handler(args: argparse.Namespace) -> int:
-        import importlib
-
-        if resolve_device:
-            from .runner import resolve_device as resolve
-
-            args.device = str(resolve(args.device))
-
-        try:
-            mod = importlib.import_module(f"{__package__}.train.{module}")
-        except ModuleNotFoundError as e:  # an optional training dependency (scikit-learn, matplotlib, tqdm)
-            raise ConfigError(f"`streamtag {args.command}` needs the training extras ({e}); "
-                              "pip install 'streamtag[train]'") from e
-        return int(getattr(mod, func)(args) or 0)
-
-    return handler
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", choices=("fma", "folders"), required=True, help="data set kind (required)")
-    g.add_argument("--fma-metadata", type=Path, help="FMA: the unzipped fma_metadata folder, tracks.csv and genres.csv (no default; needed with --data fma)")
-    g.add_argument("--audio", type=Path, help="FMA: the fma_<subset> audio folder or its parent (no default; needed with --data fma)")
-    g.add_argument("--subset", default="small", choices=("small", "medium", "large", "full"), help="FMA subset")
-    g.add_argument("--labels", default="top", choices=("top", "all"),
-                   help="FMA: top = single-label genre_top; all = multi-label genres_all")
-    g.add_argument("--root", type=Path, help="folders: ROOT/<genre>/<audio files> (no default; needed with --data folders)")
-    g.add_argument("--splits", type=Path,
-                   help="folders: folder of train/valid/test list files, GTZAN format (default: a hash split)")
-    g.add_argument("--cache", type=Path, help="feature cache folder (default: inside --out)")
-    g.add_argument("--cache-workers", type=int, default=2, help="processes decoding audio for the cache")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+# ==== training commands: declared once, in streamtag.train.cli, which is imported only when one of them is asked for
+TRAINING_COMMANDS = ("train", "eval", "baseline", "cache", "distill")  # streamtag.train.cli.COMMANDS (tested)
 
 
 def add_training_commands(sub: Any) -> None:
-    """train, eval, baseline, cache, distill."""
-    p = _subparser(sub, "train", help="train a tagger and write a model bundle",
-                   description="Train a genre tagger on FMA or genre folders; writes OUT/bundle.")
-    _add_data_args(p)
-    p.add_argument("--arch", default="transformer", choices=_ARCHITECTURES, help="architecture")
-    p.add_argument("--arch-config", help="JSON overrides of the architecture config, e.g. '{\"d_model\": 64}' "
-                                         "(default: the architecture's defaults)")
-    p.add_argument("--frontend", help="JSON overrides of the front end "
-                                      "(default: 16 kHz, n_fft 1024, hop 256, 128 mels, dB)")
-    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log.csv, bundle/ (required)")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the training split")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per optimizer step")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: no limit)")
-    p.add_argument("--crop-seconds", type=float, default=5.0, help="training crop = window length, seconds")
-    p.add_argument("--hop-seconds", type=float, default=0.5, help="default hop written into the bundle, seconds")
-    p.add_argument("--no-specaug", action="store_true", help="turn SpecAugment off")
-    p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta alpha (0: off)")
-    p.add_argument("--patience", type=int, default=5, help="early stopping patience, epochs")
-    p.add_argument("--val-crops", type=int, default=3, help="crops averaged per validation clip")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="mixed precision")
-    p.add_argument("--loader-workers", type=int, default=2, help="data loader processes")
-    p.add_argument("--no-cache", action="store_true",
-                   help="decode audio on the fly instead of caching features (slow; a broken file stops the run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    add_device_arg(p)
-    p.set_defaults(func=_training_handler("cli", "cmd_train"), log_level=logging.INFO)
+    """train, eval, baseline, cache, distill: their parsers and bodies come from streamtag.train.cli."""
+    from .train.cli import add_commands
 
-    p = _subparser(sub, "eval", help="evaluate a model bundle on a labelled split",
-                   description="PR-AUC / ROC-AUC (multi-label) or accuracy / F1 (single-label), "
-                               "with and without test-time crop averaging; writes report.json + plots.")
-    _add_data_args(p)
-    p.add_argument("--model", required=True, help="bundle folder or shipped model name (required)")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split to evaluate")
-    p.add_argument("--crops", type=int, default=5, help="windows averaged per clip")
-    p.add_argument("--out", type=Path, required=True, help="report folder (required)")
-    add_device_arg(p)
-    p.set_defaults(func=_training_handler("cli", "cmd_eval", resolve_device=True), log_level=logging.INFO)
+    add_commands(sub, formatter_class=_HelpFormatter)
 
-    p = _subparser(sub, "baseline", help="summary features + scikit-learn classifiers",
-                   description="Classical ML baselines (LogReg, SVM, kNN, random forest).")
-    _add_data_args(p)
-    p.add_argument("--classifiers", default="logreg,svm,knn,forest", help="comma-separated classifiers")
-    p.add_argument("--out", type=Path, required=True, help="report folder; features are cached there (required)")
-    p.set_defaults(func=_training_handler("cli", "cmd_baseline"), log_level=logging.INFO)
 
-    p = _subparser(sub, "cache", help="precompute the log-mel feature cache",
-                   description="Decode and cache log-mel frames (parallel, resumable, skips bad files).")
-    _add_data_args(p)
-    p.add_argument("--out", type=Path, help="cache folder (default: --cache)")
-    p.add_argument("--frontend", help="JSON overrides of the front end (default: the training default)")
-    p.add_argument("--retry-skipped", action="store_true", help="try files skipped before again")
-    p.set_defaults(func=_training_handler("cli", "cmd_cache"), log_level=logging.INFO)
-
-    p = _subparser(sub, "distill", help="distil a teacher bundle into a streaming student",
-                   description="Distil a teacher bundle into a streaming student (docs/distill.md).")
-    p.add_argument("--arch", choices=_STUDENT_ARCHITECTURES, default="transformer", help="student architecture")
-    p.add_argument("--teacher", default="musicnn-msd", help="teacher bundle name or directory")
-    p.add_argument("--corpus", required=True, help="corpus directory made by streamtag.train.build_corpus (required)")
-    p.add_argument("--out", help="bundle directory to write, e.g. models/st-transformer-msd (required unless "
-                                 "--label-only or --features-only; no default)")
-    p.add_argument("--minutes", type=float, default=30.0, help="training budget, wall-clock minutes")
-    p.add_argument("--max-steps", type=int, default=100_000, help="stop after this many steps at most")
-    p.add_argument("--batch", type=int, default=32, help="windows (transformer) or sequences (GRU) per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--seq-seconds", type=float, nargs=2, default=(20.0, 90.0), metavar=("MIN", "MAX"),
-                   help="stateful GRU: range of the random training sequence lengths, seconds")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--mixup", type=float, default=0.0, help="window models: mixup Beta alpha (0: off)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--mix-linear", action="store_true", help="mixup in the mel-power domain (like mixing audio)")
-    p.add_argument("--gain-db", type=float, default=0.0, help="random gain per window, +-N dB (0: off)")
-    p.add_argument("--spec-masks", type=int, default=1, help="SpecAugment band masks and time masks per window")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="training tracks set aside per source for validation / best-checkpoint choice (0: none)")
-    p.add_argument("--val-every", type=int, default=500, help="steps between validation runs")
-    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--grid-frames", type=int, default=64, help="frames between teacher windows (64 x 16 ms = 1.024 s)")
-    p.add_argument("--arch-config", help="JSON overrides of the student's architecture config "
-                                         "(default: the architecture's defaults)")
-    p.add_argument("--timing-repeats", type=int, default=30, help="runs per cost-per-hop measurement")
-    p.add_argument("--log", help="append training progress to this file (default: no file)")
-    p.add_argument("--label-only", action="store_true", help="only build the label cache")
-    p.add_argument("--frontend", choices=("mel", "musicnn"), default="mel",
-                   help="student input: log-mel frames (mel), or the teacher's frozen front end + mid end "
-                        "(musicnn: a musicnn_student bundle; the head trains on cached features)")
-    p.add_argument("--features-only", action="store_true", help="--frontend musicnn: only build the feature cache")
-    p.add_argument("--shard", type=int, default=0, help="feature cache: this process's share (0..shards-1)")
-    p.add_argument("--shards", type=int, default=1, help="feature cache: processes sharing the work")
-    p.add_argument("--eval-only", action="store_true", help="re-evaluate the bundle at --out and rewrite its card")
-    p.add_argument("--command-line", help=argparse.SUPPRESS)
-    p.set_defaults(func=_training_handler("cli", "cmd_distill"), log_level=logging.INFO)
-# ==== end of training commands =====================================================================================
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named on a command line (None: none, e.g. ``streamtag --help``)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(serve_security="serve" in argv)
+    command = _command_of(argv)
+    parser = build_parser(serve_security="serve" in argv, training=command is None or command in TRAINING_COMMANDS)
     args, extras = parser.parse_known_args(argv)
     sub_parser: argparse.ArgumentParser = getattr(args, "parser", None) or parser
     if extras:
@@ -477,12 +371,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     print("* default")
     return 0
-
-
-def load_model(args: argparse.Namespace) -> Any:
-    from .registry import DEFAULT_MODEL, load_bundle
-
-    return load_bundle(args.model or DEFAULT_MODEL)
 
 
 # -- doctor ------------------------------------------------------------------------------------------------
@@ -579,6 +467,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     if args.duration is not None and not args.duration > 0:
         raise ConfigError(f"--duration must be positive, got {args.duration}")
+    if args.record is not None:
+        from .store import check_record_args
+
+        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
     bundle = load_model(args)
     engine = Engine(bundle, device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
                     smoothing=smoothing_config(args.smoothing), precision=args.precision)
@@ -593,7 +485,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         sources[name] = src
     from .app import run_live
 
-    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top)
+    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, segments=args.segments,
+                    record=args.record, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def examples_audio_dir() -> Path:
 
 
 def _engine(args: argparse.Namespace):
-    from .cli import load_model, smoothing_config
+    from .options import load_model, smoothing_config
     from .pipeline import Engine
 
     return Engine(load_model(args), device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
@@ -122,8 +122,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _positive(args.speed, "--speed")
     # validates host/token/limits before the model loads
-    config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed)
+    config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed, top=args.top)
     sources = _parse_sources(args.source)
+    if args.record is not None:
+        from .store import check_record_args
+
+        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
     if getattr(args, "cluster", None):  # the stations run on a Ray cluster; this process is the gateway
         from .cluster.serve import cmd_serve_cluster
 
@@ -131,4 +135,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = _engine(args)
     from .app import run_serve
 
-    return run_serve(engine, config, sources)
+    return run_serve(engine, config, sources, record=args.record, keep=args.keep)

@@ -282,29 +282,61 @@ def _total_seconds(inputs: list[TagInput], duration: float | None) -> float | No
 
 # -- output on stdout --------------------------------------------------------------------------------------------
 class _Output:
-    """Writes tag results as JSON lines (as they come) or rich tables (one per input)."""
+    """Writes tag results as JSON lines (as they come), CSV (one table: the timeline, the segments or the summaries)
+    or rich tables (one per input); with ``segments`` the input's segments too, with ``plot`` its taggram."""
 
-    def __init__(self, fmt: str, top: int, *, timeline: bool) -> None:
+    def __init__(self, fmt: str, top: int, *, timeline: bool, segments: bool = False, plot: Path | None = None,
+                 labels: list[str] | None = None, family_of: Any = str, n_inputs: int = 1) -> None:
         self.fmt, self.top, self.with_timeline = fmt, top, timeline
+        self.with_segments, self.plot, self.n_inputs = segments, plot, n_inputs
+        self.labels, self.family_of = labels or [], family_of
         self.console: Any = None
+        self.csv: Any = None
         self._pending: list[GenreUpdate] = []
+        self._all: list[GenreUpdate] = []  # the input's updates, for its segments and its plot
         if fmt == "table":
             from rich.console import Console
 
             self.console = Console()
+        elif fmt == "csv":
+            from .tables import CsvTable
+
+            kind = "timeline" if timeline else "segments" if segments else "summary"
+            self.csv = CsvTable(sys.stdout, kind, self.labels, family_of=family_of)
 
     def updates(self, updates: list[GenreUpdate]) -> None:
-        if not self.with_timeline or not updates:
+        if not updates:
+            return
+        if self.with_segments or self.plot is not None:
+            self._all.extend(updates)
+        if not self.with_timeline:
             return
         if self.fmt == "jsonl":
             for u in updates:
                 print(u.to_json())
             sys.stdout.flush()
+        elif self.fmt == "csv":
+            self.csv.updates(updates)
         else:
             self._pending.extend(updates)
 
     def summary(self, s: Summary) -> None:
+        from .segments import segments_of
+
+        segs = segments_of(self._all, family_of=self.family_of) if self.with_segments or self.plot else []
+        if self.plot is not None:
+            self._draw(s)
+        self._all = []
+        if self.fmt == "csv":
+            if self.csv.kind == "segments":
+                self.csv.segments(segs)
+            elif self.csv.kind == "summary":
+                self.csv.summary(s)
+            return
         if self.fmt == "jsonl":
+            if self.with_segments:
+                for seg in segs:
+                    print(seg.to_json())
             print(s.to_json(), flush=True)
             return
         from rich.table import Table
@@ -330,10 +362,42 @@ class _Output:
         for lab, p in s.top:
             t.add_row(lab, f"{p:.3f}", "█" * int(round(p * 30)))
         self.console.print(t)
+        if self.with_segments:  # the segments under the summary
+            from .plot import clock
+
+            self.console.print()
+
+            t = Table(show_edge=False, box=None, padding=(0, 2))
+            for col in ("start", "end", "family", "genre", "conf"):
+                t.add_column(col, justify="right" if col in ("start", "end", "conf") else "left")
+            for seg in segs:
+                t.add_row(clock(seg.start), clock(seg.end), seg.family, seg.genre, f"{seg.confidence:.2f}")
+            self.console.print(t)
         self.console.print()
+
+    def _draw(self, s: Summary) -> None:
+        from .api import result_from_updates
+        from .plot import taggram
+
+        assert self.plot is not None
+        path = self.plot
+        if self.n_inputs > 1:  # one file per input: out-<input>.png
+            path = path.with_name(f"{path.stem}-{Path(s.stream).stem or 'input'}{path.suffix}")
+        result = result_from_updates(self._all, s.to_dict(), labels=self.labels, family_of=self.family_of,
+                                     name=s.stream, model=s.model)
+        try:
+            taggram(result, path)
+            print(f"streamtag: {s.stream}: taggram written to {path}", file=sys.stderr, flush=True)
+        except StreamtagError as e:
+            print(f"streamtag: error: {e}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.csv is not None:
+            self.csv.close()
 
     def drop_pending(self) -> None:
         self._pending = []
+        self._all = []
 
 
 def _error_line(label: str, e: BaseException) -> str:
@@ -347,7 +411,7 @@ def _error_line(label: str, e: BaseException) -> str:
 def cmd_tag(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .cli import load_model, smoothing_config, stdin_opts
+    from .options import load_model, smoothing_config, stdin_opts
     from .pipeline import FileTagger, hop_frames_for
     from .runner import ModelRunner
 
@@ -361,9 +425,17 @@ def cmd_tag(args: argparse.Namespace) -> int:
     bundle = load_model(args)
     hop_frames_for(bundle, args.hop)  # validate before any decoding
     inputs = expand_inputs(args.inputs, recursive=args.recursive)
+    plot = _check_plot(args.plot)
+    if args.format == "csv" and args.timeline and args.segments:
+        raise ConfigError("--format csv prints one table: give --timeline (one row per hop) or --segments "
+                          "(one row per segment), not both")
     runner = ModelRunner(bundle, args.device, precision=args.precision)
     sr = bundle.frontend.sample_rate
-    out = _Output(args.format, args.top, timeline=args.timeline)
+    from .segments import family_resolver
+
+    shown = range(len(bundle.labels)) if args.all_tags else bundle.genre_indices()
+    out = _Output(args.format, args.top, timeline=args.timeline, segments=args.segments, plot=plot,
+                  labels=[bundle.labels[i] for i in shown], family_of=family_resolver(bundle), n_inputs=len(inputs))
 
     err_console = Console(stderr=True)
     progress = _Progress(err_console, len(inputs)) if err_console.is_terminal else None
@@ -444,6 +516,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         decoder.stop()
         if progress is not None:
             progress.stop()
+        out.close()
         sys.stdout.flush()
     if failed:
         print(f"streamtag: {failed} of {len(inputs)} inputs failed", file=sys.stderr)
@@ -461,3 +534,22 @@ def _interrupted(out: _Output, tagger: Any, current: TagInput | None, *, done: i
             partial = f"; {current.label} was interrupted before it could be summarised ({e})"
     print(f"streamtag: interrupted: {done} of {total} inputs tagged{partial}", file=sys.stderr, flush=True)
 
+
+def _check_plot(plot: str | None) -> Path | None:
+    """--plot FILE: a known format, and matplotlib present for PNG/SVG, before any tagging."""
+    if plot is None:
+        return None
+    from .plot import PLOT_FORMATS
+
+    path = Path(plot)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise ConfigError(f"--plot {plot}: use a .png, .svg or .html file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--plot {plot}: the folder {path.parent} does not exist")
+    if path.suffix.lower() != ".html":
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--plot .png/.svg needs matplotlib: pip install 'streamtag[plot]' "
+                              "(or write .html, which needs nothing)")
+    return path

@@ -9,8 +9,10 @@ with the windows of all streams batched into one forward pass. :class:`FileTagge
 same incremental front end over one input pushed block by block, its windows run in batches as soon as they
 are complete (through the model's shared-work ``forward_windows``; a stateful model steps a batch of hops in
 one ``step_many`` pass), its summary accumulated online, so its memory does not grow with the file's length.
-:func:`tag_audio` is FileTagger on a whole signal. Both paths produce the same raw probabilities for the
-same audio (tests/test_pipeline.py).
+:func:`tag_audio` is FileTagger on a whole signal. Both paths keep a stream's frames in one
+:class:`FrameTrack` (frames and levels kept, the next hop's end, the model's lag, trimming) and make their
+updates with one :class:`UpdateMaker` (smoothing, ranking, label dicts), so they produce the same raw
+probabilities and updates for the same audio (tests/test_pipeline.py, tests/test_live.py).
 
 Bad samples never poison a stream: before the front end, non-finite samples are zeroed and samples beyond
 +-``CLIP_LEVEL`` clipped, and counted (``repaired``). A hop whose level is below ``SILENCE_DB`` still gets an
@@ -31,17 +33,18 @@ import numpy as np
 
 from .errors import ConfigError, StreamtagError
 from .events import GenreUpdate, Summary, now_iso
-from .frontend import IncrementalLogMel, PassMap, push_many
+from .frontend import FrontendSpec, IncrementalLogMel, PassMap, push_many
 from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
-from .smoothing import BatchSmoother, Smoother, SmoothingConfig
+from .smoothing import BatchSmoother, SmoothingConfig
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "Engine", "StreamState", "Timeline", "FileTagger", "tag_audio", "hop_frames_for", "repair", "window_ends",
+    "Engine", "StreamState", "FrameTrack", "UpdateMaker", "Timeline", "FileTagger", "tag_audio", "hop_frames_for",
+    "repair", "window_ends",
     "MIN_HOP_SECONDS", "CLIP_LEVEL", "SILENCE_DB",
 ]
 
@@ -95,34 +98,157 @@ def _hop_level(power: np.ndarray, power_offset: int, end: int, hop_frames: int) 
     return _power_db(float(seg.sum()) / seg.size) if seg.size else -200.0  # == seg.mean(), bit for bit
 
 
-def _update(
-    bundle: Bundle, shown: list[int], smoother: Smoother, raw: np.ndarray, dt: float, *, stream: str, t: float,
-    silent: bool, top_k: int | None = None, **fields: object,
-) -> GenreUpdate:
-    """One hop's update for the shown labels. The smoother folds in ``raw`` (L,) unless the hop is silent (or,
-    defensively, non-finite); ``top`` is the smoother's ranking (held top genre first) with the smoothed
-    probabilities, so ``top[0]`` is always the smoothed top genre and its smoothed probability."""
-    labels = bundle.labels
-    feed = not silent and bool(np.all(np.isfinite(raw)))
-    if feed:
-        smoothed = smoother.update(raw, dt)
-    elif smoother.probs is not None:
-        smoothed = smoother.probs
-    else:  # silence from the very start: nothing smoothed yet, show the raw answer without keeping it
-        smoothed = np.nan_to_num(np.asarray(raw, dtype=np.float64))
-    if smoother.probs is not None:
-        order = smoother.ranking(shown)[:top_k]
-    else:
-        order = sorted(shown, key=lambda i: -smoothed[i])[:top_k]
-    return GenreUpdate(
-        stream=stream,
-        t=t,
-        top=[(labels[i], float(smoothed[i])) for i in order],
-        probs={labels[i]: float(smoothed[i]) for i in shown},
-        raw={labels[i]: float(raw[i]) for i in shown},
-        model=bundle.name,
-        **fields,  # type: ignore[arg-type]
-    )
+@dataclass
+class FrameTrack:
+    """One stream's frames on their way to the model: the per-stream bookkeeping, the same for :class:`Engine`
+    (one per :class:`StreamState`) and :class:`FileTagger`.
+
+    ``frames`` (F, n_mels) and ``power`` (F',) (each frame's mean square) are the frames still needed, from
+    absolute frame indices ``frames_offset`` and ``power_offset``. ``next_end`` is the end frame (exclusive) of
+    the next hop's window (window models) or chunk (stateful ones); :meth:`ready` lists every hop end the kept
+    frames complete. An answer at ``end`` describes the music up to ``end - lag`` (a model whose front end looks
+    ahead): its time and its level (:meth:`level_db`, the hop before that) are read there, and a hop with
+    ``end <= lag`` is no answer yet (:meth:`heard`). :meth:`trim` drops what the next hop no longer needs.
+    """
+
+    spec: FrontendSpec
+    hop: int  # frames per hop
+    window: int  # frames per window (window models)
+    stateful: bool
+    lag: int  # frames between the newest input and the music an answer describes
+    frames: np.ndarray
+    power: np.ndarray
+    frames_offset: int = 0
+    power_offset: int = 0
+    next_end: int = 0
+
+    @classmethod
+    def start(cls, spec: FrontendSpec, *, hop: int, window: int, stateful: bool, lag: int) -> FrameTrack:
+        return cls(spec, hop, window, stateful, lag, frames=np.zeros((0, spec.n_mels), dtype=np.float32),
+                   power=np.zeros(0), next_end=hop if stateful else window)
+
+    @property
+    def total(self) -> int:
+        """Frames received so far."""
+        return self.frames_offset + self.frames.shape[0]
+
+    def add(self, frames: np.ndarray, power: np.ndarray) -> None:
+        """Append new frames (n, n_mels) and their power (n,)."""
+        if frames.shape[0]:
+            # a copy when starting over: the caller's array may be a view of a larger one (push_many's batch)
+            self.frames = np.concatenate([self.frames, frames]) if self.frames.size else frames.copy()
+            self.power = np.concatenate([self.power, power]) if self.power.size else power.copy()
+
+    def ready(self) -> list[int]:
+        """End frames of the hops the kept frames complete, from ``next_end`` on."""
+        return list(range(self.next_end, self.total + 1, self.hop))
+
+    def span(self, start: int, end: int) -> np.ndarray:
+        """Frames [start, end) (absolute indices) -> (end - start, n_mels)."""
+        return self.frames[start - self.frames_offset : end - self.frames_offset]
+
+    def heard(self, end: int) -> bool:
+        """Whether an answer at ``end`` describes any of the stream's music (it passed the lag)."""
+        return end > self.lag
+
+    def level_db(self, described: int) -> float:
+        """dBFS RMS of the hop whose music ends at frame ``described`` (an answer's ``end - lag``)."""
+        return _hop_level(self.power, self.power_offset, described, self.hop)
+
+    def seconds_at(self, described: int, skipped: int = 0) -> float:
+        """The stream time of frame ``described``'s end, ``skipped`` samples (lost to overruns) included."""
+        return (self.spec.samples_for_frames(described) + skipped) / self.spec.sample_rate
+
+    def advance(self, end: int) -> None:
+        """The hop ending at ``end`` ran: the next one ends a hop later."""
+        self.next_end = end + self.hop
+
+    def trim(self) -> None:
+        """Keep only the frames the next hop reads (its window, or its chunk), and the power of the hop its
+        answer describes."""
+        need_from = self.next_end - (self.hop if self.stateful else self.window)
+        drop = need_from - self.frames_offset
+        if drop > 0:
+            self.frames = self.frames[drop:].copy()  # a copy: a view would keep the whole old array alive
+            self.frames_offset += drop
+        # (before a window model's first window, fewer frames than that may have arrived: drop only those, or the
+        # offset would run ahead of the frames and every later hop's level would be read from the wrong frames)
+        drop = min(self.next_end - self.lag - self.hop - self.power_offset, self.power.shape[0])
+        if drop > 0:
+            self.power = self.power[drop:].copy()
+            self.power_offset += drop
+
+
+class UpdateMaker:
+    """How raw outputs become GenreUpdates, the same for :class:`Engine` and :class:`FileTagger`.
+
+    ``smoother`` holds the smoothing state of every stream, one row each. :meth:`smooth` folds in a batch of
+    hops, one smoother step per round of hops over the rows in it (a silent or non-finite hop is not fed: the
+    state holds still); :meth:`build` makes the updates, ``top`` being the smoother's ranking (its held top
+    genre first, with the smoothed probabilities) and the label dicts built from whole arrays. Before a row's
+    first fed hop (silence from the very start) an update shows the raw answer without keeping it.
+    """
+
+    def __init__(self, bundle: Bundle, *, all_tags: bool, smoothing: SmoothingConfig, hop_seconds: float,
+                 streams: int = 0) -> None:
+        self.model = bundle.name
+        self.hop_seconds = hop_seconds
+        self.shown = _label_sets(bundle, all_tags)
+        self.labels_shown = [bundle.labels[i] for i in self.shown]
+        self.smoother = BatchSmoother(smoothing, candidates=self.shown, genres=bundle.genre_indices(), streams=streams)
+        self._shown_idx = np.asarray(self.shown, dtype=np.int64)
+        self._labels_arr = np.asarray(self.labels_shown, dtype=object)  # (K,) for gathering ranked labels
+        self._shown_pos = np.full(len(bundle.labels), -1, dtype=np.int64)  # label index -> position in shown
+        self._shown_pos[self._shown_idx] = np.arange(len(self.shown))
+
+    def smooth(self, raw: np.ndarray, silent: np.ndarray, rows: np.ndarray,
+               rounds: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold in ``raw`` (B, L): hop j on smoother row ``rows[j]`` (-1: none, e.g. a stream removed meanwhile),
+        round by round (``rounds``: hop indices, a row at most once per round). Returns the smoothed
+        probabilities (B, L) float64, whether each row had started (B,), and its top label (B,)."""
+        n = raw.shape[0]
+        feed = ~silent & np.all(np.isfinite(raw), axis=1)
+        smoothed = np.zeros(raw.shape)  # (B, L) float64
+        started = np.zeros(n, dtype=bool)
+        top = np.full(n, -1, dtype=np.int64)
+        sm = self.smoother
+        for idx in rounds:
+            live = [j for j in idx if rows[j] >= 0]
+            if live:
+                r = rows[live]
+                sm.update(raw[live], self.hop_seconds, feed[live], rows=r)
+                started[live] = sm.started[r]
+                top[live] = sm.top[r]
+                smoothed[live] = sm.probs[r]
+        return smoothed, started, top
+
+    def build(self, raw: np.ndarray, smoothed: np.ndarray, started: np.ndarray, top: np.ndarray, *,
+              streams: list[str], t: list[float], wall: str, titles: list[str | None], extras: list[dict],
+              top_k: int | None = None) -> list[GenreUpdate]:
+        """The updates of the hops :meth:`smooth` returned ``smoothed``, ``started``, ``top`` for."""
+        n = raw.shape[0]
+        smoothed = np.where(started[:, None], smoothed, np.nan_to_num(raw.astype(np.float64)))
+        ranked = _rankings(smoothed[:, self._shown_idx], np.where(started, self._shown_pos[np.maximum(top, 0)], -1))
+        ranked = ranked[:, :top_k]
+        shown_vals = smoothed[:, self._shown_idx].tolist()
+        shown_raw = raw[:, self._shown_idx].tolist()
+        ranked_labels = self._labels_arr[ranked].tolist()
+        ranked_vals = smoothed[np.arange(n)[:, None], self._shown_idx[ranked]].tolist()
+        labels, model = self.labels_shown, self.model
+        return [
+            GenreUpdate(
+                stream=streams[j],
+                t=t[j],
+                top=list(zip(ranked_labels[j], ranked_vals[j])),
+                probs=dict(zip(labels, shown_vals[j])),
+                raw=dict(zip(labels, shown_raw[j])),
+                model=model,
+                wall=wall,
+                title=titles[j],
+                extra=extras[j],
+            )
+            for j in range(n)
+        ]
 
 
 @dataclass
@@ -133,12 +259,8 @@ class StreamState:
     ring: RingBuffer
     mel: IncrementalLogMel
     row: int  # this stream's row of Engine.smoother
+    track: FrameTrack  # its frames and hop bookkeeping
     title: str | None = None
-    frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # (F, n_mels) kept
-    frames_offset: int = 0  # absolute index of frames[0]
-    power: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F',) mean square of each kept frame
-    power_offset: int = 0  # absolute index of power[0]
-    next_end: int = 0  # absolute frame index (exclusive) at which the next window ends
     latest: GenreUpdate | None = None
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
     # (samples written so far, wall time) of the blocks not yet answered: push() appends, the engine drops the
@@ -157,7 +279,8 @@ class StreamState:
     @property
     def level_db(self) -> float:
         """dBFS RMS of the newest frame (-inf before the first)."""
-        return _power_db(float(self.power[-1])) if self.power.size else -math.inf
+        power = self.track.power
+        return _power_db(float(power[-1])) if power.size else -math.inf
 
     @property
     def t(self) -> float:
@@ -194,17 +317,14 @@ class Engine:
         self.hop_seconds = self.hop_frames * self.spec.frame_seconds
         self.window_frames = bundle.window_frames
         self.smoothing = smoothing or SmoothingConfig()
-        self.shown = _label_sets(bundle, all_tags)
-        self.labels_shown = [bundle.labels[i] for i in self.shown]
+        self._updates = UpdateMaker(bundle, all_tags=all_tags, smoothing=self.smoothing, hop_seconds=self.hop_seconds)
+        self.shown = self._updates.shown
+        self.labels_shown = self._updates.labels_shown
         self.ring_samples = int(ring_seconds * self.sample_rate)
         self.streams: dict[str, StreamState] = {}
         # the smoothing state of every stream, one row each; rows of removed streams are reused (reset)
-        self.smoother = BatchSmoother(self.smoothing, candidates=self.shown, genres=bundle.genre_indices(), streams=0)
+        self.smoother = self._updates.smoother
         self._free_rows: list[int] = []
-        self._shown_idx = np.asarray(self.shown, dtype=np.int64)
-        self._labels_arr = np.asarray(self.labels_shown, dtype=object)  # (K,) for gathering ranked labels
-        self._shown_pos = np.full(len(bundle.labels), -1, dtype=np.int64)  # label index -> position in shown
-        self._shown_pos[self._shown_idx] = np.arange(len(self.shown))
         # guards self.streams membership and the smoother's rows (not the ring buffers: they lock)
         self._lock = threading.Lock()
         self.last_step_ms = 0.0
@@ -225,9 +345,9 @@ class Engine:
                 ring=RingBuffer(self.ring_samples),
                 mel=IncrementalLogMel(self.spec),
                 row=row,
+                track=FrameTrack.start(self.spec, hop=self.hop_frames, window=self.window_frames,
+                                       stateful=self.runner.stateful, lag=self.runner.lag_frames),
                 title=title,
-                frames=np.zeros((0, self.spec.n_mels), dtype=np.float32),
-                next_end=self.window_frames if not self.runner.stateful else self.hop_frames,
             )
             self.streams[name] = st
             return st
@@ -267,10 +387,9 @@ class Engine:
         return None
 
     def _ingest(self, streams: list[StreamState]) -> list[StreamState]:
-        """Read every stream's new audio (its ring is drained every step, as before); once a stream's unread audio
-        completes its next hop, repair it and run it through the log-mel, all such streams in one batch. Returns
-        those streams. The front end's per-stream bookkeeping so runs once per hop, not once per pushed block, and
-        a hop is answered in the step that completed it, as when every block went through the front end at once."""
+        """Drain every stream's ring. A stream whose unread audio completes its next hop has that audio repaired
+        and run through the log-mel, all such streams in one batch; returns those streams. So the front end runs
+        once per hop, not once per pushed block, and a hop is answered in the step that completes it."""
         got: list[StreamState] = []
         blocks: list[np.ndarray] = []
         for st in streams:
@@ -279,7 +398,7 @@ class Engine:
                 x = st.ring.read()
                 st.unread.append(x)
                 st.unread_samples += x.shape[0]
-                if st.unread_samples >= self.spec.samples_for_frames(st.next_end) - st.mel.samples_seen:
+                if st.unread_samples >= self.spec.samples_for_frames(st.track.next_end) - st.mel.samples_seen:
                     got.append(st)
                     blocks.append(np.concatenate(st.unread) if len(st.unread) > 1 else st.unread[0])
                     st.unread, st.unread_samples = [], 0
@@ -297,14 +416,8 @@ class Engine:
         mels = [st.mel for st in got]
         new = push_many(mels, blocks, passes=self.front_end_passes, map_fn=self.front_end_map)
         for st, (frames, power) in zip(got, new):
-            if frames.shape[0]:
-                st.frames = np.concatenate([st.frames, frames]) if st.frames.size else frames.copy()
-                st.power = np.concatenate([st.power, power]) if st.power.size else power.copy()
+            st.track.add(frames, power)
         return got
-
-    def _ready_ends(self, st: StreamState) -> list[int]:
-        total = st.frames_offset + st.frames.shape[0]
-        return list(range(st.next_end, total + 1, self.hop_frames))
 
     def step(self) -> list[GenreUpdate]:
         """Run every complete hop of every stream; returns the updates in time order per stream."""
@@ -314,26 +427,24 @@ class Engine:
         streams = self._ingest(streams)  # only a stream with new frames can have a hop to run
         jobs: list[tuple[StreamState, int]] = []  # (stream, window end frame), a stream's hops in order
         for st in streams:
-            jobs.extend((st, e) for e in self._ready_ends(st))
+            jobs.extend((st, e) for e in st.track.ready())
         if not jobs:
             return []
         if self.runner.stateful:
             probs = self._run_stateful(jobs)
         else:
-            windows = np.stack(
-                [st.frames[e - self.window_frames - st.frames_offset : e - st.frames_offset] for st, e in jobs]
-            )  # (B, window_frames, n_mels)
+            windows = np.stack([st.track.span(e - self.window_frames, e) for st, e in jobs])  # (B, window, n_mels)
             probs = self.runner.predict(windows)
         self.last_step_ms = (time.perf_counter() - t0) * 1000.0
         keep = []
         for j, (st, end) in enumerate(jobs):
-            if end <= self.runner.lag_frames:  # the model has not seen any of the stream's music yet
-                st.next_end = end + self.hop_frames
-            else:
+            if st.track.heard(end):
                 keep.append(j)
+            else:  # the model has not seen any of the stream's music yet
+                st.track.advance(end)
         updates = self._emit([jobs[j] for j in keep], probs[keep])
         for st in streams:
-            self._trim(st)
+            st.track.trim()
         return updates
 
     def _run_stateful(self, jobs: list[tuple[StreamState, int]]) -> np.ndarray:
@@ -344,93 +455,44 @@ class Engine:
             chunks = []
             for j in idx:
                 st, end = jobs[j]
-                start = end - self.hop_frames
-                chunks.append(st.frames[start - st.frames_offset : end - st.frames_offset])
+                chunks.append(st.track.span(end - self.hop_frames, end))
             probs[idx] = self.runner.step(names, np.stack(chunks))  # (b, hop_frames, n_mels)
         return probs
 
     def _emit(self, jobs: list[tuple[StreamState, int]], raw: np.ndarray) -> list[GenreUpdate]:
-        """The updates of ``jobs`` (a stream's hops in order) with their raw outputs ``raw`` (B, L): one smoother
-        step per round of hops over the rows of the streams in it, the rankings and label dicts from arrays."""
+        """The updates of ``jobs`` (a stream's hops in order) with their raw outputs ``raw`` (B, L)."""
         if not jobs:
             return []
-        spec, lag = self.spec, self.runner.lag_frames
         n = len(jobs)
         now, wall = time.monotonic(), now_iso()
-        t = np.zeros(n)
+        t: list[float] = []
         silent = np.zeros(n, dtype=bool)
-        latency: list[float | None] = []
-        levels: list[float] = []
+        extras: list[dict] = []
         for j, (st, end) in enumerate(jobs):
-            end_sample = spec.samples_for_frames(end) + st.skipped  # position in the stream as received
-            # the time the answer describes: a lagging model's answer is about the music lag_frames back
-            t[j] = (end_sample - lag * spec.hop_length) / spec.sample_rate
-            arrival = self._arrival_of(st, end_sample)
-            latency.append(round((now - arrival) * 1000.0, 1) if arrival is not None else None)
-            level = _hop_level(st.power, st.power_offset, end - lag, self.hop_frames)  # the hop the answer describes
-            levels.append(round(level, 1))
+            described = end - st.track.lag  # a lagging model's answer is about the music lag frames back
+            t.append(st.track.seconds_at(described, st.skipped))
+            arrival = self._arrival_of(st, self.spec.samples_for_frames(end) + st.skipped)  # newest audio used
+            level = st.track.level_db(described)
             silent[j] = level < SILENCE_DB
-        feed = ~silent & np.all(np.isfinite(raw), axis=1)  # silent (or, defensively, non-finite) hops are not fed
-        smoothed = np.zeros(raw.shape)  # (B, L) float64
-        started = np.zeros(n, dtype=bool)
-        top = np.full(n, -1, dtype=np.int64)
+            extras.append({
+                "latency_ms": round((now - arrival) * 1000.0, 1) if arrival is not None else None,
+                "overruns": st.overruns,
+                "level_db": round(level, 1),
+                "silence": bool(silent[j]),
+                "repaired": st.repaired,
+            })
         with self._lock:  # rows are stable while we hold it (add/remove_stream wait)
-            sm = self.smoother
-            for idx in _rounds(jobs):
-                live = [j for j in idx if self.streams.get(jobs[j][0].name) is jobs[j][0]]  # not removed meanwhile
-                rows = np.array([jobs[j][0].row for j in live], dtype=np.int64)
-                if live:
-                    sm.update(raw[live], self.hop_seconds, feed[live], rows=rows)
-                    started[live] = sm.started[rows]
-                    top[live] = sm.top[rows]
-                    smoothed[live] = sm.probs[rows]
-        # before the first fed hop (silence from the very start) show the raw answer without keeping it
-        smoothed = np.where(started[:, None], smoothed, np.nan_to_num(raw.astype(np.float64)))
-        ranked = _rankings(smoothed[:, self._shown_idx], np.where(started, self._shown_pos[np.maximum(top, 0)], -1))
-        shown_vals = smoothed[:, self._shown_idx].tolist()
-        shown_raw = raw[:, self._shown_idx].tolist()
-        ranked_labels = self._labels_arr[ranked].tolist()
-        ranked_vals = smoothed[np.arange(n)[:, None], self._shown_idx[ranked]].tolist()
-        labels, model = self.labels_shown, self.bundle.name
-        updates = []
-        for j, (st, end) in enumerate(jobs):
-            upd = GenreUpdate(
-                stream=st.name,
-                t=float(t[j]),
-                top=list(zip(ranked_labels[j], ranked_vals[j])),
-                probs=dict(zip(labels, shown_vals[j])),
-                raw=dict(zip(labels, shown_raw[j])),
-                model=model,
-                wall=wall,
-                title=st.title,
-                extra={
-                    "latency_ms": latency[j],
-                    "overruns": st.overruns,
-                    "level_db": levels[j],
-                    "silence": bool(silent[j]),
-                    "repaired": st.repaired,
-                },
-            )
-            st.next_end = end + self.hop_frames
+            rows = np.array([st.row if self.streams.get(st.name) is st else -1 for st, _ in jobs],  # not removed
+                            dtype=np.int64)
+            smoothed, started, top = self._updates.smooth(raw, silent, rows, _rounds(jobs))
+        updates = self._updates.build(raw, smoothed, started, top, streams=[st.name for st, _ in jobs], t=t,
+                                      wall=wall, titles=[st.title for st, _ in jobs], extras=extras)
+        for (st, end), upd in zip(jobs, updates):
+            st.track.advance(end)
             st.latest = upd
             st.updates += 1
             st.history.append((upd.t, upd.top[0][0], upd.top[0][1]))
-            updates.append(upd)
         return updates
-
-    def _trim(self, st: StreamState) -> None:
-        # Keep only the frames the next window needs, and the levels of the hop its answer describes.
-        need_from = st.next_end - (self.hop_frames if self.runner.stateful else self.window_frames)
-        drop = need_from - st.frames_offset
-        if drop > 0:
-            st.frames = st.frames[drop:].copy()  # a copy: a view would keep the whole old array alive
-            st.frames_offset += drop
-        # (before a window model's first window, fewer frames than that may have arrived: drop only those, or the
-        # offset would run ahead of the frames and every later hop's level would be read from the wrong frames)
-        drop = min(st.next_end - self.runner.lag_frames - self.hop_frames - st.power_offset, st.power.shape[0])
-        if drop > 0:
-            st.power = st.power[drop:].copy()
-            st.power_offset += drop
 
 
 def _rounds(jobs: list[tuple[StreamState, int]]) -> list[list[int]]:
@@ -508,16 +570,13 @@ class FileTagger:
         self.hop_seconds = self.hop_frames * spec.frame_seconds
         self.window = bundle.window_frames
         self.lag = runner.lag_frames
-        self.shown = _label_sets(bundle, all_tags)
-        self._smoother = Smoother(smoothing or SmoothingConfig(), candidates=self.shown, genres=bundle.genre_indices())
+        self._updates = UpdateMaker(bundle, all_tags=all_tags, smoothing=smoothing or SmoothingConfig(),
+                                    hop_seconds=self.hop_seconds, streams=1)
+        self.shown = self._updates.shown
         self._mel = IncrementalLogMel(spec)
-        self._frames = np.zeros((0, spec.n_mels), dtype=np.float32)  # (F, n_mels) kept, from _offset
-        self._offset = 0
-        self._power = np.zeros(0)  # (F',) mean square per frame, from _power_offset
-        self._power_offset = 0
-        self._next_end = self.hop_frames if runner.stateful else self.window
+        self._track = FrameTrack.start(spec, hop=self.hop_frames, window=self.window, stateful=runner.stateful,
+                                       lag=self.lag)
         self._state = runner.init_state(1) if runner.stateful else None
-        self._consumed = 0  # stateful: frames the state has seen
         self._held: tuple[int, np.ndarray] | None = None  # stateful: last hop answered before the lag was passed
         self._sum = np.zeros(len(bundle.labels))  # running sums of raw probabilities: non-silent windows
         self._sum_all = np.zeros(len(bundle.labels))  # ... and all windows
@@ -544,10 +603,7 @@ class FileTagger:
             part, n = repair(x[i : i + block])
             self.repaired += n
             self.samples += part.shape[0]
-            frames, power = self._mel.push_with_power(part)
-            if frames.shape[0]:
-                self._frames = np.concatenate([self._frames, frames]) if self._frames.size else frames
-                self._power = np.concatenate([self._power, power]) if self._power.size else power
+            self._track.add(*self._mel.push_with_power(part))
             updates.extend(self._run(final=False))
         return updates
 
@@ -555,20 +611,21 @@ class FileTagger:
         """The input ended: run what is left (one window of all for inputs shorter than one window)."""
         if self._finished:
             return []
-        total = self._offset + self._frames.shape[0]
+        track = self._track
+        total = track.total
         if total == 0:
             raise StreamtagError(f"{self.name}: too short to tag ({self.seconds:.3f} s of audio)")
         updates = self._run(final=True)
         if not self.runner.stateful and self.windows == 0:  # shorter than one window: one window of all
-            raw = self.runner.predict_windows(self._frames, [total], self.window)
-            updates.append(self._emit(total, raw[0]))
+            raw = self.runner.predict_windows(track.frames, [total], self.window)
+            updates.extend(self._emit([total], raw[:1]))
         elif self.runner.stateful and self.windows == 0:
-            if self._consumed < total and self._consumed == 0:  # shorter than one hop: one step of all
-                probs, self._state = self.runner.step_many(self._frames[None], self._state_(), [total])
+            if self._consumed() == 0 < total:  # shorter than one hop: one step of all
+                probs, self._state = self.runner.step_many(track.frames[None], self._state_(), [total])
                 self._held = (total, probs[0, 0])
             assert self._held is not None
             end, raw = self._held  # nothing passed the lag: the last answer, at its own end (or lag_frames back)
-            updates.append(self._emit(end - self.lag if end > self.lag else end, raw))
+            updates.extend(self._emit([end - self.lag if track.heard(end) else end], raw[None]))
         self._finished = True
         if self.repaired:
             log.warning("%s: repaired %d bad samples (non-finite or beyond +-%g)", self.name, self.repaired,
@@ -580,63 +637,56 @@ class FileTagger:
         assert self._state is not None
         return self._state
 
-    def _ready(self) -> list[int]:
-        total = self._offset + self._frames.shape[0]
-        return list(range(self._next_end, total + 1, self.hop_frames))
+    def _consumed(self) -> int:
+        """Stateful models: the frames the state has seen (the end of the last hop run)."""
+        return self._track.next_end - self.hop_frames
 
     def _run(self, *, final: bool) -> list[GenreUpdate]:
         updates: list[GenreUpdate] = []
-        ends = self._ready()
+        track = self._track
+        ends = track.ready()
         while ends and (len(ends) >= FILE_BATCH or final):
             batch, ends = ends[:FILE_BATCH], ends[FILE_BATCH:]
             if self.runner.stateful:
-                a = self._consumed - self._offset
-                rel = [e - self._consumed for e in batch]
+                done = self._consumed()
+                rel = [e - done for e in batch]
                 probs, self._state = self.runner.step_many(
-                    self._frames[None, a : batch[-1] - self._offset], self._state_(), rel)  # (1, n, L)
+                    track.span(done, batch[-1])[None], self._state_(), rel)  # (1, n, L)
                 raws = probs[0]
-                self._consumed = batch[-1]
             else:
-                a = batch[0] - self.window - self._offset
                 rel = [e - batch[0] + self.window for e in batch]
                 raws = self.runner.predict_windows(
-                    self._frames[a : batch[-1] - self._offset], rel, self.window)  # (n, L)
-            for e, raw in zip(batch, raws):
-                if e <= self.lag:  # the model has not heard any of the music yet (as the Engine does)
-                    self._held = (e, raw)
-                    continue
-                updates.append(self._emit(e - self.lag, raw))
-            self._next_end = batch[-1] + self.hop_frames
-            self._trim()
+                    track.span(batch[0] - self.window, batch[-1]), rel, self.window)  # (n, L)
+            heard = [j for j, e in enumerate(batch) if track.heard(e)]
+            if len(heard) < len(batch):  # the model has not heard any of the music yet (as the Engine does)
+                self._held = (batch[len(batch) - len(heard) - 1], raws[len(batch) - len(heard) - 1])
+            if heard:
+                updates.extend(self._emit([batch[j] - self.lag for j in heard], raws[heard]))
+            track.advance(batch[-1])
+            track.trim()
         return updates
 
-    def _trim(self) -> None:
-        keep_from = self._consumed if self.runner.stateful else self._next_end - self.window
-        drop = keep_from - self._offset
-        if drop > 0:
-            self._frames = self._frames[drop:].copy()
-            self._offset += drop
-        drop = self._next_end - self.lag - self.hop_frames - self._power_offset
-        if drop > 0:
-            self._power = self._power[drop:].copy()
-            self._power_offset += drop
-
-    def _emit(self, end: int, raw: np.ndarray) -> GenreUpdate:
-        """The update of the window (or hop) whose described music ends at frame ``end``."""
-        level = _hop_level(self._power, self._power_offset, end, self.hop_frames)
-        silent = level < SILENCE_DB
-        self.windows += 1
-        self._sum_all += raw
-        if silent:
-            self.silent_windows += 1
-        else:
-            self._sum += raw
-        if self._raw is not None:
-            self._raw.append(np.asarray(raw, dtype=np.float32))
-        return _update(
-            self.bundle, self.shown, self._smoother, raw, self.hop_seconds, stream=self.name,
-            t=self.spec.samples_for_frames(end) / self.spec.sample_rate, silent=silent, top_k=self.top_k,
-            extra={"level_db": round(level, 1), "silence": silent},
+    def _emit(self, ends: list[int], raws: np.ndarray) -> list[GenreUpdate]:
+        """The updates of the windows (or hops) whose described music ends at frames ``ends``, one stream's hops
+        in order, with their raw outputs ``raws`` (n, L)."""
+        levels = [self._track.level_db(e) for e in ends]
+        silent = np.array([level < SILENCE_DB for level in levels], dtype=bool)
+        for raw, quiet in zip(raws, silent):
+            self.windows += 1
+            self._sum_all += raw
+            if quiet:
+                self.silent_windows += 1
+            else:
+                self._sum += raw
+            if self._raw is not None:
+                self._raw.append(np.asarray(raw, dtype=np.float32))
+        n = len(ends)
+        maker = self._updates
+        smoothed, started, top = maker.smooth(raws, silent, np.zeros(n, dtype=np.int64), [[j] for j in range(n)])
+        return maker.build(
+            raws, smoothed, started, top, streams=[self.name] * n, t=[self._track.seconds_at(e) for e in ends],
+            wall=now_iso(), titles=[None] * n, top_k=self.top_k,
+            extras=[{"level_db": round(level, 1), "silence": bool(quiet)} for level, quiet in zip(levels, silent)],
         )
 
     # -- result -----------------------------------------------------------------------------------------

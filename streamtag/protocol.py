@@ -580,6 +580,17 @@ class Hub:
         self.published[stream] += 1
         return n
 
+    def publish_event(self, event: dict[str, Any]) -> int:
+        """Send a stream's event other than an update (a closed ``segment``) to its subscribers. At most one unsent
+        per stream, kind and client (a newer one replaces it): bounded however slow the client."""
+        stream = event["stream"]
+        n = 0
+        for c in self.clients.values():
+            if c.wants(stream):
+                c.send(event, key=f"{event['type']}:{stream}")
+                n += 1
+        return n
+
     # -- client side -------------------------------------------------------------------------------------
     def error(self, client: Client, code: str, message: str, request: dict[str, Any] | None = None) -> None:
         msg: dict[str, Any] = {"type": "error", "code": code, "message": message}

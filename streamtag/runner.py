@@ -16,7 +16,7 @@ import logging
 import numpy as np
 import torch
 
-from .architectures.base import StreamingModel
+from .architectures.base import StreamingModel, auto_precision
 from .architectures.threads import few_streams, one_thread
 from .errors import ConfigError, DeviceError, ModelError
 from .registry import Bundle
@@ -43,17 +43,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(model: object, device: torch.device, precision: str = "auto") -> str:
-    """The arithmetic a model runs in: "fp32", or "bf16" for models that offer it (``model.precisions``).
+    """The arithmetic a model runs in: "fp32", or another it offers (``model.precisions``, e.g. bf16).
 
-    "auto" picks bf16 for such a model on a CPU that multiplies bf16 in hardware (AMX / AVX512-BF16: about 3x
-    the speed of fp32, outputs within ~3e-3), fp32 everywhere else (CUDA included: a GPU is fast enough without
-    it, and fp32 keeps its outputs equal to the CPU reference). Models without ``precisions`` run in fp32.
+    "auto" is the model's own choice for the device (``model.auto_precision(device)``; architectures/base.py):
+    the distilled students pick bf16 on a CPU with hardware bf16, everything else fp32. Models without
+    ``precisions`` run in fp32.
     """
     offered = tuple(getattr(model, "precisions", ("fp32",)))
     if precision == "auto":
-        from .architectures.fastfront import bf16_native
-
-        return "bf16" if "bf16" in offered and device.type == "cpu" and bf16_native() else "fp32"
+        chosen = auto_precision(model, device)
+        return chosen if chosen in offered else "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision not in offered:

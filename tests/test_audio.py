@@ -186,7 +186,7 @@ def test_microphone_callback_blocks(monkeypatch, pcm: np.ndarray, reference: np.
 
 def test_corpus_builder(wav_path: Path, reference: np.ndarray) -> None:
     pytest.importorskip("av")
-    from streamtag.train.build_corpus import decode
+    from research.build_corpus import decode
 
     y, duration = decode(wav_path, sr=SR)
     assert abs(duration - 1.3) < 0.01

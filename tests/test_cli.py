@@ -273,21 +273,65 @@ def test_version_and_doctor(capsys: pytest.CaptureFixture[str]) -> None:
         assert rows[f"model {name}"].endswith(name)  # its path
 
 
-def test_training_commands_are_parsed_without_importing_the_training_code() -> None:
-    code = ("import sys; from streamtag.cli import build_parser; "
-            "a = build_parser().parse_args(['train', '--data', 'folders', '--root', 'r', '--out', 'o']); "
-            "assert a.epochs == 30 and a.batch_size == 32 and a.device == 'auto'; "
-            "print(sorted(m for m in sys.modules if m.startswith('streamtag.train')))")
+def test_runtime_commands_never_import_the_training_code_and_training_parsing_is_light() -> None:
+    """`streamtag tag ...` parses without streamtag.train; a training command imports only its parser
+    (streamtag.train.cli and its config), not torch, until its body runs."""
+    code = ("import sys; from streamtag.cli import _command_of, TRAINING_COMMANDS, build_parser\n"
+            "def parse(argv):\n"
+            "    return build_parser(serve_security=False, training=_command_of(argv) in TRAINING_COMMANDS).parse_args(argv)\n"
+            "def loaded():\n"
+            "    return sorted(m for m in sys.modules if m.startswith('streamtag.train') or m == 'torch')\n"
+            "parse(['tag', 'x.ogg']); print(loaded())\n"
+            "a = parse(['train', '--data', 'folders', '--root', 'r', '--out', 'o']); print(loaded())\n"
+            "assert a.epochs == 30 and a.batch_size == 32 and a.device == 'auto'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+    assert r.stdout.splitlines() == ["[]", "['streamtag.train', 'streamtag.train.cli', 'streamtag.train.config']"]
 
 
 def test_train_architectures_match_the_registry() -> None:
+    """`train --arch` offers every registered architecture but the converted musicnn and the distilled
+    musicnn_student (its front end is a frozen musicnn: `distill --frontend musicnn` makes it)."""
     from streamtag.architectures import available_architectures
-    from streamtag.cli import _ARCHITECTURES
+    from streamtag.train.cli import ARCHITECTURES
+    from streamtag.train.config import DEFAULT_ARCH_CONFIGS, STREAMING
 
-    assert set(_ARCHITECTURES) == set(available_architectures()) - {"musicnn"}
+    assert set(ARCHITECTURES) == set(available_architectures()) - {"musicnn", "musicnn_student"}
+    assert set(DEFAULT_ARCH_CONFIGS) == set(STREAMING) <= set(available_architectures())
+
+
+def _flags(p: argparse.ArgumentParser) -> list[tuple]:
+    return sorted((tuple(a.option_strings), a.dest, repr(a.default), repr(a.type), repr(a.choices), repr(a.nargs),
+                   a.required, a.help) for a in p._actions if not isinstance(a, argparse._HelpAction))
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "baseline", "cache", "distill"])
+def test_training_flags_are_one_parser(command: str) -> None:
+    """`streamtag COMMAND` and `python -m streamtag.train COMMAND` have the same flags, defaults, choices and help."""
+    from streamtag.cli import TRAINING_COMMANDS
+    from streamtag.train.cli import COMMANDS, build_parser
+
+    assert TRAINING_COMMANDS == COMMANDS
+    ours = _subparsers()[command]
+    theirs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    assert _flags(ours) == _flags(theirs)
+    assert ours.format_help().split("\n\n", 1)[1] == theirs.format_help().split("\n\n", 1)[1]  # past the usage
+
+
+@pytest.mark.parametrize("module", ["streamtag.train", "streamtag.train.distill"])
+def test_python_m_streamtag_train_is_the_training_command_line(module: str, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m streamtag.train distill --help` (and `python -m streamtag.train.distill --help`, the command the
+    model cards record) show the one parser."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [module, *(["distill"] if module == "streamtag.train" else []), "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "usage: python -m streamtag.train distill" in out and "--time-mask-frames" in out
+    assert "--warmup-steps" in out and "--batch-size" in out
 
 
 def test_smoothing_choices() -> None:

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from research import build_corpus
 from streamtag.errors import ModelError
+from streamtag.frontend import logmel
 from streamtag.registry import Bundle, load_bundle, save_bundle
-from streamtag.train import build_corpus, distill
+from streamtag.train.config import STREAMING
+from streamtag.train.distill import run as distill_run
+from streamtag.train.distill.corpus import SAMPLE_RATE, Track, read_manifest
+from streamtag.train.distill.features import features_dir
+from streamtag.train.distill.teacher import Geometry, labels_dir, teacher_windows
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMTAG_SHARED", REPO.parent / "shared"))
@@ -78,22 +84,22 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Bundle]
 
 def test_corpus_manifest_holds_out_whole_tracks(tiny_corpus: tuple[Path, Bundle]) -> None:
     corpus, _ = tiny_corpus
-    tracks = build_corpus.read_manifest(corpus)
+    tracks = read_manifest(corpus)
     assert len(tracks) == 3
     assert sorted(t.split for t in tracks) == ["eval", "train", "train"]
     for t in tracks:
         x = np.load(corpus / t.file)
         assert x.dtype == np.float32 and x.ndim == 1
-        assert x.shape[0] == pytest.approx(t.seconds * build_corpus.SAMPLE_RATE, abs=1)
+        assert x.shape[0] == pytest.approx(t.seconds * SAMPLE_RATE, abs=1)
         assert t.seconds <= 9.0 and t.licence
     # the split is a function of the ids only: rebuilding the manifest's split gives the same answer
-    again = [build_corpus.Track(**{**t.__dict__, "split": "train"}) for t in tracks]
+    again = [Track(**{**t.__dict__, "split": "train"}) for t in tracks]
     build_corpus.split_tracks(again, 0.34)
     assert [t.split for t in again] == [t.split for t in tracks]
 
 
 def test_geometry_centres_the_teacher_windows() -> None:
-    g = distill.Geometry(grid_frames=64, teacher_frames=187, window_frames=312)
+    g = Geometry(grid_frames=64, teacher_frames=187, window_frames=312)
     assert g.n_inside == 2 and g.offset == 30
     teacher = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # (K=10, 3)
     targets, starts = g.window_targets(teacher, n_frames=9 * 64 + 187)
@@ -112,7 +118,9 @@ def test_distill_end_to_end_writes_a_loadable_bundle(
 ) -> None:
     corpus, teacher = tiny_corpus
     out = tmp_path / f"student-{arch}"
-    rc = distill.main([
+    from streamtag.train.cli import main
+
+    rc = main(["distill",
         "--arch", arch, "--teacher", str(teacher.path), "--corpus", str(corpus), "--out", str(out),
         "--max-steps", "3", "--minutes", "1", "--batch", "2", "--arch-config", json.dumps(TINY[arch]),
         "--timing-repeats", "2", "--seq-seconds", "6", "8", "--frontend", frontend,
@@ -130,18 +138,18 @@ def test_distill_end_to_end_writes_a_loadable_bundle(
         for k, v in student.frames.state_dict().items():
             assert torch.equal(v, t_weights[k]), k
         # and the cached features it trained on are what that front end streams
-        feats = np.load(distill.features_dir(corpus, teacher) / (Path(build_corpus.read_manifest(corpus)[0].file).stem + ".npy"))
-        mel = np.load(distill.labels_dir(corpus, teacher) / (Path(build_corpus.read_manifest(corpus)[0].file).stem + ".npz"))["mel"]
+        feats = np.load(features_dir(corpus, teacher) / (Path(read_manifest(corpus)[0].file).stem + ".npy"))
+        mel = np.load(labels_dir(corpus, teacher) / (Path(read_manifest(corpus)[0].file).stem + ".npz"))["mel"]
         with torch.no_grad():
             streamed, _ = student.frames.step(torch.from_numpy(mel[None].astype(np.float32)), student.frames.init_state(1))
         d = student.frames.delay
         np.testing.assert_allclose(streamed[0, d:].numpy(), feats[: len(mel) - d].astype(np.float32), atol=2e-2, rtol=1e-2)
     else:
-        assert b.streaming == distill.STREAMING[arch]
+        assert b.streaming == STREAMING[arch]
     assert b.frontend.sample_rate == teacher.frontend.sample_rate and b.frontend.n_mels == teacher.frontend.n_mels
     card = b.card_path.read_text()
     # the card is the template filled from the bundle's config.json and the run's card.json
-    from streamtag.train.cards import CARD_JSON, render_distill_card
+    from streamtag.train.distill.cards import CARD_JSON, render_distill_card
 
     run = json.loads((out / CARD_JSON).read_text())
     assert card == render_distill_card(b.config_dict(), run)
@@ -177,7 +185,7 @@ def _clip_genre(bundle: Bundle, frames: np.ndarray, window_frames: int, grid: in
             logits, _ = model.forward_frames(torch.from_numpy(frames[None]))
         p = torch.sigmoid(logits[0, starts + window_frames - 1]).numpy()
     else:
-        windows = distill.teacher_windows(frames[offset:], window_frames, grid)
+        windows = teacher_windows(frames[offset:], window_frames, grid)
         with torch.no_grad():
             p = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(windows)))).numpy()
     gi = bundle.genre_indices()
@@ -202,9 +210,9 @@ def test_shipped_student_agrees_with_teacher_where_its_card_says(name: str, audi
     clip = min(agreed, key=lambda c: (audio_dir / c).stat().st_size)
     x, _ = build_corpus.decode(audio_dir / clip, max_seconds=150.0)
     d = student.extra["distillation"]
-    t_frames = distill.logmel(x, teacher.frontend)
+    t_frames = logmel(x, teacher.frontend)
     t_genre = _clip_genre(teacher, t_frames, teacher.window_frames, d["grid_frames"], 0)
-    s_frames = distill.logmel(x, student.frontend)
+    s_frames = logmel(x, student.frontend)
     s_genre = _clip_genre(student, s_frames, student.window_frames, d["grid_frames"], d["grid_frames"] - d["offset"])
     claimed = next(c for c in student.extra["per_clip"] if c["id"] == f"shared/{clip}")
     assert t_genre == claimed["teacher"]
@@ -227,7 +235,7 @@ def test_shipped_cards_render_from_their_json(name: str) -> None:
     to the settings the bundle records."""
     import shlex
 
-    from streamtag.train.cards import CARD_JSON, render_distill_card
+    from streamtag.train.distill.cards import CARD_JSON, render_distill_card
 
     d = REPO / "models" / name
     config = json.loads((d / "config.json").read_text())
@@ -244,7 +252,7 @@ def test_shipped_cards_render_from_their_json(name: str) -> None:
     argv = shlex.split(run["command"])
     assert argv[:3] == ["python", "-m", "streamtag.train.distill"]
     args = _distill_parser().parse_args(argv[3:])
-    cfg = distill.distill_config(args)
+    cfg = distill_run.distill_config(args)
     training = config["extra"]["training"]
     assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.mixup) == (
         training["lr"], training["batch"], training["weight_decay"], training["mixup"])
@@ -264,7 +272,7 @@ def test_docs_distill_commands_parse() -> None:
     parser = _distill_parser()
     for c in commands:
         args = parser.parse_args(shlex.split(c.split(" &")[0]))
-        distill.check_args(args)  # --out given, or a label/feature-only run
+        distill_run.check_args(args)  # --out given, or a label/feature-only run
 
 
 def test_distill_defaults_come_from_the_config() -> None:
@@ -273,7 +281,7 @@ def test_distill_defaults_come_from_the_config() -> None:
 
     for arch in ("transformer", "stateful_gru"):
         args = _distill_parser().parse_args(["--corpus", "c", "--out", "o", "--arch", arch])
-        cfg = distill.distill_config(args)
+        cfg = distill_run.distill_config(args)
         expect = DISTILL_DEFAULTS.replace(arch=arch, time_mask_frames=32 if arch == "stateful_gru" else 16)
         assert cfg == expect, cfg.differences(expect)
 
@@ -281,11 +289,10 @@ def test_distill_defaults_come_from_the_config() -> None:
 def test_sequence_lengths_follow_the_students_frontend() -> None:
     """The feed converts --seq-seconds with the student front end's frame rate (not a hard-coded hop)."""
     from streamtag.frontend import FrontendSpec
-    from streamtag.train.build_corpus import Track
     from streamtag.train.config import DISTILL_DEFAULTS
-    from streamtag.train.tracks import TrackData, TrackFeed
+    from streamtag.train.distill.tracks import TrackData, TrackFeed
 
-    g = distill.Geometry(grid_frames=8, teacher_frames=16, window_frames=24)
+    g = Geometry(grid_frames=8, teacher_frames=16, window_frames=24)
     rng = np.random.default_rng(0)
     tr = Track(id="s/x.ogg", source="s", path="x.ogg", licence="CC0", licence_file="", duration=20.0, seconds=20.0,
                file="x.npy")
@@ -304,19 +311,12 @@ def test_sequence_lengths_follow_the_students_frontend() -> None:
     assert lengths == {256: int(4.0 * 16000 / 256), 512: int(4.0 * 16000 / 512)}
 
 
-def test_a_callers_own_parser_may_define_a_subset_of_the_flags() -> None:
-    """streamtag.cli builds its own parsers; the command functions fill in what they lack, at the defaults."""
-    import argparse
-
-    from streamtag.train.cli import complete_args
+def test_streamtag_distill_parses_to_the_distill_defaults() -> None:
+    """`streamtag distill` parses with the one training parser: --batch is --batch-size, the rest its defaults."""
+    from streamtag.cli import build_parser
     from streamtag.train.config import DISTILL_DEFAULTS
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--arch", default="transformer")
-    p.add_argument("--corpus")
-    p.add_argument("--out")
-    p.add_argument("--batch", type=int, default=32)  # the old spelling of --batch-size
-    args = complete_args(p.parse_args(["--corpus", "c", "--out", "o", "--batch", "7"]), "distill")
-    distill.check_args(args)
-    cfg = distill.distill_config(args)
+    args = build_parser(serve_security=False).parse_args(["distill", "--corpus", "c", "--out", "o", "--batch", "7"])
+    distill_run.check_args(args)
+    cfg = distill_run.distill_config(args)
     assert cfg == DISTILL_DEFAULTS.replace(arch="transformer", batch_size=7, time_mask_frames=16)

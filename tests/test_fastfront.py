@@ -159,9 +159,9 @@ def test_real_features_in_bf16_agree_with_fp32() -> None:
     assert ((got - ref).abs().mean() / ref.abs().mean()).item() < 1e-2
 
 
-# -- live channels: the CPU computes only the front-end channels that fire (train/liveness.py) ----------------
+# -- live channels: the CPU computes only the front-end channels that fire (research/liveness.py) ----------------
 def _fire_counts(fr: MusicnnFrames, x: torch.Tensor) -> np.ndarray:
-    from streamtag.train.liveness import channel_activity
+    from research.liveness import channel_activity
 
     return sum(channel_activity(fr, x[i].numpy()) for i in range(x.shape[0]))
 
@@ -195,7 +195,7 @@ def test_shipped_live_set_and_compact_head_equal_the_full_student_on_real_music(
     name = "st-gru-msd" if head == "stateful_gru" else "st-transformer-msd"
     bundle = load_bundle(name)
     live = bundle.arch_config.get("live_channels")
-    assert live and len(live) == 163, "the shipped students carry train/liveness.py's live set"
+    assert live and len(live) == 163, "the shipped students carry research/liveness.py's live set"
     clip = fastfront_example()
     mel = torch.from_numpy(logmel(read_audio(str(clip), 16000)[: 16000 * 20], bundle.frontend))[None]
     ends = list(range(31, mel.shape[1] + 1, 31))
@@ -260,7 +260,7 @@ def test_compact_gru_head_equals_the_gru_on_full_features() -> None:
 def test_liveness_tool_counts_what_fires(tmp_path) -> None:
     """channel_activity agrees with the conv path's own features: a channel counted 0 times sits at its inactive
     value on every frame."""
-    from streamtag.train.liveness import channel_activity
+    from research.liveness import channel_activity
 
     fr = _random_frames(8)
     x = _input(1, 200, 8)

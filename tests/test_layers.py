@@ -78,6 +78,12 @@ def forbidden_for(module: str) -> tuple[str, ...]:
         return (*IO_LIBRARIES, "streamtag.live", "streamtag.publishers", *APP_LAYER)
     if within(module, APP_LAYER):
         return ()
+    if module in ("streamtag.segments", "streamtag.tables"):  # pure: updates in, segments and rows out
+        return (*IO_LIBRARIES, *UPPER_FOR_CORE)
+    if within(module, ("streamtag.store",)):  # the station log: a sink fed by the runner, never its driver
+        return ("streamtag.live", "streamtag.pipeline", "streamtag.runner", "streamtag.publishers", *APP_LAYER)
+    if module == "streamtag.api":  # the Python API drives the engine itself; no terminal, server or CLI
+        return ("streamtag.publishers", "rich", "websockets", *APP_LAYER)
     return APP_LAYER  # everything else (registry helpers, architectures, web, ...): nobody imports the app layer
 
 
@@ -123,3 +129,37 @@ def test_known_exceptions_are_still_real():
     for module, target in KNOWN:
         path = next(p for p in MODULES if module_name(p) == module)
         assert any(within(imp, (target,)) for imp in imports_of(path)), f"{module} no longer imports {target}"
+
+
+# -- no hidden ties (issue 19): the command bodies, the fast front end and the runner stand on their own ----------
+TIES = [  # (module, what it must not import)
+    ("streamtag.commands_tag", "streamtag.cli"),  # the bodies share streamtag.options with the CLI
+    ("streamtag.commands_live", "streamtag.cli"),
+    ("streamtag.architectures.fastfront", "streamtag.architectures.musicnn"),  # musicnn uses fastfront, not back
+    ("streamtag.runner", "streamtag.architectures.fastfront"),  # the model answers for its precision
+    ("streamtag.runner", "streamtag.architectures.musicnn"),
+    ("streamtag.runner", "streamtag.architectures.student"),
+]
+TRAINING = sorted((PACKAGE.parent / "train").rglob("*.py"))
+
+
+@pytest.mark.parametrize(("module", "target"), TIES)
+def test_no_hidden_ties(module: str, target: str) -> None:
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    assert not [i for i in imports_of(path) if within(i, (target,))], f"{module} must not import {target}"
+
+
+def test_training_layers() -> None:
+    """The runtime never imports the training code but for the CLI's training commands; the training code never
+    imports the research tools; distillation never imports the training CLI (no circle: the CLI calls it)."""
+    assert len(TRAINING) >= 20
+    for path in MODULES:
+        module = module_name(path)
+        if module != "streamtag.cli":
+            assert not [i for i in imports_of(path) if within(i, ("streamtag.train",))], module
+    for path in TRAINING:  # named as train.*: the checkout's folder, installed as streamtag.train
+        module = module_name(path)
+        bad = [i for i in imports_of(path) if within(i, ("research", "streamtag.train"))]
+        if within(module, ("train.distill",)) and not module.endswith("__main__"):
+            bad += [i for i in imports_of(path) if within(i, ("train.cli",))]
+        assert not bad, f"{module} must not import {', '.join(bad)}"

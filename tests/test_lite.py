@@ -1,5 +1,5 @@
 """The ``lite`` student: its streaming equalities (chunked == full sequence, batched == alone, step_many ==
-stepping hop by hop, empty chunks), device handling, and the alignment rules of its training (train/lite.py)."""
+stepping hop by hop, empty chunks), device handling, and the alignment rules of its training (research/lite.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -123,8 +123,8 @@ def test_device_handling_follows_the_state() -> None:
 
 
 def test_aligned_output_t_describes_frame_t() -> None:
-    """train/lite.Aligned: frame t of its output is the model's output lag frames later (padding after the end)."""
-    from streamtag.train.lite import Aligned
+    """research/lite.Aligned: frame t of its output is the model's output lag frames later (padding after the end)."""
+    from research.lite import Aligned
 
     model = _model()
     lag = model.lag_frames
@@ -139,10 +139,10 @@ def test_aligned_output_t_describes_frame_t() -> None:
 def test_training_batches_shift_every_target_by_the_lag() -> None:
     """The feature target of output j is the teacher embedding of frame j - lag of the same track segment, and
     window targets sit lag frames after each window's last frame."""
-    from streamtag.train.build_corpus import Track
-    from streamtag.train.lite import _feature_batch, _sequence_batch
-    from streamtag.train.teacher import Geometry
-    from streamtag.train.tracks import TrackData
+    from research.lite import _feature_batch, _sequence_batch
+    from streamtag.train.distill.corpus import Track
+    from streamtag.train.distill.teacher import Geometry
+    from streamtag.train.distill.tracks import TrackData
 
     g = Geometry(grid_frames=8, teacher_frames=16, window_frames=24)
     rng = np.random.default_rng(0)
@@ -179,7 +179,7 @@ def test_lite_card_renders_from_its_json(tmp_path) -> None:
 
     from streamtag.frontend import FrontendSpec
     from streamtag.registry import save_bundle
-    from streamtag.train.cards import render_lite_card
+    from streamtag.train.distill.cards import render_lite_card
 
     model = _model()
     per_clip = [{"id": "s/a.ogg", "teacher": "l0", "student": "l0"}, {"id": "s/b.ogg", "teacher": "l1", "student": "l0"}]
@@ -201,7 +201,7 @@ def test_lite_card_renders_from_its_json(tmp_path) -> None:
     bundle = save_bundle(tmp_path / "st-lite-x", model, architecture="lite", arch_config=dataclasses.asdict(model.config),
                          frontend=FrontendSpec(n_mels=N_MELS), labels=labels, genre_labels=labels[:3],
                          window_frames=40, hop_seconds=0.5, streaming="stateful", extra=extra)
-    run = {"command": "python -m streamtag.train.lite --corpus c --out o", "corpus_table": "| t |", "corpus_note": "n",
+    run = {"command": "python -m research.lite --corpus c --out o", "corpus_table": "| t |", "corpus_note": "n",
            "train_hours": 1.0, "n_params": sum(p.numel() for p in model.parameters()), "size_mb": 0.1,
            "front_mflop": "0.01"}
     config = json.loads(json.dumps(bundle.config_dict()))

@@ -116,6 +116,36 @@ def test_listen_records_a_clip_played_into_a_null_sink(pulse, bundle_path, tmp_p
     assert all(isinstance(e["input_overruns"], int) and e["input_overruns"] >= 0 for e in events)
 
 
+_LISTEN_API = """
+import streamtag
+model = streamtag.load_model({bundle!r}, device="cpu")
+levels = []
+with streamtag.listen("pulse", model=model, hop=0.5) as live:
+    for event in live.events(timeout=15):
+        if isinstance(event, streamtag.GenreUpdate):
+            levels.append(event.extra["level_db"])
+            if len(levels) >= 6:
+                break
+print(len(levels), max(levels))
+"""
+
+
+@pytest.mark.slow
+def test_the_python_api_listens_to_the_microphone(pulse, bundle_path, tmp_path):
+    """streamtag.listen(): the live iterator over a real PortAudio device (docs/api.md)."""
+    clip = example_clip() or write_tone_wav(tmp_path / "tone.wav", seconds=30)
+    player = subprocess.Popen(["paplay", f"--device={SINK}", str(clip)], env=pulse,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        res = _py(_LISTEN_API.format(bundle=bundle_path), pulse)
+    finally:
+        player.kill()
+        player.wait(5)
+    assert res.returncode == 0, res.stderr
+    n, level = res.stdout.split()
+    assert int(n) == 6 and float(level) > -40, res.stdout
+
+
 _OPEN = """
 from streamtag.errors import DeviceError
 from streamtag.sources.microphone import MicrophoneSource

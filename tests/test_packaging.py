@@ -1,5 +1,5 @@
 """The wheel is the product: it carries the shipped bundles, the web page, the demo clips and the training code
-under streamtag.train, and installs nothing top-level but ``streamtag`` (.ci/run also installs it into a fresh venv
+under streamtag.train (not the research tools), and installs nothing top-level but ``streamtag`` (.ci/run also installs it into a fresh venv
 and runs it from another directory)."""
 from __future__ import annotations
 
@@ -39,9 +39,12 @@ def test_wheel_carries_every_shipped_bundle(wheel_names: set[str]) -> None:
 def test_wheel_installs_only_the_streamtag_package(wheel_names: set[str]) -> None:
     top = {n.split("/", 1)[0] for n in wheel_names}
     assert {t for t in top if not t.endswith((".dist-info", ".data"))} == {"streamtag"}
-    train_modules = {Path(n).name for n in wheel_names if n.startswith("streamtag/train/")}
-    assert {"__init__.py", "cli.py", "distill.py", "train.py"} <= train_modules
-    assert not any(n.startswith(("tests/", "bench/", "train/")) for n in wheel_names)
+    train_modules = {n[len("streamtag/train/"):] for n in wheel_names if n.startswith("streamtag/train/")}
+    assert {"__init__.py", "__main__.py", "cli.py", "train.py", "distill/__init__.py", "distill/__main__.py",
+            "distill/run.py", "distill/corpus.py"} <= train_modules
+    assert not any(n.startswith(("tests/", "bench/", "train/", "research/")) for n in wheel_names)
+    assert not {"build_corpus.py", "extend_corpus.py", "liveness.py", "product_check.py", "lite.py"} & {
+        Path(n).name for n in train_modules}  # the research tools stay in the checkout
 
 
 @pytest.mark.slow
@@ -60,3 +63,10 @@ def test_demo_clips_are_found_from_the_checkout() -> None:
 
     d = examples_audio_dir()
     assert all((d / c).is_file() for c in DEMO_CLIPS)
+
+
+@pytest.mark.slow
+def test_wheel_carries_every_runtime_subpackage(wheel_names: set[str]) -> None:
+    for sub in sorted(d.name for d in (REPO / "streamtag").iterdir() if (d / "__init__.py").is_file()):
+        # a subpackage left out of pyproject's packages list would be missing from the wheel
+        assert f"streamtag/{sub}/__init__.py" in wheel_names, f"streamtag.{sub} missing from the wheel"

@@ -1,11 +1,12 @@
-"""The training commands: ``train``, ``eval``, ``baseline``, ``cache`` and ``distill``.
+"""The training commands: ``train``, ``eval``, ``baseline``, ``cache`` and ``distill``; every flag declared here.
 
-Each command is a function of the parsed ``argparse.Namespace`` (:func:`cmd_train`, :func:`cmd_eval`,
-:func:`cmd_baseline`, :func:`cmd_cache`, :func:`cmd_distill`); :func:`add_train_args` adds a command's flags
-to any parser, with defaults read from ``config.TrainConfig`` / ``config.DISTILL_DEFAULTS`` (so a default is
-written once and every ``--help`` shows it). ``streamtag.cli`` builds its parsers from these; :func:`register`
-adds the first four to a subparsers object (``distill.register`` the fifth); ``python -m streamtag.train.cli``
-runs them on their own. Every data-reading command takes the same data options::
+This module is the one place that knows the training flags. ``streamtag train ...`` (streamtag/cli.py, which
+imports this module only when a training command is on its command line) and ``python -m streamtag.train ...``
+both build their parsers with :func:`add_commands`, so the two accept the same flags with the same defaults
+(tests/test_cli.py checks). Defaults are read from ``config.TrainConfig`` / ``config.DISTILL_DEFAULTS``, so a
+default is written once and every ``--help`` shows it. Parsing imports nothing heavier than ``config.py``; each
+command's body (:func:`cmd_train`, :func:`cmd_eval`, :func:`cmd_baseline`, :func:`cmd_cache`,
+:func:`cmd_distill`) imports its modules when it runs. Every data-reading command takes the same data options::
 
     --data fma --fma-metadata DIR --audio DIR [--subset small|medium|large|full] [--labels top|all]
     --data folders --root DIR [--splits DIR]
@@ -17,19 +18,24 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from streamtag.errors import ConfigError, StreamtagError
 
-from .config import DISTILL_DEFAULTS, TrainConfig
+from .config import DEFAULT_ARCH_CONFIGS, DISTILL_DEFAULTS, GRID_FRAMES, STATEFUL_TIME_MASK_FRAMES, TrainConfig
 
-__all__ = ["COMMANDS", "add_train_args", "complete_args", "cmd_train", "cmd_eval", "cmd_baseline", "cmd_cache", "cmd_distill",
-           "register", "main", "load_dataset", "train_config"]
+__all__ = ["COMMANDS", "ARCHITECTURES", "add_commands", "add_train_args", "build_parser", "cmd_train", "cmd_eval",
+           "cmd_baseline", "cmd_cache", "cmd_distill", "register", "main", "load_dataset", "train_config"]
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("train", "eval", "baseline", "cache", "distill")
+# what `train --arch` trains: every registered architecture but the converted musicnn and the distilled
+# musicnn_student (a frozen musicnn front end: `distill --frontend musicnn` makes it); tests/test_cli.py checks
+# this against streamtag.architectures, which parsing does not import (it imports torch)
+ARCHITECTURES = ("bigru", "crnn", "lite", "stateful_gru", "transformer", "vit")
 EVAL_CROPS = 5  # windows averaged per clip by `eval`
 _T = TrainConfig()
 _D = DISTILL_DEFAULTS
@@ -42,15 +48,20 @@ def _d(text: str, default: object = ...) -> str:
     return text + " (default: %(default)s)"
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help=_d("compute device; auto picks CUDA when PyTorch sees a GPU"))
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=("fma", "folders"), required=True, help="data set kind")
-    g.add_argument("--fma-metadata", type=Path, help="FMA: the unzipped fma_metadata folder (tracks.csv, genres.csv)")
-    g.add_argument("--audio", type=Path, help="FMA: the fma_<subset> audio folder (or its parent)")
+    g.add_argument("--data", choices=("fma", "folders"), required=True, help="data set kind (required)")
+    g.add_argument("--fma-metadata", type=Path, help="FMA: the unzipped fma_metadata folder, tracks.csv and genres.csv (no default; needed with --data fma)")
+    g.add_argument("--audio", type=Path, help="FMA: the fma_<subset> audio folder or its parent (no default; needed with --data fma)")
     g.add_argument("--subset", default="small", choices=("small", "medium", "large", "full"), help=_d("FMA subset"))
     g.add_argument("--labels", default="top", choices=("top", "all"),
                    help=_d("FMA: top = single-label genre_top; all = multi-label genres_all"))
-    g.add_argument("--root", type=Path, help="folders: ROOT/<genre>/<audio files>")
+    g.add_argument("--root", type=Path, help="folders: ROOT/<genre>/<audio files> (no default; needed with --data folders)")
     g.add_argument("--splits", type=Path,
                    help="folders: folder of train/valid/test list files (GTZAN format); default: a stratified "
                         "80/10/10 split by a stable hash, at least one clip per genre in each split")
@@ -77,19 +88,13 @@ def _add_fit_args(p: argparse.ArgumentParser, d: TrainConfig) -> argparse._Argum
     return g
 
 
-def add_train_args(p: argparse.ArgumentParser, command: str, *, device: bool = True) -> None:
-    """Add the flags of ``command`` (one of :data:`COMMANDS`) to ``p``.
-
-    ``device=False`` leaves out ``--device`` (train, eval) for a caller whose shared helpers add it; the
-    commands read ``args.device`` (auto | cpu | cuda[:N])."""
+def add_train_args(p: argparse.ArgumentParser, command: str) -> None:
+    """Add the flags of ``command`` (one of :data:`COMMANDS`) to ``p``."""
     if command == "train":
-        from streamtag.architectures import available_architectures
-
         _add_data_args(p)
-        p.add_argument("--arch", default=_T.arch, choices=[a for a in available_architectures()
-                                                           if a not in ("musicnn", "musicnn_student")],
-                       help=_d("architecture"))
-        p.add_argument("--arch-config", help="JSON overrides of the architecture config, e.g. '{\"d_model\": 64}'")
+        p.add_argument("--arch", default=_T.arch, choices=ARCHITECTURES, help=_d("architecture"))
+        p.add_argument("--arch-config", help="JSON overrides of the architecture config, e.g. '{\"d_model\": 64}' "
+                                             "(default: the architecture's defaults)")
         p.add_argument("--frontend", help="JSON overrides of the front end "
                                           "(default: 16 kHz, n_fft 1024, hop 256, 128 mels, dB)")
         p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log.csv, summary.json, bundle/)")
@@ -109,34 +114,30 @@ def add_train_args(p: argparse.ArgumentParser, command: str, *, device: bool = T
                        help="decode audio on the fly instead of caching features (slow; a broken file stops the run)")
         p.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint, with its saved settings and schedule")
-        if device:
-            p.add_argument("--device", default="auto", help=_d("auto, cpu or cuda"))
+        _add_device_arg(p)
     elif command == "eval":
         _add_data_args(p)
         p.add_argument("--model", required=True, help="bundle folder or shipped model name")
         p.add_argument("--split", default="test", choices=("train", "valid", "test"), help=_d("split to score"))
         p.add_argument("--crops", type=int, default=EVAL_CROPS, help=_d("windows averaged per clip"))
         p.add_argument("--out", type=Path, required=True, help="report folder")
-        if device:
-            p.add_argument("--device", default="auto", help=_d("auto, cpu or cuda"))
+        _add_device_arg(p)
     elif command == "baseline":
         _add_data_args(p)
         p.add_argument("--classifiers", default="logreg,svm,knn,forest", help=_d("comma-separated classifiers"))
         p.add_argument("--out", type=Path, required=True, help="report folder (features are cached there)")
     elif command == "cache":
         _add_data_args(p)
-        p.add_argument("--out", type=Path, help="cache folder (same as --cache)")
-        p.add_argument("--frontend", help="JSON overrides of the front end")
+        p.add_argument("--out", type=Path, help="cache folder (same as --cache; no default)")
+        p.add_argument("--frontend", help="JSON overrides of the front end (default: the training default)")
         p.add_argument("--retry-skipped", action="store_true", help="try files skipped before again")
     elif command == "distill":
-        from .distill import DEFAULT_ARCH_CONFIGS, STATEFUL_TIME_MASK_FRAMES
-        from .teacher import GRID_FRAMES
-
         p.add_argument("--arch", choices=sorted(DEFAULT_ARCH_CONFIGS), default="transformer",
                        help=_d("student architecture"))
         p.add_argument("--teacher", default="musicnn-msd", help=_d("teacher bundle name or directory"))
-        p.add_argument("--corpus", required=True, help="corpus directory made by streamtag.train.build_corpus")
-        p.add_argument("--out", help="bundle directory to write (e.g. models/st-transformer-msd)")
+        p.add_argument("--corpus", required=True, help="corpus directory (train/distill/corpus.py describes it)")
+        p.add_argument("--out", help="bundle directory to write, e.g. models/st-transformer-msd (required unless "
+                                     "--label-only or --features-only; no default)")
         p.add_argument("--minutes", type=float, default=_D.minutes, help=_d("training budget, wall-clock minutes"))
         g = _add_fit_args(p, _D)
         g.add_argument("--seq-seconds", type=float, nargs=2, default=_D.seq_seconds, metavar=("MIN", "MAX"),
@@ -153,9 +154,10 @@ def add_train_args(p: argparse.ArgumentParser, command: str, *, device: bool = T
         g.add_argument("--log-every", type=int, default=_D.log_every, help=_d("steps between progress lines"))
         p.add_argument("--threads", type=int, default=1, help=_d("torch CPU threads"))
         p.add_argument("--grid-frames", type=int, default=GRID_FRAMES, help=_d("frames between teacher windows"))
-        p.add_argument("--arch-config", help="JSON overrides of the student's architecture config")
+        p.add_argument("--arch-config", help="JSON overrides of the student's architecture config "
+                                             "(default: the architecture's defaults)")
         p.add_argument("--timing-repeats", type=int, default=30, help=_d("runs per cost-per-hop measurement"))
-        p.add_argument("--log", help="append training progress to this file")
+        p.add_argument("--log", help="append training progress to this file (default: no file)")
         p.add_argument("--label-only", action="store_true", help="only build the label cache")
         p.add_argument("--frontend", choices=("mel", "musicnn"), default="mel",
                        help=_d("student input: log-mel frames (mel), or the teacher's frozen front end + mid end "
@@ -196,30 +198,6 @@ def _json_arg(text: str | None, what: str) -> dict[str, Any]:
     return value
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def complete_args(args: argparse.Namespace, command: str) -> argparse.Namespace:
-    """Give ``args`` every flag of ``command`` that the caller's parser did not define, at its default.
-
-    So a CLI that builds its own parsers (``streamtag.cli``) may define a subset of the flags; the old
-    distill spelling ``batch`` stands for ``batch_size``."""
-    have = vars(args)
-    if "batch" in have and "batch_size" not in have:
-        args.batch_size = args.batch
-    p = argparse.ArgumentParser(add_help=False)
-    add_train_args(p, command)
-    for a in p._actions:
-        if a.dest not in vars(args):
-            setattr(args, a.dest, a.default)
-    return args
-
-
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of a ``train`` command line."""
     return _T.replace(
@@ -236,7 +214,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .train import DEFAULT_FRONTEND, train
 
-    complete_args(args, "train")
     cfg = train_config(args)  # bad flags fail before the data set is read
     overrides = _json_arg(args.frontend, "--frontend")
     ds = load_dataset(args)
@@ -253,12 +230,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from streamtag.runner import resolve_device
+
     from .evaluate import evaluate_bundle
 
-    complete_args(args, "eval")
     ds = load_dataset(args)
     res = evaluate_bundle(args.model, ds, split=args.split, crops=args.crops, out_dir=args.out,
-                          cache_dir=args.cache, workers=args.cache_workers, device=_device(args.device),
+                          cache_dir=args.cache, workers=args.cache_workers, device=str(resolve_device(args.device)),
                           progress=not args.quiet)
     for name, m in res["metrics"].items():
         shown = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
@@ -270,7 +248,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .baseline import run_baselines
 
-    complete_args(args, "baseline")
     ds = load_dataset(args)
     rep = run_baselines(ds, args.out, classifiers=tuple(args.classifiers.split(",")), workers=args.cache_workers,
                         progress=not args.quiet)
@@ -288,7 +265,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from .cache import build_cache
     from .train import DEFAULT_FRONTEND
 
-    complete_args(args, "cache")
     ds = load_dataset(args)
     spec = FrontendSpec.from_dict({**DEFAULT_FRONTEND.to_dict(), **_json_arg(args.frontend, "--frontend")})
     out = args.cache or args.out
@@ -302,9 +278,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .distill import check_args, distill
+    from .distill.run import check_args, distill
 
-    complete_args(args, "distill")
     check_args(args)
     _json_arg(args.arch_config, "--arch-config")
     return distill(args)
@@ -321,32 +296,57 @@ _HELP = {
     "cache": ("precompute the log-mel feature cache",
               "Decode and cache log-mel frames (parallel, resumable, skips bad files)."),
     "distill": ("distil a teacher bundle into a streaming student",
-                "Distil a window tagger (musicnn-msd by default) into a small streaming student, and evaluate it."),
+                "Distil a window tagger (musicnn-msd by default) into a small streaming student, and evaluate it "
+                "(docs/distill.md)."),
 }
-_FUNCS = {"train": cmd_train, "eval": cmd_eval, "baseline": cmd_baseline, "cache": cmd_cache, "distill": cmd_distill}
+_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train, "eval": cmd_eval, "baseline": cmd_baseline, "cache": cmd_cache, "distill": cmd_distill}
+_EXTRAS = ("sklearn", "matplotlib", "tqdm")  # pip install 'streamtag[train]'
 
 
-def _add(subparsers: Any, command: str) -> None:
-    short, long = _HELP[command]
-    p = subparsers.add_parser(command, help=short, description=long)
-    add_train_args(p, command)
-    p.set_defaults(func=_FUNCS[command])
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    """The command's body; a missing optional training dependency becomes a one-line ConfigError."""
+    func = _FUNCS[command]
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args) or 0)
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in _EXTRAS:
+                raise
+            raise ConfigError(f"`{command}` needs the training extras ({e}); pip install 'streamtag[train]'") from e
+
+    handler.__name__ = func.__name__
+    return handler
+
+
+def add_commands(subparsers: Any, *, commands: tuple[str, ...] = COMMANDS,
+                 formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> None:
+    """Add the training ``commands`` to an argparse subparsers object: each parser knows its flags, its body
+    (``func``), its log level (INFO: training reports progress) and itself (``parser``, for usage errors)."""
+    for command in commands:
+        short, long = _HELP[command]
+        p = subparsers.add_parser(command, help=short, description=long, formatter_class=formatter_class)
+        add_train_args(p, command)
+        p.set_defaults(func=_handler(command), log_level=logging.INFO, parser=p)
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train``, ``eval``, ``baseline`` and ``cache`` to an argparse subparsers object."""
-    for command in ("train", "eval", "baseline", "cache"):
-        _add(subparsers, command)
+    """Add every training command to an argparse subparsers object (:func:`add_commands` with its defaults)."""
+    add_commands(subparsers)
 
 
-def main(argv: list[str] | None = None, *, prog: str = "python -m streamtag.train.cli") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser(prog: str = "python -m streamtag.train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="streamtag training commands")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command in COMMANDS:
-        _add(sub, command)
-    args = parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m streamtag.train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
     if args.command == "distill" and not args.command_line:
         args.command_line = "python -m streamtag.train.distill " + shlex.join(argv[argv.index("distill") + 1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")

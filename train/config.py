@@ -16,7 +16,8 @@ from typing import Any
 
 from streamtag.errors import ConfigError
 
-__all__ = ["TrainConfig", "DISTILL_DEFAULTS", "CONFIG_NAME", "save_config", "load_config"]
+__all__ = ["TrainConfig", "DISTILL_DEFAULTS", "DEFAULT_ARCH_CONFIGS", "STREAMING", "STATEFUL_TIME_MASK_FRAMES",
+           "GRID_FRAMES", "CONFIG_NAME", "save_config", "load_config"]
 
 CONFIG_NAME = "train_config.json"
 
@@ -106,6 +107,15 @@ DISTILL_DEFAULTS = TrainConfig(
     time_masks=1, time_mask_frames=16, freq_masks=1, freq_mask_bands=8, mask_p=0.5, mixup=0.0, patience=0,
     val_every=500, val_from=0.25, loader_workers=0,
 )
+# the students `streamtag distill --arch` makes: small, well under 5 MB of float32 weights each
+DEFAULT_ARCH_CONFIGS: dict[str, dict[str, Any]] = {
+    "transformer": dict(d_model=128, n_layers=3, n_heads=4, d_ff=256, embed_kernel=8, embed_stride=8,
+                        max_frames=64, pooling="attention", dropout=0.1),
+    "stateful_gru": dict(d_embed=128, hidden=160, n_layers=1, tau_frames=94.0, dropout=0.1),
+}
+STREAMING = {"transformer": "window", "stateful_gru": "stateful"}  # each student's bundle "streaming"
+STATEFUL_TIME_MASK_FRAMES = 32  # stateful students read long sequences: wider time masks
+GRID_FRAMES = 64  # frames between teacher windows in the label cache (64 x 16 ms = 1.024 s)
 
 
 def save_config(cfg: TrainConfig, run_dir: str | Path) -> Path:

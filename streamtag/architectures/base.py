@@ -16,7 +16,9 @@ Every architecture is one of two kinds, told apart by ``stateful`` (a class attr
 State layout (both kinds): ONE float tensor of shape (B, state_size), batch first, so a runner can gather,
 scatter and reset streams' states with plain indexing; window models have ``state_size == 0``.
 ``lag_frames``: how many frames behind the newest input an answer describes (a front end that looks ahead);
-0 for window models. A chunked run equals a full-sequence run, and batched streams equal streams run alone
+0 for window models. Precision (both kinds, optional): ``precisions`` names the arithmetic a model offers
+(default ``("fp32",)``), ``auto_precision(device)`` the one ``--precision auto`` picks on ``device``, and
+``set_precision(name)`` switches to it; the runner asks the model, never an architecture module. A chunked run equals a full-sequence run, and batched streams equal streams run alone
 (tests/test_architectures.py).
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["StreamingModel", "WindowModel", "StatefulModel"]
+__all__ = ["StreamingModel", "WindowModel", "StatefulModel", "auto_precision"]
 
 _WINDOW_BATCH = 64  # windows per forward pass of the default forward_windows
 
@@ -60,11 +62,19 @@ def check_ends(n_frames: int, ends: list[int]) -> list[int]:
     return ends
 
 
+def auto_precision(model: object, device: torch.device) -> str:
+    """What ``--precision auto`` runs ``model`` in on ``device``: the model's own ``auto_precision(device)``,
+    fp32 for a model without one."""
+    choose = getattr(model, "auto_precision", None)
+    return str(choose(device)) if callable(choose) else "fp32"
+
+
 class WindowModel(nn.Module):
     """Base of the window architectures: the protocol's stateful members are trivial or refuse."""
 
     stateful = False
     lag_frames = 0
+    precisions: tuple[str, ...] = ("fp32",)
 
     def forward_windows(self, frames: torch.Tensor, ends: list[int], window: int) -> torch.Tensor:
         """Logits (n, n_labels) of the windows ``frames[max(0, e - window) : e]`` of one sequence (T, n_mels).
@@ -107,6 +117,7 @@ class StatefulModel(nn.Module):
 
     stateful = True
     lag_frames = 0
+    precisions: tuple[str, ...] = ("fp32",)
 
     def init_state(self, batch_size: int, device: str | torch.device = "cpu") -> torch.Tensor:
         raise NotImplementedError

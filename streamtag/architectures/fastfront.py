@@ -26,36 +26,34 @@ GEMM's rounding (float32: summation order, ~1e-6 relative; bfloat16: bf16 inputs
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-if TYPE_CHECKING:
-    from .musicnn import FrontendBlock
+from .threads import workspace
 
-__all__ = ["FastFront", "MidGemm", "bf16_native"]
+__all__ = ["ConvBlock", "FastFront", "MidGemm", "bf16_native"]
 
-_local = threading.local()  # per-thread workspaces: a fresh multi-MB GEMM output per call costs page faults
 _INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 _BITS = {torch.bfloat16: 16, torch.float32: 0}  # shift of the integer view's bits into a float32
 _ROW_OUTPUTS = 320  # timbral GEMM: outputs per row (band positions x channels) to aim for
 _CACHE_BYTES = 16 << 20  # temporal GEMM: output bytes per pass (reduced while in the core's L2)
 
 
-def _buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A reusable (never shrunk) per-thread buffer viewed as ``shape``; contents undefined."""
-    store = getattr(_local, "store", None)
-    if store is None:
-        store = _local.store = {}
-    n = 1
-    for s in shape:
-        n *= s
-    buf = store.get(name)
-    if buf is None or buf.numel() < n or buf.dtype != dtype:
-        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode alike
-            buf = store[name] = torch.empty(max(n, 1), dtype=dtype)
-    return buf[:n].view(shape)
+class ConvBlock(Protocol):
+    """What the GEMMs read of a front-end block (musicnn.FrontendBlock): ``conv -> ReLU -> bn -> max over bands``
+    with "same" zero padding ``pad`` (before, after) in time."""
+
+    @property
+    def conv(self) -> nn.Conv2d: ...
+
+    @property
+    def bn(self) -> nn.BatchNorm2d: ...
+
+    @property
+    def pad(self) -> tuple[int, int]: ...
 
 
 def bf16_native() -> bool:
@@ -99,7 +97,7 @@ class _Block:
     ``taps`` frames (a block with a shorter kernel sits centred by its own "same" padding), their batch norm,
     and the output column of each."""
 
-    def __init__(self, parts: list[tuple[FrontendBlock, torch.Tensor, int]], dtype: torch.dtype) -> None:
+    def __init__(self, parts: list[tuple[ConvBlock, torch.Tensor, int]], dtype: torch.dtype) -> None:
         left = max(blk.pad[0] for blk, _, _ in parts)
         right = max(blk.pad[1] for blk, _, _ in parts)
         self.pad, self.taps, self.dtype = (left, right), left + right + 1, dtype
@@ -137,7 +135,7 @@ class _Block:
 class _Timbral(_Block):
     """One timbral block: conv (KT x KF) over (time, band) -> ReLU -> BN -> max over band positions."""
 
-    def __init__(self, blk: FrontendBlock, channels: torch.Tensor, col0: int, n_mels: int,
+    def __init__(self, blk: ConvBlock, channels: torch.Tensor, col0: int, n_mels: int,
                  dtype: torch.dtype) -> None:
         super().__init__([(blk, channels, col0)], dtype)
         C, KT, KF = self.weight.shape
@@ -162,10 +160,10 @@ class _Timbral(_Block):
         patches = x.unfold(1, self.KT, 1).unfold(2, self.span, self.G)  # (B, n, groups, KT, span), a view
         K = self.KT * self.span
         rows = B * n * self.groups
-        X = _buffer(f"tX{self.KF}", (rows, K + 1), self.dtype)
+        X = workspace(f"tX{self.KF}", (rows, K + 1), self.dtype)
         X[:, :K].view(B, n, self.groups, self.KT, self.span).copy_(patches)
         X[:, K] = 1.0
-        Y = torch.matmul(X, self.M, out=_buffer(f"tY{self.KF}", (rows, self.M.shape[1]), self.dtype))
+        Y = torch.matmul(X, self.M, out=workspace(f"tY{self.KF}", (rows, self.M.shape[1]), self.dtype))
         y = Y.view(_INT[self.dtype])
         kernels: Any = _kernels()
         if kernels is not None:
@@ -180,7 +178,7 @@ class _Temporal(_Block):
     """The temporal blocks together: conv (KT x 1) over time in every band -> ReLU -> BN -> max over bands, their
     kernels placed in one common window so that one Toeplitz GEMM computes them all."""
 
-    def __init__(self, parts: list[tuple[FrontendBlock, torch.Tensor, int]], block: int, dtype: torch.dtype) -> None:
+    def __init__(self, parts: list[tuple[ConvBlock, torch.Tensor, int]], block: int, dtype: torch.dtype) -> None:
         super().__init__(parts, dtype)
         w = self.weight[:, :, 0]  # (C, KT)
         C, KT = w.shape
@@ -203,7 +201,7 @@ class _Temporal(_Block):
         need = blocks * self.nb + self.KT - 1
         if need > L:  # the last block's missing frames: zeros, whose outputs are cut off below
             xt = F.pad(xt, (0, need - L))
-        X = _buffer(f"pX{self.KT}", (B, blocks, NM, self.K + 1), self.dtype)  # rows (stream, block, band)
+        X = workspace(f"pX{self.KT}", (B, blocks, NM, self.K + 1), self.dtype)  # rows (stream, block, band)
         X[..., : self.K].copy_(xt.unfold(2, self.K, self.nb).transpose(1, 2))  # (B, blocks, NM, K)
         X[..., self.K] = 1.0
         width = self.nb * self.C
@@ -211,7 +209,7 @@ class _Temporal(_Block):
         if kernels is not None:
             # a few streams per GEMM, reduced at once while the output is still in the cache
             per = max(1, _CACHE_BYTES // (blocks * NM * width * X.element_size()))
-            Y = _buffer(f"pY{self.KT}", (min(B, per) * blocks * NM, width), self.dtype)
+            Y = workspace(f"pY{self.KT}", (min(B, per) * blocks * NM, width), self.dtype)
             outn = out.numpy()
             for s0 in range(0, B, per):
                 s1 = min(B, s0 + per)
@@ -220,7 +218,7 @@ class _Temporal(_Block):
                                   self.nb, self.C, self.n_max, n, _BITS[self.dtype], *self.emit, outn[s0:s1], 0)
             return
         Y = torch.matmul(X.view(-1, self.K + 1), self.M,
-                         out=_buffer(f"pY{self.KT}", (B * blocks * NM, width), self.dtype))
+                         out=workspace(f"pY{self.KT}", (B * blocks * NM, width), self.dtype))
         y = Y.view(_INT[self.dtype])
         n_max = self.nb * self.n_max
         yv = y.view(B * blocks, NM, width)
@@ -242,7 +240,7 @@ class FastFront:
     the output holds the live channels only, in channel order (B, n, n_live). The weights are copied at
     construction (the blocks are frozen)."""
 
-    def __init__(self, timbral: list[FrontendBlock], temporal: list[FrontendBlock], *, n_mels: int, left: int,
+    def __init__(self, timbral: list[ConvBlock], temporal: list[ConvBlock], *, n_mels: int, left: int,
                  dtype: torch.dtype = torch.bfloat16, temporal_block: int = 16, live: torch.Tensor | None = None,
                  compact: bool = False) -> None:
         if dtype not in _INT:
@@ -316,7 +314,7 @@ class MidGemm:
         """x (B, n + k - 1, C_in) float32 -> out (B, n, C) float32 (+ residual), both may be strided views."""
         B, L, C_in = x.shape
         n = L - self.k + 1
-        X = _buffer(f"mX{C_in}", (B, n, self.k, C_in), self.dtype)
+        X = workspace(f"mX{C_in}", (B, n, self.k, C_in), self.dtype)
         for d in range(self.k):  # tap-major rows: k contiguous copies instead of a transposing gather
             X[:, :, d].copy_(x[:, d : d + n])
         y = torch.matmul(X.view(B * n, self.k * C_in), self.W).float().add_(self.bias).clamp_min_(0.0)  # (Bn, C)

@@ -13,7 +13,7 @@ dozen real-time streams on a 2-core CPU. This model replaces that front end with
       -> GELU -> StatefulGRUTagger's GRU + bias-corrected EMA + LayerNorm + Linear (state: GRU + EMA + count)
       -> logits (B, n_labels)
 
-Training (``train/lite.py``) regresses z on the teacher's ``embed.fc(embed.norm(features))`` of the frame
+Training (``research/lite.py``) regresses z on the teacher's ``embed.fc(embed.norm(features))`` of the frame
 ``lag_frames`` earlier (stage A: many targets per second of audio), then fine-tunes on the teacher's window
 targets (stage B). Every layer is causal, so the front end sees ``lag_frames`` frames past the frame it
 describes: ``lag_frames`` is that look-ahead, reported to the engine like the musicnn students' delay.

@@ -34,9 +34,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import WindowModel
-from .fastfront import FastFront, MidGemm, _buffer
+from .fastfront import FastFront, MidGemm
 from .threads import map_threads as _map_threads
 from .threads import workers as _workers
+from .threads import workspace
 
 __all__ = ["MusicnnConfig", "Musicnn", "MusicnnFrames", "same_padding"]
 
@@ -79,14 +80,13 @@ class MusicnnConfig:
 
 
 # windows per pass through a front-end block that forward_windows cannot share (the wide temporal convs at 1 s
-# hops): its (n, C, window, n_mels) conv output must stay cache-sized; 2 windows ran the 128-frame conv at
-# ~70 GFLOP/s per core where 8 ran it at ~40 (bench/bench_musicnn.py, docs/performance.md)
+# hops): its (n, C, window, n_mels) conv output stays cache-sized (docs/performance.md, "Tuning constants")
 _SUB_BATCH = 2
 _FRAMES_PER_PASS = 64  # MusicnnFrames.step: fewest new frames worth a worker thread of their own (one stream)
 _STREAMS_PER_PASS = 4  # MusicnnFrames.step: streams per front-end pass (a 0.5 s hop's conv output is ~2 MB a stream)
-_FAST_STREAMS = 64  # MusicnnFrames' GEMM path: about this many streams per group, each run whole on a worker thread
-# (fewer, larger groups: per-op overhead and GIL hand-overs fall faster than the cache misses grow; measured 8 -> 64:
-# 0.79 -> 0.61 CPU ms per stream-hop at 512 streams on 2 threads)
+# MusicnnFrames' GEMM path: about this many streams per group, each run whole on a worker thread; fewer, larger
+# groups, because per-op overhead and GIL hand-overs fall faster than the cache misses grow (docs/performance.md)
+_FAST_STREAMS = 64
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
@@ -375,7 +375,7 @@ class MusicnnFrames(_FeatureLayers):
         """Compute only these front-end channels (indices into the C_front = timbral + temporal outputs) on the
         CPU; every other channel is taken to be inactive, i.e. its ReLU output is 0 on every frame, so its feature
         is its batch norm's shift. Most of musicnn's channels are like that on real music (its ReLU follows the
-        max or min over bands, which for most filters never leaves the negative side): train/liveness.py
+        max or min over bands, which for most filters never leaves the negative side): research/liveness.py
         measures which, and the student bundles store the list. The answers then equal the full front end's
         wherever those channels are indeed inactive. None: all channels (the default; CUDA always computes all)."""
         if channels is None:
@@ -576,7 +576,7 @@ class MusicnnFrames(_FeatureLayers):
         fast, mids = self._fast_parts()
         b, n, n_mels = x.shape
         xh, hs, count = self._unpack(state.to(x.dtype))
-        z = _buffer("fz", (b, self.in_hist + n, n_mels), x.dtype)  # the input with its history
+        z = workspace("fz", (b, self.in_hist + n, n_mels), x.dtype)  # the input with its history
         z[:, : self.in_hist] = xh
         z[:, self.in_hist :] = x
         pruned = self.live is not None
@@ -585,13 +585,13 @@ class MusicnnFrames(_FeatureLayers):
         for j, (h, c) in enumerate(zip(hs, self.level_channels)):
             H = h.shape[2]
             if j == 0 and pruned:
-                zj = _buffer("fz0", (b, H + n, self.n_live + 1), x.dtype)
+                zj = workspace("fz0", (b, H + n, self.n_live + 1), x.dtype)
                 t = count[:, None] - self.right - H + torch.arange(H + n, dtype=count.dtype)  # (b, H + n) frames
                 zj[:, :, -1] = _inside(t, total).to(zj.dtype)
                 if H:
                     zj[:, :H, :-1] = h[:, self._live_idx].transpose(1, 2)
             else:
-                zj = _buffer(f"fz{j}", (b, H + n, c), x.dtype)
+                zj = workspace(f"fz{j}", (b, H + n, c), x.dtype)
                 if H:
                     zj[:, :H] = h.transpose(1, 2)
             levels.append(zj)

@@ -2,9 +2,8 @@
 
 Small or sequential work (a GRU stepping one stream frame by frame, a few windows through a transformer)
 runs far slower on torch's intra-op threads than on one: every op is a parallel region that waits for its
-slowest thread, and when the other core is busy (a decoder, another process) that wait dominates. Measured on
-this 2-core machine with the other core loaded: nn.GRU(128, 160) over 3,840 frames of one stream took 3.8-9.3 s
-on 2 intra-op threads and 0.15-0.17 s on one. So:
+slowest thread, and when the other core is busy (a decoder, another process) that wait dominates (figures:
+docs/performance.md, "The students on files"). So:
 
 - :func:`one_thread` runs a block on one intra-op thread (the caller's count is restored after);
 - :func:`map_threads` runs independent items on a persistent pool of worker threads, one intra-op thread
@@ -22,7 +21,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["FEW_STREAMS", "few_streams", "map_threads", "one_thread", "workers"]
+__all__ = ["FEW_STREAMS", "few_streams", "map_threads", "one_thread", "workers", "workspace"]
 
 T_in = TypeVar("T_in")
 T_out = TypeVar("T_out")
@@ -31,7 +30,23 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 FEW_STREAMS = 64  # fewer streams than this run their small ops on one intra-op thread (CPU)
-_local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it)
+_local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it); .store
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A reusable (never shrunk) per-thread buffer viewed as ``shape``; contents undefined. For the large
+    temporaries of the CPU kernels (GEMM inputs and outputs): a fresh multi-MB tensor per call costs page faults."""
+    store = getattr(_local, "store", None)
+    if store is None:
+        store = _local.store = {}
+    n = 1
+    for s in shape:
+        n *= s
+    buf = store.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode alike
+            buf = store[name] = torch.empty(max(n, 1), dtype=dtype)
+    return buf[:n].view(shape)
 
 
 def workers() -> int:
@@ -83,8 +98,8 @@ def map_threads(fn: Callable[[T_in], T_out], items: list[T_in], workers: int, *,
     The pool persists across calls (no thread start-up per call on the hot path). ``transient`` instead runs
     the items on threads made for this call, which end with it: for large, rare calls (a file's span), because
     a thread keeps per-thread memory of the native libraries (oneDNN's convolution scratch space) sized to the
-    largest work it ran for as long as it lives; with the persistent pool, tagging a long file peaked at
-    1.16-1.20x the RSS of a 30 s file instead of 1.06x (bench_soak). A call made from a worker thread runs
+    largest work it ran for as long as it lives, so a long file's peak would stay with the pool (docs/
+    performance.md, "Memory of `tag` on long files"). A call made from a worker thread runs
     inline, so nested use cannot deadlock. The caller's thread count is restored on return (torch keeps part of
     it process-wide; the workers' own is per thread under OpenMP).
     """

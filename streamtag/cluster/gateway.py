@@ -202,8 +202,9 @@ class GatewayRunner:
     """
 
     def __init__(self, spec: EngineSpec, config: ClusterConfig, *,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, bundle: Any = None) -> None:
         self.spec = spec
+        self._bundle = bundle  # the model's bundle loaded here too (its taxonomy), or None: the workers' name
         self.config = config
         self._say = say or _stderr_line
         self._sinks: tuple[Sink, ...] = ()
@@ -581,7 +582,8 @@ class GatewayRunner:
             return
         worker.info = info
         if self._engine is None:
-            self._engine = SimpleNamespace(bundle=SimpleNamespace(name=info["model"]), labels_shown=info["labels"],
+            bundle = self._bundle if self._bundle is not None else SimpleNamespace(name=info["model"])
+            self._engine = SimpleNamespace(bundle=bundle, labels_shown=info["labels"],
                                            sample_rate=info["sample_rate"], hop_seconds=info["hop_seconds"])
         worker.ready = True
         if self._started:  # not the first workers (start() names those)

@@ -11,15 +11,17 @@ from .worker import EngineSpec
 __all__ = ["cmd_serve_cluster", "engine_spec"]
 
 
-def engine_spec(args: argparse.Namespace) -> EngineSpec:
-    """The engine every worker builds: the same model and options a local ``serve`` would use."""
+def engine_spec(args: argparse.Namespace) -> tuple[EngineSpec, Any]:
+    """The engine every worker builds (the same model and options a local ``serve`` would use), and the bundle,
+    loaded here too: a model that does not load is a one-line error before the cluster is touched, and the
+    gateway's sinks (segments, station log) read its taxonomy."""
     from ..cli import smoothing_config
     from ..registry import DEFAULT_MODEL, load_bundle
 
     model = str(args.model or DEFAULT_MODEL)
-    load_bundle(model)  # a one-line error here, before the cluster is touched, for a model that does not load
+    bundle = load_bundle(model)
     return EngineSpec(model=model, device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
-                      smoothing=smoothing_config(args.smoothing), precision=args.precision)
+                      smoothing=smoothing_config(args.smoothing), precision=args.precision), bundle
 
 
 def cmd_serve_cluster(args: argparse.Namespace, config: Any, sources: Sequence[tuple[str, str]]) -> int:
@@ -29,5 +31,7 @@ def cmd_serve_cluster(args: argparse.Namespace, config: Any, sources: Sequence[t
     require_ray()  # one line saying how to install it, before anything else
     cluster = ClusterConfig(address=args.cluster, worker_streams=args.worker_streams,
                             worker_cpu=args.worker_cpu if args.worker_cpu < 1 else None)
-    gateway = GatewayRunner(engine_spec(args), cluster).start()
-    return run_serve(None, config, sources, runner=gateway)
+    spec, bundle = engine_spec(args)
+    gateway = GatewayRunner(spec, cluster, bundle=bundle).start()
+    return run_serve(None, config, sources, runner=gateway, record=getattr(args, "record", None),
+                     keep=getattr(args, "keep", None))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import StreamtagError
 from ..events import GenreUpdate, to_dicts
@@ -48,6 +48,18 @@ class JsonlSink:
             except (BrokenPipeError, ValueError):  # reader closed the pipe / file closed
                 self.broken = True
                 log.info("JSON-lines output closed; no more updates are written")
+
+    def write_event(self, event: Any) -> None:
+        """One more event line (anything with ``to_dict()``, e.g. a closed :class:`~streamtag.segments.Segment`)."""
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self.out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+                self.out.flush()
+                self.lines += 1
+            except (BrokenPipeError, ValueError):
+                self.broken = True
 
     def on_title(self, name: str, title: str | None) -> None:
         pass

@@ -149,6 +149,7 @@ class ServerConfig:
     max_pending_opens: int = 4  # sources opening at once (each in a thread of its own)
     allow_files: tuple[Path, ...] = ()  # --allow-files: directories add_source may open files under
     allow_private_urls: bool = False  # --allow-private-urls: loopback/private/link-local URLs for add_source
+    top: int | None = None  # --top: genres kept in each update's "top" (the web page shows that many bars)
 
     def __post_init__(self) -> None:
         check_bind(self.host, self.token)
@@ -168,6 +169,8 @@ class ServerConfig:
                         ("handshake_timeout", self.handshake_timeout)):
             if not (math.isfinite(x) and x > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {x}")
+        if self.top is not None and not (isinstance(self.top, int) and self.top >= 1):
+            raise ConfigError(f"--top must be a whole number >= 1, got {self.top}")
         for d in self.allow_files:
             if not Path(d).is_dir():
                 raise ConfigError(f"--allow-files {d}: not a directory; name a directory of audio files")
@@ -331,6 +334,7 @@ class WebsocketServer:
         self._title_timer: asyncio.TimerHandle | None = None
         self.updates_sent = 0
         self.refused: dict[int, int] = {}  # HTTP status -> handshakes refused with it
+        self.history_log: str | None = None  # the station log (--record) that /api/history reads (web_api.py)
         if "*" in self.config.allowed_origins:
             log.warning("--allowed-origin '*': any web page the user visits can read every stream and send audio")
         runner.add_sink(self)
@@ -499,6 +503,10 @@ class WebsocketServer:
     def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
         self._call(self._stream_gone, name, error)
 
+    def on_segment(self, segment: Any) -> None:
+        """A closed segment (streamtag.segments.SegmentSink's callback): the ``segment`` event to subscribers."""
+        self._call(self.hub.publish_event, segment.to_dict())
+
     # -- on the loop -------------------------------------------------------------------------------------
     def _stream_added(self, name: str, source: str, title: str | None) -> None:
         if name not in self.hub.streams:
@@ -510,6 +518,8 @@ class WebsocketServer:
         # collector runs, instead of a whole step's dicts surviving into its older generations
         for i in range(0, len(live), PUBLISH_CHUNK):
             for d in to_dicts(live[i : i + PUBLISH_CHUNK]):
+                if self.config.top is not None:
+                    d["top"] = d["top"][: self.config.top]
                 self.hub.publish(d)
 
     def _set_title(self, name: str, title: str | None) -> None:
@@ -610,6 +620,10 @@ class WebsocketServer:
         path = urlsplit(request.path).path
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if path.startswith("/api/"):  # the web page's JSON requests (streamtag/web_api.py)
+            from ..web_api import handle
+
+            return handle(self, connection, request, path)
         file = self._static.get(path)
         if file is None:
             return connection.respond(HTTPStatus.NOT_FOUND, f"not found: {_safe_text(path, 80)}\n")

@@ -22,14 +22,13 @@ from streamtag.errors import StreamtagError
 from streamtag.frontend import logmel
 from streamtag.registry import Bundle
 
-from .build_corpus import SAMPLE_RATE, read_manifest
+from ..config import GRID_FRAMES
+from .corpus import SAMPLE_RATE, read_manifest
 from .features import student_frontend
 
 __all__ = ["GRID_FRAMES", "Geometry", "teacher_windows", "teacher_probs", "labels_dir", "label_corpus"]
 
 log = logging.getLogger(__name__)
-
-GRID_FRAMES = 64  # frames between teacher windows in the label cache (64 x 16 ms = 1.024 s)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import torch
 from streamtag.frontend import FrontendSpec
 from streamtag.registry import Bundle
 
-from .build_corpus import Track, read_manifest
-from .config import TrainConfig
+from ..config import TrainConfig
+from ..loop import Batch
+from .corpus import Track, read_manifest, track_hash
 from .features import features_dir
-from .loop import Batch
 from .teacher import Geometry, labels_dir
 
 __all__ = ["TrackData", "load_split", "carve_validation", "segment_bounds", "window_batch", "sequence_batch", "TrackFeed"]
@@ -60,8 +60,6 @@ def load_split(
 def carve_validation(data: list[TrackData], fraction: float) -> tuple[list[TrackData], list[TrackData]]:
     """Split training tracks into (train, validation): per source, the ``fraction`` with the LARGEST SHA-1
     of their id (the held-out set took the smallest), at least one per source with 5 or more tracks."""
-    from .build_corpus import _hash
-
     by_source: dict[str, list[TrackData]] = {}
     for td in data:
         by_source.setdefault(td.track.source, []).append(td)
@@ -69,7 +67,7 @@ def carve_validation(data: list[TrackData], fraction: float) -> tuple[list[Track
     for group in by_source.values():
         if len(group) < 5:
             continue
-        group = sorted(group, key=lambda td: _hash(td.track.id), reverse=True)
+        group = sorted(group, key=lambda td: track_hash(td.track.id), reverse=True)
         val_ids.update(td.track.id for td in group[: max(1, int(round(fraction * len(group))))])
     return [td for td in data if td.track.id not in val_ids], [td for td in data if td.track.id in val_ids]
 

@@ -1,5 +1,9 @@
 """Extend a distillation corpus with more training audio while keeping its held-out tracks unchanged.
 
+Research tool (not in the wheel; run from a checkout). It produced ``/work/corpus2`` (about 5.8 hours of training
+audio), the corpus the shipped students st-gru-msd and st-transformer-msd were distilled on. Run it again after
+research/build_corpus.py, to grow a corpus without changing the held-out tracks its figures are measured on.
+
 Phase ``plan`` writes ``OUT/corpus.jsonl``: the held-out ("eval") tracks of ``SRC`` exactly as they were (same
 audio, same labels, linked), the training tracks of ``SRC`` at up to ``--max-track-seconds`` (instead of the
 original 150 s), and tracks of the same packages that the original per-package cap left out, in the same hash
@@ -13,9 +17,9 @@ the windows past them are computed.
 
 Usage::
 
-    python -m streamtag.train.extend_corpus plan --src /work/corpus --out /work/corpus2
-    python -m streamtag.train.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 0 --shards 2 &
-    python -m streamtag.train.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 1 --shards 2
+    python -m research.extend_corpus plan --src /work/corpus --out /work/corpus2
+    python -m research.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 0 --shards 2 &
+    python -m research.extend_corpus label --src /work/corpus --out /work/corpus2 --shard 1 --shards 2
 """
 from __future__ import annotations
 
@@ -33,19 +37,12 @@ import torch
 
 from streamtag.frontend import logmel
 from streamtag.registry import load_bundle
+from streamtag.train.config import GRID_FRAMES
+from streamtag.train.distill.corpus import Track, read_manifest, summary, track_hash, write_manifest
+from streamtag.train.distill.features import student_frontend
+from streamtag.train.distill.teacher import teacher_probs, teacher_windows
 
-from .build_corpus import (
-    DEFAULT_PACKAGES,
-    Track,
-    _hash,
-    _probe_duration,
-    decode,
-    licence_for,
-    package_files,
-    read_manifest,
-)
-from .features import student_frontend
-from .teacher import GRID_FRAMES, teacher_probs, teacher_windows
+from .build_corpus import DEFAULT_PACKAGES, _probe_duration, _shared_dir, decode, licence_for, package_files
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ def plan(src: Path, out: Path, *, max_track_seconds: float, max_new_minutes: flo
     max_eval_hash: dict[str, str] = {}
     for t in old:
         if t.split == "eval" and not t.eval_only:
-            max_eval_hash[t.source] = max(max_eval_hash.get(t.source, ""), _hash(t.id))
+            max_eval_hash[t.source] = max(max_eval_hash.get(t.source, ""), track_hash(t.id))
     tracks: list[Track] = []
     for t in old:
         if t.split == "eval":
@@ -67,7 +64,7 @@ def plan(src: Path, out: Path, *, max_track_seconds: float, max_new_minutes: flo
                 os.symlink(src / t.file, link)
         else:
             seconds = min(t.duration, max_track_seconds)
-            tracks.append(Track(**{**asdict(t), "seconds": round(seconds, 3), "file": f"audio/{_hash(t.id)[:12]}-x.npy"}))
+            tracks.append(Track(**{**asdict(t), "seconds": round(seconds, 3), "file": f"audio/{track_hash(t.id)[:12]}-x.npy"}))
     new_seconds = 0.0
     cands = []
     for pkg in DEFAULT_PACKAGES:
@@ -78,7 +75,7 @@ def plan(src: Path, out: Path, *, max_track_seconds: float, max_new_minutes: flo
             tid = f"{pkg}/{rel.lstrip('/')}"
             if tid in known:
                 continue
-            cands.append((_hash(tid), pkg, rel, p, licence_for(ctext, rel), f"/usr/share/doc/{pkg}/copyright", tid))
+            cands.append((track_hash(tid), pkg, rel, p, licence_for(ctext, rel), f"/usr/share/doc/{pkg}/copyright", tid))
     cands.sort()  # interleaves packages in a fixed hash order
     skipped_ids = {json.loads(s)["id"] for s in (src / "skipped.jsonl").read_text().splitlines() if s.strip()}
     for h, pkg, rel, p, licence, lfile, tid in cands:
@@ -93,17 +90,13 @@ def plan(src: Path, out: Path, *, max_track_seconds: float, max_new_minutes: flo
         new_seconds += seconds
         tracks.append(Track(tid, pkg, rel, licence, lfile, round(dur, 3), round(seconds, 3),
                             f"audio/{h[:12]}-x.npy", "train", False))
-    with open(out / "corpus.jsonl", "w") as f:
-        for t in tracks:
-            f.write(json.dumps(asdict(t)) + "\n")
+    write_manifest(out, tracks)
     shutil.copy(src / "skipped.jsonl", out / "skipped.jsonl")
     return tracks
 
 
 def _source_file(src: Path, t: Track) -> Path:
     if t.source == "shared":
-        from .build_corpus import _shared_dir
-
         return _shared_dir() / "audio" / t.path
     root = src / "pkgs" / t.source
     if "!" in t.path:
@@ -162,7 +155,7 @@ def label(src: Path, out: Path, *, teacher_name: str, shard: int, shards: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streamtag.train.extend_corpus", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m research.extend_corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("phase", choices=("plan", "label"))
     ap.add_argument("--src", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -177,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "plan":
         tracks = plan(args.src, args.out, max_track_seconds=args.max_track_seconds,
                       max_new_minutes=args.max_new_minutes, min_track_seconds=args.min_track_seconds)
-        from .build_corpus import summary
-
         print(summary(tracks))
     else:
         label(args.src, args.out, teacher_name=args.teacher, shard=args.shard, shards=args.shards)

@@ -1,6 +1,10 @@
 """Distil st-gru-msd's musicnn front end into the cheap conv front end of ``lite`` (feature-level distillation),
 then fine-tune the whole student on musicnn-msd's window targets; evaluate and write the ``st-lite-msd`` bundle.
 
+Research tool (not in the wheel; run from a checkout). It produced the ``lite`` candidates of docs/distill.md;
+none is shipped (they stayed below the agreement goal). It has its own two-stage loop, not ``loop.fit``. Run it
+only to continue that experiment, on a corpus with the musicnn features cached.
+
 Stage A (``--minutes-a``): the conv front end learns, per frame, the embedding pre-activation that st-gru-msd's
 head computes from musicnn's 753 cached features (``embed.fc(embed.norm(features))``), mean squared error, for
 the frame ``lag_frames`` before each output (the look-ahead). 128 targets per frame, 62.5 frames a second: far
@@ -8,7 +12,7 @@ more supervision per second of audio than 50 probabilities per 1 s window. The G
 untouched in this stage.
 
 Stage B (``--minutes-b``): the whole student, from stage A's weights, on the distillation targets of
-``train/distill.py`` (multi-track sequences, binary cross-entropy at the end of every 5 s window, shifted by
+``train/distill/run.py`` (multi-track sequences, binary cross-entropy at the end of every 5 s window, shifted by
 ``lag_frames``), plus ``--feature-weight`` times stage A's loss on the same frames so the front end stays close to
 the teacher's features. The checkpoint is chosen on the validation tracks (carved from the training sources,
 as ``distill --val-fraction``): clip-level genre agreement, then window agreement, among stage A's end and
@@ -16,7 +20,7 @@ every ``--val-every`` steps of stage B. The held-out tracks are never used for a
 
 Usage (the features come from ``distill --frontend musicnn --features-only``, docs/distill.md)::
 
-    python -m streamtag.train.lite --corpus /work/corpus --out models/st-lite-msd --minutes-a 20 --minutes-b 15
+    python -m research.lite --corpus /work/corpus --out models/st-lite-msd --minutes-a 20 --minutes-b 15
 """
 from __future__ import annotations
 
@@ -37,12 +41,19 @@ from torch import nn
 from streamtag.architectures import build_model
 from streamtag.architectures.lite import LiteConfig, LiteStudent
 from streamtag.registry import Bundle, load_bundle, save_bundle
-
-from .agreement import cost_per_hop_ms, distill_extra, evaluate, evaluate_with_gap, majority_baseline
-from .cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_lite_card
-from .features import features_dir, student_frontend
-from .teacher import GRID_FRAMES, Geometry
-from .tracks import TrackData, carve_validation, load_split, segment_bounds
+from streamtag.train.config import GRID_FRAMES
+from streamtag.train.distill.agreement import (
+    cost_per_hop_ms,
+    distill_extra,
+    evaluate,
+    evaluate_with_gap,
+    majority_baseline,
+)
+from streamtag.train.distill.cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_lite_card
+from streamtag.train.distill.corpus import read_manifest, summary
+from streamtag.train.distill.features import features_dir, student_frontend
+from streamtag.train.distill.teacher import Geometry
+from streamtag.train.distill.tracks import TrackData, carve_validation, load_split, segment_bounds
 
 __all__ = ["Aligned", "teacher_embedding", "fit_normalisation", "init_head", "stage_a", "stage_b", "main"]
 
@@ -278,7 +289,7 @@ def _embeddings(corpus: Path, teacher: Bundle, head: Any, data: list[TrackData])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m streamtag.train.lite", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m research.lite", description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="corpus with labels and musicnn features cached")
     ap.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     ap.add_argument("--teacher", default="musicnn-msd", help="the teacher bundle (labels, features)")
@@ -338,7 +349,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     feature_weight=args.feature_weight, val_every=args.val_every, seed=args.seed)
         training = {"stage_a": a, "stage_b": b, "threads": args.threads, "init": init.name,
                     "from_bundle": str(args.from_bundle) if args.from_bundle else None,
-                    "validation": b["validation"], "command": "python -m streamtag.train.lite " + " ".join(argv)}
+                    "validation": b["validation"], "command": "python -m research.lite " + " ".join(argv)}
         save_bundle(out, model, architecture="lite", arch_config=asdict(model.config), frontend=spec,
                     labels=teacher.labels, genre_labels=teacher.genre_labels, window_frames=geometry.window_frames,
                     hop_seconds=HOP_SECONDS, streaming="stateful", extra={"training": training})
@@ -366,8 +377,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         description=(f"musicnn-msd distilled into a {n_params / 1e6:.2f} M-parameter causal conv front end + GRU "
                      f"(the front end learns {init.name}'s musicnn features)"),
     )
-    from .build_corpus import read_manifest, summary
-
     note = Path(args.corpus) / "corpus_note.txt"
     card_run = {
         "command": training["command"], "corpus_table": summary(read_manifest(Path(args.corpus))),

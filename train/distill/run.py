@@ -2,7 +2,7 @@
 
 Three stages, all run by one command (each skipped when its output exists):
 
-1. **targets** (``teacher.py``): for every corpus track (``build_corpus.py``), the teacher's sigmoid outputs
+1. **targets** (``teacher.py``): for every corpus track (``corpus.py``), the teacher's sigmoid outputs
    on its own window (3 s for musicnn) every ``grid_frames`` frames, cached with the students' log-mel frames.
    With ``--frontend musicnn`` the teacher's frozen front end + mid end features are cached too (``features.py``).
 2. **train** (``loop.fit``, the loop ``streamtag train`` uses, fed by ``tracks.TrackFeed``): the student learns
@@ -42,39 +42,31 @@ from torch import nn
 
 from streamtag.architectures import build_model, config_class
 from streamtag.errors import ConfigError
-from streamtag.frontend import FrontendSpec, logmel
+from streamtag.frontend import FrontendSpec
 from streamtag.registry import Bundle, load_bundle, save_bundle
 
+from ..config import (
+    DEFAULT_ARCH_CONFIGS,
+    DISTILL_DEFAULTS,
+    STATEFUL_TIME_MASK_FRAMES,
+    STREAMING,
+    TrainConfig,
+)
+from ..loop import Score, fit
 from .agreement import cost_per_hop_ms, distill_extra, evaluate, evaluate_with_gap, majority_baseline
-from .build_corpus import read_manifest
 from .cards import CARD_JSON, DEFAULT_CORPUS_NOTE, render_distill_card
-from .config import DISTILL_DEFAULTS, TrainConfig
-from .features import feature_corpus, features_dir, musicnn_frames, student_frontend
-from .loop import Score, fit
-from .teacher import GRID_FRAMES, Geometry, label_corpus, labels_dir, teacher_probs, teacher_windows
+from .corpus import read_manifest, summary
+from .features import feature_corpus, musicnn_frames, student_frontend
+from .teacher import Geometry, label_corpus
 from .tracks import TrackData, TrackFeed, carve_validation, load_split
 
-__all__ = [
-    "WINDOW_SECONDS", "HOP_SECONDS", "GRID_FRAMES", "DEFAULT_ARCH_CONFIGS", "STREAMING", "Geometry", "TrackData",
-    "distill_config", "train_student", "assemble_student", "distill", "register", "main",
-    # re-exported for the corpus tools and tests
-    "label_corpus", "labels_dir", "feature_corpus", "features_dir", "student_frontend", "teacher_probs",
-    "teacher_windows", "logmel",
-]
+__all__ = ["WINDOW_SECONDS", "HOP_SECONDS", "distill_config", "check_args", "train_student", "assemble_student",
+           "distill"]
 
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 5.0  # s, the window student's input (and the span each per-step target describes)
 HOP_SECONDS = 0.5  # s, default hop between updates stored in the bundles
-STATEFUL_TIME_MASK_FRAMES = 32  # stateful students read long sequences: wider time masks
-
-# Small students: well under 5 MB of float32 weights each.
-DEFAULT_ARCH_CONFIGS: dict[str, dict[str, Any]] = {
-    "transformer": dict(d_model=128, n_layers=3, n_heads=4, d_ff=256, embed_kernel=8, embed_stride=8,
-                        max_frames=64, pooling="attention", dropout=0.1),
-    "stateful_gru": dict(d_embed=128, hidden=160, n_layers=1, tau_frames=94.0, dropout=0.1),
-}
-STREAMING = {"transformer": "window", "stateful_gru": "stateful"}
 
 
 def distill_config(args: argparse.Namespace) -> TrainConfig:
@@ -205,8 +197,6 @@ def distill(args: argparse.Namespace) -> int:
                            spec.n_mels, hop_frames, repeats=args.timing_repeats)
     n_params = sum(p.numel() for p in model.parameters())
     n_trained = sum(p.numel() for p in head.parameters())
-    from .build_corpus import summary
-
     command = args.command_line or (f"python -m streamtag.train.distill --arch {arch} --teacher {args.teacher} "
                                     f"--corpus {args.corpus} --out {args.out} --minutes {args.minutes:g}"
                                     + (" --frontend musicnn" if on_features else ""))
@@ -245,25 +235,3 @@ def check_args(args: argparse.Namespace) -> None:
     lo, hi = args.seq_seconds
     if not 0 < lo <= hi:
         raise ConfigError(f"--seq-seconds MIN MAX needs 0 < MIN <= MAX, not {lo:g} {hi:g}")
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``distill`` subcommand to a CLI's subparsers (the parser and the command live in ``cli.py``)."""
-    from .cli import add_train_args, cmd_distill
-
-    p = subparsers.add_parser("distill", help="distil a teacher bundle into a streaming student",
-                              description=__doc__.split("\n\n")[0])
-    add_train_args(p, "distill")
-    p.set_defaults(func=cmd_distill)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from .cli import main as cli_main
-
-    return cli_main(["distill", *(sys.argv[1:] if argv is None else argv)], prog="python -m streamtag.train.cli")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

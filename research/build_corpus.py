@@ -1,5 +1,10 @@
 """Build an unlabelled corpus of real, freely licensed music for distillation.
 
+Research tool (not in the wheel; run from a checkout). It produced ``/work/corpus`` (98 tracks, about three
+hours), the first corpus of docs/distill.md, from which research/extend_corpus.py made the shipped students'
+corpus. Run it again only to rebuild a corpus from scratch (it calls ``apt-get download``, so it needs Debian's
+package servers); the format it writes is train/distill/corpus.py's.
+
 Sources:
 
 - ``../shared/audio`` (15 clips, licences from its ``CREDITS.md`` and the ``.txt`` beside each clip);
@@ -20,13 +25,12 @@ three hours, which the teacher can label and the students can train on with two 
 
 Usage::
 
-    python -m streamtag.train.build_corpus --out /work/corpus
+    python -m research.build_corpus --out /work/corpus
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import json
 import logging
 import math
@@ -35,14 +39,14 @@ import re
 import subprocess
 import zipfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from streamtag.train.distill.corpus import SAMPLE_RATE, Track, summary, track_hash, write_manifest
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # Hz, the rate of the stored audio (the students' and the teacher's front-end rate)
 AUDIO_EXTS = (".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav")
 DEFAULT_PACKAGES = (
     "nexuiz-music",
@@ -58,27 +62,9 @@ DEFAULT_PACKAGES = (
 PK3_MUSIC = ("*/music/*", "music/*", "*/cdtracks/*")
 
 
-@dataclass
-class Track:
-    id: str  # "<source>/<path>": unique and stable
-    source: str  # Debian package name, or "shared"
-    path: str  # path inside the package (or file name in ../shared/audio); "x.pk3!member" for archive members
-    licence: str
-    licence_file: str
-    duration: float  # seconds, whole file
-    seconds: float  # seconds kept in the corpus (the first ones)
-    file: str  # DIR-relative path of the stored 16 kHz float32 .npy
-    split: str = "train"  # "train" or "eval"
-    eval_only: bool = False  # its licence does not allow training a shipped model on it: always "eval"
-
-
 def _shared_dir() -> Path:
     env = os.environ.get("STREAMTAG_SHARED")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -247,7 +233,7 @@ def split_tracks(tracks: list[Track], holdout: float) -> None:
         else:
             by_source.setdefault(t.source, []).append(t)
     for group in by_source.values():
-        group.sort(key=lambda t: _hash(t.id))
+        group.sort(key=lambda t: track_hash(t.id))
         n_eval = int(round(holdout * len(group))) if len(group) >= 3 else 0
         if len(group) >= 3:
             n_eval = max(1, n_eval)
@@ -293,7 +279,7 @@ def build(
     skipped: list[dict[str, str]] = []
     used: dict[str, float] = {}
     # deterministic order per source (by hash), so the per-source cap picks a fixed, varied subset
-    candidates.sort(key=lambda c: (c[0], _hash(f"{c[0]}/{c[1]}")))
+    candidates.sort(key=lambda c: (c[0], track_hash(f"{c[0]}/{c[1]}")))
     for source, rel, p, licence, lfile in candidates:
         if source != "shared" and used.get(source, 0.0) >= max_package_minutes * 60:
             continue
@@ -310,7 +296,7 @@ def build(
         if x.shape[0] < SAMPLE_RATE * 3 or not np.isfinite(x).all() or float(np.abs(x).max()) < 1e-4:
             skipped.append({"id": tid, "file": str(p), "error": "shorter than 3 s, silent or not finite"})
             continue
-        fname = f"audio/{_hash(tid)[:12]}.npy"
+        fname = f"audio/{track_hash(tid)[:12]}.npy"
         np.save(out / fname, x)
         seconds = x.shape[0] / SAMPLE_RATE
         used[source] = used.get(source, 0.0) + seconds
@@ -319,41 +305,15 @@ def build(
         )
         log.info("%-60s %6.1f s  %s", tid[:60], seconds, licence)
     split_tracks(tracks, holdout)
-    with open(out / "corpus.jsonl", "w") as f:
-        for t in tracks:
-            f.write(json.dumps(asdict(t)) + "\n")
+    write_manifest(out, tracks)
     with open(out / "skipped.jsonl", "w") as f:
         for s in skipped:
             f.write(json.dumps(s) + "\n")
     return tracks
 
 
-def read_manifest(corpus: Path) -> list[Track]:
-    with open(corpus / "corpus.jsonl") as f:
-        return [Track(**json.loads(line)) for line in f if line.strip()]
-
-
-def summary(tracks: list[Track]) -> str:
-    """A Markdown table: per source, tracks and minutes per split, and licences."""
-    rows = ["| source | train tracks | eval tracks | minutes (train / eval) | licences |", "| --- | --- | --- | --- | --- |"]
-    for source in sorted({t.source for t in tracks}):
-        g = [t for t in tracks if t.source == source]
-        tr = [t for t in g if t.split == "train"]
-        ev = [t for t in g if t.split == "eval"]
-        lic = ", ".join(sorted({t.licence for t in g}))
-        rows.append(
-            f"| {source} | {len(tr)} | {len(ev)} | {sum(t.seconds for t in tr) / 60:.1f} / "
-            f"{sum(t.seconds for t in ev) / 60:.1f} | {lic} |"
-        )
-    tr_min = sum(t.seconds for t in tracks if t.split == "train") / 60
-    ev_min = sum(t.seconds for t in tracks if t.split == "eval") / 60
-    n_tr = sum(t.split == "train" for t in tracks)
-    rows.append(f"| **total** | {n_tr} | {len(tracks) - n_tr} | {tr_min:.1f} / {ev_min:.1f} | |")
-    return "\n".join(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streamtag.train.build_corpus", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m research.build_corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="corpus directory (outside the repo; never commit audio)")
     ap.add_argument("--packages", nargs="*", default=list(DEFAULT_PACKAGES), help="Debian game-music packages")
     ap.add_argument("--shared-audio", type=Path, default=_shared_dir() / "audio", help="../shared/audio")

@@ -1,5 +1,9 @@
 """Which of musicnn's front-end channels ever fire on music: measured once, stored in the student bundles.
 
+Research tool (not in the wheel; run from a checkout). It produced the shipped students' ``live_channels`` (163
+of 561) and their cards' CPU-path paragraph. Run it again with ``--write`` after distilling a new
+musicnn_student bundle, before shipping it (the bundle runs the full front end until then).
+
 Every front-end block of musicnn ends in ``ReLU -> batch norm -> max over mel bands``, and for most channels the
 ReLU output is 0 on every frame of real music (the extreme over bands never leaves the negative side), so their
 feature is a constant: the batch norm's shift. A student's CPU path (architectures/musicnn.py:
@@ -13,7 +17,7 @@ This tool counts, per channel, the frames whose ReLU output is above 0, with mus
   tones at 50 Hz, 1 kHz and 7.9 kHz, a clipped square wave at +12 dBFS, clicks, gated and burst noise), which
   only check the set: a channel outside it that fires there is reported.
 
-    python -m streamtag.train.liveness --corpus /work/corpus --bundle models/st-gru-msd \\
+    python -m research.liveness --corpus /work/corpus --bundle models/st-gru-msd \\
         --bundle models/st-transformer-msd --write
 
 ``--write`` stores the live set in each bundle's ``arch_config.live_channels`` and the counts in
@@ -37,10 +41,12 @@ import torch.nn.functional as F
 from streamtag.architectures.musicnn import MusicnnFrames
 from streamtag.frontend import logmel
 from streamtag.registry import Bundle, load_bundle
+from streamtag.train.distill.cards import CARD_JSON, render_distill_card
+from streamtag.train.distill.corpus import SAMPLE_RATE, read_manifest
+from streamtag.train.distill.features import musicnn_frames, student_frontend
+from streamtag.train.distill.teacher import labels_dir
 
-from .build_corpus import SAMPLE_RATE, read_manifest
-from .features import musicnn_frames, student_frontend
-from .teacher import labels_dir
+from .product_check import product_agreement
 
 __all__ = ["channel_activity", "PROBES", "measure", "write_bundle", "main"]
 
@@ -148,9 +154,6 @@ def measure(corpus: Path, teacher: Bundle, *, probe_seconds: float = 20.0) -> di
 def write_bundle(bundle_dir: Path, report: dict[str, Any], corpus: Path) -> dict[str, Any]:
     """Store the live set in a student bundle's config.json, measure its agreement through ``tag_audio`` in fp32
     and bf16, and re-render its model card."""
-    from .cards import CARD_JSON, render_distill_card
-    from .product_check import product_agreement
-
     path = bundle_dir / "config.json"
     config = json.loads(path.read_text())
     if config.get("architecture") != "musicnn_student":
@@ -173,7 +176,7 @@ def write_bundle(bundle_dir: Path, report: dict[str, Any], corpus: Path) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ap = argparse.ArgumentParser(prog="python -m streamtag.train.liveness", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m research.liveness", description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="corpus with the teacher's label cache (train/eval)")
     ap.add_argument("--teacher", default="musicnn-msd", help="the musicnn bundle whose front end the students keep")
     ap.add_argument("--bundle", type=Path, action="append", default=[], help="student bundle to update (repeatable)")

@@ -2,7 +2,12 @@
 held-out corpus track, the student streamed hop by hop from a fresh state, clip genre = argmax over the genre
 labels of the mean of all its raw outputs, against the teacher's clip genre from the label cache.
 
-    python -m streamtag.train.product_check --corpus /work/corpus --model st-gru-msd [--model ...] \
+Research tool (not in the wheel; run from a checkout). It produced the "through tag_audio" agreement figures
+of docs/distill.md and docs/performance.md (22/24 for each shipped student, fp32 and bf16), and
+research/liveness.py calls it for the cards. Run it after changing the engine's streaming path or precision, to
+check that the product still agrees with the teacher as the cards say.
+
+    python -m research.product_check --corpus /work/corpus --model st-gru-msd [--model ...] \
         [--precision fp32 --precision bf16]
 """
 from __future__ import annotations
@@ -17,9 +22,8 @@ import torch
 from streamtag.pipeline import tag_audio
 from streamtag.registry import load_bundle
 from streamtag.runner import ModelRunner
-
-from .build_corpus import read_manifest
-from .teacher import labels_dir
+from streamtag.train.distill.corpus import read_manifest
+from streamtag.train.distill.teacher import labels_dir
 
 __all__ = ["product_agreement", "main"]
 
@@ -51,7 +55,7 @@ def product_agreement(corpus: Path, model: str, teacher_name: str = "musicnn-msd
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m research.product_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="corpus with the teacher's label cache")
     ap.add_argument("--model", action="append", required=True, help="student bundle (name or directory); repeatable")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -19,7 +19,7 @@ from streamtag.errors import StreamtagError
 from streamtag.frontend import FrontendSpec
 from streamtag.registry import Bundle
 
-from .build_corpus import read_manifest
+from .corpus import read_manifest
 
 __all__ = ["student_frontend", "features_dir", "feature_corpus", "musicnn_frames"]
 
