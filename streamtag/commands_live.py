@@ -129,9 +129,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
     if getattr(args, "cluster", None):  # the stations run on a Ray cluster; this process is the gateway
-        from .cluster.serve import cmd_serve_cluster
+        from .app import run_serve
+        from .cluster.serve import start_gateway
 
-        return cmd_serve_cluster(args, config, sources)
+        return run_serve(None, config, sources, runner=start_gateway(args), record=args.record, keep=args.keep)
     engine = _engine(args)
     from .app import run_serve
 
