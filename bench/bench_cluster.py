@@ -3,7 +3,7 @@
 A real Ray cluster on this machine (``tests/cluster_fixtures.LocalCluster``: a head with no CPU and ``--nodes``
 worker nodes of 1 CPU each, loopback, ports 25500-25899, no dashboard) and a real websocket server in this process.
 Each run tags ``--stations`` file stations (a real clip, paced at real time) twice: through a local serve
-(``LiveRunner`` + ``Engine`` in this process) and through the gateway (``GatewayRunner``: the stations on the
+(``LiveRunner`` + ``Engine`` + the server in a child process, with its own subscriber) and through the gateway (``GatewayRunner``: the stations on the
 worker actors, one per node). One websocket client, subscribed to every station, stamps each update's receipt; an
 update's latency is the engine's ``latency_ms`` (audio arrival in the engine's ring -> the update) plus its way
 to the client (receipt - its ``wall`` time, stamped where the update was made: same machine, same clock). The
@@ -135,8 +135,9 @@ def clip_paths() -> list[Path]:
 
 
 def measure(served: Served, names: list[str], clips: list[Path], args: argparse.Namespace,
-            cpu_of_workers: Any) -> dict[str, float]:
-    """Add the stations, wait the warm-up, measure one window; returns the side's figures."""
+            cpu_of_workers: Any, remove: bool = True) -> dict[str, float]:
+    """Add the stations, wait the warm-up, measure one window; returns the side's figures (``remove``: take the
+    stations off again)."""
     sub = Subscriber(served.url)
     try:
         for i, n in enumerate(names):
@@ -150,10 +151,41 @@ def measure(served: Served, names: list[str], clips: list[Path], args: argparse.
         ups, p50, p99 = sub.window(t0, t1, set(names))
     finally:
         sub.stop()
-        for n in names:
+        for n in names if remove else ():
             served.call(served.server.remove_source(n))
     cpu = (c1 - c0) / (t1 - t0) + (w1 + w0) / 2  # this process's cores + the workers' measured cores
     return {"ups": ups, "p50": p50, "p99": p99, "cpu": cpu}
+
+
+def local_run(args: argparse.Namespace) -> None:
+    """The local side of one run, in a child process (``--local-only RUN``): a LiveRunner + Engine and the server in
+    this process; prints the figures as one JSON line and ends without taking the stations down (the process'
+    end releases them, and the cluster side starts on cores this run no longer uses)."""
+    from streamtag.cluster.worker import EngineSpec
+    from streamtag.live import LiveRunner
+    from streamtag.registry import DEFAULT_MODEL
+
+    spec = EngineSpec(model=str(args.model or DEFAULT_MODEL), device=args.device, hop_seconds=args.hop)
+    runner = LiveRunner(spec.build()).start()
+    served = Served(runner)
+    names = [f"r{args.local_only}s{i}" for i in range(args.stations)]
+    figures = measure(served, names, clip_paths(), args, lambda: 0.0, remove=False)
+    print(json.dumps(figures), flush=True)
+    os._exit(0)
+
+
+def local_in_child(args: argparse.Namespace, run: int) -> dict[str, float]:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--local-only", str(run), "--stations", str(args.stations), "--seconds",
+           str(args.seconds), "--warmup", str(args.warmup), "--device", args.device]
+    cmd += ["--model", args.model] if args.model else []
+    cmd += ["--hop", str(args.hop)] if args.hop is not None else []
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"the local run failed: {out.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
 
 
 def main() -> None:
@@ -167,13 +199,15 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--failovers", type=int, default=3)
+    p.add_argument("--local-only", default=None, help=argparse.SUPPRESS)  # one local run in a child process
     args = p.parse_args()
+    if args.local_only is not None:
+        local_run(args)
 
     import subprocess
 
     from streamtag.cluster.gateway import ClusterConfig, GatewayRunner
     from streamtag.cluster.worker import EngineSpec
-    from streamtag.live import LiveRunner
     from streamtag.registry import DEFAULT_MODEL
 
     cpu_name = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True,
@@ -198,17 +232,10 @@ def main() -> None:
         def workers_cpu() -> float:
             return sum(float(w["load"].get("cpu", 0.0)) for w in gateway.workers())
 
-        engine = spec.build()
         rows: dict[str, list[dict[str, float]]] = {"local": [], "cluster": []}
         for run in range(args.runs):
             names = [f"r{run}s{i}" for i in range(args.stations)]
-            runner = LiveRunner(engine).start()
-            local = Served(runner)
-            try:
-                rows["local"].append(measure(local, names, clips, args, lambda: 0.0))
-            finally:
-                local.close()
-                runner.stop()
+            rows["local"].append(local_in_child(args, run))
             rows["cluster"].append(measure(cluster_served, [f"c{n}" for n in names], clips, args, workers_cpu))
             print(f"run {run + 1}: " + "; ".join(f"{k} {v[-1]['ups']:.1f} upd/s p99 {v[-1]['p99'] * 1000:.0f} ms "
                                                  f"cpu {v[-1]['cpu']:.2f}" for k, v in rows.items()), flush=True)
