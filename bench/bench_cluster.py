@@ -222,7 +222,8 @@ def main() -> None:
     gateway = None
     try:
         gateway = GatewayRunner(spec, ClusterConfig(address=cluster.address, worker_streams=4096, worker_cpu=None,
-                                                    dead_after=3.0, members_interval=0.5), say=lambda s: None)
+                                                    dead_after=3.0, members_interval=0.5),
+                                 say=lambda line: print(f"# {line}", flush=True))
         gateway.start()
         deadline = time.monotonic() + 300
         while sum(w["ready"] for w in gateway.workers()) < args.nodes and time.monotonic() < deadline:
@@ -264,6 +265,8 @@ def main() -> None:
         try:
             for trial in range(args.failovers):
                 time.sleep(args.warmup)
+                print(f"# stations per worker: {[(w['id'], len(w['stations'])) for w in gateway.workers()]}",
+                      flush=True)
                 busiest = max(gateway.workers(), key=lambda w: len(w["stations"]))
                 moved = set(busiest["stations"])
                 t0 = time.time()
