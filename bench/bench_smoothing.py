@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ("musicnn-msd", "st-gru-msd", "st-transformer-msd")
 MIN_TRACK_SECONDS = 20.0  # s, shorter recordings are not used
 SEED = 11
+CACHE_VERSION = 2  # 2: the hops' levels are cached too
 N_SPLICES = {30.0: (6, 5), 10.0: (6, 8)}  # segment length, s -> (splices, segments per splice)
 
 
@@ -105,7 +106,7 @@ class Run:
 
 def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -> list[Run]:
     sr = bundle.frontend.sample_rate
-    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), [repr(c) for c in clips]]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), [repr(c) for c in clips], CACHE_VERSION]).encode()).hexdigest()
     cache = Path(tempfile.gettempdir()) / f"streamtag-bench-smoothing-{key[:16]}.npz"
     data: dict[str, np.ndarray] = {}
     if cache.is_file():
@@ -124,6 +125,7 @@ def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -
             data[c.name + "/t"] = np.array([u.t for u in ups])
             data[c.name + "/raw"] = raw
             data[c.name + "/fed"] = np.array([u.extra.get("silence") is not True for u in ups])  # silent: not fed
+            data[c.name + "/level"] = np.array([u.extra.get("level_db", 0.0) for u in ups], dtype=np.float64)
         print(f"  {bundle.name}: model over {len(clips)} clips in {time.perf_counter() - t0:.0f} s (cached: {cache})")
         np.savez(cache, **data)  # type: ignore[arg-type]
     genres = np.asarray(bundle.genre_indices())

@@ -472,8 +472,19 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"window {b.window_seconds:.2f} s  hop {b.hop_seconds:.2f} s  {b.streaming:8s} {size_mb:5.1f} MB"
             + (f"  {b.description}" if b.description else "")
         )
+        print(_families_text(b))
     print("* default")
     return 0
+
+
+def _families_text(bundle: Any) -> str:
+    """A bundle's taxonomy for `streamtag models`: "    families: rock = rock, alternative, ... | metal = ..."."""
+    import textwrap
+
+    from .taxonomy import bundle_taxonomy
+
+    fams = " | ".join(f"{name} = {', '.join(genres)}" for name, genres in bundle_taxonomy(bundle).families)
+    return textwrap.fill(f"families: {fams}", width=118, initial_indent="    ", subsequent_indent="      ")
 
 
 def load_model(args: argparse.Namespace) -> Any:

@@ -35,7 +35,8 @@ from .frontend import IncrementalLogMel, PassMap, push_many
 from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
-from .smoothing import BatchSmoother, Smoother, SmoothingConfig
+from .smoothing import BatchSmoother, Smoother, SmoothingConfig, family_shares
+from .taxonomy import bundle_taxonomy
 
 if TYPE_CHECKING:
     import torch
@@ -95,9 +96,15 @@ def _hop_level(power: np.ndarray, power_offset: int, end: int, hop_frames: int) 
     return _power_db(float(seg.sum()) / seg.size) if seg.size else -200.0  # == seg.mean(), bit for bit
 
 
+def _families(bundle: Bundle) -> tuple[list[str], list[list[int]]]:
+    """The bundle's family names and each family's genre label indices (streamtag.taxonomy)."""
+    return bundle_taxonomy(bundle).resolve(bundle.labels, bundle.genre_indices())
+
+
 def _update(
     bundle: Bundle, shown: list[int], smoother: Smoother, raw: np.ndarray, dt: float, *, stream: str, t: float,
-    silent: bool, top_k: int | None = None, **fields: object,
+    silent: bool, family_names: list[str], level_db: float | None = None, top_k: int | None = None,
+    **fields: object,
 ) -> GenreUpdate:
     """One hop's update for the shown labels. The smoother folds in ``raw`` (L,) unless the hop is silent (or,
     defensively, non-finite); ``top`` is the smoother's ranking (held top genre first) with the smoothed
@@ -105,7 +112,7 @@ def _update(
     labels = bundle.labels
     feed = not silent and bool(np.all(np.isfinite(raw)))
     if feed:
-        smoothed = smoother.update(raw, dt)
+        smoothed = smoother.update(raw, dt, level_db=level_db)
     elif smoother.probs is not None:
         smoothed = smoother.probs
     else:  # silence from the very start: nothing smoothed yet, show the raw answer without keeping it
@@ -114,6 +121,7 @@ def _update(
         order = smoother.ranking(shown)[:top_k]
     else:
         order = sorted(shown, key=lambda i: -smoothed[i])[:top_k]
+    fam, shares = smoother.family, smoother.family_probs
     return GenreUpdate(
         stream=stream,
         t=t,
@@ -121,6 +129,8 @@ def _update(
         probs={labels[i]: float(smoothed[i]) for i in shown},
         raw={labels[i]: float(raw[i]) for i in shown},
         model=bundle.name,
+        family=family_names[fam] if fam is not None else None,
+        families=dict(zip(family_names, shares.tolist())) if shares is not None else {},
         **fields,  # type: ignore[arg-type]
     )
 
@@ -199,7 +209,9 @@ class Engine:
         self.ring_samples = int(ring_seconds * self.sample_rate)
         self.streams: dict[str, StreamState] = {}
         # the smoothing state of every stream, one row each; rows of removed streams are reused (reset)
-        self.smoother = BatchSmoother(self.smoothing, candidates=self.shown, genres=bundle.genre_indices(), streams=0)
+        self.family_names, groups = _families(bundle)
+        self.smoother = BatchSmoother(self.smoothing, candidates=self.shown, genres=bundle.genre_indices(),
+                                      families=groups, streams=0)
         self._free_rows: list[int] = []
         self._shown_idx = np.asarray(self.shown, dtype=np.int64)
         self._labels_arr = np.asarray(self.labels_shown, dtype=object)  # (K,) for gathering ranked labels
@@ -374,15 +386,20 @@ class Engine:
         smoothed = np.zeros(raw.shape)  # (B, L) float64
         started = np.zeros(n, dtype=bool)
         top = np.full(n, -1, dtype=np.int64)
+        family = np.full(n, -1, dtype=np.int64)
+        shares = np.zeros((n, len(self.family_names)))  # (B, F)
+        level_arr = np.asarray(levels)
         with self._lock:  # rows are stable while we hold it (add/remove_stream wait)
             sm = self.smoother
             for idx in _rounds(jobs):
                 live = [j for j in idx if self.streams.get(jobs[j][0].name) is jobs[j][0]]  # not removed meanwhile
                 rows = np.array([jobs[j][0].row for j in live], dtype=np.int64)
                 if live:
-                    sm.update(raw[live], self.hop_seconds, feed[live], rows=rows)
+                    sm.update(raw[live], self.hop_seconds, feed[live], rows=rows, level_db=level_arr[live])
                     started[live] = sm.started[rows]
                     top[live] = sm.top[rows]
+                    family[live] = sm.family[rows]
+                    shares[live] = sm.family_probs[rows]
                     smoothed[live] = sm.probs[rows]
         # before the first fed hop (silence from the very start) show the raw answer without keeping it
         smoothed = np.where(started[:, None], smoothed, np.nan_to_num(raw.astype(np.float64)))
@@ -391,7 +408,8 @@ class Engine:
         shown_raw = raw[:, self._shown_idx].tolist()
         ranked_labels = self._labels_arr[ranked].tolist()
         ranked_vals = smoothed[np.arange(n)[:, None], self._shown_idx[ranked]].tolist()
-        labels, model = self.labels_shown, self.bundle.name
+        share_vals = shares.tolist()
+        labels, model, fam_names = self.labels_shown, self.bundle.name, self.family_names
         updates = []
         for j, (st, end) in enumerate(jobs):
             upd = GenreUpdate(
@@ -403,6 +421,8 @@ class Engine:
                 model=model,
                 wall=wall,
                 title=st.title,
+                family=fam_names[family[j]] if started[j] else None,
+                families=dict(zip(fam_names, share_vals[j])) if started[j] else {},
                 extra={
                     "latency_ms": latency[j],
                     "overruns": st.overruns,
@@ -509,7 +529,10 @@ class FileTagger:
         self.window = bundle.window_frames
         self.lag = runner.lag_frames
         self.shown = _label_sets(bundle, all_tags)
-        self._smoother = Smoother(smoothing or SmoothingConfig(), candidates=self.shown, genres=bundle.genre_indices())
+        self.family_names, groups = _families(bundle)
+        self._groups = groups
+        self._smoother = Smoother(smoothing or SmoothingConfig(), candidates=self.shown, genres=bundle.genre_indices(),
+                                  families=groups)
         self._mel = IncrementalLogMel(spec)
         self._frames = np.zeros((0, spec.n_mels), dtype=np.float32)  # (F, n_mels) kept, from _offset
         self._offset = 0
@@ -636,6 +659,7 @@ class FileTagger:
         return _update(
             self.bundle, self.shown, self._smoother, raw, self.hop_seconds, stream=self.name,
             t=self.spec.samples_for_frames(end) / self.spec.sample_rate, silent=silent, top_k=self.top_k,
+            family_names=self.family_names, level_db=round(level, 1),
             extra={"level_db": round(level, 1), "silence": silent},
         )
 
@@ -652,6 +676,7 @@ class FileTagger:
         else:
             mean = self._sum_all / max(1, self.windows)
         ranked = sorted(self.shown, key=lambda i: -mean[i])
+        shares = family_shares(mean, self._groups)  # (F,)
         return Summary(
             stream=self.name,
             duration=self.seconds,
@@ -661,6 +686,7 @@ class FileTagger:
             windows=self.windows,
             partial=partial,
             extra={"repaired_samples": self.repaired, "silent_windows": self.silent_windows},
+            families=dict(zip(self.family_names, shares.tolist())),
         )
 
 

@@ -26,6 +26,7 @@ from .architectures import build_model
 from .architectures.base import StatefulModel, StreamingModel, WindowModel
 from .errors import ModelError
 from .frontend import FrontendSpec
+from .taxonomy import check_taxonomy, default_taxonomy
 
 __all__ = ["Bundle", "available_models", "load_bundle", "save_bundle", "models_dirs", "DEFAULT_MODEL"]
 
@@ -64,6 +65,7 @@ class Bundle:
     streaming: str  # "window" or "stateful"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    taxonomy: dict[str, Any] = field(default_factory=dict)  # {"families": {name: [genre, ...]}} (streamtag.taxonomy)
 
     @property
     def window_seconds(self) -> float:
@@ -118,6 +120,7 @@ class Bundle:
             "window_frames": self.window_frames,
             "hop_seconds": self.hop_seconds,
             "streaming": self.streaming,
+            **({"taxonomy": self.taxonomy} if self.taxonomy else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -142,6 +145,9 @@ def _bundle_from_dir(path: Path) -> Bundle:
         streaming = cfg.get("streaming", "window")
         if activation not in ("sigmoid", "softmax") or streaming not in ("window", "stateful"):
             raise ModelError(f"{cfg_path}: activation must be sigmoid|softmax and streaming window|stateful")
+        taxonomy = cfg.get("taxonomy")
+        if taxonomy is not None:
+            taxonomy = check_taxonomy(taxonomy, labels, genres, where=str(cfg_path)).to_dict()
         return Bundle(
             name=cfg.get("name", path.name),
             path=path,
@@ -156,6 +162,7 @@ def _bundle_from_dir(path: Path) -> Bundle:
             streaming=streaming,
             description=cfg.get("description", ""),
             extra=dict(cfg.get("extra", {})),
+            taxonomy=taxonomy or {},
         )
     except KeyError as e:
         raise ModelError(f"{cfg_path} lacks the field {e.args[0]!r}; re-create the bundle") from e
@@ -199,8 +206,10 @@ def save_bundle(
     description: str = "",
     card: str | None = None,
     extra: dict[str, Any] | None = None,
+    taxonomy: dict[str, Any] | None = None,
 ) -> Bundle:
-    """Write a bundle directory (config.json + model.safetensors [+ model_card.md]) and return it loaded."""
+    """Write a bundle directory (config.json + model.safetensors [+ model_card.md]) and return it loaded.
+    ``taxonomy`` (families -> genres) defaults to :func:`streamtag.taxonomy.default_taxonomy` of the labels."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -219,6 +228,7 @@ def save_bundle(
         streaming=streaming,
         description=description,
         extra=dict(extra or {}),
+        taxonomy=dict(taxonomy or default_taxonomy(labels, genre_labels or labels)),
     )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path / WEIGHTS_NAME), metadata={"architecture": architecture})

@@ -319,7 +319,7 @@ def test_batched_step_equals_each_stream_alone_and_the_per_update_path(bundle, s
     """One step does each stage once for all streams (one log-mel pass, one smoother step over the streams' rows,
     the rankings and dicts from arrays): every field of every update equals the same stream run in an engine of its
     own, and its smoothing equals the per-update path the file tagger uses (a Smoother per stream, _update)."""
-    from streamtag.pipeline import _update
+    from streamtag.pipeline import _families, _update
     from streamtag.smoothing import Smoother, SmoothingConfig
 
     cfg = (SmoothingConfig() if smoothing == "hmm"
@@ -361,9 +361,11 @@ def test_batched_step_equals_each_stream_alone_and_the_per_update_path(bundle, s
         assert [fields(u) for u in got[n]] == [fields(u) for u in ref]
         assert any(u.extra["silence"] for u in got[n]) == (n in ("s1", "s2"))
         # the per-update path on the same raw outputs and silence flags gives the same smoothed answers
-        smoother = Smoother(cfg, candidates=together.shown, genres=bundle.genre_indices())
+        names, groups = _families(bundle)
+        smoother = Smoother(cfg, candidates=together.shown, genres=bundle.genre_indices(), families=groups)
         for u in got[n]:
             raw = np.array([u.raw[k] for k in LABELS], dtype=np.float32)
             want = _update(bundle, together.shown, smoother, raw, together.hop_seconds, stream=n, t=u.t,
-                           silent=u.extra["silence"])
+                           silent=u.extra["silence"], family_names=names, level_db=u.extra["level_db"])
             assert u.top == want.top and u.probs == want.probs and u.raw == want.raw
+            assert u.family == want.family and u.families == want.families
