@@ -84,6 +84,22 @@ def test_tag_examples_summary_and_timeline(examples_jsonl: list[dict]) -> None:
 
 
 @pytest.mark.slow
+def test_updates_and_summaries_carry_families_and_a_fade_out_keeps_the_headline(examples_jsonl: list[dict]) -> None:
+    for s in (e for e in examples_jsonl if e["type"] == "summary"):
+        assert s["families"] and sum(s["families"].values()) == pytest.approx(1.0, abs=1e-3)
+    updates = [e for e in examples_jsonl if e["type"] == "update"]
+    for u in updates:
+        assert u["family"] in u["families"] and sum(u["families"].values()) == pytest.approx(1.0, abs=1e-3)
+    # Brahms ends in a fade-out (a -49 dBFS hop, then silence): the headline must not flip in it
+    brahms = [u for u in updates if "brahms" in u["stream"]]
+    levels = sorted(u["level_db"] for u in brahms)
+    loud = levels[len(levels) // 2] - 6.0  # within 6 dB of the clip's median level
+    last_loud = max(i for i, u in enumerate(brahms) if u["level_db"] >= loud)
+    assert len(brahms) - last_loud >= 4 and min(u["level_db"] for u in brahms[last_loud:]) < -45
+    assert {u["family"] for u in brahms[last_loud:]} == {brahms[last_loud]["family"]}
+
+
+@pytest.mark.slow
 def test_genres_are_plausible_for_the_examples(examples_jsonl: list[dict]) -> None:
     """Not a hard-coded answer: each clip's top genres must fit its music."""
     tops = {Path(e["stream"]).stem: [l for l, _ in e["top"][:3]] for e in examples_jsonl if e["type"] == "summary"}
