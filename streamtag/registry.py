@@ -66,6 +66,9 @@ class Bundle:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     taxonomy: dict[str, Any] = field(default_factory=dict)  # {"families": {name: [genre, ...]}} (streamtag.taxonomy)
+    # labels the network does not output itself: the last len(derived) labels, each sigmoid(logits @ weights +
+    # bias) of the network's own logits (a linear head on the frozen network, e.g. musicnn-msd's "classical")
+    derived: tuple[dict[str, Any], ...] = ()
 
     @property
     def window_seconds(self) -> float:
@@ -121,6 +124,7 @@ class Bundle:
             "hop_seconds": self.hop_seconds,
             "streaming": self.streaming,
             **({"taxonomy": self.taxonomy} if self.taxonomy else {}),
+            **({"derived_labels": list(self.derived)} if self.derived else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -145,6 +149,7 @@ def _bundle_from_dir(path: Path) -> Bundle:
         streaming = cfg.get("streaming", "window")
         if activation not in ("sigmoid", "softmax") or streaming not in ("window", "stateful"):
             raise ModelError(f"{cfg_path}: activation must be sigmoid|softmax and streaming window|stateful")
+        derived = _check_derived(cfg.get("derived_labels", []), labels, where=str(cfg_path))
         taxonomy = cfg.get("taxonomy")
         if taxonomy is not None:
             taxonomy = check_taxonomy(taxonomy, labels, genres, where=str(cfg_path)).to_dict()
@@ -163,9 +168,26 @@ def _bundle_from_dir(path: Path) -> Bundle:
             description=cfg.get("description", ""),
             extra=dict(cfg.get("extra", {})),
             taxonomy=taxonomy or {},
+            derived=derived,
         )
     except KeyError as e:
         raise ModelError(f"{cfg_path} lacks the field {e.args[0]!r}; re-create the bundle") from e
+
+
+def _check_derived(items: Any, labels: tuple[str, ...], *, where: str) -> tuple[dict[str, Any], ...]:
+    """A bundle's "derived_labels": each {"label", "weights" (one per network output), "bias"}, naming the last
+    labels in order."""
+    if not isinstance(items, list):
+        raise ModelError(f'{where}: "derived_labels" must be a list; re-create the bundle')
+    n_net = len(labels) - len(items)
+    for k, d in enumerate(items):
+        ok = (isinstance(d, dict) and d.get("label") == labels[n_net + k] and isinstance(d.get("weights"), list)
+              and len(d["weights"]) == n_net and all(isinstance(w, (int, float)) for w in d["weights"])
+              and isinstance(d.get("bias"), (int, float)))
+        if not ok:
+            raise ModelError(f'{where}: derived label {k} must be {{"label": {labels[n_net + k]!r} (the labels\' '
+                             f'tail), "weights": [{n_net} numbers], "bias": number}}; re-create the bundle')
+    return tuple(items)
 
 
 def available_models() -> list[str]:
