@@ -113,7 +113,7 @@ class Run:
 
 def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -> list[Run]:
     sr = bundle.frontend.sample_rate
-    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), [repr(c) for c in clips], CACHE_VERSION]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), list(bundle.labels), [repr(c) for c in clips], CACHE_VERSION]).encode()).hexdigest()
     cache = Path(tempfile.gettempdir()) / f"streamtag-bench-smoothing-{key[:16]}.npz"
     data: dict[str, np.ndarray] = {}
     if cache.is_file():

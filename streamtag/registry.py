@@ -75,6 +75,11 @@ class Bundle:
         return self.frontend.samples_for_frames(self.window_frames) / self.frontend.sample_rate
 
     @property
+    def net_labels(self) -> tuple[str, ...]:
+        """The labels the network itself outputs (``labels`` without the derived ones at their end)."""
+        return self.labels[: len(self.labels) - len(self.derived)]
+
+    @property
     def card_path(self) -> Path:
         return self.path / CARD_NAME
 
@@ -229,6 +234,7 @@ def save_bundle(
     card: str | None = None,
     extra: dict[str, Any] | None = None,
     taxonomy: dict[str, Any] | None = None,
+    derived: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
 ) -> Bundle:
     """Write a bundle directory (config.json + model.safetensors [+ model_card.md]) and return it loaded.
     ``taxonomy`` (families -> genres) defaults to :func:`streamtag.taxonomy.default_taxonomy` of the labels."""
@@ -251,6 +257,7 @@ def save_bundle(
         description=description,
         extra=dict(extra or {}),
         taxonomy=dict(taxonomy or default_taxonomy(labels, genre_labels or labels)),
+        derived=tuple(derived),
     )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path / WEIGHTS_NAME), metadata={"architecture": architecture})

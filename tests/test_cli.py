@@ -65,7 +65,7 @@ def test_tag_examples_summary_and_timeline(examples_jsonl: list[dict]) -> None:
     assert [s["stream"] for s in summaries] == [str(p) for p in EXAMPLES]
     for s in summaries:
         assert s["model"] == "musicnn-msd" and s["duration"] > 40
-        assert len(s["mean"]) == 50  # every label's mean raw probability
+        assert len(s["mean"]) == 51  # every label's mean raw probability (50 tags + the derived classical)
         assert len(s["top"]) == 5 and s["top"][0][1] >= s["top"][-1][1]
     updates = [e for e in events if e["type"] == "update" and e["stream"] == str(EXAMPLES[0])]
     dur = summaries[0]["duration"]

@@ -92,6 +92,15 @@ def fit(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, steps: int = 500) -> 
     return wn.astype(np.float64), float(b.detach().numpy()[0] - (wn * mu).sum())
 
 
+def _by_source(tracks: list[dict[str, Any]]) -> dict[str, int]:
+    """Tracks per "source (split)": the first part of each id."""
+    out: dict[str, int] = {}
+    for t in tracks:
+        key = f"{t['id'].split('/')[0]} ({t['split']})"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for the boolean ``positive`` (ties count one half)."""
     order = np.argsort(scores, kind="stable")
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     derived = {"label": LABEL, "weights": [round(float(v), 6) for v in w], "bias": round(b, 6),
                "source": f"logistic head on the network's logits, fitted to {teacher.name}'s strongest of "
                          f"{', '.join(TEACHER_TAGS)} (python -m streamtag.train.derived_head)",
-               "fit": {**report, "l2": args.l2, "tracks": per_track}}
+               "fit": {**report, "l2": args.l2, "tracks": _by_source(per_track), "excluded": args.exclude}}
     out: dict[str, Any] = {}
     for k, v in cfg.items():
         if k in ("derived_labels",):
