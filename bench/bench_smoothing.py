@@ -371,7 +371,10 @@ def main() -> None:
         t0 = time.perf_counter()
         scored = []
         for i, c in enumerate(grid()):
-            sc = [score(figures(*(lambda rd: (rd[0], rd[1].family))(decide(c, m, 0)))) for m in models]
+            sc = []
+            for m in models:
+                sel, d = decide(c, m, 0)
+                sc.append(score(figures(sel, d.family)))
             scored.append((float(np.mean(sc)), i, c))
         scored.sort(key=lambda s: s[:2])
         print(f"tuned {len(scored)} settings on the tune half in {time.perf_counter() - t0:.0f} s")
