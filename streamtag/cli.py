@@ -103,8 +103,8 @@ def add_top_arg(p: argparse.ArgumentParser) -> None:
 
 def add_smoothing_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoothing", choices=SMOOTHING_CHOICES, default="hmm",
-                   help="temporal smoothing of the probabilities: hmm (a genre-change model whose posterior is "
-                        "both the bars and the headline), ema (moving average of every label), "
+                   help="temporal smoothing: hmm (graded bars, 2 s moving averages, and a headline family from a "
+                        "family-change model), ema (6 s moving averages, the largest family share heads), "
                         "none (each hop's raw answer)")
 
 
