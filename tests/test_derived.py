@@ -82,3 +82,16 @@ def test_a_malformed_derived_label_is_refused(tmp_path: Path, head: dict) -> Non
         (path / "config.json").write_text(json.dumps(c))
     with pytest.raises(ModelError, match="derived label 0"):
         load_bundle(path)
+
+
+def test_the_trainers_teacher_outputs_carry_the_derived_labels_as_the_runner_does(tmp_path: Path) -> None:
+    # students distilled from a bundle with a derived label learn it too: the label cache has every label's column
+    from streamtag.train.teacher import teacher_probs
+
+    cfg, streaming = ARCHS["transformer"]
+    head = {"label": "classical", "weights": [0.5, -1.0, 2.0], "bias": -0.25}
+    bundle = load_bundle(_bundle(tmp_path, "transformer", cfg, streaming=streaming, head=head))
+    windows = np.random.default_rng(1).standard_normal((5, 62, 32)).astype(np.float32)
+    got = teacher_probs(bundle.build_model("cpu"), windows, derived=bundle.derived)
+    assert got.shape == (5, len(bundle.labels))
+    np.testing.assert_allclose(got, ModelRunner(bundle, "cpu").predict(windows), rtol=1e-5, atol=1e-6)
