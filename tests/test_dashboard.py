@@ -220,6 +220,10 @@ def test_the_headline_is_the_family_with_its_leading_genre_and_confidence():
     sink.on_update([family_update(6.0, "jazz", {"rock": 0.2, "jazz": 0.7, "folk": 0.1},
                                   {**probs, "jazz": 0.8}, top="jazz")])
     assert re.search(r"▶ jazz  70% of the bars", headline(text_of(sink.state(), width=120)))  # no "jazz · jazz"
+    assert "held" not in text_of(sink.state(), width=120)
+    # the smoother holds jazz while rock leads the bars for a moment: the headline says so
+    sink.on_update([family_update(7.0, "jazz", {"rock": 0.5, "jazz": 0.4, "folk": 0.1}, probs, top="jazz")])
+    assert re.search(r"▶ jazz  40% of the bars  held: rock 50% rising", headline(text_of(sink.state(), width=120)))
 
 
 def test_the_strip_shows_the_families_of_the_last_minutes_with_gaps_for_silence():

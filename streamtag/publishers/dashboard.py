@@ -10,7 +10,8 @@ What the numbers mean (the views tell the truth):
 
 - the headline is the **family** playing now with the leading genre inside it, "rock · indie rock"
   (``GenreUpdate.family`` and ``top[0]``), and its number is the headline's confidence: the family's share of
-  the bars (``GenreUpdate.families``). An update without a family (a producer that predates families) heads
+  the bars (``GenreUpdate.families``); while another family leads the bars but the smoother still holds the
+  headline, the headline says so ("held: country 44% rising"). An update without a family (a producer that predates families) heads
   with ``top[0]`` and its bar, as before; when such a held genre is not the highest bar, the headline says so
   ("held: folk 22% challenging").
 - the bars are the smoothed belief in every shown genre (``GenreUpdate.probs``: graded moving averages of the
@@ -181,6 +182,10 @@ def _headline(s: StreamView, state: DashboardState) -> Text:
         if share is not None:
             head.append(f"  {share:.0%}", style="bold")
             head.append(" of the bars", style="dim")
+            lead = max(s.families, key=lambda fs: fs[1])
+            if lead[0] != s.family and lead[1] > share:
+                # the HMM holds the family while another leads the bars for a moment: say so
+                head.append(f"  held: {lead[0]} {lead[1]:.0%} rising", style="dim")
     elif s.top is not None:
         head.append("▶ ", style="bold")
         head.append(s.top[0], style=f"bold {_color(s.top[0], state)}")
