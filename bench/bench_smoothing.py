@@ -1,22 +1,27 @@
-"""Smoothing on spliced real music: how fast the top genre follows a real change, how often it flickers.
+"""Smoothing on spliced real music, judged at the level of genre families: how fast the headline family follows
+a real change, how often it flickers, and whether the bars show what the model hears.
 
-Builds splices of real recordings ($STREAMTAG_SHARED or ../shared/audio, and examples/audio): segments of 10 s and of 30 s from
-different tracks in several random orders, plus the whole tracks as steady music. Each segment's label is the
-model's own whole-segment top-1 genre (argmax of its mean raw genre probabilities over the updates describing
-the segment); consecutive segments with the same label are merged (no change, no boundary). The model runs
-once per splice through ``pipeline.tag_audio`` at the bundle's default hop (outputs cached in a temp .npz keyed
-by the model and the splice plan), then every smoother runs over the cached raw outputs. Per smoother:
+Builds splices of real recordings ($STREAMTAG_SHARED or ../shared/audio, and examples/audio): segments of 10 s and
+of 30 s from different tracks in several random orders, plus the whole tracks as steady music. Each segment's
+label is the model's own whole-segment answer: its **family** (the largest family share of its mean raw genre
+probabilities, ``smoothing.family_shares`` over the bundle's taxonomy) and, beside it, its top-1 **genre**;
+consecutive segments with the same label are merged (no change, no boundary). The model runs once per splice
+through ``pipeline.tag_audio`` at the bundle's default hop (outputs and the hops' levels cached in a temp .npz
+keyed by the model and the splice plan), then every smoother runs over the cached raw outputs. Per smoother:
 
 - reaction after a boundary: from the boundary (in the music's time, ``update.t``, which already accounts for
-  a student's lag) until the smoothed top equals the new segment's label and stays so to the segment's end;
-  median and worst, a boundary never followed counts as a miss (the segment's length);
-- switches per minute of the top on the steady whole tracks;
-- the raw output's own figures as the floor.
+  a student's lag) until the headline family (genre) equals the new segment's label and stays so to the
+  segment's end; median and worst, a boundary never followed counts as a miss (the segment's length);
+- switches per minute of the headline family (genre) on the steady whole tracks, from 5 s in;
+- the bars, on the steady tracks from 5 s in: how often the top 3 bars are all within 0.05 of the raw outputs'
+  mean over the last 4 s, and how often the family with the largest share of the bars (and the family with
+  the largest plain sum of the bars) is the headline family;
+- the raw output's own figures as the floor, the oracle (the mean since the true boundary) as the bound.
 
-The splices are split in two halves (even / odd): ``--tune`` grid-searches the HMM and the EMA on the "tune"
-half and reports both halves, so the chosen defaults' figures on the "check" half are honest.
+The splices are split in two halves (even / odd): ``--tune`` grid-searches the HMM on the "tune" half and
+reports both halves, so the chosen defaults' figures on the "check" half are honest.
 
-    python bench/bench_smoothing.py [--model musicnn-msd|st-gru-msd|st-transformer-msd|all] [--tune] [--dir DIR]
+    python bench/bench_smoothing.py [--model NAME|all] [--tune] [--dir DIR]
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import os
 import tempfile
 import time
@@ -32,16 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from streamtag.pipeline import tag_audio
+from streamtag.pipeline import _families, tag_audio
 from streamtag.registry import Bundle, load_bundle
 from streamtag.runner import ModelRunner
-from streamtag.smoothing import BatchSmoother, SmoothingConfig
+from streamtag.smoothing import BatchSmoother, SmoothingConfig, family_shares
 from streamtag.sources import read_audio
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("musicnn-msd", "st-gru-msd", "st-transformer-msd")
+MODELS = ("musicnn-msd", "st-gru-msd", "st-transformer-msd", "musicnn-mtt")
 MIN_TRACK_SECONDS = 20.0  # s, shorter recordings are not used
 SEED = 11
+CACHE_VERSION = 2  # 2: the hops' levels are cached too
 N_SPLICES = {30.0: (6, 5), 10.0: (6, 8)}  # segment length, s -> (splices, segments per splice)
 
 
@@ -98,14 +105,15 @@ class Run:
     t: np.ndarray  # (N,) s, update.t
     raw: np.ndarray  # (N, L) raw probabilities (of the genres; 0 for the other labels)
     fed: np.ndarray  # (N,) bool: the update fed the smoother (the engine skips silent hops)
+    level: np.ndarray  # (N,) dBFS, the level of the hop each update describes
     edges: list[float]  # piece edges, s: [0, b1, ..., end]
-    labels: list[int]  # label index of every piece: its model's whole-piece top-1 genre
-    margins: list[float]  # the label's lead over the piece's second genre (mean raw probability)
+    labels: dict[str, list[int]]  # "genre": each piece's whole-piece top-1 genre (label index); "family": its family
+    margins: dict[str, list[float]]  # the label's lead over the piece's second (mean raw probability / share)
 
 
 def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -> list[Run]:
     sr = bundle.frontend.sample_rate
-    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), [repr(c) for c in clips]]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([bundle.name, str(bundle.path), list(bundle.labels), [repr(c) for c in clips], CACHE_VERSION]).encode()).hexdigest()
     cache = Path(tempfile.gettempdir()) / f"streamtag-bench-smoothing-{key[:16]}.npz"
     data: dict[str, np.ndarray] = {}
     if cache.is_file():
@@ -124,9 +132,11 @@ def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -
             data[c.name + "/t"] = np.array([u.t for u in ups])
             data[c.name + "/raw"] = raw
             data[c.name + "/fed"] = np.array([u.extra.get("silence") is not True for u in ups])  # silent: not fed
+            data[c.name + "/level"] = np.array([u.extra.get("level_db", 0.0) for u in ups], dtype=np.float64)
         print(f"  {bundle.name}: model over {len(clips)} clips in {time.perf_counter() - t0:.0f} s (cached: {cache})")
         np.savez(cache, **data)  # type: ignore[arg-type]
     genres = np.asarray(bundle.genre_indices())
+    groups = _families(bundle)[1]
     runs = []
     for c in clips:
         t, raw = data[c.name + "/t"], data[c.name + "/raw"]
@@ -134,70 +144,129 @@ def run_model(bundle: Bundle, clips: list[Clip], audio: dict[str, np.ndarray]) -
         total = sum(p.seconds for p in c.pieces)
         _, bounds = clip_audio(c, {p.file: audio[p.file] for p in c.pieces}, sr)
         edges = [0.0, *bounds, total]
-        labels, margins = [], []
+        labels: dict[str, list[int]] = {"genre": [], "family": []}
+        margins: dict[str, list[float]] = {"genre": [], "family": []}
         for a, b in zip(edges, edges[1:]):
             sel = (t > a) & (t <= b)
-            mean = raw[sel][:, genres].mean(axis=0) if sel.any() else raw[:, genres].mean(axis=0)
-            second, first = np.sort(mean)[-2:]
-            labels.append(int(genres[np.argmax(mean)]))
-            margins.append(float(first - second))
-        runs.append(Run(c, t, raw, fed, edges, labels, margins))
+            mean = raw[sel].mean(axis=0) if sel.any() else raw.mean(axis=0)
+            for kind, v, idx in (("genre", mean[genres], genres), ("family", family_shares(mean, groups),
+                                                                    np.arange(len(groups)))):
+                second, first = np.sort(v)[-2:]
+                labels[kind].append(int(idx[np.argmax(v)]))
+                margins[kind].append(float(first - second))
+        runs.append(Run(c, t, raw, fed, data[c.name + "/level"], edges, labels, margins))
     return runs
 
 
-def smooth_tops(cfg: SmoothingConfig | None, runs: list[Run], genres: list[int], hop: float) -> list[np.ndarray]:
-    """The top label of every update of every run, all runs batched as the rows of one BatchSmoother (a silent
-    hop does not feed it, as in the engine: its top stays)."""
-    if cfg is None:  # raw: argmax of the model's genre outputs
+@dataclass
+class Decisions:
+    """One smoother's answers on every run: headline genre and family per update, and the bars (None: no bars)."""
+
+    genre: list[np.ndarray]  # per run (N,) label index
+    family: list[np.ndarray]  # per run (N,) family index
+    bars: list[np.ndarray] | None = None  # per run (N, L)
+
+
+def smooth(cfg: SmoothingConfig | None, runs: list[Run], bundle: Bundle, hop: float) -> Decisions:
+    """The headline of every update of every run, all runs batched as the rows of one BatchSmoother (a silent
+    hop does not feed it, as in the engine: its headline stays). ``cfg`` None: the raw output's own argmax."""
+    genres, groups = bundle.genre_indices(), _families(bundle)[1]
+    if cfg is None:  # raw: argmax of the model's genre outputs, and the largest family share of them
         g = np.asarray(genres)
-        return [g[np.argmax(r.raw[:, g], axis=1)] for r in runs]
+        return Decisions([g[np.argmax(r.raw[:, g], axis=1)] for r in runs],
+                         [np.argmax(family_shares(r.raw, groups), axis=1) for r in runs])
     n = max(r.t.shape[0] for r in runs)
     raw = np.zeros((len(runs), n, runs[0].raw.shape[1]))  # (S, T, L), padded
     active = np.zeros((len(runs), n), dtype=bool)  # (S, T)
+    level = np.full((len(runs), n), np.nan)  # (S, T)
     for j, r in enumerate(runs):
         raw[j, : r.t.shape[0]] = r.raw
         active[j, : r.t.shape[0]] = r.fed
-    _, tops = BatchSmoother(cfg, genres, streams=len(runs)).update_many(raw, hop, active)
-    return [tops[j, : r.t.shape[0]] for j, r in enumerate(runs)]
+        level[j, : r.t.shape[0]] = r.level
+    bs = BatchSmoother(cfg, genres, families=groups, streams=len(runs))
+    probs, tops, fams = bs.update_many_families(raw, hop, active, level_db=level)
+    k = [r.t.shape[0] for r in runs]
+    return Decisions([tops[j, : k[j]] for j in range(len(runs))], [fams[j, : k[j]] for j in range(len(runs))],
+                     [probs[j, : k[j]] for j in range(len(runs))])
 
 
-def oracle_tops(runs: list[Run], genres: list[int]) -> list[np.ndarray]:
+def oracle(runs: list[Run], bundle: Bundle) -> Decisions:
     """A reference no causal smoother can beat by much: the argmax of the mean raw output since the last true
-    boundary (it is told where the boundaries are)."""
-    g = np.asarray(genres)
-    out = []
+    boundary (it is told where the boundaries are), and the largest family share of that mean."""
+    g, groups = np.asarray(bundle.genre_indices()), _families(bundle)[1]
+    tops, fams = [], []
     for r in runs:
         top = np.zeros(r.t.shape[0], dtype=np.int64)
+        fam = np.zeros(r.t.shape[0], dtype=np.int64)
         for a, b in zip(r.edges, r.edges[1:]):
             sel = np.flatnonzero((r.t > a) & (r.t <= b))
-            mean = np.cumsum(r.raw[sel][:, g], axis=0) / np.arange(1, sel.size + 1)[:, None]  # (n, K)
-            top[sel] = g[np.argmax(mean, axis=1)]
-        out.append(top)
-    return out
+            mean = np.cumsum(r.raw[sel], axis=0) / np.arange(1, sel.size + 1)[:, None]  # (n, L)
+            top[sel] = g[np.argmax(mean[:, g], axis=1)]
+            fam[sel] = np.argmax(family_shares(mean, groups), axis=1)
+        tops.append(top)
+        fams.append(fam)
+    return Decisions(tops, fams)
+
+
+BAR_WINDOW = 4.0  # s: the bars are compared with the raw outputs' mean over this many seconds
+BAR_TOLERANCE = 0.05
+
+
+def bar_figures(runs: list[Run], d: Decisions, bundle: Bundle, hop: float) -> tuple[float, float, float]:
+    """On the steady tracks from GOAL_WORST s in: the fraction of updates whose top 3 bars are all within
+    BAR_TOLERANCE of the raw mean over the last BAR_WINDOW s, and the fractions whose headline family is the
+    family with the largest share of the bars / with the largest plain sum of the bars."""
+    if d.bars is None:
+        return math.nan, math.nan, math.nan
+    g, groups = np.asarray(bundle.genre_indices()), _families(bundle)[1]
+    near = agree = agree_sum = n = 0
+    w = max(1, int(round(BAR_WINDOW / hop)))
+    for r, bars, fam in zip(runs, d.bars, d.family):
+        if not r.clip.steady:
+            continue
+        fed = np.flatnonzero(r.fed)
+        for i in fed[(r.t[fed] > GOAL_WORST)]:
+            last = fed[fed <= i][-w:]
+            mean = r.raw[last][:, g].mean(axis=0)
+            b = bars[i, g]
+            top3 = np.argsort(-b)[:3]
+            near += bool(np.all(np.abs(b[top3] - mean[top3]) <= BAR_TOLERANCE))
+            agree += int(np.argmax(family_shares(bars[i], groups))) == fam[i]
+            agree_sum += int(np.argmax([bars[i, grp].sum() for grp in groups])) == fam[i]
+            n += 1
+    return near / n, agree / n, agree_sum / n
 
 
 @dataclass
 class Figures:
     reactions: list[float]  # s, one per boundary (a miss counts as the piece's length)
-    clear: list[bool]  # per boundary: the new label leads the piece's second genre by >= CLEAR_MARGIN
+    clear: list[bool]  # per boundary: the new label leads the piece's second by >= CLEAR_MARGIN
     misses: int
     switches_per_min: float  # on the steady tracks, from GOAL_WORST s after their start
     splice_switches_per_min: float  # inside the splices' pieces, from GOAL_WORST s after their start
 
-    def row(self) -> str:
+    @property
+    def median(self) -> float:
+        return float(np.median(self.reactions)) if self.reactions else math.nan
+
+    @property
+    def worst(self) -> float:
+        return float(np.max(self.reactions)) if self.reactions else math.nan
+
+    def cells(self) -> list[str]:
         r = np.asarray(self.reactions)
         rc = r[np.asarray(self.clear, dtype=bool)] if r.size else r
-        cells = [f"{np.median(r):.1f}", f"{np.percentile(r, 90):.1f}", f"{r.max():.1f}"] if r.size else ["-"] * 3
-        cells += [f"{np.median(rc):.1f}", f"{rc.max():.1f}"] if rc.size else ["-"] * 2
-        return " ".join(f"{c:>6}" for c in cells) + (
-            f" {self.misses:>3}/{r.size:<3} {self.switches_per_min:6.2f} {self.splice_switches_per_min:6.2f}")
+        return [f"{self.median:.1f}", f"{np.percentile(r, 90):.1f}" if r.size else "-", f"{self.worst:.1f}",
+                f"{np.max(rc):.1f}" if rc.size else "-", f"{self.misses}/{r.size}",
+                f"{self.switches_per_min:.2f}", f"{self.splice_switches_per_min:.2f}"]
 
 
 CLEAR_MARGIN = 0.05  # a label that leads by less than this is the model's coin flip between near-synonyms
 GOAL_WORST = 5.0  # s
 
 
-def figures(runs: list[Run], tops: list[np.ndarray]) -> Figures:
+def figures(runs: list[Run], tops: list[np.ndarray], kind: str = "family") -> Figures:
+    """Reaction and switch figures of the decisions ``tops`` (per run) against the pieces' ``kind`` labels."""
     reactions, clear, misses = [], [], 0
     switches, minutes, sp_switches, sp_minutes = 0, 0.0, 0, 0.0
     for r, top in zip(runs, tops):
@@ -206,15 +275,16 @@ def figures(runs: list[Run], tops: list[np.ndarray]) -> Figures:
             switches += int(np.sum(top[inner[1:]] != top[inner[:-1]]))
             minutes += max(r.edges[-1] - GOAL_WORST, 0.0) / 60.0
             continue
-        for k in range(len(r.labels)):
-            a, b, lab = r.edges[k], r.edges[k + 1], r.labels[k]
+        labels, margins = r.labels[kind], r.margins[kind]
+        for k in range(len(labels)):
+            a, b, lab = r.edges[k], r.edges[k + 1], labels[k]
             inner = np.flatnonzero((r.t > a + GOAL_WORST) & (r.t <= b))
             sp_switches += int(np.sum(top[inner[1:]] != top[inner[:-1]]))
             sp_minutes += max(b - a - GOAL_WORST, 0.0) / 60.0
-            if k == 0 or lab == r.labels[k - 1]:
+            if k == 0 or lab == labels[k - 1]:
                 continue  # the label did not change: not a boundary
             sel = np.flatnonzero((r.t > a) & (r.t <= b))  # judged over the piece that starts at the boundary
-            clear.append(r.margins[k] >= CLEAR_MARGIN)
+            clear.append(margins[k] >= CLEAR_MARGIN)
             wrong = sel[top[sel] != lab]
             if not sel.size or top[sel[-1]] != lab:
                 misses += 1
@@ -228,24 +298,22 @@ def figures(runs: list[Run], tops: list[np.ndarray]) -> Figures:
 
 
 def score(f: Figures) -> float:
-    """What --tune minimizes: the goal is median <= 3 s, worst <= 5 s, <= 0.5 switches/min."""
+    """What --tune minimizes (family level): the goal is median <= 3 s, worst <= 5 s, <= 0.5 switches/min."""
     r = np.asarray(f.reactions)
-    rc = r[np.asarray(f.clear, dtype=bool)]
-    worst_clear = rc.max() if rc.size else 0.0
-    return float(np.median(r) + 0.5 * np.percentile(r, 90) + 0.25 * max(worst_clear - GOAL_WORST, 0.0)
+    return float(np.median(r) + 0.5 * np.percentile(r, 90) + 0.25 * max(r.max() - GOAL_WORST, 0.0)
                  + 4.0 * f.switches_per_min + 2.0 * f.splice_switches_per_min)
 
 
 def grid() -> list[SmoothingConfig]:
-    out = [SmoothingConfig(method="ema", tau_seconds=t) for t in (1.0, 2.0, 3.0, 4.0, 6.0)]
-    for sw, sh, fl in itertools.product((0.005, 0.02, 0.05, 0.1, 0.2), (1.0, 1.5, 2.0, 3.0, 5.0), (0.05, 0.2, 0.5)):
-        out.append(SmoothingConfig(method="hmm", switch_per_second=sw, sharpness=sh, floor=fl))
+    out = []
+    for sw, sh, fl in itertools.product((0.01, 0.02, 0.05, 0.1), (1.0, 2.0, 3.0, 5.0), (0.2, 0.5)):
+        out.append(SmoothingConfig(switch_per_second=sw, sharpness=sh, floor=fl))
     return out
 
 
 def describe(cfg: SmoothingConfig | str | None) -> str:
     if cfg == "oracle":
-        return "oracle: mean since the true boundary"
+        return "oracle (mean since the boundary)"
     if cfg is None:
         return "raw (floor)"
     assert not isinstance(cfg, str)
@@ -254,7 +322,8 @@ def describe(cfg: SmoothingConfig | str | None) -> str:
         return f"ema tau {cfg.tau_seconds:g} s{hold}"
     if cfg.method == "none":
         return "none"
-    return f"hmm switch {cfg.switch_per_second:g}/s sharp {cfg.sharpness:g} floor {cfg.floor:g}"
+    return (f"hmm switch {cfg.switch_per_second:g}/s sharp {cfg.sharpness:g} floor {cfg.floor:g} "
+            f"bars {cfg.bar_seconds:g} s")
 
 
 def main() -> None:
@@ -282,8 +351,7 @@ def main() -> None:
     n_b = sum(len(c.pieces) - 1 for c in clips)
     print(f"{len(audio)} tracks from {', '.join(map(str, dirs))}: {len(clips) - len(audio)} splices ({n_b} joins), {len(audio)} steady tracks")
     defaults: list[SmoothingConfig | str | None] = [
-        "oracle", None, SmoothingConfig(method="ema", tau_seconds=3.0, margin=0.05, hold_seconds=1.0),
-        SmoothingConfig(method="ema"), SmoothingConfig()]
+        "oracle", None, SmoothingConfig(method="ema"), SmoothingConfig()]
     runs: dict[str, tuple[Bundle, list[Run]]] = {}
     for m in models:
         bundle = load_bundle(m)
@@ -291,35 +359,46 @@ def main() -> None:
             raise SystemExit(f"{m}: sample rate {bundle.frontend.sample_rate} differs from {sr}; run it alone")
         runs[m] = bundle, run_model(bundle, clips, audio)
 
-    def on_half(c: SmoothingConfig | str | None, m: str, half: int) -> Figures:
+    def decide(c: SmoothingConfig | str | None, m: str, half: int | None) -> tuple[list[Run], Decisions]:
         bundle, rs = runs[m]
-        sel = [r for r in rs if r.clip.half == half]
+        sel = [r for r in rs if half is None or r.clip.half == half]
         if c == "oracle":
-            return figures(sel, oracle_tops(sel, bundle.genre_indices()))
+            return sel, oracle(sel, bundle)
         assert not isinstance(c, str)
-        return figures(sel, smooth_tops(c, sel, bundle.genre_indices(), bundle.hop_seconds))
+        return sel, smooth(c, sel, bundle, bundle.hop_seconds)
 
     if args.tune:  # one setting for every model (the default cannot depend on it): the mean score on the tune half
         t0 = time.perf_counter()
-        scored = sorted(((float(np.mean([score(on_half(c, m, 0)) for m in models])), i, c)
-                         for i, c in enumerate(grid())), key=lambda s: s[:2])
-        best = {meth: next(c for _, _, c in scored if c.method == meth) for meth in ("ema", "hmm")}
-        print(f"tuned {len(scored)} settings on the tune half in {time.perf_counter() - t0:.0f} s; "
-              f"best: {describe(best['hmm'])}; {describe(best['ema'])}")
+        scored = []
+        for i, c in enumerate(grid()):
+            sc = []
+            for m in models:
+                sel, d = decide(c, m, 0)
+                sc.append(score(figures(sel, d.family)))
+            scored.append((float(np.mean(sc)), i, c))
+        scored.sort(key=lambda s: s[:2])
+        print(f"tuned {len(scored)} settings on the tune half in {time.perf_counter() - t0:.0f} s")
         for sc, _, c in scored[:8]:
             print(f"  score {sc:6.2f}  {describe(c)}")
-        defaults += [best["ema"], best["hmm"]]
-    print(f"{'':<19} {'':<40} {'':<6} {'all boundaries':^20} {'clear ones':^13} {'':<7} {'switches/min':^13}")
-    print(f"{'model':<19} {'smoother':<40} {'half':<6} {'median':>6} {'p90':>6} {'worst':>6} {'median':>6} {'worst':>6}"
-          f" {'misses':>7} {'steady':>6} {'splice':>6}")
+        defaults.append(scored[0][2])
+    head = ["model", "smoother", "half", "fam median", "p90", "worst", "clear worst", "misses", "steady sw/min",
+            "splice sw/min", "genre median", "worst", "steady sw/min", "bars near", "agree share", "agree sum"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
     for m in models:
         seen = set()
         for cand in defaults:
             if repr(cand) in seen:
                 continue
             seen.add(repr(cand))
-            for h, name in ((0, "tune"), (1, "check")):
-                print(f"{m:<19} {describe(cand):<40} {name:<6} {on_half(cand, m, h).row()}")
+            for half, name in ((0, "tune"), (1, "check"), (None, "all")):
+                sel, d = decide(cand, m, half)
+                fam, gen = figures(sel, d.family, "family"), figures(sel, d.genre, "genre")
+                near, agree, agree_sum = bar_figures(sel, d, runs[m][0], runs[m][0].hop_seconds)
+                bars = [f"{v:.0%}" if not math.isnan(v) else "-" for v in (near, agree, agree_sum)]
+                cells = [m, describe(cand), name, *fam.cells(), f"{gen.median:.1f}", f"{gen.worst:.1f}",
+                         f"{gen.switches_per_min:.2f}", *bars]
+                print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def label(src: Path, out: Path, *, teacher_name: str, shard: int, shards: int) -
             reused = min(int(z["teacher"].shape[0]), int(win.shape[0]))
             parts.append(z["teacher"][:reused])
         if win.shape[0] > reused:
-            parts.append(teacher_probs(model, win[reused:]))
+            parts.append(teacher_probs(model, win[reused:], derived=teacher.derived))
         probs = np.concatenate(parts) if parts else np.zeros((0, len(teacher.labels)), np.float32)
         tmp = dest.with_suffix(".tmp.npz")
         np.savez(tmp, mel=mel.astype(np.float16), teacher=probs.astype(np.float32))

@@ -104,8 +104,8 @@ def add_top_arg(p: argparse.ArgumentParser) -> None:
 
 def add_smoothing_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoothing", choices=SMOOTHING_CHOICES, default="hmm",
-                   help="temporal smoothing of the probabilities: hmm (a genre-change model whose posterior is "
-                        "both the bars and the headline), ema (moving average of every label), "
+                   help="temporal smoothing: hmm (graded bars, 2 s moving averages, and a headline family from a "
+                        "family-change model), ema (6 s moving averages, the largest family share heads), "
                         "none (each hop's raw answer)")
 
 
@@ -369,8 +369,19 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"window {b.window_seconds:.2f} s  hop {b.hop_seconds:.2f} s  {b.streaming:8s} {size_mb:5.1f} MB"
             + (f"  {b.description}" if b.description else "")
         )
+        print(_families_text(b))
     print("* default")
     return 0
+
+
+def _families_text(bundle: Any) -> str:
+    """A bundle's taxonomy for `streamtag models`: "    families: rock = rock, alternative, ... | metal = ..."."""
+    import textwrap
+
+    from .taxonomy import bundle_taxonomy
+
+    fams = " | ".join(f"{name} = {', '.join(genres)}" for name, genres in bundle_taxonomy(bundle).families)
+    return textwrap.fill(f"families: {fams}", width=118, initial_indent="    ", subsequent_indent="      ")
 
 
 # -- doctor ------------------------------------------------------------------------------------------------

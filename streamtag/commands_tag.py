@@ -345,11 +345,13 @@ class _Output:
             self.console.print(f"[bold]{s.stream}[/bold] timeline", highlight=False, soft_wrap=True)
             t = Table(show_edge=False, box=None, padding=(0, 2))
             t.add_column("t (s)", justify="right")
+            t.add_column("family")
             shown = min(self.top, 3)
             for k in range(shown):
                 t.add_column(f"#{k + 1}")
             for u in self._pending:
-                t.add_row(f"{u.t:7.2f}", *[f"{lab} {p:.2f}" for lab, p in u.top[:shown]])
+                fam = f"{u.family} {u.families.get(u.family, 0.0):.0%}" if u.family else "-"
+                t.add_row(f"{u.t:7.2f}", fam, *[f"{lab} {p:.2f}" for lab, p in u.top[:shown]])
             self.console.print(t)
         self._pending = []
         partial = "  [yellow]partial: interrupted[/yellow]" if s.partial else ""
@@ -362,6 +364,10 @@ class _Output:
         for lab, p in s.top:
             t.add_row(lab, f"{p:.3f}", "█" * int(round(p * 30)))
         self.console.print(t)
+        if s.families:  # the families' shares over the input, largest first
+            fams = sorted(s.families.items(), key=lambda kv: -kv[1])[: max(3, self.top)]
+            self.console.print("families: " + " · ".join(f"{k} {v:.0%}" for k, v in fams), highlight=False,
+                               soft_wrap=True)
         if self.with_segments:  # the segments under the summary
             from .plot import clock
 

@@ -47,8 +47,10 @@ class GenreUpdate:
 
     ``t`` is seconds of audio since the stream began, at the end of the window that produced it (the end of
     the music the answer describes: for a model with ``lag_frames``, that many frames before the newest audio).
-    ``probs`` are smoothed, ``raw`` are the model's outputs for this window; ``top`` is the smoother's ranking:
-    ``top[0]`` is the smoothed (held) top genre with its smoothed probability, the rest by smoothed probability.
+    ``probs`` are smoothed (the bars), ``raw`` are the model's outputs for this window; ``top`` is the smoother's
+    genre ranking: ``top[0]`` is the headline genre (the highest bar inside the headline family) with its bar,
+    the rest by bar. ``family`` is the headline family (None before the smoother has heard any music: fall back
+    to ``top[0][0]``), ``families`` every family's share of the bars (``smoothing.family_shares``; taxonomy order, sums to 1).
 
     ``extra`` (flattened into the JSON form): ``level_db`` (dBFS RMS of the hop the answer describes),
     ``silence`` (True when that level is below ``pipeline.SILENCE_DB``: the smoothed state was not moved by
@@ -66,6 +68,8 @@ class GenreUpdate:
     title: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # level_db, silence, latency_ms, overruns, repaired
     type: str = "update"
+    family: str | None = None  # the headline family (streamtag.taxonomy); None: not known yet
+    families: dict[str, float] = field(default_factory=dict)  # smoothed family probabilities (shares of the bars)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dicts([self])[0]
@@ -82,21 +86,25 @@ def to_dicts(updates: Sequence[GenreUpdate]) -> list[dict[str, Any]]:
         values.extend(p for _, p in u.top)
         values.extend(u.probs.values())
         values.extend(u.raw.values())
+        values.extend(u.families.values())
     rounded = _rounded(values, len(values))
     out = []
     i = 0
     for u in updates:
-        n_top, n_probs, n_raw = len(u.top), len(u.probs), len(u.raw)
+        n_top, n_probs, n_raw, n_fam = len(u.top), len(u.probs), len(u.raw), len(u.families)
         top = rounded[i : i + n_top]
         probs = rounded[i + n_top : i + n_top + n_probs]
         raw = rounded[i + n_top + n_probs : i + n_top + n_probs + n_raw]
-        i += n_top + n_probs + n_raw
+        fams = rounded[i + n_top + n_probs + n_raw : i + n_top + n_probs + n_raw + n_fam]
+        i += n_top + n_probs + n_raw + n_fam
         d: dict[str, Any] = {
             "type": u.type,
             "stream": u.stream,
             "t": round(u.t, 3),
             "wall": u.wall,
             "model": u.model,
+            "family": u.family,
+            "families": dict(zip(u.families, fams)),
             "top": [[label, p] for (label, _), p in zip(u.top, top)],
             "probs": dict(zip(u.probs, probs)),
             "raw": dict(zip(u.raw, raw)),
@@ -111,7 +119,8 @@ def to_dicts(updates: Sequence[GenreUpdate]) -> list[dict[str, Any]]:
 @dataclass
 class Summary:
     """A whole input's result: mean raw probability of every label over its windows (silent windows left out
-    unless every window is silent). ``extra``: ``repaired_samples``, ``silent_windows``."""
+    unless every window is silent); ``families``: the families' shares of the mean genre probabilities
+    (``smoothing.family_shares``; taxonomy order, sums to 1). ``extra``: ``repaired_samples``, ``silent_windows``."""
 
     stream: str
     duration: float
@@ -123,6 +132,7 @@ class Summary:
     partial: bool = False  # True: the input was interrupted; this describes what was tagged before that
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. repaired_samples
     type: str = "summary"
+    families: dict[str, float] = field(default_factory=dict)  # family shares over the input
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +144,7 @@ class Summary:
             "windows": self.windows,
             "top": [[label, _r(p)] for label, p in self.top],
             "mean": {k: _r(v) for k, v in self.mean.items()},
+            "families": {k: _r(v) for k, v in self.families.items()},
             **({"partial": True} if self.partial else {}),
             **self.extra,
         }

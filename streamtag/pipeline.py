@@ -37,7 +37,8 @@ from .frontend import FrontendSpec, IncrementalLogMel, PassMap, push_many
 from .registry import Bundle
 from .ring_buffer import RingBuffer
 from .runner import ModelRunner
-from .smoothing import BatchSmoother, SmoothingConfig
+from .smoothing import BatchSmoother, SmoothingConfig, family_shares
+from .taxonomy import bundle_taxonomy
 
 if TYPE_CHECKING:
     import torch
@@ -179,6 +180,24 @@ class FrameTrack:
             self.power_offset += drop
 
 
+def _families(bundle: Bundle) -> tuple[list[str], list[list[int]]]:
+    """The bundle's family names and each family's genre label indices (streamtag.taxonomy)."""
+    return bundle_taxonomy(bundle).resolve(bundle.labels, bundle.genre_indices())
+
+
+@dataclass
+class Smoothed:
+    """What :meth:`UpdateMaker.smooth` gives for a batch of B hops: the smoothed probabilities (B, L) float64,
+    whether each row had started (B,), its headline genre (B,) and family (B,) (label / family indices, -1 before
+    the first fed hop), and the families' shares (B, F)."""
+
+    probs: np.ndarray
+    started: np.ndarray
+    top: np.ndarray
+    family: np.ndarray
+    shares: np.ndarray
+
+
 class UpdateMaker:
     """How raw outputs become GenreUpdates, the same for :class:`Engine` and :class:`FileTagger`.
 
@@ -195,38 +214,41 @@ class UpdateMaker:
         self.hop_seconds = hop_seconds
         self.shown = _label_sets(bundle, all_tags)
         self.labels_shown = [bundle.labels[i] for i in self.shown]
-        self.smoother = BatchSmoother(smoothing, candidates=self.shown, genres=bundle.genre_indices(), streams=streams)
+        self.family_names, self.groups = _families(bundle)
+        self.smoother = BatchSmoother(smoothing, candidates=self.shown, genres=bundle.genre_indices(),
+                                      families=self.groups, streams=streams)
         self._shown_idx = np.asarray(self.shown, dtype=np.int64)
         self._labels_arr = np.asarray(self.labels_shown, dtype=object)  # (K,) for gathering ranked labels
         self._shown_pos = np.full(len(bundle.labels), -1, dtype=np.int64)  # label index -> position in shown
         self._shown_pos[self._shown_idx] = np.arange(len(self.shown))
 
-    def smooth(self, raw: np.ndarray, silent: np.ndarray, rows: np.ndarray,
-               rounds: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def smooth(self, raw: np.ndarray, silent: np.ndarray, rows: np.ndarray, rounds: list[list[int]],
+               level_db: np.ndarray) -> Smoothed:
         """Fold in ``raw`` (B, L): hop j on smoother row ``rows[j]`` (-1: none, e.g. a stream removed meanwhile),
-        round by round (``rounds``: hop indices, a row at most once per round). Returns the smoothed
-        probabilities (B, L) float64, whether each row had started (B,), and its top label (B,)."""
+        round by round (``rounds``: hop indices, a row at most once per round), each hop weighed by its level
+        ``level_db`` (B,) dBFS."""
         n = raw.shape[0]
         feed = ~silent & np.all(np.isfinite(raw), axis=1)
-        smoothed = np.zeros(raw.shape)  # (B, L) float64
-        started = np.zeros(n, dtype=bool)
-        top = np.full(n, -1, dtype=np.int64)
+        out = Smoothed(probs=np.zeros(raw.shape), started=np.zeros(n, dtype=bool), top=np.full(n, -1, dtype=np.int64),
+                       family=np.full(n, -1, dtype=np.int64), shares=np.zeros((n, len(self.family_names))))
         sm = self.smoother
         for idx in rounds:
             live = [j for j in idx if rows[j] >= 0]
             if live:
                 r = rows[live]
-                sm.update(raw[live], self.hop_seconds, feed[live], rows=r)
-                started[live] = sm.started[r]
-                top[live] = sm.top[r]
-                smoothed[live] = sm.probs[r]
-        return smoothed, started, top
+                sm.update(raw[live], self.hop_seconds, feed[live], rows=r, level_db=level_db[live])
+                out.started[live] = sm.started[r]
+                out.top[live] = sm.top[r]
+                out.family[live] = sm.family[r]
+                out.shares[live] = sm.family_probs[r]
+                out.probs[live] = sm.probs[r]
+        return out
 
-    def build(self, raw: np.ndarray, smoothed: np.ndarray, started: np.ndarray, top: np.ndarray, *,
-              streams: list[str], t: list[float], wall: str, titles: list[str | None], extras: list[dict],
-              top_k: int | None = None) -> list[GenreUpdate]:
-        """The updates of the hops :meth:`smooth` returned ``smoothed``, ``started``, ``top`` for."""
+    def build(self, raw: np.ndarray, sm: Smoothed, *, streams: list[str], t: list[float], wall: str,
+              titles: list[str | None], extras: list[dict], top_k: int | None = None) -> list[GenreUpdate]:
+        """The updates of the hops :meth:`smooth` returned ``sm`` for."""
         n = raw.shape[0]
+        smoothed, started, top = sm.probs, sm.started, sm.top
         smoothed = np.where(started[:, None], smoothed, np.nan_to_num(raw.astype(np.float64)))
         ranked = _rankings(smoothed[:, self._shown_idx], np.where(started, self._shown_pos[np.maximum(top, 0)], -1))
         ranked = ranked[:, :top_k]
@@ -234,7 +256,8 @@ class UpdateMaker:
         shown_raw = raw[:, self._shown_idx].tolist()
         ranked_labels = self._labels_arr[ranked].tolist()
         ranked_vals = smoothed[np.arange(n)[:, None], self._shown_idx[ranked]].tolist()
-        labels, model = self.labels_shown, self.model
+        share_vals = sm.shares.tolist()
+        labels, model, fam_names = self.labels_shown, self.model, self.family_names
         return [
             GenreUpdate(
                 stream=streams[j],
@@ -245,6 +268,8 @@ class UpdateMaker:
                 model=model,
                 wall=wall,
                 title=titles[j],
+                family=fam_names[sm.family[j]] if started[j] else None,
+                families=dict(zip(fam_names, share_vals[j])) if started[j] else {},
                 extra=extras[j],
             )
             for j in range(n)
@@ -484,8 +509,9 @@ class Engine:
         with self._lock:  # rows are stable while we hold it (add/remove_stream wait)
             rows = np.array([st.row if self.streams.get(st.name) is st else -1 for st, _ in jobs],  # not removed
                             dtype=np.int64)
-            smoothed, started, top = self._updates.smooth(raw, silent, rows, _rounds(jobs))
-        updates = self._updates.build(raw, smoothed, started, top, streams=[st.name for st, _ in jobs], t=t,
+            levels = np.array([x["level_db"] for x in extras])
+            smoothed = self._updates.smooth(raw, silent, rows, _rounds(jobs), levels)
+        updates = self._updates.build(raw, smoothed, streams=[st.name for st, _ in jobs], t=t,
                                       wall=wall, titles=[st.title for st, _ in jobs], extras=extras)
         for (st, end), upd in zip(jobs, updates):
             st.track.advance(end)
@@ -682,11 +708,13 @@ class FileTagger:
                 self._raw.append(np.asarray(raw, dtype=np.float32))
         n = len(ends)
         maker = self._updates
-        smoothed, started, top = maker.smooth(raws, silent, np.zeros(n, dtype=np.int64), [[j] for j in range(n)])
+        rounded = [round(level, 1) for level in levels]
+        smoothed = maker.smooth(raws, silent, np.zeros(n, dtype=np.int64), [[j] for j in range(n)],
+                                np.array(rounded))
         return maker.build(
-            raws, smoothed, started, top, streams=[self.name] * n, t=[self._track.seconds_at(e) for e in ends],
+            raws, smoothed, streams=[self.name] * n, t=[self._track.seconds_at(e) for e in ends],
             wall=now_iso(), titles=[None] * n, top_k=self.top_k,
-            extras=[{"level_db": round(level, 1), "silence": bool(quiet)} for level, quiet in zip(levels, silent)],
+            extras=[{"level_db": level, "silence": bool(quiet)} for level, quiet in zip(rounded, silent)],
         )
 
     # -- result -----------------------------------------------------------------------------------------
@@ -702,6 +730,7 @@ class FileTagger:
         else:
             mean = self._sum_all / max(1, self.windows)
         ranked = sorted(self.shown, key=lambda i: -mean[i])
+        shares = family_shares(mean, self._updates.groups)  # (F,)
         return Summary(
             stream=self.name,
             duration=self.seconds,
@@ -711,6 +740,7 @@ class FileTagger:
             windows=self.windows,
             partial=partial,
             extra={"repaired_samples": self.repaired, "silent_windows": self.silent_windows},
+            families=dict(zip(self._updates.family_names, shares.tolist())),
         )
 
 

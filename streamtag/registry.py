@@ -26,6 +26,7 @@ from .architectures import build_model
 from .architectures.base import StatefulModel, StreamingModel, WindowModel
 from .errors import ModelError
 from .frontend import FrontendSpec
+from .taxonomy import check_taxonomy, default_taxonomy
 
 __all__ = ["Bundle", "available_models", "load_bundle", "save_bundle", "models_dirs", "DEFAULT_MODEL"]
 
@@ -64,10 +65,19 @@ class Bundle:
     streaming: str  # "window" or "stateful"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    taxonomy: dict[str, Any] = field(default_factory=dict)  # {"families": {name: [genre, ...]}} (streamtag.taxonomy)
+    # labels the network does not output itself: the last len(derived) labels, each sigmoid(logits @ weights +
+    # bias) of the network's own logits (a linear head on the frozen network, e.g. musicnn-msd's "classical")
+    derived: tuple[dict[str, Any], ...] = ()
 
     @property
     def window_seconds(self) -> float:
         return self.frontend.samples_for_frames(self.window_frames) / self.frontend.sample_rate
+
+    @property
+    def net_labels(self) -> tuple[str, ...]:
+        """The labels the network itself outputs (``labels`` without the derived ones at their end)."""
+        return self.labels[: len(self.labels) - len(self.derived)]
 
     @property
     def card_path(self) -> Path:
@@ -118,6 +128,8 @@ class Bundle:
             "window_frames": self.window_frames,
             "hop_seconds": self.hop_seconds,
             "streaming": self.streaming,
+            **({"taxonomy": self.taxonomy} if self.taxonomy else {}),
+            **({"derived_labels": list(self.derived)} if self.derived else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -142,6 +154,10 @@ def _bundle_from_dir(path: Path) -> Bundle:
         streaming = cfg.get("streaming", "window")
         if activation not in ("sigmoid", "softmax") or streaming not in ("window", "stateful"):
             raise ModelError(f"{cfg_path}: activation must be sigmoid|softmax and streaming window|stateful")
+        derived = _check_derived(cfg.get("derived_labels", []), labels, where=str(cfg_path))
+        taxonomy = cfg.get("taxonomy")
+        if taxonomy is not None:
+            taxonomy = check_taxonomy(taxonomy, labels, genres, where=str(cfg_path)).to_dict()
         return Bundle(
             name=cfg.get("name", path.name),
             path=path,
@@ -156,9 +172,27 @@ def _bundle_from_dir(path: Path) -> Bundle:
             streaming=streaming,
             description=cfg.get("description", ""),
             extra=dict(cfg.get("extra", {})),
+            taxonomy=taxonomy or {},
+            derived=derived,
         )
     except KeyError as e:
         raise ModelError(f"{cfg_path} lacks the field {e.args[0]!r}; re-create the bundle") from e
+
+
+def _check_derived(items: Any, labels: tuple[str, ...], *, where: str) -> tuple[dict[str, Any], ...]:
+    """A bundle's "derived_labels": each {"label", "weights" (one per network output), "bias"}, naming the last
+    labels in order."""
+    if not isinstance(items, list):
+        raise ModelError(f'{where}: "derived_labels" must be a list; re-create the bundle')
+    n_net = len(labels) - len(items)
+    for k, d in enumerate(items):
+        ok = (isinstance(d, dict) and d.get("label") == labels[n_net + k] and isinstance(d.get("weights"), list)
+              and len(d["weights"]) == n_net and all(isinstance(w, (int, float)) for w in d["weights"])
+              and isinstance(d.get("bias"), (int, float)))
+        if not ok:
+            raise ModelError(f'{where}: derived label {k} must be {{"label": {labels[n_net + k]!r} (the labels\' '
+                             f'tail), "weights": [{n_net} numbers], "bias": number}}; re-create the bundle')
+    return tuple(items)
 
 
 def available_models() -> list[str]:
@@ -199,8 +233,11 @@ def save_bundle(
     description: str = "",
     card: str | None = None,
     extra: dict[str, Any] | None = None,
+    taxonomy: dict[str, Any] | None = None,
+    derived: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
 ) -> Bundle:
-    """Write a bundle directory (config.json + model.safetensors [+ model_card.md]) and return it loaded."""
+    """Write a bundle directory (config.json + model.safetensors [+ model_card.md]) and return it loaded.
+    ``taxonomy`` (families -> genres) defaults to :func:`streamtag.taxonomy.default_taxonomy` of the labels."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -219,6 +256,8 @@ def save_bundle(
         streaming=streaming,
         description=description,
         extra=dict(extra or {}),
+        taxonomy=dict(taxonomy or default_taxonomy(labels, genre_labels or labels)),
+        derived=tuple(derived),
     )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path / WEIGHTS_NAME), metadata={"architecture": architecture})

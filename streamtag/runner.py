@@ -83,15 +83,25 @@ class ModelRunner:
         self._slots: dict[str, int] = {}  # stream name -> row of self._state
         self._free: list[int] = []  # rows released by reset_state, reused first
         self._state: torch.Tensor | None = None  # (capacity, state_size), stateful models only
+        # the bundle's derived labels: a linear head on the network's logits, (L_net, D) weights and (D,) biases
+        self._derived: tuple[torch.Tensor, torch.Tensor] | None = None
+        if bundle.derived:
+            w = torch.tensor([d["weights"] for d in bundle.derived], dtype=torch.float32).T.contiguous()
+            b = torch.tensor([float(d["bias"]) for d in bundle.derived], dtype=torch.float32)
+            self._derived = (w.to(self.device), b.to(self.device))
         if self.stateful:
             with torch.inference_mode():
                 self._state = self.model.init_state(0, self.device)
         log.info("loaded %s (%s) on %s, %s", bundle.name, bundle.architecture, self.device, self.precision)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.bundle.activation == "softmax":
-            return torch.softmax(logits.float(), dim=-1)
-        return torch.sigmoid(logits.float())
+        """(..., L_net) logits -> (..., L) probabilities: the network's, then the derived labels' (if any)."""
+        z = logits.float()
+        probs = torch.softmax(z, dim=-1) if self.bundle.activation == "softmax" else torch.sigmoid(z)
+        if self._derived is not None:
+            w, b = self._derived
+            probs = torch.cat([probs, torch.sigmoid(z @ w + b)], dim=-1)
+        return probs
 
     # -- window models -----------------------------------------------------------------------------
     @torch.inference_mode()

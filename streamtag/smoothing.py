@@ -1,23 +1,36 @@
-"""Temporal smoothing of genre probabilities: an online HMM filter over "which genre is on now" (default), an EMA, or none.
+"""Temporal smoothing: graded bars per genre and a headline that says which genre *family* is playing now.
 
-``method="hmm"``: the hidden state is the genre playing now, one of the K candidate genres. Between two updates
-dt seconds apart it changes with probability ``1 - (1 - switch_per_second) ** dt``, to any other genre alike
-(a continuous-time chain, so two hops of 0.5 s equal one of 1 s). The evidence of one update is the model's
-genre probabilities normalized to sum to 1 (musicnn's sigmoids are multi-label, not a distribution), mixed with
-a uniform ``floor`` (no genre is ever impossible, so a change is never blocked by one confident window), and
-raised to ``sharpness * dt`` (evidence per second, not per update: overlapping windows at a short hop are not
-independent observations). The posterior is what is displayed and its argmax is the top genre: no separate
-hold, so the headline and the bars always agree, and the same parameters mean the same seconds at any hop.
+``method="hmm"`` (default) does two things at once:
 
-``method="ema"``: an exponential moving average of every label with time constant ``tau_seconds``; the top is
-the argmax of the averages (optionally with main's old hysteresis: ``margin``/``hold_seconds``, off by default).
-``method="none"``: the raw outputs, top = their argmax.
+- **the bars** (``probs``): a short exponential moving average of the model's raw genre outputs (time constant
+  ``bar_seconds``), the model's smoothed belief per genre. They are graded (musicnn's sigmoids, not a posterior
+  that saturates) and follow the music within a few seconds;
+- **the headline**: an online HMM filter over "which family is playing now" (families from the bundle's taxonomy,
+  streamtag/taxonomy.py; without one, every genre is its own family). Between two updates dt seconds apart the
+  family changes with probability ``1 - (1 - switch_per_second) ** dt``, to any other alike (a continuous-time
+  chain, so two hops of 0.5 s equal one of 1 s). One update's evidence is the families' shares of the model's genre
+  outputs (:func:`family_shares`: musicnn's sigmoids are multi-label, not a distribution), mixed with a uniform ``floor``
+  (a change is never blocked by one confident window) and raised to ``sharpness * dt`` (evidence per second, not
+  per update). The headline family is the posterior's argmax; the headline genre (``top``) is the highest bar
+  inside it ("rock · indie rock"). Near-synonyms (rock / alternative / indie rock) cannot flip the headline.
 
-Labels that are not HMM states (``all_tags`` mode: tags such as "guitar" or "80s" are not mutually exclusive,
-so "which one is on now" means nothing for them) are EMA-smoothed with ``tau_seconds`` and the top is taken
-among the genres. The state is small and explicit: :class:`BatchSmoother` holds ``(S, L)`` arrays for S
-streams and steps them together; :class:`Smoother` is a one-stream view of it. Defaults and the figures that
-chose them: docs/smoothing.md (``python bench/bench_smoothing.py``).
+Quiet hops weigh less: each update counts as ``w * dt`` seconds for the bars and the HMM alike (the hop's level
+in dBFS, when the caller gives it). ``w`` is the product of an absolute weight, rising linearly from 0 at
+``quiet_db`` to 1 at ``loud_db``, and a relative one, falling linearly from 1 at the stream's recent peak level
+to 0 at ``relative_db`` below it (the peak decays by ``peak_decay_db`` per second). A fade-out, the quiet end
+of a classical piece or the gap between songs cannot move the headline the way the music before it did.
+
+``method="ema"``: every label an exponential moving average with time constant ``tau_seconds``; the headline
+family is the family with the largest summed bars (optionally with main's old hysteresis on the genre:
+``margin``/``hold_seconds``, off by default). ``method="none"``: the raw outputs, headline family the one with
+the largest share of them.
+
+``family_probs`` (S, F) are the families' shares of the bars (:func:`family_shares`): graded, what a reader
+of the bars sees. Labels that are not genres (``all_tags`` mode: "guitar",
+"80s") are EMA-smoothed with ``tau_seconds`` and never head. The state is small and explicit:
+:class:`BatchSmoother` holds ``(S, L)`` and ``(S, F)`` arrays for S streams and steps them together;
+:class:`Smoother` is a one-stream view of it. Defaults and the figures that chose them: docs/smoothing.md
+(``python bench/bench_smoothing.py``).
 """
 from __future__ import annotations
 
@@ -29,7 +42,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["METHODS", "SmoothingConfig", "BatchSmoother", "Smoother"]
+__all__ = ["METHODS", "SmoothingConfig", "BatchSmoother", "Smoother", "family_shares"]
 
 METHODS = ("hmm", "ema", "none")
 
@@ -42,18 +55,32 @@ class SmoothingConfig:
     sharpness: float = 2.0  # hmm: evidence exponent per second of updates
     floor: float = 0.5  # hmm: weight of the uniform mixed into each update's evidence (0 < floor <= 1)
     tau_seconds: float = 6.0  # ema time constant, s (0: no smoothing); hmm uses it for non-genre labels
+    bar_seconds: float = 2.0  # hmm: time constant of the bars (moving average of the raw genre outputs), s
+    quiet_db: float = -60.0  # a hop at this level (dBFS) or below weighs nothing ...
+    loud_db: float = -40.0  # ... and from this level up fully (linear in between)
+    relative_db: float = 20.0  # a hop this far below the stream's recent peak level weighs nothing (linear)
+    peak_decay_db: float = 0.5  # dB/s: how fast the recent peak level forgets a loud passage
     margin: float = 0.0  # ema only: a challenger must beat the top by this much ...
     hold_seconds: float = 0.0  # ... for this long before the top changes (main's old hysteresis; 0: off)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown smoothing method {self.method!r}; use one of {', '.join(METHODS)}")
-        for name in ("switch_per_second", "sharpness", "floor", "tau_seconds", "margin", "hold_seconds"):
+        for name in ("quiet_db", "loud_db"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"smoothing {name} must be a finite level in dBFS, got {v!r}")
+        if not self.quiet_db < self.loud_db:
+            raise ConfigError(f"smoothing quiet_db ({self.quiet_db}) must be below loud_db ({self.loud_db})")
+        for name in ("switch_per_second", "sharpness", "floor", "tau_seconds", "bar_seconds", "margin",
+                     "hold_seconds", "relative_db", "peak_decay_db"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"smoothing {name} must be a finite number >= 0, got {v!r}")
         if not 0 < self.switch_per_second < 1:
             raise ConfigError(f"smoothing switch_per_second must be in (0, 1), got {self.switch_per_second}")
+        if self.relative_db <= 0:
+            raise ConfigError(f"smoothing relative_db must be > 0, got {self.relative_db}")
         if self.sharpness <= 0:
             raise ConfigError(f"smoothing sharpness must be > 0, got {self.sharpness}")
         if not 0 < self.floor <= 1:
@@ -62,13 +89,38 @@ class SmoothingConfig:
             raise ConfigError(f"margin/hold_seconds apply to method='ema' only; drop them for method={self.method!r}")
 
 
+def _shares(values: np.ndarray, member: np.ndarray) -> np.ndarray:
+    # (n, L) values, (L, F) membership -> (n, F) each family's strength (the root of its genres' summed squares)
+    # over all the families' (uniform when all are 0)
+    m = np.sqrt(np.clip(values, 0.0, None) ** 2 @ member)  # (n, F)
+    total = m.sum(axis=1, keepdims=True)
+    return np.where(total > 0, m / np.where(total > 0, total, 1.0), 1.0 / m.shape[1])
+
+
+def family_shares(values: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """(..., L) genre values (bars, raw outputs or their mean) -> (..., F) the families' shares: each family's
+    strength, the root of the summed squares of its genres' values, over the sum of all the families' strengths.
+    One clear genre counts fully, near-synonyms that split a family's evidence add up, and the long tail of
+    near-zero outputs of a family with many labels (musicnn-msd's ten rock labels) does not outweigh one clear
+    genre elsewhere, as a plain sum would (docs/smoothing.md, "Families")."""
+    v = np.asarray(values, dtype=np.float64)
+    member = np.zeros((v.shape[-1], len(groups)))
+    for f, fam in enumerate(groups):
+        member[list(fam), f] = 1.0
+    return _shares(v.reshape(-1, v.shape[-1]), member).reshape(*v.shape[:-1], len(groups))
+
+
 class BatchSmoother:
     """The smoothing state of S streams as explicit arrays, stepped together.
 
-    State (row s = stream s): ``probs`` (S, L) the displayed probabilities (HMM posterior over the genres, EMA
-    or raw elsewhere), ``started`` (S,) whether the row has seen an update, ``top`` (S,) the top label index
-    (-1 before the first update). ``candidates`` are the labels eligible as top (None: all); ``genres`` the HMM
-    states (None: the candidates). Rows are independent: stepping them together equals stepping each alone.
+    State (row s = stream s): ``probs`` (S, L) the bars (moving averages, raw for "none"), ``started`` (S,)
+    whether the row has seen an update, ``family`` (S,) the headline family (index into ``families``; -1 before
+    the first update), ``top`` (S,) the headline genre (the highest bar inside the headline family; -1 before
+    the first update), ``posterior`` (S, F) the HMM's belief over the families, ``family_probs`` (S, F) the
+    families' shares of the summed bars. ``candidates`` are the labels eligible as top (None: all); ``genres``
+    the labels the families are made of (None: the candidates); ``families`` lists each family's label indices
+    (None, or genres in none of them: a family of their own, appended in label order). Rows are independent:
+    stepping them together equals stepping each alone.
     """
 
     def __init__(
@@ -77,17 +129,24 @@ class BatchSmoother:
         candidates: Sequence[int] | None = None,
         *,
         genres: Sequence[int] | None = None,
+        families: Sequence[Sequence[int]] | None = None,
         streams: int = 1,
     ) -> None:
         self.config = config or SmoothingConfig()
         self.candidates = list(candidates) if candidates is not None else None
         self.genres = list(genres) if genres is not None else None
+        self.families = [list(f) for f in families] if families is not None else None
         if streams < 0:
             raise ConfigError(f"streams must be >= 0, got {streams}")
         self.n_labels: int | None = None  # known from the first update
+        self.groups: list[list[int]] = []  # each family's label indices, known from the first update
         self.probs = np.zeros((streams, 0))  # (S, L)
+        self.posterior = np.zeros((streams, 0))  # (S, F)
+        self.family_probs = np.zeros((streams, 0))  # (S, F)
         self.started = np.zeros(streams, dtype=bool)  # (S,)
         self.top = np.full(streams, -1, dtype=np.int64)  # (S,)
+        self.family = np.full(streams, -1, dtype=np.int64)  # (S,)
+        self.peak_db = np.full(streams, np.nan)  # (S,) recent peak level, dBFS (NaN: none yet)
         self._challenger = np.full(streams, -1, dtype=np.int64)  # (S,) ema hysteresis
         self._challenge_time = np.zeros(streams)  # (S,) s
 
@@ -95,32 +154,35 @@ class BatchSmoother:
     def streams(self) -> int:
         return int(self.started.shape[0])
 
+    # the per-row state arrays, and the value a fresh row starts with
+    _ROWS = (("probs", 0), ("posterior", 0), ("family_probs", 0), ("started", False), ("top", -1), ("family", -1),
+             ("peak_db", np.nan), ("_challenger", -1), ("_challenge_time", 0))
+
     # -- membership: the engine's add/remove of a stream is the only thing that resets its state ---------------
     def add_stream(self) -> int:
         """Append a fresh row; returns its index."""
         n = self.streams
-        self.probs = np.concatenate([self.probs, np.zeros((1, self.probs.shape[1]))])
-        self.started = np.append(self.started, False)
-        self.top = np.append(self.top, -1)
-        self._challenger = np.append(self._challenger, -1)
-        self._challenge_time = np.append(self._challenge_time, 0.0)
+        for name, fresh in self._ROWS:
+            arr = getattr(self, name)
+            row = np.full((1, *arr.shape[1:]), fresh, dtype=arr.dtype)
+            setattr(self, name, np.concatenate([arr, row]))
         return n
 
     def remove_stream(self, row: int) -> None:
         """Delete row ``row``; the rows after it move up by one."""
-        self.probs = np.delete(self.probs, row, axis=0)
-        self.started = np.delete(self.started, row)
-        self.top = np.delete(self.top, row)
-        self._challenger = np.delete(self._challenger, row)
-        self._challenge_time = np.delete(self._challenge_time, row)
+        for name, _ in self._ROWS:
+            setattr(self, name, np.delete(getattr(self, name), row, axis=0))
 
     def reset(self, rows: Sequence[int] | None = None) -> None:
         """Forget the state of ``rows`` (all when None)."""
         sel = slice(None) if rows is None else list(rows)
         self.started = self.started.copy()
         self.top = self.top.copy()
+        self.family = self.family.copy()
         self.started[sel] = False
         self.top[sel] = -1
+        self.family[sel] = -1
+        self.peak_db[sel] = np.nan
         self._challenger[sel] = -1
         self._challenge_time[sel] = 0.0
 
@@ -133,28 +195,69 @@ class BatchSmoother:
         cand = self.candidates if self.candidates is not None else list(range(n_labels))
         if not cand:
             raise ConfigError("smoothing needs at least one candidate label")
-        hmm = self.genres if self.genres is not None else cand
-        self._cand = np.asarray(cand, dtype=np.int64)
-        self._hmm = np.asarray(sorted(set(hmm)), dtype=np.int64) if self.config.method == "hmm" else np.zeros(0, np.int64)
-        in_hmm = np.zeros(n_labels, dtype=bool)
-        in_hmm[self._hmm] = True
-        self._ema = np.flatnonzero(~in_hmm)
+        genres = sorted(set(self.genres if self.genres is not None else cand))
+        groups: list[list[int]] = []
+        seen: set[int] = set()
+        for fam in self.families or []:
+            if not fam or any(i not in genres or i in seen for i in fam):
+                raise ConfigError(f"smoothing families must split the genres {genres} (each in one family), got "
+                                  f"{self.families}")
+            groups.append(list(fam))
+            seen.update(fam)
+        groups += [[i] for i in genres if i not in seen]
+        self.groups = groups
+        self._gen = np.asarray(genres, dtype=np.int64)
+        member = np.zeros((n_labels, len(groups)))  # (L, F) 1 where the label is in the family
+        for f, fam in enumerate(groups):
+            member[fam, f] = 1.0
+        self._member = member
+        is_genre = np.zeros(n_labels, dtype=bool)
+        is_genre[self._gen] = True
         # the top is a genre whenever the candidates include one (all_tags mode shows tags but heads with a genre)
-        top_from = self._cand[in_hmm[self._cand]] if self._hmm.size else self._cand
-        self._top_from = top_from if top_from.size else self._cand
+        top_from = np.asarray(cand, dtype=np.int64)
+        top_from = top_from[is_genre[top_from]] if is_genre[top_from].any() else top_from
+        self._top_from = top_from
+        eligible = np.zeros(n_labels, dtype=bool)
+        eligible[top_from] = True
+        self._family_of = np.full(n_labels, -1, dtype=np.int64)  # label -> its family (-1: not a genre)
+        for f, fam in enumerate(groups):
+            self._family_of[fam] = f
+        # (F, L) where each family's headline genre may come from (its eligible genres; a family without one:
+        # every eligible label)
+        mask = (member.T > 0) & eligible[None, :]
+        mask[~mask.any(axis=1)] = eligible
+        self._heads = mask
+        cfg = self.config
+        tau = np.full(n_labels, cfg.tau_seconds)
+        if cfg.method == "hmm":
+            tau[self._gen] = cfg.bar_seconds
+        self._tau = tau  # (L,) s, 0: no smoothing
         self.probs = np.zeros((self.streams, n_labels))
+        self.posterior = np.zeros((self.streams, len(groups)))
+        self.family_probs = np.zeros((self.streams, len(groups)))
+
+    def weight(self, level_db: np.ndarray, peak_db: np.ndarray | None = None) -> np.ndarray:
+        """How much a hop at ``level_db`` (dBFS, any shape; NaN: unknown, full weight) counts, in [0, 1], when
+        the stream's recent peak level is ``peak_db`` (same shape; None or NaN: the hop itself)."""
+        cfg = self.config
+        lv = np.asarray(level_db, dtype=np.float64)
+        pk = lv if peak_db is None else np.where(np.isnan(peak_db), lv, peak_db)
+        w = np.clip((lv - cfg.quiet_db) / (cfg.loud_db - cfg.quiet_db), 0.0, 1.0)
+        w = w * np.clip(1.0 - (pk - lv) / cfg.relative_db, 0.0, 1.0)
+        return np.where(np.isnan(lv), 1.0, w)
 
     def update(
         self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None, *,
-        rows: Sequence[int] | np.ndarray | None = None,
+        rows: Sequence[int] | np.ndarray | None = None, level_db: float | np.ndarray | None = None,
     ) -> np.ndarray:
         """Fold in one update per row: ``raw`` (S, L) probabilities, ``dt`` seconds since each row's previous
-        update (scalar or (S,)); rows where ``active`` (S,) is False keep their state. Returns probs (S, L).
+        update (scalar or (S,)); rows where ``active`` (S,) is False keep their state. ``level_db`` (scalar or
+        (S,), dBFS; None: all loud) weighs each update by its level (see :meth:`weight`). Returns probs (S, L).
 
-        ``rows`` (B,) distinct row indices: step only those rows (``raw`` is then (B, L), ``dt`` scalar or (B,),
-        ``active`` (B,)); the others are untouched. Equals stepping every row with the others inactive, at a cost
-        that does not grow with the rows left out (the live engine steps only the streams that completed a hop).
-        The state of those rows is written in place; returns their new probs (B, L)."""
+        ``rows`` (B,) distinct row indices: step only those rows (``raw`` is then (B, L), ``dt``/``level_db``
+        scalar or (B,), ``active`` (B,)); the others are untouched. Equals stepping every row with the others
+        inactive, at a cost that does not grow with the rows left out (the live engine steps only the streams that
+        completed a hop). The state of those rows is written in place; returns their new probs (B, L)."""
         raw = np.asarray(raw, dtype=np.float64)
         sel: slice | np.ndarray = slice(None)
         n = self.streams
@@ -173,34 +276,59 @@ class BatchSmoother:
         dt_arr = np.nan_to_num(np.asarray(dt, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # bad dt: no time
         dt_arr = np.broadcast_to(np.maximum(dt_arr, 0.0), (n,))[:, None]  # (n, 1)
         act = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        peak = self.peak_db[sel]
+        if level_db is not None:  # a quiet hop counts as a fraction of its seconds
+            lv = np.broadcast_to(np.asarray(level_db, dtype=np.float64), (n,))
+            decayed = peak - self.config.peak_decay_db * dt_arr[:, 0]
+            new_peak = np.where(np.isnan(lv), peak, np.fmax(lv, decayed))  # fmax: a NaN peak (none yet) -> lv
+            dt_arr = dt_arr * self.weight(lv, new_peak)[:, None]
+            peak = np.where(act, new_peak, peak)
         cfg = self.config
         old_probs, old_started = self.probs[sel], self.started[sel]
         started = old_started[:, None]  # (n, 1)
-        new = raw.copy()  # method "none", and the first update of an EMA
-        if cfg.method != "none" and cfg.tau_seconds > 0 and self._ema.size:
-            alpha = 1.0 - np.exp(-dt_arr / cfg.tau_seconds)  # (n, 1)
-            old = old_probs[:, self._ema]
-            new[:, self._ema] = np.where(started, old + alpha * (raw[:, self._ema] - old), raw[:, self._ema])
-        if self._hmm.size:
-            new[:, self._hmm] = self._hmm_step(old_probs, raw[:, self._hmm], dt_arr, started)
+        new = raw.copy()  # method "none", and a row's first update
+        if cfg.method != "none":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                alpha = np.where(self._tau > 0, 1.0 - np.exp(-dt_arr / self._tau), 1.0)  # (n, L)
+            new = np.where(started, old_probs + alpha * (raw - old_probs), raw)
+        post = self.posterior[sel]
+        if cfg.method == "hmm":
+            post = self._hmm_step(post, raw, dt_arr, started)
         probs = np.where(act[:, None], new, old_probs)
-        top, challenger, challenge_time = self._next_top(
-            probs, old_started, self.top[sel], self._challenger[sel], self._challenge_time[sel], dt_arr[:, 0], act)
+        post = np.where(act[:, None], post, self.posterior[sel])
+        shares = self._shares(probs)
+        family, top, challenger, challenge_time = self._next_head(
+            probs, post, shares, old_started, self.family[sel], self.top[sel], self._challenger[sel],
+            self._challenge_time[sel], dt_arr[:, 0], act)
         if rows is None:
-            self.probs, self.top, self._challenger, self._challenge_time = probs, top, challenger, challenge_time
+            self.peak_db = peak
+            self.probs, self.posterior, self.family_probs = probs, post, shares
+            self.family, self.top, self._challenger, self._challenge_time = family, top, challenger, challenge_time
             self.started = self.started | act
         else:
-            self.probs[sel], self.top[sel], self._challenger[sel], self._challenge_time[sel] = (
-                probs, top, challenger, challenge_time)
+            self.peak_db[sel] = peak
+            self.probs[sel], self.posterior[sel], self.family_probs[sel] = probs, post, shares
+            self.family[sel], self.top[sel], self._challenger[sel], self._challenge_time[sel] = (
+                family, top, challenger, challenge_time)
             self.started[sel] = old_started | act
         return probs
 
     def update_many(
-        self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None
+        self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None, *,
+        level_db: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Several updates per row in one call: ``raw`` (S, T, L), ``dt`` scalar or (S,), ``active`` (S, T)
-        (False: row s has no update at step t, e.g. fewer hops ready). Equals T calls of :meth:`update`; returns
-        the displayed probs (S, T, L) and the tops (S, T) after each step."""
+        (False: row s has no update at step t, e.g. fewer hops ready), ``level_db`` (S, T) or None. Equals T
+        calls of :meth:`update`; returns the displayed probs (S, T, L) and the tops (S, T) after each step (the
+        headline families after each step: :meth:`update_many_families`)."""
+        probs, tops, _ = self.update_many_families(raw, dt, active, level_db=level_db)
+        return probs, tops
+
+    def update_many_families(
+        self, raw: np.ndarray, dt: float | np.ndarray, active: np.ndarray | None = None, *,
+        level_db: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`update_many`, also returning the headline family (S, T) after each step."""
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 3 or raw.shape[0] != self.streams:
             raise ConfigError(f"raw must be (streams={self.streams}, steps, labels), got shape {raw.shape}")
@@ -208,36 +336,40 @@ class BatchSmoother:
         act = np.ones((self.streams, n), dtype=bool) if active is None else np.asarray(active, dtype=bool)
         probs = np.zeros(raw.shape)
         tops = np.zeros((self.streams, n), dtype=np.int64)
+        fams = np.zeros((self.streams, n), dtype=np.int64)
         for i in range(n):
-            probs[:, i] = self.update(raw[:, i], dt, act[:, i])
+            lv = None if level_db is None else np.asarray(level_db)[:, i]
+            probs[:, i] = self.update(raw[:, i], dt, act[:, i], level_db=lv)
             tops[:, i] = self.top
-        return probs, tops
+            fams[:, i] = self.family
+        return probs, tops, fams
 
-    def _hmm_step(self, probs: np.ndarray, raw: np.ndarray, dt: np.ndarray, started: np.ndarray) -> np.ndarray:
-        # probs (S, L) the previous state, raw (S, K) genre probabilities -> posterior (S, K)
-        cfg = self.config
-        k = raw.shape[1]
-        r = np.clip(raw, 0.0, None)
-        total = r.sum(axis=1, keepdims=True)  # (S, 1)
-        q = np.where(total > 0, r / np.where(total > 0, total, 1.0), 1.0 / k)  # evidence, sums to 1
-        q = (1.0 - cfg.floor) * q + cfg.floor / k
-        stay = (1.0 - cfg.switch_per_second) ** dt  # (S, 1)
-        post = probs[:, self._hmm]
-        prior = np.where(started, stay * post + (1.0 - stay) / k, 1.0 / k)  # (S, K)
-        log_like = cfg.sharpness * dt * np.log(q)
-        log_post = np.log(prior) + log_like - log_like.max(axis=1, keepdims=True)
-        post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
-        return post / post.sum(axis=1, keepdims=True)
+    def _shares(self, values: np.ndarray) -> np.ndarray:
+        return _shares(values, self._member)
 
-    def _next_top(
-        self, probs: np.ndarray, started: np.ndarray, top: np.ndarray, challenger: np.ndarray,
-        challenge_time: np.ndarray, dt: np.ndarray, act: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # (n,) argmax over the eligible labels of the new probs; ties go to the first eligible label, as in
-        # ranking(). Returns the new (top, challenger, challenge_time) of these rows.
-        best = self._top_from[np.argmax(probs[:, self._top_from], axis=1)]
+    def _hmm_step(self, post: np.ndarray, raw: np.ndarray, dt: np.ndarray, started: np.ndarray) -> np.ndarray:
+        # post (n, F) the previous posterior, raw (n, L) outputs -> the new posterior (n, F)
         cfg = self.config
-        if cfg.method == "ema" and (cfg.hold_seconds > 0 or cfg.margin > 0):
+        k = post.shape[1]
+        q = (1.0 - cfg.floor) * self._shares(raw) + cfg.floor / k  # evidence, sums to 1
+        stay = (1.0 - cfg.switch_per_second) ** dt  # (n, 1)
+        prior = np.where(started, stay * post + (1.0 - stay) / k, 1.0 / k)  # (n, F)
+        log_post = np.log(prior) + cfg.sharpness * dt * np.log(q)
+        out = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        return out / out.sum(axis=1, keepdims=True)
+
+    def _next_head(
+        self, probs: np.ndarray, post: np.ndarray, shares: np.ndarray, started: np.ndarray, family: np.ndarray,
+        top: np.ndarray, challenger: np.ndarray, challenge_time: np.ndarray, dt: np.ndarray, act: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # (n,) the new (family, top, challenger, challenge_time) of these rows: the headline family (the HMM's
+        # argmax, else the largest share), and its highest bar; ties go to the first label, as in ranking()
+        cfg = self.config
+        best_family = np.argmax(post if cfg.method == "hmm" else shares, axis=1)  # (n,)
+        masked = np.where(self._heads[best_family], probs, -np.inf)  # (n, L)
+        best = np.argmax(masked, axis=1)
+        if cfg.method == "ema" and (cfg.hold_seconds > 0 or cfg.margin > 0):  # main's old hysteresis, on genres
+            best = self._top_from[np.argmax(probs[:, self._top_from], axis=1)]
             rows = np.arange(probs.shape[0])
             held = np.where(started, top, best)
             challenging = (best != held) & (probs[rows, best] > probs[rows, held] + cfg.margin)
@@ -248,7 +380,9 @@ class BatchSmoother:
             challenger = np.where(act, np.where(challenging & ~switch, best, -1), challenger)
             challenge_time = np.where(act, np.where(challenging & ~switch, t, 0.0), challenge_time)
             best = new_top
-        return np.where(act, best, top), challenger, challenge_time
+            fam_of = self._family_of[best]
+            best_family = np.where(fam_of >= 0, fam_of, best_family)
+        return np.where(act, best_family, family), np.where(act, best, top), challenger, challenge_time
 
     def ranking(self, indices: Sequence[int], row: int = 0) -> list[int]:
         """``indices`` of stream ``row`` by displayed probability, highest first, the top label first."""
@@ -276,8 +410,9 @@ class Smoother:
         candidates: Sequence[int] | None = None,
         *,
         genres: Sequence[int] | None = None,
+        families: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        self.batch = BatchSmoother(config, candidates, genres=genres, streams=1)
+        self.batch = BatchSmoother(config, candidates, genres=genres, families=families, streams=1)
 
     @property
     def config(self) -> SmoothingConfig:
@@ -294,18 +429,34 @@ class Smoother:
 
     @property
     def top(self) -> int | None:
-        """Index of the top label (argmax of :attr:`probs` among the eligible labels); None before the first update."""
+        """Index of the headline genre (the highest bar inside the headline family); None before the first update."""
         return int(self.batch.top[0]) if self.batch.started[0] else None
+
+    @property
+    def family(self) -> int | None:
+        """Index of the headline family (into :attr:`groups`); None before the first update."""
+        return int(self.batch.family[0]) if self.batch.started[0] else None
+
+    @property
+    def family_probs(self) -> np.ndarray | None:
+        """(F,) the families' shares of the summed bars; None before the first update."""
+        return self.batch.family_probs[0] if self.batch.started[0] else None
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """Each family's label indices (known after the first update)."""
+        return self.batch.groups
 
     def reset(self) -> None:
         self.batch.reset()
 
-    def update(self, raw: np.ndarray, dt: float) -> np.ndarray:
-        """Fold in one update's raw probabilities (L,); returns the displayed (L,) probabilities."""
+    def update(self, raw: np.ndarray, dt: float, *, level_db: float | None = None) -> np.ndarray:
+        """Fold in one update's raw probabilities (L,) (``level_db``: its hop's level, dBFS); returns the
+        displayed (L,) probabilities."""
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 1:
             raise ConfigError(f"raw must be one update's (labels,) probabilities, got shape {raw.shape}")
-        return self.batch.update(raw[None], dt)[0]
+        return self.batch.update(raw[None], dt, level_db=level_db)[0]
 
     def ranking(self, indices: Sequence[int]) -> list[int]:
         """``indices`` ordered by displayed probability, the top label first."""

@@ -65,7 +65,7 @@ def test_tag_examples_summary_and_timeline(examples_jsonl: list[dict]) -> None:
     assert [s["stream"] for s in summaries] == [str(p) for p in EXAMPLES]
     for s in summaries:
         assert s["model"] == "musicnn-msd" and s["duration"] > 40
-        assert len(s["mean"]) == 50  # every label's mean raw probability
+        assert len(s["mean"]) == 51  # every label's mean raw probability (50 tags + the derived classical)
         assert len(s["top"]) == 5 and s["top"][0][1] >= s["top"][-1][1]
     updates = [e for e in events if e["type"] == "update" and e["stream"] == str(EXAMPLES[0])]
     dur = summaries[0]["duration"]
@@ -81,6 +81,22 @@ def test_tag_examples_summary_and_timeline(examples_jsonl: list[dict]) -> None:
     for label in ("jazz", "rock", "folk"):
         mean_raw = sum(u["raw"][label] for u in heard) / len(heard)
         assert summaries[0]["mean"][label] == pytest.approx(mean_raw, abs=2e-4)
+
+
+@pytest.mark.slow
+def test_updates_and_summaries_carry_families_and_a_fade_out_keeps_the_headline(examples_jsonl: list[dict]) -> None:
+    for s in (e for e in examples_jsonl if e["type"] == "summary"):
+        assert s["families"] and sum(s["families"].values()) == pytest.approx(1.0, abs=1e-3)
+    updates = [e for e in examples_jsonl if e["type"] == "update"]
+    for u in updates:
+        assert u["family"] in u["families"] and sum(u["families"].values()) == pytest.approx(1.0, abs=1e-3)
+    # Brahms ends in a fade-out (a -49 dBFS hop, then silence): the headline must not flip in it
+    brahms = [u for u in updates if "brahms" in u["stream"]]
+    levels = sorted(u["level_db"] for u in brahms)
+    loud = levels[len(levels) // 2] - 6.0  # within 6 dB of the clip's median level
+    last_loud = max(i for i, u in enumerate(brahms) if u["level_db"] >= loud)
+    assert len(brahms) - last_loud >= 4 and min(u["level_db"] for u in brahms[last_loud:]) < -45
+    assert {u["family"] for u in brahms[last_loud:]} == {brahms[last_loud]["family"]}
 
 
 @pytest.mark.slow

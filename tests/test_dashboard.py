@@ -70,13 +70,14 @@ def test_bars_reflect_the_states_probabilities(seed):
 
 
 def test_top_genre_title_overruns_level_and_history_are_shown():
+    history = tuple((3.0 + i, "rock" if i < 4 else "jazz") for i in range(10))  # (t, headline) per hop
     out = text_of(state_with({"rock": 0.2, "jazz": 0.83, "blues": 0.4}, title="Miles Davis - So What",
-                             overruns=3, level_db=-23.4, history=("rock",) * 4 + ("jazz",) * 6))
-    assert "▶ jazz  83%" in out
+                             overruns=3, level_db=-23.4, history=history))
+    assert "▶ jazz  83%" in out  # an update without a family heads with its top genre, as before
     assert "♪ Miles Davis - So What" in out
     assert "overruns 3" in out
     assert "-23.4 dBFS" in out
-    assert "rock×4 → jazz×6" in out
+    assert "rock 0:04 → jazz 0:06" in out
     assert "musicnn-msd" in out and "16000 Hz" in out and "radio" in out
 
 
@@ -120,7 +121,8 @@ def test_the_sink_state_is_built_only_from_sink_calls():
                     update("radio", 1.5, {"rock": 0.2, "jazz": 0.7})])
     [v] = sink.state().streams
     assert (v.name, v.source, v.title, v.t, v.updates) == ("radio", "http://radio.example/live.mp3", "Song A", 1.5, 2)
-    assert v.top == ("jazz", 0.7) and dict(v.probs) == {"rock": 0.2, "jazz": 0.7} and v.history == ("rock", "jazz")
+    assert v.top == ("jazz", 0.7) and dict(v.probs) == {"rock": 0.2, "jazz": 0.7}
+    assert v.history == ((1.0, "rock"), (1.5, "jazz"))
     assert v.overruns == 1 and v.latency_ms == 40.0 and v.level_db == -20.0 and v.status == "live"
     sink.on_title("radio", "Song B")
     sink.on_status("radio", "reconnecting", "attempt 3 in 2.0 s")
@@ -181,7 +183,67 @@ def test_silence_is_shown_and_holds_the_genre_state():
     assert not sink.is_silent(SILENCE_DB) and sink.is_silent(SILENCE_DB - 0.1) and not sink.is_silent(None)
     sink.on_update([update("s", 3.5, {"rock": 0.05, "jazz": 0.9, "folk": 0.05}, level_db=-30.0)])
     v = sink.state().streams[0]
-    assert not v.silent and v.top == ("jazz", 0.9) and v.history == ("rock", "jazz")
+    assert not v.silent and v.top == ("jazz", 0.9) and v.history == ((1.0, "rock"), (3.5, "jazz"))
+
+
+TAXONOMY = (("rock", ("rock", "indie rock", "punk")), ("jazz", ("jazz", "easy listening")), ("folk", ("folk",)))
+
+
+def family_update(t: float, family: str, families: dict[str, float], probs: dict[str, float], top: str,
+                  level_db: float = -20.0) -> GenreUpdate:
+    u = update("s", t, probs, top=top, level_db=level_db)
+    u.family, u.families = family, families
+    return u
+
+
+def family_sink() -> DashboardSink:
+    return DashboardSink(model="m", sample_rate=16000, hop_seconds=1.0, taxonomy=TAXONOMY,
+                         labels=("rock", "indie rock", "punk", "jazz", "easy listening", "folk"))
+
+
+def test_the_headline_is_the_family_with_its_leading_genre_and_confidence():
+    sink = family_sink()
+    probs = {"rock": 0.2, "indie rock": 0.41, "punk": 0.15, "jazz": 0.45, "easy listening": 0.02, "folk": 0.1}
+    # jazz is the highest single bar, but the rock family holds more of the bars: the headline is the family
+    sink.on_update([family_update(5.0, "rock", {"rock": 0.61, "jazz": 0.3, "folk": 0.09}, probs, top="indie rock")])
+    out = text_of(sink.state(), width=120)
+    assert re.search(r"▶ rock · indie rock  61% of the bars", headline(out))
+    assert "rock 61% · jazz 30% · folk 9%" in out  # the families' shares, largest first
+    marked = [line for line in out.splitlines() if re.search(r"▶ +indie rock [█▏▎▍▌▋▊▉ ]+ \d\.\d\d", line)]
+    assert len(marked) == 1 and marked[0].split()[-2] == "0.41"  # the headline genre's bar is marked
+    assert re.search(r"│ +jazz [█▏▎▍▌▋▊▉ ]+ 0\.45", out)  # graded bars: the others keep their values
+    state = sink.state()
+    from streamtag.publishers.dashboard import _color
+
+    # a genre is drawn in its family's colour, families in distinct colours
+    assert _color("indie rock", state) == _color("punk", state) == _color("rock", state) != _color("jazz", state)
+    sink.on_update([family_update(6.0, "jazz", {"rock": 0.2, "jazz": 0.7, "folk": 0.1},
+                                  {**probs, "jazz": 0.8}, top="jazz")])
+    assert re.search(r"▶ jazz  70% of the bars", headline(text_of(sink.state(), width=120)))  # no "jazz · jazz"
+    assert "held" not in text_of(sink.state(), width=120)
+    # the smoother holds jazz while rock leads the bars for a moment: the headline says so
+    sink.on_update([family_update(7.0, "jazz", {"rock": 0.5, "jazz": 0.4, "folk": 0.1}, probs, top="jazz")])
+    assert re.search(r"▶ jazz  40% of the bars  held: rock 50% rising", headline(text_of(sink.state(), width=120)))
+
+
+def test_the_strip_shows_the_families_of_the_last_minutes_with_gaps_for_silence():
+    sink = family_sink()
+    fams = {"rock": 0.5, "jazz": 0.4, "folk": 0.1}
+    probs = {"rock": 0.5, "jazz": 0.4, "folk": 0.1}
+    ups = [family_update(float(t), "jazz", fams, probs, "jazz") for t in range(1, 81)]  # 80 s of jazz
+    ups += [family_update(float(t), "rock", fams, probs, "rock", level_db=-90.0) for t in range(81, 111)]  # silence
+    ups += [family_update(float(t), "rock", fams, probs, "rock") for t in range(111, 146)]  # 35 s of rock
+    sink.on_update(ups)
+    [v] = sink.state().streams
+    assert [f for _, f in v.history].count("jazz") == 80 and v.history[-1] == (145.0, "rock")
+    line = next(ln for ln in text_of(sink.state(), width=120).splitlines() if "history" in ln)
+    strip = re.search(r"history +([█·]+)", line)
+    assert strip and len(strip.group(1)) <= 40  # STRIP_CELLS cells at most
+    assert "█·" in strip.group(1) and "·█" in strip.group(1)  # the silent half minute is a gap
+    assert "jazz 1:20 → rock 0:35" in line
+    sink.on_update([family_update(400.0, "folk", fams, probs, "folk")])  # minutes later: the old runs are gone
+    [v] = sink.state().streams
+    assert v.history == ((400.0, "folk"),)
 
 
 def test_max_bars_limits_rows_and_empty_state_renders_also_from_the_sink():
@@ -230,7 +292,8 @@ def test_a_real_engine_through_the_runner_with_a_silent_ending(engine_factory):
     assert len(heard) == n_music >= 3 and len(seen) > n_music and v.updates == len(seen)
     assert all(u.extra["level_db"] < SILENCE_DB for u in seen[n_music:]) and v.silent
     assert v.top == tuple(heard[-1].top[0]) and dict(v.probs) == heard[-1].probs  # the last music's state
-    assert v.history == tuple(u.top[0][0] for u in heard)[-len(v.history):]
+    assert v.history == tuple((u.t, u.family) for u in heard)[-len(v.history):]
+    assert v.family == heard[-1].family is not None and dict(v.families) == heard[-1].families
     assert v.status == "ended" and v.source == "ending.wav"
     out = text_of(dash.state(), width=120)
     assert "◼ silence" in out and "ended" in out

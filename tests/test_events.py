@@ -27,6 +27,7 @@ def test_rounding_in_one_pass_equals_round_bit_for_bit() -> None:
 def _legacy(u: GenreUpdate) -> dict:
     """The JSON form as each update rounded itself, value by value."""
     d = {"type": u.type, "stream": u.stream, "t": round(u.t, 3), "wall": u.wall, "model": u.model,
+         "family": u.family, "families": {k: _r(v) for k, v in u.families.items()},
          "top": [[label, _r(p)] for label, p in u.top], "probs": {k: _r(v) for k, v in u.probs.items()},
          "raw": {k: _r(v) for k, v in u.raw.items()}}
     if u.title is not None:
@@ -47,7 +48,12 @@ def test_to_dicts_equals_each_updates_own_rounding() -> None:
             stream=f"s{i % 3}", t=i * 0.512345, top=[(labels[j], float(p[j])) for j in order],
             probs=dict(zip(labels, map(float, p))), raw=dict(zip(labels, r)), model="m",
             title=None if i % 2 else "a title", extra={"level_db": -12.3, "silence": False, "latency_ms": None},
+            family=None if i % 5 == 0 else ["rock", "jazz"][i % 2],
+            families={} if i % 5 == 0 else {"rock": float(p[0]) / 3, "jazz": 1.0 - float(p[0]) / 3},
         ))
     assert to_dicts(updates) == [_legacy(u) for u in updates]
     assert [u.to_dict() for u in updates] == [_legacy(u) for u in updates]
     assert to_dicts([]) == []
+    d = updates[1].to_dict()
+    assert d["family"] == "jazz" and set(d["families"]) == {"rock", "jazz"}  # contract a: always both keys
+    assert updates[0].to_dict()["family"] is None and updates[0].to_dict()["families"] == {}

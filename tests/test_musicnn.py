@@ -149,7 +149,7 @@ def test_bundle_settings_and_config_round_trip(name: str, tmp_path: Path) -> Non
         norm="slaney", scaling="log10p", fp16_mel=True,
     )
     assert bundle.window_frames == WINDOW and bundle.hop_seconds == 1.0
-    assert len(bundle.labels) == 50 and len(set(bundle.labels)) == 50
+    assert len(bundle.net_labels) == 50 and len(set(bundle.labels)) == 50 + len(bundle.derived)
     assert 0 < len(bundle.genre_labels) < 50 and set(bundle.genre_labels) <= set(bundle.labels)
     assert (bundle.path / "model.safetensors").stat().st_size < 5_000_000
     card = bundle.card_path.read_text()
@@ -164,7 +164,7 @@ def test_bundle_settings_and_config_round_trip(name: str, tmp_path: Path) -> Non
     saved = save_bundle(
         tmp_path / name, model, architecture="musicnn", arch_config=dataclasses.asdict(config),
         frontend=bundle.frontend, labels=bundle.labels, window_frames=bundle.window_frames,
-        hop_seconds=bundle.hop_seconds, genre_labels=bundle.genre_labels,
+        hop_seconds=bundle.hop_seconds, genre_labels=bundle.genre_labels, derived=bundle.derived,
     )
     again = load_bundle(saved.path)
     assert again.arch_config == bundle.arch_config and MusicnnConfig(**again.arch_config) == config
@@ -181,7 +181,7 @@ def test_bundle_settings_and_config_round_trip(name: str, tmp_path: Path) -> Non
 def test_labels_match_reference(shared_dir: Path) -> None:
     labels = json.loads((shared_dir / "reference" / "musicnn" / "labels.json").read_text())
     for name, (key, _) in BUNDLES.items():
-        assert list(load_bundle(name).labels) == labels[key]
+        assert list(load_bundle(name).net_labels) == labels[key]
 
 
 def test_patch_parity(shared_dir: Path, models: dict[str, torch.nn.Module]) -> None:
@@ -217,9 +217,9 @@ def test_clip_parity_from_audio(shared_dir: Path, models: dict[str, torch.nn.Mod
         windows = frames[: n * WINDOW].reshape(n, WINDOW, spec.n_mels)  # (P, 187, 96)
         for name, (key, _) in BUNDLES.items():
             mean = _probs(models[name], windows).mean(axis=0)  # (50,)
-            expected = np.array([clip[key][t] for t in load_bundle(name).labels])
+            expected = np.array([clip[key][t] for t in load_bundle(name).net_labels])
             dev = np.abs(mean - expected)
             worst[name] = max(worst[name], float(dev.max()))
-            bad = {t: round(float(d), 4) for t, d in zip(load_bundle(name).labels, dev) if d > 0.03}
+            bad = {t: round(float(d), 4) for t, d in zip(load_bundle(name).net_labels, dev) if d > 0.03}
             assert not bad, f"{name} on {clip['file']}: {bad}"
     print(f"max clip-level deviation: {worst}")

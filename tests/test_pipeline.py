@@ -320,6 +320,7 @@ def test_batched_step_equals_each_stream_alone_and_the_per_update_path(bundle, s
     the rankings and dicts from arrays): every field of every update equals the same stream run in an engine of its
     own, and its smoothing equals a Smoother per stream stepped update by update (silent hops not fed, the raw
     answer shown before the first fed one, the held top first)."""
+    from streamtag.pipeline import _families
     from streamtag.smoothing import Smoother, SmoothingConfig
 
     cfg = (SmoothingConfig() if smoothing == "hmm"
@@ -361,12 +362,13 @@ def test_batched_step_equals_each_stream_alone_and_the_per_update_path(bundle, s
         assert [fields(u) for u in got[n]] == [fields(u) for u in ref]
         assert any(u.extra["silence"] for u in got[n]) == (n in ("s1", "s2"))
         # a Smoother stepped update by update on the same raw outputs and silence flags gives the same answers
-        smoother = Smoother(cfg, candidates=together.shown, genres=bundle.genre_indices())
+        names, groups = _families(bundle)
+        smoother = Smoother(cfg, candidates=together.shown, genres=bundle.genre_indices(), families=groups)
         shown = together.shown
         for u in got[n]:
             raw = np.array([u.raw[k] for k in LABELS], dtype=np.float32)
             if not u.extra["silence"] and np.isfinite(raw).all():
-                smoothed = smoother.update(raw, together.hop_seconds)
+                smoothed = smoother.update(raw, together.hop_seconds, level_db=u.extra["level_db"])
             elif smoother.probs is not None:
                 smoothed = smoother.probs
             else:
@@ -376,3 +378,6 @@ def test_batched_step_equals_each_stream_alone_and_the_per_update_path(bundle, s
             want_probs = {LABELS[i]: float(smoothed[i]) for i in shown}
             want_raw = {LABELS[i]: float(raw[i]) for i in shown}
             assert u.top == want_top and u.probs == want_probs and u.raw == want_raw
+            fam, shares = smoother.family, smoother.family_probs
+            assert u.family == (names[fam] if fam is not None else None)
+            assert u.families == (dict(zip(names, shares.tolist())) if shares is not None else {})

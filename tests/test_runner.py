@@ -144,6 +144,11 @@ def test_shipped_bundle_equals_reference_path(name: str, device: str, precision:
         else:  # every window through the plain forward, one at a time
             ends = window_ends(frames.shape[0], bundle.window_frames, hop)
             ref = torch.cat([act(model(frames[None, e - bundle.window_frames : e])) for e in ends]).numpy()
+    if bundle.derived:  # the derived labels: the bundle's logistic heads on the same logits
+        w = np.array([d["weights"] for d in bundle.derived]).T  # (L_net, D)
+        b = np.array([d["bias"] for d in bundle.derived])
+        logit = np.log(ref) - np.log1p(-ref)
+        ref = np.concatenate([ref, 1.0 / (1.0 + np.exp(-(logit @ w + b)))], axis=1)
     timeline = tag_audio(real_audio, runner, name="x", all_tags=True)
     assert timeline.raw.shape == ref.shape and ref.shape[0] >= 5
     assert np.abs(timeline.raw - ref).max() <= tol

@@ -1,5 +1,6 @@
 """Smoother invariants as equalities: batched == alone, chunked == one by one, constant input -> its fixed point,
-hop independence, headline == the bars' argmax, and state that only the engine's remove/add of a stream resets."""
+hop independence, the headline genre is the highest bar inside the headline family, families absorb
+near-synonyms, quiet hops weigh less, and state that only the engine's remove/add of a stream resets."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from streamtag.errors import ConfigError
-from streamtag.smoothing import BatchSmoother, Smoother, SmoothingConfig
+from streamtag.smoothing import BatchSmoother, Smoother, SmoothingConfig, family_shares
 
 CONFIGS = {
     "hmm": SmoothingConfig(),
@@ -135,9 +136,12 @@ def test_constant_input_converges_to_it() -> None:
         p_ema = ema.update(raw, 0.5)
     assert hmm.top == int(np.argmax(raw)) == ema.top
     np.testing.assert_allclose(p_ema, raw, atol=1e-12)
-    assert p_hmm[1] > 0.5 and p_hmm.sum() == pytest.approx(1.0)  # the posterior settles on the evidence's argmax
-    before = p_hmm.copy()
-    np.testing.assert_allclose(hmm.update(raw, 0.5), before, atol=1e-12)  # ... and stays there (a fixed point)
+    np.testing.assert_allclose(p_hmm, raw, atol=1e-12)  # the bars: a moving average of the raw outputs
+    post = hmm.batch.posterior[0]
+    assert post[1] > 0.5 and post.sum() == pytest.approx(1.0)  # the posterior settles on the evidence's argmax
+    before = post.copy()
+    hmm.update(raw, 0.5)
+    np.testing.assert_allclose(hmm.batch.posterior[0], before, atol=1e-12)  # ... and stays there (a fixed point)
 
 
 @pytest.mark.parametrize("name", ["hmm", "ema"])
@@ -157,26 +161,111 @@ def test_switching_probability_composes_exactly() -> None:
     a.update(flat, 0.5)
     a.update(flat, 0.5)
     b.update(flat, 1.0)
+    np.testing.assert_allclose(a.batch.posterior, b.batch.posterior, rtol=1e-12)
     assert a.probs is not None and b.probs is not None
-    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-12)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-12)  # the bars' moving average composes too
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_headline_is_the_bars_argmax(name: str) -> None:
+def test_headline_genre_is_the_highest_bar_inside_the_headline_family(name: str) -> None:
     rng = np.random.default_rng(3)
     cands = [0, 2, 3, 5]
-    sm = Smoother(CONFIGS[name], cands)
+    families = [[0, 3], [2], [5]]
+    sm = Smoother(CONFIGS[name], cands, families=families)
     disagree = 0
     for raw in _raws(rng, 200, 6):
         p = sm.update(raw, 0.5)
-        best = cands[int(np.argmax(p[cands]))]
-        assert sm.ranking(cands)[0] == sm.top
-        assert sorted(sm.ranking(cands)) == cands
-        disagree += sm.top != best
+        assert sm.family is not None and sm.top in sm.groups[sm.family]
+        inside = sm.groups[sm.family]
+        assert sm.ranking(cands)[0] == sm.top and sorted(sm.ranking(cands)) == cands
+        shares = sm.family_probs
+        assert shares is not None and shares.sum() == pytest.approx(1.0)
+        if name == "ema-hold":
+            disagree += sm.top != cands[int(np.argmax(p[cands]))]  # main's old hysteresis: held genre lags
+            continue
+        assert sm.top == inside[int(np.argmax(p[inside]))]
+        if name != "hmm":  # without the HMM the headline family is the bars' largest share
+            assert sm.family == int(np.argmax(shares))
     if name == "ema-hold":
-        assert disagree > 0  # main's old hysteresis: the held headline lags the bars
-    else:
-        assert disagree == 0
+        assert disagree > 0
+
+
+def test_family_shares_weigh_one_clear_genre_against_many_small_ones() -> None:
+    # ten near-zero labels of one family must not outweigh one clear genre elsewhere; near-synonyms add up
+    groups = [list(range(10)), [10]]
+    tail = np.r_[np.full(10, 0.04), 0.2]
+    assert np.argmax(family_shares(tail, groups)) == 1
+    split = np.r_[0.2, 0.2, 0.2, np.zeros(7), 0.25]
+    assert np.argmax(family_shares(split, groups)) == 0
+    both = family_shares(np.stack([tail, split]), groups)  # (2, F): rows are independent
+    np.testing.assert_allclose(both.sum(axis=1), 1.0)
+    np.testing.assert_allclose(both[1], family_shares(split, groups))
+    np.testing.assert_allclose(family_shares(np.zeros(11), groups), 0.5)  # nothing heard: uniform
+
+
+def test_near_synonyms_do_not_flip_the_family_but_a_real_change_does() -> None:
+    rng = np.random.default_rng(6)
+    families = [[0, 1, 2], [3], [4]]  # "rock, alternative, indie rock" | "jazz" | "electronic"
+    sm = Smoother(SmoothingConfig(), families=families)
+    fams, tops = [], []
+    for i in range(240):  # 2 min of rock whose leading label flips between three near-synonyms
+        r = np.array([0.3, 0.3, 0.3, 0.12, 0.1]) + 0.08 * rng.standard_normal(5)
+        r[i // 10 % 3] += 0.15
+        sm.update(np.clip(r, 0, 1), 0.5)
+        fams.append(sm.family)
+        tops.append(sm.top)
+    assert sum(a != b for a, b in zip(tops, tops[1:])) > 10  # the genre inside moves ...
+    assert set(fams[4:]) == {0}  # ... the family never does
+    hops = 0
+    while sm.family != 1 and hops < 30:  # then jazz: the family follows within a few seconds
+        sm.update(np.array([0.05, 0.04, 0.04, 0.6, 0.1]), 0.5)
+        hops += 1
+    assert sm.family == 1 and hops * 0.5 <= 4.0
+
+
+def test_bars_are_graded_and_follow_the_recent_raw_mean() -> None:
+    rng = np.random.default_rng(8)
+    sm = Smoother(SmoothingConfig())
+    center = np.array([0.55, 0.07, 0.04, 0.2, 0.01])
+    raws = []
+    for _ in range(120):
+        r = np.clip(center + 0.05 * rng.standard_normal(5), 0, 1)
+        raws.append(r)
+        p = sm.update(r, 0.5)
+        if len(raws) > 20:
+            recent = np.mean(raws[-8:], axis=0)  # the last 4 s
+            top3 = np.argsort(-p)[:3]
+            assert np.all(np.abs(p[top3] - recent[top3]) <= 0.05)
+    assert 0.4 < p[0] < 0.7 and p[1] > 0.02  # graded, not a saturated 1.00 / 0.00
+
+
+def test_quiet_hops_weigh_less_and_a_fade_out_does_not_flip_the_headline() -> None:
+    families = [[0], [1]]
+    loud, other = np.array([0.7, 0.1]), np.array([0.05, 0.8])
+
+    def run(levels: list[float]) -> Smoother:
+        sm = Smoother(SmoothingConfig(), families=families)
+        for _ in range(40):
+            sm.update(loud, 0.5, level_db=-18.0)
+        for lv in levels:  # the fade: the model hears something else in the quiet tail
+            sm.update(other, 0.5, level_db=lv)
+        return sm
+
+    assert run([-18.0] * 12).family == 1  # at full level that evidence is a real change ...
+    assert run([-30.0, -36.0, -42.0, -49.0, -52.0, -55.0] * 2).family == 0  # ... in a fade-out it is not
+    bs = BatchSmoother(SmoothingConfig(), streams=1)
+    np.testing.assert_allclose(bs.weight(np.array([-70.0, -60.0, -50.0, -40.0, -10.0])), [0, 0, 0.5, 1, 1])
+    np.testing.assert_allclose(bs.weight(np.array([-20.0, -30.0, -45.0]), np.array([-20.0, -20.0, -20.0])),
+                               [1.0, 0.5, 0.0])
+    assert bs.weight(np.array([np.nan]))[0] == 1.0  # no level known: full weight
+    # a quiet hop counts as a fraction of its seconds: one hop at weight 0.5 == half a hop at full weight
+    a, b = Smoother(), Smoother()
+    for sm in (a, b):
+        sm.update(np.array([0.9, 0.1, 0.1]), 1.0, level_db=-50.0)  # (the stream's peak: -50 dBFS)
+    a.update(np.array([0.1, 0.8, 0.1]), 1.0, level_db=-50.0)
+    b.update(np.array([0.1, 0.8, 0.1]), 0.5)
+    np.testing.assert_allclose(a.batch.posterior, b.batch.posterior, rtol=1e-12)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-12)
 
 
 def test_hmm_does_not_flicker_on_noisy_steady_music_but_follows_a_real_change() -> None:
@@ -200,7 +289,7 @@ def test_floor_keeps_every_genre_possible() -> None:
     sm = Smoother(SmoothingConfig())
     for _ in range(2000):  # a long stretch where genre 1 is exactly impossible by the model's outputs
         sm.update(np.array([1.0, 0.0, 0.0]), 1.0)
-    assert sm.probs is not None and np.all(sm.probs > 0)
+    assert np.all(sm.batch.posterior > 0)
     t = 0
     while sm.top != 1:
         sm.update(np.array([0.0, 1.0, 0.0]), 1.0)
@@ -213,28 +302,34 @@ def test_non_genre_labels_are_ema_smoothed_and_the_headline_is_a_genre() -> None
     genres, tags = [0, 1, 2], [3, 4]
     sm = Smoother(cfg, candidates=[0, 1, 2, 3, 4], genres=genres)  # all_tags mode
     ema = Smoother(SmoothingConfig(method="ema", tau_seconds=2.0))
+    bars = Smoother(SmoothingConfig(method="ema", tau_seconds=cfg.bar_seconds))
     rng = np.random.default_rng(4)
     for raw in _raws(rng, 50, 5):
-        raw[3] = 0.99  # a tag that is always stronger than any genre posterior could make it
+        raw[3] = 0.99  # a tag that is always stronger than any genre
         p = sm.update(raw, 0.5)
         e = ema.update(raw, 0.5)
+        b = bars.update(raw, 0.5)
         np.testing.assert_allclose(p[tags], e[tags], rtol=1e-12)
-        assert p[genres].sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(p[genres], b[genres], rtol=1e-12)  # genres: the bars' shorter average
         assert sm.top in genres and sm.ranking([0, 1, 2, 3, 4])[0] == sm.top
+        assert sm.family_probs is not None and sm.family_probs.shape == (3,)  # families are made of genres only
 
 
 def test_hostile_raw_values_stay_finite_and_shape_errors_say_so() -> None:
     sm = Smoother()
-    p = sm.update(np.array([np.nan, np.inf, -np.inf, 0.5]), 0.5)
-    assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0)
+    p = sm.update(np.array([np.nan, np.inf, -np.inf, 0.5]), 0.5, level_db=float("nan"))
+    assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+    assert sm.batch.posterior[0].sum() == pytest.approx(1.0)
     p = sm.update(np.zeros(4), float("nan"))  # all-zero evidence, a nonsense dt
-    assert np.all(np.isfinite(p))
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(sm.batch.posterior))
     with pytest.raises(ConfigError, match="labels"):
         sm.update(np.zeros(5), 0.5)
     with pytest.raises(ConfigError, match="shape"):
         sm.update(np.zeros((2, 4)), 0.5)
     with pytest.raises(ConfigError, match="index"):
         Smoother(candidates=[0, 9]).update(np.zeros(4), 0.5)
+    with pytest.raises(ConfigError, match="each in one family"):
+        Smoother(families=[[0, 1], [1, 2]]).update(np.zeros(4), 0.5)
 
 
 @pytest.mark.parametrize(
@@ -242,9 +337,13 @@ def test_hostile_raw_values_stay_finite_and_shape_errors_say_so() -> None:
     [
         ({"method": "kalman"}, "use one of hmm, ema, none"),
         ({"tau_seconds": -1.0}, "tau_seconds"),
+        ({"bar_seconds": -1.0}, "bar_seconds"),
         ({"sharpness": float("nan")}, "sharpness"),
         ({"switch_per_second": 1.0}, "switch_per_second"),
         ({"floor": 0.0}, "floor"),
+        ({"quiet_db": -30.0, "loud_db": -40.0}, "below loud_db"),
+        ({"loud_db": float("inf")}, "loud_db"),
+        ({"relative_db": 0.0}, "relative_db"),
         ({"hold_seconds": 1.0}, "method='ema' only"),
         ({"method": "none", "margin": 0.1}, "method='ema' only"),
     ],
@@ -286,13 +385,24 @@ def _tone(seconds: float, sr: int, seed: int) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
-def _replay(cfg: SmoothingConfig, updates: list, shown: list[str], dt: float) -> list[dict[str, float]]:
-    sm = Smoother(cfg)
+def _replay(cfg: SmoothingConfig, updates: list, shown: list[str], dt: float, bundle) -> list[dict[str, float]]:
+    from streamtag.pipeline import _families
+
+    sm = Smoother(cfg, families=_families(bundle)[1])  # (the shown labels are the bundle's first ones here)
     out = []
     for u in updates:
-        p = sm.update(np.array([u.raw[k] for k in shown]), dt)
+        p = sm.update(np.array([u.raw[k] for k in shown]), dt, level_db=u.extra["level_db"])
         out.append(dict(zip(shown, p.tolist())))
     return out
+
+
+def _heads_inside_its_family(u, bundle) -> bool:
+    """The update's headline genre is the highest bar among the genres of its headline family."""
+    from streamtag.taxonomy import bundle_taxonomy
+
+    inside = dict(bundle_taxonomy(bundle).families).get(u.family) or (u.top[0][0],)  # a family of its own
+    bars = {k: v for k, v in u.probs.items() if k in inside}
+    return u.top[0][0] == max(bars, key=lambda k: bars[k]) and sum(u.families.values()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", ["hmm", "ema"])
@@ -315,34 +425,40 @@ def test_engine_state_survives_everything_but_remove_and_add(tiny_bundle, name: 
             engine.remove_stream("b")
         first.extend(u for u in engine.step() if u.stream == "a")
     assert len(first) >= 10
-    expected = _replay(cfg, first, shown, engine.hop_seconds)
+    expected = _replay(cfg, first, shown, engine.hop_seconds, tiny_bundle)
     for u, p in zip(first, expected):
         assert u.probs == pytest.approx(p, rel=1e-9, abs=1e-12)  # one continuous run, never reset
-        assert u.top[0][0] == max(u.probs, key=lambda k: u.probs[k])  # headline == the bars' argmax
+        assert _heads_inside_its_family(u, tiny_bundle)
     engine.remove_stream("a")
     engine.add_stream("a")  # the same name again is a new stream: a fresh smoother
     engine.push("a", x[: 4 * sr])
     again = engine.step()
     assert again
-    assert again[0].probs == pytest.approx(_replay(cfg, again[:1], shown, engine.hop_seconds)[0], rel=1e-9)
-    cont = _replay(cfg, first + again[:1], shown, engine.hop_seconds)[-1]
+    assert again[0].probs == pytest.approx(_replay(cfg, again[:1], shown, engine.hop_seconds, tiny_bundle)[0],
+                                           rel=1e-9)
+    cont = _replay(cfg, first + again[:1], shown, engine.hop_seconds, tiny_bundle)[-1]
     assert again[0].probs != pytest.approx(cont, rel=1e-6)  # ... and not the old state continued
 
 
-def test_tag_audio_headlines_are_the_bars_argmax_and_a_genre_in_all_tags_mode(tiny_bundle) -> None:
+def test_tag_audio_heads_with_a_family_and_a_genre_in_all_tags_mode(tiny_bundle) -> None:
     from streamtag.pipeline import tag_audio
     from streamtag.runner import ModelRunner
 
     runner = ModelRunner(tiny_bundle, "cpu")
     x = _tone(8.0, tiny_bundle.frontend.sample_rate, 1)
     genres = set(tiny_bundle.genre_labels)
-    plain = tag_audio(x, runner, name="x").updates
+    plain = tag_audio(x, runner, name="x")
     tags = tag_audio(x, runner, name="x", all_tags=True).updates
-    assert len(plain) == len(tags) >= 5
-    for u in plain:
-        assert set(u.probs) == genres and sum(u.probs.values()) == pytest.approx(1.0)  # a posterior over genres
-        assert u.top[0][0] == max(u.probs, key=lambda k: u.probs[k])
-    for u, g in zip(tags, plain):
+    assert len(plain.updates) == len(tags) >= 5
+    for u in plain.updates:
+        assert set(u.probs) == genres and u.family in {"rock", "jazz", "classical"}
+        assert _heads_inside_its_family(u, tiny_bundle)
+    for u, g in zip(tags, plain.updates):
         assert set(u.probs) == set(tiny_bundle.labels)
         assert u.top[0][0] in genres and u.top[0][0] == g.top[0][0]  # the same genre heads in both modes
+        assert u.family == g.family and u.families == g.families
         assert {k: u.probs[k] for k in genres} == pytest.approx(g.probs, rel=1e-12)
+    fams = plain.summary.families  # the file's family shares: from the mean raw outputs
+    assert set(fams) == {"rock", "jazz", "classical"} and sum(fams.values()) == pytest.approx(1.0)
+    mean = plain.summary.mean
+    assert max(fams, key=lambda f: fams[f]) == max(genres, key=lambda g: mean[g])  # one genre per family here

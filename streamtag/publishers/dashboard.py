@@ -8,12 +8,19 @@ nothing else; :class:`Dashboard` pushes renderables to ``rich.live.Live`` at a r
 
 What the numbers mean (the views tell the truth):
 
-- the headline is the smoothed top genre (the smoother's held top, ``GenreUpdate.top[0]``) and its number is
-  that genre's smoothed probability; the bars are the smoothed probabilities of every shown genre, so the
-  headline's number is its bar's. When the smoother's hysteresis holds a genre although another bar is higher,
-  the headline says so ("held: folk 22% challenging") and the held genre's bar is marked ``▶``.
+- the headline is the **family** playing now with the leading genre inside it, "rock · indie rock"
+  (``GenreUpdate.family`` and ``top[0]``), and its number is the headline's confidence: the family's share of
+  the bars (``GenreUpdate.families``); while another family leads the bars but the smoother still holds the
+  headline, the headline says so ("held: country 44% rising"). An update without a family (a producer that predates families) heads
+  with ``top[0]`` and its bar, as before; when such a held genre is not the highest bar, the headline says so
+  ("held: folk 22% challenging").
+- the bars are the smoothed belief in every shown genre (``GenreUpdate.probs``: graded moving averages of the
+  model's outputs), highest first, coloured by family, the headline genre marked ``▶``; a line below gives the
+  families' shares.
+- the strip is the headline family over the last few minutes, one coloured cell per few seconds (``·``: no
+  music heard then), with the latest runs written out ("jazz 1:20 → rock 0:35").
 - silence: an update whose input level (``level_db``: RMS in dBFS of the audio read for that hop) is below
-  :data:`SILENCE_DB` shows the stream as "silence" and leaves its genre state (headline, bars, history) as it
+  :data:`SILENCE_DB` shows the stream as "silence" and leaves its genre state (headline, bars, strip) as it
   was: a silent ending does not get a genre.
 """
 from __future__ import annotations
@@ -39,8 +46,9 @@ __all__ = ["StreamView", "DashboardState", "DashboardSink", "render", "Dashboard
 BAR_WIDTH = 32  # characters of a full probability bar
 LEVEL_WIDTH = 24  # characters of the level meter
 LEVEL_FLOOR_DB = -60.0  # dBFS shown as an empty meter
-HISTORY_LEN = 120  # top-genre history entries kept per stream
-HISTORY_SHOWN = 48  # top-genre history entries drawn in the timeline
+HISTORY_LEN = 2000  # headline entries kept per stream at most (the strip needs STRIP_SECONDS of them)
+STRIP_SECONDS = 180.0  # s of headline history drawn in the strip
+STRIP_CELLS = 40  # cells of the strip (4.5 s each)
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta",
            "bright_green", "bright_yellow", "bright_blue", "bright_red")
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -54,9 +62,11 @@ class StreamView:
     source: str = ""
     title: str | None = None  # ICY StreamTitle for radio, the clip's name in a playlist
     t: float = 0.0  # s of audio the latest update describes
-    probs: tuple[tuple[str, float], ...] = ()  # smoothed probability of every shown label (last non-silent hop)
-    top: tuple[str, float] | None = None  # held top genre and its smoothed probability (last non-silent hop)
-    history: tuple[str, ...] = ()  # top genres of recent non-silent hops, oldest first
+    probs: tuple[tuple[str, float], ...] = ()  # the bars: smoothed belief in every shown label (last non-silent hop)
+    top: tuple[str, float] | None = None  # headline genre and its bar (last non-silent hop)
+    family: str | None = None  # headline family (last non-silent hop; None: the update had none)
+    families: tuple[tuple[str, float], ...] = ()  # every family's share of the bars (last non-silent hop)
+    history: tuple[tuple[float, str], ...] = ()  # (t, headline family or genre) of recent non-silent hops
     level_db: float | None = None  # input level of the latest hop, dBFS
     latency_ms: float | None = None  # audio arrival -> update, ms
     overruns: int = 0  # ring-buffer overruns + device/input overflows
@@ -73,6 +83,7 @@ class DashboardState:
     hop_seconds: float
     streams: tuple[StreamView, ...] = ()
     labels: tuple[str, ...] = ()  # every shown label (fixes colours across streams)
+    taxonomy: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (family, its genres): a genre takes its family's colour
     max_bars: int = 12  # bars per stream (highest first)
     step_ms: float | None = None  # last engine step, ms
     elapsed: float = 0.0  # s since start
@@ -89,30 +100,56 @@ def bar(p: float, width: int = BAR_WIDTH) -> str:
     return s.ljust(width)
 
 
-def _color(label: str, labels: tuple[str, ...]) -> str:
-    i = labels.index(label) if label in labels else sum(map(ord, label))
+def _color(label: str, state: DashboardState) -> str:
+    """A family's colour, a genre's family's colour, else the label's own (fixed across streams and frames)."""
+    names = [name for name, _ in state.taxonomy]
+    if label not in names:
+        label = next((name for name, genres in state.taxonomy if label in genres), label)
+    i = names.index(label) if label in names else (
+        len(names) + state.labels.index(label) if label in state.labels else sum(map(ord, label)))
     return PALETTE[i % len(PALETTE)]
 
 
-def _runs(history: tuple[str, ...]) -> list[tuple[str, int]]:
-    runs: list[tuple[str, int]] = []
-    for label in history:
+def _runs(history: tuple[tuple[float, str], ...]) -> list[tuple[str, float, float]]:
+    """(label, first t, last t) of each run of equal labels, oldest first."""
+    runs: list[tuple[str, float, float]] = []
+    for t, label in history:
         if runs and runs[-1][0] == label:
-            runs[-1] = (label, runs[-1][1] + 1)
+            runs[-1] = (label, runs[-1][1], t)
         else:
-            runs.append((label, 1))
+            runs.append((label, t, t))
     return runs
 
 
-def _timeline(history: tuple[str, ...], labels: tuple[str, ...]) -> Text:
-    recent = history[-HISTORY_SHOWN:]
+def _mmss(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def _strip(history: tuple[tuple[float, str], ...], now: float, state: DashboardState) -> Text:
+    """The headline over the last STRIP_SECONDS: STRIP_CELLS coloured cells (the latest headline in each), oldest
+    left; ``·`` where no music was heard; then the latest runs with their lengths."""
     text = Text()
-    for label, n in _runs(recent):
-        text.append("▇" * n, style=_color(label, labels))
-    runs = _runs(recent)[-4:]
+    cell = STRIP_SECONDS / STRIP_CELLS
+    start = now - STRIP_SECONDS
+    cells: list[str | None] = [None] * STRIP_CELLS
+    for t, label in history:
+        k = int((t - start) // cell)
+        if 0 <= k < STRIP_CELLS:
+            cells[k] = label
+    first = next((k for k, c in enumerate(cells) if c is not None), STRIP_CELLS)
+    for k, entry in enumerate(cells):
+        if k < first:
+            continue  # before the stream's first music: nothing drawn
+        if entry is None:
+            text.append("·", style="dim")
+        else:
+            text.append("█", style=_color(entry, state))
+    runs = _runs(tuple((t, lab) for t, lab in history if t > start))[-3:]
     if runs:
+        hop = state.hop_seconds
         text.append("  ")
-        text.append(" → ".join(f"{label}×{n}" for label, n in runs), style="dim")
+        text.append(" → ".join(f"{label} {_mmss(b - a + hop)}" for label, a, b in runs), style="dim")
     return text
 
 
@@ -128,23 +165,41 @@ def _level(level_db: float | None) -> Text:
     return text
 
 
-def _stream_panel(s: StreamView, state: DashboardState) -> Panel:
+def _headline(s: StreamView, state: DashboardState) -> Text:
     head = Text()
     best = max(s.probs, key=lambda lp: lp[1]) if s.probs else None
     if s.silent:
         head.append("◼ silence", style="bold dim")
         level = f"{s.level_db:.1f} dBFS" if s.level_db is not None else "no level"
         head.append(f"  {level} < {state.silence_db:g} dBFS · genre state held", style="dim")
+    elif s.top is not None and s.family is not None:
+        share = dict(s.families).get(s.family)
+        head.append("▶ ", style="bold")
+        head.append(s.family, style=f"bold {_color(s.family, state)}")
+        if s.top[0].lower() != s.family:
+            head.append(" · ")
+            head.append(s.top[0], style=_color(s.top[0], state))
+        if share is not None:
+            head.append(f"  {share:.0%}", style="bold")
+            head.append(" of the bars", style="dim")
+            lead = max(s.families, key=lambda fs: fs[1])
+            if lead[0] != s.family and lead[1] > share:
+                # the HMM holds the family while another leads the bars for a moment: say so
+                head.append(f"  held: {lead[0]} {lead[1]:.0%} rising", style="dim")
     elif s.top is not None:
         head.append("▶ ", style="bold")
-        head.append(s.top[0], style=f"bold {_color(s.top[0], state.labels)}")
+        head.append(s.top[0], style=f"bold {_color(s.top[0], state)}")
         head.append(f"  {s.top[1]:.0%}", style="bold")
         if best is not None and best[0] != s.top[0] and best[1] > s.top[1]:
             # hysteresis: a challenger is higher but has not led by the margin for long enough yet
             head.append(f"  held: {best[0]} {best[1]:.0%} challenging", style="dim")
     else:
         head.append("listening… (first update after one window of audio)", style="dim")
-    rows: list[RenderableType] = [head]
+    return head
+
+
+def _stream_panel(s: StreamView, state: DashboardState) -> Panel:
+    rows: list[RenderableType] = [_headline(s, state)]
     if s.title:
         rows.append(Text(f"♪ {s.title}", style="italic"))
 
@@ -155,14 +210,20 @@ def _stream_panel(s: StreamView, state: DashboardState) -> Panel:
     bars.add_column(justify="right", no_wrap=True)
     held = s.top[0] if s.top is not None else None
     for label, p in sorted(s.probs, key=lambda lp: -lp[1])[: state.max_bars]:
-        style = "dim" if s.silent else _color(label, state.labels)
+        style = "dim" if s.silent else _color(label, state)
         bars.add_row("▶" if label == held else "", label, Text(bar(p), style=style), f"{p:.2f}")
     rows.append(bars)
 
     facts = Table.grid(padding=(0, 1))
     facts.add_column(style="dim", no_wrap=True)
     facts.add_column()
-    facts.add_row("history", _timeline(s.history, state.labels))
+    if s.families:
+        fam = Text()
+        for i, (name, share) in enumerate(sorted(s.families, key=lambda fs: -fs[1])[:4]):
+            fam.append(" · " if i else "", style="dim")
+            fam.append(f"{name} {share:.0%}", style="dim" if s.silent else _color(name, state))
+        facts.add_row("families", fam)
+    facts.add_row("history", _strip(s.history, s.t, state))
     facts.add_row("level", _level(s.level_db))
     lat = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "–"
     over = Text(f"overruns {s.overruns}", style="bold red" if s.overruns else "")
@@ -216,7 +277,9 @@ class _Record:
     t: float = 0.0
     probs: tuple[tuple[str, float], ...] = ()
     top: tuple[str, float] | None = None
-    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
+    family: str | None = None
+    families: tuple[tuple[str, float], ...] = ()
+    history: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     level_db: float | None = None
     latency_ms: float | None = None
     overruns: int = 0
@@ -228,7 +291,7 @@ class _Record:
     def view(self) -> StreamView:
         return StreamView(
             name=self.name, source=self.source, title=self.title, t=self.t, probs=self.probs, top=self.top,
-            history=tuple(self.history), level_db=self.level_db, latency_ms=self.latency_ms,
+            family=self.family, families=self.families, history=tuple(self.history), level_db=self.level_db, latency_ms=self.latency_ms,
             overruns=self.overruns, updates=self.updates, status=self.status, notice=self.notice,
             silent=self.silent,
         )
@@ -242,17 +305,20 @@ class DashboardSink:
     """
 
     def __init__(self, *, model: str, sample_rate: int, hop_seconds: float, labels: tuple[str, ...] = (),
-                 silence_db: float = SILENCE_DB) -> None:
+                 silence_db: float = SILENCE_DB, taxonomy: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> None:
         self.model, self.sample_rate, self.hop_seconds = model, int(sample_rate), float(hop_seconds)
         self.labels = tuple(labels)
+        self.taxonomy = tuple(taxonomy)
         self.silence_db = float(silence_db)
         self._streams: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def for_engine(cls, engine: Any, **kw: Any) -> DashboardSink:
+        from ..taxonomy import bundle_taxonomy
+
         return cls(model=engine.bundle.name, sample_rate=engine.sample_rate, hop_seconds=engine.hop_seconds,
-                   labels=tuple(engine.labels_shown), **kw)
+                   labels=tuple(engine.labels_shown), taxonomy=bundle_taxonomy(engine.bundle).families, **kw)
 
     def _record(self, name: str) -> _Record:
         rec = self._streams.get(name)
@@ -287,10 +353,14 @@ class DashboardSink:
                 if rec.silent:
                     continue  # silence does not update the genre state
                 rec.probs = tuple(u.probs.items())
+                rec.family = u.family
+                rec.families = tuple(u.families.items())
                 if u.top:
                     label, p = u.top[0]
                     rec.top = (label, float(p))
-                    rec.history.append(label)
+                    rec.history.append((u.t, u.family or label))
+                    while rec.history and rec.history[0][0] < u.t - STRIP_SECONDS:
+                        rec.history.popleft()
 
     def on_title(self, name: str, title: str | None) -> None:
         with self._lock:
@@ -314,7 +384,7 @@ class DashboardSink:
             views = tuple(rec.view() for rec in self._streams.values())
         return DashboardState(
             model=self.model, sample_rate=self.sample_rate, hop_seconds=self.hop_seconds, streams=views,
-            labels=self.labels, max_bars=max_bars, elapsed=elapsed, footer=footer, silence_db=self.silence_db,
+            labels=self.labels, taxonomy=self.taxonomy, max_bars=max_bars, elapsed=elapsed, footer=footer, silence_db=self.silence_db,
         )
 
 

@@ -82,12 +82,21 @@ def teacher_windows(frames: np.ndarray, teacher_frames: int, grid_frames: int) -
 
 
 @torch.no_grad()
-def teacher_probs(model: nn.Module, windows: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Sigmoid outputs of the teacher on (K, T, n_mels) windows -> (K, n_labels) float32."""
+def teacher_probs(model: nn.Module, windows: np.ndarray, batch: int = 64, *,
+                  derived: tuple[dict, ...] = ()) -> np.ndarray:
+    """Sigmoid outputs of the teacher on (K, T, n_mels) windows -> (K, n_labels) float32; ``derived`` (the
+    bundle's ``derived_labels``) appends those labels' outputs, as ModelRunner does, so the columns match the
+    bundle's labels."""
+    w = torch.tensor([d["weights"] for d in derived], dtype=torch.float32).T if derived else None  # (L_net, D)
+    b = torch.tensor([float(d["bias"]) for d in derived], dtype=torch.float32) if derived else None
     out = []
     for i in range(0, windows.shape[0], batch):
         x = torch.from_numpy(np.ascontiguousarray(windows[i : i + batch], dtype=np.float32))
-        out.append(torch.sigmoid(model(x)).numpy())
+        z = model(x).float()  # (k, L_net) logits
+        p = torch.sigmoid(z)
+        if w is not None and b is not None:
+            p = torch.cat([p, torch.sigmoid(z @ w + b)], dim=1)
+        out.append(p.numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -130,7 +139,8 @@ def label_corpus(corpus: Path, teacher: Bundle, *, grid_frames: int = GRID_FRAME
         x = np.load(corpus / tr.file)  # (N,) float32, 16 kHz
         mel = logmel(x, spec)  # (T, n_mels)
         tmel = logmel(x, tf)  # (T, n_mels) the teacher's units
-        probs = teacher_probs(model, teacher_windows(tmel, teacher.window_frames, grid_frames))  # (K, n_labels)
+        probs = teacher_probs(model, teacher_windows(tmel, teacher.window_frames, grid_frames),
+                              derived=teacher.derived)  # (K, n_labels)
         tmp = dest.with_suffix(".tmp.npz")
         np.savez(tmp, mel=mel.astype(np.float16), teacher=probs.astype(np.float32))
         tmp.rename(dest)
