@@ -11,6 +11,7 @@ input in progress (the finished ones were printed as they finished) and exits 13
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import queue
 import sys
@@ -323,6 +324,9 @@ class _Output:
         partial = "  [yellow]partial: interrupted[/yellow]" if s.partial else ""
         self.console.print(f"[bold]{s.stream}[/bold]  ({s.duration:.1f} s, {s.windows} windows, {s.model}){partial}",
                            highlight=False, soft_wrap=True)
+        if s.extra.get("silence"):
+            self.console.print("silence (no genre)\n", highlight=False)
+            return
         t = Table(show_edge=False, box=None, padding=(0, 2))
         t.add_column("genre")
         t.add_column("mean p", justify="right")
@@ -419,12 +423,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     if tagger.samples == 0:
                         raise SourceError(f"{inp.label}: no audio decoded; check that it is a non-empty audio "
                                           "file or stream")
-                    out.updates(tagger.finish())
-                    out.summary(tagger.summary())
+                    out.updates(tagger.finish())  # warns once itself when samples had to be repaired
+                    out.summary(_silence_noted(tagger.summary(), tagger))
                     done += 1
-                    if tagger.repaired:
-                        log.warning("warning: %s: %d samples were not finite or out of range and were repaired "
-                                    "(zeroed or clipped); check the source", inp.label, tagger.repaired)
                 except StreamtagError as e:
                     out.drop_pending()
                     fail(inp.label, e)
@@ -442,12 +443,22 @@ def cmd_tag(args: argparse.Namespace) -> int:
         return 130
     finally:
         decoder.stop()
+        decoder.join(timeout=5.0)  # it stops at its next block; a decoder left running at exit prints leak notes
         if progress is not None:
             progress.stop()
         sys.stdout.flush()
     if failed:
         print(f"streamtag: {failed} of {len(inputs)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _silence_noted(summary: Summary, tagger: Any) -> Summary:
+    """An input that is silent throughout (all zeros, or only NaN samples, which are zeroed) has no genre: its
+    summary says ``"silence": true`` with an empty ``top`` (the model's answer to silence is noise, not rock)."""
+    if not tagger.windows or tagger.silent_windows < tagger.windows:
+        return summary
+    log.warning("%s: silent throughout (every window below -60 dBFS); no genre to report", summary.stream)
+    return dataclasses.replace(summary, top=[], extra={**summary.extra, "silence": True})
 
 
 def _interrupted(out: _Output, tagger: Any, current: TagInput | None, *, done: int, total: int) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..audio import downmix, to_mono
 from ..errors import SourceError
-from .base import AudioPipeline, Source, describe_av_error, frame_to_array, iter_frames
+from .base import AudioPipeline, Source, describe_av_error, frame_to_array, iter_frames, mpeg_frame_bytes
 
 __all__ = ["FileSource", "read_audio", "probe_duration"]
 
@@ -99,7 +99,8 @@ class FileSource(Source):
             "duration": self.duration,
         }
         # Decode the first frame now, so a file with nothing decodable fails at open time.
-        self._frames = iter_frames(self._container, stream)
+        self._last_packet: dict[str, Any] = {}
+        self._frames = iter_frames(self._container, stream, last=self._last_packet)
         self._first = self._next_frame(decoded_s=0.0)
         if self._first is None:
             self._container.close()
@@ -144,6 +145,9 @@ class FileSource(Source):
                 "%s: truncated at %.1f s (its header says %.1f s); using what was decoded",
                 self.label, decoded_s, self.duration,
             )
+        elif (expected := mpeg_frame_bytes(self._last_packet.get("head", b""))) and self._last_packet["size"] < expected:
+            log.warning("%s: truncated at %.1f s (it ends inside an MPEG audio frame); using what was decoded",
+                        self.label, decoded_s)
 
     def _abort(self) -> None:
         pass  # reads from a local file never block for long; the generator checks .closed
