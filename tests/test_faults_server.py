@@ -1072,3 +1072,33 @@ def test_a_thousand_reconnects_leave_nothing_behind(server, tmp_path):
     assert tasks_on_loop() <= tasks_before
     assert threading.active_count() <= threads_before
     assert srv.server.hub.clients == {} and "radio" in srv.server.hub.streams  # the source played on
+
+
+def test_refusals_and_throttling_are_logged_once_per_address_per_minute(server, caplog):
+    """Ten handshakes from a foreign Origin, then token guesses into 429s: one log line per kind and address, not
+    one per handshake (a flood of refusals must not flood the log); the next line says how many it held back."""
+    import logging
+
+    srv = server(token=TOKEN, auth_failures=2)
+    caplog.set_level(logging.INFO, logger="streamtag.publishers.websocket")
+
+    async def scenario():
+        origins = [await status_of(srv.url + "?token=" + TOKEN, origin="http://evil.example") for _ in range(10)]
+        guesses = [await status_of(srv.url + "?token=wrong-guess-000000") for _ in range(6)]
+        return origins, guesses
+
+    origins, guesses = run(scenario())
+    assert origins == [403] * 10 and guesses == [401, 401, 429, 429, 429, 429]
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert len(refused) == 1 and "Origin 'http://evil.example' not allowed" in refused[0]  # same address: one line
+
+    clock = FakeClock()
+    from streamtag.protocol import LogLimiter
+
+    limiter = LogLimiter(interval=60.0, max_keys=2, clock=clock)
+    assert limiter.allow("a") == 0 and limiter.allow("a") is None and limiter.allow("a") is None
+    assert limiter.allow("b") == 0  # another address has its own minute
+    clock.t = 60.0
+    assert limiter.allow("a") == 2  # the next line says how many were held back
+    limiter.allow("c")
+    assert len(limiter._last) == 2  # bounded memory
