@@ -923,46 +923,43 @@ def test_a_request_is_answered_while_its_connections_audio_is_paced(server):
 
 
 def test_a_throttled_sender_keeps_its_connection_and_is_told_why(server):
-    """A sender that floods faster than its rate for longer than the keepalive allows (0.5 s + 1 s here): the
-    server stops reading it, its pongs wait behind its own audio, and it is NOT closed; it hears
-    `rate_limited` and, once it stops flooding, its next request is answered on the same connection."""
-    srv = server(audio_rate=4.0, audio_backlog_bytes=1 << 18, **KEEPALIVE)
+    """A sender that floods 2 s frames at --max-audio-rate 1 for longer than the keepalive allows (0.5 s + 1 s
+    here): the server stops reading it for 2 s at a time, its pongs wait behind its own audio, and it is NOT
+    closed (1011 before issue 18): it hears `rate_limited` and stays connected."""
+    srv = server(audio_rate=1.0, audio_backlog_bytes=1 << 18, **KEEPALIVE)
     flood_s = 4.0
-    got: dict = {"rate_limited": [], "closed": None}
+    got: dict = {"rate_limited": []}
 
     async def scenario():
-        sock = socket.create_connection(("127.0.0.1", srv.port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)  # the flood waits in the server, not here
-        async with connect(srv.url, sock=sock, max_size=None) as ws:
+        ws = await connect(srv.url, max_size=None)
+        try:
             await start_audio(ws, "flood")
+            client_id = max(srv.server.hub.clients)
 
             async def reader():
                 while True:
                     msg = await recv_json(ws, 60)
                     if msg["type"] == "error" and msg["code"] == "rate_limited":
                         got["rate_limited"].append(msg["message"])
-                    if msg.get("id") == "after":
-                        return msg
 
             task = asyncio.create_task(reader())
-            frame = stereo48(0.5)
+            frame = stereo48(2.0)  # 768 KB
             t0 = time.monotonic()
             sent = 0
             while time.monotonic() - t0 < flood_s:
-                try:
-                    await asyncio.wait_for(ws.send(frame), 0.5)
-                    sent += 1
-                except asyncio.TimeoutError:
-                    pass
-            await ws.send(json.dumps({"type": "subscribe", "streams": "*", "id": "after"}))
-            after = await asyncio.wait_for(task, 60)
-            got["closed"] = ws.close_code
-            return sent, after
+                await ws.send(frame)  # waits while TCP holds it (a cancelled send would still queue its frame)
+                sent += 1
+            await asyncio.sleep(2 * (KEEPALIVE["ping_interval"] + KEEPALIVE["ping_timeout"]))  # still held
+            alive = client_id in srv.server.hub.clients and ws.close_code is None
+            task.cancel()
+            return sent, alive
+        finally:
+            ws.transport.abort()  # a polite close would wait behind the audio still queued
 
-    sent, after = run(scenario(), timeout=120)
-    assert sent * 0.5 > 4.0 * flood_s + 1.0  # it did offer more than its budget
-    assert got["rate_limited"] and "audio faster than 4x real time" in got["rate_limited"][0]
-    assert after["type"] == "subscribed" and got["closed"] is None
+    sent, alive = run(scenario(), timeout=120)
+    assert sent * 2.0 > 1.0 * flood_s + 1.0  # it did offer more than its budget
+    assert got["rate_limited"] and "audio faster than 1x real time" in got["rate_limited"][0]
+    assert alive
 
 
 def test_binary_frames_without_a_stream_are_refused_and_are_no_audio(server):
@@ -1102,3 +1099,28 @@ def test_refusals_and_throttling_are_logged_once_per_address_per_minute(server, 
     assert limiter.allow("a") == 2  # the next line says how many were held back
     limiter.allow("c")
     assert len(limiter._last) == 2  # bounded memory
+
+
+def test_audio_in_one_sample_frames_is_slowed_by_its_frame_count_and_nothing_is_lost(server):
+    """3,000 frames of one sample each: every sample reaches the engine, but the frames cost messages (a tenth
+    each), so the server is not made to handle audio a sample at a time at any speed: `rate_limited` says so."""
+    srv = server(message_rate=100.0)
+    n = 3000
+
+    async def scenario():
+        async with connect(srv.url) as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "audio_start", "stream": "tiny", "sample_rate": SR}))
+            await recv_until(ws, lambda m: m["type"] == "audio_started")
+            x = tone(n / SR)
+            for i in range(n):
+                await ws.send(x[i : i + 1].tobytes())
+            notice = await recv_until(ws, lambda m: m["type"] == "error")
+            deadline = time.monotonic() + TIMEOUT
+            while srv.runner.engine.streams["tiny"].ring.written < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return notice, srv.runner.engine.streams["tiny"].ring.written
+
+    notice, written = run(scenario())
+    assert notice["code"] == "rate_limited" and "messages/s" in notice["message"]
+    assert written == n

@@ -81,6 +81,9 @@ MIN_TOKEN_CHARS = 16  # a shorter --token is refused at start (guessable)
 RATE_NOTICE_INTERVAL_S = 10.0  # s between two `rate_limited` notices to one client
 FRAMES_QUEUED = 4  # incoming frames websockets buffers per connection before it stops reading the socket
 REFUSED_BYTES_PER_MESSAGE = 16384  # a refused binary frame costs 1 message + 1 per this many bytes of it
+AUDIO_FRAME_MESSAGES = 0.1  # an audio frame costs this many messages (500 frames/s at 50 messages/s: no client
+#                             makes the server handle audio one sample at a time; the page sends 10 frames/s)
+AUDIO_FRAME_MIN_BYTES = 1024  # an audio frame counts at least this much against the backlog (bounds its length)
 CLOSE_TIMEOUT_S = 5.0  # s a closing handshake may take before the server drops the TCP connection
 KEEPALIVE_POLL_S = 0.25  # s between two looks of the keepalive at a connection it waits to hear from
 PUBLISH_CHUNK = 8  # updates turned into JSON together (one rounding pass) on the loop
@@ -274,6 +277,8 @@ def _run_in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], name:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+            fut.exception()  # retrieved: one awaited gets it all the same, one given up on (a timeout, shutdown)
+            #                  must not make asyncio print "Future exception was never retrieved" and a traceback
 
     def work() -> None:
         try:
@@ -842,8 +847,9 @@ class _Connection:
         if got is None:  # refused (no audio_start, torn, NaN): no audio of any stream; costs messages by its size
             await self._charge(1.0 + len(data) / REFUSED_BYTES_PER_MESSAGE)
             return
+        await self._charge(AUDIO_FRAME_MESSAGES)
         self.backlog.append((got[0], data))
-        self.backlog_bytes += len(data)
+        self.backlog_bytes += max(len(data), AUDIO_FRAME_MIN_BYTES)
         self.has_audio.set()
         if self.backlog_bytes > self.config.backlog_bytes:  # read ahead far enough: TCP holds the rest
             self.room.clear()
@@ -913,7 +919,7 @@ class _Connection:
             finally:
                 self.backlog.popleft()
                 if not isinstance(item, AudioStop):
-                    self.backlog_bytes -= len(item[1])
+                    self.backlog_bytes -= max(len(item[1]), AUDIO_FRAME_MIN_BYTES)
                 if self.backlog_bytes <= self.config.backlog_bytes:
                     self.room.set()
 
@@ -966,6 +972,6 @@ class _Connection:
         try:
             pong = await self.ws.ping()
             await asyncio.shield(pong)
-        except ConnectionClosed:
+        except Exception:  # closed meanwhile (ConnectionClosed), or the pong never came: the keepalive decides
             return
         self.heard = time.monotonic()
