@@ -1124,3 +1124,26 @@ def test_audio_in_one_sample_frames_is_slowed_by_its_frame_count_and_nothing_is_
     notice, written = run(scenario())
     assert notice["code"] == "rate_limited" and "messages/s" in notice["message"]
     assert written == n
+
+
+def test_a_bug_while_answering_a_request_is_one_log_line_and_a_500(server, caplog):
+    """Whatever goes wrong while a request is answered, the log gets one line and no traceback (websockets
+    would log one at ERROR), the client a 500, and the server goes on."""
+    import logging
+    import urllib.error
+    import urllib.request
+
+    srv = server()
+    caplog.set_level(logging.INFO)
+
+    def broken(*args):
+        raise ZeroDivisionError("a bug")
+
+    srv.server._http = broken  # the page handler fails: the bug this guards against
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/", timeout=TIMEOUT)
+    assert info.value.code == 500
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in lines] == ["handshake from 127.0.0.1 failed (ZeroDivisionError: a bug)"]
+    assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.INFO)
+    assert run(status_of(srv.url)) == 101  # the server goes on

@@ -591,6 +591,15 @@ class WebsocketServer:
         return any(urlsplit(o).hostname == hostname for o in self.config.allowed_origins)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._check_request(connection, request)
+        except Exception as e:  # a bug: one line in the log (websockets would log a traceback) and a 500
+            log.error("handshake from %s failed (%s: %s)", connection.remote_address[0] if connection.remote_address
+                      else "?", type(e).__name__, _safe_text(str(e), 200))
+            log.debug("handshake failed", exc_info=True)
+            return connection.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._http(connection, request)
         address = str(connection.remote_address[0]) if connection.remote_address else "?"
@@ -681,7 +690,11 @@ class WebsocketServer:
         if self._connections_from(peer) >= self.config.max_connections_per_address:
             await ws.close(1013, "too many connections from this address; close one first")
             return
-        await _Connection(self, ws, peer).run()
+        try:
+            await _Connection(self, ws, peer).run()
+        except Exception as e:  # a bug: one line in the log (websockets would log a traceback), never the server
+            log.error("connection from %s failed (%s: %s)", peer, type(e).__name__, _safe_text(str(e), 200))
+            log.debug("connection failed", exc_info=True)
 
     async def _push_paced(self, stream: str, samples: np.ndarray, budget: RateLimiter,
                           over_budget: Callable[[float, str], Any]) -> None:
