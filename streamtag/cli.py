@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, StreamtagError
+from .errors import ConfigError, StreamtagError, output_failure
 
 PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
 
@@ -437,6 +437,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    output_failure(take=True)  # (a previous main() in this process)
+    code = _run(argv)
+    failure = output_failure(take=True)  # a sink thread could not write the results: that ended the command
+    if failure is None or code == EXIT_OUTPUT:
+        return code
+    _stdout_to_devnull()
+    if failure.errno == errno.EPIPE:  # the reader left (`| head`): not an error
+        return EXIT_OK
+    print(f"streamtag: error: cannot write output: {_reason(failure)}; free some space or write the output "
+          "elsewhere", file=sys.stderr)
+    return EXIT_OUTPUT
+
+
+def _reason(e: OSError) -> str:
+    return os.strerror(e.errno).lower() if e.errno else str(e)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(serve_security="serve" in argv)
     args, extras = parser.parse_known_args(argv)
@@ -468,8 +486,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if not _output_failed(e):
             return _internal_error(args, e)
         _stdout_to_devnull()
-        reason = os.strerror(e.errno).lower() if e.errno else str(e)
-        print(f"streamtag: error: cannot write output: {reason}; free some space or write the output elsewhere",
+        print(f"streamtag: error: cannot write output: {_reason(e)}; free some space or write the output elsewhere",
               file=sys.stderr)
         return EXIT_OUTPUT
     except Exception as e:  # a bug, not a user error: one line unless --debug

@@ -119,6 +119,35 @@ def test_a_full_disk_is_one_line_and_exit_74(model, tmp_path, fmt):
         "elsewhere"]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_live_command_on_a_full_disk_ends_with_one_line_and_exit_74(model):
+    """The live commands write JSON lines from a sink thread: a full disk ends the command (it was a traceback
+    per update, then exit 0), with one line and exit 74."""
+    with open("/dev/full", "w") as full:
+        r = run_cli("demo", "--model", str(model), "--format", "jsonl", "--duration", "60", stdout=full)
+    no_traceback(r.stderr)
+    assert r.returncode == 74
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert errors == ["streamtag: error: cannot write output: no space left on device; free some space or write "
+                      "the output elsewhere"]
+
+
+def test_a_live_command_whose_reader_leaves_ends_quietly(model):
+    """`streamtag demo | head -1`: once the reader has gone the command ends, exit 0, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "streamtag", "demo", "--model", str(model), "--format", "jsonl",
+                             "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("{")
+        proc.stdout.close()  # what `head -1` does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    no_traceback(err)
+    assert proc.returncode == 0
+
+
 def test_exit_codes_are_documented():
     r = run_cli("--help")
     assert "exit codes:" in r.stdout and "74" in r.stdout and "130" in r.stdout
