@@ -104,7 +104,12 @@ class Bundle:
             state = load_file(str(weights), device="cpu")
         except Exception as e:  # safetensors raises several types for bad files
             raise ModelError(f"cannot read weights {weights}: {e}; re-create the bundle") from e
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # "size mismatch for ...": the config and the weights disagree
+            detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), _first_line(e))
+            raise ModelError(f"weights in {weights} do not fit the architecture in {self.path / CONFIG_NAME} "
+                             f"({_first_line(ValueError(detail))}); re-create the bundle") from e
         if missing or unexpected:
             raise ModelError(
                 f"weights in {weights} do not fit architecture {self.architecture!r} "
@@ -200,8 +205,13 @@ def _validate_config(cfg: Any, cfg_path: Path) -> None:
         if key in cfg.get("frontend", {}) and not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
             raise fail(f"frontend.{key} = {v!r} must be a whole number in [{lo}, {hi}]")
     labels = cfg.get("labels", [])
-    if len(labels) > MAX_LABELS or not all(isinstance(x, str) for x in labels):
-        raise fail(f"labels must be a list of at most {MAX_LABELS} strings")
+    if not 0 < len(labels) <= MAX_LABELS or not all(isinstance(x, str) for x in labels):
+        raise fail(f"labels must be a list of 1 to {MAX_LABELS} strings")
+    arch = cfg.get("arch_config", {})
+    if "n_labels" in arch and arch["n_labels"] != len(labels):
+        raise fail(f"arch_config.n_labels = {arch['n_labels']!r} but labels lists {len(labels)}")
+    if "n_mels" in arch and "n_mels" in cfg.get("frontend", {}) and arch["n_mels"] != cfg["frontend"]["n_mels"]:
+        raise fail(f"arch_config.n_mels = {arch['n_mels']!r} but frontend.n_mels = {cfg['frontend']['n_mels']!r}")
     w = cfg.get("window_frames", 1)
     if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and 1 <= w <= MAX_WINDOW_FRAMES):
         raise fail(f"window_frames = {w!r} must be a whole number in [1, {MAX_WINDOW_FRAMES}]")

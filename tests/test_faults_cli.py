@@ -205,6 +205,8 @@ def test_a_bundle_asking_for_1e9_dimensions_names_the_bundle_and_the_field(model
     (lambda c: c["arch_config"].update(n_heads=float("nan")), "arch_config.n_heads"),
     (lambda c: c.update(labels="rock"), "labels"),
     (lambda c: c["arch_config"].update(n_layers="two"), "arch_config"),
+    (lambda c: c.update(labels=c["labels"][:3], genre_labels=c["labels"][:3]), "arch_config.n_labels"),
+    (lambda c: (c["arch_config"].update(n_mels=16), c["frontend"].update(n_mels=16)), "do not fit"),
 ])
 def test_bad_bundle_configs_are_model_errors_before_any_allocation(model, tmp_path, change, words):
     from streamtag.errors import ModelError
