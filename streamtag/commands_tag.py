@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import queue
 import sys
 import threading
@@ -161,6 +162,14 @@ class _Decoder(threading.Thread):
         return None if seconds is None else int(seconds * self.sample_rate)
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception as e:  # a bug outside one input's decoding: one line, and the command still ends
+            log.error("decoding stopped (%s: %s)", type(e).__name__, e)
+            log.debug("decoder failed", exc_info=True)
+            self._put((None, "done", None))
+
+    def _run(self) -> None:
         from .sources import open_source
 
         for i, inp in enumerate(self.inputs):
@@ -355,8 +364,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from .pipeline import FileTagger, hop_frames_for
     from .runner import ModelRunner
 
-    if args.duration is not None and not args.duration > 0:
-        raise ConfigError(f"--duration must be positive, got {args.duration}")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     if sum(1 for s in args.inputs if s == "-") > 1:

@@ -282,3 +282,18 @@ def test_mpeg_frame_bytes_reads_layer_2_and_3_headers():
     assert mpeg_frame_bytes(bytes([0xFF, 0xFD, 0x94, 0x00])) == 480  # MPEG-1 layer II 160 kbit/s 48 kHz
     assert mpeg_frame_bytes(b"OggS") is None and mpeg_frame_bytes(b"\xff") is None
     assert mpeg_frame_bytes(bytes([0xFF, 0xFB, 0xF0, 0x00])) is None  # bitrate index 15: not a frame
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--duration", "1e309"], "--duration"),  # was a traceback from the decoding thread, and a hang
+    (["--duration", "nan"], "--duration"),
+    (["--hop", "nan"], "--hop"),
+])
+def test_non_finite_numbers_on_the_command_line_are_one_line(model, argv, words, capsys):
+    from streamtag.cli import main
+
+    assert main(["tag", "-", "--model", str(model), *argv]) == 1
+    out, err = capsys.readouterr()
+    no_traceback(err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0]
