@@ -274,7 +274,7 @@ def test_a_radio_that_trickles_its_body_gives_one_line_and_no_pyav_traceback(tmp
 
 # -- the pure helpers ------------------------------------------------------------------------------------------------
 def test_mpeg_frame_bytes_reads_layer_2_and_3_headers():
-    from streamtag.sources.base import mpeg_frame_bytes
+    from streamtag.sources.file import mpeg_frame_bytes
 
     assert mpeg_frame_bytes(bytes([0xFF, 0xFB, 0x90, 0x64])) == 417  # MPEG-1 layer III 128 kbit/s 44.1 kHz
     assert mpeg_frame_bytes(bytes([0xFF, 0xFB, 0x92, 0x64])) == 418  # ... padded

@@ -809,7 +809,8 @@ class _Connection:
                  _safe_text(self.ws.request.headers.get("Origin", "-") if self.ws.request else "-", 80))
         tasks = {asyncio.create_task(self._read(), name=f"read-{client.id}"),
                  asyncio.create_task(self._write(), name=f"write-{client.id}"),
-                 asyncio.create_task(self._pump(), name=f"pump-{client.id}")}
+                 asyncio.create_task(self._pump(), name=f"pump-{client.id}"),
+                 asyncio.create_task(self.ws.wait_closed(), name=f"closed-{client.id}")}  # (a held reader waits)
         if self.config.ping_interval is not None:
             tasks.add(asyncio.create_task(self._keepalive(), name=f"keepalive-{client.id}"))
         try:

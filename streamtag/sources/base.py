@@ -28,7 +28,6 @@ __all__ = [
     "AudioPipeline",
     "frame_to_array",
     "iter_frames",
-    "mpeg_frame_bytes",
     "describe_av_error",
     "AvReader",
     "SourceInterrupted",
@@ -59,16 +58,13 @@ def describe_av_error(e: BaseException) -> str:
     return text
 
 
-def iter_frames(container: Any, stream: Any, *, last: dict[str, Any] | None = None) -> Iterator[av.AudioFrame]:
+def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
     """Decode ``stream`` of ``container``, skipping isolated undecodable packets (as the ffmpeg CLI does).
 
     Demuxer errors and long runs of bad packets propagate (``av.error.FFmpegError`` or ``OSError``).
-    ``last`` (a dict) is kept up to date with the newest packet's ``size`` and first bytes (``head``).
     """
     bad = 0
     for packet in container.demux(stream):
-        if last is not None and packet.size:
-            last["size"], last["head"] = packet.size, bytes(memoryview(packet)[:4])
         try:
             frames = packet.decode()
         except (av.error.InvalidDataError, av.error.UndefinedError) as e:  # one corrupt packet: skip it
@@ -80,28 +76,6 @@ def iter_frames(container: Any, stream: Any, *, last: dict[str, Any] | None = No
             continue
         bad = 0
         yield from frames
-
-
-_MPEG_KBPS = {  # (MPEG-1?, layer) -> bitrate index -> kbit/s
-    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
-    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
-
-
-def mpeg_frame_bytes(head: bytes) -> int | None:
-    """Length of the MPEG audio frame (layer II or III) whose header is ``head``'s 4 bytes; None if it is not one.
-    A file whose last packet is shorter was cut mid-frame (truncated), whatever its header estimated."""
-    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
-        return None
-    version, layer = (head[1] >> 3) & 3, 4 - ((head[1] >> 1) & 3)  # version 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
-    rate_index, kbps_index, padding = (head[2] >> 2) & 3, head[2] >> 4, (head[2] >> 1) & 1
-    if version == 1 or layer not in (2, 3) or rate_index == 3 or kbps_index in (0, 15):
-        return None
-    sample_rate = (44100, 48000, 32000)[rate_index] >> {3: 0, 2: 1, 0: 2}[version]
-    per_kbit = 72 if (version != 3 and layer == 3) else 144  # MPEG-2/2.5 layer III frames hold half the samples
-    return per_kbit * 1000 * _MPEG_KBPS[(version == 3, layer)][kbps_index] // sample_rate + padding
 
 
 MAX_TITLE_CHARS = 256
