@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, StreamtagError, output_failure
+from .errors import ConfigError, StreamtagError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
 
@@ -31,11 +31,6 @@ __all__ = ["main", "build_parser", "apply_old_spellings", "smoothing_config", "T
 log = logging.getLogger("streamtag")
 
 TOP_DEFAULT = 5  # genres per update / summary / bars per stream, in every subcommand
-# exit codes (README "Exit codes", and `streamtag --help`)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 74, 130
-EXIT_CODES_HELP = ("exit codes: 0 done; 1 an input, option or model failed (one line each on stderr); 2 usage "
-                   "error; 3 internal error (a bug: rerun with --debug); 74 the output could not be written "
-                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done)")
 SMOOTHING_CHOICES = ("ema", "hmm", "none")
 _COMPUTE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -428,6 +423,13 @@ def add_training_commands(sub: Any) -> None:
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------
+# exit codes (README "Exit codes", and `streamtag --help`)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 74, 130
+EXIT_CODES_HELP = ("exit codes: 0 done; 1 an input, option or model failed (one line each on stderr); 2 usage "
+                   "error; 3 internal error (a bug: rerun with --debug); 74 the output could not be written "
+                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -437,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from .errors import output_failure
+
     output_failure(take=True)  # (a previous main() in this process)
     code = _run(argv)
     failure = output_failure(take=True)  # a sink thread could not write the results: that ended the command
