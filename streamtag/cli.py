@@ -567,7 +567,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"window {b.window_seconds:.2f} s  hop {b.hop_seconds:.2f} s  {b.streaming:8s} {size_mb:5.1f} MB"
             + (f"  {b.description}" if b.description else "")
         )
-    print("* default" + ("   ! cannot be loaded (fix or remove it)" if broken else ""))
+    print("* default")
+    if broken:
+        print("! cannot be loaded: fix the bundle or remove it")
     return 0
 
 
