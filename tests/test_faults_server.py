@@ -5,6 +5,12 @@ client that misbehaves: a foreign Origin, a DNS-rebinding Host, token guessing, 
 wrong-shaped and deeply nested messages, a flood of title changes, a source that trickles its answer. Each asserts
 what the server does about it (docs/security.md) and, where another client could suffer, that a well-behaved
 client's updates keep coming: counted per hop of audio it sent, never against wall-clock thresholds.
+
+Round two (issue 18): admin requests of one connection run side by side and never drop it; a sender flooding
+audio keeps its connection while its pongs wait behind its own audio; binary frames without a stream are refused
+and cost message budget by size; one-sample frames are slowed, not lost; a client that reads nothing is closed by
+the keepalive; 1,000 reconnects leave nothing behind; refusals are logged once per address per minute; a bug
+while answering is one log line. Deadlines are short here (keepalive 0.5 s + 1 s, --open-timeout 3 s).
 """
 from __future__ import annotations
 
