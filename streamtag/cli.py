@@ -12,8 +12,11 @@ never a traceback (``--debug`` shows it). A usage error shows the usage of the s
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,7 +142,7 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     ``training=False`` leaves out the training commands, whose flags live in streamtag.train.cli: main() asks
     for them only when a training command (or no command, e.g. --help) is on the command line."""
     parser = argparse.ArgumentParser(prog="streamtag", description="Streaming, real-time music genre tagging.",
-                                     formatter_class=_HelpFormatter)
+                                     formatter_class=_HelpFormatter, epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"streamtag {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -316,7 +319,42 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------
+# exit codes (README "Exit codes", and `streamtag --help`)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 74, 130
+EXIT_CODES_HELP = ("exit codes: 0 done; 1 an input, option or model failed (one line each on stderr); 2 usage "
+                   "error; 3 internal error (a bug: rerun with --debug); 74 the output could not be written "
+                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the console script: the interpreter's shutdown is next
+            _quiet_ctrl_c_at_exit()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from .errors import output_failure
+
+    output_failure(take=True)  # (a previous main() in this process)
+    code = _run(argv)
+    failure = output_failure(take=True)  # a sink thread could not write the results: that ended the command
+    if failure is None or code == EXIT_OUTPUT:
+        return code
+    _stdout_to_devnull()
+    if failure.errno == errno.EPIPE:  # the reader left (`| head`): not an error
+        return EXIT_OK
+    print(f"streamtag: error: cannot write output: {_reason(failure)}; free some space or write the output "
+          "elsewhere", file=sys.stderr)
+    return EXIT_OUTPUT
+
+
+def _reason(e: OSError) -> str:
+    return os.strerror(e.errno).lower() if e.errno else str(e)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
     parser = build_parser(serve_security="serve" in argv, training=command is None or command in TRAINING_COMMANDS)
@@ -329,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="streamtag: %(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         apply_old_spellings(args)
         for message in getattr(args, "deprecations", None) or []:
@@ -339,16 +377,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"streamtag: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader left (`| head`): not an error
+        _stdout_to_devnull()
+        return EXIT_OK
+    except OSError as e:
+        if not _output_failed(e):
+            return _internal_error(args, e)
+        _stdout_to_devnull()
+        print(f"streamtag: error: cannot write output: {_reason(e)}; free some space or write the output elsewhere",
+              file=sys.stderr)
+        return EXIT_OUTPUT
     except Exception as e:  # a bug, not a user error: one line unless --debug
-        if args.debug:
-            raise
-        print(f"streamtag: internal error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)
-        return 3
+        return _internal_error(args, e)
+
+
+def _internal_error(args: argparse.Namespace, e: Exception) -> int:
+    if args.debug:
+        raise e
+    print(f"streamtag: internal error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _output_failed(e: OSError) -> bool:
+    """Whether ``e`` is the results failing to be written: a full disk or quota, or a stdout that takes no more."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of unwritable output does not print
+    "Exception ignored ... OSError" after the one-line error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured): nothing will be flushed to it
+        pass
+
+
+def _quiet_ctrl_c_at_exit() -> None:
+    """After main(): a Ctrl-C while the interpreter shuts down (joining threads, atexit callbacks) ends the
+    process at once with 130, instead of a KeyboardInterrupt inside an atexit callback and its traceback."""
+    def stop_now(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_INTERRUPTED)
+
+    try:
+        signal.signal(signal.SIGINT, stop_now)
+    except ValueError:  # not the main thread
+        pass
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -360,9 +449,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         looked = ", ".join(str(d) for d in models_dirs()) or "(no models folder exists)"
         print(f"no shipped models found (looked in: {looked}; set STREAMTAG_MODELS=DIR to add bundles)")
         return 1
+    broken = 0
     for name in names:
-        b = load_bundle(name)
-        size_mb = sum(f.stat().st_size for f in b.path.iterdir() if f.is_file()) / 1e6
+        try:  # one broken bundle (a bad config.json in STREAMTAG_MODELS) is marked, the others still listed
+            b = load_bundle(name)
+            size_mb = sum(f.stat().st_size for f in b.path.iterdir() if f.is_file()) / 1e6
+        except (StreamtagError, OSError) as e:
+            broken += 1
+            print(f"! {name:24s} cannot be loaded: {e}")
+            continue
         mark = "*" if name == DEFAULT_MODEL else " "
         print(
             f"{mark} {name:24s} {b.architecture:15s} {len(b.labels):3d} labels ({len(b.genre_labels)} genres)  "
@@ -371,6 +466,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
         print(_families_text(b))
     print("* default")
+    if broken:
+        print("! cannot be loaded: fix the bundle or remove it")
     return 0
 
 

@@ -11,7 +11,9 @@ input in progress (the finished ones were printed as they finished) and exits 13
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import queue
 import sys
 import threading
@@ -160,6 +162,14 @@ class _Decoder(threading.Thread):
         return None if seconds is None else int(seconds * self.sample_rate)
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception as e:  # a bug outside one input's decoding: one line, and the command still ends
+            log.error("decoding stopped (%s: %s)", type(e).__name__, e)
+            log.debug("decoder failed", exc_info=True)
+            self._put((None, "done", None))
+
+    def _run(self) -> None:
         from .sources import open_source
 
         for i, inp in enumerate(self.inputs):
@@ -357,6 +367,9 @@ class _Output:
         partial = "  [yellow]partial: interrupted[/yellow]" if s.partial else ""
         self.console.print(f"[bold]{s.stream}[/bold]  ({s.duration:.1f} s, {s.windows} windows, {s.model}){partial}",
                            highlight=False, soft_wrap=True)
+        if s.extra.get("silence"):
+            self.console.print("silence (no genre)\n", highlight=False)
+            return
         t = Table(show_edge=False, box=None, padding=(0, 2))
         t.add_column("genre")
         t.add_column("mean p", justify="right")
@@ -421,8 +434,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from .pipeline import FileTagger, hop_frames_for
     from .runner import ModelRunner
 
-    if args.duration is not None and not args.duration > 0:
-        raise ConfigError(f"--duration must be positive, got {args.duration}")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     if sum(1 for s in args.inputs if s == "-") > 1:
@@ -497,12 +510,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     if tagger.samples == 0:
                         raise SourceError(f"{inp.label}: no audio decoded; check that it is a non-empty audio "
                                           "file or stream")
-                    out.updates(tagger.finish())
-                    out.summary(tagger.summary())
+                    out.updates(tagger.finish())  # warns once itself when samples had to be repaired
+                    out.summary(_silence_noted(tagger.summary(), tagger))
                     done += 1
-                    if tagger.repaired:
-                        log.warning("warning: %s: %d samples were not finite or out of range and were repaired "
-                                    "(zeroed or clipped); check the source", inp.label, tagger.repaired)
                 except StreamtagError as e:
                     out.drop_pending()
                     fail(inp.label, e)
@@ -520,6 +530,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         return 130
     finally:
         decoder.stop()
+        decoder.join(timeout=5.0)  # it stops at its next block; a decoder left running at exit prints leak notes
         if progress is not None:
             progress.stop()
         out.close()
@@ -527,6 +538,15 @@ def cmd_tag(args: argparse.Namespace) -> int:
     if failed:
         print(f"streamtag: {failed} of {len(inputs)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _silence_noted(summary: Summary, tagger: Any) -> Summary:
+    """An input that is silent throughout (all zeros, or only NaN samples, which are zeroed) has no genre: its
+    summary says ``"silence": true`` with an empty ``top`` (the model's answer to silence is noise, not rock)."""
+    if not tagger.windows or tagger.silent_windows < tagger.windows:
+        return summary
+    log.warning("%s: silent throughout (every window below -60 dBFS); no genre to report", summary.stream)
+    return dataclasses.replace(summary, top=[], extra={**summary.extra, "silence": True})
 
 
 def _interrupted(out: _Output, tagger: Any, current: TagInput | None, *, done: int, total: int) -> None:

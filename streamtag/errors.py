@@ -5,7 +5,9 @@ Every message is a single line that names the input and says what to do about it
 """
 from __future__ import annotations
 
+import _thread
 import logging
+import threading
 
 __all__ = [
     "StreamtagError",
@@ -15,7 +17,11 @@ __all__ = [
     "DeviceError",
     "ProtocolError",
     "close_quietly",
+    "output_failed",
+    "output_failure",
 ]
+
+_OUTPUT_FAILURES: list[OSError] = []  # the first error that kept the command's results from being written
 
 
 class StreamtagError(Exception):
@@ -52,3 +58,22 @@ def close_quietly(resource: object) -> None:
         close()
     except Exception:
         logging.getLogger("streamtag").debug("closing %r failed", resource, exc_info=True)
+
+
+def output_failed(error: OSError) -> None:
+    """Say, from any thread, that the command's results cannot be written (a full disk, a reader that left): the
+    command is ended as if interrupted (nothing more can reach its output), and the CLI reports this once, as
+    ``cannot write output: ...`` with exit code 74 (0, quietly, for a reader that left a pipe)."""
+    if _OUTPUT_FAILURES:
+        return
+    _OUTPUT_FAILURES.append(error)
+    if threading.current_thread() is not threading.main_thread():
+        _thread.interrupt_main()
+
+
+def output_failure(*, take: bool = False) -> OSError | None:
+    """The error :func:`output_failed` was told of first (None: the output was fine); ``take`` forgets it."""
+    failure = _OUTPUT_FAILURES[0] if _OUTPUT_FAILURES else None
+    if take:
+        _OUTPUT_FAILURES.clear()
+    return failure

@@ -47,6 +47,7 @@ __all__ = [
     "AudioDecoder",
     "RateLimiter",
     "HandshakeThrottle",
+    "LogLimiter",
     "ERROR_CODES",
     "parse_message",
     "valid_stream_name",
@@ -307,17 +308,24 @@ class AudioDecoder:
         self._converter = MonoConverter(sample_rate=sample_rate, target_rate=target_rate, channels=channels)
         self.samples_in = 0
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """(N,) float32 at ``target_rate`` for one binary frame; :class:`ClientError` for a torn frame."""
+    def check(self, data: bytes) -> float:
+        """Seconds of audio in one binary frame; :class:`ClientError` for a torn frame or non-finite samples.
+        Cheap (no conversion): the server checks a frame when it arrives and converts it when its turn comes."""
         if len(data) % self._frame_bytes:
             raise ClientError(
                 "bad_audio",
                 f"binary frame of {len(data)} bytes is not a whole number of {self.format} x {self.channels} "
                 f"samples ({self._frame_bytes} bytes each)",
             )
-        x = np.frombuffer(data, dtype=self._dtype)  # (N * C,) interleaved
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        if self._dtype.kind == "f" and not np.all(np.isfinite(np.frombuffer(data, dtype=self._dtype))):
             raise ClientError("bad_audio", "audio frame holds NaN or infinite samples")
+        return len(data) // self._frame_bytes / self.sample_rate
+
+    def decode(self, data: bytes, *, checked: bool = False) -> np.ndarray:
+        """(N,) float32 at ``target_rate`` for one binary frame (``checked``: :meth:`check` already passed)."""
+        if not checked:
+            self.check(data)
+        x = np.frombuffer(data, dtype=self._dtype)  # (N * C,) interleaved
         self.samples_in += x.shape[0] // self.channels
         return self._converter.push(x)
 
@@ -394,6 +402,29 @@ class HandshakeThrottle:
         else:
             self._failures.move_to_end(address)
         q.append(self.clock())
+
+
+class LogLimiter:
+    """At most one log line per key (a client address) per ``interval`` s: :meth:`allow` returns how many lines
+    were held back since the last one it allowed, or None to hold this one back. Remembers ``max_keys`` keys."""
+
+    def __init__(self, *, interval: float = 60.0, max_keys: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval, self.max_keys, self.clock = interval, max_keys, clock
+        self._last: OrderedDict[str, list[float]] = OrderedDict()  # key -> [when allowed, lines held back since]
+
+    def allow(self, key: str) -> int | None:
+        now = self.clock()
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        held = int(entry[1]) if entry is not None else 0
+        self._last[key] = [now, 0]
+        self._last.move_to_end(key)
+        while len(self._last) > self.max_keys:
+            self._last.popitem(last=False)
+        return held
 
 
 # -- the hub ------------------------------------------------------------------------------------------------
@@ -622,20 +653,35 @@ class Hub:
                        "see docs/protocol.md", msg)
             return []
 
-    def receive_audio(self, client: Client, data: bytes) -> tuple[str, np.ndarray] | None:
-        """Decode one binary frame of the client's audio stream -> (stream, samples at engine rate)."""
+    def accept_audio(self, client: Client, data: bytes) -> tuple[str, float] | None:
+        """Check one binary frame of the client's audio stream -> (stream, seconds of audio), or None after an
+        ``error`` reply: a frame before ``audio_start`` is refused and is no audio of any stream."""
         if not client.audio:
-            self.error(client, "bad_audio", "binary frame before audio_start; send audio_start first")
+            self.error(client, "bad_audio", "binary frame before audio_start; send audio_start first "
+                       "(the frame was discarded)")
             return None
         if len(client.audio) > 1:
             self.error(client, "bad_audio", "binary frames are ambiguous with several audio streams open")
             return None
         stream, decoder = next(iter(client.audio.items()))
         try:
-            return stream, decoder.decode(data)
+            return stream, decoder.check(data)
         except ClientError as e:
             self.error(client, e.code, str(e))
             return None
+
+    def decode_audio(self, client: Client, stream: str, data: bytes) -> np.ndarray | None:
+        """Samples at the engine rate of a frame :meth:`accept_audio` took; None once ``stream`` has ended."""
+        decoder = client.audio.get(stream)
+        return None if decoder is None else decoder.decode(data, checked=True)
+
+    def receive_audio(self, client: Client, data: bytes) -> tuple[str, np.ndarray] | None:
+        """Check and decode one binary frame of the client's audio stream -> (stream, samples at engine rate)."""
+        got = self.accept_audio(client, data)
+        if got is None:
+            return None
+        samples = self.decode_audio(client, got[0], data)
+        return None if samples is None else (got[0], samples)
 
     def _check_known(self, streams: list[str], msg: dict[str, Any]) -> None:
         unknown = [s for s in streams if s not in self.streams]

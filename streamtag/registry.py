@@ -14,6 +14,7 @@ valid names.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 
 from .architectures import build_model
 from .architectures.base import StatefulModel, StreamingModel, WindowModel
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .frontend import FrontendSpec
 from .taxonomy import check_taxonomy, default_taxonomy
 
@@ -35,6 +36,14 @@ DEFAULT_MODEL = "musicnn-msd"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model_card.md"
+# Bounds a bundle's config.json must keep, checked before anything is allocated (a hostile or corrupt config that
+# asks for 1e9 mel bands or units gets a one-line error naming the bundle and the field, not an allocation error)
+MAX_DIM = 1 << 16  # any size in arch_config (units, filters, layers, frames, labels ...)
+MAX_PARAMETERS = 1 << 30  # parameters of the built model (4 GiB of float32)
+FRONTEND_BOUNDS = {"sample_rate": (1000, 384_000), "n_fft": (16, 1 << 16), "hop_length": (1, 1 << 16),
+                   "win_length": (1, 1 << 16), "n_mels": (1, 1024)}
+MAX_WINDOW_FRAMES = 1 << 16
+MAX_LABELS = 1 << 16
 
 
 def models_dirs() -> list[Path]:
@@ -91,13 +100,26 @@ class Bundle:
         """The network with its weights loaded, in eval mode, on ``device``."""
         from safetensors.torch import load_file
 
-        model = build_model(self.architecture, self.arch_config)
+        self._check_size()
+        try:
+            model = build_model(self.architecture, self.arch_config)
+        except ModelError as e:
+            raise ModelError(f"bundle {self.name} ({self.path / CONFIG_NAME}): {e}") from e
+        except (RuntimeError, MemoryError, ValueError, TypeError, AssertionError) as e:
+            raise ModelError(f"bundle {self.name} ({self.path / CONFIG_NAME}): architecture {self.architecture!r} "
+                             f"cannot be built from its arch_config ({type(e).__name__}: {_first_line(e)}); "
+                             "re-create the bundle") from e
         weights = self.path / WEIGHTS_NAME
         try:
             state = load_file(str(weights), device="cpu")
         except Exception as e:  # safetensors raises several types for bad files
             raise ModelError(f"cannot read weights {weights}: {e}; re-create the bundle") from e
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # "size mismatch for ...": the config and the weights disagree
+            detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), _first_line(e))
+            raise ModelError(f"weights in {weights} do not fit the architecture in {self.path / CONFIG_NAME} "
+                             f"({_first_line(ValueError(detail))}); re-create the bundle") from e
         if missing or unexpected:
             raise ModelError(
                 f"weights in {weights} do not fit architecture {self.architecture!r} "
@@ -113,6 +135,20 @@ class Bundle:
                 f"{self.architecture!r} is a {kind} model; set \"streaming\": \"{kind}\" or re-create the bundle"
             )
         return model
+
+    def _check_size(self) -> None:
+        """Count the model's parameters on the meta device (nothing allocated) before building it for real."""
+        try:
+            with torch.device("meta"):
+                meta = build_model(self.architecture, self.arch_config)
+        except ModelError:
+            raise
+        except Exception:  # an architecture that cannot be built on meta: the real build reports its error
+            return
+        n = sum(p.numel() for p in meta.parameters())
+        if n > MAX_PARAMETERS:
+            raise ModelError(f"bundle {self.name} ({self.path / CONFIG_NAME}): arch_config asks for {n:,} "
+                             f"parameters, more than {MAX_PARAMETERS:,}; re-create the bundle")
 
     def config_dict(self) -> dict[str, Any]:
         return {
@@ -134,14 +170,79 @@ class Bundle:
         }
 
 
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    line = (str(e).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _check_sizes(value: Any, where: str, bad: list[str]) -> None:
+    """Every number under ``value`` finite, every integer (or integral float) within MAX_DIM; names the
+    offending fields (``where``: the dotted path so far) in ``bad``."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            bad.append(f"{where} = {value} is not a finite number")
+        elif abs(value) > MAX_DIM and (isinstance(value, int) or value.is_integer()):
+            bad.append(f"{where} = {value:g} is larger than {MAX_DIM}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_sizes(v, f"{where}[{i}]", bad)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_sizes(v, f"{where}.{k}", bad)
+    else:
+        bad.append(f"{where} has an unexpected type {type(value).__name__}")
+
+
+def _validate_config(cfg: Any, cfg_path: Path) -> None:
+    """Shape and bounds of a config.json, before anything is built or allocated (ModelError naming the field)."""
+    def fail(what: str) -> ModelError:
+        return ModelError(f"bundle {cfg_path.parent.name} ({cfg_path}): {what}; fix the field or re-create the "
+                          "bundle")
+
+    if not isinstance(cfg, dict):
+        raise fail("config.json must hold a JSON object")
+    for key, kind in (("arch_config", dict), ("frontend", dict), ("labels", list), ("architecture", str)):
+        if key in cfg and not isinstance(cfg[key], kind):
+            raise fail(f"{key} must be a JSON {'object' if kind is dict else kind.__name__.replace('str', 'string')}")
+    bad: list[str] = []
+    _check_sizes(cfg.get("arch_config", {}), "arch_config", bad)
+    if bad:
+        raise fail(bad[0])
+    for key, (lo, hi) in FRONTEND_BOUNDS.items():
+        v = cfg.get("frontend", {}).get(key)
+        if v is None and key == "win_length":
+            continue
+        if key in cfg.get("frontend", {}) and not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise fail(f"frontend.{key} = {v!r} must be a whole number in [{lo}, {hi}]")
+    labels = cfg.get("labels", [])
+    if not 0 < len(labels) <= MAX_LABELS or not all(isinstance(x, str) for x in labels):
+        raise fail(f"labels must be a list of 1 to {MAX_LABELS} strings")
+    arch = cfg.get("arch_config", {})
+    if "n_labels" in arch and arch["n_labels"] != len(labels):
+        raise fail(f"arch_config.n_labels = {arch['n_labels']!r} but labels lists {len(labels)}")
+    if "n_mels" in arch and "n_mels" in cfg.get("frontend", {}) and arch["n_mels"] != cfg["frontend"]["n_mels"]:
+        raise fail(f"arch_config.n_mels = {arch['n_mels']!r} but frontend.n_mels = {cfg['frontend']['n_mels']!r}")
+    w = cfg.get("window_frames", 1)
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and 1 <= w <= MAX_WINDOW_FRAMES):
+        raise fail(f"window_frames = {w!r} must be a whole number in [1, {MAX_WINDOW_FRAMES}]")
+    h = cfg.get("hop_seconds", 1.0)
+    if not (isinstance(h, (int, float)) and not isinstance(h, bool) and math.isfinite(h) and 0 < h <= 3600):
+        raise fail(f"hop_seconds = {h!r} must be a number of seconds in (0, 3600]")
+
+
 def _bundle_from_dir(path: Path) -> Bundle:
     cfg_path = path / CONFIG_NAME
     try:
         cfg = json.loads(cfg_path.read_text())
     except FileNotFoundError as e:
         raise ModelError(f"{path} is not a model bundle (no {CONFIG_NAME})") from e
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cfg_path} is not valid JSON ({e}); re-create the bundle") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{cfg_path} is not valid JSON ({_first_line(e)}); re-create the bundle") from e
+    except OSError as e:
+        raise ModelError(f"{cfg_path}: cannot read it ({e.strerror or e}); check its permissions") from e
+    _validate_config(cfg, cfg_path)
     try:
         if cfg.get("format_version", 1) > FORMAT_VERSION:
             raise ModelError(f"{path} needs a newer streamtag (bundle format {cfg['format_version']})")
@@ -177,6 +278,11 @@ def _bundle_from_dir(path: Path) -> Bundle:
         )
     except KeyError as e:
         raise ModelError(f"{cfg_path} lacks the field {e.args[0]!r}; re-create the bundle") from e
+    except ConfigError as e:  # the front end's own checks
+        raise ModelError(f"bundle {path.name} ({cfg_path}): {e}") from e
+    except (TypeError, ValueError) as e:  # a field of the wrong type
+        raise ModelError(f"bundle {path.name} ({cfg_path}): a field has the wrong type ({_first_line(e)}); "
+                         "re-create the bundle") from e
 
 
 def _check_derived(items: Any, labels: tuple[str, ...], *, where: str) -> tuple[dict[str, Any], ...]:

@@ -5,6 +5,12 @@ client that misbehaves: a foreign Origin, a DNS-rebinding Host, token guessing, 
 wrong-shaped and deeply nested messages, a flood of title changes, a source that trickles its answer. Each asserts
 what the server does about it (docs/security.md) and, where another client could suffer, that a well-behaved
 client's updates keep coming: counted per hop of audio it sent, never against wall-clock thresholds.
+
+Round two (issue 18): admin requests of one connection run side by side and never drop it; a sender flooding
+audio keeps its connection while its pongs wait behind its own audio; binary frames without a stream are refused
+and cost message budget by size; one-sample frames are slowed, not lost; a client that reads nothing is closed by
+the keepalive; 1,000 reconnects leave nothing behind; refusals are logged once per address per minute; a bug
+while answering is one log line. Deadlines are short here (keepalive 0.5 s + 1 s, --open-timeout 3 s).
 """
 from __future__ import annotations
 
@@ -772,3 +778,378 @@ def test_security_flags_replace_earlier_definitions_of_the_same_flags():
     config = config_from_args(args, port=0)
     assert (config.token, config.allowed_origins, config.max_streams) == (TOKEN, ("https://a.example",), 3)
     assert "an older definition" not in p.format_help()  # one --token: this block's
+
+
+# -- round two (issue 18): admin requests in parallel, throttled senders kept, refused frames ------------------
+class TricklingListener:
+    """An HTTP 'server' on loopback that accepts every connection and sends one byte of a never-ending header
+    every 0.2 s: a source opening against it hangs until its deadline."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.2)
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def url(self, path: str = "/stream") -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}{path}"
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c, _ = self.listener.accept()
+                self.conns.append(c)
+            except OSError:
+                pass
+            for c in self.conns:
+                try:
+                    c.send(b"H")
+                except OSError:
+                    pass
+
+    def __enter__(self) -> TricklingListener:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.listener.close()
+
+
+KEEPALIVE = {"ping_interval": 0.5, "ping_timeout": 1.0}  # short, so that a wrongly dropped client shows in seconds
+
+
+def test_admin_requests_on_one_connection_run_concurrently(server, tmp_path):
+    """Two adds of trickling URLs, then a good file and a subscribe on the same connection: the good ones are
+    answered while the slow ones still open (each gives up at its own --open-timeout)."""
+    music = tmp_path / "music"
+    music.mkdir()
+    write_tone_wav(music / "good.wav", seconds=10.0)
+    srv = server(token=TOKEN, open_timeout=3.0, allow_private_urls=True, allow_files=(music,), **KEEPALIVE)
+
+    async def scenario(url: str):
+        async with connect(srv.url + "?token=" + TOKEN) as ws:
+            await recv_json(ws)
+            for k, uri in enumerate([url, url]):
+                await ws.send(json.dumps({"type": "add_source", "name": f"slow{k}", "uri": uri, "id": f"slow{k}"}))
+            await ws.send(json.dumps({"type": "add_source", "name": "good", "uri": str(music / "good.wav"),
+                                      "id": "good"}))
+            await ws.send(json.dumps({"type": "subscribe", "streams": "*", "id": "sub"}))
+            replies = []
+            while len(replies) < 4:
+                msg = await recv_json(ws)
+                if "id" in msg:
+                    replies.append(msg)
+            return replies, ws.close_code
+
+    with TricklingListener() as slow:
+        replies, close_code = run(scenario(slow.url()))
+    order = [r["id"] for r in replies]
+    assert set(order[:2]) == {"good", "sub"}, order  # answered before either slow open gave up
+    assert {r["id"]: r["type"] for r in replies} == {"good": "source_added", "sub": "subscribed",
+                                                     "slow0": "error", "slow1": "error"}
+    assert all("no answer within 3 s" in r["message"] for r in replies if r["type"] == "error")
+    assert close_code is None  # the connection outlived its slow requests (keepalive 0.5 s + 1 s)
+
+
+def test_queued_admin_requests_never_drop_their_connection(server):
+    """Six adds of trickling URLs on one connection: four open at once (the documented limit), the other two
+    are refused at once, and the connection (keepalive 0.5 s + 1 s) stays up while the four wait out their
+    deadline: its pongs are read meanwhile."""
+    srv = server(token=TOKEN, open_timeout=3.0, allow_private_urls=True, **KEEPALIVE)
+
+    async def scenario(url: str):
+        async with connect(srv.url + "?token=" + TOKEN) as ws:
+            await recv_json(ws)
+            for k in range(6):
+                await ws.send(json.dumps({"type": "add_source", "name": f"t{k}", "uri": url, "id": k}))
+            replies = []
+            while len(replies) < 6:
+                msg = await recv_json(ws)
+                if msg["type"] == "error":
+                    replies.append(msg)
+            await ws.send(json.dumps({"type": "subscribe", "streams": "*", "id": "after"}))
+            after = await recv_until(ws, lambda m: m.get("id") == "after")
+            return replies, after
+
+    with TricklingListener() as slow:
+        replies, after = run(scenario(slow.url()))
+    refused = [r for r in replies if "still opening" in r["message"]]
+    timed_out = [r for r in replies if "no answer within 3 s" in r["message"]]
+    assert len(refused) == 2 and len(timed_out) == 4
+    assert replies[:2] == refused  # refused at once, before any open gave up
+    assert all(r["code"] == "limit_exceeded" for r in refused)
+    assert after["type"] == "subscribed"
+    assert not srv.server._requests  # no request task left
+    deadline = time.monotonic() + TIMEOUT  # the open threads end once the trickling server hangs up
+    while srv.server._opening and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.server._opening == 0
+
+
+def stereo48(seconds: float) -> bytes:
+    """Float32 stereo at 48 kHz: many bytes per second of audio, so a test's flood drains in seconds."""
+    t = np.arange(int(seconds * 48000)) / 48000
+    x = (0.3 * np.sin(2 * np.pi * 330 * t)).astype("<f4")
+    return np.stack([x, x], axis=1).tobytes()
+
+
+async def start_audio(ws, name: str, rate: int = 48000, channels: int = 2) -> None:
+    await recv_json(ws)
+    await ws.send(json.dumps({"type": "audio_start", "stream": name, "sample_rate": rate, "channels": channels}))
+    await recv_until(ws, lambda m: m["type"] == "audio_started")
+
+
+def test_a_request_is_answered_while_its_connections_audio_is_paced(server):
+    """4.5 s of audio in three frames at --max-audio-rate 2, then a request: its reply comes while the engine has
+    taken only what the budget allows (1 s banked + 2 s/s), not after all the audio (the request is not behind
+    it)."""
+    srv = server(audio_rate=2.0)
+    engine = srv.runner.engine
+
+    async def scenario():
+        async with connect(srv.url, max_size=None) as ws:
+            await start_audio(ws, "paced")
+            frame = stereo48(1.5)
+            for _ in range(3):
+                await ws.send(frame)
+            await ws.send(json.dumps({"type": "subscribe", "streams": "*", "id": "now"}))
+            await recv_until(ws, lambda m: m.get("id") == "now")
+            taken_at_reply = engine.streams["paced"].ring.written / SR if "paced" in engine.streams else None
+            return taken_at_reply
+
+    taken = run(scenario())
+    assert taken is not None and taken < 3.5  # the budget had let through far less than the 4.5 s sent
+
+
+def test_a_throttled_sender_keeps_its_connection_and_is_told_why(server):
+    """A sender that floods 2 s frames at --max-audio-rate 1 for longer than the keepalive allows (0.5 s + 1 s
+    here): the server stops reading it for 2 s at a time, its pongs wait behind its own audio, and it is NOT
+    closed (1011 before issue 18): it hears `rate_limited` and stays connected."""
+    srv = server(audio_rate=1.0, audio_backlog_bytes=1 << 18, **KEEPALIVE)
+    flood_s = 4.0
+    got: dict = {"rate_limited": []}
+
+    async def scenario():
+        ws = await connect(srv.url, max_size=None)
+        try:
+            await start_audio(ws, "flood")
+            client_id = max(srv.server.hub.clients)
+
+            async def reader():
+                while True:
+                    msg = await recv_json(ws, 60)
+                    if msg["type"] == "error" and msg["code"] == "rate_limited":
+                        got["rate_limited"].append(msg["message"])
+
+            task = asyncio.create_task(reader())
+            frame = stereo48(2.0)  # 768 KB
+            t0 = time.monotonic()
+            sent = 0
+            while time.monotonic() - t0 < flood_s:
+                await ws.send(frame)  # waits while TCP holds it (a cancelled send would still queue its frame)
+                sent += 1
+            await asyncio.sleep(2 * (KEEPALIVE["ping_interval"] + KEEPALIVE["ping_timeout"]))  # still held
+            alive = client_id in srv.server.hub.clients and ws.close_code is None
+            task.cancel()
+            return sent, alive
+        finally:
+            ws.transport.abort()  # a polite close would wait behind the audio still queued
+
+    sent, alive = run(scenario(), timeout=120)
+    assert sent * 2.0 > 1.0 * flood_s + 1.0  # it did offer more than its budget
+    assert got["rate_limited"] and "audio faster than 1x real time" in got["rate_limited"][0]
+    assert alive
+
+
+def test_binary_frames_without_a_stream_are_refused_and_are_no_audio(server):
+    """Binary frames before audio_start: each gets a `bad_audio` error, none reaches a stream, they cost
+    message budget by their size (so the server reads them at a bounded rate, where one message each let a
+    client push 58 MB/s), and a later audio_start on the same connection has its whole audio budget."""
+    srv = server(message_rate=10.0)
+    frame = b"\x00" * (1 << 16)  # 64 KiB: 5 messages' worth
+    n_frames = 12
+
+    async def scenario():
+        async with connect(srv.url) as ws:
+            await recv_json(ws)
+            t0 = time.monotonic()
+            for _ in range(n_frames):
+                await ws.send(frame)
+            refused_at, errors = [], []
+            while len(refused_at) < n_frames:
+                msg = await recv_json(ws)
+                if msg["type"] == "error":
+                    errors.append(msg)
+                    if msg["code"] == "bad_audio":
+                        refused_at.append(time.monotonic() - t0)
+            await ws.send(json.dumps({"type": "audio_start", "stream": "later", "sample_rate": SR}))
+            await recv_until(ws, lambda m: m["type"] == "audio_started")
+            await ws.send(tone(1.0).tobytes())  # one second: within the audio burst
+            after = await recv_until(ws, lambda m: m["type"] == "update" or
+                                     (m["type"] == "error" and "audio faster" in m["message"]))
+            return refused_at, errors, after
+
+    refused_at, errors, after = run(scenario())
+    assert all("before audio_start" in e["message"] for e in errors if e["code"] == "bad_audio")
+    assert any(e["code"] == "rate_limited" and "messages/s" in e["message"] for e in errors)
+    # 5 message tokens per frame at 10/s with 20 banked: by time t at most (20 + 10 t) / 5 frames were read (+1:
+    # the one being read)
+    assert all(k <= (20 + 10 * t) / 5 + 1 for k, t in enumerate(refused_at, 1)), refused_at
+    assert not [s for s in srv.server.hub.streams if s != "later"]  # no stream came of them
+    assert after["type"] == "update"  # the refused frames took nothing of the audio budget
+
+
+# -- the slow reader and the 1,000 reconnects, under the current source layer --------------------------------------
+def test_a_client_that_reads_nothing_is_closed_by_the_keepalive_and_the_others_go_on(server, tmp_path):
+    """A client that subscribes to a source's stream and then neither reads nor sends: its socket fills, the
+    keepalive gets no answer and closes it; a reading client's updates keep coming meanwhile."""
+    srv = server(file_speed=4.0, **KEEPALIVE)
+    srv.add_source("radio", str(write_tone_wav(tmp_path / "radio.wav", seconds=60.0)))
+
+    async def scenario():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        silent = await connect(srv.url, sock=sock, max_queue=1, ping_interval=None).__aenter__()
+        await recv_json(silent)
+        await silent.send(json.dumps({"type": "subscribe", "streams": "*"}))
+        silent_id = max(srv.server.hub.clients)
+        # from here on the silent client reads nothing: websockets' own reader stops with max_queue=1
+        async with connect(srv.url) as good:
+            await recv_json(good)
+            await good.send(json.dumps({"type": "subscribe", "streams": ["radio"]}))
+            updates = 0
+            deadline = time.monotonic() + TIMEOUT
+            while silent_id in srv.server.hub.clients and time.monotonic() < deadline:
+                msg = await recv_json(good)
+                updates += msg["type"] == "update"
+            still_there = silent_id in srv.server.hub.clients
+            before = updates
+            for _ in range(8):
+                msg = await recv_until(good, lambda m: m["type"] == "update")
+                updates += 1
+        silent.transport.abort()
+        return still_there, before, updates
+
+    still_there, before, updates = run(scenario())
+    assert not still_there  # closed by the keepalive
+    assert updates == before + 8  # the reading client went on
+
+
+def test_a_thousand_reconnects_leave_nothing_behind(server, tmp_path):
+    """1,000 connections, each subscribing to a source's stream and hanging up (half of them abruptly), while
+    the source plays: afterwards the server holds no client, no task and no thread more than before."""
+    srv = server(file_speed=4.0)
+    srv.add_source("radio", str(write_tone_wav(tmp_path / "radio.wav", seconds=120.0)))
+
+    def tasks_on_loop() -> int:
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1  # not this one
+
+        return srv.call(count)
+
+    async def churn():
+        for k in range(1000):
+            ws = await connect(srv.url, open_timeout=TIMEOUT)
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "subscribe", "streams": ["radio"]}))
+            await recv_until(ws, lambda m: m["type"] == "subscribed")
+            if k % 2:
+                ws.transport.abort()
+            else:
+                await ws.close()
+
+    threads_before, tasks_before = threading.active_count(), tasks_on_loop()
+    run(churn(), timeout=300)
+    deadline = time.monotonic() + TIMEOUT
+    while srv.server.hub.clients and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not srv.server.hub.clients
+    assert tasks_on_loop() <= tasks_before
+    assert threading.active_count() <= threads_before
+    assert srv.server.hub.clients == {} and "radio" in srv.server.hub.streams  # the source played on
+
+
+def test_refusals_and_throttling_are_logged_once_per_address_per_minute(server, caplog):
+    """Ten handshakes from a foreign Origin, then token guesses into 429s: one log line per kind and address, not
+    one per handshake (a flood of refusals must not flood the log); the next line says how many it held back."""
+    import logging
+
+    srv = server(token=TOKEN, auth_failures=2)
+    caplog.set_level(logging.INFO, logger="streamtag.publishers.websocket")
+
+    async def scenario():
+        origins = [await status_of(srv.url + "?token=" + TOKEN, origin="http://evil.example") for _ in range(10)]
+        guesses = [await status_of(srv.url + "?token=wrong-guess-000000") for _ in range(6)]
+        return origins, guesses
+
+    origins, guesses = run(scenario())
+    assert origins == [403] * 10 and guesses == [401, 401, 429, 429, 429, 429]
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert len(refused) == 1 and "Origin 'http://evil.example' not allowed" in refused[0]  # same address: one line
+
+    clock = FakeClock()
+    from streamtag.protocol import LogLimiter
+
+    limiter = LogLimiter(interval=60.0, max_keys=2, clock=clock)
+    assert limiter.allow("a") == 0 and limiter.allow("a") is None and limiter.allow("a") is None
+    assert limiter.allow("b") == 0  # another address has its own minute
+    clock.t = 60.0
+    assert limiter.allow("a") == 2  # the next line says how many were held back
+    limiter.allow("c")
+    assert len(limiter._last) == 2  # bounded memory
+
+
+def test_audio_in_one_sample_frames_is_slowed_by_its_frame_count_and_nothing_is_lost(server):
+    """3,000 frames of one sample each: every sample reaches the engine, but the frames cost messages (a tenth
+    each), so the server is not made to handle audio a sample at a time at any speed: `rate_limited` says so."""
+    srv = server(message_rate=100.0)
+    n = 3000
+
+    async def scenario():
+        async with connect(srv.url) as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "audio_start", "stream": "tiny", "sample_rate": SR}))
+            await recv_until(ws, lambda m: m["type"] == "audio_started")
+            x = tone(n / SR)
+            for i in range(n):
+                await ws.send(x[i : i + 1].tobytes())
+            notice = await recv_until(ws, lambda m: m["type"] == "error")
+            deadline = time.monotonic() + TIMEOUT
+            while srv.runner.engine.streams["tiny"].ring.written < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return notice, srv.runner.engine.streams["tiny"].ring.written
+
+    notice, written = run(scenario())
+    assert notice["code"] == "rate_limited" and "messages/s" in notice["message"]
+    assert written == n
+
+
+def test_a_bug_while_answering_a_request_is_one_log_line_and_a_500(server, caplog):
+    """Whatever goes wrong while a request is answered, the log gets one line and no traceback (websockets
+    would log one at ERROR), the client a 500, and the server goes on."""
+    import logging
+    import urllib.error
+    import urllib.request
+
+    srv = server()
+    caplog.set_level(logging.INFO)
+
+    def broken(*args):
+        raise ZeroDivisionError("a bug")
+
+    srv.server._http = broken  # the page handler fails: the bug this guards against
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/", timeout=TIMEOUT)
+    assert info.value.code == 500
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in lines] == ["handshake from 127.0.0.1 failed (ZeroDivisionError: a bug)"]
+    assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.INFO)
+    assert run(status_of(srv.url)) == 101  # the server goes on

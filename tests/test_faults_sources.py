@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -472,3 +473,32 @@ def test_read_audio_of_a_local_playlist(tmp_path: Path) -> None:
     expected = np.concatenate([read_audio(a, SR), read_audio(b, SR)])
     np.testing.assert_array_equal(read_audio(tmp_path / "two.m3u", SR), expected)
 
+
+
+def test_a_thousand_reconnects_leave_no_thread_or_descriptor_behind(mp3_bytes: bytes) -> None:
+    """A radio that sends a little audio and hangs up, 1,000 times: the source reconnects every time and keeps
+    delivering audio, and afterwards this process holds no more threads or open files than before."""
+    def handler(conn, index, stop):
+        conn.sendall(AUDIO_HEAD + mp3_bytes[:6000])  # a few frames, then the connection ends
+        conn.shutdown(socket.SHUT_RDWR)
+        conn.close()
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    events = Events()
+    with ScriptedServer(handler) as server:
+        threads_before, fds_before = threading.active_count(), fds()
+        source = open_source(server.url(), SR, max_retries=None, backoff_initial=0.0, backoff_max=0.0,
+                             read_timeout=10.0, stall_timeout=10.0, on_event=events)
+        samples = 0
+        for block in source:
+            samples += block.shape[0]
+            if len(events.of("connected")) >= 1000:
+                break
+        source.close()
+        connections = server.connections
+    wait_until(lambda: threading.active_count() <= threads_before, 10, "the source's threads to end")
+    assert connections >= 1000 and len(events.of("connected")) >= 1000
+    assert samples > 1000 * 0.1 * SR  # every connection's audio came through
+    assert fds() <= fds_before + 1  # (+1: at most a descriptor the interpreter opened meanwhile)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from typing import Any, TextIO
 
-from ..errors import StreamtagError
+from ..errors import StreamtagError, output_failed
 from ..events import GenreUpdate, to_dicts
 
 __all__ = ["JsonlSink"]
@@ -19,7 +20,8 @@ class JsonlSink:
 
     ``top`` keeps only the K most probable genres in each line's ``top``. Only updates go to ``out``: stream
     and source events are for the terminal (``streamtag.app`` prints them on stderr), so ``out`` stays a pure
-    stream of update lines. A reader that goes away (closed pipe) ends the writing quietly.
+    stream of update lines. A reader that goes away (closed pipe) ends the writing quietly; an output that takes
+    no more (a full disk) ends it too, and when ``out`` is stdout the command ends with one line saying so.
     """
 
     def __init__(self, out: TextIO, *, top: int | None = None) -> None:
@@ -48,6 +50,14 @@ class JsonlSink:
             except (BrokenPipeError, ValueError):  # reader closed the pipe / file closed
                 self.broken = True
                 log.info("JSON-lines output closed; no more updates are written")
+                if self.out is sys.stdout:
+                    output_failed(BrokenPipeError(32, "Broken pipe"))
+            except OSError as e:  # a full disk, an I/O error: one line, not a traceback per update
+                self.broken = True
+                if self.out is sys.stdout:
+                    output_failed(e)
+                else:
+                    log.warning("cannot write the JSON lines (%s); no more updates are written", e.strerror or e)
 
     def write_event(self, event: Any) -> None:
         """One more event line (anything with ``to_dict()``, e.g. a closed :class:`~streamtag.segments.Segment`)."""

@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -45,6 +46,7 @@ from .. import __version__
 from ..errors import ConfigError, SourceError, StreamtagError
 from ..events import GenreUpdate, to_dicts
 from ..protocol import (
+    MAX_PENDING_CONTROL,
     Action,
     AddSource,
     AudioStart,
@@ -53,6 +55,7 @@ from ..protocol import (
     ClientError,
     HandshakeThrottle,
     Hub,
+    LogLimiter,
     RateLimiter,
     RemoveSource,
     valid_stream_name,
@@ -77,6 +80,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~6 s of 44.1 kHz float32 mono audi
 MIN_TOKEN_CHARS = 16  # a shorter --token is refused at start (guessable)
 RATE_NOTICE_INTERVAL_S = 10.0  # s between two `rate_limited` notices to one client
 FRAMES_QUEUED = 4  # incoming frames websockets buffers per connection before it stops reading the socket
+REFUSED_BYTES_PER_MESSAGE = 16384  # a refused binary frame costs 1 message + 1 per this many bytes of it
+AUDIO_FRAME_MESSAGES = 0.1  # an audio frame costs this many messages (500 frames/s at 50 messages/s: no client
+#                             makes the server handle audio one sample at a time; the page sends 10 frames/s)
+AUDIO_FRAME_MIN_BYTES = 1024  # an audio frame counts at least this much against the backlog (bounds its length)
+CLOSE_TIMEOUT_S = 5.0  # s a closing handshake may take before the server drops the TCP connection
+KEEPALIVE_POLL_S = 0.25  # s between two looks of the keepalive at a connection it waits to hear from
 PUBLISH_CHUNK = 8  # updates turned into JSON together (one rounding pass) on the loop
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json"}
@@ -135,7 +144,8 @@ class ServerConfig:
     queue_depth: int = 8  # per-client outbox bound: pending updates per stream (older ones are dropped)
     file_speed: float | None = 1.0  # pacing of file sources (x real time; None: as fast as decoded)
     web_dir: Path | None = WEB_DIR  # static files served over HTTP (None: no page)
-    ping_interval: float | None = 20.0  # s between keepalive pings (a client that stops reading is closed)
+    ping_interval: float | None = 20.0  # s between keepalive pings (None: no keepalive)
+    ping_timeout: float = 20.0  # s a client may stay silent after a ping (no pong, no frame) before it is closed
     handshake_timeout: float = 10.0  # s a connection may take to send its HTTP request (slowloris)
     max_connections: int = 128  # --max-connections: websocket connections at once
     max_connections_per_address: int = 32  # --max-connections-per-address: of those, from one client address
@@ -147,6 +157,9 @@ class ServerConfig:
     auth_failures: int = 5  # --auth-failures: failed handshakes per address per minute before it gets 429
     open_timeout: float = 15.0  # --open-timeout: s an add_source may take to open its source
     max_pending_opens: int = 4  # sources opening at once (each in a thread of its own)
+    max_requests_in_flight: int = 8  # add_source/remove_source of one connection running at once
+    audio_backlog_bytes: int | None = None  # audio frames read ahead of the rate per connection (None: 2 messages)
+    log_interval: float = 60.0  # s: throttling and refused handshakes are logged once per address per interval
     allow_files: tuple[Path, ...] = ()  # --allow-files: directories add_source may open files under
     allow_private_urls: bool = False  # --allow-private-urls: loopback/private/link-local URLs for add_source
     top: int | None = None  # --top: genres kept in each update's "top" (the web page shows that many bars)
@@ -161,12 +174,14 @@ class ServerConfig:
                             ("--max-connections-per-address", self.max_connections_per_address),
                             ("--max-streams", self.max_streams),
                             ("--max-audio-streams", self.max_audio_streams),
-                            ("--auth-failures", self.auth_failures), ("max_pending_opens", self.max_pending_opens)):
+                            ("--auth-failures", self.auth_failures), ("max_pending_opens", self.max_pending_opens),
+                            ("max_requests_in_flight", self.max_requests_in_flight)):
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"{flag} must be a whole number >= 1, got {value}")
         for flag, x in (("--max-audio-rate", self.audio_rate), ("audio_burst", self.audio_burst),
                         ("--max-message-rate", self.message_rate), ("--open-timeout", self.open_timeout),
-                        ("handshake_timeout", self.handshake_timeout)):
+                        ("handshake_timeout", self.handshake_timeout), ("ping_timeout", self.ping_timeout),
+                        ("log_interval", self.log_interval)):
             if not (math.isfinite(x) and x > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {x}")
         if self.top is not None and not (isinstance(self.top, int) and self.top >= 1):
@@ -177,6 +192,11 @@ class ServerConfig:
         for origin in self.allowed_origins:
             if origin != "*" and not (origin.startswith(("http://", "https://")) and "/" not in origin[8:]):
                 raise ConfigError(f"--allowed-origin {origin!r}: use scheme://host[:port], e.g. https://example.org")
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes of audio frames one connection may have read but not yet handed to the engine."""
+        return self.audio_backlog_bytes if self.audio_backlog_bytes is not None else 2 * self.max_message_bytes
 
     @property
     def policy(self) -> SourcePolicy:
@@ -260,6 +280,8 @@ def _run_in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], name:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+            fut.exception()  # retrieved: one awaited gets it all the same, one given up on (a timeout, shutdown)
+            #                  must not make asyncio print "Future exception was never retrieved" and a traceback
 
     def work() -> None:
         try:
@@ -318,6 +340,8 @@ class WebsocketServer:
             max_audio_streams=self.config.max_audio_streams,
         )
         self.throttle = HandshakeThrottle(max_failures=self.config.auth_failures)
+        self.log_limiter = LogLimiter(interval=self.config.log_interval)
+        self._requests: set[asyncio.Task[None]] = set()  # add_source/remove_source requests running
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -356,7 +380,7 @@ class WebsocketServer:
                 process_request=self._process_request,
                 max_size=self.config.max_message_bytes,
                 max_queue=FRAMES_QUEUED,
-                ping_interval=self.config.ping_interval,
+                ping_interval=None,  # our own keepalive (_Connection): any frame counts as a sign of life
                 open_timeout=self.config.handshake_timeout,  # a slower handshake (slowloris) is dropped
                 close_timeout=5.0,
                 server_header=f"streamtag/{__version__}",
@@ -387,6 +411,10 @@ class WebsocketServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for task in list(self._requests):  # requests still running (a source still opening): their answer is moot
+            task.cancel()
+        if self._requests:
+            await asyncio.wait(list(self._requests), timeout=5.0)
         for name in sorted(self._own):  # leave the runner as we found it
             await self._remove(name, "server stopped")
         remove_sink = getattr(self.runner, "remove_sink", None)
@@ -427,6 +455,9 @@ class WebsocketServer:
             fut.add_done_callback(self._opened)
             try:
                 source = await asyncio.wait_for(asyncio.shield(fut), self.config.open_timeout)
+            except asyncio.CancelledError:  # the server is closing: the thread's source, if any, is closed
+                fut.add_done_callback(self._discard_late)
+                raise
             except asyncio.TimeoutError:
                 fut.add_done_callback(self._discard_late)
                 raise SourceError(
@@ -570,26 +601,37 @@ class WebsocketServer:
         return any(urlsplit(o).hostname == hostname for o in self.config.allowed_origins)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._check_request(connection, request)
+        except Exception as e:  # a bug: one line in the log (websockets would log a traceback) and a 500
+            log.error("handshake from %s failed (%s: %s)", connection.remote_address[0] if connection.remote_address
+                      else "?", type(e).__name__, _safe_text(str(e), 200))
+            log.debug("handshake failed", exc_info=True)
+            return connection.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._http(connection, request)
         address = str(connection.remote_address[0]) if connection.remote_address else "?"
         wait = self.throttle.blocked_for(address)
         if wait > 0:
+            self._log_refusal(address, "too many failed handshakes (429)")
             return self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS,
                                 f"too many failed handshakes from {address}; retry in {math.ceil(wait)} s",
                                 [("Retry-After", str(math.ceil(wait)))])
         hosts, origins = request.headers.get_all("Host"), request.headers.get_all("Origin")
         if len(hosts) > 1 or len(origins) > 1:
+            self._log_refusal(address, "more than one Host or Origin header")
             return self._refuse(connection, HTTPStatus.BAD_REQUEST, "more than one Host or Origin header")
         host = hosts[0] if hosts else ""
         origin = origins[0] if origins else None
         if not self._host_allowed(host):
-            log.warning("refused %s: Host %r is not this loopback server", address, _safe_text(host, 80))
+            self._log_refusal(address, f"Host {_safe_text(host, 80)!r} is not this loopback server")
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
                                 f"Host {_safe_text(host, 80)!r} not served here; connect to 127.0.0.1:{self.port}")
         if not self._origin_allowed(origin, host):
             shown = _safe_text(origin or "", 80)
-            log.warning("refused %s: Origin %r not allowed", address, shown)
+            self._log_refusal(address, f"Origin {shown!r} not allowed")
             return self._refuse(connection, HTTPStatus.FORBIDDEN,
                                 f"Origin {shown!r} not allowed; start the server with --allowed-origin {shown}")
         if self.config.token is not None:
@@ -599,19 +641,30 @@ class WebsocketServer:
                 token = auth[7:].strip()
             if not hmac.compare_digest(token.encode(), self.config.token.encode()):
                 self.throttle.failed(address)
-                log.warning("refused %s: missing or wrong token", address)
+                self._log_refusal(address, "missing or wrong token")
                 return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
                                     "missing or wrong token; connect with ?token=T")
         if len(self.hub.clients) >= self.config.max_connections:
-            log.warning("refused %s: %d connections (--max-connections)", address, len(self.hub.clients))
+            self._log_refusal(address, f"{len(self.hub.clients)} connections (--max-connections)")
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 "server full (--max-connections); try again later", [("Retry-After", "5")])
         if (held := self._connections_from(address)) >= self.config.max_connections_per_address:
-            log.warning("refused %s: %d connections from it (--max-connections-per-address)", address, held)
+            self._log_refusal(address, f"{held} connections from it (--max-connections-per-address)")
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"too many connections from {address} (--max-connections-per-address); close one "
                                 "first", [("Retry-After", "5")])
         return None
+
+    def _log_once(self, address: str, kind: str, level: int, message: str) -> None:
+        """Log ``message`` about ``address`` at most once per ``log_interval`` per kind (a flood of refusals or
+        throttled messages costs one line a minute), saying how many were held back since the last one."""
+        held = self.log_limiter.allow(f"{kind} {address}")
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
+            log.log(level, "%s%s", message, more)
+
+    def _log_refusal(self, address: str, reason: str) -> None:
+        self._log_once(address, "refused", logging.WARNING, f"refused {address}: {reason}")
 
     def _connections_from(self, address: str) -> int:
         return sum(1 for c in self.hub.clients.values() if c.peer == address)
@@ -651,49 +704,11 @@ class WebsocketServer:
         if self._connections_from(peer) >= self.config.max_connections_per_address:
             await ws.close(1013, "too many connections from this address; close one first")
             return
-        wake = asyncio.Event()
-        client = self.hub.connect(authorized=self.config.token is not None, peer=peer, notify=wake.set)
-        log.info("client %d connected from %s (Origin %s)", client.id, peer,
-                 _safe_text(ws.request.headers.get("Origin", "-") if ws.request else "-", 80))
-        messages = RateLimiter(rate=self.config.message_rate, burst=2 * self.config.message_rate)
-        audio = RateLimiter(rate=self.config.audio_rate, burst=self.config.audio_burst)
-        noticed = -math.inf
-
-        async def over_budget(wait: float, what: str) -> None:
-            # Hold this connection only: its frames wait in websockets' small queue, then in TCP, which stops
-            # the sender; other clients and streams never wait for it.
-            nonlocal noticed
-            now = time.monotonic()
-            if now - noticed >= RATE_NOTICE_INTERVAL_S:
-                noticed = now
-                log.info("client %d throttled: %s", client.id, what)
-                self.hub.error(client, "rate_limited", f"{what}; slowed down to that rate")
-            await asyncio.sleep(wait)
-
-        writer = asyncio.create_task(self._writer(ws, client, wake))
         try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    got = self.hub.receive_audio(client, message)
-                    if got is None:
-                        if (wait := messages.take(1.0)) > 0:
-                            await over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
-                    else:
-                        await self._push_paced(got[0], got[1], audio, over_budget)
-                else:
-                    if (wait := messages.take(1.0)) > 0:
-                        await over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
-                    for action in self.hub.receive(client, message):
-                        await self._perform(client, action)
-                if writer.done():
-                    break
-        except ConnectionClosed:
-            pass
-        finally:
-            writer.cancel()
-            log.info("client %d disconnected", client.id)
-            for stop in self.hub.disconnect(client):
-                await self._stop_audio(stop.stream, stop.reason)
+            await _Connection(self, ws, peer).run()
+        except Exception as e:  # a bug: one line in the log (websockets would log a traceback), never the server
+            log.error("connection from %s failed (%s: %s)", peer, type(e).__name__, _safe_text(str(e), 200))
+            log.debug("connection failed", exc_info=True)
 
     async def _push_paced(self, stream: str, samples: np.ndarray, budget: RateLimiter,
                           over_budget: Callable[[float, str], Any]) -> None:
@@ -708,20 +723,6 @@ class WebsocketServer:
                 return
             self.runner.push(stream, piece)
 
-    async def _writer(self, ws: ServerConnection, client: Client, wake: asyncio.Event) -> None:
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                while (text := client.outbox.pop()) is not None:
-                    await ws.send(text)  # waits only when THIS client's socket buffer is full
-                    self.updates_sent += 1
-                if client.outbox.overflowed:
-                    await ws.close(1008, "client too slow: too many unread replies")
-                    return
-        except ConnectionClosed:
-            return
-
     async def _perform(self, client: Client, action: Action) -> None:
         request: dict[str, Any] = {"id": action.request_id} if action.request_id is not None else {}
         try:
@@ -732,7 +733,12 @@ class WebsocketServer:
                 self.hub.reply(client, {"type": "source_added", "name": action.name, "uri": action.uri}, request)
             elif isinstance(action, RemoveSource):
                 request["type"] = "remove_source"
-                await self.remove_source(action.name)
+                removal = asyncio.ensure_future(self.remove_source(action.name))
+                try:
+                    await asyncio.wait_for(asyncio.shield(removal), self.config.open_timeout)
+                except asyncio.TimeoutError:
+                    raise SourceError(f"stream {action.name}: still stopping after {self.config.open_timeout:g} s; "
+                                      "it ends when its source lets go") from None
                 self.hub.reply(client, {"type": "source_removed", "name": action.name}, request)
             elif isinstance(action, AudioStart):
                 request["type"] = "audio_start"
@@ -760,8 +766,14 @@ class WebsocketServer:
         except ClientError as e:
             self.hub.error(client, e.code, str(e), request)
         except StreamtagError as e:
+            code = "source_error" if request.get("type") in ("add_source", "remove_source") else "bad_message"
+            self.hub.error(client, code, _safe_text(str(e), 300), request)
+        except Exception as e:  # a bug: one line in the log and a reply, never the connection or the server
+            log.error("client %d: %s failed (%s: %s)", client.id, request.get("type", "request"), type(e).__name__,
+                      _safe_text(str(e), 200))
+            log.debug("request failed", exc_info=True)
             self.hub.error(client, "source_error" if request.get("type") == "add_source" else "bad_message",
-                           _safe_text(str(e), 300), request)
+                           f"{request.get('type', 'request')} failed on the server ({type(e).__name__})", request)
 
     async def _stop_audio(self, stream: str, reason: str) -> None:
         if stream in self._own:
@@ -770,3 +782,224 @@ class WebsocketServer:
             self._stream_gone(stream, None)
 
 
+
+
+class _Connection:
+    """One websocket connection's tasks, so that nothing one client does makes it (or anyone) wait for its audio:
+
+    - the reader takes every frame as it comes: text requests are answered at once (``add_source`` and
+      ``remove_source`` each in a task of their own, at most ``max_requests_in_flight``), audio frames are
+      checked and queued for the pump; it stops reading only while ``audio_backlog_bytes`` of audio wait
+      (TCP then stops the sender) or while the client is over its message rate;
+    - the pump hands the queued audio to the runner within the connection's audio budget, in order with
+      ``audio_stop``;
+    - the writer moves the outbox onto the socket;
+    - the keepalive pings a client it has not heard from for ``ping_interval`` s and closes it (1011) when it
+      then hears nothing, pong or frame, for ``ping_timeout`` s, not counting time the server itself spent not
+      reading it: a throttled sender's pong that waits behind its own audio never closes it.
+    """
+
+    def __init__(self, server: WebsocketServer, ws: ServerConnection, peer: str) -> None:
+        self.server, self.ws, self.peer = server, ws, peer
+        self.hub, config = server.hub, server.config
+        self.config = config
+        self.wake = asyncio.Event()
+        self.client = self.hub.connect(authorized=config.token is not None, peer=peer, notify=self.wake.set)
+        self.messages = RateLimiter(rate=config.message_rate, burst=2 * config.message_rate)
+        self.audio = RateLimiter(rate=config.audio_rate, burst=config.audio_burst)
+        self.backlog: deque[tuple[str, bytes] | AudioStop] = deque()  # audio (and stops) for the pump, in order
+        self.backlog_bytes = 0
+        self.has_audio = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.held = False  # the server is not reading this connection (its audio backlog is full, or its messages)
+        self.heard = time.monotonic()  # when a frame or a pong last came from it
+        self.requests: set[asyncio.Task[None]] = set()
+        self.noticed = -math.inf
+
+    async def run(self) -> None:
+        client = self.client
+        log.info("client %d connected from %s (Origin %s)", client.id, self.peer,
+                 _safe_text(self.ws.request.headers.get("Origin", "-") if self.ws.request else "-", 80))
+        tasks = {asyncio.create_task(self._read(), name=f"read-{client.id}"),
+                 asyncio.create_task(self._write(), name=f"write-{client.id}"),
+                 asyncio.create_task(self._pump(), name=f"pump-{client.id}"),
+                 asyncio.create_task(self.ws.wait_closed(), name=f"closed-{client.id}")}  # (a held reader waits)
+        if self.config.ping_interval is not None:
+            tasks.add(asyncio.create_task(self._keepalive(), name=f"keepalive-{client.id}"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and (e := task.exception()) is not None and not isinstance(e, ConnectionClosed):
+                    log.error("client %d: %s failed (%s: %s); closing it", client.id, task.get_name().split("-")[0],
+                              type(e).__name__, _safe_text(str(e), 200))
+                    log.debug("connection task failed", exc_info=e)
+                    await self._close(1011, "internal error; reconnect")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            pending = sum(len(item[1]) for item in self.backlog if not isinstance(item, AudioStop))
+            if pending:
+                log.info("client %d: %d bytes of its audio not yet handed to the engine were discarded when it "
+                         "left", client.id, pending)
+            log.info("client %d disconnected", client.id)
+            for stop in self.hub.disconnect(client):
+                await self.server._stop_audio(stop.stream, stop.reason)
+            await self._close(1000, "")
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close within CLOSE_TIMEOUT_S whatever the client does: one that reads nothing cannot hold the close
+        handshake (websockets waits for its socket buffer to drain) or the connection open."""
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.ws.transport.abort()
+
+    # -- reading -----------------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                self.heard = time.monotonic()
+                if isinstance(message, bytes):
+                    await self._on_binary(message)
+                else:
+                    await self._charge(1.0)
+                    for action in self.hub.receive(self.client, message):
+                        await self._act(action)
+        except ConnectionClosed:
+            pass
+
+    async def _on_binary(self, data: bytes) -> None:
+        got = self.hub.accept_audio(self.client, data)
+        if got is None:  # refused (no audio_start, torn, NaN): no audio of any stream; costs messages by its size
+            await self._charge(1.0 + len(data) / REFUSED_BYTES_PER_MESSAGE)
+            return
+        await self._charge(AUDIO_FRAME_MESSAGES)
+        self.backlog.append((got[0], data))
+        self.backlog_bytes += max(len(data), AUDIO_FRAME_MIN_BYTES)
+        self.has_audio.set()
+        if self.backlog_bytes > self.config.backlog_bytes:  # read ahead far enough: TCP holds the rest
+            self.room.clear()
+            self.held = True
+            try:
+                await self.room.wait()
+            finally:
+                self.held = False
+
+    async def _charge(self, messages: float) -> None:
+        if (wait := self.messages.take(messages)) > 0:
+            self.held = True
+            try:
+                await self._over_budget(wait, f"more than {self.config.message_rate:g} messages/s")
+            finally:
+                self.held = False
+
+    async def _over_budget(self, wait: float, what: str) -> None:
+        # Hold this connection only; other clients and streams never wait for it.
+        now = time.monotonic()
+        if now - self.noticed >= RATE_NOTICE_INTERVAL_S:
+            self.noticed = now
+            self.hub.error(self.client, "rate_limited", f"{what}; slowed down to that rate")
+            self.server._log_once(self.peer, "throttled", logging.INFO,
+                                  f"client {self.client.id} ({self.peer}) throttled: {what}")
+        await asyncio.sleep(wait)
+
+    async def _act(self, action: Action) -> None:
+        if isinstance(action, (AddSource, RemoveSource)):
+            self._request(action)
+        elif isinstance(action, AudioStop) and self.backlog:
+            self.backlog.append(action)  # after the audio sent before it
+            self.has_audio.set()
+        else:
+            await self.server._perform(self.client, action)
+
+    def _request(self, action: AddSource | RemoveSource) -> None:
+        """Run an admin request in a task of its own: a slow open never delays another request's reply."""
+        if len(self.requests) >= self.config.max_requests_in_flight:
+            kind = "add_source" if isinstance(action, AddSource) else "remove_source"
+            request: dict[str, Any] = {"type": kind}
+            if action.request_id is not None:
+                request["id"] = action.request_id
+            self.hub.error(self.client, "limit_exceeded", f"{len(self.requests)} requests of this connection are "
+                           "still running; wait for one's reply", request)
+            return
+        task = asyncio.create_task(self.server._perform(self.client, action))
+        for tasks in (self.requests, self.server._requests):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    # -- the audio pump ----------------------------------------------------------------------------------
+    async def _pump(self) -> None:
+        while True:
+            if not self.backlog:
+                self.has_audio.clear()
+                await self.has_audio.wait()
+                continue
+            item = self.backlog[0]
+            try:
+                if isinstance(item, AudioStop):
+                    await self.server._perform(self.client, item)
+                else:
+                    samples = self.hub.decode_audio(self.client, item[0], item[1])
+                    if samples is not None:
+                        await self.server._push_paced(item[0], samples, self.audio, self._over_budget)
+            finally:
+                self.backlog.popleft()
+                if not isinstance(item, AudioStop):
+                    self.backlog_bytes -= max(len(item[1]), AUDIO_FRAME_MIN_BYTES)
+                if self.backlog_bytes <= self.config.backlog_bytes:
+                    self.room.set()
+
+    # -- writing -----------------------------------------------------------------------------------------
+    async def _write(self) -> None:
+        client = self.client
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while (text := client.outbox.pop()) is not None:
+                    await self.ws.send(text)  # waits only when THIS client's socket buffer is full
+                    self.server.updates_sent += 1
+                if client.outbox.overflowed:
+                    log.info("client %d: more than %d unread replies; closing it", client.id, MAX_PENDING_CONTROL)
+                    await self._close(1008, "client too slow: too many unread replies")
+                    return
+        except ConnectionClosed:
+            return
+
+    # -- keepalive ---------------------------------------------------------------------------------------
+    async def _keepalive(self) -> None:
+        interval, timeout = self.config.ping_interval, self.config.ping_timeout
+        assert interval is not None
+        ping: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                asked = time.monotonic()
+                if asked - self.heard < interval:
+                    continue  # it spoke lately
+                if ping is None or ping.done():
+                    ping = asyncio.create_task(self._ping())
+                deadline = asked + timeout
+                while self.heard < asked:
+                    now = time.monotonic()
+                    if self.held:  # the server is not reading it: its pong may wait behind its own frames
+                        deadline = now + timeout
+                    elif now >= deadline:
+                        log.info("client %d (%s): no answer to a ping within %g s; closing it", self.client.id,
+                                 self.peer, timeout)
+                        await self._close(1011, "keepalive ping timeout")
+                        return
+                    await asyncio.sleep(min(KEEPALIVE_POLL_S, timeout / 4))
+        finally:
+            if ping is not None:
+                ping.cancel()
+
+    async def _ping(self) -> None:
+        try:
+            pong = await self.ws.ping()
+            await asyncio.shield(pong)
+        except Exception:  # closed meanwhile (ConnectionClosed), or the pong never came: the keepalive decides
+            return
+        self.heard = time.monotonic()

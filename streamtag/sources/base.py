@@ -100,21 +100,30 @@ class SourceInterrupted(Exception):
 
 
 class AvReader:
-    """``read(n)`` for ``av.open(file_like)``: lets Ctrl-C through, and reads nothing once ``closed`` is set."""
+    """``read(n)`` for ``av.open(file_like)``: lets Ctrl-C through, and reads nothing once ``closed`` is set.
+
+    After a read raised (a stall, a dropped connection), later reads return b"" (the end): PyAV keeps one pending
+    exception per thread and prints a second one with its traceback ("PyAV library exception being dropped")
+    when FFmpeg reads again before giving up, so the first one is all it ever gets, and it re-raises that one.
+    """
 
     def __init__(self, read: Callable[[int], bytes], closed: threading.Event) -> None:
         self._read = read
         self._closed = closed
         self.interrupted = False
+        self.failed = False
 
     def read(self, n: int = -1) -> bytes:
-        if self.interrupted or self._closed.is_set():
+        if self.interrupted or self.failed or self._closed.is_set():
             return b""
         try:
             return self._read(n)
         except (KeyboardInterrupt, SystemExit) as e:
             self.interrupted = True
             raise SourceInterrupted() from e
+        except BaseException:
+            self.failed = True
+            raise
 
 
 

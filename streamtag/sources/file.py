@@ -15,7 +15,7 @@ from ..audio import downmix, to_mono
 from ..errors import SourceError
 from .base import AudioPipeline, Source, describe_av_error, frame_to_array, iter_frames
 
-__all__ = ["FileSource", "read_audio", "probe_duration"]
+__all__ = ["FileSource", "read_audio", "probe_duration", "mpeg_frame_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,9 @@ class FileSource(Source):
                 "%s: truncated at %.1f s (its header says %.1f s); using what was decoded",
                 self.label, decoded_s, self.duration,
             )
+        elif self.info.get("format") == "mp3" and _ends_mid_frame(self.path):
+            log.warning("%s: truncated at %.1f s (it ends inside an MPEG audio frame); using what was decoded",
+                        self.label, decoded_s)
 
     def _abort(self) -> None:
         pass  # reads from a local file never block for long; the generator checks .closed
@@ -184,3 +187,44 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
     source._warn_if_short(decoded_s)
     y = np.concatenate(chunks).astype(np.float32, copy=False)  # (N,)
     return to_mono(y, sample_rate=rates.pop(), target_rate=sample_rate)
+
+
+# -- truncated MP3 files ------------------------------------------------------------------------------------------
+_MPEG_KBPS = {  # (MPEG-1?, layer) -> bitrate index -> kbit/s
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+
+
+def mpeg_frame_bytes(head: bytes) -> int | None:
+    """Length of the MPEG audio frame (layer II or III) whose header is ``head``'s 4 bytes; None if it is not one.
+    A file whose last packet is shorter was cut mid-frame (truncated), whatever its header estimated."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (head[1] >> 3) & 3, 4 - ((head[1] >> 1) & 3)  # version 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    rate_index, kbps_index, padding = (head[2] >> 2) & 3, head[2] >> 4, (head[2] >> 1) & 1
+    if version == 1 or layer not in (2, 3) or rate_index == 3 or kbps_index in (0, 15):
+        return None
+    sample_rate = (44100, 48000, 32000)[rate_index] >> {3: 0, 2: 1, 0: 2}[version]
+    per_kbit = 72 if (version != 3 and layer == 3) else 144  # MPEG-2/2.5 layer III frames hold half the samples
+    return per_kbit * 1000 * _MPEG_KBPS[(version == 3, layer)][kbps_index] // sample_rate + padding
+
+
+def _ends_mid_frame(path: Path) -> bool:
+    """Whether an MP3 file was cut inside its last frame (its header announces more bytes than the file holds): a
+    file without a Xing header has its duration estimated from its size, so a cut shows only there."""
+    try:
+        with av.open(str(path), mode="r") as container:
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base:  # the last ~2 s suffice
+                container.seek(max(0, int(stream.duration - 2 / stream.time_base)), stream=stream)
+            head, size = b"", 0
+            for packet in container.demux(stream):
+                if packet.size:
+                    head, size = bytes(memoryview(packet)[:4]), packet.size
+    except (av.error.FFmpegError, OSError, IndexError):
+        return False
+    expected = mpeg_frame_bytes(head)
+    return expected is not None and size < expected
