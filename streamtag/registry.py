@@ -220,8 +220,11 @@ def _validate_config(cfg: Any, cfg_path: Path) -> None:
     if not 0 < len(labels) <= MAX_LABELS or not all(isinstance(x, str) for x in labels):
         raise fail(f"labels must be a list of 1 to {MAX_LABELS} strings")
     arch = cfg.get("arch_config", {})
-    if "n_labels" in arch and arch["n_labels"] != len(labels):
-        raise fail(f"arch_config.n_labels = {arch['n_labels']!r} but labels lists {len(labels)}")
+    derived = cfg.get("derived_labels", [])
+    n_net = len(labels) - (len(derived) if isinstance(derived, list) else 0)  # the network's own outputs
+    if "n_labels" in arch and arch["n_labels"] != n_net:
+        extra = f" and {len(labels) - n_net} derived" if n_net != len(labels) else ""
+        raise fail(f"arch_config.n_labels = {arch['n_labels']!r} but labels lists {n_net}{extra}")
     if "n_mels" in arch and "n_mels" in cfg.get("frontend", {}) and arch["n_mels"] != cfg["frontend"]["n_mels"]:
         raise fail(f"arch_config.n_mels = {arch['n_mels']!r} but frontend.n_mels = {cfg['frontend']['n_mels']!r}")
     w = cfg.get("window_frames", 1)
