@@ -24,8 +24,11 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -212,6 +215,19 @@ class Engine:
         # `front_end_map` (map, or the live runner's worker threads; see frontend.push_many)
         self.front_end_passes = 1
         self.front_end_map: PassMap = map
+
+    def use_front_end_pool(self, pool: Executor | None, passes: int = 1) -> None:
+        """Run a step's log-mel in ``passes`` passes at once: one on the stepping thread, the others on ``pool``
+        (the caller's threads; numpy's FFT and matmul release the GIL). None: every pass on the stepping thread."""
+        if pool is None or passes <= 1:
+            self.front_end_map, self.front_end_passes = map, 1
+        else:
+            self.front_end_map, self.front_end_passes = partial(_map_on, pool), int(passes)
+
+    def backlog(self, name: str) -> float:
+        """Seconds of stream ``name``'s audio waiting for :meth:`step` (0.0 for a stream not in the engine)."""
+        st = self.streams.get(name)
+        return len(st.ring) / self.sample_rate if st is not None else 0.0
 
     # -- stream membership ---------------------------------------------------------------------------
     def add_stream(self, name: str, title: str | None = None) -> StreamState:
@@ -431,6 +447,17 @@ class Engine:
         if drop > 0:
             st.power = st.power[drop:].copy()
             st.power_offset += drop
+
+
+def _map_on(pool: Executor, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(i) for i in items]``: the first on this thread, the others on ``pool`` meanwhile (in order)."""
+    if len(items) < 2:
+        return [fn(i) for i in items]
+    try:
+        futures = [pool.submit(fn, i) for i in items[1:]]
+    except RuntimeError:  # the pool was shut down (a stop that gave up waiting for a slow step): run them here
+        return [fn(i) for i in items]
+    return [fn(items[0]), *(f.result() for f in futures)]
 
 
 def _rounds(jobs: list[tuple[StreamState, int]]) -> list[list[int]]:

@@ -58,18 +58,23 @@ def describe_av_error(e: BaseException) -> str:
     return text
 
 
-def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
+def iter_frames(container: Any, stream: Any, counts: Source | None = None) -> Iterator[av.AudioFrame]:
     """Decode ``stream`` of ``container``, skipping isolated undecodable packets (as the ffmpeg CLI does).
 
-    Demuxer errors and long runs of bad packets propagate (``av.error.FFmpegError`` or ``OSError``).
+    Demuxer errors and long runs of bad packets propagate (``av.error.FFmpegError`` or ``OSError``). ``counts``:
+    a source whose ``bytes_in`` (compressed audio bytes demuxed) and ``decode_errors`` (packets skipped) to keep.
     """
     bad = 0
     for packet in container.demux(stream):
+        if counts is not None:
+            counts.bytes_in += packet.size
         try:
             frames = packet.decode()
         except (av.error.InvalidDataError, av.error.UndefinedError) as e:  # one corrupt packet: skip it
             # (an ADTS stream joined mid-frame makes the AAC decoder fail its first packet with an odd code)
             bad += 1
+            if counts is not None:
+                counts.decode_errors += 1
             if bad > MAX_BAD_PACKETS:
                 raise
             log.debug("skipping an undecodable packet: %s", describe_av_error(e))
@@ -217,6 +222,8 @@ class Source:
         self.title: str | None = None
         self.info: dict[str, Any] = {}
         self.on_event: EventCallback | None = None
+        self.bytes_in = 0  # compressed audio bytes demuxed so far (health figures)
+        self.decode_errors = 0  # undecodable packets skipped so far
         self._closed = threading.Event()
         self._gen: Generator[np.ndarray, None, None] | None = None
 

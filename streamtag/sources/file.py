@@ -99,7 +99,7 @@ class FileSource(Source):
             "duration": self.duration,
         }
         # Decode the first frame now, so a file with nothing decodable fails at open time.
-        self._frames = iter_frames(self._container, stream)
+        self._frames = iter_frames(self._container, stream, self)
         self._first = self._next_frame(decoded_s=0.0)
         if self._first is None:
             self._container.close()

@@ -475,7 +475,7 @@ class HlsSource(Source):
                 if not container.streams.audio:
                     raise SourceError(f"{self.label}: the HLS segments have no audio track; check the URL")
                 audio = container.streams.audio[0]
-                frames = iter_frames(container, audio)
+                frames = iter_frames(container, audio, self)
                 while True:
                     with interruptible(reader):
                         frame = next(frames, None)

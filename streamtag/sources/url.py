@@ -209,7 +209,7 @@ class UrlSource(Source):
                     if not container.streams.audio:
                         raise SourceError(f"{label}: the stream has no audio track; check the URL")
                     stream = container.streams.audio[0]
-                    frames = iter_frames(container, stream)
+                    frames = iter_frames(container, stream, self)
                     first = next(frames, None)
                     if first is None:
                         if self.closed:
