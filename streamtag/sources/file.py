@@ -129,7 +129,7 @@ class FileSource(Source):
         try:
             while frame is not None:
                 decoded_s += frame.samples / frame.sample_rate
-                yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                yield from pipeline.push_frame(frame)
                 if self.closed:
                     return
                 frame = self._next_frame(decoded_s)

@@ -32,7 +32,6 @@ from .base import (
     EventCallback,
     Source,
     describe_av_error,
-    frame_to_array,
     interruptible,
     iter_frames,
 )
@@ -488,7 +487,7 @@ class HlsSource(Source):
                             sample_rate=frame.sample_rate,
                             channels=frame.layout.nb_channels,
                         )
-                    yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                    yield from pipeline.push_frame(frame)
                     if self.closed:
                         return
             except (av.error.FFmpegError, OSError, ValueError) as e:

@@ -29,7 +29,6 @@ from .base import (
     EventCallback,
     Source,
     describe_av_error,
-    frame_to_array,
     interruptible,
     iter_frames,
 )
@@ -273,7 +272,7 @@ class UrlSource(Source):
                 with interruptible(conn.reader):
                     frame: av.AudioFrame | None = conn.first
                     while frame is not None:
-                        yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                        yield from pipeline.push_frame(frame)
                         if self.closed:
                             return
                         # the stall clock runs only while we wait for the next frame, not while the consumer
