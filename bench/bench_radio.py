@@ -247,6 +247,80 @@ def search(args: argparse.Namespace, urls: list[str], hop: float, tmp: Path) -> 
     return best, rows
 
 
+class _NullFeed:
+    """A pooled source's feed that only counts (the cost model leaves the engine out)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        self.samples += samples.shape[0]
+
+    def title(self, title: str | None) -> None:
+        pass
+
+    def event(self, kind: str, detail: str) -> None:
+        pass
+
+    def end(self, error: object) -> None:
+        pass
+
+    def backlog(self) -> float:
+        return 0.0
+
+
+def cost_model(args: argparse.Namespace, urls: dict[str, str], clips: dict[str, Path]) -> None:
+    """CPU per station by codec: the source layer alone (decoder processes + this process's receiver), and its
+    parts measured in-process on the same audio: demux + decode (PyAV), downmix + resample (soxr HQ)."""
+    import av
+
+    from streamtag.audio import Resampler
+    from streamtag.sources.pool import SourcePool
+
+    n = args.cost_stations
+    print(f"\ncost model: {n} stations per codec, {args.seconds:g} s each (% of one core per station)")
+    print("codec   source layer  (decoder procs + receiver)   demux+decode   downmix+resample   network+ICY+IPC (rest)")
+    for codec, url in urls.items():
+        # the parts, in-process, per second of audio
+        container = av.open(str(clips[codec]))
+        t0 = time.process_time()
+        frames = [f for f in container.decode(audio=0)]
+        decode = time.process_time() - t0
+        seconds = sum(f.samples for f in frames) / frames[0].sample_rate
+        x = np.concatenate([f.to_ndarray().reshape(-1) for f in frames[:1]])
+        mono = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray().reshape(-1, 2)
+                               .mean(axis=1) for f in frames]).astype(np.float32)
+        del x
+        t0 = time.process_time()
+        r = Resampler(sample_rate=frames[0].sample_rate, target_rate=16000)
+        for i in range(0, mono.shape[0], 4410):
+            r.push(mono[i:i + 4410])
+        resample = time.process_time() - t0
+        # the whole source layer, with real connections
+        with SourcePool(16000) as pool:
+            feeds = []
+            for _ in range(n):
+                src = pool.open(url, 16000)
+                feed = _NullFeed()
+                src.start(feed, None)
+                feeds.append(feed)
+            time.sleep(3.0)
+            pids = pool.pids()
+            c0, p0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
+            s0 = sum(f.samples for f in feeds)
+            time.sleep(args.seconds)
+            c1, p1, t1 = cpu_seconds(pids), time.process_time(), time.monotonic()
+            s1 = sum(f.samples for f in feeds)
+        wall = t1 - t0
+        total = 100.0 * ((c1 - c0) + (p1 - p0)) / wall / n
+        dec = 100.0 * decode / seconds
+        res = 100.0 * resample / seconds
+        audio_s = (s1 - s0) / 16000 / n
+        print(f"{codec:5s}  {total:8.3f}%      ({100 * (c1 - c0) / wall / n:.3f}% + {100 * (p1 - p0) / wall / n:.3f}%)"
+              f"          {dec:8.3f}%        {res:8.3f}%          {max(0.0, total - dec - res):8.3f}%"
+              f"   ({audio_s / wall:.2f} s of audio per s per station)", flush=True)
+
+
 def pushed_capacity(args: argparse.Namespace, tmp: Path) -> dict | None:
     out = tmp / "pushed.json"
     cmd = [sys.executable, str(REPO / "bench" / "bench_latency.py"), "--search", "--models", args.model, "--device",
@@ -275,6 +349,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=10.0, help="s after the subscriber connects before counting")
     p.add_argument("--seconds", type=float, default=20.0, help="s counted per run")
     p.add_argument("--pushed", action="store_true", help="also measure bench_latency's pushed-audio capacity")
+    p.add_argument("--cost", action="store_true", help="only the cost model: CPU per station by codec")
+    p.add_argument("--cost-stations", type=int, default=60, help="--cost: stations per codec")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -288,21 +364,30 @@ def main() -> int:
           f"mode {args.mode} · {args.warmup:g} s warm-up + {args.seconds:g} s counted per run", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-radio-") as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
+        urls: list[str] = []
         if args.mode == "radio":
-            ice = stack.enter_context(icecast_server(tmp, max_clients=args.max + 16))
-            urls = []
+            ice = stack.enter_context(icecast_server(tmp, max_clients=max(args.max, args.cost_stations) + 16))
+            # ffmpeg's -re paces the first pass of a looped input only: a long input keeps every feeder at real time
+            long_clip = tmp / "feed.ogg"
+            subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "30", "-i", str(CLIP), "-map", "0:a", "-c:a", "copy",
+                            str(long_clip)], check=True)
             for codec in args.codecs:
-                stack.enter_context(feed(ice.port, f"/{codec}", CLIP, codec))
+                stack.enter_context(feed(ice.port, f"/{codec}", long_clip, codec))
                 urls.append(f"{ice.url}/{codec}")
             print(f"icecast on port {ice.port}: mounts {', '.join('/' + c for c in args.codecs)}", flush=True)
-        else:
-            urls = []
+        if args.mode == "files" or args.cost:
+            files = []
             for codec in args.codecs:
                 path = tmp / f"clip.{codec}"
-                subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "9", "-i", str(CLIP), "-ac", "2", "-ar",
+                subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "9", "-i", str(CLIP), "-vn", "-ac", "2", "-ar",
                                 "44100", *({"mp3": ["-b:a", "128k"], "aac": ["-b:a", "96k"], "ogg": []}[codec]),
                                 str(path)], check=True)
-                urls.append(str(path))
+                files.append(path)
+            if args.mode == "files":
+                urls = [str(f) for f in files]
+        if args.cost:
+            cost_model(args, dict(zip(args.codecs, urls)), dict(zip(args.codecs, files)))
+            return 0
         rows: list[dict] = []
         best: dict | None = None
         if args.streams:

@@ -30,8 +30,9 @@ from .publishers import is_silent, status_message
 from .publishers.jsonl import JsonlSink
 
 if TYPE_CHECKING:
-    from .live import Engine
-    from .sources.pool import SourcePool
+    from .live import Engine, Source
+    from .publishers.websocket import ServerConfig
+    from .sources.pool import PooledSource, SourcePool
 
 __all__ = ["run_live", "run_serve", "RunSummary", "StatusLines", "REFRESH_HZ"]
 
@@ -155,7 +156,7 @@ class RunSummary:
 
 def run_live(
     engine: Engine,
-    sources: Mapping[str, Any],
+    sources: Mapping[str, Source | PooledSource],
     *,
     output: str = "auto",
     speed: float | None = None,
@@ -291,7 +292,7 @@ def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: An
             time.sleep(1.0 / refresh_hz)
 
 
-def run_serve(engine: Engine, config: Any, sources: Sequence[tuple[str, str]] = (), *,
+def run_serve(engine: Engine, config: ServerConfig, sources: Sequence[tuple[str, str]] = (), *,
               stations: Sequence[tuple[str, str]] = (), stderr: TextIO | None = None,
               health_every: float = HEALTH_EVERY_S) -> int:
     """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri: a
@@ -301,7 +302,7 @@ def run_serve(engine: Engine, config: Any, sources: Sequence[tuple[str, str]] = 
     return asyncio.run(_serve(engine, config, sources, stations, stderr or sys.stderr, health_every))
 
 
-async def _serve(engine: Engine, config: Any, sources: Sequence[tuple[str, str]],
+async def _serve(engine: Engine, config: ServerConfig, sources: Sequence[tuple[str, str]],
                  stations: Sequence[tuple[str, str]], err: TextIO, health_every: float) -> int:
     from .health import Health
     from .publishers.websocket import WebsocketServer

@@ -9,9 +9,12 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from .pipeline import Engine
 
 __all__ = ["cmd_listen", "cmd_devices", "cmd_demo", "cmd_serve", "cmd_stream", "DEMO_CLIPS", "examples_audio_dir"]
 
@@ -31,7 +34,7 @@ def examples_audio_dir() -> Path:
     return EXAMPLES_AUDIO_DIRS[-1]
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Engine:
     from .cli import load_model, smoothing_config
     from .pipeline import Engine
 

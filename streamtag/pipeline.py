@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 MIN_HOP_SECONDS = 0.25  # s, the smallest --hop accepted
 RING_SECONDS = 10.0  # s of unprocessed audio a stream's ring holds; beyond it the oldest is dropped (bounds latency)
-HISTORY_LEN = 120  # top-genre history entries kept per stream (for dashboards)
 CLIP_LEVEL = 4.0  # full scale = 1.0; samples beyond +-4 (+12 dBFS, far above any decoder's inter-sample overs) are clipped
 SILENCE_DB = -60.0  # dBFS RMS over a hop's frames; quieter hops are "silence" and do not move the smoothed genres
 FILE_BATCH = 32  # windows (or hops of a stateful model) the file path runs per batch
@@ -143,7 +142,6 @@ class StreamState:
     power_offset: int = 0  # absolute index of power[0]
     next_end: int = 0  # absolute frame index (exclusive) at which the next window ends
     latest: GenreUpdate | None = None
-    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
     # (samples written so far, wall time) of the blocks not yet answered: push() appends, the engine drops the
     # ones before the hop it answers (bounded: a stream whose engine falls 4096 blocks behind forgets the oldest)
     arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))
@@ -430,7 +428,6 @@ class Engine:
             st.next_end = end + self.hop_frames
             st.latest = upd
             st.updates += 1
-            st.history.append((upd.t, upd.top[0][0], upd.top[0][1]))
             updates.append(upd)
         return updates
 

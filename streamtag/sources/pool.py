@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_S = 0.02  # s between a worker's batches (the engine steps at most every 20 ms too)
 STATS_S = 1.0  # s between a worker's per-station figures
+SCHEDULER_TICK_S = 0.05  # s: a worker reads its local files at most this often (all blocks due by then)
+UNPACED_BLOCKS = 10  # blocks an unpaced file gets per tick (20 x real time; back-pressure pauses it sooner)
 OPEN_TIMEOUT_S = 60.0  # s SourcePool.open waits for a worker's answer (the source's own deadlines come first)
 STOP_TIMEOUT_S = 1.0  # s a worker gets to stop before it is terminated (then killed)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in the engine before an unpaced source is paused
@@ -583,39 +585,51 @@ class _Worker:
             return
         self._ended(st, None)
 
-    def _schedule(self, st: _Station, due: float) -> None:
+    def _schedule(self, st: _Station, due: float, *, wake: bool = True) -> None:
         with self.lock:
             heapq.heappush(self.heap, (due, next(self.seq), st.sid))
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def _scheduler(self) -> None:
-        """Every local file on one thread: each is read one block at a time when its block is due."""
+        """Every local file on one thread. It wakes at most every SCHEDULER_TICK_S and reads every block due by
+        the end of that tick (early by less than a tick: the engine buffers it anyway); a paced file thus costs a
+        few reads a second, not a wake-up per block. An unpaced file gets UNPACED_BLOCKS blocks per tick."""
         while not self.stopping.is_set():
-            now = time.monotonic()
+            start = time.monotonic()
+            horizon = start + SCHEDULER_TICK_S
             with self.lock:
                 due = []
-                while self.heap and self.heap[0][0] <= now:
+                while self.heap and self.heap[0][0] <= horizon:
                     due.append(heapq.heappop(self.heap)[2])
-                wait_s = self.heap[0][0] - now if self.heap else 0.5
             for sid in due:
                 st = self.stations.get(sid)
                 if st is None or st.stop.is_set() or not st.running.is_set():
                     continue  # closed, or paused (resume schedules it again)
-                try:
-                    block = next(st.source, None)
-                except Exception as e:
-                    self._ended(st, e)
-                    continue
-                if block is None:
-                    self._ended(st, None)
-                    continue
-                self._deliver(st, block)
-                sr = st.source.sample_rate
-                nxt = now if st.speed is None else st.t0 + st.samples / sr / st.speed
-                self._schedule(st, nxt)
-            if not due:
-                self.wake.wait(max(0.0, min(wait_s, 0.5)))
+                self._read_due(st, horizon)
+            with self.lock:
+                next_due = self.heap[0][0] if self.heap else start + 0.5
+            now = time.monotonic()
+            wait_s = max(start + SCHEDULER_TICK_S - now, next_due - SCHEDULER_TICK_S - now)
+            if self.wake.wait(max(0.0, min(wait_s, 0.5))):
                 self.wake.clear()
+
+    def _read_due(self, st: _Station, horizon: float) -> None:
+        sr = st.source.sample_rate
+        for _ in range(UNPACED_BLOCKS if st.speed is None else 1_000_000):
+            if st.speed is not None and st.t0 + st.samples / sr / st.speed > horizon:
+                break
+            try:
+                block = next(st.source, None)
+            except Exception as e:
+                self._ended(st, e)
+                return
+            if block is None:
+                self._ended(st, None)
+                return
+            self._deliver(st, block)
+        nxt = time.monotonic() if st.speed is None else st.t0 + st.samples / sr / st.speed
+        self._schedule(st, nxt, wake=False)
 
     def _sender(self) -> None:
         last_stats = 0.0
