@@ -235,3 +235,26 @@ def test_serve_refuses_a_bad_station_list_in_one_line(tmp_path, capsys):
     assert main(["stream", "--sources", str(tmp_path / "missing.txt")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.txt: no such file" in err[0]
+
+
+def test_demo_with_many_files_in_parallel_ends_on_sigterm_with_exit_143(model, station_list):
+    wav = station_list.parent / "tone.wav"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "demo", *[str(wav)] * 60, "--parallel", "--model", str(model),
+         "--format", "jsonl", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert proc.stdout is not None
+    for _ in range(120):  # paced at real time: updates from many streams
+        if not proc.stdout.readline():
+            break
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=STOP_BOUND_S * 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and sum("stopped" in line for line in err.splitlines()) == 60
+    assert workers and not [w for w in workers if _alive(w)]
