@@ -55,7 +55,8 @@ MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in a stream's ring before an
 # s between a waiting feeder's looks at its backlog: with 5 s buffered, 0.1 s costs the engine nothing, and many
 # feeders polling faster would take the CPU and the GIL from the engine they wait for
 BACKLOG_POLL_S = 0.1
-JOIN_TIMEOUT_S = 2.0  # s stop() waits for the feeder threads and the engine thread, all together
+JOIN_TIMEOUT_S = 1.5  # s stop() waits for the feeder threads and the engine thread, all together
+STEP_GRACE_S = 0.5  # s stop() then waits for a step still running before it finishes the streams without it
 FLUSH_TIMEOUT_S = 60.0  # s flush() waits for the engine to process the audio already pushed (a slow CPU, a big backlog)
 
 
@@ -286,6 +287,8 @@ class LiveRunner:
             close_quietly(st.source)
             if st.thread is not None and st.thread is not threading.current_thread():
                 st.thread.join(timeout)
+        if self._stop.is_set() and (st is None or st.removed):
+            return  # stop() already took every stream out (and a step it gave up on may still hold the lock)
         with self._publish:
             try:
                 self._engine.remove_stream(name)
@@ -399,6 +402,8 @@ class LiveRunner:
             try:
                 with self._publish:
                     updates = self._engine.step()
+                    if self._stop.is_set():  # stop() may have given up waiting for this step: publish nothing
+                        break
                     if updates:
                         self._add_input_overruns(updates)
                         self.updates_emitted += len(updates)
@@ -485,9 +490,17 @@ class LiveRunner:
                 st.thread.join(max(0.0, deadline - time.monotonic()))
         if self._engine_thread is not None and self._engine_thread is not me:
             self._engine_thread.join(max(0.0, deadline - time.monotonic()))
-        with self._publish:
+        # A step over a large backlog can outlast the deadline; its updates are dropped (the engine thread sees
+        # the stop), so the streams are finished without waiting for it.
+        locked = self._publish.acquire(timeout=STEP_GRACE_S)
+        if not locked:
+            log.warning("stop: the engine is still in a step; finishing the streams without it")
+        try:
             for st in streams:
                 self._finish(st, None)
+        finally:
+            if locked:
+                self._publish.release()
         if self._pool is not None:
             self._engine.use_front_end_pool(None)
             self._pool.shutdown(wait=False)
