@@ -461,3 +461,48 @@ def test_sinks_can_join_and_leave_a_running_runner(bundle):
     assert n_first >= 1 and n_late >= 1
     assert n_first + n_late == len(offline_updates(bundle, np.concatenate([x, x])))  # none lost, none twice
     assert [c[0] for c in late.of("s")][-1] == "removed" and "removed" not in [c[0] for c in first.of("s")]
+
+
+class _Failing:
+    """An in-process source whose input breaks after one block."""
+
+    name = "failing"
+
+    def __iter__(self):
+        yield np.zeros(1600, dtype=np.float32)
+        raise SourceError("failing: the input broke")
+
+    def close(self) -> None:
+        pass
+
+
+def test_health_summary_counts_live_reconnecting_and_failed_stations(bundle, clip):
+    from streamtag.health import Health
+    from streamtag.sources.pool import SourcePool
+
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    with SourcePool(engine.sample_rate, workers=1) as pool:
+        health = Health(pids=pool.pids)
+        runner = LiveRunner(engine, [health, sink]).start()
+        try:
+            runner.add_source("file", pool.open(str(clip), engine.sample_rate), speed=4.0)
+            down = pool.open(f"http://127.0.0.1:{_free_port()}/down.mp3", engine.sample_rate, retry_open=True)
+            runner.add_source("down", down)
+            runner.add_source("broken", _Failing())
+            runner.add_stream("pushed")
+            import time
+
+            deadline = time.monotonic() + 60
+            while not (sink.updates("file") and ("removed", "broken") in [c[:2] for c in sink.calls]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            while runner.pooled()["down"].stats.state != "reconnecting" and time.monotonic() < deadline:
+                time.sleep(0.1)  # the decoder process sends its figures once a second
+            line = health.summary(runner)
+            figures = health.stations(runner)
+        finally:
+            runner.stop()
+    assert line.startswith("4 stations: 2 live, 1 reconnecting, 1 failed · ") and "updates/s" in line and "CPU" in line
+    assert figures["down"]["state"] == "reconnecting" and figures["file"]["state"] in ("live", "ended")
+    assert figures["pushed"] == {"lag_s": 0.0, "updates": 0, "state": "live"}
