@@ -416,6 +416,7 @@ class _Worker:
         self.wake = threading.Event()  # the scheduler: a station was added, resumed or stopped
         self.heap: list[tuple[float, int, int]] = []  # (due, seq, sid) of cooperative stations
         self.seq = itertools.count()
+        self.closed_early: set[int] = set()  # closed by the parent before their open finished
 
     def out(self, event: tuple[Any, ...]) -> None:
         with self.lock:
@@ -438,6 +439,8 @@ class _Worker:
                 continue
             st = self.stations.get(msg[1])
             if st is None:
+                if kind == "close":  # still opening (the parent gave up waiting): close it once it opens
+                    self.closed_early.add(msg[1])
                 continue
             if kind == "start":
                 st.speed = msg[2]
@@ -497,9 +500,18 @@ class _Worker:
             source = self._retry_open(st, opened, first_error)
             if source is None:
                 return
+        if sid in self.closed_early:
+            self.closed_early.discard(sid)
+            _close_quietly(source)
+            return
         st.source = source
         st.cooperative = isinstance(source, FileSource)
         st.title = getattr(source, "title", None)
+        if st.started.is_set() and not st.stop.is_set():  # a listed station that came up after its start
+            sr = source.sample_rate
+            st.t0 = time.monotonic() - (st.samples / sr / st.speed if st.speed else 0.0)
+            if st.cooperative:
+                self._schedule(st, time.monotonic())
         if sid not in self.stations:
             self.stations[sid] = st
             self.out(("opened", sid, str(getattr(source, "name", label)), st.title, _public_info(source),
