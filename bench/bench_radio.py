@@ -111,7 +111,7 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
         start = time.monotonic() + warmup
         end = start + seconds
         latencies: list[float] = []
-        overruns: dict[str, int] = {}
+        overruns: dict[str, tuple[int, int]] = {}  # stream -> (overruns at its first counted update, latest)
         counted = 0
         late_task: asyncio.Task[float] | None = None
         while (now := time.monotonic()) < end:
@@ -128,12 +128,14 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
             recv_wall = datetime.now().astimezone()
             delivery = (recv_wall - datetime.fromisoformat(msg["wall"])).total_seconds() * 1000.0
             latencies.append(float(msg.get("latency_ms") or 0.0) + max(0.0, delivery))
-            overruns[msg["stream"]] = max(overruns.get(msg["stream"], 0), int(msg.get("overruns") or 0))
+            n_over = int(msg.get("overruns") or 0)  # cumulative per stream: count what the window added
+            first, _ = overruns.get(msg["stream"], (n_over, n_over))
+            overruns[msg["stream"]] = (first, n_over)
         hello_late = await late_task if late_task is not None else float("nan")
         await ws.close()
         lat = np.asarray(latencies) if latencies else np.asarray([float("inf")])
         return {"updates": counted, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                "overruns": int(sum(overruns.values())), "first_hello_s": first_hello, "late_hello_s": hello_late}
+                "overruns": int(sum(last - first for first, last in overruns.values())), "first_hello_s": first_hello, "late_hello_s": hello_late}
 
     Path(out_path).write_text(json.dumps(asyncio.run(main())))
 

@@ -376,13 +376,17 @@ async def _open_all(pool: SourcePool, specs: Sequence[tuple[str, bool]], sample_
 
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(OPEN_AT_ONCE)
-    with ThreadPoolExecutor(OPEN_AT_ONCE, thread_name_prefix="open") as executor:
-        async def one(uri: str, retry: bool) -> Any:
-            async with gate:
-                return await loop.run_in_executor(
-                    executor, lambda: pool.open(uri, sample_rate, SourcePolicy.permissive(), retry_open=retry))
+    executor = ThreadPoolExecutor(OPEN_AT_ONCE, thread_name_prefix="open")
 
+    async def one(uri: str, retry: bool) -> Any:
+        async with gate:
+            return await loop.run_in_executor(
+                executor, lambda: pool.open(uri, sample_rate, SourcePolicy.permissive(), retry_open=retry))
+
+    try:
         return list(await asyncio.gather(*(one(u, r) for u, r in specs)))
+    finally:  # never wait here for opens still running (a stop during start-up): pool.close() ends them
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: float) -> None:

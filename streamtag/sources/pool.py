@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -52,6 +53,7 @@ FLUSH_S = 0.02  # s between a worker's batches (the engine steps at most every 2
 STATS_S = 1.0  # s between a worker's per-station figures
 SCHEDULER_TICK_S = 0.05  # s: a worker reads its local files at most this often (all blocks due by then)
 UNPACED_BLOCKS = 10  # blocks an unpaced file gets per tick (20 x real time; back-pressure pauses it sooner)
+PRESTART_KEEP_S = 1.0  # s of a live stream's newest audio kept between its open and its start
 OPEN_TIMEOUT_S = 60.0  # s SourcePool.open waits for a worker's answer (the source's own deadlines come first)
 STOP_TIMEOUT_S = 1.0  # s a worker gets to stop before it is terminated (then killed)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in the engine before an unpaced source is paused
@@ -108,6 +110,7 @@ class PooledSource:
         self.paused = False
         self.closed = False
         self.stats = StationStats()
+        self.early: list[tuple[Any, ...]] = []  # events that arrived before start() (the receiver replays them)
 
     def start(self, feed: SourceFeed, speed: float | None) -> None:
         """Begin delivering blocks to ``feed`` (paced at ``speed`` x real time; None: as they come)."""
@@ -313,6 +316,10 @@ class SourcePool:
                     self._handle(msg)
                 except Exception:  # a feed that raises must not stop the other stations
                     log.exception("source pool: handling a worker message failed")
+            with self._lock:
+                started = [s for s in self._sources.values() if s.early and s.feed is not None]
+            for src in started:
+                self._replay(src)
             self._backpressure()
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
@@ -321,6 +328,7 @@ class SourcePool:
         for sid, data in audio:
             src = sources.get(sid)
             if src is not None and src.feed is not None and not src.closed:
+                self._replay(src)
                 src.feed.push(np.frombuffer(data, dtype=np.float32))
         for ev in events:
             kind, sid = ev[0], ev[1]
@@ -337,21 +345,36 @@ class SourcePool:
                 _, _, bytes_in, samples, errors, reconnects, state = ev
                 src.stats = StationStats(bytes_in, samples, errors, reconnects, state)
                 continue
-            feed = src.feed
-            if feed is None or src.closed:
+            if src.feed is None:
+                src.early.append(ev)  # e.g. a live stream that dropped and reconnected before its start
                 continue
-            if kind == "title":
-                src.title = ev[2]
-                feed.title(ev[2])
-            elif kind == "event":
-                feed.event(ev[2], ev[3])
-            elif kind == "end":
-                _, _, err_kind, message = ev
-                self._forget(src)
-                src.closed = True
-                error = None if err_kind is None else SourceError(message)
-                src.stats.state = "ended" if error is None else "failed"
-                feed.end(error)
+            self._replay(src)
+            self._event(src, ev)
+
+    def _replay(self, src: PooledSource) -> None:
+        """Events of ``src`` that arrived before its start, in order (receiver thread)."""
+        if src.early and src.feed is not None:
+            early, src.early = src.early, []
+            for ev in early:
+                self._event(src, ev)
+
+    def _event(self, src: PooledSource, ev: tuple[Any, ...]) -> None:
+        kind = ev[0]
+        feed = src.feed
+        if feed is None or src.closed:
+            return
+        if kind == "title":
+            src.title = ev[2]
+            feed.title(ev[2])
+        elif kind == "event":
+            feed.event(ev[2], ev[3])
+        elif kind == "end":
+            _, _, err_kind, message = ev
+            self._forget(src)
+            src.closed = True
+            error = None if err_kind is None else SourceError(message)
+            src.stats.state = "ended" if error is None else "failed"
+            feed.end(error)
 
     def _backpressure(self) -> None:
         with self._lock:
@@ -578,24 +601,46 @@ class _Worker:
             self.out(("end", st.sid, _error_kind(error), _error_text(error, label)))
 
     def _read(self, st: _Station) -> None:
-        """A network (or other blocking) source on a thread of its own, paced like the live runner's feeders."""
-        st.started.wait()
+        """A network (or other blocking) source on a thread of its own, paced like the live runner's feeders.
+
+        A live stream is read from the moment it is open; until the runner starts it only its newest
+        PRESTART_KEEP_S are kept: audio that piled up while other stations were opening would otherwise reach
+        the engine as one burst of stale audio (seconds per station at a few hundred stations). Other sources
+        wait for the start."""
+        if not getattr(st.source, "live", False):
+            st.started.wait()
         sr = st.source.sample_rate
+        keep: deque[np.ndarray] = deque(maxlen=max(1, round(PRESTART_KEEP_S * sr / max(1, st.source.block_size))))
+        error: BaseException | None = None
         try:
             for block in st.source:
                 if st.stop.is_set():
                     return
-                while not st.running.is_set() and not st.stop.is_set():
-                    st.running.wait(0.1)
-                if st.speed is not None:
-                    delay = st.t0 + (st.samples + len(block)) / sr / st.speed - time.monotonic()
-                    if delay > 0 and st.stop.wait(delay):
+                keep.append(block)
+                if not st.started.is_set():
+                    continue
+                while keep:
+                    if not self._pace(st, keep.popleft(), sr):
                         return
-                self._deliver(st, block)
         except Exception as e:
-            self._ended(st, e)
-            return
-        self._ended(st, None)
+            error = e
+        st.started.wait()
+        while keep and not st.stop.is_set():
+            self._deliver(st, keep.popleft())
+        self._ended(st, error)
+
+    def _pace(self, st: _Station, block: np.ndarray, sr: int) -> bool:
+        """Deliver ``block`` when it is due (paused: when resumed); False once the station is stopped."""
+        while not st.running.is_set() and not st.stop.is_set():
+            st.running.wait(0.1)
+        if st.speed is not None:
+            delay = st.t0 + (st.samples + len(block)) / sr / st.speed - time.monotonic()
+            if delay > 0 and st.stop.wait(delay):
+                return False
+        if st.stop.is_set():
+            return False
+        self._deliver(st, block)
+        return True
 
     def _schedule(self, st: _Station, due: float, *, wake: bool = True) -> None:
         with self.lock:

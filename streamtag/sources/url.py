@@ -157,6 +157,13 @@ class UrlSource(Source):
         return self.reconnect_policy.read_timeout
 
     @property
+    def live(self) -> bool:
+        """A live stream (Icecast/Shoutcast, or HTTP audio of unknown length), not a file served over HTTP: its
+        audio is of the moment, so a reader that is not ready for it yet may drop it rather than fall behind."""
+        response = self._response
+        return response is None or response.content_length is None or bool(self.info.get("icy_metaint"))
+
+    @property
     def reconnects(self) -> int:
         return self._retry.reconnects
 
