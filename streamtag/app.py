@@ -17,15 +17,22 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import StreamtagError
 from .events import GenreUpdate
 from .live import LiveRunner, close_all, freeze_startup_objects
-from .publishers import SILENCE_DB, status_message
+from .publishers import is_silent, status_message
 from .publishers.jsonl import JsonlSink
+
+if TYPE_CHECKING:
+    from .live import Engine, Runner, Source
+    from .publishers.websocket import ServerConfig
+    from .sources.pool import PooledSource, SourcePool
 
 __all__ = ["run_live", "run_serve", "RunSummary", "StatusLines", "REFRESH_HZ"]
 
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 
 REFRESH_HZ = 4.0  # dashboard refreshes per second
 POLL_S = 0.05  # s between checks for the end of a JSON-lines run
+HEALTH_EVERY_S = 30.0  # s between serve's one-line health summaries
+OPEN_AT_ONCE = 32  # serve's own sources opened at once at the start (each mostly waits on the network)
 
 
 class StatusLines:
@@ -77,11 +86,10 @@ class RunSummary:
     """A sink that tallies each stream for the one-line summary printed on exit (:meth:`lines`).
 
     The run's top genre is the label with the highest mean raw probability over the stream's non-silent hops
-    (``level_db`` >= ``silence_db``), like ``streamtag tag``'s summary of a file.
+    (:func:`streamtag.publishers.is_silent`), like ``streamtag tag``'s summary of a file.
     """
 
-    def __init__(self, *, silence_db: float = SILENCE_DB) -> None:
-        self.silence_db = silence_db
+    def __init__(self) -> None:
         self.streams: dict[str, _Tally] = {}
         self.stopping = False  # set before the runner stops: streams removed from then on were stopped, not ended
         self._lock = threading.Lock()
@@ -100,8 +108,7 @@ class RunSummary:
                 s.updates += 1
                 s.t = max(s.t, u.t)
                 s.overruns = int(u.extra.get("overruns") or 0) + int(u.extra.get("input_overruns") or 0)
-                level = u.extra.get("level_db")
-                if isinstance(level, int | float) and not level >= self.silence_db:
+                if is_silent(u):
                     s.silent += 1
                     continue
                 for label, p in u.raw.items():
@@ -148,8 +155,8 @@ class RunSummary:
 
 
 def run_live(
-    engine: Any,
-    sources: Mapping[str, Any],
+    engine: Engine,
+    sources: Mapping[str, Source | PooledSource],
     *,
     output: str = "auto",
     speed: float | None = None,
@@ -163,27 +170,34 @@ def run_live(
     segments: bool = False,
     record: str | None = None,
     keep: str | None = None,
+    pool: SourcePool | None = None,
 ) -> int:
-    """Tag ``sources`` (name -> source) live until they all end, Ctrl-C, or ``duration`` s; returns an exit code.
+    """Tag ``sources`` (name -> source) live until they all end, Ctrl-C/SIGTERM, or ``duration`` s; returns an exit
+    code (130 after Ctrl-C, 143 after SIGTERM).
 
     ``output``: "dashboard" (rich, needs a terminal), "jsonl" (GenreUpdate JSON lines on ``stdout``) or "auto"
     (dashboard when stdout is a terminal). ``speed`` paces every source at that many times real time (None: as
     fast as they yield). ``describe`` maps stream names to the input as shown (default: the name). ``top`` limits
     the genres per JSON update and the bars per stream. Status lines and the per-stream summaries go to
-    ``stderr``. Raises the engine's error, or the first source's :class:`StreamtagError`, after cleanup.
+    ``stderr``. ``pool``: the :class:`~streamtag.sources.pool.SourcePool` the pooled sources came from (closed
+    here). Raises the engine's error, or the first source's :class:`StreamtagError`, after cleanup.
     ``segments``: JSON lines also carry a ``segment`` event per closed segment; ``record``: the station log's
     file (``keep``: its retention, e.g. "30d"); see :mod:`streamtag.live_outputs`.
     """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    if output == "auto":
-        output = "dashboard" if out.isatty() else "jsonl"
-    if output not in ("dashboard", "jsonl"):
+    try:
+        if output == "auto":
+            output = "dashboard" if out.isatty() else "jsonl"
+        if output not in ("dashboard", "jsonl"):
+            raise StreamtagError(f"unknown output {output!r}; use dashboard, jsonl or auto")
+        if duration is not None and not duration > 0:
+            raise StreamtagError(f"--duration must be positive, got {duration}")
+    except StreamtagError:
         close_all(sources.values())
-        raise StreamtagError(f"unknown output {output!r}; use dashboard, jsonl or auto")
-    if duration is not None and not duration > 0:
-        close_all(sources.values())
-        raise StreamtagError(f"--duration must be positive, got {duration}")
+        if pool is not None:
+            pool.close()
+        raise
     summary = RunSummary()
     dash_sink = None
     if output == "jsonl":
@@ -201,38 +215,45 @@ def run_live(
                                          on_segment=jsonl.write_event if segments and jsonl is not None else None)
     except BaseException:
         close_all(sources.values())
+        if pool is not None:
+            pool.close()
         raise
     runner = LiveRunner(engine, [*sinks, *extra]).start()
     freeze_startup_objects()
     t0 = time.monotonic()
     code = 0
     try:
-        added = []
-        try:
-            for name, src in sources.items():
-                runner.add_source(name, src, speed=speed, display=(describe or {}).get(name, name))
-                added.append(name)
-        finally:
-            close_all(s for n, s in sources.items() if n not in added)
+        with _terminate_as_interrupt():
+            added = []
+            try:
+                for name, src in sources.items():
+                    runner.add_source(name, src, speed=speed, display=(describe or {}).get(name, name))
+                    added.append(name)
+            finally:
+                close_all(s for n, s in sources.items() if n not in added)
 
-        def finished() -> bool:
-            if runner.engine_error is not None or not runner.active():
-                return True
-            return duration is not None and time.monotonic() - t0 >= duration
+            def finished() -> bool:
+                if runner.engine_error is not None or not runner.active():
+                    return True
+                return duration is not None and time.monotonic() - t0 >= duration
 
-        if dash_sink is not None:
-            _dashboard_loop(runner, dash_sink, finished, console=console or _console(out), n_streams=len(sources),
-                            top=top, refresh_hz=refresh_hz, t0=t0)
-        else:
-            while not finished():
-                time.sleep(POLL_S)
-            runner.flush()
+            if dash_sink is not None:
+                _dashboard_loop(runner, dash_sink, finished, console=console or _console(out),
+                                n_streams=len(sources), top=top, refresh_hz=refresh_hz, t0=t0)
+            else:
+                while not finished():
+                    time.sleep(POLL_S)
+                runner.flush()
+    except Terminated:
+        code = 143
     except KeyboardInterrupt:
         code = 130
     finally:
         summary.stopping = True
         runner.stop()
         close_extra()
+        if pool is not None:
+            pool.close()
         for line in summary.lines():
             _line(err, f"streamtag: {line}")
     if runner.engine_error is not None:
@@ -242,6 +263,27 @@ def run_live(
     if errors and code == 0:
         raise next(iter(errors.values()))
     return code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs (exit code 143)."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`Terminated` in the main thread (elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _console(out: TextIO) -> Any:
@@ -267,21 +309,28 @@ def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: An
             time.sleep(1.0 / refresh_hz)
 
 
-def run_serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]] = (), *,
-              stderr: TextIO | None = None, record: str | None = None, keep: str | None = None,
-              runner: Any = None) -> int:
-    """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri)
-    until SIGINT/SIGTERM; returns an exit code. ``record``: the station log's file (``keep``: its retention).
-    ``runner``: a started runner to serve instead of a LiveRunner of ``engine`` (``serve --cluster``'s gateway,
-    which also brings the server its ``open_source``)."""
-    return asyncio.run(_serve(engine, config, sources, stderr or sys.stderr, record=record, keep=keep,
-                              runner=runner))
+def run_serve(engine: Engine | None, config: ServerConfig, sources: Sequence[tuple[str, str]] = (), *,
+              stations: Sequence[tuple[str, str]] = (), stderr: TextIO | None = None,
+              health_every: float = HEALTH_EVERY_S, record: str | None = None, keep: str | None = None,
+              runner: Runner | None = None) -> int:
+    """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri: a
+    first connection that fails stops the start) and ``stations`` (name, uri from a station list: one that fails
+    keeps retrying with backoff) until SIGINT/SIGTERM; returns an exit code. Every ``health_every`` s a one-line
+    health summary goes to stderr. ``record``: the station log's file (``keep``: its retention). ``runner``: a
+    started runner to serve instead of a LiveRunner of ``engine`` fed by a source pool (``serve --cluster``'s
+    gateway, which opens what the sources name on its workers)."""
+    return asyncio.run(_serve(engine, config, sources, stations, stderr or sys.stderr, health_every,
+                              record=record, keep=keep, runner=runner))
 
 
-async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], err: TextIO, *,
-                 record: str | None = None, keep: str | None = None, runner: Any = None) -> int:
+async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[tuple[str, str]],
+                 stations: Sequence[tuple[str, str]], err: TextIO, health_every: float, *,
+                 record: str | None = None, keep: str | None = None, runner: Runner | None = None) -> int:
+    from .health import Health
+    from .live_outputs import extra_sinks
     from .publishers.websocket import WebsocketServer
     from .sources.policy import SourcePolicy
+    from .sources.pool import SourcePool
 
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
@@ -298,35 +347,101 @@ async def _serve(engine: Any, config: Any, sources: Sequence[tuple[str, str]], e
     # segment events for the clients and the station log (streamtag.live_outputs): sinks ahead of the server, so
     # a stream's last segment reaches its subscribers before its end notice
     server: Any = None
-    from .live_outputs import extra_sinks
-
     extra, close_extra = extra_sinks(runner.engine if runner is not None else engine, err=err, record=record,
                                      keep=keep,
                                      on_segment=lambda seg: server.on_segment(seg) if server is not None else None)
+    pool: SourcePool | None = None
+    health: Health | None = None
+    live: LiveRunner | None = None
+    ready: dict[str, list[Any]] = {}  # uri -> sources opened before the server starts (the same uri may repeat)
     if runner is None:
-        runner = LiveRunner(engine, extra)
-        runner.start()
-    else:  # serve --cluster's gateway, started already
+        if engine is None:
+            raise StreamtagError("serve needs an engine or a runner")
+        pool = SourcePool(engine.sample_rate)
+        health = Health(pids=pool.pids)
+        live = LiveRunner(engine, [health, *extra])
+        live.start()
+        runner = live
+        opener: Any = pool.open
+    else:  # serve --cluster's gateway, started already: its workers open what a source names
         for sink in extra:
             runner.add_sink(sink)
+        opener = getattr(runner, "open_source", None)  # the gateway's (not part of the Runner protocol)
     freeze_startup_objects()
-    hook = getattr(runner, "open_source", None)  # the cluster gateway's: a worker opens what a client names
-    server = WebsocketServer(runner, config, **({"open_source": hook} if hook is not None else {}))
+
+    def open_named(uri: str, sample_rate: int, policy: SourcePolicy) -> Any:
+        waiting = ready.get(uri)
+        if waiting:
+            return waiting.pop(0)
+        return opener(uri, sample_rate, policy)  # a client's add_source, under the server's policy
+
+    server = WebsocketServer(runner, config, open_source=open_named)  # a sink of the runner
     if record is not None:
         server.history_log = record  # the web page's timeline reads the station log
+    if health is not None and live is not None:
+        server.hub.station_stats = lambda: health.stations(live)
+    reporter: asyncio.Task[None] | None = None
+    named = [*sources, *stations]
     try:
-        for name, uri in sources:  # the user's own inputs; they exist before the first client connects
+        if pool is not None:
+            # The user's own inputs are open before the first client connects (a --source that fails stops the
+            # start; a station of the list that is down keeps retrying), many at once: each open waits on the
+            # network.
+            opening: asyncio.Future[Any] = asyncio.ensure_future(_open_all(
+                pool, [(uri, i >= len(sources)) for i, (_, uri) in enumerate(named)], pool.sample_rate))
+            done, _ = await asyncio.wait([opening, stop], return_when=asyncio.FIRST_COMPLETED)
+            if opening not in done:  # stopped while the sources were opening
+                opening.cancel()
+                return 0
+            for (_, uri), src in zip(named, opening.result()):
+                ready.setdefault(uri, []).append(src)
+        for name, uri in named:
             await server.add_source(name, uri, policy=SourcePolicy.permissive())
         async with server:
             host = config.host if ":" not in config.host else f"[{config.host}]"
             query = "?token=<TOKEN>" if config.token else ""
-            _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query} · "
-                       "Ctrl-C to stop")
+            n = len(named)
+            _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query}"
+                       + (f" · {n} sources" if n > 1 else "") + " · Ctrl-C to stop")
+            if health is not None and live is not None:
+                reporter = asyncio.ensure_future(_report_health(health, live, err, health_every))
             await stop
+            # the engine stops first: the server's close then removes its streams without waiting for steps
+            await loop.run_in_executor(None, runner.stop)
     finally:
+        if reporter is not None:
+            reporter.cancel()
         await loop.run_in_executor(None, runner.stop)
         await loop.run_in_executor(None, close_extra)
+        if pool is not None:
+            await loop.run_in_executor(None, pool.close)
     return 0
+
+
+async def _open_all(pool: SourcePool, specs: Sequence[tuple[str, bool]], sample_rate: int) -> list[Any]:
+    """Open (uri, retry_open) in the pool, OPEN_AT_ONCE at a time; the first error is raised (after the others
+    finished opening: the pool closes them all)."""
+    from .sources.policy import SourcePolicy
+
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(OPEN_AT_ONCE)
+    executor = ThreadPoolExecutor(OPEN_AT_ONCE, thread_name_prefix="open")
+
+    async def one(uri: str, retry: bool) -> Any:
+        async with gate:
+            return await loop.run_in_executor(
+                executor, lambda: pool.open(uri, sample_rate, SourcePolicy.permissive(), retry_open=retry))
+
+    try:
+        return list(await asyncio.gather(*(one(u, r) for u, r in specs)))
+    finally:  # never wait here for opens still running (a stop during start-up): pool.close() ends them
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        _line(err, f"streamtag: health: {health.summary(runner)}")
 
 
 def _line(err: TextIO, text: str, lock: threading.Lock | None = None) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, StreamtagError
-from .options import SMOOTHING_CHOICES, load_model, smoothing_config, stdin_opts
+from .options import SMOOTHING_CHOICES, smoothing_config
 
 PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
 
@@ -195,7 +195,9 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
 
     p = _subparser(sub, "stream", help="tag internet radio streams live until interrupted",
                    description="Tag http(s) radio (Icecast/Shoutcast, HLS, PLS/M3U) live; reconnects on drops.")
-    p.add_argument("urls", nargs="+", metavar="URL", help="stream URL (or - for stdin)")
+    p.add_argument("urls", nargs="*", metavar="URL", help="stream URL (or - for stdin)")
+    p.add_argument("--sources", metavar="FILE", default=None,
+                   help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying (default: none)")
     add_model_args(p)
     add_device_arg(p)
     add_top_arg(p)
@@ -207,7 +209,7 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
                    help="JSON lines also carry a segment event each time a segment (one headline family) closes")
     add_record_args(p)
     add_stdin_args(p)
-    p.set_defaults(func=cmd_stream)
+    p.set_defaults(func=_lazy("commands_live", "cmd_stream"))
 
     p = _subparser(sub, "listen", help="tag the microphone (or any input device) live",
                    description="Tag an audio input device live (see `streamtag devices`).")
@@ -244,6 +246,8 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     p.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port)")
     p.add_argument("--source", action="append", default=[], metavar="NAME=URI",
                    help="tag URI (file, http(s) radio, HLS) as stream NAME; repeatable (default: none)")
+    p.add_argument("--sources", metavar="FILE", default=None,
+                   help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying (default: none)")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="pace file sources at X times real time")
     if serve_security:
         _add_serve_security_args(p)
@@ -566,35 +570,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"{k:{width}s}  {v}")
     return 0
-
-
-# -- stream ------------------------------------------------------------------------------------------------
-def cmd_stream(args: argparse.Namespace) -> int:
-    from .pipeline import Engine
-    from .sources import open_source
-
-    if args.duration is not None and not args.duration > 0:
-        raise ConfigError(f"--duration must be positive, got {args.duration}")
-    if args.record is not None:
-        from .store import check_record_args
-
-        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
-    bundle = load_model(args)
-    engine = Engine(bundle, device=args.device, hop_seconds=args.hop, all_tags=args.all_tags,
-                    smoothing=smoothing_config(args.smoothing), precision=args.precision)
-    fmt = args.format
-    if fmt == "auto":
-        fmt = "dashboard" if sys.stdout.isatty() else "jsonl"
-    sources: dict[str, Any] = {}
-    for url in args.urls:
-        name = url if url not in sources else f"{url}#{len(sources)}"
-        # a first connection that fails raises here: typos get a one-line error at once
-        src = open_source(url, engine.sample_rate, max_retries=args.max_retries, **stdin_opts(args))
-        sources[name] = src
-    from .app import run_live
-
-    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, segments=args.segments,
-                    record=args.record, keep=args.keep)
 
 
 if __name__ == "__main__":

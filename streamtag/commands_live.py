@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, SourceError
 
-__all__ = ["cmd_listen", "cmd_devices", "cmd_demo", "cmd_serve", "DEMO_CLIPS", "examples_audio_dir"]
+if TYPE_CHECKING:
+    from .pipeline import Engine
+
+__all__ = ["cmd_listen", "cmd_devices", "cmd_demo", "cmd_serve", "cmd_stream", "DEMO_CLIPS", "examples_audio_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ def examples_audio_dir() -> Path:
     return EXAMPLES_AUDIO_DIRS[-1]
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Engine:
     from .options import load_model, smoothing_config
     from .pipeline import Engine
 
@@ -84,12 +88,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise SourceError(f"demo file(s) not found: {', '.join(missing)}; give audio files: streamtag demo FILE...")
     engine = _engine(args)
     sources: dict[str, Any]
+    pool = None
     if args.parallel:
-        sources = {}
-        for f in files:
-            name = f.stem if f.stem not in sources else f"{f.stem}#{len(sources)}"
-            sources[name] = FileSource(f, engine.sample_rate)
-        describe = {n: str(s.path) for n, s in sources.items()}
+        from .sources.pool import SourcePool
+
+        pool = SourcePool(engine.sample_rate)
+        sources, describe = {}, {}
+        try:
+            for f in files:
+                name = f.stem if f.stem not in sources else f"{f.stem}#{len(sources)}"
+                sources[name] = pool.open(str(f), engine.sample_rate)
+                describe[name] = str(f)
+        except BaseException:
+            pool.close()
+            raise
     else:
         def opener(f: Path) -> Callable[[], FileSource]:
             return lambda: FileSource(f, engine.sample_rate)
@@ -97,7 +109,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sources = {"demo": Playlist([(f.name, opener(f)) for f in files])}
         describe = {"demo": f"{len(files)} file(s) at {args.speed:g}x real time"}
     return run_live(engine, sources, output=args.format, speed=args.speed, describe=describe,
-                    duration=args.duration, top=args.top)
+                    duration=args.duration, top=args.top, pool=pool)
+
+
+# -- stream ----------------------------------------------------------------------------------------------------
+def cmd_stream(args: argparse.Namespace) -> int:
+    """``stream URL... [--sources FILE]``: radio, HLS, files and playlists are read by the source pool's decoder
+    processes; stdin (``-``) in this process."""
+    from .app import run_live
+    from .options import stdin_opts
+    from .sources import open_source
+    from .sources.pool import SourcePool
+    from .sources.stations import read_station_list
+
+    _positive(args.duration, "--duration")
+    stations = read_station_list(args.sources) if getattr(args, "sources", None) else []
+    if not args.urls and not stations:
+        raise ConfigError("stream: give at least one URL, or a station list with --sources FILE")
+    if args.record is not None:
+        from .store import check_record_args
+
+        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
+    engine = _engine(args)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "dashboard" if sys.stdout.isatty() else "jsonl"
+    pool = SourcePool(engine.sample_rate)
+    sources: dict[str, Any] = {}
+    try:
+        for url in args.urls:
+            name = url if url not in sources else f"{url}#{len(sources)}"
+            # a first connection that fails raises here: typos get a one-line error at once
+            if url == "-":
+                sources[name] = open_source(url, engine.sample_rate, max_retries=args.max_retries,
+                                            **stdin_opts(args))
+            else:
+                sources[name] = pool.open(url, engine.sample_rate, max_retries=args.max_retries)
+        for name, uri in stations:  # a station that is down keeps retrying; the others play meanwhile
+            if name in sources:
+                raise ConfigError(f"--sources: stream name {name!r} is also a URL given on the command line")
+            sources[name] = pool.open(uri, engine.sample_rate, retry_open=True, max_retries=args.max_retries)
+    except BaseException:
+        for src in sources.values():
+            src.close()
+        pool.close()
+        raise
+    return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, pool=pool,
+                    segments=args.segments, record=args.record, keep=args.keep)
 
 
 # -- serve -----------------------------------------------------------------------------------------------------
@@ -119,21 +177,25 @@ def _parse_sources(specs: list[str]) -> list[tuple[str, str]]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .publishers.websocket import config_from_args
+    from .sources.stations import read_station_list
 
     _positive(args.speed, "--speed")
     # validates host/token/limits before the model loads
     config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed, top=args.top)
     sources = _parse_sources(args.source)
+    stations = read_station_list(args.sources) if getattr(args, "sources", None) else []
+    clash = {n for n, _ in sources} & {n for n, _ in stations}
+    if clash:
+        raise ConfigError(f"--sources: stream name {sorted(clash)[0]!r} is also given by --source")
     if args.record is not None:
         from .store import check_record_args
 
         check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
-    if getattr(args, "cluster", None):  # the stations run on a Ray cluster; this process is the gateway
-        from .app import run_serve
-        from .cluster.serve import start_gateway
-
-        return run_serve(None, config, sources, runner=start_gateway(args), record=args.record, keep=args.keep)
-    engine = _engine(args)
     from .app import run_serve
 
-    return run_serve(engine, config, sources, record=args.record, keep=args.keep)
+    if getattr(args, "cluster", None):  # the stations run on a Ray cluster; this process is the gateway
+        from .cluster.serve import start_gateway
+
+        return run_serve(None, config, sources, stations=stations, runner=start_gateway(args), record=args.record,
+                         keep=args.keep)
+    return run_serve(_engine(args), config, sources, stations=stations, record=args.record, keep=args.keep)

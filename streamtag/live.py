@@ -1,14 +1,20 @@
-"""The live runner: source feeder threads -> Engine -> sinks.
+"""The live runner: sources -> Engine -> sinks.
 
-:class:`LiveRunner` gives every source its own feeder thread, which only pushes blocks into the engine's ring
-buffers (paced at ``speed`` x real time, or waiting on back-pressure for unpaced sources such as files), and one
-engine thread that calls ``engine.step()`` whenever audio arrived and hands the updates to every sink
-(:class:`streamtag.publishers.base.Sink`). Sinks learn everything through those calls: streams added and
-removed, updates, titles, and source events (reconnecting, connected, ...) via ``on_status``.
+:class:`LiveRunner` feeds sources into an :class:`Engine` and runs one engine thread that calls ``engine.step()``
+whenever audio arrived and hands the updates to every sink (:class:`streamtag.publishers.base.Sink`). Sources
+come two ways:
 
-Per stream, sinks see ``on_stream_added``, then updates/titles/statuses, then exactly one ``on_stream_removed``:
-when its source ends (after the engine has emitted the hops of its last audio; the stream then leaves the
-engine), on :meth:`LiveRunner.remove`, or on :meth:`LiveRunner.stop`.
+- a :class:`~streamtag.sources.pool.PooledSource` (opened by a :class:`~streamtag.sources.pool.SourcePool`: files,
+  radio, HLS, playlists) is read in a decoder process; its blocks arrive in batches through the pool's receiver
+  thread. Hundreds of these cost the engine's process one thread in all.
+- any other iterable of blocks (the microphone, stdin, a playlist object) gets a feeder thread of its own here.
+
+Push-fed streams (websocket audio in) are added with :meth:`LiveRunner.add_stream` and fed by :meth:`push`.
+Sinks learn everything through their calls: streams added and removed, updates, titles, and source events
+(reconnecting, connected, ...) via ``on_status``. Per stream, sinks see ``on_stream_added``, then
+updates/titles/statuses, then exactly one ``on_stream_removed``: when its source ends (after the engine has
+emitted the hops of its last audio; the stream then leaves the engine), on :meth:`LiveRunner.remove`, or on
+:meth:`LiveRunner.stop`.
 
 The terminal and server loops that drive a runner live in :mod:`streamtag.app`.
 """
@@ -20,11 +26,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,8 +38,13 @@ from .events import GenreUpdate
 
 if TYPE_CHECKING:
     from .publishers.base import Sink
+    from .registry import Bundle
+    from .sources.pool import PooledSource
 
-__all__ = ["LiveRunner", "IDLE_WAIT_S", "STEP_INTERVAL_S", "MAX_BACKLOG_SECONDS", "freeze_startup_objects"]
+__all__ = [
+    "LiveRunner", "Engine", "Source", "Runner", "IDLE_WAIT_S", "STEP_INTERVAL_S", "MAX_BACKLOG_SECONDS",
+    "freeze_startup_objects",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +53,67 @@ STEP_INTERVAL_S = 0.02  # s: the engine steps at most this often; the hops compl
 FRONT_END_THREADS = min(2, os.cpu_count() or 1)  # threads a step's log-mel passes run on (the engine thread + helpers)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in a stream's ring before an unpaced feeder waits (back-pressure)
 # s between a waiting feeder's looks at its backlog: with 5 s buffered, 0.1 s costs the engine nothing, and many
-# feeders polling faster (1,000 at 100 Hz) would take the CPU and the GIL from the engine they wait for
+# feeders polling faster would take the CPU and the GIL from the engine they wait for
 BACKLOG_POLL_S = 0.1
-JOIN_TIMEOUT_S = 5.0  # s to wait for a feeder or the engine thread to end
+JOIN_TIMEOUT_S = 1.5  # s stop() waits for the feeder threads and the engine thread, all together
+STEP_GRACE_S = 0.5  # s stop() then waits for a step still running before it finishes the streams without it
 FLUSH_TIMEOUT_S = 60.0  # s flush() waits for the engine to process the audio already pushed (a slow CPU, a big backlog)
+
+
+class Engine(Protocol):
+    """What the runner needs of :class:`streamtag.pipeline.Engine` (and what sinks may read of it)."""
+
+    bundle: Bundle
+    sample_rate: int
+    hop_seconds: float
+    labels_shown: list[str]
+
+    def add_stream(self, name: str, title: str | None = None) -> object: ...
+    def remove_stream(self, name: str) -> None: ...
+    def set_title(self, name: str, title: str | None) -> None: ...
+    def push(self, name: str, samples: np.ndarray) -> None: ...
+    def step(self) -> list[GenreUpdate]: ...
+    def backlog(self, name: str) -> float: ...
+    def use_front_end_pool(self, pool: Executor | None, passes: int = 1) -> None: ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """An in-process source: an iterator of (N,) float32 blocks at the engine's rate with a ``name`` and
+    ``close()`` (from any thread). Optional: ``title``, ``on_event`` (``callback(kind, detail)``), ``overruns``
+    (audio lost before the engine, e.g. PortAudio input overflows)."""
+
+    name: str
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
+    def close(self) -> None: ...
+
+
+class Runner(Protocol):
+    """The runner protocol servers (publishers/websocket.py) and gateways (the cluster) drive."""
+
+    @property
+    def engine(self) -> Engine: ...
+    def add_source(self, name: str, source: Source | PooledSource, *, speed: float | None = None,
+                   display: str | None = None) -> None: ...
+    def add_stream(self, name: str, *, display: str = "", title: str | None = None) -> None: ...
+    def push(self, name: str, samples: np.ndarray) -> None: ...
+    def remove(self, name: str, timeout: float = 2.0) -> None: ...
+    def streams(self) -> list[str]: ...
+    def add_sink(self, sink: Sink) -> None: ...
+    def remove_sink(self, sink: Sink) -> None: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
 class _Stream:
-    """The runner's record of one stream (a feeder thread for sources; none for push-fed streams)."""
+    """The runner's record of one stream: a source read here (``thread``), in a pool worker (``pooled``), or
+    pushed by the caller (neither)."""
 
     name: str
-    source: Any = None  # an iterable of (N,) float32 blocks with optional .title, .close(), .on_event, .overruns
+    source: Source | PooledSource | None = None
     speed: float | None = None
+    pooled: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     samples: int = 0
@@ -64,41 +122,31 @@ class _Stream:
     removed: bool = False  # on_stream_removed was sent
 
 
-class _CallbackSink:
-    """The pre-sink form ``LiveRunner(engine, on_updates, on_end=..., on_title=...)`` as a sink (kept for callers
-    written against it; new code passes sinks). ``on_end`` is only called for sources that ended by themselves."""
+class _Feed:
+    """A pooled source's way into the runner (:class:`streamtag.sources.pool.SourceFeed`)."""
 
-    def __init__(
-        self,
-        on_updates: Callable[[list[GenreUpdate]], None],
-        on_end: Callable[[str, StreamtagError | None], None] | None,
-        on_title: Callable[[str, str | None], None] | None,
-    ) -> None:
-        self._on_updates, self._on_end, self._on_title = on_updates, on_end, on_title
-        self.explicit: set[str] = set()  # streams removed by remove()/stop(): no on_end, as before
+    def __init__(self, runner: LiveRunner, st: _Stream) -> None:
+        self._runner, self._st = runner, st
 
-    def on_stream_added(self, name: str, source: str, title: str | None) -> None:
-        self.explicit.discard(name)
+    def push(self, samples: np.ndarray) -> None:
+        self._st.samples += samples.shape[0]
+        self._runner.push(self._st.name, samples)
 
-    def on_update(self, updates: list[GenreUpdate]) -> None:
-        self._on_updates(updates)
+    def title(self, title: str | None) -> None:
+        self._runner._set_title(self._st.name, title)
 
-    def on_title(self, name: str, title: str | None) -> None:
-        if self._on_title is not None:
-            self._on_title(name, title)
+    def event(self, kind: str, detail: str) -> None:
+        self._runner._notify_status(self._st.name, kind, detail)
 
-    def on_status(self, name: str, kind: str, detail: str) -> None:
-        pass
+    def end(self, error: StreamtagError | None) -> None:
+        self._runner._source_done(self._st, error)
 
-    def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
-        if name in self.explicit:
-            self.explicit.discard(name)
-        elif self._on_end is not None:
-            self._on_end(name, error)
+    def backlog(self) -> float:
+        return self._runner.engine.backlog(self._st.name)
 
 
 class LiveRunner:
-    """Feeder threads push sources into ``engine``; one engine thread steps it and feeds ``sinks``.
+    """Sources feed ``engine``; one engine thread steps it and feeds ``sinks``.
 
     ``speed`` (per source) paces it at ``speed`` x real time; None feeds it as fast as it yields, which is right
     for live sources (radio and microphones pace themselves) and, with back-pressure, for files tagged flat out.
@@ -110,11 +158,9 @@ class LiveRunner:
 
     def __init__(
         self,
-        engine: Any,
-        sinks: Sequence[Sink] | Callable[[list[GenreUpdate]], None] = (),
+        engine: Engine,
+        sinks: Sequence[Sink] = (),
         *,
-        on_end: Callable[[str, StreamtagError | None], None] | None = None,
-        on_title: Callable[[str, str | None], None] | None = None,
         step_interval: float = STEP_INTERVAL_S,
         front_end_threads: int = FRONT_END_THREADS,
     ) -> None:
@@ -122,13 +168,7 @@ class LiveRunner:
         self._step_interval = step_interval
         self._front_end_threads = max(1, front_end_threads)
         self._pool: ThreadPoolExecutor | None = None
-        self._legacy: _CallbackSink | None = None
-        if callable(sinks) and not hasattr(sinks, "on_update"):  # LiveRunner(engine, on_updates, on_end=...)
-            self._legacy = _CallbackSink(sinks, on_end, on_title)
-            sinks = [self._legacy]
-        elif on_end is not None or on_title is not None:
-            raise TypeError("on_end/on_title go with an on_updates callback; pass sinks instead")
-        self._sinks: tuple[Sink, ...] = tuple(sinks)  # type: ignore[arg-type]
+        self._sinks: tuple[Sink, ...] = tuple(sinks)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards self._streams and self._sinks
         # Held by the engine thread while it steps and publishes, and by remove()/stop() while they take a stream
@@ -141,9 +181,10 @@ class LiveRunner:
         self._iterations = 0  # engine-loop iterations completed (flush waits on it)
         self._cv = threading.Condition()
         self.engine_error: BaseException | None = None
+        self.updates_emitted = 0  # updates handed to the sinks (health figures)
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Engine:
         """The engine (read-only use: labels_shown, sample_rate, hop_seconds, bundle)."""
         return self._engine
 
@@ -156,45 +197,85 @@ class LiveRunner:
         with self._lock:
             self._sinks = tuple(s for s in self._sinks if s is not sink)
 
-    def _notify(self, method: str, *args: Any) -> None:
+    def _notify_added(self, name: str, display: str, title: str | None) -> None:
         for sink in self._sinks:  # a tuple: adding/removing sinks meanwhile replaces it, never mutates it
             try:
-                getattr(sink, method)(*args)
+                sink.on_stream_added(name, display, title)
             except Exception:  # a broken sink must not stop the engine or starve the other sinks
-                log.exception("sink %r failed in %s", sink, method)
+                log.exception("sink %r failed in on_stream_added", sink)
+
+    def _notify_updates(self, updates: list[GenreUpdate]) -> None:
+        for sink in self._sinks:
+            try:
+                sink.on_update(updates)
+            except Exception:
+                log.exception("sink %r failed in on_update", sink)
+
+    def _notify_title(self, name: str, title: str | None) -> None:
+        for sink in self._sinks:
+            try:
+                sink.on_title(name, title)
+            except Exception:
+                log.exception("sink %r failed in on_title", sink)
+
+    def _notify_status(self, name: str, kind: str, detail: str) -> None:
+        if kind == "title":  # titles reach sinks through on_title only
+            return
+        for sink in self._sinks:
+            try:
+                sink.on_status(name, kind, detail)
+            except Exception:
+                log.exception("sink %r failed in on_status", sink)
+
+    def _notify_removed(self, name: str, error: StreamtagError | None) -> None:
+        for sink in self._sinks:
+            try:
+                sink.on_stream_removed(name, error)
+            except Exception:
+                log.exception("sink %r failed in on_stream_removed", sink)
 
     # -- streams -------------------------------------------------------------------------------------------
-    def add_source(self, name: str, source: Any, *, speed: float | None = None, display: str | None = None) -> None:
-        """Add stream ``name`` to the engine and start feeding it from ``source`` in a thread of its own.
+    def add_source(self, name: str, source: Source | PooledSource, *, speed: float | None = None,
+                   display: str | None = None) -> None:
+        """Add stream ``name`` to the engine and start feeding it from ``source``: a pooled source through its
+        decoder process, any other in a thread of its own.
 
         ``display`` is the input as sinks show it (default: the source's ``name``); never put credentials in it.
         """
+        from .sources.pool import PooledSource
+
         if speed is not None and not (math.isfinite(speed) and speed > 0):
             raise StreamtagError(f"--speed must be a positive number, got {speed}")
         title = getattr(source, "title", None)
         self._engine.add_stream(name, title=title)  # raises ConfigError for a duplicate name
-        st = _Stream(name, source, speed)
-        st.thread = threading.Thread(target=self._feed, args=(st,), name=f"feed-{name}", daemon=True)
-        if hasattr(source, "on_event"):
-            source.on_event = _chain(getattr(source, "on_event", None), self._source_event(name))
+        pooled = isinstance(source, PooledSource)
+        st = _Stream(name, source, speed, pooled=pooled)
+        if not pooled:
+            st.thread = threading.Thread(target=self._feed, args=(st,), name=f"feed-{name}", daemon=True)
+            if hasattr(source, "on_event"):
+                source.on_event = _chain(getattr(source, "on_event", None), self._source_event(name))
         with self._lock:
             self._streams[name] = st
-        self._notify("on_stream_added", name, display if display is not None else str(getattr(source, "name", name)),
-                     title)
-        st.thread.start()
+        self._notify_added(name, display if display is not None else str(getattr(source, "name", name)), title)
+        if isinstance(source, PooledSource):
+            source.start(_Feed(self, st), speed)
+        elif st.thread is not None:
+            st.thread.start()
 
     def add_stream(self, name: str, *, display: str = "", title: str | None = None) -> None:
         """A push-fed stream (websocket audio in): the caller calls :meth:`push` and, at the end, :meth:`remove`."""
         self._engine.add_stream(name, title=title)
         with self._lock:
             self._streams[name] = _Stream(name)
-        self._notify("on_stream_added", name, display, title)
+        self._notify_added(name, display, title)
 
     def push(self, name: str, samples: np.ndarray) -> None:
         """Hand (N,) float32 samples of stream ``name`` to the engine thread (never blocks; unknown names are
         ignored: the stream may have just been removed)."""
-        if name in self._engine.streams:
+        try:
             self._engine.push(name, samples)
+        except StreamtagError:  # not (or no longer) in the engine
+            return
         if not self._wake.is_set():  # set already: the engine has not cleared it, so its next step reads this audio
             self._wake.set()
 
@@ -207,6 +288,8 @@ class LiveRunner:
             close_quietly(st.source)
             if st.thread is not None and st.thread is not threading.current_thread():
                 st.thread.join(timeout)
+        if self._stop.is_set() and (st is None or st.removed):
+            return  # stop() already took every stream out (and a step it gave up on may still hold the lock)
         with self._publish:
             try:
                 self._engine.remove_stream(name)
@@ -214,9 +297,7 @@ class LiveRunner:
                 pass
             if st is not None and not st.removed:
                 st.removed = True
-                if self._legacy is not None:
-                    self._legacy.explicit.add(name)
-                self._notify("on_stream_removed", name, None)
+                self._notify_removed(name, None)
 
     def streams(self) -> list[str]:
         """Names of the streams sinks currently know (not yet removed)."""
@@ -233,28 +314,47 @@ class LiveRunner:
         with self._lock:
             return {n: st.error for n, st in self._streams.items() if st.error is not None}
 
+    def pooled(self) -> dict[str, PooledSource]:
+        """The pooled sources by stream name (their ``stats`` are the per-station health figures)."""
+        from .sources.pool import PooledSource
+
+        with self._lock:
+            return {n: st.source for n, st in self._streams.items() if isinstance(st.source, PooledSource)}
+
     def _source_event(self, name: str) -> Callable[[str, str], None]:
         def on_event(kind: str, detail: str) -> None:
-            if kind != "title":  # titles reach sinks through on_title (also for sources that emit no events)
-                self._notify("on_status", name, kind, detail)
+            self._notify_status(name, kind, detail)
 
         return on_event
 
-    def _backlog(self, name: str) -> float:
-        """Seconds of audio of stream ``name`` waiting for the engine."""
-        st = self._engine.streams.get(name)
-        return len(st.ring) / self._engine.sample_rate if st is not None else 0.0
+    def _set_title(self, name: str, title: str | None) -> None:
+        try:
+            self._engine.set_title(name, title)
+        except (KeyError, StreamtagError):  # the stream just left the engine
+            return
+        self._notify_title(name, title)
+
+    def _source_done(self, st: _Stream, error: StreamtagError | None) -> None:
+        if not st.stop.is_set():
+            st.error = error
+        st.done = True
+        self._wake.set()
 
     def _feed(self, st: _Stream) -> None:
+        """The feeder thread of an in-process source; titles come from its ``title`` after every block."""
+        assert st.source is not None
+        source = st.source
         sr = self._engine.sample_rate
         t0 = time.monotonic()
-        title = getattr(st.source, "title", None)
+        title = getattr(source, "title", None)
+        error: StreamtagError | None = None
         try:
-            for block in st.source:
+            for block in source:  # type: ignore[union-attr]
                 if st.stop.is_set():
                     break
                 block = np.asarray(block, dtype=np.float32).reshape(-1)  # (N,)
-                while st.speed is None and self._backlog(st.name) > MAX_BACKLOG_SECONDS and not st.stop.is_set():
+                while st.speed is None and self._engine.backlog(st.name) > MAX_BACKLOG_SECONDS \
+                        and not st.stop.is_set():
                     st.stop.wait(BACKLOG_POLL_S)  # a file decodes faster than the model runs: wait for the engine
                 if st.speed is not None:
                     # A live source delivers a block once its last sample has been played.
@@ -263,30 +363,25 @@ class LiveRunner:
                         break
                 self.push(st.name, block)
                 st.samples += block.shape[0]
-                new_title = getattr(st.source, "title", None)
+                new_title = getattr(source, "title", None)
                 if new_title != title:
                     title = new_title
-                    if st.name in self._engine.streams:
-                        self._engine.set_title(st.name, title)
-                    self._notify("on_title", st.name, title)
+                    self._set_title(st.name, title)
         except StreamtagError as e:
-            if not st.stop.is_set():
-                st.error = e
+            error = e
         except Exception as e:  # a source bug must end its stream, not the process
             if not st.stop.is_set():
                 log.exception("source %s failed", st.name)
-                st.error = SourceError(f"{st.name}: source failed ({type(e).__name__}: {e})")
+            error = SourceError(f"{st.name}: source failed ({type(e).__name__}: {e})")
         finally:
-            close_quietly(st.source)
-            st.done = True
-            self._wake.set()
+            close_quietly(source)
+            self._source_done(st, error)
 
     # -- engine --------------------------------------------------------------------------------------------
     def start(self) -> LiveRunner:
-        if self._front_end_threads > 1 and hasattr(self._engine, "front_end_map"):
-            pool = self._pool = ThreadPoolExecutor(self._front_end_threads - 1, thread_name_prefix="front-end")
-            self._engine.front_end_passes = self._front_end_threads
-            self._engine.front_end_map = partial(_map_on, pool)
+        if self._front_end_threads > 1:
+            self._pool = ThreadPoolExecutor(self._front_end_threads - 1, thread_name_prefix="front-end")
+            self._engine.use_front_end_pool(self._pool, self._front_end_threads)
         self._engine_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._engine_thread.start()
         return self
@@ -308,9 +403,12 @@ class LiveRunner:
             try:
                 with self._publish:
                     updates = self._engine.step()
+                    if self._stop.is_set():  # stop() may have given up waiting for this step: publish nothing
+                        break
                     if updates:
                         self._add_input_overruns(updates)
-                        self._notify("on_update", updates)
+                        self.updates_emitted += len(updates)
+                        self._notify_updates(updates)
                     for st in ending:
                         self._finish(st, st.error)
             except Exception as e:  # surfaced by the app loop; the thread must not die silently
@@ -332,7 +430,7 @@ class LiveRunner:
             self._engine.remove_stream(st.name)
         except StreamtagError:
             pass
-        self._notify("on_stream_removed", st.name, error)
+        self._notify_removed(st.name, error)
 
     def _engine_failed(self, e: BaseException) -> None:
         error = e if isinstance(e, StreamtagError) else StreamtagError(f"engine failed: {type(e).__name__}: {e}")
@@ -348,9 +446,9 @@ class LiveRunner:
         # Sources that can lose audio before the engine sees it (a microphone's PortAudio overflows) count
         # their own overruns; publish them beside the engine's ring-buffer overruns.
         with self._lock:
-            sources = {n: st.source for n, st in self._streams.items()}
+            counts = {n: getattr(st.source, "overruns", None) for n, st in self._streams.items() if not st.pooled}
         for u in updates:
-            n = getattr(sources.get(u.stream), "overruns", None)
+            n = counts.get(u.stream)
             if isinstance(n, int):
                 u.extra["input_overruns"] = n
 
@@ -376,8 +474,10 @@ class LiveRunner:
         return True
 
     def stop(self, timeout: float = JOIN_TIMEOUT_S) -> None:
-        """Stop feeders (closing sources) and the engine thread; every stream still known is removed from the
-        engine and reported to the sinks as removed (``error`` None)."""
+        """Stop the sources (closing them) and the engine thread, waiting at most ``timeout`` s for all of them
+        together; every stream still known is removed from the engine and reported to the sinks as removed
+        (``error`` None)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             streams = list(self._streams.values())
         for st in streams:
@@ -385,18 +485,25 @@ class LiveRunner:
             close_quietly(st.source)
         self._stop.set()
         self._wake.set()
+        me = threading.current_thread()
         for st in streams:
-            if st.thread is not None and st.thread is not threading.current_thread():
-                st.thread.join(timeout)
-        if self._engine_thread is not None and self._engine_thread is not threading.current_thread():
-            self._engine_thread.join(timeout)
-        with self._publish:
+            if st.thread is not None and st.thread is not me:
+                st.thread.join(max(0.0, deadline - time.monotonic()))
+        if self._engine_thread is not None and self._engine_thread is not me:
+            self._engine_thread.join(max(0.0, deadline - time.monotonic()))
+        # A step over a large backlog can outlast the deadline; its updates are dropped (the engine thread sees
+        # the stop), so the streams are finished without waiting for it.
+        locked = self._publish.acquire(timeout=STEP_GRACE_S)
+        if not locked:
+            log.warning("stop: the engine is still in a step; finishing the streams without it")
+        try:
             for st in streams:
-                if not st.removed and self._legacy is not None:
-                    self._legacy.explicit.add(st.name)
                 self._finish(st, None)
+        finally:
+            if locked:
+                self._publish.release()
         if self._pool is not None:
-            self._engine.front_end_map, self._engine.front_end_passes = map, 1
+            self._engine.use_front_end_pool(None)
             self._pool.shutdown(wait=False)
             self._pool = None
 
@@ -408,17 +515,6 @@ def freeze_startup_objects() -> None:
     every thread); objects made later are collected as usual."""
     gc.collect()
     gc.freeze()
-
-
-def _map_on(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """``[fn(i) for i in items]``: the first on this thread, the others on ``pool`` meanwhile (in order)."""
-    if len(items) < 2:
-        return [fn(i) for i in items]
-    try:
-        futures = [pool.submit(fn, i) for i in items[1:]]
-    except RuntimeError:  # the pool was shut down (stop() gave up waiting for a slow step): run them here
-        return [fn(i) for i in items]
-    return [fn(items[0]), *(f.result() for f in futures)]
 
 
 def _chain(first: Callable[[str, str], None] | None, second: Callable[[str, str], None]) -> Callable[[str, str], None]:

@@ -26,8 +26,11 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,7 +56,6 @@ log = logging.getLogger(__name__)
 
 MIN_HOP_SECONDS = 0.25  # s, the smallest --hop accepted
 RING_SECONDS = 10.0  # s of unprocessed audio a stream's ring holds; beyond it the oldest is dropped (bounds latency)
-HISTORY_LEN = 120  # top-genre history entries kept per stream (for dashboards)
 CLIP_LEVEL = 4.0  # full scale = 1.0; samples beyond +-4 (+12 dBFS, far above any decoder's inter-sample overs) are clipped
 SILENCE_DB = -60.0  # dBFS RMS over a hop's frames; quieter hops are "silence" and do not move the smoothed genres
 FILE_BATCH = 32  # windows (or hops of a stateful model) the file path runs per batch
@@ -287,7 +289,6 @@ class StreamState:
     track: FrameTrack  # its frames and hop bookkeeping
     title: str | None = None
     latest: GenreUpdate | None = None
-    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))  # (t, top_label, p)
     # (samples written so far, wall time) of the blocks not yet answered: push() appends, the engine drops the
     # ones before the hop it answers (bounded: a stream whose engine falls 4096 blocks behind forgets the oldest)
     arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))
@@ -357,6 +358,19 @@ class Engine:
         # `front_end_map` (map, or the live runner's worker threads; see frontend.push_many)
         self.front_end_passes = 1
         self.front_end_map: PassMap = map
+
+    def use_front_end_pool(self, pool: Executor | None, passes: int = 1) -> None:
+        """Run a step's log-mel in ``passes`` passes at once: one on the stepping thread, the others on ``pool``
+        (the caller's threads; numpy's FFT and matmul release the GIL). None: every pass on the stepping thread."""
+        if pool is None or passes <= 1:
+            self.front_end_map, self.front_end_passes = map, 1
+        else:
+            self.front_end_map, self.front_end_passes = partial(_map_on, pool), int(passes)
+
+    def backlog(self, name: str) -> float:
+        """Seconds of stream ``name``'s audio waiting for :meth:`step` (0.0 for a stream not in the engine)."""
+        st = self.streams.get(name)
+        return len(st.ring) / self.sample_rate if st is not None else 0.0
 
     # -- stream membership ---------------------------------------------------------------------------
     def add_stream(self, name: str, title: str | None = None) -> StreamState:
@@ -517,8 +531,18 @@ class Engine:
             st.track.advance(end)
             st.latest = upd
             st.updates += 1
-            st.history.append((upd.t, upd.top[0][0], upd.top[0][1]))
         return updates
+
+
+def _map_on(pool: Executor, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(i) for i in items]``: the first on this thread, the others on ``pool`` meanwhile (in order)."""
+    if len(items) < 2:
+        return [fn(i) for i in items]
+    try:
+        futures = [pool.submit(fn, i) for i in items[1:]]
+    except RuntimeError:  # the pool was shut down (a stop that gave up waiting for a slow step): run them here
+        return [fn(i) for i in items]
+    return [fn(items[0]), *(f.result() for f in futures)]
 
 
 def _rounds(jobs: list[tuple[StreamState, int]]) -> list[list[int]]:

@@ -73,7 +73,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 # what json.dumps(msg, ensure_ascii=False, allow_nan=False) does, without building an encoder per message
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
-CLIENT_TYPES = ("subscribe", "unsubscribe", "add_source", "remove_source", "audio_start", "audio_stop")
+CLIENT_TYPES = ("subscribe", "unsubscribe", "add_source", "remove_source", "audio_start", "audio_stop", "stats")
 
 
 def valid_stream_name(name: Any) -> TypeGuard[str]:
@@ -492,6 +492,7 @@ class Hub:
         self.published: Counter[str] = Counter()  # updates published per stream
         self._title_sent: dict[str, float] = {}  # stream -> when its title last went out
         self._titles_pending: set[str] = set()  # streams whose newest title has not gone out yet
+        self.station_stats: Callable[[], dict[str, dict[str, Any]]] | None = None  # the "stats" request's figures
 
     # -- connections -------------------------------------------------------------------------------------
     def connect(self, *, authorized: bool, peer: str = "", notify: Callable[[], None] | None = None) -> Client:
@@ -718,6 +719,16 @@ class Hub:
                 client.subscriptions = set(self.streams)
             client.subscriptions.difference_update(streams)
         self._subscribed(client, msg)
+        return []
+
+    def _on_stats(self, client: Client, msg: dict[str, Any]) -> list[Action]:
+        """Per-station health figures (``station_stats``, set by the server's owner; docs/protocol.md)."""
+        streams = _stream_list(msg) if "streams" in msg else None
+        figures = self.station_stats() if self.station_stats is not None else {}
+        if streams is not None:
+            self._check_known(streams, msg)
+            figures = {k: v for k, v in figures.items() if k in streams}
+        self.reply(client, {"type": "stats", "streams": figures}, msg)
         return []
 
     def _require_auth(self, client: Client, what: str) -> None:

@@ -120,7 +120,7 @@ def music_clip(path: Path, seconds: float = 8.0, **kw) -> Path:
 # icecast ----------------------------------------------------------------------------------------------------------
 
 
-def _icecast_config(port: int, log_dir: Path, pid_file: Path, as_root: bool) -> str:
+def _icecast_config(port: int, log_dir: Path, pid_file: Path, as_root: bool, max_clients: int = 32) -> str:
     security = ("<security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group>"
                 "</changeowner></security>") if as_root else "<security><chroot>0</chroot></security>"
     return f"""<icecast>
@@ -128,7 +128,7 @@ def _icecast_config(port: int, log_dir: Path, pid_file: Path, as_root: bool) -> 
   <admin>test@localhost</admin>
   <hostname>127.0.0.1</hostname>
   <limits>
-    <clients>32</clients><sources>8</sources><queue-size>524288</queue-size>
+    <clients>{max_clients}</clients><sources>8</sources><queue-size>524288</queue-size>
     <client-timeout>30</client-timeout><header-timeout>10</header-timeout><source-timeout>5</source-timeout>
     <burst-on-connect>1</burst-on-connect><burst-size>32768</burst-size>
   </limits>
@@ -209,8 +209,9 @@ class IcecastServer:
 
 
 @contextlib.contextmanager
-def icecast_server(tmp_path: Path, port: int | None = None) -> Iterator[IcecastServer]:
-    """Start icecast2 on a free loopback port with a config written into ``tmp_path``; always stopped after."""
+def icecast_server(tmp_path: Path, port: int | None = None, *, max_clients: int = 32) -> Iterator[IcecastServer]:
+    """Start icecast2 on a free loopback port with a config written into ``tmp_path`` (at most ``max_clients``
+    listeners); always stopped after."""
     require_icecast()
     as_root = os.geteuid() == 0
     cleanup: list[Path] = []
@@ -224,7 +225,7 @@ def icecast_server(tmp_path: Path, port: int | None = None) -> Iterator[IcecastS
         log_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = tmp_path / "icecast.xml"
-    config.write_text(_icecast_config(port, log_dir, log_dir / "icecast.pid", as_root))
+    config.write_text(_icecast_config(port, log_dir, log_dir / "icecast.pid", as_root, max_clients))
     server = IcecastServer(config=config, log_dir=log_dir, port=port)
     try:
         server.start()

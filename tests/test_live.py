@@ -207,21 +207,80 @@ def test_a_failing_source_ends_its_stream_with_the_error_and_others_go_on(bundle
     assert sink.updates("bad")  # the broken sink before it did not starve this one
 
 
-def test_the_callback_form_still_works(bundle, clip):
+def test_a_source_that_ends_and_a_stream_that_is_removed_each_get_one_removal(bundle, clip):
     engine = make_engine(bundle, hop=0.5)
-    updates: list = []
-    ended: list = []
-    done = threading.Event()
-    runner = LiveRunner(engine, updates.extend, on_end=lambda n, e: (ended.append((n, e)), done.set())).start()
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
     try:
         runner.add_source("a", open_source(str(clip), engine.sample_rate))
         runner.add_stream("pushed")
-        assert done.wait(60)
-        runner.flush()
-        runner.remove("pushed")  # an explicit removal is not an "end", as before
+        run_to_end(runner, sink)
+        runner.remove("pushed")
     finally:
         runner.stop()
-    assert ended == [("a", None)] and updates and {u.stream for u in updates} == {"a"}
+    assert [c for c in sink.calls if c[0] == "removed"] == [("removed", "a", None), ("removed", "pushed", None)]
+    assert sink.updates("a") and not sink.updates("pushed")
+
+
+def test_a_file_through_the_source_pool_gives_the_same_updates_as_the_same_audio_pushed(bundle, clip):
+    """The decoder processes change where decoding runs, not what the engine sees: equality with pushed audio."""
+    from streamtag.sources import read_audio
+    from streamtag.sources.pool import PooledSource, SourcePool
+
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
+    with SourcePool(engine.sample_rate, workers=1) as pool:
+        try:
+            source = pool.open(str(clip), engine.sample_rate)
+            assert isinstance(source, PooledSource) and source.info["sample_rate"] == 16000
+            runner.add_source("pooled", source, display="a.wav")
+            run_to_end(runner, sink)
+            x = read_audio(str(clip), engine.sample_rate)
+            runner.add_stream("pushed")
+            for block in np.array_split(x, 23):
+                runner.push("pushed", block)
+            runner.flush()
+        finally:
+            runner.stop()
+    got, want = sink.updates("pooled"), sink.updates("pushed")
+    assert len(got) == len(want) >= 5
+    assert [u.t for u in got] == pytest.approx([u.t for u in want], abs=1e-9)
+    for a, b in zip(got, want):
+        assert a.raw == pytest.approx(b.raw, abs=1e-5)
+    calls = sink.of("pooled")
+    assert calls[0][:3] == ("added", "pooled", "a.wav") and calls[-1] == ("removed", "pooled", None)
+
+
+def test_the_source_pool_reports_open_errors_at_once_and_stops_promptly(tmp_path):
+    import time
+
+    from streamtag.sources.pool import SourcePool
+
+    pool = SourcePool(16000, workers=2)
+    try:
+        with pytest.raises(SourceError, match="no such file"):
+            pool.open(str(tmp_path / "missing.mp3"), 16000)
+        with pytest.raises(SourceError, match="connection refused"):
+            pool.open(f"http://127.0.0.1:{_free_port()}/live.mp3", 16000, max_retries=0)
+        pids = pool.pids()
+        assert len(pids) == 2
+    finally:
+        t0 = time.monotonic()
+        pool.close()
+        took = time.monotonic() - t0
+    assert took < 3.0
+    for pid in pids:  # nothing left running
+        with pytest.raises(OSError):
+            import os
+
+            os.kill(pid, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_engine_failure_ends_every_stream_with_one_error(bundle):
@@ -402,3 +461,48 @@ def test_sinks_can_join_and_leave_a_running_runner(bundle):
     assert n_first >= 1 and n_late >= 1
     assert n_first + n_late == len(offline_updates(bundle, np.concatenate([x, x])))  # none lost, none twice
     assert [c[0] for c in late.of("s")][-1] == "removed" and "removed" not in [c[0] for c in first.of("s")]
+
+
+class _Failing:
+    """An in-process source whose input breaks after one block."""
+
+    name = "failing"
+
+    def __iter__(self):
+        yield np.zeros(1600, dtype=np.float32)
+        raise SourceError("failing: the input broke")
+
+    def close(self) -> None:
+        pass
+
+
+def test_health_summary_counts_live_reconnecting_and_failed_stations(bundle, clip):
+    from streamtag.health import Health
+    from streamtag.sources.pool import SourcePool
+
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    with SourcePool(engine.sample_rate, workers=1) as pool:
+        health = Health(pids=pool.pids)
+        runner = LiveRunner(engine, [health, sink]).start()
+        try:
+            runner.add_source("file", pool.open(str(clip), engine.sample_rate), speed=4.0)
+            down = pool.open(f"http://127.0.0.1:{_free_port()}/down.mp3", engine.sample_rate, retry_open=True)
+            runner.add_source("down", down)
+            runner.add_source("broken", _Failing())
+            runner.add_stream("pushed")
+            import time
+
+            deadline = time.monotonic() + 60
+            while not (sink.updates("file") and ("removed", "broken") in [c[:2] for c in sink.calls]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            while runner.pooled()["down"].stats.state != "reconnecting" and time.monotonic() < deadline:
+                time.sleep(0.1)  # the decoder process sends its figures once a second
+            line = health.summary(runner)
+            figures = health.stations(runner)
+        finally:
+            runner.stop()
+    assert line.startswith("4 stations: 2 live, 1 reconnecting, 1 failed · ") and "updates/s" in line and "CPU" in line
+    assert figures["down"]["state"] == "reconnecting" and figures["file"]["state"] in ("live", "ended")
+    assert figures["pushed"] == {"lag_s": 0.0, "updates": 0, "state": "live"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -200,3 +201,24 @@ def test_file_tagging_does_not_import_sounddevice():
     code = ("import sys, streamtag.cli, streamtag.live, streamtag.publishers.websocket, streamtag.commands_live; "
             "sys.exit(1 if 'sounddevice' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_listen_ends_promptly_on_sigterm_and_sigint_with_its_summary(pulse, bundle_path, sig, code):
+    proc = subprocess.Popen([sys.executable, "-m", "streamtag", "listen", "--device", "pulse", "--format", "jsonl",
+                             "--model", bundle_path, "--compute", "cpu", "--hop", "0.5"], env=pulse,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # listening: the first update arrived
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(first)["stream"] == "mic"
+    assert proc.returncode == code, err
+    assert time.monotonic() - t0 < 10.0  # bench/bench_radio.py measures the real figure
+    assert "Traceback" not in err and "mic:" in err and "stopped" in err

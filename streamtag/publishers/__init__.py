@@ -8,10 +8,21 @@ runner (``streamtag.live``), the engine, or the app loops (``streamtag.app``); t
 from __future__ import annotations
 
 import re
+from typing import Any
 
-__all__ = ["status_message", "SILENCE_DB"]
+__all__ = ["status_message", "SILENCE_DB", "is_silent"]
 
 SILENCE_DB = -60.0  # dBFS RMS over a hop's audio below which views show "silence" and hold the genre state
+
+
+def is_silent(update: Any) -> bool:
+    """Whether a GenreUpdate is silence: the engine's own decision (``extra["silence"]``, made once per hop in
+    streamtag.pipeline); an update without it (built elsewhere) is judged by ``level_db`` against SILENCE_DB."""
+    flag = update.extra.get("silence")
+    if isinstance(flag, bool):
+        return flag
+    level = update.extra.get("level_db")
+    return isinstance(level, int | float) and not level >= SILENCE_DB
 
 _ATTEMPT = re.compile(r"attempt\s+(\d+)")
 _DELAY = re.compile(r"(?:in\s+)?(\d+(?:\.\d+)?)\s*s\b")

@@ -58,18 +58,23 @@ def describe_av_error(e: BaseException) -> str:
     return text
 
 
-def iter_frames(container: Any, stream: Any) -> Iterator[av.AudioFrame]:
+def iter_frames(container: Any, stream: Any, counts: Source | None = None) -> Iterator[av.AudioFrame]:
     """Decode ``stream`` of ``container``, skipping isolated undecodable packets (as the ffmpeg CLI does).
 
-    Demuxer errors and long runs of bad packets propagate (``av.error.FFmpegError`` or ``OSError``).
+    Demuxer errors and long runs of bad packets propagate (``av.error.FFmpegError`` or ``OSError``). ``counts``:
+    a source whose ``bytes_in`` (compressed audio bytes demuxed) and ``decode_errors`` (packets skipped) to keep.
     """
     bad = 0
     for packet in container.demux(stream):
+        if counts is not None:
+            counts.bytes_in += packet.size
         try:
             frames = packet.decode()
         except (av.error.InvalidDataError, av.error.UndefinedError) as e:  # one corrupt packet: skip it
             # (an ADTS stream joined mid-frame makes the AAC decoder fail its first packet with an odd code)
             bad += 1
+            if counts is not None:
+                counts.decode_errors += 1
             if bad > MAX_BAD_PACKETS:
                 raise
             log.debug("skipping an undecodable packet: %s", describe_av_error(e))
@@ -158,6 +163,32 @@ class AudioPipeline:
         self._resampler: Resampler | None = None
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
+        self._fifo: av.AudioFifo | None = None  # decoded frames not converted yet (push_frame)
+        self._fifo_key: tuple[int, str, str] | None = None
+        self._fifo_min = 0
+
+    def push_frame(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        """Add one decoded frame; return the complete blocks now available. Frames are gathered (in FFmpeg's
+        AudioFifo) until they hold a block's worth of input, then converted and resampled in one pass: the same
+        samples as :meth:`push` per frame, at a fraction of the per-frame cost."""
+        key = (frame.sample_rate, frame.format.name, frame.layout.name)
+        blocks: list[np.ndarray] = []
+        if key != self._fifo_key:
+            blocks += self._drain_fifo()
+            self._fifo, self._fifo_key = av.AudioFifo(), key
+            self._fifo_min = max(1, self.block_size * frame.sample_rate // self.sample_rate)
+        assert self._fifo is not None
+        frame.pts = None  # the fifo checks timestamps for gaps; ours are continuous by construction
+        self._fifo.write(frame)
+        if self._fifo.samples >= self._fifo_min:
+            blocks += self._drain_fifo()
+        return blocks
+
+    def _drain_fifo(self) -> list[np.ndarray]:
+        frame = self._fifo.read() if self._fifo is not None and self._fifo.samples else None
+        if frame is None:
+            return []
+        return self.push(frame_to_array(frame), frame.sample_rate)
 
     def push(self, x: np.ndarray, sr_in: int) -> list[np.ndarray]:
         """Add ``x`` (C, N) or (N,) samples at ``sr_in`` (any PCM dtype); return the complete blocks now available."""
@@ -171,8 +202,10 @@ class AudioPipeline:
 
     def restart(self) -> list[np.ndarray]:
         """End the continuous segment; return the complete blocks its flushed tail produced."""
+        blocks = self._drain_fifo()
+        self._fifo = self._fifo_key = None
         self._flush_segment()
-        return self._take_blocks()
+        return blocks + self._take_blocks()
 
     def finish(self) -> list[np.ndarray]:
         """End of input: every remaining sample, the last block possibly shorter than ``block_size``."""
@@ -226,6 +259,8 @@ class Source:
         self.title: str | None = None
         self.info: dict[str, Any] = {}
         self.on_event: EventCallback | None = None
+        self.bytes_in = 0  # compressed audio bytes demuxed so far (health figures)
+        self.decode_errors = 0  # undecodable packets skipped so far
         self._closed = threading.Event()
         self._gen: Generator[np.ndarray, None, None] | None = None
 

@@ -99,7 +99,7 @@ class FileSource(Source):
             "duration": self.duration,
         }
         # Decode the first frame now, so a file with nothing decodable fails at open time.
-        self._frames = iter_frames(self._container, stream)
+        self._frames = iter_frames(self._container, stream, self)
         self._first = self._next_frame(decoded_s=0.0)
         if self._first is None:
             self._container.close()
@@ -129,7 +129,7 @@ class FileSource(Source):
         try:
             while frame is not None:
                 decoded_s += frame.samples / frame.sample_rate
-                yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                yield from pipeline.push_frame(frame)
                 if self.closed:
                     return
                 frame = self._next_frame(decoded_s)

@@ -32,7 +32,6 @@ from .base import (
     EventCallback,
     Source,
     describe_av_error,
-    frame_to_array,
     interruptible,
     iter_frames,
 )
@@ -475,7 +474,7 @@ class HlsSource(Source):
                 if not container.streams.audio:
                     raise SourceError(f"{self.label}: the HLS segments have no audio track; check the URL")
                 audio = container.streams.audio[0]
-                frames = iter_frames(container, audio)
+                frames = iter_frames(container, audio, self)
                 while True:
                     with interruptible(reader):
                         frame = next(frames, None)
@@ -488,7 +487,7 @@ class HlsSource(Source):
                             sample_rate=frame.sample_rate,
                             channels=frame.layout.nb_channels,
                         )
-                    yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                    yield from pipeline.push_frame(frame)
                     if self.closed:
                         return
             except (av.error.FFmpegError, OSError, ValueError) as e:

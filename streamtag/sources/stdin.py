@@ -21,7 +21,6 @@ from .base import (
     EventCallback,
     Source,
     describe_av_error,
-    frame_to_array,
     interruptible,
     iter_frames,
 )
@@ -109,10 +108,10 @@ class StdinSource(Source):
         decoded_s = 0.0
         try:
             with interruptible(self._reader):
-                frames = iter_frames(self._container, self._stream)
+                frames = iter_frames(self._container, self._stream, self)
                 while (frame := next(frames, None)) is not None:
                     decoded_s += frame.samples / frame.sample_rate
-                    yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                    yield from pipeline.push_frame(frame)
                     if self.closed:
                         return
         except (av.error.FFmpegError, OSError, ValueError) as e:

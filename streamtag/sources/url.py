@@ -29,7 +29,6 @@ from .base import (
     EventCallback,
     Source,
     describe_av_error,
-    frame_to_array,
     interruptible,
     iter_frames,
 )
@@ -158,6 +157,13 @@ class UrlSource(Source):
         return self.reconnect_policy.read_timeout
 
     @property
+    def live(self) -> bool:
+        """A live stream (Icecast/Shoutcast, or HTTP audio of unknown length), not a file served over HTTP: its
+        audio is of the moment, so a reader that is not ready for it yet may drop it rather than fall behind."""
+        response = self._response
+        return response is None or response.content_length is None or bool(self.info.get("icy_metaint"))
+
+    @property
     def reconnects(self) -> int:
         return self._retry.reconnects
 
@@ -209,7 +215,7 @@ class UrlSource(Source):
                     if not container.streams.audio:
                         raise SourceError(f"{label}: the stream has no audio track; check the URL")
                     stream = container.streams.audio[0]
-                    frames = iter_frames(container, stream)
+                    frames = iter_frames(container, stream, self)
                     first = next(frames, None)
                     if first is None:
                         if self.closed:
@@ -273,7 +279,7 @@ class UrlSource(Source):
                 with interruptible(conn.reader):
                     frame: av.AudioFrame | None = conn.first
                     while frame is not None:
-                        yield from pipeline.push(frame_to_array(frame), frame.sample_rate)
+                        yield from pipeline.push_frame(frame)
                         if self.closed:
                             return
                         # the stall clock runs only while we wait for the next frame, not while the consumer

@@ -1,0 +1,425 @@
+"""Radio at scale, end to end: the most stations `streamtag serve` tags in real time on this machine.
+
+A real Icecast on loopback serves mounts in three codecs (MP3 128k, AAC, Ogg Vorbis; each fed by an ffmpeg
+that encodes a clip at real time). `streamtag serve --model MODEL --sources LIST` runs as a whole process with N
+stations (the mounts in turn, each opened N/3 times: every station is its own connection, demuxer, decoder and
+resampler), and one subscriber to "*" in another process counts updates after a warm-up:
+
+    python bench/bench_radio.py                                  # radio, st-gru-msd, search, median of 3
+    python bench/bench_radio.py --mode files --runs 1            # N local files played at real time instead
+    python bench/bench_radio.py --streams 50 100 --runs 1        # fixed station counts, no search
+    python bench/bench_radio.py --pushed                         # also bench_latency's pushed-audio limit
+
+Real time (all must hold): at least 95% of the expected updates (N / hop per second), p99 latency at most 1 s
+(the update's audio arriving in the engine -> the subscriber's receipt: the engine's ``latency_ms`` plus the
+delivery time from the update's ``wall`` stamp), no ring overruns, and a second client that connects in the middle
+of the run gets its ``hello`` within 2 s. The search doubles N from ``--start`` until a run fails, bisects, then
+runs the limit until it has ``--runs`` runs: their median decides (a failing median steps down).
+
+Each row prints updates/s, p50/p99 latency, the serve process's CPU (with its decoder processes) per station in %
+of one core, its RSS (with the decoder processes), the start-up time and how long SIGTERM took. With ``--pushed``
+it also runs ``bench_latency.py --search`` (audio pushed over the engine's own path, no decoding) for the same
+model in the same session and prints the ratio radio/pushed of the sustained updates/s. The header names the CPU
+and the load average before and after: figures taken on a busy machine are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+CLIP = REPO / "examples" / "audio" / "kevin-macleod-vibe-ace.ogg"
+CODECS = ("mp3", "aac", "ogg")
+HELLO_LIMIT_S = 2.0
+P99_LIMIT_MS = 1000.0
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def loadavg() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+# -- the subscriber (a process of its own) ------------------------------------------------------------------------
+def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
+    from websockets.asyncio.client import connect
+
+    async def late_hello() -> float:
+        t0 = time.monotonic()
+        async with connect(f"ws://127.0.0.1:{port}/", open_timeout=30, max_size=None) as ws:
+            await ws.recv()
+        return time.monotonic() - t0
+
+    async def main() -> dict:
+        ws = await connect(f"ws://127.0.0.1:{port}/", open_timeout=30, max_size=None)
+        t0 = time.monotonic()
+        await ws.recv()
+        first_hello = time.monotonic() - t0
+        await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+        start = time.monotonic() + warmup
+        end = start + seconds
+        latencies: list[float] = []
+        overruns: dict[str, tuple[int, int]] = {}  # stream -> (overruns at its first counted update, latest)
+        counted = 0
+        late_task: asyncio.Task[float] | None = None
+        while (now := time.monotonic()) < end:
+            if late_task is None and now >= start + seconds / 2:
+                late_task = asyncio.ensure_future(late_hello())
+            try:
+                text = await asyncio.wait_for(ws.recv(), timeout=max(0.01, end - now))
+            except asyncio.TimeoutError:
+                break
+            msg = json.loads(text)
+            if msg.get("type") != "update" or time.monotonic() < start:
+                continue
+            counted += 1
+            recv_wall = datetime.now().astimezone()
+            delivery = (recv_wall - datetime.fromisoformat(msg["wall"])).total_seconds() * 1000.0
+            latencies.append(float(msg.get("latency_ms") or 0.0) + max(0.0, delivery))
+            n_over = int(msg.get("overruns") or 0)  # cumulative per stream: count what the window added
+            first, _ = overruns.get(msg["stream"], (n_over, n_over))
+            overruns[msg["stream"]] = (first, n_over)
+        hello_late = await late_task if late_task is not None else float("nan")
+        await ws.close()
+        lat = np.asarray(latencies) if latencies else np.asarray([float("inf")])
+        return {"updates": counted, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                "overruns": int(sum(last - first for first, last in overruns.values())), "first_hello_s": first_hello, "late_hello_s": hello_late}
+
+    Path(out_path).write_text(json.dumps(asyncio.run(main())))
+
+
+# -- one configuration --------------------------------------------------------------------------------------------
+def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tmp: Path) -> dict:
+    from radio_fixtures import free_port
+
+    stations = tmp / f"stations-{n}.txt"
+    stations.write_text("".join(f"s{i:04d}={urls[i % len(urls)]}\n" for i in range(n)))
+    port = free_port()
+    t_start = time.monotonic()
+    err_path = tmp / f"serve-{n}.err"
+    with open(err_path, "w") as err:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "streamtag", "serve", "--model", args.model, "--port", str(port), "--sources",
+             str(stations), "--device", args.device],
+            stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
+        )
+    result: dict = {"streams": n, "expected_updates_per_s": n / hop}
+    try:
+        while "serving ws://" not in err_path.read_text():
+            if serve.poll() is not None or time.monotonic() - t_start > 600:
+                raise RuntimeError(f"serve did not start: {err_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        result["startup_s"] = time.monotonic() - t_start
+        out = tmp / f"sub-{n}.json"
+        sub = subprocess.Popen([sys.executable, __file__, "--client", str(port), str(args.warmup), str(args.seconds),
+                                str(out)], cwd=REPO)
+        time.sleep(args.warmup)
+        pids = [serve.pid, *_children(serve.pid)]
+        c0, t0 = cpu_seconds(pids), time.monotonic()
+        time.sleep(args.seconds)
+        c1, t1 = cpu_seconds(pids), time.monotonic()
+        result["rss_mb"] = rss_mb(pids)
+        sub.wait(args.seconds + 120)
+        result.update(json.loads(out.read_text()))
+        result["cpu_per_station_pct"] = 100.0 * (c1 - c0) / (t1 - t0) / n
+        result["cpu_cores"] = (c1 - c0) / (t1 - t0)
+        result["updates_per_s"] = result["updates"] / args.seconds
+    finally:
+        t_stop = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait(5)
+        result["stop_s"] = time.monotonic() - t_stop
+    result["sustained"] = sustains(result)
+    return result
+
+
+def sustains(r: dict) -> bool:
+    return (r.get("updates_per_s", 0.0) >= 0.95 * r["expected_updates_per_s"] and r.get("p99_ms", 1e9) <= P99_LIMIT_MS
+            and r.get("overruns", 1) == 0 and r.get("late_hello_s", 1e9) <= HELLO_LIMIT_S)
+
+
+def row(r: dict) -> str:
+    return (f"  {r['streams']:4d} stations: updates/s {r.get('updates_per_s', 0):7.1f} (expected "
+            f"{r['expected_updates_per_s']:.1f})  p50 {r.get('p50_ms', float('nan')):7.0f} ms  p99 "
+            f"{r.get('p99_ms', float('nan')):7.0f} ms  overruns {r.get('overruns', '?')}  CPU/station "
+            f"{r.get('cpu_per_station_pct', float('nan')):5.2f}% ({r.get('cpu_cores', float('nan')):.2f} cores)  "
+            f"RSS {r.get('rss_mb', float('nan')):6.0f} MB  hello {r.get('late_hello_s', float('nan')):.2f} s  "
+            f"start {r.get('startup_s', float('nan')):.1f} s  SIGTERM {r.get('stop_s', float('nan')):.1f} s"
+            + ("  ok" if r["sustained"] else "  NOT real time"))
+
+
+def median_row(runs: list[dict]) -> dict:
+    out = dict(runs[0])
+    for key in ("updates_per_s", "p50_ms", "p99_ms", "cpu_per_station_pct", "cpu_cores", "rss_mb", "late_hello_s",
+                "startup_s", "stop_s"):
+        out[key] = float(np.median([r.get(key, float("nan")) for r in runs]))
+    out["overruns"] = max(r.get("overruns", 0) for r in runs)
+    out["sustained"] = sustains(out)
+    return out
+
+
+def search(args: argparse.Namespace, urls: list[str], hop: float, tmp: Path) -> tuple[dict | None, list[dict]]:
+    rows: list[dict] = []
+
+    def run(n: int, note: str = "") -> dict:
+        r = run_config(args, n, urls, hop, tmp)
+        rows.append(r)
+        print(row(r) + note, flush=True)
+        return r
+
+    lo, hi, n = 0, None, args.start
+    deadline = time.monotonic() + args.budget
+    while time.monotonic() < deadline and n <= args.max:
+        if run(n)["sustained"]:
+            lo = n
+        else:
+            hi = n
+        if hi is None:
+            n *= 2
+        elif hi - lo <= max(5, lo // 10):
+            break
+        else:
+            n = (lo + hi) // 2
+    best = None
+    while lo > 0:
+        runs = [r for r in rows if r["streams"] == lo]
+        while len(runs) < args.runs:
+            runs.append(run(lo, "  (confirming)"))
+        med = median_row(runs)
+        if med["sustained"]:
+            best = med
+            break
+        lo = max((r["streams"] for r in rows if r["sustained"] and r["streams"] < lo), default=0)
+    return best, rows
+
+
+class _NullFeed:
+    """A pooled source's feed that only counts (the cost model leaves the engine out)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        self.samples += samples.shape[0]
+
+    def title(self, title: str | None) -> None:
+        pass
+
+    def event(self, kind: str, detail: str) -> None:
+        pass
+
+    def end(self, error: object) -> None:
+        pass
+
+    def backlog(self) -> float:
+        return 0.0
+
+
+def cost_model(args: argparse.Namespace, urls: dict[str, str], clips: dict[str, Path]) -> None:
+    """CPU per station by codec: the source layer alone (decoder processes + this process's receiver), and its
+    parts measured in-process on the same audio: demux + decode (PyAV), downmix + resample (soxr HQ)."""
+    import av
+
+    from streamtag.audio import Resampler
+    from streamtag.sources.pool import SourcePool
+
+    n = args.cost_stations
+    print(f"\ncost model: {n} stations per codec, {args.seconds:g} s each (% of one core per station)")
+    print("codec   source layer  (decoder procs + receiver)   demux+decode   downmix+resample   network+ICY+IPC (rest)")
+    for codec, url in urls.items():
+        # the parts, in-process, per second of audio
+        container = av.open(str(clips[codec]))
+        t0 = time.process_time()
+        frames = [f for f in container.decode(audio=0)]
+        decode = time.process_time() - t0
+        seconds = sum(f.samples for f in frames) / frames[0].sample_rate
+        x = np.concatenate([f.to_ndarray().reshape(-1) for f in frames[:1]])
+        mono = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray().reshape(-1, 2)
+                               .mean(axis=1) for f in frames]).astype(np.float32)
+        del x
+        t0 = time.process_time()
+        r = Resampler(sample_rate=frames[0].sample_rate, target_rate=16000)
+        for i in range(0, mono.shape[0], 4410):
+            r.push(mono[i:i + 4410])
+        resample = time.process_time() - t0
+        # the whole source layer, with real connections
+        with SourcePool(16000) as pool:
+            feeds = []
+            for _ in range(n):
+                src = pool.open(url, 16000)
+                feed = _NullFeed()
+                src.start(feed, None)
+                feeds.append(feed)
+            time.sleep(3.0)
+            pids = pool.pids()
+            c0, p0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
+            s0 = sum(f.samples for f in feeds)
+            time.sleep(args.seconds)
+            c1, p1, t1 = cpu_seconds(pids), time.process_time(), time.monotonic()
+            s1 = sum(f.samples for f in feeds)
+        wall = t1 - t0
+        total = 100.0 * ((c1 - c0) + (p1 - p0)) / wall / n
+        dec = 100.0 * decode / seconds
+        res = 100.0 * resample / seconds
+        audio_s = (s1 - s0) / 16000 / n
+        print(f"{codec:5s}  {total:8.3f}%      ({100 * (c1 - c0) / wall / n:.3f}% + {100 * (p1 - p0) / wall / n:.3f}%)"
+              f"          {dec:8.3f}%        {res:8.3f}%          {max(0.0, total - dec - res):8.3f}%"
+              f"   ({audio_s / wall:.2f} s of audio per s per station)", flush=True)
+
+
+def pushed_capacity(args: argparse.Namespace, tmp: Path) -> dict | None:
+    out = tmp / "pushed.json"
+    cmd = [sys.executable, str(REPO / "bench" / "bench_latency.py"), "--search", "--models", args.model, "--device",
+           args.device, "--clients", "1", "--seconds", str(args.seconds), "--runs", str(args.runs), "--json", str(out)]
+    print("pushed audio (bench_latency --search):", " ".join(cmd[2:]), flush=True)
+    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        return None
+    res = json.loads(out.read_text())[0]
+    return {"max_streams": res["max_streams"], "updates_per_s": res["updates_per_s"]}
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        subscriber(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="st-gru-msd")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", choices=("radio", "files"), default="radio")
+    p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
+    p.add_argument("--streams", type=int, nargs="+", default=None, help="fixed station counts instead of a search")
+    p.add_argument("--start", type=int, default=25, help="search: first station count (x2 until a run fails)")
+    p.add_argument("--max", type=int, default=1000, help="search: largest station count tried")
+    p.add_argument("--budget", type=float, default=1200.0, help="search: seconds of runs before confirming")
+    p.add_argument("--runs", type=int, default=3, help="runs whose median decides")
+    p.add_argument("--warmup", type=float, default=10.0, help="s after the subscriber connects before counting")
+    p.add_argument("--seconds", type=float, default=20.0, help="s counted per run")
+    p.add_argument("--pushed", action="store_true", help="also measure bench_latency's pushed-audio capacity")
+    p.add_argument("--cost", action="store_true", help="only the cost model: CPU per station by codec")
+    p.add_argument("--cost-stations", type=int, default=60, help="--cost: stations per codec")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+
+    from radio_fixtures import feed, icecast_server
+
+    from streamtag.pipeline import Engine
+    from streamtag.registry import load_bundle
+
+    hop = Engine(load_bundle(args.model), device="cpu").hop_seconds
+    print(f"{cpu_model()} · {os.cpu_count()} cores · load average {loadavg()} · model {args.model} (hop {hop:g} s) · "
+          f"mode {args.mode} · {args.warmup:g} s warm-up + {args.seconds:g} s counted per run", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-radio-") as d, contextlib.ExitStack() as stack:
+        tmp = Path(d)
+        urls: list[str] = []
+        if args.mode == "radio":
+            ice = stack.enter_context(icecast_server(tmp, max_clients=max(args.max, args.cost_stations) + 16))
+            # ffmpeg's -re paces the first pass of a looped input only: a long input keeps every feeder at real time
+            long_clip = tmp / "feed.ogg"
+            subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "30", "-i", str(CLIP), "-map", "0:a", "-c:a", "copy",
+                            str(long_clip)], check=True)
+            for codec in args.codecs:
+                stack.enter_context(feed(ice.port, f"/{codec}", long_clip, codec))
+                urls.append(f"{ice.url}/{codec}")
+            print(f"icecast on port {ice.port}: mounts {', '.join('/' + c for c in args.codecs)}", flush=True)
+        if args.mode == "files" or args.cost:
+            files = []
+            for codec in args.codecs:
+                path = tmp / f"clip.{codec}"
+                subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "9", "-i", str(CLIP), "-vn", "-ac", "2", "-ar",
+                                "44100", *({"mp3": ["-b:a", "128k"], "aac": ["-b:a", "96k"], "ogg": []}[codec]),
+                                str(path)], check=True)
+                files.append(path)
+            if args.mode == "files":
+                urls = [str(f) for f in files]
+        if args.cost:
+            cost_model(args, dict(zip(args.codecs, urls)), dict(zip(args.codecs, files)))
+            return 0
+        rows: list[dict] = []
+        best: dict | None = None
+        if args.streams:
+            for n in args.streams:
+                runs = [run_config(args, n, urls, hop, tmp) for _ in range(args.runs)]
+                for r in runs:
+                    print(row(r), flush=True)
+                rows += runs
+                med = median_row(runs)
+                print(row(med) + f"  median of {len(runs)}", flush=True)
+                if med["sustained"] and (best is None or n > best["streams"]):
+                    best = med
+        else:
+            best, rows = search(args, urls, hop, tmp)
+        pushed = pushed_capacity(args, tmp) if args.pushed else None
+    print(f"\nload average after: {loadavg()}")
+    if best is None:
+        print(f"{args.mode}: no station count was real time")
+    else:
+        print(f"{args.mode}: {best['streams']} stations in real time (median of {args.runs}): "
+              f"{best['updates_per_s']:.1f} updates/s, p50 {best['p50_ms']:.0f} ms, p99 {best['p99_ms']:.0f} ms, "
+              f"CPU {best['cpu_per_station_pct']:.2f}% of a core per station, RSS {best['rss_mb']:.0f} MB")
+    if pushed is not None:
+        ratio = (best["updates_per_s"] / pushed["updates_per_s"]) if best and pushed["updates_per_s"] else 0.0
+        print(f"pushed audio: {pushed['max_streams']} streams, {pushed['updates_per_s']:.1f} updates/s · "
+              f"{args.mode}/pushed = {ratio:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"best": best, "rows": rows, "pushed": pushed}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Many sources at once (issue 23): real `streamtag` processes with a hundred sources, stopped by SIGTERM/SIGINT;
+station lists (`--sources FILE`); the per-station `stats` request; a dead station that keeps retrying while the
+others play. Everything is real: the CLI in a subprocess, decoder processes, websocket clients, files decoded by
+FFmpeg."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from live_fixtures import free_port, tiny_bundle, write_tone_wav
+
+from streamtag.errors import ConfigError
+from streamtag.sources.stations import parse_station_list, read_station_list
+
+REPO = Path(__file__).resolve().parents[1]
+STOP_BOUND_S = 10.0  # generous for a loaded CI machine; bench/bench_radio.py measures the real figure (< 3 s)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bundle") / "model"
+    tiny_bundle(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def station_list(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("stations")
+    write_tone_wav(folder / "tone.wav", seconds=120.0, sr=22050)
+    lines = ["# a hundred stations, all the same file, each decoded on its own"]
+    lines += [f"s{i:03d}=tone.wav" for i in range(100)]
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return folder / "list.txt"
+
+
+async def _subscribe_until_updates(port: int, proc: subprocess.Popen[str], n_updates: int,
+                                   timeout: float = 120.0) -> tuple[dict, object]:
+    from websockets.asyncio.client import connect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            ws = await connect(f"ws://127.0.0.1:{port}/", open_timeout=10, max_size=None)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError("serve never listened") from None
+            await asyncio.sleep(0.1)
+    hello = json.loads(await ws.recv())
+    await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+    seen = 0
+    while seen < n_updates:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(1.0, deadline - time.monotonic())))
+        seen += msg.get("type") == "update"
+    return hello, ws
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_with_a_hundred_sources_and_a_subscriber_stops_promptly(model, station_list, sig):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "serve", "--model", str(model), "--port", str(port),
+         "--sources", str(station_list), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+    async def scenario() -> tuple[dict, int | None, float, list[int]]:
+        hello, ws = await _subscribe_until_updates(port, proc, n_updates=200)
+        workers = _children(proc.pid)
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        try:
+            while True:  # updates until the close frame
+                await asyncio.wait_for(ws.recv(), timeout=STOP_BOUND_S)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - ConnectionClosed expected
+            pass
+        close_code = ws.close_code  # type: ignore[attr-defined]
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, STOP_BOUND_S)
+        return hello, close_code, time.monotonic() - t0, workers
+
+    try:
+        hello, close_code, took, workers = asyncio.run(scenario())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert len(hello["streams"]) == 100
+    assert proc.returncode == 0, err
+    assert close_code == 1001  # "going away"
+    assert took < STOP_BOUND_S
+    assert workers and not [w for w in workers if _alive(w)]  # the decoder processes are gone too
+    assert "Traceback" not in err and "100 sources" in err
+
+
+def test_serve_keeps_retrying_a_dead_station_while_the_others_play_and_reports_stats(model, tmp_path):
+    from websockets.asyncio.client import connect
+
+    wav = write_tone_wav(tmp_path / "ok.wav", seconds=60.0)
+    dead = f"http://127.0.0.1:{free_port()}/gone.mp3"  # nothing listens there
+    (tmp_path / "list.m3u").write_text(f"#EXTM3U\n#EXTINF:-1,Good Station\n{wav}\n#EXTINF:-1,Dead one\n{dead}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "serve", "--model", str(model), "--port", str(port),
+         "--sources", str(tmp_path / "list.m3u"), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+    async def scenario() -> tuple[dict, dict]:
+        hello, ws = await _subscribe_until_updates(port, proc, n_updates=4)
+        stats: dict = {}
+        for _ in range(40):  # the decoder process sends its figures once a second
+            await ws.send(json.dumps({"type": "stats", "id": 7}))  # type: ignore[attr-defined]
+            while True:
+                msg = json.loads(await ws.recv())  # type: ignore[attr-defined]
+                if msg.get("type") == "stats":
+                    break
+            stats = msg
+            if stats["streams"].get("Good-Station", {}).get("bytes_in", 0) > 0:
+                break
+            await asyncio.sleep(0.25)
+        await ws.close()  # type: ignore[attr-defined]
+        async with connect(f"ws://127.0.0.1:{port}/") as ws2:  # a bad request: one error, same connection
+            await ws2.recv()
+            await ws2.send(json.dumps({"type": "stats", "streams": ["nope"]}))
+            error = json.loads(await ws2.recv())
+        return stats, error
+
+    try:
+        stats, error = asyncio.run(scenario())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_BOUND_S)
+    assert proc.returncode == 0
+    good, gone = stats["streams"]["Good-Station"], stats["streams"]["Dead-one"]
+    assert stats["id"] == 7
+    assert good["state"] == "live" and good["bytes_in"] > 0 and good["updates"] > 0 and good["lag_s"] >= 0
+    assert gone["state"] == "reconnecting" and gone["updates"] == 0
+    assert error["type"] == "error" and error["code"] == "unknown_stream"
+
+
+def test_stream_with_a_station_list_exits_130_on_ctrl_c_with_summaries(model, station_list):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(station_list),
+         "--format", "jsonl", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert proc.stdout is not None
+    for _ in range(300):  # updates are flowing from many stations
+        if not proc.stdout.readline():
+            break
+    workers = _children(proc.pid)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=STOP_BOUND_S * 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - t0 < STOP_BOUND_S * 3
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert sum(line.startswith("streamtag: s0") and "stopped" in line for line in err.splitlines()) == 100
+    assert not [w for w in workers if _alive(w)]
+
+
+# -- station lists ------------------------------------------------------------------------------------------------
+def test_station_lists_in_three_forms(tmp_path):
+    plain = parse_station_list("# c\njazz=http://r.example/jazz.mp3\n\nnews=https://r.example:8000/n.aac\n",
+                               label="L", folder=tmp_path)
+    assert plain == [("jazz", "http://r.example/jazz.mp3"), ("news", "https://r.example:8000/n.aac")]
+    m3u = parse_station_list("#EXTM3U\n#EXTINF:-1,Jazz FM (Paris)\nhttp://a.example/j\nhttp://b.example/live.mp3\n"
+                             "#EXTINF:-1,Jazz FM (Paris)\nhttp://c.example/j2\nlocal.ogg\n",
+                             label="L", folder=tmp_path)
+    assert m3u == [("Jazz-FM-Paris", "http://a.example/j"), ("b.example-live.mp3", "http://b.example/live.mp3"),
+                   ("Jazz-FM-Paris-2", "http://c.example/j2"), ("local", str(tmp_path / "local.ogg"))]
+    pls = parse_station_list("[playlist]\nFile1=http://a.example/x\nTitle1=One\nFile2=http://b.example/y\n"
+                             "NumberOfEntries=2\n", label="L", folder=tmp_path)
+    assert pls == [("One", "http://a.example/x"), ("b.example-y", "http://b.example/y")]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("ok=http://a.example/x\nbad name=http://b.example/y\n", 2, "stream name"),
+    ("ok=http://a.example/x\nok=http://b.example/y\n", 2, "given twice"),
+    ("a=http://a.example/x\n\njust some words\n", 3, "neither NAME=URL nor a URL"),
+    ("a=\n", 1, "no URL"),
+])
+def test_a_bad_station_line_is_one_error_that_names_the_line(tmp_path, text, line, words):
+    path = tmp_path / "stations.txt"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        read_station_list(path)
+    message = str(e.value)
+    assert f"stations.txt line {line}:" in message and words in message and "\n" not in message
+
+
+def test_serve_refuses_a_bad_station_list_in_one_line(tmp_path, capsys):
+    from streamtag.cli import main
+
+    (tmp_path / "l.txt").write_text("fine=http://a.example/x\n???=http://b.example/y\n")
+    assert main(["serve", "--port", "0", "--sources", str(tmp_path / "l.txt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "l.txt line 2" in err[0]
+    assert main(["stream", "--sources", str(tmp_path / "missing.txt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.txt: no such file" in err[0]
+
+
+def test_demo_with_many_files_in_parallel_ends_on_sigterm_with_exit_143(model, station_list):
+    wav = station_list.parent / "tone.wav"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "demo", *[str(wav)] * 60, "--parallel", "--model", str(model),
+         "--format", "jsonl", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert proc.stdout is not None
+    for _ in range(120):  # paced at real time: updates from many streams
+        if not proc.stdout.readline():
+            break
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=STOP_BOUND_S * 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and sum("stopped" in line for line in err.splitlines()) == 60
+    assert workers and not [w for w in workers if _alive(w)]
