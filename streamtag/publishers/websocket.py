@@ -43,7 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .. import __version__
-from ..errors import ConfigError, SourceError, StreamtagError
+from ..errors import ConfigError, SourceError, StreamtagError, close_quietly
 from ..events import GenreUpdate, to_dicts
 from ..protocol import (
     MAX_PENDING_CONTROL,
@@ -292,19 +292,10 @@ def _run_in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], name:
             loop.call_soon_threadsafe(settle, *result)
         except RuntimeError:  # the loop closed meanwhile (shutdown)
             if result[0]:
-                _close(result[1])
+                close_quietly(result[1])
 
     threading.Thread(target=work, name=name, daemon=True).start()
     return fut
-
-
-def _close(source: object) -> None:
-    close = getattr(source, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:  # closing is best effort
-            log.debug("closing %r failed", source, exc_info=True)
 
 
 class WebsocketServer:
@@ -476,7 +467,7 @@ class WebsocketServer:
                 self.runner.add_source(name, source, speed=speed, display=shown)
             except BaseException:
                 self._own.discard(name)
-                _close(source)
+                close_quietly(source)
                 raise
             self._stream_added(name, shown, getattr(source, "title", None))
         finally:
@@ -490,7 +481,7 @@ class WebsocketServer:
     def _discard_late(fut: asyncio.Future[Any]) -> None:
         """A source that opened after add_source gave up: nobody will read it."""
         if not fut.cancelled() and fut.exception() is None:
-            _close(fut.result())
+            close_quietly(fut.result())
 
     async def remove_source(self, name: str, reason: str = "removed") -> None:
         await self._remove(name, reason)

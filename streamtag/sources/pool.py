@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError, SourceError, StreamtagError
+from ..errors import ConfigError, SourceError, StreamtagError, close_quietly
 from .policy import PolicyError, SourcePolicy, display_name
 
 __all__ = ["SourcePool", "PooledSource", "SourceFeed", "StationStats", "default_workers", "FLUSH_S"]
@@ -483,7 +483,7 @@ class _Worker:
         self.stopping.set()
         for st in list(self.stations.values()):
             st.stop.set()
-            _close_quietly(st.source)
+            close_quietly(st.source)
         self.wake.set()
 
     # opening -------------------------------------------------------------------------------------------------
@@ -525,7 +525,7 @@ class _Worker:
                 return
         if sid in self.closed_early:
             self.closed_early.discard(sid)
-            _close_quietly(source)
+            close_quietly(source)
             return
         st.source = source
         st.cooperative = isinstance(source, FileSource)
@@ -542,7 +542,7 @@ class _Worker:
         elif st.title is not None:
             self.out(("title", sid, st.title))
         if st.stop.is_set():
-            _close_quietly(source)
+            close_quietly(source)
             return
         st.state = "live"
         if not st.cooperative:
@@ -570,7 +570,7 @@ class _Worker:
         st.stop.set()
         st.running.set()
         st.started.set()
-        _close_quietly(st.source)
+        close_quietly(st.source)
         self.stations.pop(st.sid, None)
         self.wake.set()
 
@@ -586,7 +586,7 @@ class _Worker:
                 self.events.append(("title", st.sid, title))
 
     def _ended(self, st: _Station, error: BaseException | None) -> None:
-        _close_quietly(st.source)
+        close_quietly(st.source)
         if st.stop.is_set():
             return
         st.stop.set()
@@ -734,15 +734,6 @@ def _error_text(e: BaseException, label: str) -> str:
     if isinstance(e, StreamtagError):
         return str(e)
     return f"{label}: source failed ({type(e).__name__}: {e})"
-
-
-def _close_quietly(source: Any) -> None:
-    close = getattr(source, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:  # closing is best effort
-            log.debug("closing %r failed", source, exc_info=True)
 
 
 def _wait(process: subprocess.Popen[bytes], timeout: float) -> bool:
