@@ -127,6 +127,13 @@ def add_record_args(p: argparse.ArgumentParser) -> None:
                    help="with --record: delete log records older than this (30d, 12h, ...)")
 
 
+def add_live_log_args(p: argparse.ArgumentParser) -> None:
+    """``--segments`` and ``--record/--keep``: the live commands' segment events and station log."""
+    p.add_argument("--segments", action="store_true",
+                   help="JSON lines also carry a segment event each time a segment (one headline family) closes")
+    add_record_args(p)
+
+
 def add_stdin_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("standard input ('-' as the input)")
     g.add_argument("--raw-rate", type=int, default=None, metavar="HZ",
@@ -158,12 +165,14 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
 
     p = _subparser(sub, "report", help="family shares per hour/day and the segments from a station log",
                    description="Report what a station log (serve/stream --record PATH) holds: each station's "
-                               "family shares per hour or day, and its segments. Times are UTC.")
+                               "family shares per hour or day, and its segments. Times are UTC unless --tz local.")
     p.add_argument("path", metavar="PATH", help="the station log (an SQLite file)")
     p.add_argument("--station", default=None, help="only this station (stream name; default: all)")
     p.add_argument("--since", default="24h", metavar="DURATION", help="how far back: 90m, 24h, 7d ...")
     p.add_argument("--by", choices=("hour", "day"), default=None,
                    help="shares per hour or per day (default: hour up to 2 days back, else day)")
+    p.add_argument("--tz", choices=("utc", "local"), default="utc",
+                   help="times and periods in UTC or in this machine's local time zone (TZ; default: utc)")
     p.add_argument("--what", choices=("shares", "segments", "both"), default=None,
                    help="what to print (default: both; with --format csv: shares)")
     p.add_argument("--format", choices=("table", "csv", "html"), default="table",
@@ -205,9 +214,7 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     add_live_format_args(p)
     p.add_argument("--max-retries", type=int, default=None, metavar="N",
                    help="give up a stream after N failed reconnects (default: retry forever)")
-    p.add_argument("--segments", action="store_true",
-                   help="JSON lines also carry a segment event each time a segment (one headline family) closes")
-    add_record_args(p)
+    add_live_log_args(p)
     add_stdin_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_stream"))
 
@@ -221,6 +228,7 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     add_top_arg(p)
     add_smoothing_arg(p)
     add_live_format_args(p)
+    add_live_log_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_listen"))
 
     p = _subparser(sub, "devices", help="list audio input devices",
@@ -238,6 +246,7 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     add_top_arg(p)
     add_smoothing_arg(p)
     add_live_format_args(p)
+    add_live_log_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_demo"))
 
     p = _subparser(sub, "serve", help="websocket server: live updates, audio in, and a web page",

@@ -67,11 +67,20 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from .sources.microphone import MicrophoneSource
 
     _positive(args.duration, "--duration")
+    _check_record(args)
     engine = _engine(args)
     mic = MicrophoneSource(args.input, sample_rate=engine.sample_rate)
     desc = f"input device {mic.device['index']} {mic.name!r} ({mic.device['hostapi']}), {mic.device_rate} Hz"
     return run_live(engine, {"mic": mic}, output=args.format, describe={"mic": desc}, duration=args.duration,
-                    top=args.top)
+                    top=args.top, segments=args.segments, record=args.record, keep=args.keep)
+
+
+def _check_record(args: argparse.Namespace) -> None:
+    """A bad ``--record``/``--keep`` fails in one line before the model loads (or the microphone opens)."""
+    if args.record is not None:
+        from .store import check_record_args
+
+        check_record_args(args.record, args.keep)
 
 
 # -- demo ------------------------------------------------------------------------------------------------------
@@ -82,6 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _positive(args.speed, "--speed")
     _positive(args.duration, "--duration")
+    _check_record(args)
     files = [Path(f) for f in args.files] or [examples_audio_dir() / c for c in DEMO_CLIPS]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -109,7 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sources = {"demo": Playlist([(f.name, opener(f)) for f in files])}
         describe = {"demo": f"{len(files)} file(s) at {args.speed:g}x real time"}
     return run_live(engine, sources, output=args.format, speed=args.speed, describe=describe,
-                    duration=args.duration, top=args.top, pool=pool)
+                    duration=args.duration, top=args.top, pool=pool, segments=args.segments, record=args.record,
+                    keep=args.keep)
 
 
 # -- stream ----------------------------------------------------------------------------------------------------
@@ -126,10 +137,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     stations = read_station_list(args.sources) if getattr(args, "sources", None) else []
     if not args.urls and not stations:
         raise ConfigError("stream: give at least one URL, or a station list with --sources FILE")
-    if args.record is not None:
-        from .store import check_record_args
-
-        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
+    _check_record(args)
     engine = _engine(args)
     fmt = args.format
     if fmt == "auto":
@@ -187,10 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     clash = {n for n, _ in sources} & {n for n, _ in stations}
     if clash:
         raise ConfigError(f"--sources: stream name {sorted(clash)[0]!r} is also given by --source")
-    if args.record is not None:
-        from .store import check_record_args
-
-        check_record_args(args.record, args.keep)  # a bad --record/--keep fails before the model loads
+    _check_record(args)
     from .app import run_serve
 
     if getattr(args, "cluster", None):  # the stations run on a Ray cluster; this process is the gateway

@@ -55,6 +55,30 @@ def test_stream_refuses_a_bad_keep(setup, capsys):
     assert code == 1 and err.count("\n") == 1 and "does not exist" in err
 
 
+def test_demo_records_the_same_segments_it_prints(setup, capsys):
+    """`demo --segments --record` (issue 20's live outputs on the file-as-live command): the log holds exactly the
+    segments the JSON lines closed, and a bad --record fails in one line before anything plays."""
+    bundle, wav, d = setup
+    db = str(d / "demo.db")
+    code = main(["demo", str(wav), "--speed", "20", "--model", str(bundle.path), "--format", "jsonl", "--segments",
+                 "--record", db, "--device", "cpu", "--hop", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    segs = [e for e in events if e["type"] == "segment"]
+    assert segs and sum(s["hops"] for s in segs) == sum(e["type"] == "update" for e in events)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT family, genre FROM segments ORDER BY start_ts").fetchall()
+    finally:
+        conn.close()
+    assert [tuple(r) for r in rows] == [(s["family"], s["genre"]) for s in segs]
+    for command in (["demo", str(wav)], ["listen"]):
+        code = main([*command, "--model", str(bundle.path), "--record", str(d / "no" / "such" / "x.db")])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and "does not exist" in err, command
+
+
 def _get(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:

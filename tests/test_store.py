@@ -74,6 +74,41 @@ def test_segments_and_hourly_aggregates_agree(tmp_path):
     assert len(load_report(db, station="rockfm", since=3600).segments) == 1
 
 
+@pytest.fixture
+def kolkata():
+    """The process's local zone set to UTC+5:30 (a half-hour offset), restored afterwards."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_report_in_local_time_shifts_periods_and_times(tmp_path, kolkata, capsys):
+    """`report --tz local`: the same rows, with periods starting at local hours (here :30 past the UTC hour) and
+    segment times in local time; UTC stays the default."""
+    db = str(tmp_path / "log.db")
+    slog = StationLog(db, checkpoint_s=0.0)
+    _feed(slog, "jazzfm", ["jazz"] * 30, t0_wall=time.time() - 100)
+    slog.close()
+    utc, local = load_report(db, since=3600), load_report(db, since=3600, local=True)
+    assert [r[2:] for r in utc.shares] == [r[2:] for r in local.shares] and utc.segments == local.segments
+    assert all(p.endswith(":00") for _, p, *_ in utc.shares) and all(p.endswith(":30") for _, p, *_ in local.shares)
+    start = utc.segments[0][1]
+    shifted = datetime.strptime(local.time(start), "%Y-%m-%d %H:%M:%S") - datetime.strptime(utc.time(start),
+                                                                                             "%Y-%m-%d %H:%M:%S")
+    assert shifted.total_seconds() == 5.5 * 3600 and local.tz == "IST" and utc.tz == "UTC"
+    assert main(["report", db, "--since", "1h", "--format", "csv", "--what", "segments", "--tz", "local"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("station,start_local,end_local") and local.time(start) in out
+
+
 def test_retention_deletes_what_is_older_than_keep(tmp_path):
     db = str(tmp_path / "log.db")
     slog = StationLog(db, checkpoint_s=0.0)
