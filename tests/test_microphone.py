@@ -10,9 +10,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -99,7 +101,7 @@ def test_listen_records_a_clip_played_into_a_null_sink(pulse, bundle_path, tmp_p
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         res = _cli(["listen", "--device", "pulse", "--format", "jsonl", "--duration", "5", "--model", bundle_path,
-                    "--compute", "cpu", "--hop", "0.5"], pulse)
+                    "--compute", "cpu", "--hop", "0.5", "--record", str(tmp_path / "mic.db")], pulse)
     finally:
         player.kill()
         player.wait(5)
@@ -115,6 +117,14 @@ def test_listen_records_a_clip_played_into_a_null_sink(pulse, bundle_path, tmp_p
     assert all(e["overruns"] == 0 for e in events)
     # the microphone's own PortAudio overflow count travels with every update
     assert all(isinstance(e["input_overruns"], int) and e["input_overruns"] >= 0 for e in events)
+    # --record: the station log holds the microphone's segments, up to its last update
+    conn = sqlite3.connect(tmp_path / "mic.db")
+    try:
+        rows = conn.execute("SELECT station, family, end_ts FROM segments WHERE closed = 1").fetchall()
+    finally:
+        conn.close()
+    last_wall = datetime.fromisoformat(events[-1]["wall"]).timestamp()
+    assert rows and {r[0] for r in rows} == {"mic"} and max(r[2] for r in rows) == pytest.approx(last_wall, abs=0.01)
 
 
 _LISTEN_API = """
