@@ -39,6 +39,7 @@ class Collector:
         self.status: list[tuple[str, str, str]] = []
         self.status_at: list[tuple[str, str, int]] = []  # (stream, status, its updates received before it)
         self.removed: dict[str, StreamtagError | None] = {}
+        self.titles: dict[str, list[str | None]] = {}
 
     def on_stream_added(self, name: str, source: str, title: str | None) -> None:
         pass
@@ -49,7 +50,8 @@ class Collector:
                 self.updates.setdefault(u.stream, []).append(u)
 
     def on_title(self, name: str, title: str | None) -> None:
-        pass
+        with self.lock:
+            self.titles.setdefault(name, []).append(title)
 
     def on_status(self, name: str, kind: str, detail: str) -> None:
         with self.lock:
@@ -292,6 +294,28 @@ def test_audio_in_runs_on_a_worker_and_leaves_with_the_client(serving):
     assert placed in nodes_of(serving.gateway)  # on a worker, not on the gateway
     assert update["level_db"] > -20  # the tone reached the worker's engine, resampled
     wait_until(lambda: "mic" not in serving.gateway.streams(), 10, "the audio stream to leave with its client")
+
+
+def test_an_icecast_station_plays_on_a_worker_with_its_titles(serving, tmp_path):
+    """A real radio station (Icecast on loopback, MP3 with ICY titles) added through the server: it runs on a
+    worker, its updates and its StreamTitle changes reach the gateway's sinks, and it leaves when removed."""
+    from radio_fixtures import feed, icecast_server, music_clip, set_title
+
+    clip = music_clip(tmp_path / "clip.wav", seconds=8.0)
+    with icecast_server(tmp_path) as ice, feed(ice.port, "/radio.mp3", clip, "mp3"):
+        set_title(ice.port, "/radio.mp3", "First Song")
+        serving.add("radio", f"http://127.0.0.1:{ice.port}/radio.mp3")
+        try:
+            assert serving.gateway.placement()["radio"] in nodes_of(serving.gateway)
+            wait_until(lambda: serving.collector.count("radio") >= 4, TIMEOUT, "updates from the radio station")
+            set_title(ice.port, "/radio.mp3", "Second Song")
+            wait_until(lambda: "Second Song" in serving.collector.titles.get("radio", []), TIMEOUT,
+                       "the new ICY title")
+            ts = [u.t for u in serving.collector.updates["radio"]]
+            assert all(b > a for a, b in zip(ts, ts[1:]))  # one continuous stream, in order
+        finally:
+            serving.remove("radio")
+    assert "radio" not in serving.gateway.streams()
 
 
 def test_a_client_add_source_is_checked_by_the_gateway_policy(serving, audio):
