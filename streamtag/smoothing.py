@@ -13,6 +13,9 @@
   (a change is never blocked by one confident window) and raised to ``sharpness * dt`` (evidence per second, not
   per update). The headline family is the posterior's argmax; the headline genre (``top``) is the highest bar
   inside it ("rock · indie rock"). Near-synonyms (rock / alternative / indie rock) cannot flip the headline.
+  Optional change points (``change_threshold`` > 0, off by default): a CUSUM of the distance between the bars and
+  the mean raw genre output since the last change point; when it passes the threshold the chain forgets the old
+  family (docs/smoothing.md, "Change points").
 
 Quiet hops weigh less: each update counts as ``w * dt`` seconds for the bars and the HMM alike (the hop's level
 in dBFS, when the caller gives it). ``w`` is the product of an absolute weight, rising linearly from 0 at
