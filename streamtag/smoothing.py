@@ -13,6 +13,9 @@
   (a change is never blocked by one confident window) and raised to ``sharpness * dt`` (evidence per second, not
   per update). The headline family is the posterior's argmax; the headline genre (``top``) is the highest bar
   inside it ("rock · indie rock"). Near-synonyms (rock / alternative / indie rock) cannot flip the headline.
+  Optional change points (``change_threshold`` > 0, off by default): a CUSUM of the distance between the bars and
+  the mean raw genre output since the last change point; when it passes the threshold the chain forgets the old
+  family (docs/smoothing.md, "Change points").
 
 Quiet hops weigh less: each update counts as ``w * dt`` seconds for the bars and the HMM alike (the hop's level
 in dBFS, when the caller gives it). ``w`` is the product of an absolute weight, rising linearly from 0 at
@@ -54,6 +57,11 @@ class SmoothingConfig:
     switch_per_second: float = 0.02  # hmm: probability per second that the genre changes
     sharpness: float = 2.0  # hmm: evidence exponent per second of updates
     floor: float = 0.5  # hmm: weight of the uniform mixed into each update's evidence (0 < floor <= 1)
+    # hmm: change points (off by default: docs/smoothing.md, "Change points"). The distance (total variation) between
+    # the genre bars and the mean raw genre outputs since the last change point, less change_drift, is summed over
+    # seconds (a CUSUM); past change_threshold a change is declared and the chain forgets the old family
+    change_drift: float = 0.25
+    change_threshold: float = 0.0  # distance x s; 0: off (the plain HMM)
     tau_seconds: float = 6.0  # ema time constant, s (0: no smoothing); hmm uses it for non-genre labels
     bar_seconds: float = 2.0  # hmm: time constant of the bars (moving average of the raw genre outputs), s
     quiet_db: float = -60.0  # a hop at this level (dBFS) or below weighs nothing ...
@@ -73,7 +81,7 @@ class SmoothingConfig:
         if not self.quiet_db < self.loud_db:
             raise ConfigError(f"smoothing quiet_db ({self.quiet_db}) must be below loud_db ({self.loud_db})")
         for name in ("switch_per_second", "sharpness", "floor", "tau_seconds", "bar_seconds", "margin",
-                     "hold_seconds", "relative_db", "peak_decay_db"):
+                     "hold_seconds", "relative_db", "peak_decay_db", "change_drift", "change_threshold"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"smoothing {name} must be a finite number >= 0, got {v!r}")
@@ -149,6 +157,9 @@ class BatchSmoother:
         self.peak_db = np.full(streams, np.nan)  # (S,) recent peak level, dBFS (NaN: none yet)
         self._challenger = np.full(streams, -1, dtype=np.int64)  # (S,) ema hysteresis
         self._challenge_time = np.zeros(streams)  # (S,) s
+        self.segment = np.zeros((streams, 0))  # (S, L) hmm: mean raw output since the last change point
+        self.segment_seconds = np.zeros(streams)  # (S,) s (level-weighted) since the last change point
+        self.change = np.zeros(streams)  # (S,) the change statistic (summed excess distance, s)
 
     @property
     def streams(self) -> int:
@@ -156,7 +167,8 @@ class BatchSmoother:
 
     # the per-row state arrays, and the value a fresh row starts with
     _ROWS = (("probs", 0), ("posterior", 0), ("family_probs", 0), ("started", False), ("top", -1), ("family", -1),
-             ("peak_db", np.nan), ("_challenger", -1), ("_challenge_time", 0))
+             ("peak_db", np.nan), ("_challenger", -1), ("_challenge_time", 0), ("segment", 0),
+             ("segment_seconds", 0), ("change", 0))
 
     # -- membership: the engine's add/remove of a stream is the only thing that resets its state ---------------
     def add_stream(self) -> int:
@@ -185,6 +197,8 @@ class BatchSmoother:
         self.peak_db[sel] = np.nan
         self._challenger[sel] = -1
         self._challenge_time[sel] = 0.0
+        self.change[sel] = 0.0
+        self.segment_seconds[sel] = 0.0
 
     # -- stepping ------------------------------------------------------------------------------------------------
     def _init_labels(self, n_labels: int) -> None:
@@ -235,6 +249,7 @@ class BatchSmoother:
         self.probs = np.zeros((self.streams, n_labels))
         self.posterior = np.zeros((self.streams, len(groups)))
         self.family_probs = np.zeros((self.streams, len(groups)))
+        self.segment = np.zeros((self.streams, n_labels))
 
     def weight(self, level_db: np.ndarray, peak_db: np.ndarray | None = None) -> np.ndarray:
         """How much a hop at ``level_db`` (dBFS, any shape; NaN: unknown, full weight) counts, in [0, 1], when
@@ -292,8 +307,13 @@ class BatchSmoother:
                 alpha = np.where(self._tau > 0, 1.0 - np.exp(-dt_arr / self._tau), 1.0)  # (n, L)
             new = np.where(started, old_probs + alpha * (raw - old_probs), raw)
         post = self.posterior[sel]
+        seg, seg_s, change = self.segment[sel], self.segment_seconds[sel], self.change[sel]
         if cfg.method == "hmm":
-            post = self._hmm_step(post, raw, dt_arr, started)
+            fire, new_seg, new_seg_s, new_change = self._change_step(new, raw, seg, seg_s, change, dt_arr[:, 0],
+                                                                     old_started)
+            post = self._hmm_step(post, raw, dt_arr, started, fire[:, None])
+            seg = np.where(act[:, None], new_seg, seg)
+            seg_s, change = np.where(act, new_seg_s, seg_s), np.where(act, new_change, change)
         probs = np.where(act[:, None], new, old_probs)
         post = np.where(act[:, None], post, self.posterior[sel])
         shares = self._shares(probs)
@@ -302,11 +322,13 @@ class BatchSmoother:
             self._challenge_time[sel], dt_arr[:, 0], act)
         if rows is None:
             self.peak_db = peak
+            self.segment, self.segment_seconds, self.change = seg, seg_s, change
             self.probs, self.posterior, self.family_probs = probs, post, shares
             self.family, self.top, self._challenger, self._challenge_time = family, top, challenger, challenge_time
             self.started = self.started | act
         else:
             self.peak_db[sel] = peak
+            self.segment[sel], self.segment_seconds[sel], self.change[sel] = seg, seg_s, change
             self.probs[sel], self.posterior[sel], self.family_probs[sel] = probs, post, shares
             self.family[sel], self.top[sel], self._challenger[sel], self._challenge_time[sel] = (
                 family, top, challenger, challenge_time)
@@ -347,13 +369,35 @@ class BatchSmoother:
     def _shares(self, values: np.ndarray) -> np.ndarray:
         return _shares(values, self._member)
 
-    def _hmm_step(self, post: np.ndarray, raw: np.ndarray, dt: np.ndarray, started: np.ndarray) -> np.ndarray:
-        # post (n, F) the previous posterior, raw (n, L) outputs -> the new posterior (n, F)
+    def _change_step(
+        self, bars: np.ndarray, raw: np.ndarray, seg: np.ndarray, seg_s: np.ndarray, change: np.ndarray,
+        dt: np.ndarray, started: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # Change points (hmm): the new bars (n, L) against the mean raw genre output since the last change point
+        # seg (n, L) (seg_s (n,) seconds); change (n,) sums the distance in excess of change_drift over (weighted)
+        # seconds dt (n,), a CUSUM. Returns (fire (n,): a change now, and the new seg, seg_s, change); after a
+        # change the segment starts again from the bars.
+        cfg = self.config
+        g = self._gen
+        dist = np.where(started, 0.5 * np.abs(bars[:, g] - seg[:, g]).sum(axis=1), 0.0)  # total variation
+        change = np.where(started, np.maximum(0.0, change + (dist - cfg.change_drift) * dt), 0.0)
+        fire = started & (change > cfg.change_threshold) & (cfg.change_threshold > 0)
+        seg_s = np.where(started, seg_s + dt, dt)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = np.where(seg_s > 0, dt / seg_s, 1.0)[:, None]  # the running mean since the change point
+        seg = np.where(started[:, None], seg + alpha * (raw - seg), raw)
+        seg = np.where(fire[:, None], bars, seg)
+        return fire, seg, np.where(fire, dt, seg_s), np.where(fire, 0.0, change)
+
+    def _hmm_step(self, post: np.ndarray, raw: np.ndarray, dt: np.ndarray, started: np.ndarray,
+                  fire: np.ndarray) -> np.ndarray:
+        # post (n, F) the previous posterior, raw (n, L) outputs -> the new posterior (n, F); where fire (n, 1)
+        # (a change point) the chain forgets the old family: its prior is uniform
         cfg = self.config
         k = post.shape[1]
         q = (1.0 - cfg.floor) * self._shares(raw) + cfg.floor / k  # evidence, sums to 1
         stay = (1.0 - cfg.switch_per_second) ** dt  # (n, 1)
-        prior = np.where(started, stay * post + (1.0 - stay) / k, 1.0 / k)  # (n, F)
+        prior = np.where(started & ~fire, stay * post + (1.0 - stay) / k, 1.0 / k)  # (n, F)
         log_post = np.log(prior) + cfg.sharpness * dt * np.log(q)
         out = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         return out / out.sum(axis=1, keepdims=True)

@@ -14,6 +14,7 @@ from streamtag.smoothing import BatchSmoother, Smoother, SmoothingConfig, family
 
 CONFIGS = {
     "hmm": SmoothingConfig(),
+    "hmm-cp": SmoothingConfig(switch_per_second=0.005, sharpness=1.5, change_drift=0.25, change_threshold=0.1),
     "ema": SmoothingConfig(method="ema", tau_seconds=2.0),
     "ema-hold": SmoothingConfig(method="ema", tau_seconds=2.0, margin=0.05, hold_seconds=1.0),
     "none": SmoothingConfig(method="none"),
@@ -144,7 +145,7 @@ def test_constant_input_converges_to_it() -> None:
     np.testing.assert_allclose(hmm.batch.posterior[0], before, atol=1e-12)  # ... and stays there (a fixed point)
 
 
-@pytest.mark.parametrize("name", ["hmm", "ema"])
+@pytest.mark.parametrize("name", ["hmm", "hmm-cp", "ema"])
 def test_hop_independence(name: str) -> None:
     cfg = CONFIGS[name]
     r_half, r_one = _reaction(cfg, 0.5), _reaction(cfg, 1.0)
@@ -184,7 +185,7 @@ def test_headline_genre_is_the_highest_bar_inside_the_headline_family(name: str)
             disagree += sm.top != cands[int(np.argmax(p[cands]))]  # main's old hysteresis: held genre lags
             continue
         assert sm.top == inside[int(np.argmax(p[inside]))]
-        if name != "hmm":  # without the HMM the headline family is the bars' largest share
+        if not name.startswith("hmm"):  # without the HMM the headline family is the bars' largest share
             assert sm.family == int(np.argmax(shares))
     if name == "ema-hold":
         assert disagree > 0
@@ -239,12 +240,13 @@ def test_bars_are_graded_and_follow_the_recent_raw_mean() -> None:
     assert 0.4 < p[0] < 0.7 and p[1] > 0.02  # graded, not a saturated 1.00 / 0.00
 
 
-def test_quiet_hops_weigh_less_and_a_fade_out_does_not_flip_the_headline() -> None:
+@pytest.mark.parametrize("name", ["hmm", "hmm-cp"])
+def test_quiet_hops_weigh_less_and_a_fade_out_does_not_flip_the_headline(name: str) -> None:
     families = [[0], [1]]
     loud, other = np.array([0.7, 0.1]), np.array([0.05, 0.8])
 
     def run(levels: list[float]) -> Smoother:
-        sm = Smoother(SmoothingConfig(), families=families)
+        sm = Smoother(CONFIGS[name], families=families)
         for _ in range(40):
             sm.update(loud, 0.5, level_db=-18.0)
         for lv in levels:  # the fade: the model hears something else in the quiet tail
@@ -259,13 +261,45 @@ def test_quiet_hops_weigh_less_and_a_fade_out_does_not_flip_the_headline() -> No
                                [1.0, 0.5, 0.0])
     assert bs.weight(np.array([np.nan]))[0] == 1.0  # no level known: full weight
     # a quiet hop counts as a fraction of its seconds: one hop at weight 0.5 == half a hop at full weight
-    a, b = Smoother(), Smoother()
+    a, b = Smoother(CONFIGS[name]), Smoother(CONFIGS[name])
     for sm in (a, b):
         sm.update(np.array([0.9, 0.1, 0.1]), 1.0, level_db=-50.0)  # (the stream's peak: -50 dBFS)
     a.update(np.array([0.1, 0.8, 0.1]), 1.0, level_db=-50.0)
     b.update(np.array([0.1, 0.8, 0.1]), 0.5)
     np.testing.assert_allclose(a.batch.posterior, b.batch.posterior, rtol=1e-12)
     np.testing.assert_allclose(a.probs, b.probs, rtol=1e-12)
+    np.testing.assert_allclose(a.batch.segment, b.batch.segment, rtol=1e-12)
+
+
+def test_change_points_restart_the_chain_on_a_real_change_and_stay_quiet_on_steady_music() -> None:
+    rng = np.random.default_rng(4)
+    cp = CONFIGS["hmm-cp"]
+    plain = SmoothingConfig(switch_per_second=cp.switch_per_second, sharpness=cp.sharpness)  # the same, no change points
+    center = np.array([0.40, 0.34, 0.1, 0.1])  # two close genres, noisy raw outputs
+    steady = np.clip(center + 0.08 * rng.standard_normal((240, 4)), 0, 1)
+    sm = Smoother(cp)
+    seconds, tops = [], []
+    for r in steady:
+        sm.update(r, 0.5)
+        seconds.append(float(sm.batch.segment_seconds[0]))
+        tops.append(sm.top)
+    assert np.all(np.diff(seconds) > 0)  # no change point in two minutes of steady (if noisy) music ...
+    np.testing.assert_allclose(sm.batch.segment[0], steady.mean(axis=0), rtol=1e-9)  # the segment: their mean
+    assert sum(a != b for a, b in zip(tops[20:], tops[21:])) <= 1  # ... and the headline holds
+    # a real change after two minutes of one family: with change points the chain restarts and follows sooner
+    follow = {}
+    for name, cfg in (("cp", cp), ("plain", plain)):
+        sm = Smoother(cfg)
+        for r in steady:
+            sm.update(r, 0.5)
+        hops = 0
+        while sm.top != 2 and hops < 200:
+            sm.update(np.array([0.1, 0.12, 0.6, 0.1]), 0.5)
+            hops += 1
+        follow[name] = hops
+        if name == "cp":
+            assert sm.batch.segment_seconds[0] < hops * 0.5  # a change point fell inside the new music
+    assert follow["cp"] < follow["plain"] < 200
 
 
 def test_hmm_does_not_flicker_on_noisy_steady_music_but_follows_a_real_change() -> None:
