@@ -125,6 +125,28 @@ def pace_all(runner: LiveRunner, sources: dict[str, PacedClip], stop: threading.
         tick += 1
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by Python thread name (numbers dropped: the pool's threads
+    add up under one name; threads Python did not start are "native"). Linux only ({} elsewhere)."""
+    import os
+
+    names = {t.native_id: t.name.rstrip("0123456789_").rstrip("-") for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid), "native")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
 SETTLE_S = 2.0  # s from the clients' subscription to the measured window: their own start-up, on these same cores, is over
 
 
@@ -226,9 +248,13 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             proc.start()
             loop = asyncio.get_running_loop()
             assert await loop.run_in_executor(None, parent.recv) == "ready"
-            published0, t0 = sum(server.hub.published.values()), time.monotonic()
+            published0, t0, cpu0 = sum(server.hub.published.values()), time.monotonic(), time.process_time()
+            threads0 = thread_cpu()
             assert await loop.run_in_executor(None, parent.recv) == "done"
             published, window = sum(server.hub.published.values()) - published0, time.monotonic() - t0
+            result["cpu_s"] = time.process_time() - cpu0  # this process: engine, server, pacer (not the clients)
+            threads1 = thread_cpu()
+            result["thread_cpu_s"] = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
             got = await loop.run_in_executor(None, parent.recv)
             await loop.run_in_executor(None, proc.join, 10)
             stop.set()
@@ -248,6 +274,9 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             if arrival is not None:
                 lat.append((recv - arrival) * 1000.0)
     if args.verbose:
+        n_pub = max(1, result["published"])
+        print("    CPU ms per update by thread: " + ", ".join(
+            f"{k} {1000.0 * v / n_pub:.2f}" for k, v in sorted(result["thread_cpu_s"].items(), key=lambda kv: -kv[1])))
         rows0 = sorted(result["clients"][0][0], key=lambda r: r[2])
         for stream, t, recv in rows0[:: max(1, len(rows0) // 15)]:
             arrival = result["sources"][stream].arrival_of(int(round(t * sr)) + lag)
@@ -264,6 +293,9 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
         "dropped": total_dropped,
         "overruns": result["overruns"],
         "n_latencies": len(lat),
+        # CPU of the server process (engine, event loop, pacer) per published update: less swayed by other jobs on
+        # the machine than the wall-clock figures (they take cores, not this process's instructions)
+        "cpu_ms_per_update": 1000.0 * result["cpu_s"] / max(1, result["published"]),
     }
 
 
@@ -276,7 +308,8 @@ def sustains(r: dict, hop_seconds: float) -> bool:
 def _row(r: dict) -> str:
     return (f"  {r['streams']:4d} streams: p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
             f"updates/s {r['updates_per_s']:7.1f} (expected {r['expected_updates_per_s']:.1f})  "
-            f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}")
+            f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}  "
+            f"cpu ms/update {r['cpu_ms_per_update']:.2f}")
 
 
 def search(bundle, audio: np.ndarray, args) -> dict:
@@ -331,11 +364,11 @@ def search(bundle, audio: np.ndarray, args) -> dict:
 def median_row(runs: list[dict]) -> dict:
     """One configuration's runs as one row: the median of each latency and rate, the worst of drops and overruns."""
     row = dict(runs[0])
-    for key in ("p50_ms", "p99_ms", "updates_per_s", "client_msgs_per_s"):
+    for key in ("p50_ms", "p99_ms", "updates_per_s", "client_msgs_per_s", "cpu_ms_per_update"):
         row[key] = float(np.median([r[key] for r in runs]))
     for key in ("dropped", "overruns"):
         row[key] = max(r[key] for r in runs)
-    row["runs"] = [{k: r[k] for k in ("p50_ms", "p99_ms", "updates_per_s", "overruns")} for r in runs]
+    row["runs"] = [{k: r[k] for k in ("p50_ms", "p99_ms", "updates_per_s", "overruns", "cpu_ms_per_update")} for r in runs]
     return row
 
 
@@ -387,7 +420,7 @@ def main() -> int:
                    help="torch intra-op threads (default: torch's own, one per core)")
     p.add_argument("--clip", default=str(CLIP))
     p.add_argument("--json", default=None, help="also write the rows to this file")
-    p.add_argument("--verbose", action="store_true", help="print a sample of one client's receipts")
+    p.add_argument("--verbose", action="store_true", help="print the CPU per update of each thread and a sample of one client's receipts")
     p.add_argument("--search", action="store_true",
                    help="per model, search the largest stream count with p99 latency under one hop")
     p.add_argument("--models", nargs="+", default=None, help="models for --search ('all': every shipped one)")
