@@ -60,6 +60,7 @@ class MusicnnStudentConfig:
             raise ConfigError(f"window_frames must be >= 1, got {self.window_frames}")
 
 
+_SPLIT_STREAMS = 32  # step: fewest streams whose front end is split into groups on worker threads (GEMM path)
 _STEP_SPAN = 512  # frames per pass of step_many through the frozen front end (bounds its (B, C, T, bands) temporary)
 _HEAD_WINDOWS = 16  # transformer-head windows per forward pass in step_many
 
@@ -138,7 +139,10 @@ class MusicnnStudent(StatefulModel):
         fs = self.frames.state_size
         with one_thread(few_streams(x) or (self.step_on_one_thread and x.device.type == "cpu")):
             new = state.new_empty(state.shape)  # the front end and the head write their parts in place
-            values, inside, f_state = self.frames.step_compact(x, state[:, :fs], new[:, :fs])
+            # a few streams' front end as one group on this thread: a hand-over to the workers and each GEMM's fixed
+            # cost per group (oneDNN reorders the weights on every call) cost more than the second core gains
+            values, inside, f_state = self.frames.step_compact(x, state[:, :fs], new[:, :fs],
+                                                               split=x.shape[0] >= _SPLIT_STREAMS)
             head = self._compact() if inside is not None and not self.training else None
             if head is not None and inside is not None and x.shape[1]:
                 logits, _ = head.run(values, inside, state[:, fs:], [x.shape[1]], new[:, fs:])
