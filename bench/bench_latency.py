@@ -24,6 +24,7 @@ itself.
 
     python bench/bench_latency.py --search --models all --seconds 8 --clients 2   # the real-time limit per model
     python bench/bench_latency.py --search --model DIR --clients 2 --seconds 8 --feed threads
+    python bench/bench_latency.py --engine-only --model st-gru-msd --streams 352 --seconds 6 --step-ms 20
 
 Prints one row per stream count with p50/p99 latency, updates/s (engine) and messages/s (all clients), each the
 median of ``--runs`` runs (default 3), and the ratios to the 1-stream baseline measured in the same run.
@@ -34,6 +35,9 @@ runs and their median decides (a failing median moves to the next lower sustaine
 the sustained updates/s (median) and the engine's wall ms per stream-hop at that limit. A configuration
 the machine cannot run in real time shows up as growing latency and ring-buffer overruns, not as a crash. The
 header line says how the streams were fed and how many intra-op threads torch had (``--torch-threads``).
+Every row also gives the server process's CPU per update (``--verbose``: by thread). ``--engine-only`` drives the
+Engine alone with the same pushes, without the clock, and prints its CPU per update: the figure to compare on a
+machine shared with other jobs, where wall-clock capacity moves with their load.
 """
 from __future__ import annotations
 
@@ -402,6 +406,62 @@ def main_search(args) -> int:
     return 0
 
 
+def engine_only(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
+    """--engine-only: the Engine alone, no server, clients or clock. The pushes of ``pace_all`` (0.1 s blocks at
+    phases spread over one hop) are replayed as fast as the engine steps, one step per ``--step-ms`` of stream time
+    (LiveRunner steps every 20 ms when it keeps up, less often when it falls behind: its batches grow); returns the
+    CPU of this process (engine thread, front-end and worker threads) per update, over ``--seconds`` of stream time
+    after the windows fill."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamtag.events import to_dicts
+    from streamtag.live import FRONT_END_THREADS
+    from streamtag.pipeline import Engine
+
+    engine = Engine(bundle, device=args.device, hop_seconds=args.hop)
+    pool = ThreadPoolExecutor(FRONT_END_THREADS - 1) if FRONT_END_THREADS > 1 else None
+    engine.use_front_end_pool(pool, FRONT_END_THREADS)  # as LiveRunner does
+    sr = engine.sample_rate
+    block = int(BLOCK_SECONDS * sr)
+    names = [f"s{k}" for k in range(n_streams)]
+    for name in names:
+        engine.add_stream(name)
+    looped = np.concatenate([audio, audio[:block]])
+    offsets = [(k * 7919 * 13) % audio.shape[0] for k in range(n_streams)]
+    sent = [0] * n_streams
+    per_block = round(BLOCK_SECONDS / PACER_TICK_S)
+    first = [round(engine.hop_seconds * k / n_streams / PACER_TICK_S) + per_block for k in range(n_streams)]
+    ticks_per_step = max(1, round(args.step_ms / 1000.0 / PACER_TICK_S))
+    tick = 0
+
+    steps = int(args.seconds / PACER_TICK_S) // ticks_per_step  # in the measured run
+
+    def run(seconds: float) -> int:
+        nonlocal tick
+        updates = 0
+        for _ in range(int(seconds / PACER_TICK_S) // ticks_per_step):
+            for _ in range(ticks_per_step):
+                for k in range(n_streams):
+                    if tick >= first[k] and (tick - first[k]) % per_block == 0:
+                        start = (offsets[k] + sent[k]) % audio.shape[0]
+                        engine.push(names[k], looped[start : start + block])
+                        sent[k] += block
+                tick += 1
+            out = engine.step()
+            to_dicts(out)  # what the server does with them next (its JSON encoding not included)
+            updates += len(out)
+        return updates
+
+    run(bundle.window_seconds + engine.hop_seconds + 2.0)  # windows fill, first-step set-up done
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    updates = run(args.seconds)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    if pool is not None:
+        pool.shutdown()
+    return {"streams": n_streams, "updates": updates, "cpu_ms_per_update": 1000.0 * cpu / max(1, updates),
+            "wall_ms_per_update": 1000.0 * wall / max(1, updates), "hops_per_step": updates / max(1, steps)}
+
+
 def main() -> int:
     from streamtag.registry import DEFAULT_MODEL, load_bundle
     from streamtag.sources import read_audio
@@ -427,6 +487,10 @@ def main() -> int:
     p.add_argument("--start", type=int, default=1, help="--search: first stream count (x4 until it fails)")
     p.add_argument("--max-configs", type=int, default=10, help="--search: most runs per model")
     p.add_argument("--budget", type=float, default=400.0, help="--search: seconds of runs per model")
+    p.add_argument("--engine-only", action="store_true",
+                   help="the Engine alone (no server, clients or clock): CPU per update at each --streams count")
+    p.add_argument("--step-ms", type=float, default=20.0,
+                   help="--engine-only: stream time per engine step (20: LiveRunner keeping up; more: falling behind)")
     p.add_argument("--runs", type=int, default=3,
                    help="runs per configuration, medians reported (--search: the found limit is run again until it "
                         "has this many, and their median decides)")
@@ -443,6 +507,16 @@ def main() -> int:
 
     bundle = load_bundle(args.model)
     audio = read_audio(args.clip, bundle.frontend.sample_rate)
+    if args.engine_only:
+        print(f"model {bundle.name} · engine only · {args.seconds:g} s of stream time per run · a step per "
+              f"{args.step_ms:g} ms · torch threads {torch.get_num_threads()}", flush=True)
+        for n in args.streams:
+            runs = [engine_only(bundle, audio, args, n) for _ in range(max(1, args.runs))]
+            cpu = [r["cpu_ms_per_update"] for r in runs]
+            print(f"  {n:4d} streams: CPU ms per update {np.median(cpu):.3f} (runs {', '.join(f'{c:.3f}' for c in cpu)})  "
+                  f"hops per step {runs[0]['hops_per_step']:.1f}  wall ms per update "
+                  f"{np.median([r['wall_ms_per_update'] for r in runs]):.3f}", flush=True)
+        return 0
     rows = []
     print(f"model {bundle.name} · device {args.device} · {args.clients} clients · {args.seconds:g} s per row · "
           f"torch threads {torch.get_num_threads()} · streams fed by {feed}", flush=True)
