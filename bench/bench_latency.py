@@ -24,6 +24,7 @@ itself.
 
     python bench/bench_latency.py --search --models all --seconds 8 --clients 2   # the real-time limit per model
     python bench/bench_latency.py --search --model DIR --clients 2 --seconds 8 --feed threads
+    python bench/bench_latency.py --engine-only --model st-gru-msd --streams 352 --seconds 6 --step-ms 20
 
 Prints one row per stream count with p50/p99 latency, updates/s (engine) and messages/s (all clients), each the
 median of ``--runs`` runs (default 3), and the ratios to the 1-stream baseline measured in the same run.
@@ -34,6 +35,9 @@ runs and their median decides (a failing median moves to the next lower sustaine
 the sustained updates/s (median) and the engine's wall ms per stream-hop at that limit. A configuration
 the machine cannot run in real time shows up as growing latency and ring-buffer overruns, not as a crash. The
 header line says how the streams were fed and how many intra-op threads torch had (``--torch-threads``).
+Every row also gives the server process's CPU per update (``--verbose``: by thread). ``--engine-only`` drives the
+Engine alone with the same pushes, without the clock, and prints its CPU per update: the figure to compare on a
+machine shared with other jobs, where wall-clock capacity moves with their load.
 """
 from __future__ import annotations
 
@@ -123,6 +127,28 @@ def pace_all(runner: LiveRunner, sources: dict[str, PacedClip], stop: threading.
             if tick >= first:
                 runner.push(name, sources[name].next_block())
         tick += 1
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by Python thread name (numbers dropped: the pool's threads
+    add up under one name; threads Python did not start are "native"). Linux only ({} elsewhere)."""
+    import os
+
+    names = {t.native_id: t.name.rstrip("0123456789_").rstrip("-") for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid), "native")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
 
 
 SETTLE_S = 2.0  # s from the clients' subscription to the measured window: their own start-up, on these same cores, is over
@@ -226,9 +252,13 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             proc.start()
             loop = asyncio.get_running_loop()
             assert await loop.run_in_executor(None, parent.recv) == "ready"
-            published0, t0 = sum(server.hub.published.values()), time.monotonic()
+            published0, t0, cpu0 = sum(server.hub.published.values()), time.monotonic(), time.process_time()
+            threads0 = thread_cpu()
             assert await loop.run_in_executor(None, parent.recv) == "done"
             published, window = sum(server.hub.published.values()) - published0, time.monotonic() - t0
+            result["cpu_s"] = time.process_time() - cpu0  # this process: engine, server, pacer (not the clients)
+            threads1 = thread_cpu()
+            result["thread_cpu_s"] = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
             got = await loop.run_in_executor(None, parent.recv)
             await loop.run_in_executor(None, proc.join, 10)
             stop.set()
@@ -248,6 +278,9 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             if arrival is not None:
                 lat.append((recv - arrival) * 1000.0)
     if args.verbose:
+        n_pub = max(1, result["published"])
+        print("    CPU ms per update by thread: " + ", ".join(
+            f"{k} {1000.0 * v / n_pub:.2f}" for k, v in sorted(result["thread_cpu_s"].items(), key=lambda kv: -kv[1])))
         rows0 = sorted(result["clients"][0][0], key=lambda r: r[2])
         for stream, t, recv in rows0[:: max(1, len(rows0) // 15)]:
             arrival = result["sources"][stream].arrival_of(int(round(t * sr)) + lag)
@@ -264,6 +297,9 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
         "dropped": total_dropped,
         "overruns": result["overruns"],
         "n_latencies": len(lat),
+        # CPU of the server process (engine, event loop, pacer) per published update: less swayed by other jobs on
+        # the machine than the wall-clock figures (they take cores, not this process's instructions)
+        "cpu_ms_per_update": 1000.0 * result["cpu_s"] / max(1, result["published"]),
     }
 
 
@@ -276,7 +312,8 @@ def sustains(r: dict, hop_seconds: float) -> bool:
 def _row(r: dict) -> str:
     return (f"  {r['streams']:4d} streams: p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
             f"updates/s {r['updates_per_s']:7.1f} (expected {r['expected_updates_per_s']:.1f})  "
-            f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}")
+            f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}  "
+            f"cpu ms/update {r['cpu_ms_per_update']:.2f}")
 
 
 def search(bundle, audio: np.ndarray, args) -> dict:
@@ -331,11 +368,11 @@ def search(bundle, audio: np.ndarray, args) -> dict:
 def median_row(runs: list[dict]) -> dict:
     """One configuration's runs as one row: the median of each latency and rate, the worst of drops and overruns."""
     row = dict(runs[0])
-    for key in ("p50_ms", "p99_ms", "updates_per_s", "client_msgs_per_s"):
+    for key in ("p50_ms", "p99_ms", "updates_per_s", "client_msgs_per_s", "cpu_ms_per_update"):
         row[key] = float(np.median([r[key] for r in runs]))
     for key in ("dropped", "overruns"):
         row[key] = max(r[key] for r in runs)
-    row["runs"] = [{k: r[k] for k in ("p50_ms", "p99_ms", "updates_per_s", "overruns")} for r in runs]
+    row["runs"] = [{k: r[k] for k in ("p50_ms", "p99_ms", "updates_per_s", "overruns", "cpu_ms_per_update")} for r in runs]
     return row
 
 
@@ -369,6 +406,62 @@ def main_search(args) -> int:
     return 0
 
 
+def engine_only(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
+    """--engine-only: the Engine alone, no server, clients or clock. The pushes of ``pace_all`` (0.1 s blocks at
+    phases spread over one hop) are replayed as fast as the engine steps, one step per ``--step-ms`` of stream time
+    (LiveRunner steps every 20 ms when it keeps up, less often when it falls behind: its batches grow); returns the
+    CPU of this process (engine thread, front-end and worker threads) per update, over ``--seconds`` of stream time
+    after the windows fill."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamtag.events import to_dicts
+    from streamtag.live import FRONT_END_THREADS
+    from streamtag.pipeline import Engine
+
+    engine = Engine(bundle, device=args.device, hop_seconds=args.hop)
+    pool = ThreadPoolExecutor(FRONT_END_THREADS - 1) if FRONT_END_THREADS > 1 else None
+    engine.use_front_end_pool(pool, FRONT_END_THREADS)  # as LiveRunner does
+    sr = engine.sample_rate
+    block = int(BLOCK_SECONDS * sr)
+    names = [f"s{k}" for k in range(n_streams)]
+    for name in names:
+        engine.add_stream(name)
+    looped = np.concatenate([audio, audio[:block]])
+    offsets = [(k * 7919 * 13) % audio.shape[0] for k in range(n_streams)]
+    sent = [0] * n_streams
+    per_block = round(BLOCK_SECONDS / PACER_TICK_S)
+    first = [round(engine.hop_seconds * k / n_streams / PACER_TICK_S) + per_block for k in range(n_streams)]
+    ticks_per_step = max(1, round(args.step_ms / 1000.0 / PACER_TICK_S))
+    tick = 0
+
+    steps = int(args.seconds / PACER_TICK_S) // ticks_per_step  # in the measured run
+
+    def run(seconds: float) -> int:
+        nonlocal tick
+        updates = 0
+        for _ in range(int(seconds / PACER_TICK_S) // ticks_per_step):
+            for _ in range(ticks_per_step):
+                for k in range(n_streams):
+                    if tick >= first[k] and (tick - first[k]) % per_block == 0:
+                        start = (offsets[k] + sent[k]) % audio.shape[0]
+                        engine.push(names[k], looped[start : start + block])
+                        sent[k] += block
+                tick += 1
+            out = engine.step()
+            to_dicts(out)  # what the server does with them next (its JSON encoding not included)
+            updates += len(out)
+        return updates
+
+    run(bundle.window_seconds + engine.hop_seconds + 2.0)  # windows fill, first-step set-up done
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    updates = run(args.seconds)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    if pool is not None:
+        pool.shutdown()
+    return {"streams": n_streams, "updates": updates, "cpu_ms_per_update": 1000.0 * cpu / max(1, updates),
+            "wall_ms_per_update": 1000.0 * wall / max(1, updates), "hops_per_step": updates / max(1, steps)}
+
+
 def main() -> int:
     from streamtag.registry import DEFAULT_MODEL, load_bundle
     from streamtag.sources import read_audio
@@ -387,13 +480,17 @@ def main() -> int:
                    help="torch intra-op threads (default: torch's own, one per core)")
     p.add_argument("--clip", default=str(CLIP))
     p.add_argument("--json", default=None, help="also write the rows to this file")
-    p.add_argument("--verbose", action="store_true", help="print a sample of one client's receipts")
+    p.add_argument("--verbose", action="store_true", help="print the CPU per update of each thread and a sample of one client's receipts")
     p.add_argument("--search", action="store_true",
                    help="per model, search the largest stream count with p99 latency under one hop")
     p.add_argument("--models", nargs="+", default=None, help="models for --search ('all': every shipped one)")
     p.add_argument("--start", type=int, default=1, help="--search: first stream count (x4 until it fails)")
     p.add_argument("--max-configs", type=int, default=10, help="--search: most runs per model")
     p.add_argument("--budget", type=float, default=400.0, help="--search: seconds of runs per model")
+    p.add_argument("--engine-only", action="store_true",
+                   help="the Engine alone (no server, clients or clock): CPU per update at each --streams count")
+    p.add_argument("--step-ms", type=float, default=20.0,
+                   help="--engine-only: stream time per engine step (20: LiveRunner keeping up; more: falling behind)")
     p.add_argument("--runs", type=int, default=3,
                    help="runs per configuration, medians reported (--search: the found limit is run again until it "
                         "has this many, and their median decides)")
@@ -410,6 +507,16 @@ def main() -> int:
 
     bundle = load_bundle(args.model)
     audio = read_audio(args.clip, bundle.frontend.sample_rate)
+    if args.engine_only:
+        print(f"model {bundle.name} · engine only · {args.seconds:g} s of stream time per run · a step per "
+              f"{args.step_ms:g} ms · torch threads {torch.get_num_threads()}", flush=True)
+        for n in args.streams:
+            runs = [engine_only(bundle, audio, args, n) for _ in range(max(1, args.runs))]
+            cpu = [r["cpu_ms_per_update"] for r in runs]
+            print(f"  {n:4d} streams: CPU ms per update {np.median(cpu):.3f} (runs {', '.join(f'{c:.3f}' for c in cpu)})  "
+                  f"hops per step {runs[0]['hops_per_step']:.1f}  wall ms per update "
+                  f"{np.median([r['wall_ms_per_update'] for r in runs]):.3f}", flush=True)
+        return 0
     rows = []
     print(f"model {bundle.name} · device {args.device} · {args.clients} clients · {args.seconds:g} s per row · "
           f"torch threads {torch.get_num_threads()} · streams fed by {feed}", flush=True)

@@ -171,8 +171,10 @@ class ModelRunner:
         rows = self._slot_rows(names)
         assert self._state is not None
         # a live step of a few streams: every op on one intra-op thread, not only the model's own small ops (the
-        # rule of architectures/threads.py); on a busy machine a second intra-op thread spins at each op for nothing
-        with one_thread(few_streams(x)):
+        # rule of architectures/threads.py); on a busy machine a second intra-op thread spins at each op for nothing.
+        # A model whose step is small ops at any batch says so (``step_on_one_thread``: the GRU student)
+        single = few_streams(x) or (x.device.type == "cpu" and bool(getattr(self.model, "step_on_one_thread", False)))
+        with one_thread(single):
             logits, new_state = self.model.step(x, self._state[rows])  # state rows: (B, S)
             self._state[rows] = new_state.to(self._state.dtype)
             return self._activate(logits).cpu().numpy()

@@ -285,3 +285,66 @@ def test_gemm_path_works_in_and_out_of_inference_mode() -> None:
     with torch.no_grad():
         b, _ = fr.step(x, fr.init_state(2))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_one_group_equals_groups_on_worker_threads(precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live step's front end as one group on the calling thread (``split=False``, what a step of a few streams
+    does) equals the same streams split into groups on two worker threads, bit for bit, features and state."""
+    from streamtag.architectures import musicnn
+
+    groups: list[int] = []
+    real_map = musicnn._map_threads
+
+    def counting_map(fn, items, workers, **kw):  # type: ignore[no-untyped-def]
+        groups.append(len(items))
+        return real_map(fn, items, workers, **kw)
+
+    monkeypatch.setattr(musicnn, "_map_threads", counting_map)
+    fr = _random_frames(5)
+    fr.set_precision(precision)
+    if precision == "fp32":
+        fr.set_live_channels(range(0, fr.config.frontend_channels, 2))  # fp32 takes the GEMM path with live channels
+    x = _input(6, 31, 5)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers: split=True cuts the 6 streams into groups
+    try:
+        with torch.no_grad():
+            state = fr.init_state(6)
+            for _ in range(3):  # a few hops, so the carried state matters
+                groups.clear()
+                split = fr.step_compact(x, state, split=True)
+                one = fr.step_compact(x, state, split=False)
+                assert groups == [2, 1]  # two groups on the workers, then one on this thread
+                assert split[1] is not None and one[1] is not None  # the GEMM path
+                for a, b in zip(split, one):
+                    assert torch.equal(a, b)
+                state = one[2]
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_gru_student_live_step_keeps_one_intra_op_thread_at_any_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GRU head's frames of small ops run on one intra-op thread however many streams a step holds (two
+    OpenMP threads spin at every op: 2-3x the CPU at 64-128 streams on a loaded 2-core machine); the caller's
+    thread count is restored after."""
+    from streamtag.architectures import fasthead
+
+    seen: list[int] = []
+    real_run = fasthead.CompactGRUHead.run
+
+    def recording_run(self, *args, **kw):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        return real_run(self, *args, **kw)
+
+    monkeypatch.setattr(fasthead.CompactGRUHead, "run", recording_run)
+    runner = ModelRunner(load_bundle("st-gru-msd"), "cpu", precision="bf16")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for b in (4, 80):  # below and above threads.FEW_STREAMS
+            runner.step([f"s{i}" for i in range(b)], np.zeros((b, 31, 96), dtype=np.float32))
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

@@ -94,26 +94,35 @@ class CompactGRUHead:
         m0, n0 = state[:, L * H : L * H + H], state[:, -1]
         hs = []
         for k, (d_in, big) in enumerate(self.layers):
-            # every per-step temporary is allocated once (fresh MB-sized tensors per step cost page faults)
-            u = x.new_empty((B, d_in + H + 1), dtype=self.dtype)  # [x_t | h | 1]
-            u[:, -1] = 1.0
+            # every per-step temporary is allocated once (fresh MB-sized tensors per step cost page faults), and
+            # every view the loop writes or reads is taken once before it: torch's indexing costs several us a
+            # call, about as much as a frame's small elementwise ops (the same ops and dtypes as stepping with
+            # indexing, so the same values)
+            U = x.new_empty((T, B, d_in + H + 1), dtype=self.dtype)  # [x_t | h | 1] of every frame, time first
+            U[:, :, :d_in] = x.transpose(0, 1)  # (T, B, d_in), rounded to the GEMM's dtype
+            U[:, :, -1] = 1.0
+            u_t, h_in = U.unbind(0), U[:, :, d_in : d_in + H].unbind(0)
             g_low = x.new_empty((B, 4 * H), dtype=self.dtype)
             g = x.new_empty((B, 4 * H))
+            g_rz, g_in, g_hn = g[:, : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
             rz, n_gate, diff = x.new_empty((B, 2 * H)), x.new_empty((B, H)), x.new_empty((B, H))
-            xs = x.to(self.dtype)
+            r, z = rz[:, :H], rz[:, H:]
+            ys = x.new_empty((T, B, H))  # each frame's h, written in place
+            y_t = ys.unbind(0)
             h = h_all[:, k].float().contiguous()
-            ys = x.new_empty((B, T, H))
+            low = self.dtype != torch.float32
             for t in range(T):
-                u[:, :d_in] = xs[:, t]
-                u[:, d_in : d_in + H] = h
-                g.copy_(torch.matmul(u, big, out=g_low) if self.dtype != torch.float32 else torch.matmul(u, big, out=g))
-                torch.sigmoid(g[:, : 2 * H], out=rz)
-                torch.addcmul(g[:, 2 * H : 3 * H], rz[:, :H], g[:, 3 * H :], out=n_gate).tanh_()
+                h_in[t].copy_(h)
+                if low:
+                    g.copy_(torch.matmul(u_t[t], big, out=g_low))
+                else:
+                    torch.matmul(u_t[t], big, out=g)
+                torch.sigmoid(g_rz, out=rz)
+                torch.addcmul(g_in, r, g_hn, out=n_gate).tanh_()
                 torch.sub(h, n_gate, out=diff)
-                torch.addcmul(n_gate, rz[:, H:], diff, out=h)  # (1 - z) * n + z * h
-                ys[:, t] = h
+                h = torch.addcmul(n_gate, z, diff, out=y_t[t])  # (1 - z) * n + z * h
             hs.append(h)
-            x = ys
+            x = ys.transpose(0, 1).contiguous()  # (B, T, H), as the read-out below had it before
         # EMA read-out m_t = d m_{t-1} + a y_t at the asked frames only
         a = 1.0 / self.tau
         d = 1.0 - a

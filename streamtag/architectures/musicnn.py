@@ -508,14 +508,15 @@ class MusicnnFrames(_FeatureLayers):
             self.compute_dtype != torch.float32 or self.live is not None)
 
     @torch.no_grad()
-    def step_compact(self, x: torch.Tensor, state: torch.Tensor, out: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def step_compact(self, x: torch.Tensor, state: torch.Tensor, out: torch.Tensor | None = None, *,
+                     split: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """:meth:`step` without writing out the inactive channels: (values (B, n, compact_channels), inside
         (B, n), state) on the CPU's GEMM path (see :meth:`expand`), else (features (B, n, channels), None, state).
-        ``out``: where to write the new state (B, state_size), e.g. a slice of the caller's own state."""
+        ``out``: where to write the new state (B, state_size), e.g. a slice of the caller's own state. ``split``
+        False: the GEMM path runs the streams as one group on this thread (the caller spreads the work itself)."""
         x = self.normalize(x)
         if self._gemm_path(x):
-            return self._step_fast(x, state, None, out)
+            return self._step_fast(x, state, None, out, split=split)
         feats, state = self.step_normalized(x, state)
         if out is not None:
             state = out.copy_(state)
@@ -539,14 +540,15 @@ class MusicnnFrames(_FeatureLayers):
         return self._fast, self._fast_mid
 
     def _step_fast(self, x: torch.Tensor, state: torch.Tensor, total: int | None,
-                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   out: torch.Tensor | None = None, *, split: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """step_normalized on the CPU's GEMM path -> (compact values, inside flags, state); see step_compact.
         Streams are independent, so groups of ``_FAST_STREAMS`` run whole (front end, masks, mid end) on worker
         threads; a few streams with many new frames (a file's span) split the front end in time instead. Same
         outputs either way."""
         B, n, _ = x.shape
         fast, _ = self._fast_parts()
-        workers = _workers()
+        workers = _workers() if split else 1
         if B > 1 or workers <= 1 or n < 2 * _FRAMES_PER_PASS:
             # each group writes its rows of these (no concatenation of the groups' results afterwards)
             values = x.new_empty((B, n, self.compact_channels))

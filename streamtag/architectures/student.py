@@ -60,6 +60,7 @@ class MusicnnStudentConfig:
             raise ConfigError(f"window_frames must be >= 1, got {self.window_frames}")
 
 
+_SPLIT_STREAMS = 32  # step: fewest streams whose front end is split into groups on worker threads (GEMM path)
 _STEP_SPAN = 512  # frames per pass of step_many through the frozen front end (bounds its (B, C, T, bands) temporary)
 _HEAD_WINDOWS = 16  # transformer-head windows per forward pass in step_many
 
@@ -90,6 +91,12 @@ class MusicnnStudent(StatefulModel):
             self.head_state = c.window_frames * self.frames.channels
         # frames between the newest input and the newest music an answer describes (the front end's look-ahead)
         self.lag_frames = int(self.frames.delay)
+        # a live step of any number of streams keeps its ops on one intra-op thread on the CPU (the runner reads
+        # this too): the GRU head is 31 frames of small sequential ops, where a second intra-op thread only spins
+        # at every op (at 64 and 128 streams, the step's CPU per stream-hop doubled or tripled on a loaded 2-core
+        # machine: docs/performance.md), and the front end's work already spreads over the cores as whole groups
+        # of streams on worker threads. The transformer head's large batched attention still takes both.
+        self.step_on_one_thread = c.head == "stateful_gru"
         self._compact_head: CompactGRUHead | None = None
 
     @property
@@ -130,9 +137,12 @@ class MusicnnStudent(StatefulModel):
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         fs = self.frames.state_size
-        with one_thread(few_streams(x)):
+        with one_thread(few_streams(x) or (self.step_on_one_thread and x.device.type == "cpu")):
             new = state.new_empty(state.shape)  # the front end and the head write their parts in place
-            values, inside, f_state = self.frames.step_compact(x, state[:, :fs], new[:, :fs])
+            # a few streams' front end as one group on this thread: a hand-over to the workers and each GEMM's fixed
+            # cost per group (oneDNN reorders the weights on every call) cost more than the second core gains
+            values, inside, f_state = self.frames.step_compact(x, state[:, :fs], new[:, :fs],
+                                                               split=x.shape[0] >= _SPLIT_STREAMS)
             head = self._compact() if inside is not None and not self.training else None
             if head is not None and inside is not None and x.shape[1]:
                 logits, _ = head.run(values, inside, state[:, fs:], [x.shape[1]], new[:, fs:])
