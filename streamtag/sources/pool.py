@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ConfigError, SourceError, StreamtagError, close_quietly
+from .mux import MuxLoop, NetStation, muxable, open_network
 from .policy import PolicyError, SourcePolicy, display_name
 
 __all__ = ["SourcePool", "PooledSource", "SourceFeed", "StationStats", "default_workers", "FLUSH_S"]
@@ -163,13 +164,15 @@ class SourcePool:
     """``workers`` decoder processes (default :func:`default_workers`) that open and read sources for a live
     runner. Thread-safe; ``close()`` stops every worker within about :data:`STOP_TIMEOUT_S` (+ 1 s to kill)."""
 
-    def __init__(self, sample_rate: int, *, workers: int | None = None, block_seconds: float = 0.1) -> None:
+    def __init__(self, sample_rate: int, *, workers: int | None = None, block_seconds: float = 0.1,
+                 mux: bool = True) -> None:
         n = default_workers() if workers is None else int(workers)
         if n < 1:
             raise ConfigError(f"a source pool needs at least one worker, got {workers!r}")
         self.sample_rate = int(sample_rate)
         self.block_seconds = float(block_seconds)
         self.n_workers = n
+        self.mux = bool(mux)  # live MP3/AAC streams on each worker's mux loop (False: a reader thread each)
         self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
         self._sources: dict[int, PooledSource] = {}
@@ -256,7 +259,7 @@ class SourcePool:
         explicit = policy is not None
         label = display_name(uri) if explicit else uri
         spec = {"uri": uri, "sample_rate": self.sample_rate, "policy": policy, "explicit_policy": explicit,
-                "block_seconds": self.block_seconds, "options": options, "retry_open": retry_open}
+                "block_seconds": self.block_seconds, "options": options, "retry_open": retry_open, "mux": self.mux}
         sid = next(self._ids)
         with self._lock:
             worker = min((w for w in self._workers if w.alive), key=lambda w: w.stations, default=None)
@@ -424,6 +427,7 @@ class _Station:
     title: str | None = None
     state: str = "opening"
     reconnects: int = 0
+    keep: deque[np.ndarray] = field(default_factory=deque)  # a muxed live stream's newest blocks before its start
 
 
 class _Worker:
@@ -440,6 +444,7 @@ class _Worker:
         self.heap: list[tuple[float, int, int]] = []  # (due, seq, sid) of cooperative stations
         self.seq = itertools.count()
         self.closed_early: set[int] = set()  # closed by the parent before their open finished
+        self.mux = MuxLoop(self._mux_deliver, self._mux_ended, self.stopping)  # live MP3/AAC stations
 
     def out(self, event: tuple[Any, ...]) -> None:
         with self.lock:
@@ -505,6 +510,9 @@ class _Worker:
             self.out(("event", sid, kind, detail))
 
         def opened() -> Any:
+            if spec.get("mux", True) and muxable(spec["uri"], spec["options"]):
+                return open_network(spec["uri"], spec["sample_rate"], policy=spec["policy"],
+                                    block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
             return open_source(spec["uri"], spec["sample_rate"], policy=spec["policy"],
                                block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
 
@@ -545,7 +553,12 @@ class _Worker:
             close_quietly(source)
             return
         st.state = "live"
-        if not st.cooperative:
+        if isinstance(source, NetStation):
+            sr = source.sample_rate
+            st.keep = deque(maxlen=max(1, round(PRESTART_KEEP_S * sr / max(1, source.block_size))))
+            source.key = st
+            self.mux.add(source)
+        elif not st.cooperative:
             self._read(st)
 
     def _retry_open(self, st: _Station, opened: Callable[[], Any], error: str) -> Any:
@@ -584,6 +597,25 @@ class _Worker:
             if title != st.title:
                 st.title = title
                 self.events.append(("title", st.sid, title))
+
+    def _mux_deliver(self, station: NetStation, blocks: list[np.ndarray]) -> None:
+        """Blocks the mux loop decoded for a station: one entry per station and pass (the loop's thread). Before
+        the runner starts it, a live stream keeps only its newest PRESTART_KEEP_S (as :meth:`_read` does)."""
+        st = station.key
+        if not isinstance(st, _Station) or st.stop.is_set():
+            return
+        if not st.started.is_set():
+            st.keep.extend(blocks)
+            return
+        if st.keep:
+            blocks = [*st.keep, *blocks]
+            st.keep.clear()
+        self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+
+    def _mux_ended(self, station: NetStation, error: BaseException | None) -> None:
+        st = station.key
+        if isinstance(st, _Station):
+            self._ended(st, error)
 
     def _ended(self, st: _Station, error: BaseException | None) -> None:
         close_quietly(st.source)
