@@ -152,6 +152,13 @@ class NetStation:
         if conn is not None:
             conn.response.abort()
 
+    def release(self) -> None:
+        """Close a station that was never given to a loop (its owner gave up on it before the start)."""
+        self.close()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
     def _emit(self, kind: str, detail: str) -> None:
         callback = self.on_event
         if callback is None:

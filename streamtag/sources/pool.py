@@ -112,6 +112,7 @@ class PooledSource:
         self.closed = False
         self.stats = StationStats()
         self.early: list[tuple[Any, ...]] = []  # events that arrived before start() (the receiver replays them)
+        self._close_lock = threading.Lock()
 
     def start(self, feed: SourceFeed, speed: float | None) -> None:
         """Begin delivering blocks to ``feed`` (paced at ``speed`` x real time; None: as they come)."""
@@ -119,9 +120,10 @@ class PooledSource:
         self._worker.send(("start", self.sid, speed))
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        with self._close_lock:  # any thread, any number of times: one "close" to the worker
+            if self.closed:
+                return
+            self.closed = True
         self._pool._forget(self)
         self._worker.send(("close", self.sid))
 
@@ -445,6 +447,7 @@ class _Worker:
         self.seq = itertools.count()
         self.closed_early: set[int] = set()  # closed by the parent before their open finished
         self.mux = MuxLoop(self._mux_deliver, self._mux_ended, self.stopping)  # live MP3/AAC stations
+        self.keep_lock = threading.Lock()  # a muxed station's start vs the loop's delivery of its blocks
 
     def out(self, event: tuple[Any, ...]) -> None:
         with self.lock:
@@ -474,6 +477,8 @@ class _Worker:
                 st.speed = msg[2]
                 st.t0 = time.monotonic()
                 st.running.set()
+                if isinstance(st.source, NetStation):
+                    self._start_muxed(st)
                 st.started.set()
                 if st.cooperative:
                     self._schedule(st, st.t0)
@@ -533,7 +538,7 @@ class _Worker:
                 return
         if sid in self.closed_early:
             self.closed_early.discard(sid)
-            close_quietly(source)
+            _release(source)
             return
         st.source = source
         st.cooperative = isinstance(source, FileSource)
@@ -550,7 +555,7 @@ class _Worker:
         elif st.title is not None:
             self.out(("title", sid, st.title))
         if st.stop.is_set():
-            close_quietly(source)
+            _release(source)
             return
         st.state = "live"
         if isinstance(source, NetStation):
@@ -604,13 +609,23 @@ class _Worker:
         st = station.key
         if not isinstance(st, _Station) or st.stop.is_set():
             return
-        if not st.started.is_set():
-            st.keep.extend(blocks)
-            return
-        if st.keep:
-            blocks = [*st.keep, *blocks]
-            st.keep.clear()
-        self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+        with self.keep_lock:
+            if not st.started.is_set():
+                st.keep.extend(blocks)
+                return
+            if st.keep:
+                blocks = [*st.keep, *blocks]
+                st.keep.clear()
+            self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+
+    def _start_muxed(self, st: _Station) -> None:
+        """The runner started a muxed station: what it kept before goes out now (not with its next bytes)."""
+        with self.keep_lock:
+            st.started.set()
+            if st.keep and not st.stop.is_set():
+                blocks = list(st.keep)
+                st.keep.clear()
+                self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
 
     def _mux_ended(self, station: NetStation, error: BaseException | None) -> None:
         st = station.key
@@ -741,6 +756,14 @@ class _Worker:
                     return
             if stopping:
                 return
+
+
+def _release(source: Any) -> None:
+    """Close a source that no reader (thread or mux loop) has taken yet."""
+    if isinstance(source, NetStation):
+        source.release()
+    else:
+        close_quietly(source)
 
 
 def _bytes_in(source: Any) -> int:

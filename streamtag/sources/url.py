@@ -324,8 +324,10 @@ class UrlSource(Source):
         response = getattr(self, "_response", None)
         if response is not None:
             response.abort()
-        conn = getattr(self, "_conn", None)
-        if conn is not None and self._gen is None:
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             conn.close()
 
 

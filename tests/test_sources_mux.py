@@ -1,0 +1,239 @@
+"""The decoder processes' mux loop: live MP3/AAC stations read on one selector loop (sources/mux.py).
+
+Real parts: a scripted ICY server on loopback (bytes exactly as Icecast sends them: ``icy-metaint`` audio bytes,
+a length byte, a StreamTitle block), real FFmpeg-encoded clips, the real decoder process. The loop must give the
+samples FFmpeg's demuxer gives for the same bytes, and keep every guarantee of the thread-per-station reader:
+titles, deadlines (a stalled server is a drop, then reconnects with backoff), the URL policy, credentials never
+shown, figures for the health line.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from live_fixtures import live_bundle, make_engine
+from radio_fixtures import ScriptedServer, ffmpeg_generate, music_clip, wait_until
+
+from streamtag.errors import SourceError
+from streamtag.live import LiveRunner
+from streamtag.sources import PolicyError, SourcePolicy, read_audio
+from streamtag.sources.pool import SourcePool
+
+SR = 16000
+METAINT = 4096
+TITLE = "Artist\x1b - Song\x07"  # control characters: shown as spaces, then collapsed
+
+
+def icy_body(audio: bytes, title: str, metaint: int = METAINT) -> bytes:
+    """``audio`` as an Icecast mount sends it with ICY metadata: the title in the first block, empty blocks after."""
+    meta = f"StreamTitle='{title}';".encode()
+    meta += b"\0" * (-len(meta) % 16)
+    out = bytearray()
+    for i, start in enumerate(range(0, len(audio), metaint)):
+        chunk = audio[start:start + metaint]
+        out += chunk
+        if len(chunk) == metaint:
+            out += bytes([len(meta) // 16]) + meta if i == 0 else b"\0"
+    return bytes(out)
+
+
+def icy_head(ctype: str = "audio/mpeg") -> bytes:
+    return f"ICY 200 OK\r\nContent-Type: {ctype}\r\nicy-name: test\r\nicy-metaint: {METAINT}\r\n\r\n".encode()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """The same music as a live MP3 (no Xing/ID3 header, as a mount sends it) and as ADTS AAC, 44.1 kHz stereo."""
+    d = tmp_path_factory.mktemp("mux")
+    src = music_clip(d / "m.wav", 8.0, channels=2)
+    out = {}
+    for name, args in (("mp3", ["-c:a", "libmp3lame", "-b:a", "128k", "-write_xing", "0", "-id3v2_version", "0"]),
+                       ("aac", ["-c:a", "aac", "-b:a", "96k", "-f", "adts"])):
+        path = d / f"m.{name}"
+        ffmpeg_generate(path, f"amovie={src}", 8.0, sr=44100, channels=2, codec_args=args)
+        out[name] = path
+    return out
+
+
+class RecordingFeed:
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+        self.titles: list[str | None] = []
+        self.events: list[tuple[str, str]] = []
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+    def push(self, samples: np.ndarray) -> None:
+        self.blocks.append(np.array(samples))
+
+    def title(self, title: str | None) -> None:
+        self.titles.append(title)
+
+    def event(self, kind: str, detail: str) -> None:
+        self.events.append((kind, detail))
+
+    def end(self, error: BaseException | None) -> None:
+        self.error = error
+        self.ended.set()
+
+    def backlog(self) -> float:
+        return 0.0
+
+    @property
+    def samples(self) -> int:
+        return sum(b.shape[0] for b in self.blocks)
+
+
+def serve_once(data: bytes, go: threading.Event, *, ctype: str = "audio/mpeg", first: int = 6000):
+    """A handler: headers and ``first`` bytes, then (once ``go`` is set) the rest, then the connection closes."""
+    def handler(conn: socket.socket, index: int, stop: threading.Event) -> None:
+        conn.sendall(icy_head(ctype) + data[:first])
+        if not go.wait(30):
+            return
+        for i in range(first, len(data), 8192):
+            conn.sendall(data[i:i + 8192])
+            time.sleep(0.002)
+        conn.shutdown(socket.SHUT_WR)
+        stop.wait(0.5)
+
+    return handler
+
+
+@pytest.mark.parametrize("codec", ["mp3", "aac"])
+def test_the_mux_loop_gives_the_samples_ffmpeg_demuxes_and_the_icy_title(clips, codec):
+    audio = clips[codec].read_bytes()
+    ctype = {"mp3": "audio/mpeg", "aac": "audio/aacp"}[codec]
+    go = threading.Event()
+    with ScriptedServer(serve_once(icy_body(audio, TITLE), go, ctype=ctype)) as server, \
+            SourcePool(SR, workers=1) as pool:
+        src = pool.open(server.url(f"/live.{codec}"), SR, max_retries=0)
+        assert src.info["reader"] == "mux" and src.info["codec"] in ("mp3float", "aac")
+        assert src.title == "Artist - Song"
+        feed = RecordingFeed()
+        src.start(feed, None)
+        go.set()
+        assert feed.ended.wait(30)
+    got = np.concatenate(feed.blocks)
+    want = read_audio(str(clips[codec]), SR)  # FFmpeg's demuxer on the same bytes, the same conversion
+    assert isinstance(feed.error, SourceError) and "ended" in str(feed.error)  # max_retries=0: no reconnect
+    assert want.shape[0] - 3200 <= got.shape[0] <= want.shape[0]  # all but the tail a live stream never flushes
+    np.testing.assert_allclose(got, want[: got.shape[0]], atol=1e-6)
+
+
+def test_a_station_on_the_mux_loop_gives_the_same_updates_as_the_same_audio_pushed(tmp_path, clips):
+    bundle = live_bundle(tmp_path)
+    audio = clips["mp3"].read_bytes()
+    go = threading.Event()
+    engine = make_engine(bundle, hop=0.5)
+    events: list[tuple] = []
+    removed = threading.Event()
+
+    class Sink:
+        def on_stream_added(self, name, source, title): events.append(("added", name, title))
+        def on_update(self, updates): events.extend(("update", u.stream, u) for u in updates)
+        def on_title(self, name, title): events.append(("title", name, title))
+        def on_status(self, name, kind, detail): events.append(("status", name, kind))
+        def on_stream_removed(self, name, error):
+            events.append(("removed", name, error))
+            if name == "radio":
+                removed.set()
+
+    runner = LiveRunner(engine, [Sink()]).start()
+    try:
+        with ScriptedServer(serve_once(icy_body(audio, TITLE), go)) as server, SourcePool(SR, workers=1) as pool:
+            runner.add_source("radio", pool.open(server.url(), SR, max_retries=0))
+            go.set()
+            assert removed.wait(60)
+        runner.flush()
+        runner.add_stream("pushed")
+        want_audio = read_audio(str(clips["mp3"]), SR)
+        for block in np.array_split(want_audio, 17):
+            runner.push("pushed", block)
+        runner.flush()
+    finally:
+        runner.stop()
+    got = [e[2] for e in events if e[0] == "update" and e[1] == "radio"]
+    want = [e[2] for e in events if e[0] == "update" and e[1] == "pushed"]
+    assert len(got) >= 10 and len(want) >= len(got)
+    assert [u.t for u in got] == pytest.approx([u.t for u in want[: len(got)]], abs=1e-9)
+    for a, b in zip(got, want):
+        assert a.raw == pytest.approx(b.raw, abs=1e-5)
+    assert ("added", "radio", "Artist - Song") in events
+
+
+def test_a_stalled_station_on_the_mux_loop_reconnects_with_backoff_and_counts_it(clips):
+    """Each connection sends ~1 s of audio and then nothing (socket open): dropped after stall_timeout, reconnected
+    with backoff; max_retries ends it with the thread reader's error; the figures count the reconnects."""
+    audio = clips["mp3"].read_bytes()
+
+    def handler(conn, index, stop):
+        conn.sendall(icy_head() + icy_body(audio[:20000], f"song {index}"))
+        stop.wait(60)
+
+    with ScriptedServer(handler) as server, SourcePool(SR, workers=1) as pool:
+        src = pool.open(server.url(), SR, stall_timeout=1.0, read_timeout=60.0, max_retries=2,
+                        backoff_initial=0.05, backoff_max=0.1)
+        assert src.info["reader"] == "mux"
+        feed = RecordingFeed()
+        src.start(feed, None)
+        assert feed.ended.wait(40)
+        connections = server.connections
+    assert connections == 3
+    assert isinstance(feed.error, SourceError) and "2 reconnect attempts failed" in str(feed.error)
+    kinds = [k for k, _ in feed.events]
+    assert kinds.count("dropped") == 3 and kinds.count("connected") == 2 and kinds.count("reconnecting") == 2
+    assert all("no audio for 1 s" in d for k, d in feed.events if k == "dropped")
+    assert feed.samples > 2 * SR  # every connection's audio came through
+    assert feed.titles[-1] == "song 2"
+
+
+def test_the_mux_loop_reports_bytes_and_state_for_the_health_line(clips):
+    audio = clips["aac"].read_bytes()
+    go = threading.Event()
+    with ScriptedServer(serve_once(icy_body(audio, "x"), go, ctype="audio/aac", first=30000)) as server, \
+            SourcePool(SR, workers=1) as pool:
+        src = pool.open(server.url("/a.aac"), SR, max_retries=0)
+        src.start(RecordingFeed(), None)
+        wait_until(lambda: src.stats.bytes_in > 0 and src.stats.samples > 0, 10, "the figures")
+        assert src.stats.state == "live" and src.stats.samples > 0 and src.stats.decode_errors == 0
+        go.set()
+
+
+def test_the_mux_path_keeps_the_policy_and_never_shows_credentials(clips):
+    audio = clips["mp3"].read_bytes()
+    go = threading.Event()
+    with ScriptedServer(serve_once(icy_body(audio, "t"), go)) as server, SourcePool(SR, workers=1) as pool:
+        secret = f"http://user:hunter2@127.0.0.1:{server.port}/live.mp3?key=hunter2"
+        with pytest.raises(PolicyError, match="refused by policy") as info:
+            pool.open(secret, SR, SourcePolicy())  # loopback is private: refused after DNS, nothing opened
+        assert "hunter2" not in str(info.value)
+        src = pool.open(secret, SR, SourcePolicy.permissive(), max_retries=0)
+        assert src.info["reader"] == "mux"
+        shown = f"{src.name} {src.label} {src.info}"
+        assert "hunter2" not in shown and "127.0.0.1" in shown
+        src.close()
+        go.set()
+        port = server.port
+    with SourcePool(SR, workers=1) as pool, pytest.raises(SourceError) as info:
+        pool.open(f"http://user:hunter2@127.0.0.1:{port}/gone.mp3", SR, SourcePolicy.permissive(), max_retries=0)
+    assert "hunter2" not in str(info.value) and "refused" in str(info.value)
+
+
+def test_ogg_and_files_over_http_keep_the_thread_reader(tmp_path):
+    """What the loop does not decode (Ogg; a file of known length over HTTP) opens as before, in one connection."""
+    ogg = ffmpeg_generate(tmp_path / "t.ogg", "sine=frequency=440", 3.0, codec_args=["-c:a", "libvorbis"])
+    body = ogg.read_bytes()
+
+    def handler(conn, index, stop):
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/ogg\r\n\r\n" + body)
+        stop.wait(30)
+
+    with ScriptedServer(handler) as server, SourcePool(SR, workers=1) as pool:
+        src = pool.open(server.url("/live.ogg"), SR, max_retries=0)
+        assert src.info["codec"] == "vorbis" and "reader" not in src.info
+        src.close()
+        assert server.connections == 1
