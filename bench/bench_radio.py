@@ -9,6 +9,8 @@ resampler), and one subscriber to "*" in another process counts updates after a 
     python bench/bench_radio.py --mode files --runs 1            # N local files played at real time instead
     python bench/bench_radio.py --streams 50 100 --runs 1        # fixed station counts, no search
     python bench/bench_radio.py --pushed                         # also bench_latency's pushed-audio limit
+    python bench/bench_radio.py --reader threads                 # the baseline: a reader thread per station
+    python bench/bench_radio.py --cost                           # CPU per station by codec, mux vs threads
 
 Real time (all must hold): at least 95% of the expected updates (N / hop per second), p99 latency at most 1 s
 (the update's audio arriving in the engine -> the subscriber's receipt: the engine's ``latency_ms`` plus the
@@ -149,11 +151,12 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
     port = free_port()
     t_start = time.monotonic()
     err_path = tmp / f"serve-{n}.err"
+    env = dict(os.environ, STREAMTAG_SOURCE_READER=args.reader)
     with open(err_path, "w") as err:
         serve = subprocess.Popen(
             [sys.executable, "-m", "streamtag", "serve", "--model", args.model, "--port", str(port), "--sources",
              str(stations), "--device", args.device],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=env,
         )
     result: dict = {"streams": n, "expected_updates_per_s": n / hop}
     try:
@@ -366,6 +369,8 @@ def main() -> int:
     p.add_argument("--pushed", action="store_true", help="also measure bench_latency's pushed-audio capacity")
     p.add_argument("--cost", action="store_true", help="only the cost model: CPU per station by codec")
     p.add_argument("--cost-stations", type=int, default=60, help="--cost: stations per codec")
+    p.add_argument("--reader", choices=("mux", "threads"), default="mux",
+                   help="serve's network reader: the decoder processes' mux loop, or a thread per station (baseline)")
     p.add_argument("--readers", nargs="+", default=["threads", "mux"], choices=("threads", "mux"),
                    help="--cost: the network readers compared in the same run (threads = the baseline)")
     p.add_argument("--json", default=None)
@@ -378,7 +383,8 @@ def main() -> int:
 
     hop = Engine(load_bundle(args.model), device="cpu").hop_seconds
     print(f"{cpu_model()} · {os.cpu_count()} cores · load average {loadavg()} · model {args.model} (hop {hop:g} s) · "
-          f"mode {args.mode} · {args.warmup:g} s warm-up + {args.seconds:g} s counted per run", flush=True)
+          f"mode {args.mode} · reader {args.reader} · {args.warmup:g} s warm-up + {args.seconds:g} s counted per run",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-radio-") as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
         urls: list[str] = []

@@ -50,7 +50,7 @@ __all__ = ["SourcePool", "PooledSource", "SourceFeed", "StationStats", "default_
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.02  # s between a worker's batches (the engine steps at most every 20 ms too)
+FLUSH_S = 0.05  # s between a worker's batches (a mux pass is 100 ms, a file tick 50 ms: fewer, fuller messages)
 STATS_S = 1.0  # s between a worker's per-station figures
 SCHEDULER_TICK_S = 0.05  # s: a worker reads its local files at most this often (all blocks due by then)
 UNPACED_BLOCKS = 10  # blocks an unpaced file gets per tick (20 x real time; back-pressure pauses it sooner)
@@ -164,16 +164,21 @@ class _Pending:
 
 class SourcePool:
     """``workers`` decoder processes (default :func:`default_workers`) that open and read sources for a live
-    runner. Thread-safe; ``close()`` stops every worker within about :data:`STOP_TIMEOUT_S` (+ 1 s to kill)."""
+    runner. ``mux``: live MP3/AAC stations are read by each worker's :class:`~streamtag.sources.mux.MuxLoop`
+    (default; False, or the environment's ``STREAMTAG_SOURCE_READER=threads``: a reader thread per station, the
+    benchmarks' baseline). Thread-safe; ``close()`` stops every worker within about :data:`STOP_TIMEOUT_S`
+    (+ 1 s to kill)."""
 
     def __init__(self, sample_rate: int, *, workers: int | None = None, block_seconds: float = 0.1,
-                 mux: bool = True) -> None:
+                 mux: bool | None = None) -> None:
         n = default_workers() if workers is None else int(workers)
         if n < 1:
             raise ConfigError(f"a source pool needs at least one worker, got {workers!r}")
         self.sample_rate = int(sample_rate)
         self.block_seconds = float(block_seconds)
         self.n_workers = n
+        if mux is None:  # the benchmarks' baseline: STREAMTAG_SOURCE_READER=threads
+            mux = os.environ.get("STREAMTAG_SOURCE_READER", "mux").strip().lower() != "threads"
         self.mux = bool(mux)  # live MP3/AAC streams on each worker's mux loop (False: a reader thread each)
         self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
