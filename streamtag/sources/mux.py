@@ -258,7 +258,8 @@ class NetStation:
         for packet in codec.parse(data):
             try:
                 frames = codec.decode(packet)
-            except (av.error.InvalidDataError, av.error.UndefinedError) as e:
+            except (av.error.FFmpegError, ValueError) as e:  # one corrupt packet (or the first of an ADTS stream
+                # joined mid-frame, which the AAC decoder fails with odd codes, EPERM among them): skip it
                 conn.bad += 1
                 self.decode_errors += 1
                 if conn.bad > MAX_BAD_PACKETS:
