@@ -51,8 +51,15 @@ TICK_S = 0.1  # s between the loop's passes over its sockets (each pass reads ~1
 CHECK_S = 0.5  # s between deadline checks
 RECV_SIZE = 65536  # bytes asked per recv
 MAX_RECV_PER_TICK = 8  # recv calls per station per pass (a burst beyond 512 kB waits for the next pass)
-# Content types the loop decodes itself, and the FFmpeg decoder of each (the one FFmpeg's demuxer picks)
+MAX_OGG_PAGE = 27 + 255 + 255 * 255  # bytes: the largest Ogg page
+MAX_OGG_PACKET = 1 << 20  # bytes: a packet spanning pages beyond this is garbage (resynchronised)
+# Content types the loop decodes itself, and the FFmpeg decoder of each (the one FFmpeg's demuxer picks);
+# "ogg": Ogg pages read here (OggReader), Vorbis decoded by FFmpeg (an Ogg of another codec keeps the old reader)
 MUX_CODECS = {
+    "audio/ogg": "ogg",
+    "application/ogg": "ogg",
+    "audio/x-ogg": "ogg",
+    "audio/vorbis": "ogg",
     "audio/mpeg": "mp3float",
     "audio/mp3": "mp3float",
     "audio/mpeg3": "mp3float",
@@ -77,13 +84,112 @@ def mux_codec(response: HttpResponse) -> str | None:
     return codec
 
 
+class NotVorbis(ValueError):
+    """An Ogg stream whose first logical stream is not Vorbis (Opus, FLAC, ...): the thread reader takes it."""
+
+
+def _xiph_lacing(headers: list[bytes]) -> bytes:
+    """Vorbis extradata as FFmpeg's Ogg demuxer hands it to the decoder: the three header packets, Xiph-laced."""
+    def lace(n: int) -> bytes:
+        return b"\xff" * (n // 255) + bytes([n % 255])
+
+    return b"\x02" + lace(len(headers[0])) + lace(len(headers[1])) + b"".join(headers)
+
+
+class OggReader:
+    """Sans-I/O Ogg Vorbis: ``feed(bytes) -> [audio packets]``; the three Vorbis headers of the (first) logical
+    stream go to ``extradata`` (``headers_done`` turns True), and a new stream (a chained Ogg, a new song on some
+    servers) starts over: ``restarted`` is set so the caller makes a new decoder. Garbage between pages is
+    skipped up to the next ``OggS``; NotVorbis when the stream is not Vorbis."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._packet = bytearray()
+        self.serial: int | None = None
+        self.headers: list[bytes] = []
+        self.extradata = b""
+        self.restarted = False
+        self.skipped = 0  # bytes of garbage skipped
+
+    @property
+    def headers_done(self) -> bool:
+        return len(self.headers) == 3
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        while True:
+            start = buf.find(b"OggS", pos)
+            if start < 0:
+                keep = max(pos, len(buf) - 3)  # "Ogg" may be the start of a capture pattern
+                self.skipped += keep - pos
+                pos = keep
+                break
+            self.skipped += start - pos
+            pos = start
+            if len(buf) - pos < 27:
+                break
+            n_seg = buf[pos + 26]
+            if len(buf) - pos < 27 + n_seg:
+                break
+            segments = bytes(buf[pos + 27 : pos + 27 + n_seg])
+            size = 27 + n_seg + sum(segments)
+            if len(buf) - pos < size:
+                break
+            if buf[pos + 4] != 0:  # not version 0: not a page, look further
+                pos += 4
+                continue
+            htype = buf[pos + 5]
+            serial = int.from_bytes(buf[pos + 14 : pos + 18], "little")
+            self._page(bytes(buf[pos : pos + size]), htype, serial, segments, n_seg, out)
+            pos += size
+        del buf[:pos]
+        return out
+
+    def _page(self, page: bytes, htype: int, serial: int, segments: bytes, n_seg: int, out: list[bytes]) -> None:
+        if htype & 0x02:  # beginning of a logical stream: this one's headers follow
+            if self.serial is not None and serial != self.serial and self.headers_done:
+                self.restarted = True
+            self.serial, self.headers, self._packet = serial, [], bytearray()
+        if serial != self.serial:
+            return  # another logical stream (or none started yet)
+        if not htype & 0x01:  # not a continuation: a packet left open is lost
+            self._packet.clear()
+        body = 27 + n_seg
+        for length in segments:
+            self._packet += page[body : body + length]
+            body += length
+            if len(self._packet) > MAX_OGG_PACKET:
+                self._packet.clear()
+            elif length < 255:
+                self._packet_done(bytes(self._packet), out)
+                self._packet.clear()
+
+    def _packet_done(self, packet: bytes, out: list[bytes]) -> None:
+        if self.headers_done:
+            out.append(packet)
+            return
+        kind = 2 * len(self.headers) + 1  # 1 identification, 3 comment, 5 setup
+        if len(packet) < 7 or packet[0] != kind or packet[1:7] != b"vorbis":
+            if not self.headers and packet[:1] != b"\x01":
+                raise NotVorbis(packet[:8])
+            self.headers = []  # joined in the middle of headers: wait for the next stream start
+            return
+        self.headers.append(packet)
+        if self.headers_done:
+            self.extradata = _xiph_lacing(self.headers)
+
+
 @dataclass
 class _Conn:
     """One connection of a station: its socket, ICY demuxer and decoder (used by one thread at a time)."""
 
     response: HttpResponse
     demuxer: IcyDemuxer | None
-    codec: Any  # av.AudioCodecContext
+    codec: Any  # av.AudioCodecContext (None: an Ogg stream before its Vorbis headers)
+    ogg: OggReader | None = None
     started: float = field(default_factory=time.monotonic)
     last_byte: float = field(default_factory=time.monotonic)
     last_audio: float = field(default_factory=time.monotonic)
@@ -193,7 +299,11 @@ class NetStation:
             metaint_text = response.headers.get("icy-metaint", "")
             ok = metaint_text.isdigit() and len(metaint_text) <= 8
             metaint = int(metaint_text) if ok and 0 < int(metaint_text) <= MAX_METAINT else None
-            conn = _Conn(response, IcyDemuxer(metaint) if metaint else None, av.CodecContext.create(codec_name, "r"))
+            demuxer = IcyDemuxer(metaint) if metaint else None
+            if codec_name == "ogg":
+                conn = _Conn(response, demuxer, None, OggReader())
+            else:
+                conn = _Conn(response, demuxer, av.CodecContext.create(codec_name, "r"))
             no_audio = f"{label}: no audio arrived within {p.stall_timeout:g} s; check the URL or try again later"
             deadline = time.monotonic() + p.stall_timeout
             frame = None
@@ -210,6 +320,8 @@ class NetStation:
                     raise SourceError(f"{label}: the stream ended before any audio; check the URL or try again later")
                 try:
                     frame = self._decode(conn, data, self.early)
+                except NotVorbis:
+                    raise
                 except (av.error.FFmpegError, ValueError) as e:
                     raise SourceError(
                         f"{label}: the stream could not be decoded ({describe_av_error(e)}); check the URL"
@@ -227,8 +339,8 @@ class NetStation:
             "uri": label,
             "url": display_name(response.url),
             "content_type": response.content_type or None,
-            "format": "mp3" if codec_name.startswith("mp3") else "aac",
-            "codec": codec_name,
+            "format": "mp3" if codec_name.startswith("mp3") else codec_name,
+            "codec": "vorbis" if codec_name == "ogg" else codec_name,
             "sample_rate": frame.sample_rate,
             "channels": frame.layout.nb_channels,
             "bitrate_kbps": headers.get("icy-br"),
@@ -253,9 +365,22 @@ class NetStation:
         if not data:
             return None
         self.bytes_in += len(data)
+        if conn.ogg is not None:
+            ogg = conn.ogg
+            packets: list[Any] = [av.Packet(p) for p in ogg.feed(data)]
+            if ogg.restarted or (conn.codec is None and ogg.headers_done):
+                ogg.restarted = False
+                if conn.codec is not None:  # a new logical stream: the old decoder's tail, then a new one
+                    out += self.pipeline.restart()
+                conn.codec = av.CodecContext.create("vorbis", "r")
+                conn.codec.extradata = ogg.extradata
+            if conn.codec is None:
+                return None
+        else:
+            packets = conn.codec.parse(data)
         codec = conn.codec
         last = None
-        for packet in codec.parse(data):
+        for packet in packets:
             try:
                 frames = codec.decode(packet)
             except (av.error.FFmpegError, ValueError) as e:  # one corrupt packet (or the first of an ADTS stream
@@ -378,9 +503,16 @@ class MuxLoop:
             for key, _ in events:
                 station = key.data
                 out: list[np.ndarray] = []
-                reason = station.read_ready(out)
-                if out:
-                    self._deliver(station, out)
+                try:
+                    reason = station.read_ready(out)
+                    if out:
+                        self._deliver(station, out)
+                except Exception as e:  # a bug must end its station, not the loop
+                    log.exception("%s: reading failed", station.label)
+                    self._unregister(station)
+                    station.release()
+                    self._ended(station, e)
+                    continue
                 if reason is not None:
                     self._drop(station, reason)
             now = time.monotonic()
@@ -488,6 +620,9 @@ def open_network(
     try:
         return NetStation(uri, sample_rate, response=response, block_seconds=block_seconds, reconnect=retry,
                           policy=policy, name=name, on_event=on_event)
+    except NotVorbis:  # Ogg Opus/FLAC: FFmpeg's demuxer, on a connection of its own
+        response.close()
+        return open_url(uri, sample_rate, **common)
     except BaseException:
         response.close()
         raise

@@ -10,13 +10,15 @@ moves that work out of the engine's process:
     SourcePool.open(uri) --("open", sid, spec)-->     open_source(uri, policy=...) (the first connection:
                          <--("opened"|"failed")--       a typo fails at once, as in-process)
     PooledSource.start(feed, speed) --("start")-->   files: one scheduler thread paces them all;
-                                                      network sources: their blocking reader
+                                                      live MP3/AAC Icecast/Shoutcast: one mux loop (mux.py);
+                                                      other network sources: their blocking reader thread
     receiver thread    <--("batch", audio, msgs)--   every FLUSH_S: all stations' new blocks in one message
       feed.push(samples) -> engine ring                (+ titles, status events, ends, stats)
       back-pressure: ("pause"/"resume", sid) for unpaced sources whose engine backlog grows
 
-Each source is opened in the worker by :func:`streamtag.sources.open_source` itself, so every guarantee of the
-source classes holds unchanged: deadlines, reconnects with backoff, the URL policy (checked in the worker, after
+Each source is opened in the worker by :func:`streamtag.sources.open_source` itself (an http(s) URL by
+:func:`streamtag.sources.mux.open_network`, which makes the same first request and hands what the mux loop does
+not decode to the same source classes), so every guarantee of the source classes holds unchanged: deadlines, reconnects with backoff, the URL policy (checked in the worker, after
 DNS and on every redirect), credentials never shown, sample repair downstream in the engine. Workers ignore
 SIGINT (the parent decides when to stop), end when the parent's pipe closes, and are terminated, then killed,
 if they do not stop within :data:`STOP_TIMEOUT_S`.
