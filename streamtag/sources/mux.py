@@ -1,4 +1,5 @@
-"""Many Icecast/Shoutcast stations on one thread: non-blocking sockets, ICY demuxing, PyAV parse + decode.
+"""Many Icecast/Shoutcast stations on one thread: non-blocking sockets, ICY demuxing, PyAV parse + decode
+(MP3, ADTS AAC, and Ogg Vorbis through a small page reader).
 
 A thread per station (a blocking read, FFmpeg's demuxer pulling bytes through a Python callback for every TCP
 segment) costs far more than the decoding itself: each station wakes for every few hundred bytes and takes the
@@ -8,17 +9,17 @@ with the codec's own parser (``CodecContext.parse``) and decodes them: no contai
 
     worker process
       open thread:  open_network(url) -> http_get (policy after DNS and on every redirect, header deadline)
-                    MP3 / ADTS AAC live stream? -> NetStation: decode until the first frame (stall deadline)
-                    anything else (HLS, playlists, Ogg, a file over HTTP, chunked, unknown types)
+                    MP3 / ADTS AAC / Ogg Vorbis live stream? -> NetStation: decode until the first frame
+                    anything else (HLS, playlists, Ogg Opus, a file over HTTP, chunked, unknown types)
                         -> open_url(..., response=the same answer): the Source classes, thread per station
-      MuxLoop:      every TICK_S: recv what each ready socket has, ICY -> parse -> decode -> AudioPipeline
-                    (downmix + soxr HQ to 16 kHz, blocks) -> deliver(station, blocks)
+      MuxLoop:      every TICK_S: recv what each ready socket has, ICY -> parse (Ogg: OggReader) -> decode ->
+                    AudioPipeline (downmix + soxr HQ to 16 kHz, blocks) -> deliver(station, blocks)
                     deadlines: no byte for read_timeout, no decoded audio for stall_timeout -> a drop
       on a drop:    a short-lived thread runs the Reconnector (backoff with jitter, max_retries; every attempt is
                     the blocking connect above, policy included) and hands the new connection back to the loop
 
 Decoding with the codec's parser gives the same samples as FFmpeg's demuxer for these codecs (checked in
-tests/test_radio_scale.py), and the conversion to blocks is the same :class:`AudioPipeline`.
+tests/test_sources_mux.py), and the conversion to blocks is the same :class:`AudioPipeline`.
 """
 from __future__ import annotations
 
@@ -200,7 +201,7 @@ class _Conn:
 
 
 class NetStation:
-    """A live MP3 / ADTS AAC stream over HTTP(S) read by a :class:`MuxLoop` (no thread of its own).
+    """A live MP3 / ADTS AAC / Ogg Vorbis stream over HTTP(S) read by a :class:`MuxLoop` (no thread of its own).
 
     It has what the source pool reads of a source: ``name``, ``label``, ``title``, ``info``, ``sample_rate``,
     ``block_size``, ``live``, ``bytes_in`` (audio bytes after ICY demuxing), ``decode_errors``, ``reconnects``,
@@ -295,7 +296,7 @@ class NetStation:
         try:
             codec_name = mux_codec(response)
             if codec_name is None:
-                raise SourceError(f"{label}: the server no longer sends a live MP3/AAC stream; check the URL")
+                raise SourceError(f"{label}: the server no longer sends a live MP3/AAC/Ogg stream; check the URL")
             metaint_text = response.headers.get("icy-metaint", "")
             ok = metaint_text.isdigit() and len(metaint_text) <= 8
             metaint = int(metaint_text) if ok and 0 < int(metaint_text) <= MAX_METAINT else None
@@ -602,7 +603,7 @@ def open_network(
     max_retries: int | None | Unset = UNSET,
     **timeouts: float | int | None,
 ) -> NetStation | Source:
-    """Open an http(s) URL for a pool worker: a live MP3/AAC Icecast/Shoutcast stream as a :class:`NetStation`
+    """Open an http(s) URL for a pool worker: a live MP3/AAC/Vorbis Icecast/Shoutcast stream as a :class:`NetStation`
     (for a :class:`MuxLoop`), anything else as the Source :func:`open_url` makes of the same answer.
 
     ``timeouts``: the other :class:`ReconnectPolicy` fields by name, as for ``open_source``.

@@ -10,7 +10,7 @@ moves that work out of the engine's process:
     SourcePool.open(uri) --("open", sid, spec)-->     open_source(uri, policy=...) (the first connection:
                          <--("opened"|"failed")--       a typo fails at once, as in-process)
     PooledSource.start(feed, speed) --("start")-->   files: one scheduler thread paces them all;
-                                                      live MP3/AAC Icecast/Shoutcast: one mux loop (mux.py);
+                                                      live MP3/AAC/Vorbis Icecast/Shoutcast: one mux loop;
                                                       other network sources: their blocking reader thread
     receiver thread    <--("batch", audio, msgs)--   every FLUSH_S: all stations' new blocks in one message
       feed.push(samples) -> engine ring                (+ titles, status events, ends, stats)
@@ -18,8 +18,8 @@ moves that work out of the engine's process:
 
 Each source is opened in the worker by :func:`streamtag.sources.open_source` itself (an http(s) URL by
 :func:`streamtag.sources.mux.open_network`, which makes the same first request and hands what the mux loop does
-not decode to the same source classes), so every guarantee of the source classes holds unchanged: deadlines, reconnects with backoff, the URL policy (checked in the worker, after
-DNS and on every redirect), credentials never shown, sample repair downstream in the engine. Workers ignore
+not decode to the same source classes), so every guarantee of the source classes holds unchanged: deadlines,
+reconnects with backoff, the URL policy (checked in the worker, after DNS and on every redirect), credentials never shown, sample repair downstream in the engine. Workers ignore
 SIGINT (the parent decides when to stop), end when the parent's pipe closes, and are terminated, then killed,
 if they do not stop within :data:`STOP_TIMEOUT_S`.
 """
@@ -166,7 +166,7 @@ class _Pending:
 
 class SourcePool:
     """``workers`` decoder processes (default :func:`default_workers`) that open and read sources for a live
-    runner. ``mux``: live MP3/AAC stations are read by each worker's :class:`~streamtag.sources.mux.MuxLoop`
+    runner. ``mux``: live MP3/AAC/Ogg Vorbis stations are read by each worker's :class:`~streamtag.sources.mux.MuxLoop`
     (default; False, or the environment's ``STREAMTAG_SOURCE_READER=threads``: a reader thread per station, the
     benchmarks' baseline). Thread-safe; ``close()`` stops every worker within about :data:`STOP_TIMEOUT_S`
     (+ 1 s to kill)."""
@@ -181,7 +181,7 @@ class SourcePool:
         self.n_workers = n
         if mux is None:  # the benchmarks' baseline: STREAMTAG_SOURCE_READER=threads
             mux = os.environ.get("STREAMTAG_SOURCE_READER", "mux").strip().lower() != "threads"
-        self.mux = bool(mux)  # live MP3/AAC streams on each worker's mux loop (False: a reader thread each)
+        self.mux = bool(mux)  # live MP3/AAC/Vorbis streams on each worker's mux loop (False: a reader thread each)
         self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
         self._sources: dict[int, PooledSource] = {}
@@ -453,7 +453,7 @@ class _Worker:
         self.heap: list[tuple[float, int, int]] = []  # (due, seq, sid) of cooperative stations
         self.seq = itertools.count()
         self.closed_early: set[int] = set()  # closed by the parent before their open finished
-        self.mux = MuxLoop(self._mux_deliver, self._mux_ended, self.stopping)  # live MP3/AAC stations
+        self.mux = MuxLoop(self._mux_deliver, self._mux_ended, self.stopping)  # live MP3/AAC/Ogg Vorbis stations
         self.keep_lock = threading.Lock()  # a muxed station's start vs the loop's delivery of its blocks
 
     def out(self, event: tuple[Any, ...]) -> None:
