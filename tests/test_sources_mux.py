@@ -287,3 +287,66 @@ def with_serial(data: bytes, serial: bytes) -> bytes:
         n_seg = out[pos + 26]
         pos += 27 + n_seg + sum(out[pos + 27:pos + 27 + n_seg])
     return bytes(out)
+
+
+def test_https_stations_on_the_mux_loop(tmp_path, clips, monkeypatch):
+    """TLS on a non-blocking socket: decrypted bytes the selector cannot see (SSL's own buffer) are read too, and
+    an untrusted certificate is the thread reader's one-line error."""
+    import ssl
+
+    from radio_fixtures import self_signed_cert
+
+    pem = self_signed_cert(tmp_path)
+    body = icy_body(clips["mp3"].read_bytes(), "over TLS")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop, go = threading.Event(), threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                conn = context.wrap_socket(raw, server_side=True)
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                conns.append(conn)
+                conn.sendall(icy_head() + body[:6000])
+                if go.wait(30):
+                    conn.sendall(body[6000:])  # then silence, socket open: a live stream between songs
+            except (OSError, ssl.SSLError):
+                raw.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/live.mp3"
+    try:
+        with SourcePool(SR, workers=1) as pool:
+            with pytest.raises(SourceError, match="TLS handshake") as info:
+                pool.open(url, SR, max_retries=0)
+            assert "\n" not in str(info.value)
+        monkeypatch.setenv("SSL_CERT_FILE", str(pem))  # the decoder process inherits it: trusted now
+        with SourcePool(SR, workers=1) as pool:
+            src = pool.open(url, SR, max_retries=0)
+            assert src.info["reader"] == "mux" and src.title == "over TLS"
+            feed = RecordingFeed()
+            src.start(feed, None)
+            go.set()
+            want = read_audio(str(clips["mp3"]), SR)
+            wait_until(lambda: feed.samples >= want.shape[0] - 3200, 20, "the whole clip over TLS")
+            src.close()
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in conns:
+            conn.close()
+    got = np.concatenate(feed.blocks)
+    np.testing.assert_allclose(got[:32000], want[:32000], atol=1e-6)
