@@ -350,3 +350,45 @@ def test_https_stations_on_the_mux_loop(tmp_path, clips, monkeypatch):
             conn.close()
     got = np.concatenate(feed.blocks)
     np.testing.assert_allclose(got[:32000], want[:32000], atol=1e-6)
+
+
+def test_closing_a_reconnecting_station_leaves_no_thread_or_socket_behind(clips):
+    """In-process loop: a server that cuts every connection after a little audio makes the station reconnect
+    over and over; closing it (while connected or waiting to reconnect) ends its reconnect thread and sockets."""
+    import os
+
+    from streamtag.sources.mux import MuxLoop, NetStation, open_network
+
+    audio = clips["mp3"].read_bytes()
+
+    def handler(conn, index, stop):
+        conn.sendall(icy_head() + icy_body(audio[:12000], f"cut {index}"))
+        conn.shutdown(socket.SHUT_WR)
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    delivered: list[int] = []
+    ended: list[BaseException | None] = []
+    stopping = threading.Event()
+    loop = MuxLoop(lambda st, blocks: delivered.append(sum(b.shape[0] for b in blocks)),
+                   lambda st, e: ended.append(e), stopping)
+    before = fds()
+    with ScriptedServer(handler) as server:
+        stations = []
+        for _ in range(4):
+            station = open_network(server.url(), SR, backoff_initial=0.01, backoff_max=0.05, healthy_after=0.0)
+            assert isinstance(station, NetStation)
+            loop.add(station)
+            stations.append(station)
+        wait_until(lambda: server.connections >= 20, 20, "reconnects")
+        for station in stations:
+            station.close()
+        wait_until(lambda: not [t for t in threading.enumerate() if t.name == "mux-reconnect"], 10,
+                   "the reconnect threads to end")
+        # the loop still runs: the closed stations' sockets are gone (the server's own stay open till its exit)
+        wait_until(lambda: fds() <= before + 1 + len(server._conns), 10, "the closed stations' sockets to close")
+        stopping.set()
+    wait_until(lambda: fds() <= before, 10, "the sockets to close")  # the server's own are closed by now
+    assert sum(delivered) > 4 * SR // 2 and not ended  # audio from the connections; closed is not an error
+    assert all(s.reconnects >= 1 for s in stations)
