@@ -9,6 +9,8 @@ resampler), and one subscriber to "*" in another process counts updates after a 
     python bench/bench_radio.py --mode files --runs 1            # N local files played at real time instead
     python bench/bench_radio.py --streams 50 100 --runs 1        # fixed station counts, no search
     python bench/bench_radio.py --pushed                         # also bench_latency's pushed-audio limit
+    python bench/bench_radio.py --reader threads                 # the baseline: a reader thread per station
+    python bench/bench_radio.py --cost                           # CPU per station by codec, mux vs threads
 
 Real time (all must hold): at least 95% of the expected updates (N / hop per second), p99 latency at most 1 s
 (the update's audio arriving in the engine -> the subscriber's receipt: the engine's ``latency_ms`` plus the
@@ -149,11 +151,12 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
     port = free_port()
     t_start = time.monotonic()
     err_path = tmp / f"serve-{n}.err"
+    env = dict(os.environ, STREAMTAG_SOURCE_READER=args.reader)
     with open(err_path, "w") as err:
         serve = subprocess.Popen(
             [sys.executable, "-m", "streamtag", "serve", "--model", args.model, "--port", str(port), "--sources",
              str(stations), "--device", args.device],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=env,
         )
     result: dict = {"streams": n, "expected_updates_per_s": n / hop}
     try:
@@ -271,56 +274,69 @@ class _NullFeed:
         return 0.0
 
 
-def cost_model(args: argparse.Namespace, urls: dict[str, str], clips: dict[str, Path]) -> None:
-    """CPU per station by codec: the source layer alone (decoder processes + this process's receiver), and its
-    parts measured in-process on the same audio: demux + decode (PyAV), downmix + resample (soxr HQ)."""
+def _parts(clip: Path) -> tuple[float, float]:
+    """% of one core per station for demux + decode (PyAV) and downmix + resample (soxr HQ) of ``clip``."""
     import av
 
     from streamtag.audio import Resampler
+
+    with av.open(str(clip)) as container:
+        t0 = time.process_time()
+        frames = list(container.decode(audio=0))
+        decode = time.process_time() - t0
+    seconds = sum(f.samples for f in frames) / frames[0].sample_rate
+    mono = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray().reshape(-1, 2)
+                           .mean(axis=1) for f in frames]).astype(np.float32)  # (N,)
+    t0 = time.process_time()
+    r = Resampler(sample_rate=frames[0].sample_rate, target_rate=16000)
+    for i in range(0, mono.shape[0], 4410):
+        r.push(mono[i:i + 4410])
+    resample = time.process_time() - t0
+    return 100.0 * decode / seconds, 100.0 * resample / seconds
+
+
+def _layer_cost(url: str, n: int, seconds: float, mux: bool) -> tuple[float, float, float, str]:
+    """The whole source layer with ``n`` real connections to ``url``: % of one core per station in the decoder
+    processes and in this process (the receiver), s of audio per s per station, and the worker's reader."""
     from streamtag.sources.pool import SourcePool
 
+    with SourcePool(16000, mux=mux) as pool:
+        feeds, readers = [], set()
+        for _ in range(n):
+            src = pool.open(url, 16000)
+            readers.add(str(src.info.get("reader", "thread")))
+            feed = _NullFeed()
+            src.start(feed, None)
+            feeds.append(feed)
+        time.sleep(3.0)
+        pids = pool.pids()
+        c0, p0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        s0 = sum(f.samples for f in feeds)
+        time.sleep(seconds)
+        c1, p1, t1 = cpu_seconds(pids), time.process_time(), time.monotonic()
+        s1 = sum(f.samples for f in feeds)
+    wall = t1 - t0
+    return (100.0 * (c1 - c0) / wall / n, 100.0 * (p1 - p0) / wall / n, (s1 - s0) / 16000 / n / wall,
+            "+".join(sorted(readers)))
+
+
+def cost_model(args: argparse.Namespace, urls: dict[str, str], clips: dict[str, Path]) -> None:
+    """CPU per station by codec: the source layer alone (decoder processes + this process's receiver), and its
+    parts measured in-process on the same audio: demux + decode (PyAV), downmix + resample (soxr HQ). Each reader
+    in ``args.readers`` is measured in the same run: ``threads`` (a reader thread per station, the baseline) and
+    ``mux`` (the worker's selector loop for live MP3/AAC; Ogg stays on threads)."""
     n = args.cost_stations
     print(f"\ncost model: {n} stations per codec, {args.seconds:g} s each (% of one core per station)")
-    print("codec   source layer  (decoder procs + receiver)   demux+decode   downmix+resample   network+ICY+IPC (rest)")
+    print("codec  reader   source layer  (decoder procs + receiver)   demux+decode   downmix+resample   "
+          "network+ICY+IPC (rest)")
     for codec, url in urls.items():
-        # the parts, in-process, per second of audio
-        container = av.open(str(clips[codec]))
-        t0 = time.process_time()
-        frames = [f for f in container.decode(audio=0)]
-        decode = time.process_time() - t0
-        seconds = sum(f.samples for f in frames) / frames[0].sample_rate
-        x = np.concatenate([f.to_ndarray().reshape(-1) for f in frames[:1]])
-        mono = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray().reshape(-1, 2)
-                               .mean(axis=1) for f in frames]).astype(np.float32)
-        del x
-        t0 = time.process_time()
-        r = Resampler(sample_rate=frames[0].sample_rate, target_rate=16000)
-        for i in range(0, mono.shape[0], 4410):
-            r.push(mono[i:i + 4410])
-        resample = time.process_time() - t0
-        # the whole source layer, with real connections
-        with SourcePool(16000) as pool:
-            feeds = []
-            for _ in range(n):
-                src = pool.open(url, 16000)
-                feed = _NullFeed()
-                src.start(feed, None)
-                feeds.append(feed)
-            time.sleep(3.0)
-            pids = pool.pids()
-            c0, p0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
-            s0 = sum(f.samples for f in feeds)
-            time.sleep(args.seconds)
-            c1, p1, t1 = cpu_seconds(pids), time.process_time(), time.monotonic()
-            s1 = sum(f.samples for f in feeds)
-        wall = t1 - t0
-        total = 100.0 * ((c1 - c0) + (p1 - p0)) / wall / n
-        dec = 100.0 * decode / seconds
-        res = 100.0 * resample / seconds
-        audio_s = (s1 - s0) / 16000 / n
-        print(f"{codec:5s}  {total:8.3f}%      ({100 * (c1 - c0) / wall / n:.3f}% + {100 * (p1 - p0) / wall / n:.3f}%)"
-              f"          {dec:8.3f}%        {res:8.3f}%          {max(0.0, total - dec - res):8.3f}%"
-              f"   ({audio_s / wall:.2f} s of audio per s per station)", flush=True)
+        dec, res = _parts(clips[codec])
+        for reader in args.readers:
+            procs, receiver, audio_s, used = _layer_cost(url, n, args.seconds, reader == "mux")
+            total = procs + receiver
+            print(f"{codec:5s}  {reader:7s} {total:8.3f}%      ({procs:.3f}% + {receiver:.3f}%)          "
+                  f"{dec:8.3f}%        {res:8.3f}%          {max(0.0, total - dec - res):8.3f}%   "
+                  f"({audio_s:.2f} s of audio per s per station; read by: {used}; load {loadavg()})", flush=True)
 
 
 def pushed_capacity(args: argparse.Namespace, tmp: Path) -> dict | None:
@@ -353,6 +369,10 @@ def main() -> int:
     p.add_argument("--pushed", action="store_true", help="also measure bench_latency's pushed-audio capacity")
     p.add_argument("--cost", action="store_true", help="only the cost model: CPU per station by codec")
     p.add_argument("--cost-stations", type=int, default=60, help="--cost: stations per codec")
+    p.add_argument("--reader", choices=("mux", "threads"), default="mux",
+                   help="serve's network reader: the decoder processes' mux loop, or a thread per station (baseline)")
+    p.add_argument("--readers", nargs="+", default=["threads", "mux"], choices=("threads", "mux"),
+                   help="--cost: the network readers compared in the same run (threads = the baseline)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -363,7 +383,8 @@ def main() -> int:
 
     hop = Engine(load_bundle(args.model), device="cpu").hop_seconds
     print(f"{cpu_model()} · {os.cpu_count()} cores · load average {loadavg()} · model {args.model} (hop {hop:g} s) · "
-          f"mode {args.mode} · {args.warmup:g} s warm-up + {args.seconds:g} s counted per run", flush=True)
+          f"mode {args.mode} · reader {args.reader} · {args.warmup:g} s warm-up + {args.seconds:g} s counted per run",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-radio-") as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
         urls: list[str] = []

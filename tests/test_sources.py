@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import soxr
 from radio_fixtures import ffmpeg_generate, require_ffmpeg, tone_clip
 
 from streamtag.errors import ConfigError, SourceError
-from streamtag.sources import AudioPipeline, open_source, probe_duration, read_audio
+from streamtag.sources import AudioPipeline, Source, open_source, probe_duration, read_audio
 
 SR = 16000
 
@@ -141,6 +142,95 @@ def test_close_stops_iteration(tmp_path: Path) -> None:
     source.close()
     assert list(source) == []
     source.close()  # twice is fine
+
+
+class _Counting(Source):
+    """A source whose generator records, under a lock, how many threads are inside it and how often its finally
+    ran (the place a real source closes its decoder)."""
+
+    def __init__(self) -> None:
+        super().__init__("counting", SR)
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.overlap = False
+        self.finals = 0
+
+    def _enter(self, delta: int) -> None:
+        with self.lock:
+            self.inside += delta
+            self.overlap = self.overlap or self.inside > 1
+
+    def _blocks(self):
+        try:
+            while True:
+                self._enter(1)
+                time.sleep(0.0005)  # a decode: another thread's close() lands here
+                self._enter(-1)
+                yield np.zeros(self.block_size, np.float32)
+        finally:
+            self._enter(1)
+            with self.lock:
+                self.finals += 1
+            time.sleep(0.001)
+            self._enter(-1)
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_close_from_many_threads_while_reading_finishes_the_source_once(started: bool) -> None:
+    """The remove() vs feeder-finally race: many threads close a source while one reads it. The generator is
+    finished exactly once and never while another thread is inside it (which can crash inside FFmpeg)."""
+    for _ in range(20):
+        source = _Counting()
+        if started:
+            next(source)
+        go = threading.Barrier(9)
+
+        def read(source: _Counting, go: threading.Barrier) -> None:
+            go.wait()
+            for _ in source:
+                pass
+
+        def close(source: _Counting, go: threading.Barrier) -> None:
+            go.wait()
+            source.close()
+
+        threads = [threading.Thread(target=read, args=(source, go))]
+        threads += [threading.Thread(target=close, args=(source, go)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert not source.overlap
+        assert source.finals == (1 if source._gen is not None else 0) and source.closed
+        assert list(source) == []
+
+
+def test_a_close_while_another_thread_reads_is_finished_by_that_thread_at_once() -> None:
+    """close() lands while the reader is inside the generator (decoding): the cleanup is not run beside it, and
+    not left to the garbage collector either: the reader runs it as its read returns."""
+    inside, closed = threading.Event(), threading.Event()
+
+    class Slow(_Counting):
+        def _blocks(self):
+            try:
+                inside.set()
+                closed.wait(5)
+                yield np.zeros(self.block_size, np.float32)
+            finally:
+                with self.lock:
+                    self.finals += 1
+
+    source = Slow()
+    got: list[np.ndarray] = []
+    reader = threading.Thread(target=lambda: got.extend(source))
+    reader.start()
+    assert inside.wait(5)
+    source.close()
+    assert source.finals == 0  # not while the reader is inside
+    closed.set()
+    reader.join(5)
+    assert source.finals == 1 and len(got) <= 1
 
 
 # bad input ---------------------------------------------------------------------------------------------------------

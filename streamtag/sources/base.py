@@ -263,17 +263,35 @@ class Source:
         self.decode_errors = 0  # undecodable packets skipped so far
         self._closed = threading.Event()
         self._gen: Generator[np.ndarray, None, None] | None = None
+        # close() vs a read in another thread: the generator is finished (its finally runs: containers and sockets
+        # are released) exactly once, and never while another thread is inside it; see close()
+        self._state_lock = threading.Lock()
+        self._reading = False  # a thread is inside next(self._gen)
+        self._finished = False  # the generator was closed (or _release() ran), by whichever thread came last
 
     # iteration -------------------------------------------------------------------------------------------------
     def __iter__(self) -> Source:
         return self
 
     def __next__(self) -> np.ndarray:
-        if self._closed.is_set():
-            raise StopIteration
-        if self._gen is None:
-            self._gen = self._blocks()
-        return next(self._gen)
+        with self._state_lock:
+            if self._closed.is_set() or self._finished:
+                raise StopIteration
+            if self._reading:
+                raise ValueError(f"{self.name}: a source is read by one thread at a time")
+            if self._gen is None:
+                self._gen = self._blocks()
+            gen = self._gen
+            self._reading = True
+        try:
+            return next(gen)
+        finally:
+            with self._state_lock:
+                self._reading = False
+                finish = self._closed.is_set() and not self._finished
+                self._finished = self._finished or finish
+            if finish:  # close() came while this thread was reading: the generator is ours to finish
+                self._finish(gen)
 
     def _blocks(self) -> Generator[np.ndarray, None, None]:
         raise NotImplementedError
@@ -284,18 +302,37 @@ class Source:
         return self._closed.is_set()
 
     def close(self) -> None:
-        """Stop the source and release its file/socket; safe to call twice and from another thread."""
-        self._closed.set()
+        """Stop the source and release its file/socket; safe to call any number of times, from any threads.
+
+        Resources are released exactly once: here when no thread is reading, else by the reading thread as its
+        read returns (``_abort()`` unblocks it), so two threads never close the same decoder or generator (a
+        generator closed from two threads at once, or while it runs, can crash inside FFmpeg)."""
+        with self._state_lock:
+            self._closed.set()
+            finish = not self._reading and not self._finished
+            self._finished = self._finished or finish
+            gen = self._gen
         self._abort()
-        gen = self._gen
-        if gen is not None:
-            try:
+        if finish:
+            self._finish(gen)
+
+    def _finish(self, gen: Generator[np.ndarray, None, None] | None) -> None:
+        """Release what the source holds (called once): close its generator, or, never started, ``_release()``."""
+        try:
+            if gen is not None:
                 gen.close()
-            except ValueError:  # the generator is running in another thread; _abort() unblocks it
-                pass
+            else:
+                self._release()
+        except Exception:  # noqa: BLE001 - closing must not raise into a reader or a finally
+            log.debug("%s: releasing the source failed", self.name, exc_info=True)
 
     def _abort(self) -> None:
-        """Unblock a read in progress (subclasses with sockets shut them down)."""
+        """Unblock a read in progress (subclasses with sockets shut them down); may run more than once, from
+        any thread, so it only signals and shuts down: releasing belongs in the generator's finally or
+        ``_release``."""
+
+    def _release(self) -> None:
+        """Release what the constructor opened, for a source closed before its first block (called once)."""
 
     def __enter__(self) -> Source:
         return self

@@ -151,6 +151,9 @@ class FileSource(Source):
     def _abort(self) -> None:
         pass  # reads from a local file never block for long; the generator checks .closed
 
+    def _release(self) -> None:
+        self._container.close()
+
 
 def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
     """The whole file as mono float32 ``(N,)`` at ``sample_rate``: ``librosa.load(path, sr=sample_rate)``'s result.

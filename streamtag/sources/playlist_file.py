@@ -173,6 +173,8 @@ class PlaylistFileSource(Source):
         current = getattr(self, "_current", None)
         if current is not None:
             current.close()
+
+    def _release(self) -> None:
         first = getattr(self, "_first", None)
-        if first is not None and self._gen is None:
+        if first is not None:
             first[1].close()

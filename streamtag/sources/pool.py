@@ -10,14 +10,16 @@ moves that work out of the engine's process:
     SourcePool.open(uri) --("open", sid, spec)-->     open_source(uri, policy=...) (the first connection:
                          <--("opened"|"failed")--       a typo fails at once, as in-process)
     PooledSource.start(feed, speed) --("start")-->   files: one scheduler thread paces them all;
-                                                      network sources: their blocking reader
+                                                      live MP3/AAC/Vorbis Icecast/Shoutcast: one mux loop;
+                                                      other network sources: their blocking reader thread
     receiver thread    <--("batch", audio, msgs)--   every FLUSH_S: all stations' new blocks in one message
       feed.push(samples) -> engine ring                (+ titles, status events, ends, stats)
       back-pressure: ("pause"/"resume", sid) for unpaced sources whose engine backlog grows
 
-Each source is opened in the worker by :func:`streamtag.sources.open_source` itself, so every guarantee of the
-source classes holds unchanged: deadlines, reconnects with backoff, the URL policy (checked in the worker, after
-DNS and on every redirect), credentials never shown, sample repair downstream in the engine. Workers ignore
+Each source is opened in the worker by :func:`streamtag.sources.open_source` itself (an http(s) URL by
+:func:`streamtag.sources.mux.open_network`, which makes the same first request and hands what the mux loop does
+not decode to the same source classes), so every guarantee of the source classes holds unchanged: deadlines,
+reconnects with backoff, the URL policy (checked in the worker, after DNS and on every redirect), credentials never shown, sample repair downstream in the engine. Workers ignore
 SIGINT (the parent decides when to stop), end when the parent's pipe closes, and are terminated, then killed,
 if they do not stop within :data:`STOP_TIMEOUT_S`.
 """
@@ -43,13 +45,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ConfigError, SourceError, StreamtagError, close_quietly
+from .mux import MuxLoop, NetStation, muxable, open_network
 from .policy import PolicyError, SourcePolicy, display_name
 
 __all__ = ["SourcePool", "PooledSource", "SourceFeed", "StationStats", "default_workers", "FLUSH_S"]
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.02  # s between a worker's batches (the engine steps at most every 20 ms too)
+FLUSH_S = 0.05  # s between a worker's batches (a mux pass is 100 ms, a file tick 50 ms: fewer, fuller messages)
 STATS_S = 1.0  # s between a worker's per-station figures
 SCHEDULER_TICK_S = 0.05  # s: a worker reads its local files at most this often (all blocks due by then)
 UNPACED_BLOCKS = 10  # blocks an unpaced file gets per tick (20 x real time; back-pressure pauses it sooner)
@@ -111,6 +114,7 @@ class PooledSource:
         self.closed = False
         self.stats = StationStats()
         self.early: list[tuple[Any, ...]] = []  # events that arrived before start() (the receiver replays them)
+        self._close_lock = threading.Lock()
 
     def start(self, feed: SourceFeed, speed: float | None) -> None:
         """Begin delivering blocks to ``feed`` (paced at ``speed`` x real time; None: as they come)."""
@@ -118,9 +122,10 @@ class PooledSource:
         self._worker.send(("start", self.sid, speed))
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        with self._close_lock:  # any thread, any number of times: one "close" to the worker
+            if self.closed:
+                return
+            self.closed = True
         self._pool._forget(self)
         self._worker.send(("close", self.sid))
 
@@ -161,15 +166,22 @@ class _Pending:
 
 class SourcePool:
     """``workers`` decoder processes (default :func:`default_workers`) that open and read sources for a live
-    runner. Thread-safe; ``close()`` stops every worker within about :data:`STOP_TIMEOUT_S` (+ 1 s to kill)."""
+    runner. ``mux``: live MP3/AAC/Ogg Vorbis stations are read by each worker's :class:`~streamtag.sources.mux.MuxLoop`
+    (default; False, or the environment's ``STREAMTAG_SOURCE_READER=threads``: a reader thread per station, the
+    benchmarks' baseline). Thread-safe; ``close()`` stops every worker within about :data:`STOP_TIMEOUT_S`
+    (+ 1 s to kill)."""
 
-    def __init__(self, sample_rate: int, *, workers: int | None = None, block_seconds: float = 0.1) -> None:
+    def __init__(self, sample_rate: int, *, workers: int | None = None, block_seconds: float = 0.1,
+                 mux: bool | None = None) -> None:
         n = default_workers() if workers is None else int(workers)
         if n < 1:
             raise ConfigError(f"a source pool needs at least one worker, got {workers!r}")
         self.sample_rate = int(sample_rate)
         self.block_seconds = float(block_seconds)
         self.n_workers = n
+        if mux is None:  # the benchmarks' baseline: STREAMTAG_SOURCE_READER=threads
+            mux = os.environ.get("STREAMTAG_SOURCE_READER", "mux").strip().lower() != "threads"
+        self.mux = bool(mux)  # live MP3/AAC/Vorbis streams on each worker's mux loop (False: a reader thread each)
         self._workers: list[_WorkerHandle] = []
         self._lock = threading.Lock()
         self._sources: dict[int, PooledSource] = {}
@@ -256,7 +268,7 @@ class SourcePool:
         explicit = policy is not None
         label = display_name(uri) if explicit else uri
         spec = {"uri": uri, "sample_rate": self.sample_rate, "policy": policy, "explicit_policy": explicit,
-                "block_seconds": self.block_seconds, "options": options, "retry_open": retry_open}
+                "block_seconds": self.block_seconds, "options": options, "retry_open": retry_open, "mux": self.mux}
         sid = next(self._ids)
         with self._lock:
             worker = min((w for w in self._workers if w.alive), key=lambda w: w.stations, default=None)
@@ -424,6 +436,7 @@ class _Station:
     title: str | None = None
     state: str = "opening"
     reconnects: int = 0
+    keep: deque[np.ndarray] = field(default_factory=deque)  # a muxed live stream's newest blocks before its start
 
 
 class _Worker:
@@ -440,6 +453,8 @@ class _Worker:
         self.heap: list[tuple[float, int, int]] = []  # (due, seq, sid) of cooperative stations
         self.seq = itertools.count()
         self.closed_early: set[int] = set()  # closed by the parent before their open finished
+        self.mux = MuxLoop(self._mux_deliver, self._mux_ended, self.stopping)  # live MP3/AAC/Ogg Vorbis stations
+        self.keep_lock = threading.Lock()  # a muxed station's start vs the loop's delivery of its blocks
 
     def out(self, event: tuple[Any, ...]) -> None:
         with self.lock:
@@ -469,6 +484,8 @@ class _Worker:
                 st.speed = msg[2]
                 st.t0 = time.monotonic()
                 st.running.set()
+                if isinstance(st.source, NetStation):
+                    self._start_muxed(st)
                 st.started.set()
                 if st.cooperative:
                     self._schedule(st, st.t0)
@@ -505,6 +522,9 @@ class _Worker:
             self.out(("event", sid, kind, detail))
 
         def opened() -> Any:
+            if spec.get("mux", True) and muxable(spec["uri"], spec["options"]):
+                return open_network(spec["uri"], spec["sample_rate"], policy=spec["policy"],
+                                    block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
             return open_source(spec["uri"], spec["sample_rate"], policy=spec["policy"],
                                block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
 
@@ -525,7 +545,7 @@ class _Worker:
                 return
         if sid in self.closed_early:
             self.closed_early.discard(sid)
-            close_quietly(source)
+            _release(source)
             return
         st.source = source
         st.cooperative = isinstance(source, FileSource)
@@ -542,10 +562,15 @@ class _Worker:
         elif st.title is not None:
             self.out(("title", sid, st.title))
         if st.stop.is_set():
-            close_quietly(source)
+            _release(source)
             return
         st.state = "live"
-        if not st.cooperative:
+        if isinstance(source, NetStation):
+            sr = source.sample_rate
+            st.keep = deque(maxlen=max(1, round(PRESTART_KEEP_S * sr / max(1, source.block_size))))
+            source.key = st
+            self.mux.add(source)
+        elif not st.cooperative:
             self._read(st)
 
     def _retry_open(self, st: _Station, opened: Callable[[], Any], error: str) -> Any:
@@ -584,6 +609,35 @@ class _Worker:
             if title != st.title:
                 st.title = title
                 self.events.append(("title", st.sid, title))
+
+    def _mux_deliver(self, station: NetStation, blocks: list[np.ndarray]) -> None:
+        """Blocks the mux loop decoded for a station: one entry per station and pass (the loop's thread). Before
+        the runner starts it, a live stream keeps only its newest PRESTART_KEEP_S (as :meth:`_read` does)."""
+        st = station.key
+        if not isinstance(st, _Station) or st.stop.is_set():
+            return
+        with self.keep_lock:
+            if not st.started.is_set():
+                st.keep.extend(blocks)
+                return
+            if st.keep:
+                blocks = [*st.keep, *blocks]
+                st.keep.clear()
+            self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+
+    def _start_muxed(self, st: _Station) -> None:
+        """The runner started a muxed station: what it kept before goes out now (not with its next bytes)."""
+        with self.keep_lock:
+            st.started.set()
+            if st.keep and not st.stop.is_set():
+                blocks = list(st.keep)
+                st.keep.clear()
+                self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+
+    def _mux_ended(self, station: NetStation, error: BaseException | None) -> None:
+        st = station.key
+        if isinstance(st, _Station):
+            self._ended(st, error)
 
     def _ended(self, st: _Station, error: BaseException | None) -> None:
         close_quietly(st.source)
@@ -709,6 +763,14 @@ class _Worker:
                     return
             if stopping:
                 return
+
+
+def _release(source: Any) -> None:
+    """Close a source that no reader (thread or mux loop) has taken yet."""
+    if isinstance(source, NetStation):
+        source.release()
+    else:
+        close_quietly(source)
 
 
 def _bytes_in(source: Any) -> int:

@@ -324,8 +324,10 @@ class UrlSource(Source):
         response = getattr(self, "_response", None)
         if response is not None:
             response.abort()
-        conn = getattr(self, "_conn", None)
-        if conn is not None and self._gen is None:
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             conn.close()
 
 
@@ -355,12 +357,14 @@ def open_url(
     format: str | None = None,
     name: str | None = None,
     on_event: EventCallback | None = None,
+    response: HttpResponse | None = None,
     _depth: int = 0,
 ) -> Source:
     """Open an http(s) URL as radio (Icecast/Shoutcast/HTTP audio), HLS, or a PLS/M3U playlist pointing at one.
 
     Every address contacted (the URL, each redirect, the playlist's entry, HLS variants and segments) is checked
-    against ``policy`` after DNS resolution.
+    against ``policy`` after DNS resolution. ``response``: the URL's answer, already received (by
+    :func:`http_get` with ``icy=True`` and the same policy), used instead of a first request of its own.
     """
     from .hls import HlsSource, is_hls_text  # local import: hls imports this module
 
@@ -370,10 +374,11 @@ def open_url(
     common: dict[str, Any] = {"block_seconds": block_seconds, "reconnect": p, "policy": policy, "format": format,
                               "name": name, "on_event": on_event}
     path = urlsplit(url).path.lower()
-    if path.endswith(".m3u8"):
+    if path.endswith(".m3u8") and response is None:
         return HlsSource(url, sample_rate, **common)
-    response = http_get(url, icy=True, connect_timeout=p.connect_timeout, read_timeout=p.read_timeout,
-                        header_timeout=p.header_timeout, policy=policy)
+    if response is None:
+        response = http_get(url, icy=True, connect_timeout=p.connect_timeout, read_timeout=p.read_timeout,
+                            header_timeout=p.header_timeout, policy=policy)
     ctype = response.content_type
     if ctype in MPEGURL_TYPES or ctype in PLS_TYPES or path.endswith((".pls", ".m3u")):
         try:
