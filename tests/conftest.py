@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A suite started as a background job of a non-interactive shell (`bash .ci/run &`) inherits SIGINT *ignored*, and
+# so would every command the tests start, whose Ctrl-C tests would then wait in vain. Catching it here (a caught
+# signal is reset to the default across exec) gives the commands the disposition a terminal user's have.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _shared() -> Path:

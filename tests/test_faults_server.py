@@ -1069,7 +1069,9 @@ def test_a_thousand_reconnects_leave_nothing_behind(server, tmp_path):
     threads_before, tasks_before = threading.active_count(), tasks_on_loop()
     run(churn(), timeout=300)
     deadline = time.monotonic() + TIMEOUT
-    while srv.server.hub.clients and time.monotonic() < deadline:
+    # the hub forgets a client first; its connection's tasks (reader, pump, writer) end right after: wait for both
+    while (srv.server.hub.clients or tasks_on_loop() > tasks_before
+           or threading.active_count() > threads_before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not srv.server.hub.clients
     assert tasks_on_loop() <= tasks_before
