@@ -97,6 +97,7 @@ def rss_mb(pids: list[int]) -> float:
 # -- the subscriber (a process of its own) ------------------------------------------------------------------------
 def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     async def late_hello() -> float:
         t0 = time.monotonic()
@@ -116,12 +117,19 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
         overruns: dict[str, tuple[int, int]] = {}  # stream -> (overruns at its first counted update, latest)
         counted = 0
         late_task: asyncio.Task[float] | None = None
+        closed = ""
+        late_at = start + seconds / 2
         while (now := time.monotonic()) < end:
-            if late_task is None and now >= start + seconds / 2:
+            if late_task is None and now >= late_at:
                 late_task = asyncio.ensure_future(late_hello())
+            # wake for the late client's start too, not only for messages (an idle server sends none)
+            until = end if late_task is not None else min(end, late_at)
             try:
-                text = await asyncio.wait_for(ws.recv(), timeout=max(0.01, end - now))
+                text = await asyncio.wait_for(ws.recv(), timeout=max(0.01, until - now))
             except asyncio.TimeoutError:
+                continue
+            except ConnectionClosed as e:  # e.g. the server judged this client too slow: a failed run, not a crash
+                closed = f"{e.rcvd.code if e.rcvd else '?'} {e.rcvd.reason if e.rcvd else ''}".strip()
                 break
             msg = json.loads(text)
             if msg.get("type") != "update" or time.monotonic() < start:
@@ -133,11 +141,15 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
             n_over = int(msg.get("overruns") or 0)  # cumulative per stream: count what the window added
             first, _ = overruns.get(msg["stream"], (n_over, n_over))
             overruns[msg["stream"]] = (first, n_over)
-        hello_late = await late_task if late_task is not None else float("nan")
+        try:
+            hello_late = await late_task if late_task is not None else float("nan")
+        except (OSError, asyncio.TimeoutError, ConnectionClosed):
+            hello_late = float("inf")
         await ws.close()
         lat = np.asarray(latencies) if latencies else np.asarray([float("inf")])
         return {"updates": counted, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                "overruns": int(sum(last - first for first, last in overruns.values())), "first_hello_s": first_hello, "late_hello_s": hello_late}
+                "overruns": int(sum(last - first for first, last in overruns.values())), "first_hello_s": first_hello,
+                "late_hello_s": hello_late, "closed": closed}
 
     Path(out_path).write_text(json.dumps(asyncio.run(main())))
 
@@ -154,7 +166,7 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
     env = dict(os.environ, STREAMTAG_SOURCE_READER=args.reader)
     with open(err_path, "w") as err:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "streamtag", "serve", "--model", args.model, "--port", str(port), "--sources",
+            [sys.executable, "-m", "streamtag", *(["-v"] if args.keep_logs else []), "serve", "--model", args.model, "--port", str(port), "--sources",
              str(stations), "--device", args.device],
             stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=env,
         )
@@ -171,14 +183,24 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
         time.sleep(args.warmup)
         pids = [serve.pid, *_children(serve.pid)]
         c0, t0 = cpu_seconds(pids), time.monotonic()
+        spy = None
+        if args.spy:  # a py-spy profile of the serve process (and its decoder processes) over the counted seconds
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(serve.pid), "--subprocesses", "--idle",
+                                    "--format", "raw", "--duration", str(int(args.seconds)), "--output",
+                                    f"{args.spy}-{n}.txt", "--nonblocking"], stdout=subprocess.DEVNULL)
         time.sleep(args.seconds)
         c1, t1 = cpu_seconds(pids), time.monotonic()
         result["rss_mb"] = rss_mb(pids)
+        if spy is not None:
+            spy.wait(60)
         sub.wait(args.seconds + 120)
-        result.update(json.loads(out.read_text()))
         result["cpu_per_station_pct"] = 100.0 * (c1 - c0) / (t1 - t0) / n
         result["cpu_cores"] = (c1 - c0) / (t1 - t0)
-        result["updates_per_s"] = result["updates"] / args.seconds
+        if out.exists():
+            result.update(json.loads(out.read_text()))
+            result["updates_per_s"] = result["updates"] / args.seconds
+        else:  # the subscriber failed (its traceback is above): a failed run, not the end of the search
+            result["closed"] = "subscriber failed"
     finally:
         t_stop = time.monotonic()
         serve.send_signal(signal.SIGTERM)
@@ -188,12 +210,15 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
             serve.kill()
             serve.wait(5)
         result["stop_s"] = time.monotonic() - t_stop
+        if args.keep_logs:  # serve's stderr (run with -v: its start, health lines and how its stop went)
+            Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+            (Path(args.keep_logs) / f"serve-{n}-{int(time.time())}.err").write_text(err_path.read_text())
     result["sustained"] = sustains(result)
     return result
 
 
 def sustains(r: dict) -> bool:
-    return (r.get("updates_per_s", 0.0) >= 0.95 * r["expected_updates_per_s"] and r.get("p99_ms", 1e9) <= P99_LIMIT_MS
+    return (not r.get("closed") and r.get("updates_per_s", 0.0) >= 0.95 * r["expected_updates_per_s"] and r.get("p99_ms", 1e9) <= P99_LIMIT_MS
             and r.get("overruns", 1) == 0 and r.get("late_hello_s", 1e9) <= HELLO_LIMIT_S)
 
 
@@ -204,7 +229,8 @@ def row(r: dict) -> str:
             f"{r.get('cpu_per_station_pct', float('nan')):5.2f}% ({r.get('cpu_cores', float('nan')):.2f} cores)  "
             f"RSS {r.get('rss_mb', float('nan')):6.0f} MB  hello {r.get('late_hello_s', float('nan')):.2f} s  "
             f"start {r.get('startup_s', float('nan')):.1f} s  SIGTERM {r.get('stop_s', float('nan')):.1f} s"
-            + ("  ok" if r["sustained"] else "  NOT real time"))
+            + ("  ok" if r["sustained"] else "  NOT real time")
+            + (f"  (subscriber closed: {r['closed']})" if r.get("closed") else ""))
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -377,6 +403,8 @@ def main() -> int:
     p.add_argument("--readers", nargs="+", default=["threads", "mux"], choices=("threads", "mux"),
                    help="--cost: the network readers compared in the same run (threads = the baseline)")
     p.add_argument("--json", default=None)
+    p.add_argument("--keep-logs", default=None, help="keep serve's stderr (run with -v) in this folder")
+    p.add_argument("--spy", default=None, help="py-spy raw profiles of serve to SPY-N.txt (needs py-spy on PATH)")
     args = p.parse_args()
 
     from radio_fixtures import feed, icecast_server

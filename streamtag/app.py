@@ -406,15 +406,21 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             if health is not None and live is not None:
                 reporter = asyncio.ensure_future(_report_health(health, live, err, health_every))
             await stop
+            t_stop = time.monotonic()
             # the engine stops first: the server's close then removes its streams without waiting for steps
             await loop.run_in_executor(None, runner.stop)
+            log.info("stopping: engine and sources stopped in %.2f s", time.monotonic() - t_stop)
     finally:
+        t_close = time.monotonic()
         if reporter is not None:
             reporter.cancel()
         await loop.run_in_executor(None, runner.stop)
         await loop.run_in_executor(None, close_extra)
+        log.info("stopping: clients and outputs closed in %.2f s", time.monotonic() - t_close)
         if pool is not None:
+            t_pool = time.monotonic()
             await loop.run_in_executor(None, pool.close)
+            log.info("stopping: decoder processes ended in %.2f s", time.monotonic() - t_pool)
     return 0
 
 

@@ -72,7 +72,7 @@ class Engine(Protocol):
     def remove_stream(self, name: str) -> None: ...
     def set_title(self, name: str, title: str | None) -> None: ...
     def push(self, name: str, samples: np.ndarray) -> None: ...
-    def step(self) -> list[GenreUpdate]: ...
+    def step(self, stop: threading.Event | None = None) -> list[GenreUpdate]: ...
     def backlog(self, name: str) -> float: ...
     def use_front_end_pool(self, pool: Executor | None, passes: int = 1) -> None: ...
 
@@ -177,6 +177,7 @@ class LiveRunner:
         self._publish = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._stopped = False  # stop() ran (a second call returns at once)
         self._engine_thread: threading.Thread | None = None
         self._iterations = 0  # engine-loop iterations completed (flush waits on it)
         self._cv = threading.Condition()
@@ -402,7 +403,7 @@ class LiveRunner:
                 ending = [st for st in self._streams.values() if st.done and not st.removed]
             try:
                 with self._publish:
-                    updates = self._engine.step()
+                    updates = self._engine.step(self._stop)  # a stop ends a long step between model calls
                     if self._stop.is_set():  # stop() may have given up waiting for this step: publish nothing
                         break
                     if updates:
@@ -479,12 +480,15 @@ class LiveRunner:
         (``error`` None)."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            if self._stopped:  # a second stop (a caller's finally after its own stop) has nothing left to wait for
+                return
+            self._stopped = True
             streams = list(self._streams.values())
+        self._stop.set()  # first: a step in progress ends at its next model call (Engine.step's ``stop``)
+        self._wake.set()
         for st in streams:
             st.stop.set()
             close_quietly(st.source)
-        self._stop.set()
-        self._wake.set()
         me = threading.current_thread()
         for st in streams:
             if st.thread is not None and st.thread is not me:

@@ -59,6 +59,7 @@ RING_SECONDS = 10.0  # s of unprocessed audio a stream's ring holds; beyond it t
 CLIP_LEVEL = 4.0  # full scale = 1.0; samples beyond +-4 (+12 dBFS, far above any decoder's inter-sample overs) are clipped
 SILENCE_DB = -60.0  # dBFS RMS over a hop's frames; quieter hops are "silence" and do not move the smoothed genres
 FILE_BATCH = 32  # windows (or hops of a stateful model) the file path runs per batch
+STOP_BATCH = 256  # windows a live step runs per model call when its caller may stop it (Engine.step's ``stop``)
 FILE_BLOCK_SECONDS = 20.0  # s: FileTagger.push splits larger blocks so the front end's temporaries stay bounded
 
 
@@ -458,8 +459,13 @@ class Engine:
             st.track.add(frames, power)
         return got
 
-    def step(self) -> list[GenreUpdate]:
-        """Run every complete hop of every stream; returns the updates in time order per stream."""
+    def step(self, stop: threading.Event | None = None) -> list[GenreUpdate]:
+        """Run every complete hop of every stream; returns the updates in time order per stream.
+
+        ``stop``: the caller is stopping. It is looked at between the model calls of a step (a stateful model's
+        rounds, a windowed model's batches of :data:`STOP_BATCH` windows), so that a step over a large backlog
+        (an overloaded engine) ends within one such call once it is set; such a step returns no updates, and the
+        hops it had read are lost (the engine is not meant to be stepped again)."""
         t0 = time.perf_counter()
         with self._lock:
             streams = list(self.streams.values())
@@ -470,10 +476,12 @@ class Engine:
         if not jobs:
             return []
         if self.runner.stateful:
-            probs = self._run_stateful(jobs)
+            got = self._run_stateful(jobs, stop)
         else:
-            windows = np.stack([st.track.span(e - self.window_frames, e) for st, e in jobs])  # (B, window, n_mels)
-            probs = self.runner.predict(windows)
+            got = self._run_windows(jobs, stop)
+        if got is None:  # stopped within the step
+            return []
+        probs = got
         self.last_step_ms = (time.perf_counter() - t0) * 1000.0
         keep = []
         for j, (st, end) in enumerate(jobs):
@@ -486,10 +494,26 @@ class Engine:
             st.track.trim()
         return updates
 
-    def _run_stateful(self, jobs: list[tuple[StreamState, int]]) -> np.ndarray:
+    def _run_windows(self, jobs: list[tuple[StreamState, int]], stop: threading.Event | None) -> np.ndarray | None:
+        # whole multiples of the runner's own batches: the same forward passes as one predict() of every window
+        batch = self.runner.max_batch * max(1, STOP_BATCH // self.runner.max_batch)
+        if stop is None or len(jobs) <= batch:
+            windows = np.stack([st.track.span(e - self.window_frames, e) for st, e in jobs])  # (B, window, n_mels)
+            return self.runner.predict(windows)
+        parts = []
+        for i in range(0, len(jobs), batch):  # a backlog: batches, with a look at ``stop`` between them
+            if stop.is_set():
+                return None
+            windows = np.stack([st.track.span(e - self.window_frames, e) for st, e in jobs[i : i + batch]])
+            parts.append(self.runner.predict(windows))
+        return np.concatenate(parts)
+
+    def _run_stateful(self, jobs: list[tuple[StreamState, int]], stop: threading.Event | None = None) -> np.ndarray | None:
         # Hops of one stream must run in order; round r batches the r-th pending hop of every stream.
         probs = np.zeros((len(jobs), len(self.bundle.labels)), dtype=np.float32)
         for idx in _rounds(jobs):
+            if stop is not None and stop.is_set():
+                return None
             names = [jobs[j][0].name for j in idx]
             chunks = []
             for j in idx:

@@ -174,7 +174,10 @@ class Outbox:
     """Bounded queue of serialized messages for one client.
 
     Control messages (hello, replies, errors) are kept in order; at most ``MAX_PENDING_CONTROL`` of them
-    (:attr:`overflowed` turns True past that, and the adapter closes the connection). Updates keep only the
+    (:attr:`overflowed` turns True past that, and the adapter closes the connection). A keyed control message (a
+    state snapshot: the stream list, a stream's status or last segment) replaces its unsent predecessor, so
+    those are bounded by their keys (a few per stream) and do not count toward that limit: a subscriber to
+    "*" of 500 stations that all report ``connected`` at once is not too slow. Updates keep only the
     newest ``depth`` pending per stream, for at most ``max_streams`` streams, and go out round-robin across
     streams. Every update discarded unsent counts in :attr:`dropped`, reported (and reset) as ``"dropped": n``
     in the next message popped. ``depth`` absorbs the bursts of an engine catching up (several hops of a
@@ -185,8 +188,9 @@ class Outbox:
         if max_streams <= 0 or depth <= 0:
             raise ValueError("max_streams and depth must be positive")
         self.max_streams, self.depth = max_streams, depth
-        self._control: deque[list[str]] = deque()  # [text] cells: a keyed one is replaced in place
-        self._keyed: dict[str, list[str]] = {}  # key -> its pending cell
+        self._control: deque[list[str | None]] = deque()  # [text, key] cells: a keyed one is replaced in place
+        self._keyed: dict[str, list[str | None]] = {}  # key -> its pending cell
+        self._n_unkeyed = 0  # pending control messages without a key (the ones MAX_PENDING_CONTROL bounds)
         self._updates: OrderedDict[str, deque[str]] = OrderedDict()  # round-robin order of streams
         self._n_updates = 0
         self.dropped = 0  # updates lost since the last message popped
@@ -200,13 +204,15 @@ class Outbox:
         """Queue a control message; one with a ``key`` replaces the unsent one of the same key (a state snapshot
         such as the stream list, where only the newest matters), so snapshots never pile up."""
         text = _ENCODE(msg)
-        if key is not None and (cell := self._keyed.get(key)) is not None:
-            cell[0] = text
+        if key is not None and (pending := self._keyed.get(key)) is not None:
+            pending[0] = text
             return
-        if len(self._control) >= MAX_PENDING_CONTROL:
-            self.overflowed = True
-            return
-        cell = [text]
+        if key is None:
+            if self._n_unkeyed >= MAX_PENDING_CONTROL:
+                self.overflowed = True
+                return
+            self._n_unkeyed += 1
+        cell: list[str | None] = [text, key]
         self._control.append(cell)
         if key is not None:
             self._keyed[key] = cell
@@ -232,7 +238,7 @@ class Outbox:
         q = self._updates.pop(stream, None)
         if q:
             self._n_updates -= len(q)
-            self._control.extend([t] for t in q)
+            self._control.extend([t, ""] for t in q)  # key "": bounded by depth, neither keyed nor counted
 
     def _lost(self, n: int) -> None:
         self.dropped += n
@@ -241,12 +247,12 @@ class Outbox:
     def pop(self) -> str | None:
         """The next message to send (control first), with ``dropped`` attached when updates were lost."""
         if self._control:
-            cell = self._control.popleft()
-            text = cell[0]
-            for key, pending in self._keyed.items():
-                if pending is cell:
-                    del self._keyed[key]
-                    break
+            text, key = self._control.popleft()
+            assert text is not None
+            if key is None:
+                self._n_unkeyed -= 1
+            elif key:
+                del self._keyed[key]
         elif self._updates:
             stream, q = next(iter(self._updates.items()))
             text = q.popleft()

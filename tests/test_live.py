@@ -286,7 +286,7 @@ def _free_port() -> int:
 def test_engine_failure_ends_every_stream_with_one_error(bundle):
     engine = make_engine(bundle, hop=0.5)
 
-    def broken_step():
+    def broken_step(stop=None):
         raise RuntimeError("CUDA out of memory")
 
     engine.step = broken_step
@@ -553,3 +553,40 @@ def test_removing_sixty_four_playing_file_stations_at_once(bundle, clip, pooled)
     assert sorted(c[1] for c in removed if c[1] != "after") == names
     assert all(c[2] is None for c in removed)
     assert sink.updates("after")
+
+
+@pytest.mark.parametrize("model", ["tiny", "st-gru-msd"])
+def test_a_stop_ends_a_long_step_at_its_next_model_call(bundle, model):
+    # An overloaded engine's step covers a large backlog (many model calls); a stop must not wait for all of them.
+    from streamtag.registry import load_bundle
+
+    engine = make_engine(bundle if model == "tiny" else load_bundle(model), hop=0.5)
+    names = [f"s{i}" for i in range(300 if model == "tiny" else 3)]
+    for name in names:
+        engine.add_stream(name)
+    rng = np.random.default_rng(0)
+    for name in names:
+        engine.push(name, (0.1 * rng.standard_normal(int(engine.sample_rate * 6.0))).astype(np.float32))
+    stop = threading.Event()
+    calls = []
+    runner = engine.runner
+    method = "step" if runner.stateful else "predict"
+    real = getattr(runner, method)
+
+    def call_then_stop(*args, **kwargs):
+        calls.append(1)
+        stop.set()  # the caller stops while the first model call runs
+        return real(*args, **kwargs)
+
+    setattr(runner, method, call_then_stop)
+    assert engine.step(stop) == []  # a stopped step publishes nothing
+    assert len(calls) == 1  # and made no model call after the stop
+    setattr(runner, method, real)
+    # the same backlog without a stop takes several model calls (so the test could fail)
+    engine2 = make_engine(bundle if model == "tiny" else load_bundle(model), hop=0.5)
+    for name in names:
+        engine2.add_stream(name)
+        engine2.push(name, (0.1 * rng.standard_normal(int(engine2.sample_rate * 6.0))).astype(np.float32))
+    calls.clear()
+    setattr(engine2.runner, method, lambda *a, **k: (calls.append(1), real.__func__(engine2.runner, *a, **k))[1])
+    assert len(engine2.step(threading.Event())) > 0 and len(calls) > 1

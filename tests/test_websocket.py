@@ -668,3 +668,18 @@ def test_radio_drop_reaches_websocket_subscribers(server, tmp_path, validate):
     # client may see either first; "reconnecting" waits out the backoff (>= 0.5 s) before "connected"
     assert kinds[0] in ("dropped", "reconnecting") and "reconnecting" in kinds and kinds[-1] == "connected"
     assert any("attempt 1" in m["detail"] for m in seen if m["status"] == "reconnecting")
+
+
+def test_outbox_keyed_notices_of_many_streams_do_not_count_as_a_slow_client():
+    # 500 stations reporting "connected" at once: one pending notice per stream (keyed), never "too slow"
+    box = Outbox()
+    for k in range(500):
+        box.put_control({"type": "stream_status", "stream": f"s{k}", "status": "connected"}, key=f"status:s{k}")
+    box.put_control({"type": "stream_status", "stream": "s7", "status": "dropped"}, key="status:s7")
+    assert not box.overflowed and len(box) == 500
+    got = [json.loads(t) for t in iter(box.pop, None)]
+    assert [m["stream"] for m in got] == [f"s{k}" for k in range(500)]
+    assert got[7]["status"] == "dropped"  # the newer notice replaced the unsent one in place
+    for k in range(300):  # replies still count: past the bound the client is too slow
+        box.put_control({"type": "error", "code": "bad_json", "message": str(k)})
+    assert box.overflowed and len(box) == 256
