@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, StreamtagError
+from .errors import ConfigError, StreamtagError, Terminated
 from .options import SMOOTHING_CHOICES, smoothing_config
 
 PRECISIONS = ("auto", "fp32", "bf16")  # runner.PRECISIONS, spelled here so parsing never imports torch (tested)
@@ -334,9 +334,10 @@ def _command_of(argv: Sequence[str]) -> str | None:
 # -- entry point ---------------------------------------------------------------------------------------------------
 # exit codes (README "Exit codes", and `streamtag --help`)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 74, 130
+EXIT_TERMINATED = 143
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 an input, option or model failed (one line each on stderr); 2 usage "
                    "error; 3 internal error (a bug: rerun with --debug); 74 the output could not be written "
-                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done)")
+                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done); 143 the same after SIGTERM")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -391,6 +392,8 @@ def _run(argv: Sequence[str] | None) -> int:
             raise
         print(f"streamtag: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated:  # SIGTERM while a command starts (streamtag.app.terminate_as_interrupt)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout's reader left (`| head`): not an error

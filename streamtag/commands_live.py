@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     """``stream URL... [--sources FILE]``: radio, HLS, files and playlists are read by the source pool's decoder
     processes; stdin (``-``) in this process."""
-    from .app import run_live
+    from .app import open_concurrently, run_live, terminate_as_interrupt
     from .options import stdin_opts
     from .sources import open_source
     from .sources.pool import SourcePool
@@ -144,23 +145,31 @@ def cmd_stream(args: argparse.Namespace) -> int:
         fmt = "dashboard" if sys.stdout.isatty() else "jsonl"
     pool = SourcePool(engine.sample_rate)
     sources: dict[str, Any] = {}
+    opens: list[tuple[str, Callable[[], Any]]] = []
+    stdin_name = None
+    for url in args.urls:
+        name = url if url not in sources and url not in dict(opens) else f"{url}#{len(sources) + len(opens)}"
+        # a first connection that fails raises: typos get a one-line error at once
+        if url == "-":
+            stdin_name = name  # opened below, in this process
+            sources[name] = None
+        else:
+            opens.append((name, partial(pool.open, url, engine.sample_rate, max_retries=args.max_retries)))
+    for name, uri in stations:  # a station that is down keeps retrying; the others play meanwhile
+        if name in sources or name in dict(opens):
+            raise ConfigError(f"--sources: stream name {name!r} is also a URL given on the command line")
+        opens.append((name, partial(pool.open, uri, engine.sample_rate, retry_open=True,
+                                    max_retries=args.max_retries)))
     try:
-        for url in args.urls:
-            name = url if url not in sources else f"{url}#{len(sources)}"
-            # a first connection that fails raises here: typos get a one-line error at once
-            if url == "-":
-                sources[name] = open_source(url, engine.sample_rate, max_retries=args.max_retries,
-                                            **stdin_opts(args))
-            else:
-                sources[name] = pool.open(url, engine.sample_rate, max_retries=args.max_retries)
-        for name, uri in stations:  # a station that is down keeps retrying; the others play meanwhile
-            if name in sources:
-                raise ConfigError(f"--sources: stream name {name!r} is also a URL given on the command line")
-            sources[name] = pool.open(uri, engine.sample_rate, retry_open=True, max_retries=args.max_retries)
+        with terminate_as_interrupt():  # SIGTERM while hundreds of stations open: the same cleanup as Ctrl-C
+            if stdin_name is not None:
+                sources[stdin_name] = open_source("-", engine.sample_rate, max_retries=args.max_retries, **stdin_opts(args))
+            sources.update(open_concurrently(opens))
     except BaseException:
         for src in sources.values():
-            src.close()
-        pool.close()
+            if src is not None:
+                src.close()
+        pool.close()  # ends the opens still running too
         raise
     return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, pool=pool,
                     segments=args.segments, record=args.record, keep=args.keep)

@@ -17,6 +17,7 @@ __all__ = [
     "DeviceError",
     "ProtocolError",
     "close_quietly",
+    "Terminated",
     "output_failed",
     "output_failure",
 ]
@@ -77,3 +78,7 @@ def output_failure(*, take: bool = False) -> OSError | None:
     if take:
         _OUTPUT_FAILURES.clear()
     return failure
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs (exit code 143)."""

@@ -258,3 +258,57 @@ def test_demo_with_many_files_in_parallel_ends_on_sigterm_with_exit_143(model, s
     assert proc.returncode == 143, err
     assert "Traceback" not in err and sum("stopped" in line for line in err.splitlines()) == 60
     assert workers and not [w for w in workers if _alive(w)]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_stream_opens_a_station_list_at_once_and_stops_while_opening(model, tmp_path, sig, code):
+    # 40 stations on a server that accepts and never answers: their opens wait on the network, so they must run
+    # together (not one after the other, 40 deadlines long), and a signal during them ends the command at once.
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except (TimeoutError, OSError):
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    stations = tmp_path / "silent.txt"
+    stations.write_text("".join(f"s{i:02d}=http://127.0.0.1:{port}/live{i}.mp3\n" for i in range(40)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(stations),
+         "--format", "jsonl", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(held) < 20 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert len(held) >= 20, f"only {len(held)} stations were being opened at once"
+        workers = _children(proc.pid)
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=STOP_BOUND_S)
+        assert time.monotonic() - t0 < STOP_BOUND_S
+        assert proc.returncode == code, err
+        assert "Traceback" not in err
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        done.set()
+        thread.join(5)
+        listener.close()
+        for conn in held:
+            conn.close()
