@@ -13,7 +13,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import av.error
@@ -349,21 +349,38 @@ class Source:
 
     # events ----------------------------------------------------------------------------------------------------
     def _emit(self, kind: str, detail: str) -> None:
-        callback = self.on_event
-        if callback is None:
-            return
-        try:
-            callback(kind, detail)
-        except Exception:  # a broken callback must not kill the stream
-            log.exception("%s: on_event callback failed for %s event", self.name, kind)
+        emit_event(self, kind, detail)
 
     def _set_title(self, title: str | None) -> None:
-        title = clean_title(title) or None
-        if title != self.title:
-            self.title = title
-            log.info("%s: title %r", self.name, title)
-            self._emit("title", title or "")
+        set_title(self, title)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, sample_rate={self.sample_rate})"
 
+
+
+class _Titled(Protocol):
+    name: str
+    title: str | None
+    on_event: EventCallback | None
+
+
+def emit_event(source: _Titled, kind: str, detail: str) -> None:
+    """Call ``source.on_event(kind, detail)`` if set; a broken callback is logged and must not kill the stream
+    (every source, in-process or on a worker's mux loop, reports events this way)."""
+    callback = source.on_event
+    if callback is None:
+        return
+    try:
+        callback(kind, detail)
+    except Exception:
+        log.exception("%s: on_event callback failed for %s event", source.name, kind)
+
+
+def set_title(source: _Titled, title: str | None) -> None:
+    """Clean and record ``source``'s now-playing title; a change is logged and reported as a ``title`` event."""
+    title = clean_title(title) or None
+    if title != source.title:
+        source.title = title
+        log.info("%s: title %r", source.name, title)
+        emit_event(source, "title", title or "")

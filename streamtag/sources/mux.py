@@ -38,7 +38,7 @@ import av.error
 import numpy as np
 
 from ..errors import SourceError
-from .base import MAX_BAD_PACKETS, AudioPipeline, EventCallback, Source, clean_title, describe_av_error
+from .base import MAX_BAD_PACKETS, AudioPipeline, EventCallback, Source, describe_av_error, emit_event, set_title
 from .http_client import Cancel, HttpResponse, IcyDemuxer, http_get, parse_stream_title
 from .policy import PolicyError, SourcePolicy, display_name
 from .reconnect import UNSET, Reconnector, ReconnectPolicy, Unset, merge_policy
@@ -267,23 +267,12 @@ class NetStation:
             conn.close()
 
     def _emit(self, kind: str, detail: str) -> None:
-        callback = self.on_event
-        if callback is None:
-            return
-        try:
-            callback(kind, detail)
-        except Exception:  # a broken callback must not kill the stream
-            log.exception("%s: on_event callback failed for %s event", self.name, kind)
+        emit_event(self, kind, detail)
 
     def _on_metadata(self, block: bytes) -> None:
         title = parse_stream_title(block)
-        if title is None:
-            return
-        title = clean_title(title) or None
-        if title != self.title:
-            self.title = title
-            log.info("%s: title %r", self.name, title)
-            self._emit("title", title or "")
+        if title is not None:
+            set_title(self, title)
 
     # connecting (blocking: the open thread, or a reconnect thread) ---------------------------------------------
     def _connect(self, response: HttpResponse | None = None) -> _Conn:
