@@ -502,7 +502,7 @@ class Hub:
 
     # -- connections -------------------------------------------------------------------------------------
     def connect(self, *, authorized: bool, peer: str = "", notify: Callable[[], None] | None = None) -> Client:
-        client = Client(id=self._next_id, authorized=authorized, outbox=Outbox(self.queue_streams, self.queue_depth),
+        client = Client(id=self._next_id, authorized=authorized, outbox=Outbox(self._queue_streams(), self.queue_depth),
                         peer=peer)
         if notify is not None:
             client.notify = notify
@@ -539,8 +539,17 @@ class Hub:
             c.send(msg, key="streams")  # an unsent older list is replaced, never queued behind
         self._titles_pending.clear()  # every current title just went out
 
+    def _queue_streams(self) -> int:
+        # A client's queue holds pending updates of at most this many streams: never fewer than the streams there
+        # are, or a "*" subscriber of 500 stations would lose whole streams' updates whenever one step published
+        # more than 256 of them at once. Still bounded: by the streams the server's limits let exist.
+        return max(self.queue_streams, len(self.streams))
+
     def stream_added(self, name: str, source: str, title: str | None = None, owner: int | None = None) -> None:
         self.streams[name] = StreamInfo(name, source, title, owner)
+        bound = self._queue_streams()
+        for c in self.clients.values():
+            c.outbox.max_streams = max(c.outbox.max_streams, bound)
         self._broadcast_streams()
 
     def stream_removed(self, name: str, reason: str) -> None:

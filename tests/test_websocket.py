@@ -683,3 +683,22 @@ def test_outbox_keyed_notices_of_many_streams_do_not_count_as_a_slow_client():
     for k in range(300):  # replies still count: past the bound the client is too slow
         box.put_control({"type": "error", "code": "bad_json", "message": str(k)})
     assert box.overflowed and len(box) == 256
+
+
+@pytest.mark.parametrize("connect_first", [True, False], ids=["connected-before", "connected-after"])
+def test_a_star_subscriber_of_more_streams_than_the_queue_bound_loses_no_whole_stream(connect_first):
+    # 500 stations' updates published in one step (an engine catching up) must all reach a "*" subscriber:
+    # the per-client queue grows with the streams there are (its default bound is 256 streams)
+    hub = _hub()
+    early = hub.connect(authorized=False) if connect_first else None
+    names = [f"s{k:03d}" for k in range(500)]
+    for n in names:
+        hub.stream_added(n, "http://radio.example/x.mp3")
+    client = early if early is not None else hub.connect(authorized=False)
+    hub.receive(client, json.dumps({"type": "subscribe", "streams": "*"}))
+    _drain(client)
+    for n in names:
+        hub.publish(_update(n, 0))
+    got = [m for m in _drain(client) if m["type"] == "update"]
+    assert sorted(m["stream"] for m in got) == names
+    assert not any(m.get("dropped") for m in got)

@@ -140,7 +140,7 @@ class ServerConfig:
     token: str | None = None  # --token: required to connect when set; enables add_source / remove_source
     allowed_origins: tuple[str, ...] = ()  # --allowed-origin: browser Origins allowed besides the server's own; "*": any
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # --max-message-bytes: largest incoming message
-    queue_streams: int = 256  # per-client outbox bound: streams with pending updates
+    queue_streams: int = 256  # per-client outbox bound: streams with pending updates (at least the streams there are)
     queue_depth: int = 8  # per-client outbox bound: pending updates per stream (older ones are dropped)
     file_speed: float | None = 1.0  # pacing of file sources (x real time; None: as fast as decoded)
     web_dir: Path | None = WEB_DIR  # static files served over HTTP (None: no page)
