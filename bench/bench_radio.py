@@ -120,6 +120,8 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
         counted = 0
         late_task: asyncio.Task[float] | None = None
         closed = ""
+        dropped = 0
+        parts: list[tuple[float, float]] = []  # (engine latency_ms, delivery ms) of each counted update
         last_late = 0.0  # s after connecting: the last update later than P99_LIMIT_MS
         late_at = start + seconds / 2
         while (now := time.monotonic()) < end:
@@ -135,17 +137,21 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
                 closed = f"{e.rcvd.code if e.rcvd else '?'} {e.rcvd.reason if e.rcvd else ''}".strip()
                 break
             msg = json.loads(text)
+            if time.monotonic() >= start:
+                dropped += int(msg.get("dropped") or 0)  # updates the server's queue for this client discarded
             if msg.get("type") != "update":
                 continue
             recv_wall = datetime.now().astimezone()
             delivery = (recv_wall - datetime.fromisoformat(msg["wall"])).total_seconds() * 1000.0
-            latency = float(msg.get("latency_ms") or 0.0) + max(0.0, delivery)
+            engine_ms = float(msg.get("latency_ms") or 0.0)
+            latency = engine_ms + max(0.0, delivery)
             if latency > P99_LIMIT_MS:  # the start-up backlog (every station's first burst at once) not drained yet
                 last_late = time.monotonic() - t0
             if time.monotonic() < start:
                 continue
             counted += 1
             latencies.append(latency)
+            parts.append((engine_ms, delivery))
             n_over = int(msg.get("overruns") or 0)  # cumulative per stream: count what the window added
             first, _ = overruns.get(msg["stream"], (n_over, n_over))
             overruns[msg["stream"]] = (first, n_over)
@@ -157,7 +163,10 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
         lat = np.asarray(latencies) if latencies else np.asarray([float("inf")])
         return {"updates": counted, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
                 "overruns": int(sum(last - first for first, last in overruns.values())), "first_hello_s": first_hello,
-                "late_hello_s": hello_late, "closed": closed, "settled_s": last_late}
+                "late_hello_s": hello_late, "closed": closed, "settled_s": last_late,
+                "dropped": dropped,
+                "engine_p99_ms": float(np.percentile([e for e, _ in parts], 99)) if parts else float("inf"),
+                "delivery_p99_ms": float(np.percentile([d for _, d in parts], 99)) if parts else float("inf")}
 
     Path(out_path).write_text(json.dumps(asyncio.run(main())))
 
@@ -193,7 +202,7 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
         c0, t0 = cpu_seconds(pids), time.monotonic()
         spy = None
         if args.spy:  # a py-spy profile of the serve process (and its decoder processes) over the counted seconds
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(serve.pid), "--subprocesses", "--idle",
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(serve.pid), "--subprocesses", "--idle", "--threads",
                                     "--format", "raw", "--duration", str(int(args.seconds)), "--output",
                                     f"{args.spy}-{n}.txt", "--nonblocking"], stdout=subprocess.DEVNULL)
         time.sleep(args.seconds)
@@ -232,8 +241,9 @@ def sustains(r: dict) -> bool:
 
 def row(r: dict) -> str:
     return (f"  {r['streams']:4d} stations: updates/s {r.get('updates_per_s', 0):7.1f} (expected "
-            f"{r['expected_updates_per_s']:.1f})  p50 {r.get('p50_ms', float('nan')):7.0f} ms  p99 "
-            f"{r.get('p99_ms', float('nan')):7.0f} ms  overruns {r.get('overruns', '?')}  CPU/station "
+            f"{r['expected_updates_per_s']:.1f}, dropped {r.get('dropped', 0)})  p50 {r.get('p50_ms', float('nan')):7.0f} ms  p99 "
+            f"{r.get('p99_ms', float('nan')):7.0f} ms (engine {r.get('engine_p99_ms', float('nan')):.0f}, delivery "
+            f"{r.get('delivery_p99_ms', float('nan')):.0f})  overruns {r.get('overruns', '?')}  CPU/station "
             f"{r.get('cpu_per_station_pct', float('nan')):5.2f}% ({r.get('cpu_cores', float('nan')):.2f} cores)  "
             f"RSS {r.get('rss_mb', float('nan')):6.0f} MB  hello {r.get('late_hello_s', float('nan')):.2f} s  "
             f"start {r.get('startup_s', float('nan')):.1f} s  settled {r.get('settled_s', float('nan')):.0f} s  "
@@ -245,7 +255,7 @@ def row(r: dict) -> str:
 def median_row(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for key in ("updates_per_s", "p50_ms", "p99_ms", "cpu_per_station_pct", "cpu_cores", "rss_mb", "late_hello_s",
-                "startup_s", "stop_s", "settled_s"):
+                "startup_s", "stop_s", "settled_s", "engine_p99_ms", "delivery_p99_ms"):
         out[key] = float(np.median([r.get(key, float("nan")) for r in runs]))
     out["overruns"] = max(r.get("overruns", 0) for r in runs)
     out["sustained"] = sustains(out)
