@@ -59,7 +59,9 @@ RING_SECONDS = 10.0  # s of unprocessed audio a stream's ring holds; beyond it t
 CLIP_LEVEL = 4.0  # full scale = 1.0; samples beyond +-4 (+12 dBFS, far above any decoder's inter-sample overs) are clipped
 SILENCE_DB = -60.0  # dBFS RMS over a hop's frames; quieter hops are "silence" and do not move the smoothed genres
 FILE_BATCH = 32  # windows (or hops of a stateful model) the file path runs per batch
-STOP_BATCH = 256  # windows a live step runs per model call when its caller may stop it (Engine.step's ``stop``)
+# windows a live step runs per model call when its caller may stop it (Engine.step's ``stop``): musicnn-msd's 3 s
+# windows cost ~2.8 GFLOP each, so 32 of them are ~0.5 s of this project's 2-core machine (128 were 3.7 s of SIGTERM)
+STOP_BATCH = 32
 FILE_BLOCK_SECONDS = 20.0  # s: FileTagger.push splits larger blocks so the front end's temporaries stay bounded
 
 
@@ -463,7 +465,7 @@ class Engine:
         """Run every complete hop of every stream; returns the updates in time order per stream.
 
         ``stop``: the caller is stopping. It is looked at between the model calls of a step (a stateful model's
-        rounds, a windowed model's batches of :data:`STOP_BATCH` windows), so that a step over a large backlog
+        rounds, a windowed model's batches of at most :data:`STOP_BATCH` windows), so that a step over a large backlog
         (an overloaded engine) ends within one such call once it is set; such a step returns no updates, and the
         hops it had read are lost (the engine is not meant to be stepped again)."""
         t0 = time.perf_counter()
@@ -495,8 +497,7 @@ class Engine:
         return updates
 
     def _run_windows(self, jobs: list[tuple[StreamState, int]], stop: threading.Event | None) -> np.ndarray | None:
-        # whole multiples of the runner's own batches: the same forward passes as one predict() of every window
-        batch = self.runner.max_batch * max(1, STOP_BATCH // self.runner.max_batch)
+        batch = min(STOP_BATCH, self.runner.max_batch)  # a backlog only: a step at the stream rate has fewer windows
         if stop is None or len(jobs) <= batch:
             windows = np.stack([st.track.span(e - self.window_frames, e) for st, e in jobs])  # (B, window, n_mels)
             return self.runner.predict(windows)
