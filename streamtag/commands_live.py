@@ -101,15 +101,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sources: dict[str, Any]
     pool = None
     if args.parallel:
+        from .app import terminate_as_interrupt
         from .sources.pool import SourcePool
 
         pool = SourcePool(engine.sample_rate)
         sources, describe = {}, {}
         try:
-            for f in files:
-                name = f.stem if f.stem not in sources else f"{f.stem}#{len(sources)}"
-                sources[name] = pool.open(str(f), engine.sample_rate)
-                describe[name] = str(f)
+            with terminate_as_interrupt():  # SIGTERM while hundreds of files open: the same clean-up as Ctrl-C
+                for f in files:
+                    name = f.stem if f.stem not in sources else f"{f.stem}#{len(sources)}"
+                    sources[name] = pool.open(str(f), engine.sample_rate)
+                    describe[name] = str(f)
         except BaseException:
             pool.close()
             raise

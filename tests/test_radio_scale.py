@@ -312,3 +312,26 @@ def test_stream_opens_a_station_list_at_once_and_stops_while_opening(model, tmp_
         listener.close()
         for conn in held:
             conn.close()
+
+
+def test_demo_stopped_while_it_opens_many_files_exits_143_with_no_worker_left(model, station_list):
+    # SIGTERM as soon as the decoder processes exist: demo --parallel is still opening its 300 files
+    wav = station_list.parent / "tone.wav"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "demo", *[str(wav)] * 300, "--parallel", "--model", str(model),
+         "--format", "jsonl", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert workers, "no decoder process started"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=STOP_BOUND_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err  # handled (the default action would be -15), not killed
+    assert "Traceback" not in err
+    assert not [w for w in workers if _alive(w)]
