@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import StreamtagError, Terminated, close_quietly
@@ -444,23 +445,19 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
 
 
 async def _open_all(pool: SourcePool, specs: Sequence[tuple[str, bool]], sample_rate: int) -> list[Any]:
-    """Open (uri, retry_open) in the pool, OPEN_AT_ONCE at a time; the first error is raised (after the others
-    finished opening: the pool closes them all)."""
+    """Open (uri, retry_open) in the pool through :func:`open_concurrently` (OPEN_AT_ONCE at a time), off the event
+    loop; the first failure in order is raised."""
     from .sources.policy import SourcePolicy
 
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(OPEN_AT_ONCE)
-    executor = ThreadPoolExecutor(OPEN_AT_ONCE, thread_name_prefix="open")
-
-    async def one(uri: str, retry: bool) -> Any:
-        async with gate:
-            return await loop.run_in_executor(
-                executor, lambda: pool.open(uri, sample_rate, SourcePolicy.permissive(), retry_open=retry))
-
+    opens: list[tuple[str, Callable[[], Any]]] = [
+        (str(i), partial(pool.open, uri, sample_rate, SourcePolicy.permissive(), retry_open=retry))
+        for i, (uri, retry) in enumerate(specs)]
+    # its own thread, never waited for here: after a stop during start-up, pool.close() ends the opens still running
+    executor = ThreadPoolExecutor(1, thread_name_prefix="open-all")
     try:
-        return list(await asyncio.gather(*(one(u, r) for u, r in specs)))
-    finally:  # never wait here for opens still running (a stop during start-up): pool.close() ends them
-        executor.shutdown(wait=False, cancel_futures=True)
+        return list((await asyncio.get_running_loop().run_in_executor(executor, open_concurrently, opens)).values())
+    finally:
+        executor.shutdown(wait=False)
 
 
 async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: float) -> None:

@@ -237,13 +237,17 @@ def test_serve_refuses_a_bad_station_list_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "missing.txt: no such file" in err[0]
 
 
-def test_demo_with_many_files_in_parallel_ends_on_sigterm_with_exit_143(model, station_list):
-    wav = station_list.parent / "tone.wav"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamtag", "demo", *[str(wav)] * 60, "--parallel", "--model", str(model),
+def _demo_parallel(model: Path, wav: Path, copies: int) -> subprocess.Popen:
+    """`streamtag demo --parallel` on ``copies`` copies of one file, JSON lines on a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "demo", *[str(wav)] * copies, "--parallel", "--model", str(model),
          "--format", "jsonl", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
+
+
+def test_demo_with_many_files_in_parallel_ends_on_sigterm_with_exit_143(model, station_list):
+    proc = _demo_parallel(model, station_list.parent / "tone.wav", 60)
     assert proc.stdout is not None
     for _ in range(120):  # paced at real time: updates from many streams
         if not proc.stdout.readline():
@@ -316,12 +320,7 @@ def test_stream_opens_a_station_list_at_once_and_stops_while_opening(model, tmp_
 
 def test_demo_stopped_while_it_opens_many_files_exits_143_with_no_worker_left(model, station_list):
     # SIGTERM as soon as the decoder processes exist: demo --parallel is still opening its 300 files
-    wav = station_list.parent / "tone.wav"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamtag", "demo", *[str(wav)] * 300, "--parallel", "--model", str(model),
-         "--format", "jsonl", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
+    proc = _demo_parallel(model, station_list.parent / "tone.wav", 300)
     try:
         deadline = time.monotonic() + 60
         while not (workers := _children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:

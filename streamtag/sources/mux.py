@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import SourceError
 from .base import MAX_BAD_PACKETS, AudioPipeline, EventCallback, Source, describe_av_error, emit_event, set_title
 from .http_client import Cancel, HttpResponse, IcyDemuxer, http_get, parse_stream_title
-from .policy import PolicyError, SourcePolicy, display_name
+from .policy import SourcePolicy, display_name
 from .reconnect import UNSET, Reconnector, ReconnectPolicy, Unset, merge_policy
 from .url import MAX_METAINT, open_url
 
@@ -563,10 +563,7 @@ class MuxLoop:
     def _reconnect(self, station: NetStation, reason: str) -> None:
         try:
             conn = station.reconnect(reason)
-        except PolicyError as e:
-            self._ended(station, e)
-            return
-        except SourceError as e:
+        except SourceError as e:  # PolicyError included: a redirect the policy refuses ends the station too
             self._ended(station, e)
             return
         except Exception as e:  # a bug must end the station, not the worker
