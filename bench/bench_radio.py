@@ -202,8 +202,8 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
         c0, t0 = cpu_seconds(pids), time.monotonic()
         spy = None
         if args.spy:  # a py-spy profile of the serve process (and its decoder processes) over the counted seconds
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(serve.pid), "--subprocesses", "--idle", "--threads",
-                                    "--format", "raw", "--duration", str(int(args.seconds)), "--output",
+            mode = {"idle": ["--subprocesses", "--idle"], "cpu": ["--subprocesses"], "gil": ["--gil"]}[args.spy_mode]
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(serve.pid), *mode, "--threads", "--format", "raw", "--duration", str(int(args.seconds)), "--output",
                                     f"{args.spy}-{n}.txt", "--nonblocking"], stdout=subprocess.DEVNULL)
         time.sleep(args.seconds)
         c1, t1 = cpu_seconds(pids), time.monotonic()
@@ -303,7 +303,7 @@ class _NullFeed:
     def __init__(self) -> None:
         self.samples = 0
 
-    def push(self, samples: np.ndarray) -> None:
+    def push(self, samples: np.ndarray, arrived: float | None = None) -> None:
         self.samples += samples.shape[0]
 
     def title(self, title: str | None) -> None:
@@ -424,6 +424,9 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--keep-logs", default=None, help="keep serve's stderr (run with -v) in this folder")
     p.add_argument("--spy", default=None, help="py-spy raw profiles of serve to SPY-N.txt (needs py-spy on PATH)")
+    p.add_argument("--spy-mode", choices=("idle", "cpu", "gil"), default="idle",
+                   help="--spy: every thread's samples, idle included (with the decoder processes); on-CPU samples "
+                        "only; or only the thread holding serve's GIL (what serialises the engine)")
     args = p.parse_args()
 
     from radio_fixtures import feed, icecast_server

@@ -71,7 +71,7 @@ class Engine(Protocol):
     def add_stream(self, name: str, title: str | None = None) -> object: ...
     def remove_stream(self, name: str) -> None: ...
     def set_title(self, name: str, title: str | None) -> None: ...
-    def push(self, name: str, samples: np.ndarray) -> None: ...
+    def push(self, name: str, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None: ...
     def step(self, stop: threading.Event | None = None) -> list[GenreUpdate]: ...
     def backlog(self, name: str) -> float: ...
     def use_front_end_pool(self, pool: Executor | None, passes: int = 1) -> None: ...
@@ -128,9 +128,9 @@ class _Feed:
     def __init__(self, runner: LiveRunner, st: _Stream) -> None:
         self._runner, self._st = runner, st
 
-    def push(self, samples: np.ndarray) -> None:
+    def push(self, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
         self._st.samples += samples.shape[0]
-        self._runner.push(self._st.name, samples)
+        self._runner.push(self._st.name, samples, arrived)
 
     def title(self, title: str | None) -> None:
         self._runner._set_title(self._st.name, title)
@@ -270,11 +270,12 @@ class LiveRunner:
             self._streams[name] = _Stream(name)
         self._notify_added(name, display, title)
 
-    def push(self, name: str, samples: np.ndarray) -> None:
+    def push(self, name: str, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
         """Hand (N,) float32 samples of stream ``name`` to the engine thread (never blocks; unknown names are
-        ignored: the stream may have just been removed)."""
+        ignored: the stream may have just been removed). ``arrived``: when the audio reached the machine, if
+        earlier than now (a decoder process's stamp; see :meth:`Engine.push`); latency counts from it."""
         try:
-            self._engine.push(name, samples)
+            self._engine.push(name, samples, arrived)
         except StreamtagError:  # not (or no longer) in the engine
             return
         if not self._wake.is_set():  # set already: the engine has not cleared it, so its next step reads this audio

@@ -406,25 +406,41 @@ class Engine:
         self.streams[name].title = title
 
     # -- producer side -------------------------------------------------------------------------------
-    def push(self, name: str, samples: np.ndarray) -> None:
-        """Copy mono float32 samples at ``sample_rate`` into the stream's ring buffer (thread-safe)."""
+    def push(self, name: str, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
+        """Copy mono float32 samples at ``sample_rate`` into the stream's ring buffer (thread-safe).
+
+        ``arrived``: when the audio reached the machine (``time.monotonic()``; default now), or ``(first, last)``:
+        its bytes came in steadily between those times (a socket read once per pass). An update's ``latency_ms``
+        counts from the arrival of the newest sample it used. Times later than now are taken as now.
+        """
         st = self.streams.get(name)
         if st is None:
             raise ConfigError(f"unknown stream {name!r}; add it first")
         st.ring.write(samples)
-        st.arrivals.append((st.ring.written, time.monotonic()))
+        now = time.monotonic()
+        if arrived is None:
+            first = last = now
+        elif isinstance(arrived, tuple):
+            first, last = min(now, float(arrived[0])), min(now, float(arrived[1]))
+        else:
+            first = last = min(now, float(arrived))
+        st.arrivals.append((st.ring.written, first, last, max(1, len(samples))))
 
     # -- consumer side -------------------------------------------------------------------------------
     @staticmethod
     def _arrival_of(st: StreamState, sample_index: int) -> float | None:
-        # Wall time at which the block holding ``sample_index`` arrived. The hops of a stream are answered in
-        # order, so the blocks before this one are not needed again: drop them (push() appends from other
-        # threads; appends and popleft are atomic, and only this thread pops).
+        # Wall time at which ``sample_index`` arrived: within its block, interpolated between the block's first
+        # and last arrival. The hops of a stream are answered in order, so the blocks before this one are not
+        # needed again: drop them (push() appends from other threads; appends and popleft are atomic, and only
+        # this thread pops).
         arrivals = st.arrivals
         while arrivals:
-            written, at = arrivals[0]
+            written, first, last, n = arrivals[0]
             if written >= sample_index:
-                return float(at)
+                if last == first:
+                    return float(last)
+                frac = min(1.0, max(0.0, 1.0 - (written - sample_index) / n))
+                return float(first + frac * (last - first))
             arrivals.popleft()
         return None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -118,6 +119,29 @@ def test_update_fields_and_hop_spacing(bundle) -> None:
     assert d["latency_ms"] is not None and d["latency_ms"] >= 0
     assert math.isfinite(d["level_db"])
     assert engine.streams["x"].latest is ups[-1] and engine.streams["x"].updates == len(ups)
+
+
+def test_latency_counts_from_when_the_audio_arrived(bundle) -> None:
+    """A decoder process hands the engine audio that reached the machine earlier: latency counts from then
+    (an arrival in the future is taken as now)."""
+    engine = Engine(bundle, device="cpu", hop_seconds=0.5)
+    for name in ("now", "earlier", "future", "spread"):
+        engine.add_stream(name)
+    x = _audio(3.0, 3)
+    t = time.monotonic()
+    engine.push("now", x)
+    engine.push("earlier", x, arrived=t - 30.0)
+    engine.push("future", x, arrived=t + 30.0)
+    engine.push("spread", x, arrived=(t - 30.0, t - 10.0))  # bytes came in steadily over those 20 s
+    ups = engine.step()
+    lat = {n: [u.extra["latency_ms"] for u in ups if u.stream == n] for n in ("now", "earlier", "future", "spread")}
+    assert lat["now"] and len(lat["now"]) == len(lat["earlier"]) == len(lat["future"])
+    assert all(0 <= a < 30_000 <= b for a, b in zip(lat["now"], lat["earlier"]))
+    assert all(0 <= c for c in lat["future"])
+    # a hop ending at a fraction f of the audio arrived at t - 30 + 20 f: later hops, less latency
+    spread = lat["spread"]
+    assert all(10_000 <= a <= 30_500 for a in spread) and spread == sorted(spread, reverse=True)
+    assert spread[0] - spread[-1] > 1_000
 
 
 def test_overruns_counted_when_consumer_is_slow(bundle) -> None:

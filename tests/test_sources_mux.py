@@ -63,13 +63,16 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 class RecordingFeed:
     def __init__(self) -> None:
         self.blocks: list[np.ndarray] = []
+        self.stamps: list[tuple[float, float, float]] = []  # (its bytes came in from, until; it got here)
         self.titles: list[str | None] = []
         self.events: list[tuple[str, str]] = []
         self.ended = threading.Event()
         self.error: BaseException | None = None
 
-    def push(self, samples: np.ndarray) -> None:
+    def push(self, samples: np.ndarray, arrived: tuple[float, float] | None = None) -> None:
         self.blocks.append(np.array(samples))
+        first, last = (float("nan"), float("nan")) if arrived is None else arrived
+        self.stamps.append((first, last, time.monotonic()))
 
     def title(self, title: str | None) -> None:
         self.titles.append(title)
@@ -122,14 +125,54 @@ def test_the_mux_loop_gives_the_samples_ffmpeg_demuxes_and_the_icy_title(clips, 
     got = np.concatenate(feed.blocks)
     want = read_audio(str(clips[codec]), SR)  # FFmpeg's demuxer on the same bytes, the same conversion
     assert isinstance(feed.error, SourceError) and "ended" in str(feed.error)  # max_retries=0: no reconnect
-    # before its start a live station keeps only its newest second: whole blocks of the first bytes may be gone
-    offsets = [o for o in range(0, 16001, 1600) if np.allclose(got[:3200], want[o:o + 3200], atol=1e-6)]
+    # before its start a live station keeps only its newest second: the first samples may be gone
+    offsets = [int(o) for o in np.flatnonzero(np.abs(want[:16001] - got[0]) <= 1e-6)
+               if np.allclose(got[:3200], want[o:o + 3200], atol=1e-6)]
     assert offsets, "the stream's samples are not the file's"
     o = offsets[0]
     # the end: a file's is trimmed to its length (its resampler flushed there), a live stream's is never flushed
     n = min(got.shape[0], want.shape[0] - o - 256)
     assert n >= want.shape[0] - o - 3200
     np.testing.assert_allclose(got[:n], want[o:o + n], atol=1e-6)
+
+
+def test_mux_audio_is_stamped_with_when_its_bytes_could_first_have_arrived(clips):
+    """Latency counts from the audio's arrival at the machine, not its decoding: the pool stamps each delivery
+    with when its bytes came in: from the time the socket was last seen empty (they wait up to a pass there)
+    until the read that took them."""
+    audio = clips["mp3"].read_bytes()
+    go = threading.Event()
+    sent: list[tuple[float, float]] = []  # (before, after) each burst's sendall
+
+    def handler(conn: socket.socket, index: int, stop: threading.Event) -> None:
+        conn.sendall(icy_head() + audio[:6000])
+        if not go.wait(30):
+            return
+        for start in range(6000, 6000 + 4 * 8192, 8192):  # 0.5 s of audio a second, in one burst
+            before = time.monotonic()
+            conn.sendall(audio[start:start + 8192])
+            sent.append((before, time.monotonic()))
+            if stop.wait(1.0):
+                return
+        stop.wait(5)
+
+    with ScriptedServer(handler) as server, SourcePool(SR, workers=1) as pool:
+        src = pool.open(server.url("/live.mp3"), SR, max_retries=0)
+        feed = RecordingFeed()
+        src.start(feed, None)
+        wait_until(lambda: feed.samples > 0, 10, "the audio decoded at the open")
+        go.set()
+        wait_until(lambda: len(sent) == 4 and time.monotonic() > sent[-1][1] + 0.8, 15, "four bursts")
+        src.close()
+    stamps = feed.stamps
+    assert all(first <= last <= got for first, last, got in stamps)  # NaN (no stamp) fails too
+    for i in range(1, 4):
+        before, after = sent[i]
+        mine = [(first, last) for first, last, got in stamps if before < got < before + 0.9]
+        assert mine, f"no audio of burst {i} arrived within 0.9 s"
+        # from: after the previous burst (those bytes had all been read), before this one was sent;
+        # until: a read after this burst began to be sent
+        assert all(sent[i - 1][1] < first <= after and before <= last for first, last in mine), (mine, sent)
 
 
 def test_a_station_on_the_mux_loop_gives_the_same_updates_as_the_same_audio_pushed(tmp_path, clips):
@@ -371,7 +414,7 @@ def test_closing_a_reconnecting_station_leaves_no_thread_or_socket_behind(clips)
     delivered: list[int] = []
     ended: list[BaseException | None] = []
     stopping = threading.Event()
-    loop = MuxLoop(lambda st, blocks: delivered.append(sum(b.shape[0] for b in blocks)),
+    loop = MuxLoop(lambda st, blocks, since: delivered.append(sum(b.shape[0] for b in blocks)),
                    lambda st, e: ended.append(e), stopping)
     before = fds()
     with ScriptedServer(handler) as server:

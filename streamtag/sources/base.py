@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import unicodedata
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -157,9 +157,12 @@ class AudioPipeline:
     and the next chunk starts a fresh resampler. ``finish()`` also returns the last, possibly shorter, block.
     """
 
-    def __init__(self, sample_rate: int, block_size: int) -> None:
+    def __init__(self, sample_rate: int, block_size: int, *, whole: bool = False) -> None:
         self.sample_rate = int(sample_rate)
         self.block_size = int(block_size)
+        # whole: no cutting and no gathering; each call returns everything it converted as one array (the mux
+        # loop's stations: a pass's audio goes out at once, stamped with when its bytes arrived)
+        self.whole = whole
         self._resampler: Resampler | None = None
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
@@ -171,16 +174,22 @@ class AudioPipeline:
         """Add one decoded frame; return the complete blocks now available. Frames are gathered (in FFmpeg's
         AudioFifo) until they hold a block's worth of input, then converted and resampled in one pass: the same
         samples as :meth:`push` per frame, at a fraction of the per-frame cost."""
-        key = (frame.sample_rate, frame.format.name, frame.layout.name)
+        return self.push_frames((frame,))
+
+    def push_frames(self, frames: Iterable[av.AudioFrame]) -> list[np.ndarray]:
+        """:meth:`push_frame` for several frames (e.g. all a network read decoded): one conversion for all of
+        them once they hold a block's worth of input. The same samples as pushing them one by one."""
         blocks: list[np.ndarray] = []
-        if key != self._fifo_key:
-            blocks += self._drain_fifo()
-            self._fifo, self._fifo_key = av.AudioFifo(), key
-            self._fifo_min = max(1, self.block_size * frame.sample_rate // self.sample_rate)
-        assert self._fifo is not None
-        frame.pts = None  # the fifo checks timestamps for gaps; ours are continuous by construction
-        self._fifo.write(frame)
-        if self._fifo.samples >= self._fifo_min:
+        for frame in frames:
+            key = (frame.sample_rate, frame.format.name, frame.layout.name)
+            if key != self._fifo_key:  # checked here: PyAV's AudioFifo crashes on a frame of another layout
+                blocks += self._drain_fifo()
+                self._fifo, self._fifo_key = av.AudioFifo(), key
+                self._fifo_min = 1 if self.whole else max(1, self.block_size * frame.sample_rate // self.sample_rate)
+            assert self._fifo is not None
+            frame.pts = None  # the fifo checks timestamps for gaps; ours are continuous by construction
+            self._fifo.write(frame)
+        if self._fifo is not None and self._fifo.samples >= self._fifo_min:
             blocks += self._drain_fifo()
         return blocks
 
@@ -226,6 +235,10 @@ class AudioPipeline:
             self._n_pending += y.shape[0]
 
     def _take_blocks(self) -> list[np.ndarray]:
+        if self.whole:
+            data = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending or [np.zeros(0, np.float32)])
+            self._pending, self._n_pending = [], 0
+            return [data] if data.shape[0] else []
         if self._n_pending < self.block_size:
             return []
         data = np.concatenate(self._pending)

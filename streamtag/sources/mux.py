@@ -12,8 +12,10 @@ with the codec's own parser (``CodecContext.parse``) and decodes them: no contai
                     MP3 / ADTS AAC / Ogg Vorbis live stream? -> NetStation: decode until the first frame
                     anything else (HLS, playlists, Ogg Opus, a file over HTTP, chunked, unknown types)
                         -> open_url(..., response=the same answer): the Source classes, thread per station
-      MuxLoop:      every TICK_S: recv what each ready socket has, ICY -> parse (Ogg: OggReader) -> decode ->
-                    AudioPipeline (downmix + soxr HQ to 16 kHz, blocks) -> deliver(station, blocks)
+      MuxLoop:      every tick (TICK_S, longer with many stations): recv what each ready socket has, ICY -> parse
+                    (Ogg: OggReader) -> decode -> AudioPipeline (downmix + soxr HQ to 16 kHz, the whole read at
+                    once) -> deliver(station, audio, (since, until)): the bytes came in between ``since`` (the socket
+                    was last seen empty) and ``until`` (the last read that got some)
                     deadlines: no byte for read_timeout, no decoded audio for stall_timeout -> a drop
       on a drop:    a short-lived thread runs the Reconnector (backoff with jitter, max_retries; every attempt is
                     the blocking connect above, policy included) and hands the new connection back to the loop
@@ -44,11 +46,16 @@ from .policy import SourcePolicy, display_name
 from .reconnect import UNSET, Reconnector, ReconnectPolicy, Unset, merge_policy
 from .url import MAX_METAINT, open_url
 
-__all__ = ["NetStation", "MuxLoop", "open_network", "MUX_CODECS", "TICK_S"]
+__all__ = ["NetStation", "MuxLoop", "open_network", "MUX_CODECS", "TICK_S", "MAX_TICK_S", "tick_for"]
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.1  # s between the loop's passes over its sockets (each pass reads ~1.6 kB of a 128 kbit/s station)
+# s between the loop's passes over its sockets: a pass's fixed cost per station (a recv, a parse, a resampler call,
+# a delivery) is about as large as decoding a 0.1 s read, so many stations are read less often: TICK_S up to
+# TICK_STATIONS stations, then longer, up to MAX_TICK_S. Bytes wait in the socket up to a tick (counted in latency).
+TICK_S = 0.1
+MAX_TICK_S = 0.2
+TICK_STATIONS = 100
 CHECK_S = 0.5  # s between deadline checks
 RECV_SIZE = 65536  # bytes asked per recv
 MAX_RECV_PER_TICK = 8  # recv calls per station per pass (a burst beyond 512 kB waits for the next pass)
@@ -75,6 +82,11 @@ RECONNECT_FIELDS = frozenset({
     "reconnect", "max_retries", "connect_timeout", "header_timeout", "read_timeout", "stall_timeout",
     "fetch_timeout", "backoff_initial", "backoff_max", "healthy_after", "segment_retries",
 })
+
+
+def tick_for(stations: int) -> float:
+    """The loop's pass interval for this many stations: TICK_S, growing linearly past TICK_STATIONS."""
+    return min(MAX_TICK_S, max(TICK_S, TICK_S * stations / TICK_STATIONS))
 
 
 def mux_codec(response: HttpResponse) -> str | None:
@@ -192,6 +204,9 @@ class _Conn:
     codec: Any  # av.AudioCodecContext (None: an Ogg stream before its Vorbis headers)
     ogg: OggReader | None = None
     started: float = field(default_factory=time.monotonic)
+    # when the socket was last known empty: bytes read later arrived after it (the latency's starting point)
+    empty_at: float = field(default_factory=time.monotonic)
+    first_pass: int = 0  # the loop's first pass that selected this socket
     last_byte: float = field(default_factory=time.monotonic)
     last_audio: float = field(default_factory=time.monotonic)
     bad: int = 0  # consecutive undecodable packets
@@ -236,11 +251,13 @@ class NetStation:
         self.bytes_in = 0
         self.decode_errors = 0
         self.key: Any = None  # the owner's handle (the pool's station record)
+        self.since = (0.0, 0.0)  # when the bytes of the latest audio delivered came in (first, last)
         self._closed = threading.Event()
         self._cancel = Cancel(self._closed)
         self._retry = Reconnector(self.reconnect_policy, label=self.label, closed=self._closed, emit=self._emit)
-        self.pipeline = AudioPipeline(self.sample_rate, self.block_size)
-        self.early: list[np.ndarray] = []  # blocks decoded while connecting (the loop delivers them first)
+        self.pipeline = AudioPipeline(self.sample_rate, self.block_size, whole=True)
+        self.early: list[np.ndarray] = []  # audio decoded while connecting (the loop delivers it first)
+        self.early_since = 0.0  # when the connection that decoded ``early`` began reading
         self.conn: _Conn | None = self._connect(response)
 
     @property
@@ -296,6 +313,8 @@ class NetStation:
                 conn = _Conn(response, demuxer, av.CodecContext.create(codec_name, "r"))
             no_audio = f"{label}: no audio arrived within {p.stall_timeout:g} s; check the URL or try again later"
             deadline = time.monotonic() + p.stall_timeout
+            if not self.early:
+                self.early_since = conn.started
             frame = None
             while frame is None:
                 if self.closed:
@@ -321,6 +340,7 @@ class NetStation:
             if rest:
                 self._decode(conn, rest, self.early)
             response._sock.setblocking(False)
+            conn.empty_at = time.monotonic()  # the body read so far is decoded: newer bytes arrive after this
         except BaseException:
             response.close()
             raise
@@ -369,7 +389,7 @@ class NetStation:
         else:
             packets = conn.codec.parse(data)
         codec = conn.codec
-        last = None
+        decoded: list[av.AudioFrame] = []
         for packet in packets:
             try:
                 frames = codec.decode(packet)
@@ -382,12 +402,12 @@ class NetStation:
                 log.debug("%s: skipping an undecodable packet: %s", self.label, describe_av_error(e))
                 continue
             conn.bad = 0
-            for frame in frames:
-                out += self.pipeline.push_frame(frame)
-                last = frame
-        if last is not None:
-            conn.last_audio = time.monotonic()
-        return last
+            decoded += frames
+        if not decoded:
+            return None
+        out += self.pipeline.push_frames(decoded)  # one conversion for the whole read
+        conn.last_audio = time.monotonic()
+        return decoded[-1]
 
     # reading (the loop thread) ------------------------------------------------------------------------------------
     def read_ready(self, out: list[np.ndarray]) -> str | None:
@@ -401,6 +421,7 @@ class NetStation:
             try:
                 data = sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                conn.empty_at = time.monotonic()
                 break
             except OSError as e:
                 return e.strerror or type(e).__name__
@@ -412,6 +433,7 @@ class NetStation:
             except (av.error.FFmpegError, ValueError) as e:
                 return f"undecodable data ({describe_av_error(e)})"
             if len(data) < RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                conn.empty_at = conn.last_byte  # all it had: later bytes arrive after this read
                 break
         return None
 
@@ -454,7 +476,7 @@ class MuxLoop:
 
     def __init__(
         self,
-        deliver: Callable[[NetStation, list[np.ndarray]], None],
+        deliver: Callable[[NetStation, list[np.ndarray], tuple[float, float]], None],
         ended: Callable[[NetStation, BaseException | None], None],
         stopping: threading.Event,
     ) -> None:
@@ -467,6 +489,8 @@ class MuxLoop:
         self._stations: set[NetStation] = set()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pass = 0  # passes so far (a pass: one select over every socket, then the reads)
+        self._selected_at = time.monotonic()  # when the latest pass's select ran
 
     def add(self, station: NetStation) -> None:
         """Start reading ``station`` (connected; any thread)."""
@@ -488,15 +512,25 @@ class MuxLoop:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            tick = time.monotonic() + TICK_S
+            tick = time.monotonic() + tick_for(len(self._stations))
+            # A socket that the previous pass's select found empty got its bytes after that select: the audio
+            # decoded now is stamped with that time (or the socket's last empty read, if later), so a figure of
+            # latency counts the time bytes wait here for the next pass, not only what follows the decoding.
+            previous, self._selected_at = self._selected_at, time.monotonic()
+            self._pass += 1
             events = self._selector.select(0)
             for key, _ in events:
                 station = key.data
                 out: list[np.ndarray] = []
+                conn = station.conn
                 try:
+                    since = 0.0 if conn is None else (
+                        max(conn.empty_at, previous) if conn.first_pass < self._pass else conn.empty_at)
                     reason = station.read_ready(out)
                     if out:
-                        self._deliver(station, out)
+                        # bytes came in from ``since`` until the last read that got some
+                        station.since = (since, max(since, conn.last_byte if conn is not None else since))
+                        self._deliver(station, out, station.since)
                 except Exception as e:  # a bug must end its station, not the loop
                     log.exception("%s: reading failed", station.label)
                     self._unregister(station)
@@ -530,8 +564,10 @@ class MuxLoop:
             return
         if station.early:
             early, station.early = station.early, []
-            self._deliver(station, early)
+            station.since = (station.early_since, max(station.early_since, conn.empty_at))
+            self._deliver(station, early, station.since)
         conn.last_byte = conn.last_audio = time.monotonic()
+        conn.first_pass = self._pass + 1  # registered before the next pass's select
         try:
             self._selector.register(conn.response._sock, selectors.EVENT_READ, station)
         except (OSError, ValueError):  # closed under us
@@ -552,7 +588,7 @@ class MuxLoop:
         self._unregister(station)
         tail = station.pipeline.restart()
         if tail and not station.closed:
-            self._deliver(station, tail)
+            self._deliver(station, tail, station.since)  # the resampler's tail: audio of bytes read already
         if station.closed:
             if station.conn is not None:
                 station.conn.close()

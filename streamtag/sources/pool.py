@@ -73,7 +73,7 @@ def default_workers() -> int:
 class SourceFeed(Protocol):
     """Where a pooled source's output goes (the live runner gives one per stream)."""
 
-    def push(self, samples: np.ndarray) -> None: ...
+    def push(self, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None: ...
     def title(self, title: str | None) -> None: ...
     def event(self, kind: str, detail: str) -> None: ...
     def end(self, error: StreamtagError | None) -> None: ...
@@ -337,11 +337,11 @@ class SourcePool:
     def _handle(self, msg: tuple[Any, ...]) -> None:
         _, audio, events = msg
         sources = self._sources
-        for sid, data in audio:
+        for sid, data, first, last in audio:
             src = sources.get(sid)
             if src is not None and src.feed is not None and not src.closed:
                 self._replay(src)
-                src.feed.push(np.frombuffer(data, dtype=np.float32))
+                src.feed.push(np.frombuffer(data, dtype=np.float32), (first, last))
         for ev in events:
             kind, sid = ev[0], ev[1]
             if kind in ("opened", "failed"):
@@ -436,7 +436,10 @@ class _Station:
     title: str | None = None
     state: str = "opening"
     reconnects: int = 0
-    keep: deque[np.ndarray] = field(default_factory=deque)  # a muxed live stream's newest blocks before its start
+    # a muxed live stream's newest audio before its start, with when it arrived: at most keep_limit samples
+    keep: deque[tuple[np.ndarray, tuple[float, float]]] = field(default_factory=deque)
+    keep_n: int = 0
+    keep_limit: int = 0
 
 
 class _Worker:
@@ -445,7 +448,8 @@ class _Worker:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.lock = threading.Lock()
-        self.audio: list[tuple[int, bytes]] = []
+        # (station, float32 samples, when their bytes began and finished arriving)
+        self.audio: list[tuple[int, bytes, float, float]] = []
         self.events: list[tuple[Any, ...]] = []
         self.stations: dict[int, _Station] = {}
         self.stopping = threading.Event()
@@ -567,7 +571,7 @@ class _Worker:
         st.state = "live"
         if isinstance(source, NetStation):
             sr = source.sample_rate
-            st.keep = deque(maxlen=max(1, round(PRESTART_KEEP_S * sr / max(1, source.block_size))))
+            st.keep_limit = max(1, round(PRESTART_KEEP_S * sr))
             source.key = st
             self.mux.add(source)
         elif not st.cooperative:
@@ -600,39 +604,63 @@ class _Worker:
         self.wake.set()
 
     # reading -------------------------------------------------------------------------------------------------
-    def _deliver(self, st: _Station, block: np.ndarray) -> None:
+    def _deliver(self, st: _Station, block: np.ndarray, arrived: tuple[float, float] | None = None) -> None:
+        """Queue ``block`` for the parent; ``arrived``: when its bytes began and finished reaching this process
+        (default: now)."""
         block = np.ascontiguousarray(block, dtype=np.float32).reshape(-1)  # (N,)
         st.samples += block.shape[0]
         title = getattr(st.source, "title", None)
+        first, last = (time.monotonic(),) * 2 if arrived is None else arrived
         with self.lock:
-            self.audio.append((st.sid, block.tobytes()))
+            self.audio.append((st.sid, block.tobytes(), first, last))
             if title != st.title:
                 st.title = title
                 self.events.append(("title", st.sid, title))
 
-    def _mux_deliver(self, station: NetStation, blocks: list[np.ndarray]) -> None:
-        """Blocks the mux loop decoded for a station: one entry per station and pass (the loop's thread). Before
-        the runner starts it, a live stream keeps only its newest PRESTART_KEEP_S (as :meth:`_read` does)."""
+    def _mux_deliver(self, station: NetStation, blocks: list[np.ndarray], since: tuple[float, float]) -> None:
+        """Audio the mux loop decoded for a station in one pass, its bytes arrived during ``since`` (the loop's
+        thread). Before the runner starts it, a live stream keeps only its newest PRESTART_KEEP_S (as
+        :meth:`_read` does)."""
         st = station.key
         if not isinstance(st, _Station) or st.stop.is_set():
             return
+        audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         with self.keep_lock:
             if not st.started.is_set():
-                st.keep.extend(blocks)
+                self._keep(st, audio, since)
                 return
-            if st.keep:
-                blocks = [*st.keep, *blocks]
-                st.keep.clear()
-            self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+            self._send_kept(st)
+            self._deliver(st, audio, since)
+
+    @staticmethod
+    def _keep(st: _Station, audio: np.ndarray, since: tuple[float, float]) -> None:
+        """Keep ``audio`` before the start, dropping the oldest samples beyond ``keep_limit`` (keep_lock held)."""
+        st.keep.append((audio, since))
+        st.keep_n += audio.shape[0]
+        while st.keep_n > st.keep_limit:
+            oldest, at = st.keep[0]
+            cut = st.keep_n - st.keep_limit
+            if cut >= oldest.shape[0]:
+                st.keep.popleft()
+                st.keep_n -= oldest.shape[0]
+            else:  # its first samples go: the rest came in later
+                first, last = at
+                st.keep[0] = (oldest[cut:], (first + (last - first) * cut / oldest.shape[0], last))
+                st.keep_n -= cut
+
+    def _send_kept(self, st: _Station) -> None:
+        """What a muxed station kept before its start, each part with its own arrival (keep_lock held)."""
+        while st.keep:
+            audio, at = st.keep.popleft()
+            self._deliver(st, audio, at)
+        st.keep_n = 0
 
     def _start_muxed(self, st: _Station) -> None:
         """The runner started a muxed station: what it kept before goes out now (not with its next bytes)."""
         with self.keep_lock:
             st.started.set()
-            if st.keep and not st.stop.is_set():
-                blocks = list(st.keep)
-                st.keep.clear()
-                self._deliver(st, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))
+            if not st.stop.is_set():
+                self._send_kept(st)
 
     def _mux_ended(self, station: NetStation, error: BaseException | None) -> None:
         st = station.key
