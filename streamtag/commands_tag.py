@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, SourceError, StreamtagError
+from .errors import ConfigError, SourceError, StreamtagError, Terminated
 from .events import GenreUpdate, Summary
 
 __all__ = ["cmd_tag", "expand_inputs", "read_playlist", "TagInput", "AUDIO_EXTENSIONS", "PLAYLIST_EXTENSIONS"]
@@ -428,6 +428,15 @@ def _error_line(label: str, e: BaseException) -> str:
 
 # -- the command -----------------------------------------------------------------------------------------------
 def cmd_tag(args: argparse.Namespace) -> int:
+    """``streamtag tag``. SIGTERM ends it as Ctrl-C does: the summary of the input in progress marked partial,
+    one line saying what was done, then exit 143 (130 for Ctrl-C)."""
+    from .app import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        return _tag(args)
+
+
+def _tag(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .options import load_model, smoothing_config, stdin_opts
@@ -522,12 +531,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
             tagger, current = None, None
             if progress is not None:
                 progress.file_done()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         decoder.stop()
         if progress is not None:
             progress.stop()
         _interrupted(out, tagger, current, done=done, total=len(inputs))
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     finally:
         decoder.stop()
         decoder.join(timeout=5.0)  # it stops at its next block; a decoder left running at exit prints leak notes

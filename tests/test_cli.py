@@ -459,8 +459,10 @@ def test_progress_bar_on_a_terminal(clips: Path) -> None:
 
 
 @needs_ffmpeg
-def test_ctrl_c_prints_the_partial_summary_and_exits_130() -> None:
-    """Ctrl-C while stdin (the second input) is being tagged: the first summary whole, the second partial."""
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_prints_the_partial_summary_and_exits_130(sig: str, code: int) -> None:
+    """Ctrl-C (or SIGTERM: a service manager's stop) while stdin (the second input) is being tagged: the first
+    summary whole, the second partial."""
     import signal
 
     raw = subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(EXAMPLES[1]), "-f", "s16le",
@@ -473,9 +475,9 @@ def test_ctrl_c_prints_the_partial_summary_and_exits_130() -> None:
     # but what its bounded queue (16 blocks, about 1 MB of s16le) and the pipe hold.
     p.stdin.write(raw)
     p.stdin.flush()
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, sig))
     out, err = p.communicate(timeout=300)
-    assert p.returncode == 130, err
+    assert p.returncode == code, err
     assert b"Traceback" not in err
     summaries = jsonl(out.decode())
     assert [s["stream"] for s in summaries] == [str(EXAMPLES[2]), "-"]
