@@ -37,6 +37,16 @@ def _feed(slog: StationLog, stream: str, genres: list[str], *, t0_wall: float, h
     slog.on_stream_removed(stream, None)
 
 
+def _t0(span: float) -> float:
+    """A start (Unix s) for ``span`` seconds of updates that end before now and do not cross a half-hour
+    boundary: the reports' hourly rows (UTC, or a local zone at :30) must not depend on when the test runs."""
+    end = time.time() - 10.0
+    boundary = (end + 5.0) // 1800 * 1800
+    if end - span - 5.0 <= boundary:
+        end = boundary - 10.0
+    return end - span
+
+
 def _rows(path, sql, *args):
     conn = sqlite3.connect(path)
     try:
@@ -47,10 +57,10 @@ def _rows(path, sql, *args):
 
 def test_segments_and_hourly_aggregates_agree(tmp_path):
     db = str(tmp_path / "log.db")
-    now = time.time()
+    t0 = _t0(70)
     slog = StationLog(db, checkpoint_s=0.0)
-    _feed(slog, "jazzfm", ["jazz"] * 30 + ["rock"] * 10 + ["jazz"] * 20, t0_wall=now - 120, title="Take Five")
-    _feed(slog, "rockfm", ["rock"] * 40, t0_wall=now - 100)
+    _feed(slog, "jazzfm", ["jazz"] * 30 + ["rock"] * 10 + ["jazz"] * 20, t0_wall=t0, title="Take Five")
+    _feed(slog, "rockfm", ["rock"] * 40, t0_wall=t0 + 20)
     slog.close()
     assert slog.dropped == 0 and slog.failed == 0
     segs = _rows(db, "SELECT station, family, end_ts - start_ts, closed, title FROM segments ORDER BY station, "
@@ -95,7 +105,7 @@ def test_report_in_local_time_shifts_periods_and_times(tmp_path, kolkata, capsys
     segment times in local time; UTC stays the default."""
     db = str(tmp_path / "log.db")
     slog = StationLog(db, checkpoint_s=0.0)
-    _feed(slog, "jazzfm", ["jazz"] * 30, t0_wall=time.time() - 100)
+    _feed(slog, "jazzfm", ["jazz"] * 30, t0_wall=_t0(40))
     slog.close()
     utc, local = load_report(db, since=3600), load_report(db, since=3600, local=True)
     assert [r[2:] for r in utc.shares] == [r[2:] for r in local.shares] and utc.segments == local.segments
@@ -188,7 +198,7 @@ def test_a_locked_database_and_bad_files_give_one_line_errors(tmp_path):
 def test_report_command_table_csv_html(tmp_path, capsys):
     db = str(tmp_path / "log.db")
     slog = StationLog(db, checkpoint_s=0.0)
-    _feed(slog, "jazzfm", ["jazz"] * 30 + ["rock"] * 10, t0_wall=time.time() - 300, title="Blue <Train>")
+    _feed(slog, "jazzfm", ["jazz"] * 30 + ["rock"] * 10, t0_wall=_t0(50), title="Blue <Train>")
     slog.close()
     assert main(["report", db]) == 0
     out = capsys.readouterr().out
