@@ -58,7 +58,7 @@ SCHEDULER_TICK_S = 0.05  # s: a worker reads its local files at most this often 
 UNPACED_BLOCKS = 10  # blocks an unpaced file gets per tick (20 x real time; back-pressure pauses it sooner)
 # s of a live stream's newest audio kept between its open and its start: serve opens every station, then starts
 # them all, so the engine gets N x this at once on top of real time; near capacity a 1 s keep left too little
-# margin to drain it (340 stations: 1 of 3 runs real time with 1 s, 2 of 3 with 0.25 s)
+# margin to drain it (340 stations: 1 of 3 runs real time with 1 s, 3 of 6 with 0.25 s)
 PRESTART_KEEP_S = 0.25
 OPEN_TIMEOUT_S = 60.0  # s SourcePool.open waits for a worker's answer (the source's own deadlines come first)
 STOP_TIMEOUT_S = 1.0  # s a worker gets to stop before it is terminated (then killed)
