@@ -236,9 +236,8 @@ class AudioPipeline:
 
     def _take_blocks(self) -> list[np.ndarray]:
         if self.whole:
-            data = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending or [np.zeros(0, np.float32)])
-            self._pending, self._n_pending = [], 0
-            return [data] if data.shape[0] else []
+            pending, self._pending, self._n_pending = self._pending, [], 0
+            return [pending[0] if len(pending) == 1 else np.concatenate(pending)] if pending else []
         if self._n_pending < self.block_size:
             return []
         data = np.concatenate(self._pending)

@@ -490,7 +490,6 @@ class MuxLoop:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pass = 0  # passes so far (a pass: one select over every socket, then the reads)
-        self._selected_at = time.monotonic()  # when the latest pass's select ran
 
     def add(self, station: NetStation) -> None:
         """Start reading ``station`` (connected; any thread)."""
@@ -503,6 +502,7 @@ class MuxLoop:
 
     def _run(self) -> None:
         next_check = time.monotonic() + CHECK_S
+        selected_at = time.monotonic()  # when the latest pass's select ran
         while not self._stopping.is_set():
             with self._lock:
                 incoming, self._incoming = self._incoming, []
@@ -516,7 +516,7 @@ class MuxLoop:
             # A socket that the previous pass's select found empty got its bytes after that select: the audio
             # decoded now is stamped with that time (or the socket's last empty read, if later), so a figure of
             # latency counts the time bytes wait here for the next pass, not only what follows the decoding.
-            previous, self._selected_at = self._selected_at, time.monotonic()
+            previous, selected_at = selected_at, time.monotonic()
             self._pass += 1
             events = self._selector.select(0)
             for key, _ in events:

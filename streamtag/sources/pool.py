@@ -620,8 +620,8 @@ class _Worker:
                 st.title = title
                 self.events.append(("title", st.sid, title))
 
-    def _mux_deliver(self, station: NetStation, blocks: list[np.ndarray], since: tuple[float, float]) -> None:
-        """Audio the mux loop decoded for a station in one pass, its bytes arrived during ``since`` (the loop's
+    def _mux_deliver(self, station: NetStation, blocks: list[np.ndarray], arrived: tuple[float, float]) -> None:
+        """Audio the mux loop decoded for a station in one pass, its bytes arrived during ``arrived`` (the loop's
         thread). Before the runner starts it, a live stream keeps only its newest PRESTART_KEEP_S (as
         :meth:`_read` does)."""
         st = station.key
@@ -630,15 +630,16 @@ class _Worker:
         audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         with self.keep_lock:
             if not st.started.is_set():
-                self._keep(st, audio, since)
+                self._keep(st, audio, arrived)
                 return
-            self._send_kept(st)
-            self._deliver(st, audio, since)
+            if st.keep:
+                self._send_kept(st)
+            self._deliver(st, audio, arrived)
 
     @staticmethod
-    def _keep(st: _Station, audio: np.ndarray, since: tuple[float, float]) -> None:
+    def _keep(st: _Station, audio: np.ndarray, arrived: tuple[float, float]) -> None:
         """Keep ``audio`` before the start, dropping the oldest samples beyond ``keep_limit`` (keep_lock held)."""
-        st.keep.append((audio, since))
+        st.keep.append((audio, arrived))
         st.keep_n += audio.shape[0]
         while st.keep_n > st.keep_limit:
             oldest, at = st.keep[0]
