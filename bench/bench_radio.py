@@ -51,6 +51,7 @@ CLIP = REPO / "examples" / "audio" / "kevin-macleod-vibe-ace.ogg"
 CODECS = ("mp3", "aac", "ogg")
 HELLO_LIMIT_S = 2.0
 P99_LIMIT_MS = 1000.0
+HEALTH_EVERY_S = 10  # serve's health summaries: two behind in a row make it warn, so a run of 25 + 20 s can see one
 
 
 def cpu_model() -> str:
@@ -184,7 +185,7 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
     with open(err_path, "w") as err:
         serve = subprocess.Popen(
             [sys.executable, "-m", "streamtag", *(["-v"] if args.keep_logs else []), "serve", "--model", args.model, "--port", str(port), "--sources",
-             str(stations), "--device", args.device],
+             str(stations), "--device", args.device, "--health-every", str(HEALTH_EVERY_S)],
             stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, env=env,
         )
     result: dict = {"streams": n, "expected_updates_per_s": n / hop}
@@ -227,6 +228,9 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
             serve.kill()
             serve.wait(5)
         result["stop_s"] = time.monotonic() - t_stop
+        warnings = [line for line in err_path.read_text().splitlines() if line.startswith("streamtag: warning: behind")]
+        if warnings:  # serve's own verdict (its health summary, every HEALTH_EVERY_S s): the last one
+            result["warning"] = warnings[-1].removeprefix("streamtag: warning: ")
         if args.keep_logs:  # serve's stderr (run with -v: its start, health lines and how its stop went)
             Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
             (Path(args.keep_logs) / f"serve-{n}-{int(time.time())}.err").write_text(err_path.read_text())
@@ -249,7 +253,8 @@ def row(r: dict) -> str:
             f"start {r.get('startup_s', float('nan')):.1f} s  settled {r.get('settled_s', float('nan')):.0f} s  "
             f"SIGTERM {r.get('stop_s', float('nan')):.1f} s"
             + ("  ok" if r["sustained"] else "  NOT real time")
-            + (f"  (subscriber closed: {r['closed']})" if r.get("closed") else ""))
+            + (f"  (subscriber closed: {r['closed']})" if r.get("closed") else "")
+            + (f"\n        serve warned: {r['warning']}" if r.get("warning") else ""))
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -258,6 +263,7 @@ def median_row(runs: list[dict]) -> dict:
                 "startup_s", "stop_s", "settled_s", "engine_p99_ms", "delivery_p99_ms"):
         out[key] = float(np.median([r.get(key, float("nan")) for r in runs]))
     out["overruns"] = max(r.get("overruns", 0) for r in runs)
+    out.pop("warning", None)  # one run's words, not the median's
     out["sustained"] = sustains(out)
     return out
 

@@ -335,8 +335,8 @@ def run_serve(engine: Engine | None, config: ServerConfig, sources: Sequence[tup
               runner: Runner | None = None) -> int:
     """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri: a
     first connection that fails stops the start) and ``stations`` (name, uri from a station list: one that fails
-    keeps retrying with backoff) until SIGINT/SIGTERM; returns an exit code. Every ``health_every`` s a one-line
-    health summary goes to stderr. ``record``: the station log's file (``keep``: its retention). ``runner``: a
+    keeps retrying with backoff) until SIGINT/SIGTERM; returns an exit code. Every ``health_every`` s (0: never) a
+    one-line health summary goes to stderr, and a warning that says what limits the process when it is behind. ``record``: the station log's file (``keep``: its retention). ``runner``: a
     started runner to serve instead of a LiveRunner of ``engine`` fed by a source pool (``serve --cluster``'s
     gateway, which opens what the sources name on its workers)."""
     return asyncio.run(_serve(engine, config, sources, stations, stderr or sys.stderr, health_every,
@@ -423,7 +423,7 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             n = len(named)
             _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query}"
                        + (f" · {n} sources" if n > 1 else "") + " · Ctrl-C to stop")
-            if health is not None and live is not None:
+            if health is not None and live is not None and health_every > 0:
                 reporter = asyncio.ensure_future(_report_health(health, live, err, health_every))
             await stop
             t_stop = time.monotonic()
@@ -464,6 +464,9 @@ async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: fl
     while True:
         await asyncio.sleep(every)
         _line(err, f"streamtag: health: {health.summary(runner)}")
+        advice = health.advice()
+        if advice:
+            _line(err, f"streamtag: warning: {advice}")
 
 
 def _line(err: TextIO, text: str, lock: threading.Lock | None = None) -> None:

@@ -258,6 +258,8 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     p.add_argument("--sources", metavar="FILE", default=None,
                    help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying (default: none)")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="pace file sources at X times real time")
+    p.add_argument("--health-every", type=float, default=30.0, metavar="S",
+                   help="log a health summary every S seconds, and a warning when behind (0: never; default: 30)")
     if serve_security:
         _add_serve_security_args(p)
     add_model_args(p)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -199,6 +200,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .sources.stations import read_station_list
 
     _positive(args.speed, "--speed")
+    health_every = float(getattr(args, "health_every", 30.0))
+    if not (health_every >= 0 and math.isfinite(health_every)):
+        raise ConfigError(f"--health-every must be 0 (never) or a number of seconds, got {health_every:g}")
     # validates host/token/limits before the model loads
     config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed, top=args.top)
     sources = _parse_sources(args.source)
@@ -214,4 +218,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return run_serve(None, config, sources, stations=stations, runner=start_gateway(args), record=args.record,
                          keep=args.keep)
-    return run_serve(_engine(args), config, sources, stations=stations, record=args.record, keep=args.keep)
+    return run_serve(_engine(args), config, sources, stations=stations, record=args.record, keep=args.keep,
+                     health_every=health_every)

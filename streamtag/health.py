@@ -3,6 +3,11 @@
 :class:`Health` is a sink of the live runner (it counts updates, latencies and how streams ended) and reads the
 pooled sources' figures (bytes, samples, decode errors, reconnects, state; sent by the decoder processes every
 second) and the engine's backlog per stream. Nothing here imports the engine or the network.
+
+The summary also says when the process is **behind**: fewer updates than its live stations should give, or a p99
+latency over 1 s, two summaries in a row (the first one after a start holds its start-up burst). Then
+:meth:`Health.advice` tells the operator what limits it: the machine's CPU, with how many stations of this model
+fit on it, or, with idle cores, the stations themselves (late or bursty audio: the ``stats`` request shows which).
 """
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ from .events import GenreUpdate
 if TYPE_CHECKING:
     from .live import LiveRunner
 
-__all__ = ["Health", "process_cpu_seconds"]
+__all__ = ["Health", "machine_cpu", "process_cpu_seconds"]
 
 MAX_LATENCIES = 200_000  # latencies kept between two summaries (the newest)
+BEHIND_P99_MS = 1000.0  # a summary whose p99 latency is above this is behind
+BEHIND_SHARE = 0.95  # ... or whose stations live throughout gave fewer than this share of their expected updates
+CPU_BOUND = 0.85  # the machine's CPU is the limit when at least this share of it is busy
 
 
 def process_cpu_seconds(pids: list[int] | None = None) -> float:
@@ -41,6 +49,20 @@ def process_cpu_seconds(pids: list[int] | None = None) -> float:
     return total
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (Linux /proc/stat); None elsewhere."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    total = sum(fields) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+    idle = (fields[3] + fields[4]) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+    return total - idle, total
+
+
 class Health:
     """A sink tallying the live figures; :meth:`summary` gives serve's line, :meth:`stations` the per-station
     figures of the ``stats`` request (docs/protocol.md)."""
@@ -55,6 +77,12 @@ class Health:
         self._cpu_since = process_cpu_seconds(self._pid_list())
         self._prev: dict[str, tuple[float, int]] = {}  # station -> (t, bytes_in) at the previous stats request
         self._updates_by: dict[str, int] = {}
+        self._machine_since = machine_cpu()
+        self._added: dict[str, float] = {}  # stream -> when it was added
+        # pooled stations live at the previous summary, long enough to answer: station -> (its updates, reconnects)
+        self._steady: dict[str, tuple[int, int]] = {}
+        self._behind_before = False
+        self._advice: str | None = None
 
     def _pid_list(self) -> list[int]:
         return list(self._pids()) if callable(self._pids) else []
@@ -63,6 +91,7 @@ class Health:
     def on_stream_added(self, name: str, source: str, title: str | None) -> None:
         with self._lock:
             self._failed.discard(name)
+            self._added[name] = time.monotonic()
 
     def on_update(self, updates: list[GenreUpdate]) -> None:
         with self._lock:
@@ -83,15 +112,21 @@ class Health:
         with self._lock:
             self._updates_by.pop(name, None)
             self._prev.pop(name, None)
+            self._added.pop(name, None)
+            self._steady.pop(name, None)
             if error is not None:
                 self._failed.add(name)
 
     # -- figures ---------------------------------------------------------------------------------------------
     def summary(self, runner: LiveRunner) -> str:
-        """``12 stations: 10 live, 1 reconnecting, 1 failed · 24.0 updates/s · p99 latency 180 ms · CPU 35%``;
-        rates over the time since the previous summary."""
+        """``12 stations: 10 live, 1 reconnecting, 1 failed · 24.0 updates/s (20 expected) · p99 latency 180 ms ·
+        CPU 35%``; rates over the time since the previous summary. "expected": what the pooled stations live since
+        the previous summary should have given (one update per hop each); absent when there are none. Sets
+        :meth:`advice`."""
         now = time.monotonic()
         cpu = process_cpu_seconds(self._pid_list())
+        machine = machine_cpu()
+        engine = runner.engine
         with self._lock:
             elapsed = max(1e-9, now - self._since)
             rate = self._updates / elapsed
@@ -101,14 +136,72 @@ class Health:
             failed = len(self._failed)
             cpu_share = (cpu - self._cpu_since) / elapsed
             self._since, self._cpu_since = now, cpu
+            machine_share = None
+            if machine is not None and self._machine_since is not None and machine[1] > self._machine_since[1]:
+                machine_share = (machine[0] - self._machine_since[0]) / (machine[1] - self._machine_since[1])
+            self._machine_since = machine
+            updates_by = dict(self._updates_by)
+            added = dict(self._added)
+            steady_before = self._steady
         pooled = runner.pooled()
         streams = runner.streams()
         reconnecting = sum(1 for s in pooled.values() if s.stats.state in ("reconnecting", "opening"))
         live = len(streams) - reconnecting
-        p99 = f"{np.percentile(lat, 99):.0f} ms" if lat.size else "–"
+        p99_ms = float(np.percentile(lat, 99)) if lat.size else None
+        p99 = "–" if p99_ms is None else f"{p99_ms:.0f} ms"
         total = len(streams) + failed
+        # expected updates: the pooled stations that were live, answering and unbroken since the previous summary
+        first_answer = engine.first_answer_seconds + engine.hop_seconds
+        steady: dict[str, tuple[int, int]] = {}
+        got = expected = 0.0
+        for name, src in pooled.items():
+            if src.stats.state != "live" or now - added.get(name, now) < first_answer:
+                continue
+            count, reconnects = updates_by.get(name, 0), src.stats.reconnects
+            steady[name] = (count, reconnects)
+            before = steady_before.get(name)
+            if before is not None and before[1] == reconnects:
+                got += count - before[0]
+                expected += elapsed / engine.hop_seconds
+        with self._lock:
+            self._steady = steady
+        n_steady = sum(1 for name in steady if name in steady_before)
+        expect = f" ({expected / elapsed:.0f} expected)" if n_steady else ""
+        # behind: a stations' worth of hops (their phase) plus the share short, or the p99 over the limit
+        short = n_steady > 0 and expected - got > (1 - BEHIND_SHARE) * expected + n_steady
+        slow = p99_ms is not None and p99_ms > BEHIND_P99_MS
+        behind = short or slow
+        self._advice = None
+        if behind and self._behind_before:
+            self._advice = self._explain(runner, rate=got / elapsed if n_steady else rate,
+                                         expected=expected / elapsed if n_steady else None, p99=p99,
+                                         ours=cpu_share, machine=machine_share, stations=len(streams))
+        self._behind_before = behind
         return (f"{total} station{'s' if total != 1 else ''}: {live} live, {reconnecting} reconnecting, "
-                f"{failed} failed · {rate:.1f} updates/s · p99 latency {p99} · CPU {100 * cpu_share:.0f}%")
+                f"{failed} failed · {rate:.1f} updates/s{expect} · p99 latency {p99} · CPU {100 * cpu_share:.0f}%")
+
+    def advice(self) -> str | None:
+        """After :meth:`summary`: what to do when this summary and the one before it were behind, else None."""
+        return self._advice
+
+    @staticmethod
+    def _explain(runner: LiveRunner, *, rate: float, expected: float | None, p99: str, ours: float,
+                 machine: float | None, stations: int) -> str:
+        cores = os.cpu_count() or 1
+        what = (f"{rate:.1f} of {expected:.0f} expected updates/s" if expected is not None else f"{rate:.1f} updates/s")
+        head = f"behind: {what}, p99 latency {p99}"
+        if machine is None:
+            return f"{head}; this process and its decoders use {ours:.2f} cores: try fewer stations"
+        if machine >= CPU_BOUND:
+            other = max(0.0, machine * cores - ours)  # the other processes' share of the machine
+            fit = int(stations * max(0.0, CPU_BOUND * cores - other) / ours) if ours > 0 else 0
+            model = getattr(runner.engine.bundle, "name", "this model")
+            return (f"{head}. The machine's CPU is the limit: its {cores} cores are {100 * machine:.0f}% busy "
+                    f"(this process and its decoders {ours:.2f} cores, other processes {other:.2f}); about {fit} "
+                    f"stations of {model} fit here. Remove stations, run a lighter model, or spread the stations "
+                    f"over machines (serve --cluster)")
+        return (f"{head}, while the machine's CPU is only {100 * machine:.0f}% busy: stations' audio arrives late "
+                f"or in bursts. The stats request shows each station's lag and bytes/s")
 
     def stations(self, runner: LiveRunner) -> dict[str, dict[str, Any]]:
         """Per station: state, bytes_per_s (since the previous request), decode_errors, reconnects, lag_s (audio

@@ -370,6 +370,13 @@ class Engine:
         else:
             self.front_end_map, self.front_end_passes = partial(_map_on, pool), int(passes)
 
+    @property
+    def first_answer_seconds(self) -> float:
+        """Seconds of a new stream's audio before its first update: its first window (window models) or hop
+        (stateful ones), plus the model's lag."""
+        first = self.hop_frames if self.runner.stateful else self.window_frames
+        return (first + self.runner.lag_frames) * self.spec.frame_seconds
+
     def backlog(self, name: str) -> float:
         """Seconds of stream ``name``'s audio waiting for :meth:`step` (0.0 for a stream not in the engine)."""
         st = self.streams.get(name)

@@ -508,6 +508,48 @@ def test_health_summary_counts_live_reconnecting_and_failed_stations(bundle, cli
     assert figures["pushed"] == {"lag_s": 0.0, "updates": 0, "state": "live"}
 
 
+def test_health_warns_when_stations_give_fewer_updates_than_expected(bundle, tmp_path):
+    """Two live runners, each with one station read by a decoder process: one plays its file at real time, the
+    other at a quarter of it (a station whose audio arrives late). The summaries count what each station should
+    have given; the slow one is behind two summaries in a row and gets advice, the other keeps up and gets none."""
+    import time
+
+    from streamtag.health import Health
+    from streamtag.sources.pool import SourcePool
+
+    wav = write_tone_wav(tmp_path / "long.wav", seconds=30.0, sr=16000)
+    lines: dict[str, list[str]] = {"steady": [], "slow": []}
+    advice: dict[str, list[str | None]] = {"steady": [], "slow": []}
+    with SourcePool(16000, workers=1) as pool:
+        runs = {}
+        for name, speed in (("steady", 1.0), ("slow", 0.25)):
+            engine = make_engine(bundle, hop=0.5)
+            health = Health(pids=pool.pids)
+            runner = LiveRunner(engine, [health]).start()
+            runner.add_source(name, pool.open(str(wav), engine.sample_rate), speed=speed)
+            runs[name] = (runner, health)
+        try:
+            first = runs["steady"][0].engine.first_answer_seconds + 0.5
+            time.sleep(first + 0.5)
+            for _ in range(3):  # the first summary starts the count, the second judges, the third warns
+                for name, (runner, health) in runs.items():
+                    lines[name].append(health.summary(runner))
+                    advice[name].append(health.advice())
+                time.sleep(3.0)
+        finally:
+            for runner, _ in runs.values():
+                runner.stop()
+    assert "expected" not in lines["steady"][0]  # nothing to expect before a summary has seen the station live
+    assert all("updates/s (2 expected)" in line for line in lines["steady"][1:]), lines["steady"]
+    assert advice["steady"] == [None, None, None], advice["steady"]
+    assert advice["slow"][:2] == [None, None] and advice["slow"][2] is not None, advice["slow"]
+    head = advice["slow"][2].split(",")[0]
+    got = float(head.removeprefix("behind: ").split(" of ")[0])
+    assert head.endswith(" of 2 expected updates/s") and got < 2 * 0.95, advice["slow"][2]
+    assert ("The machine's CPU is the limit" in advice["slow"][2]
+            or "The stats request shows each station's lag" in advice["slow"][2]), advice["slow"][2]
+
+
 @pytest.mark.parametrize("pooled", [False, True])
 def test_removing_sixty_four_playing_file_stations_at_once(bundle, clip, pooled):
     """The race a helper saw as a crash: LiveRunner.remove() and the feeder's finally (or the decoder process's
