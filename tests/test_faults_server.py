@@ -756,6 +756,8 @@ def test_serve_command_has_its_sources_before_the_first_connection(tmp_path):
     (["--max-audio-rate", "0"], "--max-audio-rate"),
     (["--max-connections", "0"], "--max-connections"),
     (["--allow-files", "/no/such/dir"], "--allow-files"),
+    (["--health-every", "-1"], "--health-every"),
+    (["--health-every", "nan"], "--health-every"),
 ])
 def test_serve_flags_refuse_unsafe_values_in_one_line(argv, words, capsys):
     from streamtag.cli import main

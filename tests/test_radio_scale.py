@@ -91,12 +91,13 @@ def test_serve_with_a_hundred_sources_and_a_subscriber_stops_promptly(model, sta
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtag", "serve", "--model", str(model), "--port", str(port),
-         "--sources", str(station_list), "--device", "cpu"],
+         "--sources", str(station_list), "--device", "cpu", "--health-every", "0.5"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
 
     async def scenario() -> tuple[dict, int | None, float, list[int]]:
         hello, ws = await _subscribe_until_updates(port, proc, n_updates=200)
+        await asyncio.sleep(1.0)  # a health summary or two (every 0.5 s) under load
         workers = _children(proc.pid)
         t0 = time.monotonic()
         proc.send_signal(sig)
@@ -122,6 +123,7 @@ def test_serve_with_a_hundred_sources_and_a_subscriber_stops_promptly(model, sta
     assert took < STOP_BOUND_S
     assert workers and not [w for w in workers if _alive(w)]  # the decoder processes are gone too
     assert "Traceback" not in err and "100 sources" in err
+    assert "streamtag: health: 100 stations: " in err  # --health-every reaches the process's summaries
 
 
 def test_serve_keeps_retrying_a_dead_station_while_the_others_play_and_reports_stats(model, tmp_path):
