@@ -405,8 +405,8 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
     try:
         if pool is not None:
             # The user's own inputs are open before the first client connects (a --source that fails stops the
-            # start; a station of the list that is down keeps retrying), many at once: each open waits on the
-            # network.
+            # start), many at once: each open waits on the network. A station list's network entries answer at
+            # once and connect in their decoder process (one that is down keeps retrying).
             opening: asyncio.Future[Any] = asyncio.ensure_future(_open_all(
                 pool, [(uri, i >= len(sources)) for i, (_, uri) in enumerate(named)], pool.sample_rate))
             done, _ = await asyncio.wait([opening, stop], return_when=asyncio.FIRST_COMPLETED)

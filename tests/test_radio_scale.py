@@ -172,6 +172,79 @@ def test_serve_keeps_retrying_a_dead_station_while_the_others_play_and_reports_s
     assert error["type"] == "error" and error["code"] == "unknown_stream"
 
 
+def test_serve_lists_every_station_at_once_and_trims_the_burst_of_the_ones_that_connect_later(model, tmp_path):
+    """A station list of 3 stations on a server that holds every request until the test lets it answer: serve
+    listens and its first hello lists all 3 without waiting for them to connect. Once the server answers, each
+    sends 20 s of audio at once (Icecast's burst-on-connect, made long) and then plays at real time: the stations
+    play, and the burst reaches the engine as its newest quarter second only (their updates' ``t``, seconds of
+    audio heard, stays near the seconds since they connected instead of jumping past 20)."""
+    import threading
+
+    from radio_fixtures import ScriptedServer, music_clip
+
+    clip = music_clip(tmp_path / "radio.mp3", seconds=60.0, codec_args=["-c:a", "libmp3lame", "-b:a", "128k"])
+    data = clip.read_bytes()
+    per_s = len(data) / 60.0
+    release = threading.Event()
+
+    def handler(conn, index, stop) -> None:
+        if not release.wait(30) or stop.is_set():
+            return
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n" + data[: int(20 * per_s)])
+        pos, chunk = int(20 * per_s), int(per_s / 4)
+        while pos < len(data) and not stop.wait(0.25):  # then real time
+            conn.sendall(data[pos : pos + chunk])
+            pos += chunk
+
+    names = ["one", "two", "three"]
+    with ScriptedServer(handler) as radio:
+        (tmp_path / "list.txt").write_text("".join(f"{n}={radio.url(f'/{n}.mp3')}\n" for n in names))
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamtag", "serve", "--model", str(model), "--port", str(port),
+             "--sources", str(tmp_path / "list.txt"), "--device", "cpu"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+
+        async def scenario() -> tuple[dict, dict[str, list[float]], float]:
+            from websockets.asyncio.client import connect
+
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    ws = await connect(f"ws://127.0.0.1:{port}/", open_timeout=10, max_size=None)
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "serve never listened"
+                    await asyncio.sleep(0.05)
+            hello = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+            release.set()
+            answered = time.monotonic()
+            heard: dict[str, list[float]] = {n: [] for n in names}
+            while time.monotonic() < answered + 8.0:
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=1.0))
+                except TimeoutError:
+                    continue
+                if msg.get("type") == "update":
+                    heard[msg["stream"]].append(msg["t"])
+            await ws.close()
+            return hello, heard, time.monotonic() - answered
+
+        try:
+            hello, heard, waited = asyncio.run(scenario())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(STOP_BOUND_S)
+    assert sorted(s["name"] for s in hello["streams"]) == sorted(names)  # before any of them had connected
+    assert radio.connections >= 3
+    for name in names:
+        assert heard[name], f"{name} never played: {heard}"
+        assert max(heard[name]) < waited + 2.0, f"{name}: the burst went through: {heard[name]}"
+    assert proc.returncode == 0
+
+
 def test_stream_with_a_station_list_exits_130_on_ctrl_c_with_summaries(model, station_list):
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(station_list),

@@ -25,6 +25,7 @@ if they do not stop within :data:`STOP_TIMEOUT_S`.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -64,6 +65,13 @@ OPEN_TIMEOUT_S = 60.0  # s SourcePool.open waits for a worker's answer (the sour
 STOP_TIMEOUT_S = 1.0  # s a worker gets to stop before it is terminated (then killed)
 MAX_BACKLOG_SECONDS = 5.0  # s of unprocessed audio in the engine before an unpaced source is paused
 RESUME_BACKLOG_SECONDS = 2.5  # s: a paused source resumes below this
+# station lists: a network station is announced at once and connects in the background, this many at a time per
+# decoder process (serve listens and lists every station in its first hello without waiting for hundreds of opens)
+CONNECT_AT_ONCE = 32
+# s after a station that connected after its start during which its audio is kept like audio before a start (the
+# newest PRESTART_KEEP_S): the audio decoded while connecting and the loop's first pass, which holds Icecast's
+# burst-on-connect (seconds of audio at once, per station; HLS: its first segments)
+FRESH_S = 1.0
 OPEN_RETRY_INITIAL_S = 1.0  # station lists: first delay before a station that failed to open is tried again
 OPEN_RETRY_MAX_S = 60.0
 
@@ -263,7 +271,9 @@ class SourcePool:
         its handle once the first connection succeeded; SourceError/PolicyError as in-process.
 
         ``retry_open``: a station list's entry; a failed first connection is retried with backoff in the worker
-        (events "reconnecting") instead of failing, so one dead station never stops the others.
+        (events "reconnecting") instead of failing, so one dead station never stops the others. An http(s) entry
+        returns at once (stats state "opening", ``info`` its URL until it connects: CONNECT_AT_ONCE at a time per
+        worker); a refusal by the policy then ends it as a failure after its start would.
         """
         if sample_rate is not None and int(sample_rate) != self.sample_rate:
             raise ConfigError(f"this pool decodes to {self.sample_rate} Hz, not {sample_rate}")
@@ -360,6 +370,9 @@ class SourcePool:
                 _, _, bytes_in, samples, errors, reconnects, state = ev
                 src.stats = StationStats(bytes_in, samples, errors, reconnects, state)
                 continue
+            if kind == "info":  # a station list's entry that connected after it was announced
+                src.info = ev[2]
+                continue
             if src.feed is None:
                 src.early.append(ev)  # e.g. a live stream that dropped and reconnected before its start
                 continue
@@ -443,6 +456,7 @@ class _Station:
     keep: deque[tuple[np.ndarray, tuple[float, float]]] = field(default_factory=deque)
     keep_n: int = 0
     keep_limit: int = 0
+    fresh_until: float = 0.0  # a muxed stream that connected after its start keeps its audio until then
 
 
 class _Worker:
@@ -462,6 +476,7 @@ class _Worker:
         self.closed_early: set[int] = set()  # closed by the parent before their open finished
         self.mux = MuxLoop(self._mux_deliver, self._mux_ended, self.stopping)  # live MP3/AAC/Ogg Vorbis stations
         self.keep_lock = threading.Lock()  # a muxed station's start vs the loop's delivery of its blocks
+        self.connecting = threading.BoundedSemaphore(CONNECT_AT_ONCE)  # station lists' first connections
 
     def out(self, event: tuple[Any, ...]) -> None:
         with self.lock:
@@ -535,17 +550,33 @@ class _Worker:
             return open_source(spec["uri"], spec["sample_rate"], policy=spec["policy"],
                                block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
 
+        # a station list's network station: announced now (state "opening"), connected in the background; a
+        # refusal by policy or a bad option ends it like a failure after its start
+        background = spec["retry_open"] and spec["uri"].lower().startswith(("http://", "https://"))
+        if background:
+            self.stations[sid] = st
+            self.out(("opened", sid, label, None, {"uri": label}, False))
         try:
-            source = opened()
+            with self.connecting if background else contextlib.nullcontext():
+                if st.stop.is_set():
+                    return
+                source = opened()
         except Exception as e:  # the parent raises it as the same kind of error
+            if background and isinstance(e, PolicyError | ConfigError):
+                st.stop.set()
+                st.state = "failed"
+                self.stations.pop(sid, None)
+                self.out(("end", sid, _error_kind(e), _error_text(e, label)))
+                return
             if not spec["retry_open"] or isinstance(e, PolicyError | ConfigError):
                 self.out(("failed", sid, _error_kind(e), _error_text(e, label)))
                 return
             source = None
             first_error = _error_text(e, label)
         if source is None:  # a station list's entry that is down: announce it now, keep trying meanwhile
-            self.stations[sid] = st
-            self.out(("opened", sid, label, None, {"uri": label}, False))
+            if sid not in self.stations:
+                self.stations[sid] = st
+                self.out(("opened", sid, label, None, {"uri": label}, False))
             st.state = "reconnecting"
             source = self._retry_open(st, opened, first_error)
             if source is None:
@@ -566,12 +597,17 @@ class _Worker:
             self.stations[sid] = st
             self.out(("opened", sid, str(getattr(source, "name", label)), st.title, _public_info(source),
                       st.cooperative))
-        elif st.title is not None:
-            self.out(("title", sid, st.title))
+        else:  # announced before it connected: what the parent showed until now was its URL only
+            self.out(("info", sid, _public_info(source)))
+            if st.title is not None:
+                self.out(("title", sid, st.title))
         if st.stop.is_set():
             _release(source)
             return
         st.state = "live"
+        with self.keep_lock:
+            if st.started.is_set() and (isinstance(source, NetStation) or getattr(source, "live", False)):
+                st.fresh_until = time.monotonic() + FRESH_S  # connected after its start: trim its first burst
         if isinstance(source, NetStation):
             sr = source.sample_rate
             st.keep_limit = max(1, round(PRESTART_KEEP_S * sr))
@@ -629,9 +665,10 @@ class _Worker:
             return
         audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         with self.keep_lock:
-            if not st.started.is_set():
+            if not st.started.is_set() or (st.fresh_until and time.monotonic() < st.fresh_until):
                 self._keep(st, audio, arrived)
                 return
+            st.fresh_until = 0.0
             if st.keep:
                 self._send_kept(st)
             self._deliver(st, audio, arrived)
@@ -691,8 +728,9 @@ class _Worker:
 
         A live stream is read from the moment it is open; until the runner starts it only its newest
         PRESTART_KEEP_S are kept: audio that piled up while other stations were opening would otherwise reach
-        the engine as one burst of stale audio (seconds per station at a few hundred stations). Other sources
-        wait for the start."""
+        the engine as one burst of stale audio (seconds per station at a few hundred stations). So is its first
+        FRESH_S when it connected after its start (a station list's entry: the server's burst-on-connect). Other
+        sources wait for the start."""
         if not getattr(st.source, "live", False):
             st.started.wait()
         sr = st.source.sample_rate
@@ -703,7 +741,7 @@ class _Worker:
                 if st.stop.is_set():
                     return
                 keep.append(block)
-                if not st.started.is_set():
+                if not st.started.is_set() or (st.fresh_until and time.monotonic() < st.fresh_until):
                     continue
                 while keep:
                     if not self._pace(st, keep.popleft(), sr):
