@@ -581,7 +581,7 @@ class _Worker:
             source = self._retry_open(st, opened, first_error)
             if source is None:
                 return
-        if sid in self.closed_early:
+        if sid in self.closed_early or st.stop.is_set():  # closed while it connected: never (re)announce it
             self.closed_early.discard(sid)
             _release(source)
             return
