@@ -172,12 +172,15 @@ def test_serve_keeps_retrying_a_dead_station_while_the_others_play_and_reports_s
     assert error["type"] == "error" and error["code"] == "unknown_stream"
 
 
-def test_serve_lists_every_station_at_once_and_trims_the_burst_of_the_ones_that_connect_later(model, tmp_path):
+@pytest.mark.parametrize("chunked", [False, True], ids=["mux-loop", "reader-thread"])
+def test_serve_lists_every_station_at_once_and_trims_the_burst_of_the_ones_that_connect_later(model, tmp_path,
+                                                                                             chunked):
     """A station list of 3 stations on a server that holds every request until the test lets it answer: serve
     listens and its first hello lists all 3 without waiting for them to connect. Once the server answers, each
     sends 20 s of audio at once (Icecast's burst-on-connect, made long) and then plays at real time: the stations
     play, and the burst reaches the engine as its newest quarter second only (their updates' ``t``, seconds of
-    audio heard, stays near the seconds since they connected instead of jumping past 20)."""
+    audio heard, stays near the seconds since they connected instead of jumping past 20). A chunked body is read
+    by a thread of its own instead of the mux loop: the same holds."""
     import threading
 
     from radio_fixtures import ScriptedServer, music_clip
@@ -187,13 +190,18 @@ def test_serve_lists_every_station_at_once_and_trims_the_burst_of_the_ones_that_
     per_s = len(data) / 60.0
     release = threading.Event()
 
+    def body(part: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(part), part) if chunked else part
+
     def handler(conn, index, stop) -> None:
         if not release.wait(30) or stop.is_set():
             return
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n" + data[: int(20 * per_s)])
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked
+                else b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n")
+        conn.sendall(head + body(data[: int(20 * per_s)]))
         pos, chunk = int(20 * per_s), int(per_s / 4)
         while pos < len(data) and not stop.wait(0.25):  # then real time
-            conn.sendall(data[pos : pos + chunk])
+            conn.sendall(body(data[pos : pos + chunk]))
             pos += chunk
 
     names = ["one", "two", "three"]
