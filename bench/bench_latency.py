@@ -347,7 +347,7 @@ def search(bundle, audio: np.ndarray, args) -> dict:
         else:
             n = (lo + hi) // 2
     # the verdict: the found limit again until it has --runs runs; their median decides. A limit whose median
-    # fails gives way to the next lower sustained count, confirmed the same way.
+    # fails sends the search back to bisect between it and the next lower sustained count.
     best = None
     while lo > 0:
         runs = [r for r in rows if r["streams"] == lo]
@@ -361,8 +361,20 @@ def search(bundle, audio: np.ndarray, args) -> dict:
         if sustains(med, hop):
             best = med
             break
+        # its median failed: bisect the gap down to the next lower count that passed again (single runs), then
+        # confirm what that finds, rather than falling back to the lower count
         hi = lo
-        lo = max((r["streams"] for r in rows if r["sustained"] and r["streams"] < lo), default=0)
+        lo = max((r["streams"] for r in rows if r["sustained"] and r["streams"] < hi), default=0)
+        while lo > 0 and hi - lo > max(1, lo // 8):
+            n = (lo + hi) // 2
+            r = run_config(bundle, audio, args, n)
+            r["sustained"] = sustains(r, hop)
+            rows.append(r)
+            print(_row(r) + ("  ok" if r["sustained"] else "  NOT real time") + "  (after a failed median)", flush=True)
+            if r["sustained"]:
+                lo = n
+            else:
+                hi = n
     if best is not None:
         print(_row(best) + f"  median of {len(best['runs'])} runs", flush=True)
     return {"model": bundle.name, "hop_s": hop, "max_streams": lo, "bracket": [lo, hi], "rows": rows,

@@ -16,7 +16,8 @@ Real time (all must hold): at least 95% of the expected updates (N / hop per sec
 (the update's audio arriving in the engine -> the subscriber's receipt: the engine's ``latency_ms`` plus the
 delivery time from the update's ``wall`` stamp), no ring overruns, and a second client that connects in the middle
 of the run gets its ``hello`` within 2 s. The search doubles N from ``--start`` until a run fails, bisects, then
-runs the limit until it has ``--runs`` runs: their median decides (a failing median steps down).
+runs the limit until it has ``--runs`` runs: their median decides (a failing median sends the search back to
+bisect between it and the next lower count that passed).
 
 Each row prints updates/s, p50/p99 latency, the serve process's CPU (with its decoder processes) per station in %
 of one core, its RSS (with the decoder processes), the start-up time, when the start-up backlog had drained
@@ -300,7 +301,16 @@ def search(args: argparse.Namespace, urls: list[str], hop: float, tmp: Path) -> 
         if med["sustained"]:
             best = med
             break
-        lo = max((r["streams"] for r in rows if r["sustained"] and r["streams"] < lo), default=0)
+        # its median failed: the limit lies between the next lower count that passed and this one; bisect that
+        # gap again (single runs), then confirm what it finds, rather than falling back to the lower count
+        hi = lo
+        lo = max((r["streams"] for r in rows if r["sustained"] and r["streams"] < hi), default=0)
+        while lo > 0 and hi - lo > max(5, lo // 10):
+            n = (lo + hi) // 2
+            if run(n, "  (after a failed median)")["sustained"]:
+                lo = n
+            else:
+                hi = n
     return best, rows
 
 
