@@ -49,8 +49,9 @@ def process_cpu_seconds(pids: list[int] | None = None) -> float:
     return total
 
 
-def machine_cpu() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine since boot, all cores (Linux /proc/stat); None elsewhere."""
+def machine_cpu() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine since boot, all cores, in clock ticks (Linux /proc/stat; their
+    ratio is what the summary uses); None elsewhere."""
     try:
         with open("/proc/stat", "rb") as f:
             fields = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
@@ -58,9 +59,8 @@ def machine_cpu() -> tuple[float, float] | None:
         return None
     if len(fields) < 5:
         return None
-    total = sum(fields) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
-    idle = (fields[3] + fields[4]) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
-    return total - idle, total
+    total = sum(fields)
+    return total - fields[3] - fields[4], total
 
 
 class Health:
@@ -154,6 +154,7 @@ class Health:
         first_answer = engine.first_answer_seconds + engine.hop_seconds
         steady: dict[str, tuple[int, int]] = {}
         got = expected = 0.0
+        n_steady = 0  # stations counted: live through the interval, not reconnected
         for name, src in pooled.items():
             if src.stats.state != "live" or now - added.get(name, now) < first_answer:
                 continue
@@ -161,11 +162,11 @@ class Health:
             steady[name] = (count, reconnects)
             before = steady_before.get(name)
             if before is not None and before[1] == reconnects:
+                n_steady += 1
                 got += count - before[0]
                 expected += elapsed / engine.hop_seconds
         with self._lock:
             self._steady = steady
-        n_steady = sum(1 for name in steady if name in steady_before)
         expect = f" ({expected / elapsed:.0f} expected)" if n_steady else ""
         # behind: a stations' worth of hops (their phase) plus the share short, or the p99 over the limit
         short = n_steady > 0 and expected - got > (1 - BEHIND_SHARE) * expected + n_steady
@@ -195,10 +196,9 @@ class Health:
         if machine >= CPU_BOUND:
             other = max(0.0, machine * cores - ours)  # the other processes' share of the machine
             fit = int(stations * max(0.0, CPU_BOUND * cores - other) / ours) if ours > 0 else 0
-            model = getattr(runner.engine.bundle, "name", "this model")
             return (f"{head}. The machine's CPU is the limit: its {cores} cores are {100 * machine:.0f}% busy "
                     f"(this process and its decoders {ours:.2f} cores, other processes {other:.2f}); about {fit} "
-                    f"stations of {model} fit here. Remove stations, run a lighter model, or spread the stations "
+                    f"stations of {runner.engine.bundle.name} fit here. Remove stations, run a lighter model, or spread the stations "
                     f"over machines (serve --cluster)")
         return (f"{head}, while the machine's CPU is only {100 * machine:.0f}% busy: stations' audio arrives late "
                 f"or in bursts. The stats request shows each station's lag and bytes/s")

@@ -563,10 +563,7 @@ class _Worker:
                 source = opened()
         except Exception as e:  # the parent raises it as the same kind of error
             if background and isinstance(e, PolicyError | ConfigError):
-                st.stop.set()
-                st.state = "failed"
-                self.stations.pop(sid, None)
-                self.out(("end", sid, _error_kind(e), _error_text(e, label)))
+                self._ended(st, e)
                 return
             if not spec["retry_open"] or isinstance(e, PolicyError | ConfigError):
                 self.out(("failed", sid, _error_kind(e), _error_text(e, label)))
