@@ -344,7 +344,57 @@ def test_gru_student_live_step_keeps_one_intra_op_thread_at_any_batch(monkeypatc
     try:
         for b in (4, 80):  # below and above threads.FEW_STREAMS
             runner.step([f"s{i}" for i in range(b)], np.zeros((b, 31, 96), dtype=np.float32))
-        assert seen == [1, 1]
+        assert seen == [1, 1, 1]  # 4 streams on this thread; 80 in two groups, on a worker each
+        assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_gru_student_step_in_groups_equals_one_group(precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live step of many streams runs front end and GRU head per group of streams on the worker threads; the
+    logits and carried state equal the same streams stepped as one group (front end split, head on this thread),
+    hop after hop, and the answers differ between streams (real music, so the comparison means something)."""
+    from streamtag.architectures import fasthead, student
+    from streamtag.frontend import logmel
+    from streamtag.sources import read_audio
+
+    rows: list[int] = []
+    real_run = fasthead.CompactGRUHead.run
+
+    def recording_run(self, v, *args, **kw):  # type: ignore[no-untyped-def]
+        rows.append(v.shape[0])
+        return real_run(self, v, *args, **kw)
+
+    monkeypatch.setattr(fasthead.CompactGRUHead, "run", recording_run)
+    bundle = load_bundle("st-gru-msd")
+    model = bundle.build_model().eval()
+    model.set_precision(precision)
+    B = 2 * student._SPLIT_STREAMS + 6  # enough streams for two groups
+    mel = torch.from_numpy(logmel(read_audio(str(fastfront_example()), 16000)[: 16000 * 12], bundle.frontend))
+    x = torch.stack([mel[5 * i : 5 * i + 93] for i in range(B)])  # (B, 93, 96): each stream its own part of the clip
+    hops = [x[:, s : s + 31] for s in (0, 31, 62)]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            grouped, state_g = [], model.init_state(B)
+            for h in hops:
+                rows.clear()
+                logits, state_g = model.step(h, state_g)
+                grouped.append(logits)
+                assert len(rows) == 2 and sum(rows) == B  # one head call per group, every stream once
+            monkeypatch.setattr(student, "_SPLIT_STREAMS", B + 1)  # the one-group step
+            one, state_1 = [], model.init_state(B)
+            for h in hops:
+                rows.clear()
+                logits, state_1 = model.step(h, state_1)
+                one.append(logits)
+                assert rows == [B]
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(grouped, one):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state_g, state_1, atol=1e-5, rtol=1e-5)
+    assert (grouped[-1][0] - grouped[-1][1]).abs().max().item() > 1e-3

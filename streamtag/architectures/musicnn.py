@@ -90,6 +90,13 @@ _FAST_STREAMS = 64
 _MIN_GROUP = 4  # fewest windows per group worth a thread of its own (a group re-runs its span's edges)
 
 
+def group_size(streams: int, workers: int) -> int:
+    """Streams per group when a live step's ``streams`` run as whole groups on ``workers`` threads: about
+    ``_FAST_STREAMS`` each, as many groups as a multiple of the workers."""
+    groups = min(streams, workers * max(1, round(streams / (_FAST_STREAMS * workers))))
+    return -(-streams // max(1, groups))
+
+
 def _inside(t: torch.Tensor, total: int | None) -> torch.Tensor:
     """Whether stream frames ``t`` lie in the stream (t >= 0, and before ``total`` when the length is known);
     outside it musicnn sees zero padding."""
@@ -554,8 +561,7 @@ class MusicnnFrames(_FeatureLayers):
             values = x.new_empty((B, n, self.compact_channels))
             inside = x.new_empty((B, n))
             new_state = state.new_empty((B, self.state_size)) if out is None else out
-            groups = min(B, workers * max(1, round(B / (_FAST_STREAMS * workers))))  # a multiple of the workers
-            S = -(-B // groups)
+            S = group_size(B, workers)
             _map_threads(lambda a: self._fast_group(x[a : a + S], state[a : a + S], total, None,
                                                     (values[a : a + S], inside[a : a + S], new_state[a : a + S])),
                          list(range(0, B, S)), workers)

@@ -32,7 +32,7 @@ from .base import StatefulModel, StreamingModel, check_ends
 from .fastfront import bf16_native
 from .fasthead import CompactGRUHead
 from .gru import StatefulGRUTagger
-from .musicnn import MusicnnConfig, MusicnnFrames
+from .musicnn import MusicnnConfig, MusicnnFrames, group_size
 from .threads import few_streams, map_threads, one_thread, workers
 from .transformer import TransformerTagger
 
@@ -137,6 +137,10 @@ class MusicnnStudent(StatefulModel):
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         fs = self.frames.state_size
+        n_workers = workers() if x.device.type == "cpu" else 1
+        if n_workers > 1 and x.shape[0] >= _SPLIT_STREAMS and x.shape[1] and self.step_on_one_thread \
+                and not self.training:
+            return self._step_in_groups(x, state, n_workers)
         with one_thread(few_streams(x) or (self.step_on_one_thread and x.device.type == "cpu")):
             new = state.new_empty(state.shape)  # the front end and the head write their parts in place
             # a few streams' front end as one group on this thread: a hand-over to the workers and each GEMM's fixed
@@ -150,6 +154,36 @@ class MusicnnStudent(StatefulModel):
             feats = values if inside is None else self.frames.expand(values, inside)  # (B, n, channels)
             logits, h_state = self.head_logits(feats, state[:, fs:])
             return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
+
+    def _step_in_groups(self, x: torch.Tensor, state: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` of many streams on the CPU with the GRU head: each group of streams runs whole (front end,
+        then head) on a worker thread of one intra-op thread. The head's 31 frames of small ops then run on every
+        core instead of after the front end on the caller's thread alone, where the other core idles unless another
+        process fills it (a live step of 150 streams: 7% less wall time for 1.5% more CPU). Streams are
+        independent, so the answers are those of one group (tests/test_fastfront.py)."""
+        B, n, fs = x.shape[0], x.shape[1], self.frames.state_size
+        new = state.new_empty(state.shape)  # each group writes its rows of the state and logits in place
+        logits = x.new_empty((B, self.config.n_labels))
+        S = group_size(B, n_workers)
+
+        def run(a: int) -> None:
+            xs, old, out = x[a : a + S], state[a : a + S], new[a : a + S]
+            values, inside, f_state = self.frames.step_compact(xs, old[:, :fs], out[:, :fs], split=False)
+            head = self._compact() if inside is not None else None
+            if head is not None and inside is not None:
+                logits[a : a + S] = head.run(values, inside, old[:, fs:], [n], out[:, fs:])[0][:, -1]
+                return
+            feats = values if inside is None else self.frames.expand(values, inside)  # (b, n, channels)
+            group_logits, h_state = self.head_logits(feats, old[:, fs:])
+            out[:, :fs] = f_state
+            out[:, fs:] = h_state.to(f_state.dtype)
+            logits[a : a + S] = group_logits
+
+        if self.frames._gemm_path(x):  # the GEMM path's parts and the compact head: built here, not by two workers
+            self.frames._fast_parts()
+            self._compact()
+        map_threads(run, list(range(0, B, S)), n_workers)
+        return logits, new
 
     def step_many(
         self, x: torch.Tensor, state: torch.Tensor, ends: list[int]
