@@ -351,26 +351,33 @@ def test_gru_student_live_step_keeps_one_intra_op_thread_at_any_batch(monkeypatc
         torch.set_num_threads(saved)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_gru_student_step_in_groups_equals_one_group(precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", ["bf16", "fp32", "convolutions"])
+def test_gru_student_step_in_groups_equals_one_group(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A live step of many streams runs front end and GRU head per group of streams on the worker threads; the
     logits and carried state equal the same streams stepped as one group (front end split, head on this thread),
-    hop after hop, and the answers differ between streams (real music, so the comparison means something)."""
+    hop after hop, and the answers differ between streams (real music, so the comparison means something). On the
+    GEMM path (bf16, fp32 with the live channels) and on the convolutions' (full features, the GRU's own step)."""
     from streamtag.architectures import fasthead, student
     from streamtag.frontend import logmel
     from streamtag.sources import read_audio
 
-    rows: list[int] = []
-    real_run = fasthead.CompactGRUHead.run
+    rows: list[int] = []  # streams per head call
+    real_run, real_logits = fasthead.CompactGRUHead.run, student.MusicnnStudent.head_logits
 
     def recording_run(self, v, *args, **kw):  # type: ignore[no-untyped-def]
         rows.append(v.shape[0])
         return real_run(self, v, *args, **kw)
 
+    def recording_logits(self, feats, *args, **kw):  # type: ignore[no-untyped-def]
+        rows.append(feats.shape[0])
+        return real_logits(self, feats, *args, **kw)
+
     monkeypatch.setattr(fasthead.CompactGRUHead, "run", recording_run)
+    monkeypatch.setattr(student.MusicnnStudent, "head_logits", recording_logits)
     bundle = load_bundle("st-gru-msd")
     model = bundle.build_model().eval()
-    model.set_precision(precision)
+    model.set_precision("bf16" if path == "bf16" else "fp32")
+    model.frames.gemm_front = path != "convolutions"
     B = 2 * student._SPLIT_STREAMS + 6  # enough streams for two groups
     mel = torch.from_numpy(logmel(read_audio(str(fastfront_example()), 16000)[: 16000 * 12], bundle.frontend))
     x = torch.stack([mel[5 * i : 5 * i + 93] for i in range(B)])  # (B, 93, 96): each stream its own part of the clip
