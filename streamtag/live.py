@@ -365,7 +365,8 @@ class LiveRunner:
                     delay = t0 + (st.samples + block.shape[0]) / sr / st.speed - time.monotonic()
                     if delay > 0 and st.stop.wait(delay):
                         break
-                self.push(st.name, block)
+                # an unpaced network source says when its bytes came in (latency counts from there)
+                self.push(st.name, block, getattr(source, "arrived", None) if st.speed is None else None)
                 st.samples += block.shape[0]
                 new_title = getattr(source, "title", None)
                 if new_title != title:

@@ -355,10 +355,17 @@ def hls_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("rendition", ["tone", "fmp4"])
 def test_hls_vod(hls_dir: Path, rendition: str) -> None:
     with http_server(hls_dir) as base:
+        t0 = time.monotonic()
         with open_source(f"{base}/{rendition}/index.m3u8", SR) as source:
             assert isinstance(source, HlsSource) and source.info["live"] is False
-            blocks = list(source)
+            blocks, spans = [], []
+            for block in source:
+                blocks.append(block)
+                spans.append(source.arrived)  # when the bytes of the segment it came from were downloaded
             assert source.info["codec"] == "aac" and source.info["sample_rate"] == 44100
+        t1 = time.monotonic()
+    assert all(s is not None and t0 <= s[0] <= s[1] <= t1 for s in spans)
+    assert len(set(spans)) >= 3 and spans == sorted(spans)  # one span per segment (3), in order
     y = np.concatenate(blocks)
     assert all(b.shape == (1600,) for b in blocks[:-1])
     assert abs(y.shape[0] / SR - 3.0) < 0.1  # continuous across segments: no gaps, no repeats

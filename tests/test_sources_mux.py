@@ -282,6 +282,49 @@ def test_the_mux_path_keeps_the_policy_and_never_shows_credentials(clips):
     assert "hunter2" not in str(info.value) and "refused" in str(info.value)
 
 
+def test_thread_read_audio_is_stamped_with_when_its_bytes_came_in(clips):
+    """A station the mux loop does not read (here a chunked body: FFmpeg's demuxer on a reader thread) is stamped
+    the same way: from when the socket was last seen empty until the read that took the bytes, not when the
+    reader thread got round to delivering the audio."""
+    audio = clips["mp3"].read_bytes()
+    go = threading.Event()
+    sent: list[tuple[float, float]] = []  # (before, after) each burst's sendall
+
+    def chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    def handler(conn: socket.socket, index: int, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunk(audio[:40000]))  # enough for FFmpeg's probe
+        if not go.wait(30) or stop.wait(0.5):
+            return
+        for start in range(40000, 40000 + 4 * 8192, 8192):  # 0.5 s of audio a second, in one burst
+            before = time.monotonic()
+            conn.sendall(chunk(audio[start:start + 8192]))
+            sent.append((before, time.monotonic()))
+            if stop.wait(1.0):
+                return
+        stop.wait(5)
+
+    with ScriptedServer(handler) as server, SourcePool(SR, workers=1) as pool:
+        src = pool.open(server.url("/live.mp3"), SR, max_retries=0)
+        assert "reader" not in src.info  # the thread reader, not the mux loop
+        feed = RecordingFeed()
+        src.start(feed, None)  # what the open decoded waits for the next block (a live source's newest audio)
+        go.set()
+        wait_until(lambda: len(sent) == 4 and time.monotonic() > sent[-1][1] + 0.8, 15, "four bursts")
+        src.close()
+    stamps = feed.stamps
+    assert all(first <= last <= got for first, last, got in stamps)  # NaN (no stamp) fails too
+    for i in range(1, 4):
+        before, after = sent[i]
+        mine = [(first, last) for first, last, got in stamps if before < got < before + 0.9]
+        assert mine, f"no audio of burst {i} arrived within 0.9 s"
+        # from: after the previous burst was read (the reader then waits on an empty socket), before this one
+        # was sent; until: a read after this burst began to be sent
+        assert all(sent[i - 1][1] < first <= after and before <= last for first, last in mine), (mine, sent)
+
+
 def test_opus_and_files_over_http_keep_the_thread_reader(tmp_path):
     """What the loop does not decode opens as before: a file of known length over HTTP (one connection), an Ogg
     of another codec than Vorbis (a second connection, for FFmpeg's demuxer)."""

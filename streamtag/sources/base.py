@@ -269,6 +269,9 @@ class Source:
         self.block_seconds = float(block_seconds)
         self.block_size = max(1, round(block_seconds * sample_rate))
         self.title: str | None = None
+        # a network source: when the bytes behind the block it yielded last came in, (first, last) in
+        # time.monotonic() (set before each yield); None: as it is delivered. Latency counts from it.
+        self.arrived: tuple[float, float] | None = None
         self.info: dict[str, Any] = {}
         self.on_event: EventCallback | None = None
         self.bytes_in = 0  # compressed audio bytes demuxed so far (health figures)

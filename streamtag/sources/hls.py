@@ -55,6 +55,7 @@ PLAYLIST_LIMIT = 4 << 20  # bytes
 SEGMENT_LIMIT = 64 << 20  # bytes
 MIN_TARGET_DURATION = 0.5  # s: a live playlist is never polled faster than every 0.25 s, whatever it claims
 MAX_TARGET_DURATION = 60.0  # s
+MAX_ARRIVALS = 64  # segments whose download times are kept (the decoder reads at most a segment or two ahead)
 LIVE_EDGE_SEGMENTS = 3  # a live stream starts this many segments before the end (RFC 8216, 6.3.3)
 SEGMENT_FORMATS = {".ts": "mpegts", ".aac": "aac", ".mp3": "mp3", ".m4s": "mp4", ".mp4": "mp4", ".m4a": "mp4"}
 _ATTR_RE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
@@ -293,6 +294,7 @@ class HlsSource(Source):
         self._cancel = Cancel(self._closed)
         self.format = format
         self.skipped_segments = 0
+        self._arrivals: dict[int, tuple[float, float]] = {}  # media sequence -> when its download began and ended
         if playlist_text is not None:
             playlist = parse_playlist(playlist_text, url)
         else:
@@ -368,7 +370,12 @@ class HlsSource(Source):
         retries = self.reconnect_policy.segment_retries
         for attempt in range(retries + 1):
             try:
+                started = time.monotonic()
                 data, _ = self._fetch(segment.uri, SEGMENT_LIMIT)
+                # its audio's bytes came in during the download (the latency of an update counts from there)
+                self._arrivals[segment.sequence] = (started, time.monotonic())
+                while len(self._arrivals) > MAX_ARRIVALS:
+                    del self._arrivals[next(iter(self._arrivals))]
                 return data
             except PolicyError:
                 raise refused(self.label) from None
@@ -487,7 +494,10 @@ class HlsSource(Source):
                             sample_rate=frame.sample_rate,
                             channels=frame.layout.nb_channels,
                         )
-                    yield from pipeline.push_frame(frame)
+                    blocks = pipeline.push_frame(frame)
+                    if blocks and stream.current is not None:
+                        self.arrived = self._arrivals.get(stream.current.sequence, self.arrived)
+                    yield from blocks
                     if self.closed:
                         return
             except (av.error.FFmpegError, OSError, ValueError) as e:

@@ -81,6 +81,19 @@ class _SocketReader:
         self.cancel = cancel
         self.buffer = bytearray()
         self.eof = False
+        # When the bytes came in: a recv that waits, or gets less than it asked, leaves the socket empty at that
+        # moment, so the bytes of the next recv arrived after it. ``_span`` (first, last): the bytes received since
+        # the last take_arrival() came in between those times.
+        self.empty_at = time.monotonic()
+        self._span: tuple[float, float] | None = None
+        self._last_span = (self.empty_at, self.empty_at)
+
+    def take_arrival(self) -> tuple[float, float]:
+        """(first, last): when the bytes received since the previous call came in (``time.monotonic()``); the
+        previous span again when nothing came in since (the bytes still being used are those)."""
+        if self._span is not None:
+            self._last_span, self._span = self._span, None
+        return self._last_span
 
     def _fill(self, deadline: float, what: str) -> bool:
         """Receive more bytes into the buffer; False at EOF; StallError past ``deadline``."""
@@ -93,10 +106,15 @@ class _SocketReader:
                 self.sock.settimeout(_wait_slice(deadline))
                 data = self.sock.recv(READ_SIZE)
             except (TimeoutError, ssl.SSLWantReadError):
+                self.empty_at = time.monotonic()
                 continue
             if not data:
                 self.eof = True
                 return False
+            now = time.monotonic()
+            self._span = (self.empty_at if self._span is None else self._span[0], now)
+            if len(data) < READ_SIZE and not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+                self.empty_at = now  # all it had
             self.buffer += data
             return True
 
@@ -204,6 +222,10 @@ class HttpResponse:
         if self._chunk_left == 0 and data:
             r.readline(16, deadline, what)  # CRLF after the chunk
         return data
+
+    def take_arrival(self) -> tuple[float, float]:
+        """When the body bytes received since the previous call came in: (first, last), ``time.monotonic()``."""
+        return self._reader.take_arrival()
 
     def read_all(self, limit: int, label: str, *, deadline: float | None = None) -> bytes:
         """The whole body (playlists, HLS segments); SourceError when larger than ``limit`` bytes."""

@@ -731,26 +731,30 @@ class _Worker:
         if not getattr(st.source, "live", False):
             st.started.wait()
         sr = st.source.sample_rate
-        keep: deque[np.ndarray] = deque(maxlen=max(1, round(PRESTART_KEEP_S * sr / max(1, st.source.block_size))))
+        keep: deque[tuple[np.ndarray, tuple[float, float] | None]] = deque(
+            maxlen=max(1, round(PRESTART_KEEP_S * sr / max(1, st.source.block_size))))
         error: BaseException | None = None
         try:
             for block in st.source:
                 if st.stop.is_set():
                     return
-                keep.append(block)
+                # an unpaced (live) network source says when its bytes came in: latency counts from there, not
+                # from this thread's delivery (which lags when the process is busy); a paced one's is its due time
+                keep.append((block, getattr(st.source, "arrived", None) if st.speed is None else None))
                 if not st.started.is_set() or (st.fresh_until and time.monotonic() < st.fresh_until):
                     continue
                 while keep:
-                    if not self._pace(st, keep.popleft(), sr):
+                    kept, arrived = keep.popleft()
+                    if not self._pace(st, kept, arrived, sr):
                         return
         except Exception as e:
             error = e
         st.started.wait()
         while keep and not st.stop.is_set():
-            self._deliver(st, keep.popleft())
+            self._deliver(st, *keep.popleft())
         self._ended(st, error)
 
-    def _pace(self, st: _Station, block: np.ndarray, sr: int) -> bool:
+    def _pace(self, st: _Station, block: np.ndarray, arrived: tuple[float, float] | None, sr: int) -> bool:
         """Deliver ``block`` when it is due (paused: when resumed); False once the station is stopped."""
         while not st.running.is_set() and not st.stop.is_set():
             st.running.wait(0.1)
@@ -760,7 +764,7 @@ class _Worker:
                 return False
         if st.stop.is_set():
             return False
-        self._deliver(st, block)
+        self._deliver(st, block, arrived)
         return True
 
     def _schedule(self, st: _Station, due: float, *, wake: bool = True) -> None:

@@ -279,7 +279,10 @@ class UrlSource(Source):
                 with interruptible(conn.reader):
                     frame: av.AudioFrame | None = conn.first
                     while frame is not None:
-                        yield from pipeline.push_frame(frame)
+                        blocks = pipeline.push_frame(frame)
+                        if blocks:
+                            self.arrived = response.take_arrival()  # the bytes read so far for these blocks
+                        yield from blocks
                         if self.closed:
                             return
                         # the stall clock runs only while we wait for the next frame, not while the consumer
