@@ -260,14 +260,19 @@ def set_title(port: int, mount: str, title: str, admin_password: str = ADMIN_PAS
 
 @contextlib.contextmanager
 def feed(port: int, mount: str, clip: Path, fmt: str = "mp3", *, source_password: str = SOURCE_PASSWORD,
-         admin_password: str = ADMIN_PASSWORD, wait: bool = True, loop: bool = True) -> Iterator[subprocess.Popen]:
+         admin_password: str = ADMIN_PASSWORD, wait: bool = True, loop: bool = True,
+         encoded: bool = False) -> Iterator[subprocess.Popen]:
     """ffmpeg -re -stream_loop -1 -i clip ... icecast://source:PW@127.0.0.1:PORT/mount; killed on exit.
 
-    ``loop=False`` plays the clip once, so the mount ends (a stream that ends)."""
+    ``loop=False`` plays the clip once, so the mount ends (a stream that ends). ``encoded``: ``clip`` is already
+    in ``fmt`` (:func:`encode`), and ffmpeg only paces its packets to Icecast, encoding nothing (a benchmark's
+    machine then spends no CPU on the stations' encoders, as a monitoring host does not)."""
     codec_args, content_type = FEED_CODECS[fmt]
+    if encoded:
+        codec_args = ["-c:a", "copy", *codec_args[codec_args.index("-f"):]]
     cmd = [require_ffmpeg(), "-nostdin", "-v", "error", "-re", "-stream_loop", "-1" if loop else "0",
            "-i", str(clip), "-vn",
-           "-ac", "2", "-ar", "44100", *codec_args, "-content_type", content_type,
+           *([] if encoded else ["-ac", "2", "-ar", "44100"]), *codec_args, "-content_type", content_type,
            f"icecast://source:{source_password}@127.0.0.1:{port}{mount}"]
     process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -282,6 +287,15 @@ def feed(port: int, mount: str, clip: Path, fmt: str = "mp3", *, source_password
         stop_process(process)
         if process.stderr:
             process.stderr.close()
+
+
+def encode(clip: Path, fmt: str, out: Path, *, loops: int = 0) -> subprocess.Popen:
+    """Start encoding ``clip`` (played ``1 + loops`` times) as a feed of ``fmt`` would (44.1 kHz stereo,
+    FEED_CODECS) into ``out``, for ``feed(..., encoded=True)``; the caller waits for the process."""
+    codec_args, _ = FEED_CODECS[fmt]
+    return subprocess.Popen([require_ffmpeg(), "-nostdin", "-v", "error", "-y", "-stream_loop", str(loops),
+                             "-i", str(clip), "-vn", "-ac", "2", "-ar", "44100", *codec_args, str(out)],
+                            stdin=subprocess.DEVNULL)
 
 
 # static HTTP ------------------------------------------------------------------------------------------------------
