@@ -447,6 +447,8 @@ def main() -> int:
                    help="--spy: every thread's samples, idle included (with the decoder processes); on-CPU samples "
                         "only; or only the thread holding serve's GIL (what serialises the engine)")
     args = p.parse_args()
+    # a SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so that Icecast, its feeders and serve are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from radio_fixtures import encode, feed, icecast_server
 
