@@ -372,6 +372,15 @@ def test_hls_vod(hls_dir: Path, rendition: str) -> None:
     assert abs(dominant_hz(y[: 2 * SR], SR) - 440.0) < 1.0
 
 
+def test_a_file_over_http_is_not_stamped_with_its_download(hls_dir: Path) -> None:
+    """A file's bytes may wait in the socket long before they are due: its blocks keep their delivery time
+    (``arrived`` None), unlike a live stream's (tests/test_sources_mux.py) and HLS segments' (above)."""
+    with http_server(hls_dir) as base, open_source(f"{base}/tone.wav", SR) as source:
+        blocks = list(source)
+        assert not source.live and len(blocks) >= 20
+        assert source.arrived is None
+
+
 def test_hls_master_picks_highest_bandwidth_and_content_type_dispatch(hls_dir: Path, tmp_path: Path) -> None:
     (hls_dir / "master.hls").write_text((hls_dir / "master.m3u8").read_text())  # no .m3u8: by content type
     with http_server(hls_dir) as base:

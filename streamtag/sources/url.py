@@ -280,7 +280,7 @@ class UrlSource(Source):
                     frame: av.AudioFrame | None = conn.first
                     while frame is not None:
                         blocks = pipeline.push_frame(frame)
-                        if blocks:
+                        if blocks and not finite:  # a live stream's (a file's bytes may wait in the socket for long)
                             self.arrived = response.take_arrival()  # the bytes read so far for these blocks
                         yield from blocks
                         if self.closed:
