@@ -101,6 +101,18 @@ def start_in(got: np.ndarray, want: np.ndarray) -> int:
     return offsets[0]
 
 
+def assert_stamped_by_bursts(stamps: list[tuple[float, float, float]], sent: list[tuple[float, float]]) -> None:
+    """Every delivery is stamped (first <= last <= its receipt), and the audio of bursts 1.. (received within 0.9 s
+    of the burst's send) came in from after the previous burst was read (the socket then sat empty) until a read
+    after this burst began to be sent."""
+    assert all(first <= last <= got for first, last, got in stamps)  # NaN (no stamp) fails too
+    for i in range(1, len(sent)):
+        before, after = sent[i]
+        mine = [(first, last) for first, last, got in stamps if before < got < before + 0.9]
+        assert mine, f"no audio of burst {i} arrived within 0.9 s"
+        assert all(sent[i - 1][1] < first <= after and before <= last for first, last in mine), (mine, sent)
+
+
 def serve_once(data: bytes, go: threading.Event, *, ctype: str = "audio/mpeg", first: int = 6000):
     """A handler: headers and ``first`` bytes, then (once ``go`` is set) the rest, then the connection closes."""
     def handler(conn: socket.socket, index: int, stop: threading.Event) -> None:
@@ -169,15 +181,7 @@ def test_mux_audio_is_stamped_with_when_its_bytes_could_first_have_arrived(clips
         go.set()
         wait_until(lambda: len(sent) == 4 and time.monotonic() > sent[-1][1] + 0.8, 15, "four bursts")
         src.close()
-    stamps = feed.stamps
-    assert all(first <= last <= got for first, last, got in stamps)  # NaN (no stamp) fails too
-    for i in range(1, 4):
-        before, after = sent[i]
-        mine = [(first, last) for first, last, got in stamps if before < got < before + 0.9]
-        assert mine, f"no audio of burst {i} arrived within 0.9 s"
-        # from: after the previous burst (those bytes had all been read), before this one was sent;
-        # until: a read after this burst began to be sent
-        assert all(sent[i - 1][1] < first <= after and before <= last for first, last in mine), (mine, sent)
+    assert_stamped_by_bursts(feed.stamps, sent)
 
 
 def test_a_station_on_the_mux_loop_gives_the_same_updates_as_the_same_audio_pushed(tmp_path, clips):
@@ -314,15 +318,7 @@ def test_thread_read_audio_is_stamped_with_when_its_bytes_came_in(clips):
         go.set()
         wait_until(lambda: len(sent) == 4 and time.monotonic() > sent[-1][1] + 0.8, 15, "four bursts")
         src.close()
-    stamps = feed.stamps
-    assert all(first <= last <= got for first, last, got in stamps)  # NaN (no stamp) fails too
-    for i in range(1, 4):
-        before, after = sent[i]
-        mine = [(first, last) for first, last, got in stamps if before < got < before + 0.9]
-        assert mine, f"no audio of burst {i} arrived within 0.9 s"
-        # from: after the previous burst was read (the reader then waits on an empty socket), before this one
-        # was sent; until: a read after this burst began to be sent
-        assert all(sent[i - 1][1] < first <= after and before <= last for first, last in mine), (mine, sent)
+    assert_stamped_by_bursts(feed.stamps, sent)
 
 
 def test_opus_and_files_over_http_keep_the_thread_reader(tmp_path):
