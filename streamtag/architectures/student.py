@@ -136,7 +136,6 @@ class MusicnnStudent(StatefulModel):
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
-        fs = self.frames.state_size
         n_workers = workers() if x.device.type == "cpu" else 1
         if n_workers > 1 and x.shape[0] >= _SPLIT_STREAMS and x.shape[1] and self.step_on_one_thread \
                 and not self.training:
@@ -145,15 +144,20 @@ class MusicnnStudent(StatefulModel):
             new = state.new_empty(state.shape)  # the front end and the head write their parts in place
             # a few streams' front end as one group on this thread: a hand-over to the workers and each GEMM's fixed
             # cost per group (oneDNN reorders the weights on every call) cost more than the second core gains
-            values, inside, f_state = self.frames.step_compact(x, state[:, :fs], new[:, :fs],
-                                                               split=x.shape[0] >= _SPLIT_STREAMS)
-            head = self._compact() if inside is not None and not self.training else None
-            if head is not None and inside is not None and x.shape[1]:
-                logits, _ = head.run(values, inside, state[:, fs:], [x.shape[1]], new[:, fs:])
-                return logits[:, -1], new
-            feats = values if inside is None else self.frames.expand(values, inside)  # (B, n, channels)
-            logits, h_state = self.head_logits(feats, state[:, fs:])
-            return logits, torch.cat([f_state, h_state.to(f_state.dtype)], dim=1)
+            return self._step_into(x, state, new, split=x.shape[0] >= _SPLIT_STREAMS), new
+
+    def _step_into(self, x: torch.Tensor, state: torch.Tensor, out: torch.Tensor, *, split: bool) -> torch.Tensor:
+        """:meth:`step` of streams ``x`` with ``state``, the new state written into ``out`` (B, state_size); the
+        logits. ``split``: the front end may spread groups of streams over the worker threads."""
+        fs = self.frames.state_size
+        values, inside, _ = self.frames.step_compact(x, state[:, :fs], out[:, :fs], split=split)
+        head = self._compact() if inside is not None and not self.training else None
+        if head is not None and inside is not None and x.shape[1]:
+            return head.run(values, inside, state[:, fs:], [x.shape[1]], out[:, fs:])[0][:, -1]
+        feats = values if inside is None else self.frames.expand(values, inside)  # (B, n, channels)
+        logits, h_state = self.head_logits(feats, state[:, fs:])
+        out[:, fs:] = h_state.to(out.dtype)
+        return logits
 
     def _step_in_groups(self, x: torch.Tensor, state: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`step` of many streams on the CPU with the GRU head: each group of streams runs whole (front end,
@@ -161,23 +165,13 @@ class MusicnnStudent(StatefulModel):
         core instead of after the front end on the caller's thread alone, where the other core idles unless another
         process fills it (a live step of 150 streams: 7% less wall time for 1.5% more CPU). Streams are
         independent, so the answers are those of one group (tests/test_fastfront.py)."""
-        B, n, fs = x.shape[0], x.shape[1], self.frames.state_size
+        B = x.shape[0]
         new = state.new_empty(state.shape)  # each group writes its rows of the state and logits in place
         logits = x.new_empty((B, self.config.n_labels))
         S = group_size(B, n_workers)
 
         def run(a: int) -> None:
-            xs, old, out = x[a : a + S], state[a : a + S], new[a : a + S]
-            values, inside, f_state = self.frames.step_compact(xs, old[:, :fs], out[:, :fs], split=False)
-            head = self._compact() if inside is not None else None
-            if head is not None and inside is not None:
-                logits[a : a + S] = head.run(values, inside, old[:, fs:], [n], out[:, fs:])[0][:, -1]
-                return
-            feats = values if inside is None else self.frames.expand(values, inside)  # (b, n, channels)
-            group_logits, h_state = self.head_logits(feats, old[:, fs:])
-            out[:, :fs] = f_state
-            out[:, fs:] = h_state.to(f_state.dtype)
-            logits[a : a + S] = group_logits
+            logits[a : a + S] = self._step_into(x[a : a + S], state[a : a + S], new[a : a + S], split=False)
 
         if self.frames._gemm_path(x):  # the GEMM path's parts and the compact head: built here, not by two workers
             self.frames._fast_parts()
