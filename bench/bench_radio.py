@@ -450,7 +450,7 @@ def main() -> int:
     # a SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so that Icecast, its feeders and serve are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from radio_fixtures import encode, feed, icecast_server
+    from radio_fixtures import encode, feed, icecast_server, stop_process
 
     from streamtag.pipeline import Engine
     from streamtag.registry import load_bundle
@@ -470,6 +470,8 @@ def main() -> int:
             # clip, ~31 min) keeps every feeder at real time.
             encoders = {codec: encode(CLIP, codec, tmp / f"feed-{codec}.{codec}", loops=FEED_LOOPS)
                         for codec in args.codecs}
+            for enc in encoders.values():  # a bench stopped while they encode leaves none running
+                stack.callback(stop_process, enc)
             for codec, enc in encoders.items():
                 if enc.wait() != 0:
                     raise RuntimeError(f"ffmpeg could not encode the {codec} feed")
