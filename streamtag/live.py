@@ -156,6 +156,9 @@ class LiveRunner:
     ``step_interval``: the engine steps at most this often (s), so that under load many streams' hops share one
     step; it bounds the latency that batching adds. ``front_end_threads``: a step's log-mel runs in that many
     passes at once, on the engine thread and helper threads (numpy's FFT and matmul release the GIL).
+    ``compute_nice``: the engine thread, the front-end helpers and the model's worker threads run that many nice
+    levels below the rest of the process (Linux; 0 leaves them be; default ``COMPUTE_NICE``, 5), so that sources, the pool's receiver and the
+    publishers get a core first when the cores are short (:func:`streamtag.architectures.threads.lower_compute_priority`).
     """
 
     def __init__(
@@ -165,8 +168,10 @@ class LiveRunner:
         *,
         step_interval: float = STEP_INTERVAL_S,
         front_end_threads: int = FRONT_END_THREADS,
+        compute_nice: int | None = None,
     ) -> None:
         self._engine = engine
+        self._compute_nice = compute_nice  # None: threads.COMPUTE_NICE (read at start: it imports torch)
         self._step_interval = step_interval
         self._front_end_threads = max(1, front_end_threads)
         self._pool: ThreadPoolExecutor | None = None
@@ -384,14 +389,23 @@ class LiveRunner:
 
     # -- engine --------------------------------------------------------------------------------------------
     def start(self) -> LiveRunner:
+        from .architectures.threads import COMPUTE_NICE, lower_compute_priority, lower_this_thread
+
+        nice = self._compute_nice = max(0, COMPUTE_NICE if self._compute_nice is None else int(self._compute_nice))
+        if nice:
+            lower_compute_priority(nice)
         if self._front_end_threads > 1:
-            self._pool = ThreadPoolExecutor(self._front_end_threads - 1, thread_name_prefix="front-end")
+            self._pool = ThreadPoolExecutor(self._front_end_threads - 1, thread_name_prefix="front-end",
+                                            initializer=lower_this_thread, initargs=(nice,))
             self._engine.use_front_end_pool(self._pool, self._front_end_threads)
         self._engine_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._engine_thread.start()
         return self
 
     def _loop(self) -> None:
+        from .architectures.threads import lower_this_thread
+
+        lower_this_thread(self._compute_nice)
         last = -math.inf
         while not self._stop.is_set():
             self._wake.wait(IDLE_WAIT_S)

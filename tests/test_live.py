@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -15,6 +17,7 @@ import pytest
 from live_fixtures import live_bundle, make_engine, write_tone_wav
 
 from streamtag.app import RunSummary, StatusLines, run_live
+from streamtag.architectures.threads import map_threads
 from streamtag.errors import SourceError, StreamtagError
 from streamtag.live import LiveRunner
 from streamtag.publishers import status_message
@@ -102,6 +105,47 @@ def test_a_file_through_the_runner_gives_the_engines_updates_in_order(bundle, cl
     for a, b in zip(got, want):
         assert a.raw == pytest.approx(b.raw, abs=1e-5)
     assert "tone" not in engine.streams and runner.streams() == []  # an ended source leaves the engine
+
+
+def _nice(tid: int | None = None) -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id() if tid is None else tid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+@pytest.mark.parametrize("compute_nice", [0, 3])
+def test_the_runners_compute_threads_run_below_the_rest_of_the_process(bundle, compute_nice):
+    """The engine thread (sinks run on it), its front-end helpers and the model's worker threads run
+    ``compute_nice`` levels below the process's main thread; the thread that feeds the runner keeps its priority
+    (so audio intake and delivery get a core first when the cores are short)."""
+    want = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + compute_nice)
+    here = _nice()
+    on_engine: list[int] = []
+
+    class NiceRecorder(Recorder):
+        def on_update(self, updates):
+            on_engine.append(_nice())
+            super().on_update(updates)
+
+    engine = make_engine(bundle, hop=0.5)
+    sink = NiceRecorder()
+    runner = LiveRunner(engine, [sink], front_end_threads=2, compute_nice=compute_nice).start()
+    x = (0.3 * np.sin(np.arange(16000 * 2) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    try:
+        for name in ("a", "b"):  # two streams: the step's log-mel runs in two passes, one on a helper
+            runner.add_stream(name)
+        for name in ("a", "b"):
+            runner.push(name, x)
+        runner.flush()
+        assert runner._pool is not None
+        helpers = [_nice(t.native_id) for t in runner._pool._threads if t.native_id is not None]
+        workers = map_threads(lambda _: _nice(), list(range(4)), 2)
+    finally:
+        runner.stop()
+    assert len(sink.updates("a")) >= 2 and set(on_engine) == {want}
+    assert helpers and set(helpers) == {want}
+    if compute_nice:
+        assert min(workers) >= want  # the shared pool's threads (an earlier runner may have lowered them more)
+    assert _nice() == here
 
 
 def test_push_fed_stream_flush_and_remove(bundle):

@@ -10,9 +10,17 @@ docs/performance.md, "The students on files"). So:
   each, so threads pulling whole items never wait for each other (musicnn's front end, window groups).
 
 Grad and inference modes are thread-local: the workers inherit the caller's.
+
+A live engine also lowers its compute threads' CPU priority (:func:`lower_compute_priority`, Linux): when the
+cores are short, a server's audio intake (the decoder processes, the pool's receiver) and its delivery (the event
+loop) then run as soon as they have work instead of queueing behind a model step, and the step takes the CPU
+they leave. The work done is the same; the latency added by waiting for a core is not (docs/architecture.md).
 """
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +29,12 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["FEW_STREAMS", "few_streams", "map_threads", "one_thread", "workers", "workspace"]
+__all__ = [
+    "COMPUTE_NICE", "FEW_STREAMS", "few_streams", "lower_compute_priority", "lower_this_thread", "map_threads",
+    "one_thread", "workers", "workspace",
+]
+
+log = logging.getLogger(__name__)
 
 T_in = TypeVar("T_in")
 T_out = TypeVar("T_out")
@@ -30,7 +43,36 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 FEW_STREAMS = 64  # fewer streams than this run their small ops on one intra-op thread (CPU)
-_local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it); .store
+_local = threading.local()  # .outer: the thread count one_thread replaced (so workers() still sees it); .store;
+# .lowered: the nice increment this thread already took
+COMPUTE_NICE = 5  # nice levels a live engine's compute threads run below the process's other threads
+_compute_nice = 0  # the increment map_threads' workers take (lower_compute_priority sets it)
+
+
+def lower_compute_priority(increment: int = COMPUTE_NICE) -> None:
+    """From now on, :func:`map_threads`' workers run ``increment`` nice levels below the process (each lowers
+    itself before its next item; Linux only, elsewhere nothing changes). Process-wide and one-way: an
+    unprivileged thread cannot raise its priority again, so a process that ran a live engine keeps niced workers."""
+    global _compute_nice
+    _compute_nice = max(_compute_nice, int(increment))
+
+
+def lower_this_thread(increment: int | None = None) -> None:
+    """Run the calling thread ``increment`` nice levels below the process's main thread (default: the increment
+    set by :func:`lower_compute_priority`); a thread already that low (e.g. one started by a lowered thread,
+    which inherits its priority) is left as it is. Linux only (``setpriority`` on a thread id); where the OS
+    refuses, the thread keeps its priority (logged at debug level)."""
+    n = _compute_nice if increment is None else int(increment)
+    if n <= 0 or getattr(_local, "lowered", 0) >= n or not sys.platform.startswith("linux"):
+        return
+    _local.lowered = n
+    tid = threading.get_native_id()
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + n)  # the main thread's id is the pid
+        if os.getpriority(os.PRIO_PROCESS, tid) < target:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+    except OSError as e:
+        log.debug("could not lower the priority of thread %s: %s", threading.current_thread().name, e)
 
 
 def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -109,6 +151,7 @@ def map_threads(fn: Callable[[T_in], T_out], items: list[T_in], workers: int, *,
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def run(item: T_in) -> T_out:
+        lower_this_thread()
         torch.set_num_threads(1)
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return fn(item)
