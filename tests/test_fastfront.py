@@ -351,12 +351,14 @@ def test_gru_student_live_step_keeps_one_intra_op_thread_at_any_batch(monkeypatc
         torch.set_num_threads(saved)
 
 
-@pytest.mark.parametrize("path", ["bf16", "fp32", "convolutions"])
-def test_gru_student_step_in_groups_equals_one_group(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A live step of many streams runs front end and GRU head per group of streams on the worker threads; the
+@pytest.mark.parametrize(("name", "path"), [("st-gru-msd", "bf16"), ("st-gru-msd", "fp32"),
+                                            ("st-gru-msd", "convolutions"), ("st-transformer-msd", "bf16")])
+def test_student_step_in_groups_equals_one_group(name: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live step of many streams runs front end and head per group of streams on the worker threads; the
     logits and carried state equal the same streams stepped as one group (front end split, head on this thread),
     hop after hop, and the answers differ between streams (real music, so the comparison means something). On the
-    GEMM path (bf16, fp32 with the live channels) and on the convolutions' (full features, the GRU's own step)."""
+    GEMM path (bf16, fp32 with the live channels) and on the convolutions' (full features, the GRU's own step);
+    and with the transformer head (its state: the window of features)."""
     from streamtag.architectures import fasthead, student
     from streamtag.frontend import logmel
     from streamtag.sources import read_audio
@@ -374,7 +376,7 @@ def test_gru_student_step_in_groups_equals_one_group(path: str, monkeypatch: pyt
 
     monkeypatch.setattr(fasthead.CompactGRUHead, "run", recording_run)
     monkeypatch.setattr(student.MusicnnStudent, "head_logits", recording_logits)
-    bundle = load_bundle("st-gru-msd")
+    bundle = load_bundle(name)
     model = bundle.build_model().eval()
     model.set_precision("bf16" if path == "bf16" else "fp32")
     model.frames.gemm_front = path != "convolutions"

@@ -137,8 +137,7 @@ class MusicnnStudent(StatefulModel):
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """New log-mel frames (B, n, n_mels) and state -> (logits (B, n_labels), new state)."""
         n_workers = workers() if x.device.type == "cpu" else 1
-        if n_workers > 1 and x.shape[0] >= _SPLIT_STREAMS and x.shape[1] and self.step_on_one_thread \
-                and not self.training:
+        if n_workers > 1 and x.shape[0] >= _SPLIT_STREAMS and x.shape[1] and not self.training:
             return self._step_in_groups(x, state, n_workers)
         with one_thread(few_streams(x) or (self.step_on_one_thread and x.device.type == "cpu")):
             new = state.new_empty(state.shape)  # the front end and the head write their parts in place
@@ -160,10 +159,12 @@ class MusicnnStudent(StatefulModel):
         return logits
 
     def _step_in_groups(self, x: torch.Tensor, state: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`step` of many streams on the CPU with the GRU head: each group of streams runs whole (front end,
-        then head) on a worker thread of one intra-op thread. The head's 31 frames of small ops then run on every
-        core instead of after the front end on the caller's thread alone, where the other core idles unless another
-        process fills it (a live step of 150 streams: 7% less wall time for 1.5% more CPU). Streams are
+        """:meth:`step` of many streams on the CPU: each group of streams runs whole (front end, then head) on a
+        worker thread of one intra-op thread. The GRU head's 31 frames of small ops then run on every core instead
+        of after the front end on the caller's thread alone, where the other core idles unless another process
+        fills it (a live step of 150 streams: 7% less wall time for 1.5% more CPU). The transformer head's window
+        ran on one intra-op thread below 64 streams and on two, each waiting at every op, above: per group on the
+        workers, 40 streams take 48% less wall time per hop, 72 streams 26% (docs/performance.md). Streams are
         independent, so the answers are those of one group (tests/test_fastfront.py)."""
         B = x.shape[0]
         new = state.new_empty(state.shape)  # each group writes its rows of the state and logits in place
