@@ -95,7 +95,8 @@ class MusicnnStudent(StatefulModel):
         # this too): the GRU head is 31 frames of small sequential ops, where a second intra-op thread only spins
         # at every op (at 64 and 128 streams, the step's CPU per stream-hop doubled or tripled on a loaded 2-core
         # machine: docs/performance.md), and the front end's work already spreads over the cores as whole groups
-        # of streams on worker threads. The transformer head's large batched attention still takes both.
+        # of streams on worker threads. The transformer head is not small ops, but a live step of 32+ streams runs
+        # per group of streams on the workers too (:meth:`_step_in_groups`), the head with its group.
         self.step_on_one_thread = c.head == "stateful_gru"
         self._compact_head: CompactGRUHead | None = None
 
