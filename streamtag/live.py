@@ -157,8 +157,9 @@ class LiveRunner:
     step; it bounds the latency that batching adds. ``front_end_threads``: a step's log-mel runs in that many
     passes at once, on the engine thread and helper threads (numpy's FFT and matmul release the GIL).
     ``compute_nice``: the engine thread, the front-end helpers and the model's worker threads run that many nice
-    levels below the rest of the process (Linux; 0 leaves them be; default ``COMPUTE_NICE``, 5), so that sources, the pool's receiver and the
-    publishers get a core first when the cores are short (:func:`streamtag.architectures.threads.lower_compute_priority`).
+    levels below the rest of the process (Linux; 0 leaves them be; default ``threads.COMPUTE_NICE``, 5), so that
+    sources, the pool's receiver and the publishers get a core first when the cores are short
+    (:func:`streamtag.architectures.threads.lower_compute_priority`).
     """
 
     def __init__(

@@ -165,7 +165,7 @@ class MusicnnStudent(StatefulModel):
         of after the front end on the caller's thread alone, where the other core idles unless another process
         fills it (a live step of 150 streams: 7% less wall time for 1.5% more CPU). The transformer head's window
         ran on one intra-op thread below 64 streams and on two, each waiting at every op, above: per group on the
-        workers, 40 streams take 48% less wall time per hop, 72 streams 26% (docs/performance.md). Streams are
+        workers, 40 streams take 48% less wall time per hop, 72 streams 26% (docs/architecture.md). Streams are
         independent, so the answers are those of one group (tests/test_fastfront.py)."""
         B = x.shape[0]
         new = state.new_empty(state.shape)  # each group writes its rows of the state and logits in place
