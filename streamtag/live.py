@@ -77,6 +77,7 @@ class Engine(Protocol):
     def step(self, stop: threading.Event | None = None) -> list[GenreUpdate]: ...
     def backlog(self, name: str) -> float: ...
     def use_front_end_pool(self, pool: Executor | None, passes: int = 1) -> None: ...
+    def warm_up(self) -> None: ...
 
 
 @runtime_checkable
@@ -159,7 +160,9 @@ class LiveRunner:
     ``compute_nice``: the engine thread, the front-end helpers and the model's worker threads run that many nice
     levels below the rest of the process (Linux; 0 leaves them be; default ``threads.COMPUTE_NICE``, 5), so that
     sources, the pool's receiver and the publishers get a core first when the cores are short
-    (:func:`streamtag.architectures.threads.lower_compute_priority`).
+    (:func:`streamtag.architectures.threads.lower_compute_priority`). ``warm_up``: the engine thread first runs
+    the model on silence (:meth:`Engine.warm_up`), so the one-time cost of a process's first model call (~1 s) is
+    paid while the sources open, not by the first step of every stream.
     """
 
     def __init__(
@@ -170,8 +173,10 @@ class LiveRunner:
         step_interval: float = STEP_INTERVAL_S,
         front_end_threads: int = FRONT_END_THREADS,
         compute_nice: int | None = None,
+        warm_up: bool = True,
     ) -> None:
         self._engine = engine
+        self._warm_up = warm_up
         self._compute_nice = compute_nice  # None: threads.COMPUTE_NICE (read at start: it imports torch)
         self._step_interval = step_interval
         self._front_end_threads = max(1, front_end_threads)
@@ -407,6 +412,11 @@ class LiveRunner:
         from .architectures.threads import lower_this_thread
 
         lower_this_thread(self._compute_nice)
+        if self._warm_up and not self._stop.is_set():
+            try:
+                self._engine.warm_up()
+            except Exception:  # a model that cannot run fails its first step too, which reports it
+                log.debug("engine warm-up failed", exc_info=True)
         last = -math.inf
         while not self._stop.is_set():
             self._wake.wait(IDLE_WAIT_S)

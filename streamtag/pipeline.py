@@ -401,6 +401,13 @@ class Engine:
             self.streams[name] = st
             return st
 
+    def warm_up(self) -> None:
+        """Pay the first call's one-time costs now (:meth:`ModelRunner.warm_up`, and the log-mel's on a second of
+        silence), touching no stream: the live runner does this before its first step."""
+        push_many([IncrementalLogMel(self.spec)], [np.zeros(self.sample_rate, np.float32)],
+                  passes=self.front_end_passes, map_fn=self.front_end_map)
+        self.runner.warm_up(self.hop_frames if self.runner.stateful else self.window_frames)
+
     def remove_stream(self, name: str) -> None:
         with self._lock:
             st = self.streams.pop(name, None)

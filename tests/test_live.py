@@ -148,6 +148,37 @@ def test_the_runners_compute_threads_run_below_the_rest_of_the_process(bundle, c
     assert _nice() == here
 
 
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_the_runner_warms_the_model_up_before_its_first_step(bundle, warm_up):
+    """The engine thread runs the model on silence before its first step (the one-time cost of a process's first
+    model call is paid while the sources open); the answers are those of a runner that did not."""
+    calls: list[str] = []
+    runs: dict[bool, list] = {}
+    x = (0.3 * np.sin(np.arange(16000 * 3) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    for warm in (warm_up, not warm_up):
+        engine = make_engine(bundle, hop=0.5)
+        warm_up_call, step_call = engine.warm_up, engine.step
+        engine.warm_up = lambda w=warm_up_call: (calls.append("warm"), w())[1]  # type: ignore[method-assign]
+        engine.step = lambda stop=None, s=step_call: (calls.append("step"), s(stop))[1]  # type: ignore[method-assign]
+        sink = Recorder()
+        runner = LiveRunner(engine, [sink], warm_up=warm).start()
+        try:
+            runner.add_stream("a")
+            runner.push("a", x)
+            assert runner.flush()
+        finally:
+            runner.stop()
+        runs[warm] = [(u.t, u.raw, u.probs) for u in sink.updates("a")]
+        if warm:
+            assert calls[0] == "warm" and calls.count("warm") == 1 and "step" in calls
+            assert engine.runner.streams <= 1  # the warm-up's batches hold no state row
+        else:
+            assert "warm" not in calls and "step" in calls
+        calls.clear()
+    assert len(runs[True]) >= 4 and len(runs[True]) == len(runs[False])
+    assert runs[True] == runs[False]
+
+
 def test_push_fed_stream_flush_and_remove(bundle):
     engine = make_engine(bundle, hop=0.5)
     sink = Recorder()

@@ -165,3 +165,26 @@ def test_shipped_bundle_equals_reference_path(name: str, device: str, precision:
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= tol
     assert [round(u.t, 4) for u in live] == [round(u.t, 4) for u in timeline.updates]
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_a_warm_up_touches_no_stream(name: str, real_audio: np.ndarray) -> None:
+    """ModelRunner.warm_up runs the network (the few-streams batch and the many-streams one) and holds no state:
+    an engine whose runner warmed up answers exactly as one whose runner did not, stream by stream."""
+    bundle = load_bundle(name)
+    answers = {}
+    for warm in (True, False):
+        runner = ModelRunner(bundle, "cpu")
+        calls: list[int] = []
+        call = runner.model.step if runner.stateful else runner.model.forward
+        setattr(runner.model, "step" if runner.stateful else "forward",
+                lambda *a, c=call, seen=calls: (seen.append(a[0].shape[0]), c(*a))[1])
+        engine = Engine(bundle, runner=runner, all_tags=True)
+        if warm:
+            engine.warm_up()
+            assert calls == ([1, 64] if runner.stateful else [1]) and runner.streams == 0 and not engine.streams
+        for s in ("a", "b"):
+            engine.add_stream(s)
+            engine.push(s, real_audio[: 6 * 16000] if s == "a" else real_audio[-6 * 16000 :])
+        answers[warm] = [(u.stream, u.t, u.raw) for u in engine.step()]
+    assert len(answers[True]) >= 4 and answers[True] == answers[False]
