@@ -153,6 +153,53 @@ def test_the_mux_loop_gives_the_samples_ffmpeg_demuxes_and_the_icy_title(clips, 
     np.testing.assert_allclose(got[:n], want[o:o + n], atol=1e-6)
 
 
+@pytest.mark.parametrize("codec", ["mp3", "aac"])
+def test_a_station_decodes_only_the_part_of_a_burst_its_owner_keeps(clips, codec):
+    """Icecast sends seconds of audio at once to a new listener, and the pool keeps only the newest PRESTART_KEEP_S
+    of what a station decodes while it connects and while ``keeping()`` (before its start, its first FRESH_S). With
+    keep_connect_s those reads decode only the packets that cover that (plus CONNECT_PRIME_S): every byte is still
+    read, and what is decoded is the newest audio, the same music as a full decode's."""
+    from streamtag.sources.mux import CONNECT_PRIME_S, NetStation, open_network
+
+    audio = clips[codec].read_bytes()
+    ctype = {"mp3": "audio/mpeg", "aac": "audio/aacp"}[codec]
+    body = icy_body(audio, TITLE)
+    burst = len(body) // 2  # 4 s of the 8 s clip at once, as a burst-on-connect
+    decoded = {}
+    for keep in (None, 0.25):
+        go = threading.Event()
+        with ScriptedServer(serve_once(body, go, ctype=ctype, first=burst)) as server:
+            station = open_network(server.url(), SR, keep_connect_s=keep, max_retries=0)
+            assert isinstance(station, NetStation)
+            try:
+                station.keeping = lambda: True  # as the pool's in a station's first second
+                got = list(station.early)
+                quiet, last = 0, -1
+                while quiet < 4:  # every byte of the burst read (no new byte in 4 passes)
+                    time.sleep(0.05)
+                    assert station.read_ready(got) is None
+                    quiet, last = (quiet + 1, last) if station.bytes_in == last else (0, station.bytes_in)
+                decoded[keep] = (np.concatenate(got), station.connect_skipped, station.bytes_in, station.title)
+            finally:
+                go.set()
+                station.close()
+                station.release()
+    full, skipped_full, bytes_full, title_full = decoded[None]
+    tail, skipped, bytes_tail, title = decoded[0.25]
+    assert skipped_full == 0 and skipped > 50  # ~3 s of packets not decoded
+    assert bytes_tail == bytes_full and title == title_full == "Artist - Song"  # every byte still read
+    assert full.shape[0] / SR > 3.0
+    assert (0.25 + CONNECT_PRIME_S) * SR <= tail.shape[0] <= full.shape[0] / 2  # each read: its newest 0.5 s
+    # the newest 0.25 s: the same music as the full decode's last 0.25 s. The resampler started elsewhere and holds
+    # back a few samples more or less at the end of a read, so the two agree within a few samples' shift (a
+    # fraction of a sample apart on top): the best correlation within +-2 ms, not sample by sample
+    b = full[-4050:-50].astype(np.float64)
+    best = max((np.corrcoef(tail[len(tail) - 4050 + k : len(tail) - 50 + k], b)[0, 1], k) for k in range(-32, 33))
+    assert best[0] > 0.99, best
+    a = tail[len(tail) - 4050 + best[1] : len(tail) - 50 + best[1]].astype(np.float64)
+    assert np.abs(b).max() > 0.01 and abs(np.sqrt((a ** 2).mean()) / np.sqrt((b ** 2).mean()) - 1.0) < 0.05
+
+
 def test_mux_audio_is_stamped_with_when_its_bytes_could_first_have_arrived(clips):
     """Latency counts from the audio's arrival at the machine, not its decoding: the pool stamps each delivery
     with when its bytes came in: from the time the socket was last seen empty (they wait up to a pass there)

@@ -26,6 +26,7 @@ tests/test_sources_mux.py), and the conversion to blocks is the same :class:`Aud
 from __future__ import annotations
 
 import logging
+import math
 import selectors
 import ssl
 import threading
@@ -59,6 +60,13 @@ TICK_STATIONS = 100
 CHECK_S = 0.5  # s between deadline checks
 RECV_SIZE = 65536  # bytes asked per recv
 MAX_RECV_PER_TICK = 8  # recv calls per station per pass (a burst beyond 512 kB waits for the next pass)
+# keep_connect_s: what a connect decodes of the bytes it read (Icecast's burst-on-connect: 2-4 s per station, more on
+# some servers) when its owner keeps only the newest keep_connect_s of them (the pool: PRESTART_KEEP_S). MP3/AAC
+# only: the newest packets covering keep_connect_s + CONNECT_PRIME_S, counting CONNECT_PACKET_S per packet (the
+# shortest MP3/AAC frame, 1024 samples at 48 kHz, is 21 ms). A decoder that starts there matches one that decoded
+# everything after 1 frame (AAC) or 3 (MP3: its bit reservoir and overlap reach back that far).
+CONNECT_PRIME_S = 0.25
+CONNECT_PACKET_S = 0.02
 MAX_OGG_PAGE = 27 + 255 + 255 * 255  # bytes: the largest Ogg page
 MAX_OGG_PACKET = 1 << 20  # bytes: a packet spanning pages beyond this is garbage (resynchronised)
 # Content types the loop decodes itself, and the FFmpeg decoder of each (the one FFmpeg's demuxer picks);
@@ -237,6 +245,7 @@ class NetStation:
         policy: SourcePolicy | None = None,
         name: str | None = None,
         on_event: EventCallback | None = None,
+        keep_connect_s: float | None = None,
     ) -> None:
         # the checks and names of a Source, without its iterator
         probe = Source(name or display_name(url).split("://", 1)[-1], sample_rate, block_seconds)
@@ -258,7 +267,16 @@ class NetStation:
         self.pipeline = AudioPipeline(self.sample_rate, self.block_size, whole=True)
         self.early: list[np.ndarray] = []  # audio decoded while connecting (the loop delivers it first)
         self.early_since = 0.0  # when the connection that decoded ``early`` began reading
+        # keep_connect_s: its owner keeps only the newest keep_connect_s of the audio decoded while connecting, and
+        # of what a read decodes while ``keeping()`` says so (the pool: before the station's start and in its first
+        # FRESH_S). Those reads decode only the packets that cover it (with CONNECT_PRIME_S); the others, all.
+        self._keep_tail = None if keep_connect_s is None else math.ceil(
+            (max(0.0, float(keep_connect_s)) + CONNECT_PRIME_S) / CONNECT_PACKET_S)
+        self.keeping: Callable[[], bool] | None = None
+        self.connect_skipped = 0  # packets read but not decoded (keep_connect_s)
+        self._first_connect = True
         self.conn: _Conn | None = self._connect(response)
+        self._first_connect = False
 
     @property
     def closed(self) -> bool:
@@ -316,6 +334,7 @@ class NetStation:
             if not self.early:
                 self.early_since = conn.started
             frame = None
+            tail = self._keep_tail if self._first_connect or self._keeping() else None
             while frame is None:
                 if self.closed:
                     raise SourceError(f"{label}: closed")
@@ -328,7 +347,7 @@ class NetStation:
                 if not data:
                     raise SourceError(f"{label}: the stream ended before any audio; check the URL or try again later")
                 try:
-                    frame = self._decode(conn, data, self.early)
+                    frame = self._decode(conn, data, self.early, tail=tail)
                 except NotVorbis:
                     raise
                 except (av.error.FFmpegError, ValueError) as e:
@@ -338,7 +357,7 @@ class NetStation:
             rest = bytes(response._reader.buffer)  # body bytes the header read took along
             response._reader.buffer.clear()
             if rest:
-                self._decode(conn, rest, self.early)
+                self._decode(conn, rest, self.early, tail=tail)
             response._sock.setblocking(False)
             conn.empty_at = time.monotonic()  # the body read so far is decoded: newer bytes arrive after this
         except BaseException:
@@ -365,9 +384,10 @@ class NetStation:
                  frame.layout.nb_channels)
         return conn
 
-    def _decode(self, conn: _Conn, data: bytes, out: list[np.ndarray]) -> av.AudioFrame | None:
+    def _decode(self, conn: _Conn, data: bytes, out: list[np.ndarray], tail: int | None = None) -> av.AudioFrame | None:
         """ICY-demux, parse and decode ``data``; complete blocks go to ``out``; the last frame (None if none).
-        FFmpegError once MAX_BAD_PACKETS packets in a row would not decode."""
+        FFmpegError once MAX_BAD_PACKETS packets in a row would not decode. ``tail``: decode only the last ``tail``
+        packets of an MP3/AAC read (a connect whose older audio its owner drops anyway)."""
         if conn.demuxer is not None:
             data, blocks = conn.demuxer.feed(data)
             for block in blocks:
@@ -388,6 +408,9 @@ class NetStation:
                 return None
         else:
             packets = conn.codec.parse(data)
+            if tail is not None and len(packets) > tail:
+                self.connect_skipped += len(packets) - tail
+                packets = packets[-tail:]
         codec = conn.codec
         decoded: list[av.AudioFrame] = []
         for packet in packets:
@@ -417,6 +440,7 @@ class NetStation:
         if conn is None or self.closed:
             return "closed"
         sock = conn.response._sock
+        tail = self._keep_tail if self._keeping() else None
         for _ in range(MAX_RECV_PER_TICK):
             try:
                 data = sock.recv(RECV_SIZE)
@@ -429,13 +453,16 @@ class NetStation:
                 return "the server ended the stream"
             conn.last_byte = time.monotonic()
             try:
-                self._decode(conn, data, out)
+                self._decode(conn, data, out, tail=tail)
             except (av.error.FFmpegError, ValueError) as e:
                 return f"undecodable data ({describe_av_error(e)})"
             if len(data) < RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 conn.empty_at = conn.last_byte  # all it had: later bytes arrive after this read
                 break
         return None
+
+    def _keeping(self) -> bool:
+        return self._keep_tail is not None and self.keeping is not None and bool(self.keeping())
 
     def overdue(self, now: float) -> str | None:
         """A reason when a deadline passed: no byte for read_timeout, or no decoded audio for stall_timeout."""
@@ -623,12 +650,15 @@ def open_network(
     format: str | None = None,
     reconnect: ReconnectPolicy | None = None,
     max_retries: int | None | Unset = UNSET,
+    keep_connect_s: float | None = None,
     **timeouts: float | int | None,
 ) -> NetStation | Source:
     """Open an http(s) URL for a pool worker: a live MP3/AAC/Vorbis Icecast/Shoutcast stream as a :class:`NetStation`
     (for a :class:`MuxLoop`), anything else as the Source :func:`open_url` makes of the same answer.
 
-    ``timeouts``: the other :class:`ReconnectPolicy` fields by name, as for ``open_source``.
+    ``timeouts``: the other :class:`ReconnectPolicy` fields by name, as for ``open_source``. ``keep_connect_s``: the
+    caller keeps only that many seconds of the audio a live station decodes while it connects (the newest);
+    :class:`NetStation` then decodes only what covers them.
     """
     retry = merge_policy(reconnect, max_retries=max_retries, **timeouts)
     policy = policy if policy is not None else SourcePolicy.permissive()
@@ -642,7 +672,7 @@ def open_network(
         return open_url(uri, sample_rate, response=response, **common)
     try:
         return NetStation(uri, sample_rate, response=response, block_seconds=block_seconds, reconnect=retry,
-                          policy=policy, name=name, on_event=on_event)
+                          policy=policy, name=name, on_event=on_event, keep_connect_s=keep_connect_s)
     except NotVorbis:  # Ogg Opus/FLAC: FFmpeg's demuxer, on a connection of its own
         response.close()
         return open_url(uri, sample_rate, **common)

@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol
@@ -545,8 +546,11 @@ class _Worker:
 
         def opened() -> Any:
             if spec.get("mux", True) and muxable(spec["uri"], spec["options"]):
+                # the audio decoded while connecting is kept like audio before a start (the newest
+                # PRESTART_KEEP_S: _mux_deliver), so the connect decodes no more of Icecast's burst than that
                 return open_network(spec["uri"], spec["sample_rate"], policy=spec["policy"],
-                                    block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
+                                    block_seconds=spec["block_seconds"], on_event=on_event,
+                                    keep_connect_s=PRESTART_KEEP_S, **spec["options"])
             return open_source(spec["uri"], spec["sample_rate"], policy=spec["policy"],
                                block_seconds=spec["block_seconds"], on_event=on_event, **spec["options"])
 
@@ -609,6 +613,7 @@ class _Worker:
             sr = source.sample_rate
             st.keep_limit = max(1, round(PRESTART_KEEP_S * sr))
             source.key = st
+            source.keeping = partial(_keeps, st)  # its reads decode only what _mux_deliver would keep of them
             self.mux.add(source)
         elif not st.cooperative:
             self._read(st)
@@ -662,7 +667,7 @@ class _Worker:
             return
         audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         with self.keep_lock:
-            if not st.started.is_set() or (st.fresh_until and time.monotonic() < st.fresh_until):
+            if _keeps(st):
                 self._keep(st, audio, arrived)
                 return
             st.fresh_until = 0.0
@@ -834,6 +839,12 @@ class _Worker:
                     return
             if stopping:
                 return
+
+
+def _keeps(st: _Station) -> bool:
+    """Whether a station's new audio is kept (its newest PRESTART_KEEP_S), not delivered: before its start, and in
+    the FRESH_S after it connected after its start."""
+    return not st.started.is_set() or bool(st.fresh_until and time.monotonic() < st.fresh_until)
 
 
 def _release(source: Any) -> None:
