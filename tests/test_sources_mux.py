@@ -179,6 +179,7 @@ def test_a_station_decodes_only_the_part_of_a_burst_its_owner_keeps(clips, codec
                     time.sleep(0.05)
                     assert station.read_ready(got) is None
                     quiet, last = (quiet + 1, last) if station.bytes_in == last else (0, station.bytes_in)
+                assert station.decode_errors == 0  # a decoder that starts mid-stream skips nothing it was given
                 decoded[keep] = (np.concatenate(got), station.connect_skipped, station.bytes_in, station.title)
             finally:
                 go.set()
