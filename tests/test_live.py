@@ -128,11 +128,13 @@ def test_the_runners_compute_threads_run_below_the_rest_of_the_process(bundle, c
 
     engine = make_engine(bundle, hop=0.5)
     sink = NiceRecorder()
-    runner = LiveRunner(engine, [sink], front_end_threads=2, compute_nice=compute_nice).start()
+    # a step at most every 0.5 s, the first one after the warm-up: both streams' audio lands in one step
+    runner = LiveRunner(engine, [sink], front_end_threads=2, compute_nice=compute_nice, step_interval=0.5).start()
     x = (0.3 * np.sin(np.arange(16000 * 2) * 2 * np.pi * 440 / 16000)).astype(np.float32)
     try:
         for name in ("a", "b"):  # two streams: the step's log-mel runs in two passes, one on a helper
             runner.add_stream(name)
+        assert runner.flush()  # the warm-up is done and a step has just started
         for name in ("a", "b"):
             runner.push(name, x)
         runner.flush()
