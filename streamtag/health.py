@@ -205,7 +205,7 @@ class Health:
 
     def stations(self, runner: LiveRunner) -> dict[str, dict[str, Any]]:
         """Per station: state, bytes_per_s (since the previous request), decode_errors, reconnects, lag_s (audio
-        waiting for the engine), updates."""
+        waiting for the engine), skipped_s (audio skipped to catch up in its start-up), updates."""
         now = time.monotonic()
         pooled = runner.pooled()
         out: dict[str, dict[str, Any]] = {}
@@ -222,6 +222,9 @@ class Health:
                 fig.update(state=s.state, bytes_per_s=None if rate is None else round(rate),
                            bytes_in=s.bytes_in, decode_errors=s.decode_errors, reconnects=s.reconnects,
                            audio_s=round(s.samples / runner.engine.sample_rate, 1))
+                caught_up = getattr(runner.engine, "caught_up_seconds", None)
+                if caught_up is not None:  # audio skipped to catch up in its start-up (Engine.catch_up)
+                    fig["skipped_s"] = round(caught_up(name), 2)
             else:
                 fig["state"] = "live"
             out[name] = fig

@@ -132,8 +132,11 @@ class _Feed:
         self._runner, self._st = runner, st
 
     def push(self, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
-        self._st.samples += samples.shape[0]
-        self._runner.push(self._st.name, samples, arrived)
+        st = self._st
+        if not st.samples and st.speed is None and _is_live(st.source):  # known by its first audio (a station list's
+            self._runner._catch_up(st.name)                                 # entry says so when it connects)
+        st.samples += samples.shape[0]
+        self._runner.push(st.name, samples, arrived)
 
     def title(self, title: str | None) -> None:
         self._runner._set_title(self._st.name, title)
@@ -146,6 +149,15 @@ class _Feed:
 
     def backlog(self) -> float:
         return self._runner.engine.backlog(self._st.name)
+
+
+def _is_live(source: object) -> bool:
+    """A source of the moment (radio, a live HLS playlist, a microphone), whose oldest audio goes stale: not a file,
+    not pushed audio. A pooled source says so in its ``info`` once it has connected."""
+    info = getattr(source, "info", None)
+    if isinstance(info, dict) and "live" in info:
+        return bool(info["live"])
+    return bool(getattr(source, "live", False))
 
 
 class LiveRunner:
@@ -270,11 +282,19 @@ class LiveRunner:
                 source.on_event = _chain(getattr(source, "on_event", None), self._source_event(name))
         with self._lock:
             self._streams[name] = st
+        if speed is None and not pooled and _is_live(source):
+            self._catch_up(name)
         self._notify_added(name, display if display is not None else str(getattr(source, "name", name)), title)
         if isinstance(source, PooledSource):
             source.start(_Feed(self, st), speed)
         elif st.thread is not None:
             st.thread.start()
+
+    def _catch_up(self, name: str) -> None:
+        """A live source's stream skips audio the engine could not reach in its start-up (Engine.catch_up)."""
+        catch_up = getattr(self._engine, "catch_up", None)
+        if catch_up is not None:
+            catch_up(name)
 
     def add_stream(self, name: str, *, display: str = "", title: str | None = None) -> None:
         """A push-fed stream (websocket audio in): the caller calls :meth:`push` and, at the end, :meth:`remove`."""

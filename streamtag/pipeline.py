@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Engine", "StreamState", "FrameTrack", "UpdateMaker", "Timeline", "FileTagger", "tag_audio", "hop_frames_for",
     "repair", "window_ends",
-    "MIN_HOP_SECONDS", "CLIP_LEVEL", "SILENCE_DB",
+    "MIN_HOP_SECONDS", "CLIP_LEVEL", "SILENCE_DB", "CATCH_UP_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,13 @@ FILE_BATCH = 32  # windows (or hops of a stateful model) the file path runs per 
 # windows cost ~2.8 GFLOP each, so 32 of them are ~0.5 s of this project's 2-core machine (128 were 3.7 s of SIGTERM)
 STOP_BATCH = 32
 FILE_BLOCK_SECONDS = 20.0  # s: FileTagger.push splits larger blocks so the front end's temporaries stay bounded
+# a live stream's start-up (Engine.catch_up): for this long after the engine first reads its audio, a step that finds
+# more than CATCH_UP_BEHIND_HOPS hops of it waiting runs only the newest hop. A process that starts hundreds of
+# stations at once pays their connections, decoders and first model calls in its first seconds; near capacity the
+# engine then drains that backlog with the few percent of the CPU it has spare (tens of seconds of late updates)
+CATCH_UP_S = 15.0
+CATCH_UP_BEHIND_HOPS = 2
+CATCH_UP_LATE_S = 1.0  # s: ... and when its next answer's audio arrived this long ago (a burst that just came is not late)
 
 
 def hop_frames_for(bundle: Bundle, hop_seconds: float | None) -> int:
@@ -296,7 +303,11 @@ class StreamState:
     # ones before the hop it answers (bounded: a stream whose engine falls 4096 blocks behind forgets the oldest)
     arrivals: deque = field(default_factory=lambda: deque(maxlen=4096))
     updates: int = 0
-    skipped: int = 0  # samples the ring dropped (overruns): added to t so it stays the stream's real time
+    skipped: int = 0  # samples lost before what the engine reads (overruns, catch-up): added to t (real time)
+    caught_up: int = 0  # samples skipped by the start-up catch-up (Engine.catch_up)
+    # Engine.catch_up: < 0: armed for -catch_up_until s from the engine's first read of its audio; > 0: until then
+    catch_up_until: float = 0.0
+    catch_up_armed: bool = False
     repaired: int = 0  # samples repaired before the front end (non-finite zeroed, beyond CLIP_LEVEL clipped)
     unread: list = field(default_factory=list)  # blocks read from the ring that do not complete a hop yet
     unread_samples: int = 0
@@ -401,6 +412,23 @@ class Engine:
             self.streams[name] = st
             return st
 
+    def catch_up(self, name: str, seconds: float = CATCH_UP_S) -> None:
+        """Stream ``name`` is live: in its first ``seconds`` (from the first step that reads its audio), audio the
+        engine could not reach in time is skipped rather than answered late. A step that finds more than
+        CATCH_UP_BEHIND_HOPS hops of it waiting, the next of them CATCH_UP_LATE_S late already, runs only the
+        newest; the skipped samples count in ``t`` (as overruns' do) and in ``caught_up``. The live runner asks it
+        for live sources only (radio, live HLS, microphones): a file's or a client's pushed audio is never
+        skipped."""
+        st = self.streams.get(name)
+        if st is not None and seconds > 0 and not st.catch_up_armed:  # once per stream
+            st.catch_up_armed = True
+            st.catch_up_until = -float(seconds)
+
+    def caught_up_seconds(self, name: str) -> float:
+        """Seconds of stream ``name``'s audio skipped by its start-up catch-up (0.0 for an unknown stream)."""
+        st = self.streams.get(name)
+        return st.caught_up / self.sample_rate if st is not None else 0.0
+
     def warm_up(self) -> None:
         """Pay the first call's one-time costs now (:meth:`ModelRunner.warm_up`, and the log-mel's on a second of
         silence), touching no stream: the live runner does this before its first step."""
@@ -458,6 +486,43 @@ class Engine:
             arrivals.popleft()
         return None
 
+    def _catch_up(self, st: StreamState, x: np.ndarray) -> np.ndarray:
+        """A live stream in its start-up (:meth:`catch_up`): ``x`` (just read), or, when more than
+        CATCH_UP_BEHIND_HOPS hops of its audio wait and its next answer would be CATCH_UP_LATE_S late already, only
+        the newest samples that complete one answer (the unread blocks before ``x`` go too). A burst that has just
+        arrived (a server's burst-on-connect) is not late: it is answered in full."""
+        now = time.monotonic()
+        if st.catch_up_until < 0:  # the first read of its audio starts the window
+            st.catch_up_until = now - st.catch_up_until
+        if now >= st.catch_up_until:
+            st.catch_up_until = 0.0
+            return x
+        hop = self.hop_frames * self.spec.hop_length
+        needed = max(1, self.spec.samples_for_frames(st.track.next_end) - st.mel.samples_seen)  # its next answer
+        waiting = st.unread_samples + x.shape[0]
+        if waiting - needed < CATCH_UP_BEHIND_HOPS * hop:
+            return x
+        # the written-sample index that completes its next answer, and when that sample arrived
+        arrived = self._arrival_at(st, st.ring.read_end - waiting + needed)
+        if arrived is None or now - arrived < CATCH_UP_LATE_S:
+            return x
+        if needed > x.shape[0]:  # part of the next answer was read before
+            x = np.concatenate([*st.unread, x])
+        st.caught_up += waiting - needed
+        st.unread, st.unread_samples = [], 0
+        log.debug("%s: %.2f s behind in its start-up; skipping %.2f s to its newest audio", st.name,
+                  waiting / self.sample_rate, (waiting - needed) / self.sample_rate)
+        return x[x.shape[0] - needed:]
+
+    @staticmethod
+    def _arrival_at(st: StreamState, sample_index: int) -> float | None:
+        """:meth:`_arrival_of` without forgetting the blocks before ``sample_index``."""
+        for written, first, last, n in list(st.arrivals):
+            if written >= sample_index:
+                frac = min(1.0, max(0.0, 1.0 - (written - sample_index) / n))
+                return float(first + frac * (last - first))
+        return None
+
     def _ingest(self, streams: list[StreamState]) -> list[StreamState]:
         """Drain every stream's ring. A stream whose unread audio completes its next hop has that audio repaired
         and run through the log-mel, all such streams in one batch; returns those streams. So the front end runs
@@ -466,8 +531,10 @@ class Engine:
         blocks: list[np.ndarray] = []
         for st in streams:
             if len(st.ring):
-                st.skipped = st.ring.overrun_samples  # the audio lost before what we read now
                 x = st.ring.read()
+                if st.catch_up_until:
+                    x = self._catch_up(st, x)
+                st.skipped = st.ring.overrun_samples + st.caught_up  # the audio lost before what we read now
                 st.unread.append(x)
                 st.unread_samples += x.shape[0]
                 if st.unread_samples >= self.spec.samples_for_frames(st.track.next_end) - st.mel.samples_seen:

@@ -29,6 +29,7 @@ class RingBuffer:
         self.written = 0  # samples ever written
         self.overrun_samples = 0  # samples lost because the reader was too slow
         self.overruns = 0  # write calls that lost samples
+        self.read_end = 0  # written-sample index just past the last read's samples
 
     def __len__(self) -> int:
         return self._size
@@ -74,4 +75,5 @@ class RingBuffer:
                 out[first:] = self._buf[: n - first]
             self._start = (self._start + n) % self.capacity
             self._size -= n
+            self.read_end = self.written - self._size  # the written-sample index just past what this read returned
             return out

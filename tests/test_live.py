@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -709,3 +710,118 @@ def test_a_stop_ends_a_long_step_at_its_next_model_call(bundle, model):
     calls.clear()
     setattr(engine2.runner, method, lambda *a, **k: (calls.append(1), real.__func__(engine2.runner, *a, **k))[1])
     assert len(engine2.step(threading.Event())) > 0 and len(calls) > 1
+
+
+def _chords(seconds: float, sr: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    f = np.where((t // 1.0) % 2 == 0, 440.0, 660.0)
+    return (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
+
+
+def test_a_live_stream_skips_to_its_newest_audio_when_its_start_up_is_late_and_only_then(bundle):
+    """Engine.catch_up: a live stream whose backlog the engine reaches late in its start-up (4 s stamped as arrived
+    2-6 s ago) is answered at its newest audio, once, with the skipped seconds counted in ``t``; the same audio
+    arriving as a burst now (a server's burst-on-connect), or on a stream not caught up, gets every hop, equal
+    to one another. After the skip the stream goes on on its own hop grid."""
+    engine = make_engine(bundle, hop=0.5)
+    for name in ("late", "burst", "plain"):
+        engine.add_stream(name)
+    engine.catch_up("late")
+    engine.catch_up("burst")
+    x = _chords(4.0)
+    now = time.monotonic()
+    engine.push("late", x, arrived=(now - 6.0, now - 2.0))
+    engine.push("burst", x)
+    engine.push("plain", x, arrived=(now - 6.0, now - 2.0))
+    by: dict[str, list] = {}
+    for u in engine.step():
+        by.setdefault(u.stream, []).append(u)
+    plain, burst, late = by["plain"], by["burst"], by["late"]
+    assert len(plain) >= 5 and [(u.t, u.raw) for u in burst] == [(u.t, u.raw) for u in plain]
+    assert engine.caught_up_seconds("burst") == engine.caught_up_seconds("plain") == 0.0
+    assert len(late) == 1 and late[0].t == pytest.approx(x.size / engine.sample_rate, abs=1e-9)
+    assert late[0].t > plain[-1].t
+    skipped = engine.caught_up_seconds("late")
+    assert 0 < skipped < 4.0 and engine.streams["late"].skipped == round(skipped * engine.sample_rate)
+    assert late[0].extra["latency_ms"] == pytest.approx(2000.0, abs=300.0)  # its newest audio: 2 s old
+    for name in ("late", "plain"):
+        engine.push(name, _chords(1.0))  # on time now: nothing more is skipped
+    more = [u for u in engine.step() if u.stream == "late"]
+    assert len(more) == 2 and engine.caught_up_seconds("late") == skipped
+    assert [round(u.t - late[0].t, 6) for u in more] == pytest.approx([engine.hop_seconds, 2 * engine.hop_seconds])
+
+
+def test_the_catch_up_ends_with_the_start_up(bundle):
+    """Past its first ``seconds`` a live stream's late audio is answered in full, like any stream's."""
+    engine = make_engine(bundle, hop=0.5)
+    engine.add_stream("live")
+    engine.add_stream("plain")
+    engine.catch_up("live", seconds=0.05)
+    first = _chords(0.2)
+    for name in ("live", "plain"):
+        engine.push(name, first)  # the first read starts its window
+    assert engine.step() == []
+    time.sleep(0.1)
+    x = _chords(4.0)
+    now = time.monotonic()
+    for name in ("live", "plain"):
+        engine.push(name, x, arrived=(now - 6.0, now - 2.0))
+    by: dict[str, list] = {}
+    for u in engine.step():
+        by.setdefault(u.stream, []).append(u)
+    assert len(by["plain"]) >= 5
+    assert [(u.t, u.raw) for u in by["live"]] == [(u.t, u.raw) for u in by["plain"]]
+    assert engine.caught_up_seconds("live") == 0.0
+
+
+class _LiveTone:
+    """An in-process source of the moment (as a radio is): ``live`` is True; 0.1 s blocks until closed."""
+
+    name = "on-air"
+    live = True
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        x = _chords(2.0)
+        i = 0
+        while not self.closed.wait(0.02):
+            yield x[i : i + 1600]
+            i = (i + 1600) % x.size
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_the_runner_catches_up_live_sources_only(bundle, clip):
+    """A live source's stream may skip in its start-up; a file's (in-process or pooled), a paced live source's and
+    pushed audio never."""
+    from streamtag.sources.file import FileSource
+    from streamtag.sources.pool import SourcePool
+
+    engine = make_engine(bundle, hop=0.5)
+    asked: list[str] = []
+    catch_up = engine.catch_up
+    engine.catch_up = lambda name, *a: (asked.append(name), catch_up(name, *a))[1]  # type: ignore[method-assign]
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
+    try:
+        with SourcePool(engine.sample_rate, workers=1) as pool:
+            pooled_file = pool.open(str(clip), engine.sample_rate)
+            assert pooled_file.info["live"] is False
+            runner.add_source("radio", _LiveTone())
+            runner.add_source("paced", _LiveTone(), speed=1.0)
+            runner.add_source("file", FileSource(str(clip), engine.sample_rate))
+            runner.add_source("pooled-file", pooled_file)
+            runner.add_stream("pushed")
+            runner.push("pushed", _chords(1.0))
+            deadline = time.monotonic() + 30
+            while not all(("removed", n, None) in sink.of(n) for n in ("file", "pooled-file")):
+                assert time.monotonic() < deadline, "the files never ended"
+                time.sleep(0.05)
+            runner.flush()
+            assert sink.updates("radio") and sink.updates("pooled-file") and sink.updates("pushed")
+    finally:
+        runner.stop()
+    assert asked == ["radio"] and engine.caught_up_seconds("radio") >= 0.0

@@ -108,6 +108,7 @@ class MicrophoneSource:
     """
 
     title: str | None = None
+    live = True  # audio of the moment: the live runner may skip what it could not reach in its start-up
 
     def __init__(self, device: int | str | None = None, *, sample_rate: int, channels: int | None = None) -> None:
         self.device = resolve_input_device(device)

@@ -861,9 +861,11 @@ def _bytes_in(source: Any) -> int:
 
 def _public_info(source: Any) -> dict[str, Any]:
     info = getattr(source, "info", None)
-    if not isinstance(info, dict):
-        return {}
-    return {k: v for k, v in info.items() if v is None or isinstance(v, str | int | float | bool)}
+    out = {k: v for k, v in info.items() if v is None or isinstance(v, str | int | float | bool)} \
+        if isinstance(info, dict) else {}
+    if "live" not in out:  # the runner lets a live stream skip audio it could not reach in its start-up
+        out["live"] = bool(getattr(source, "live", False))
+    return out
 
 
 def _error_kind(e: BaseException) -> str:
