@@ -22,7 +22,9 @@ bisect between it and the next lower count that passed).
 Each row prints updates/s, p50/p99 latency, the serve process's CPU (with its decoder processes) per station in %
 of one core, its RSS (with the decoder processes), the start-up time, when the start-up backlog had drained
 ("settled": the last update later than 1 s, in s after the subscriber connected; every station's first second,
-and Icecast's burst-on-connect, arrive at once) and how long SIGTERM took. With ``--pushed``
+and Icecast's burst-on-connect, arrive at once), the audio serve skipped to catch up in the stations' start-up
+(``skipped``: its stats' ``skipped_s``, whole run; a skip inside the counted window, seen as ``t`` jumping by
+more than a hop, fails the run like an overrun) and how long SIGTERM took. With ``--pushed``
 it also runs ``bench_latency.py --search`` (audio pushed over the engine's own path, no decoding) for the same
 model in the same session, judged by the same p99 limit (``--p99-ms 1000``; bench_latency's own default is one hop,
 0.5 s for st-gru-msd), and prints the ratio radio/pushed of the sustained updates/s. The header names the CPU
@@ -114,8 +116,11 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
     async def main() -> dict:
         ws = await connect(f"ws://127.0.0.1:{port}/", open_timeout=30, max_size=None)
         t0 = time.monotonic()
-        await ws.recv()
+        hello = json.loads(await ws.recv())
         first_hello = time.monotonic() - t0
+        hop = float(hello.get("hop_seconds") or 0.5)
+        last_t: dict[str, float] = {}  # stream -> t of its previous update
+        gap_s = 0.0  # audio skipped in the counted window (t jumping by more than a hop: catch-up or overrun)
         await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
         start = time.monotonic() + warmup
         end = start + seconds
@@ -151,8 +156,11 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
             latency = engine_ms + max(0.0, delivery)
             if latency > P99_LIMIT_MS:  # the start-up backlog (every station's first burst at once) not drained yet
                 last_late = time.monotonic() - t0
+            prev_t, last_t[msg["stream"]] = last_t.get(msg["stream"]), float(msg["t"])
             if time.monotonic() < start:
                 continue
+            if prev_t is not None and msg["t"] - prev_t > 1.5 * hop:
+                gap_s += msg["t"] - prev_t - hop
             counted += 1
             latencies.append(latency)
             parts.append((engine_ms, delivery))
@@ -163,12 +171,22 @@ def subscriber(port: int, warmup: float, seconds: float, out_path: str) -> None:
             hello_late = await late_task if late_task is not None else float("nan")
         except (OSError, asyncio.TimeoutError, ConnectionClosed):
             hello_late = float("inf")
+        skipped = [0.0]  # the start-up catch-up over the whole run (serve's per-station skipped_s)
+        with contextlib.suppress(OSError, asyncio.TimeoutError, ConnectionClosed):
+            await ws.send(json.dumps({"type": "stats"}))
+            stop_at = time.monotonic() + 10.0
+            while time.monotonic() < stop_at:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.01, stop_at - time.monotonic())))
+                if reply.get("type") == "stats":
+                    skipped = [float(f.get("skipped_s") or 0.0) for f in reply["streams"].values()]
+                    break
         await ws.close()
         lat = np.asarray(latencies) if latencies else np.asarray([float("inf")])
         return {"updates": counted, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
                 "overruns": int(sum(last - first for first, last in overruns.values())), "first_hello_s": first_hello,
                 "late_hello_s": hello_late, "closed": closed, "settled_s": last_late,
-                "dropped": dropped,
+                "dropped": dropped, "gap_s": gap_s, "skipped_s": sum(skipped),
+                "skipped_stations": sum(1 for x in skipped if x > 0),
                 "engine_p99_ms": float(np.percentile([e for e, _ in parts], 99)) if parts else float("inf"),
                 "delivery_p99_ms": float(np.percentile([d for _, d in parts], 99)) if parts else float("inf")}
 
@@ -243,7 +261,7 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
 
 def sustains(r: dict) -> bool:
     return (not r.get("closed") and r.get("updates_per_s", 0.0) >= 0.95 * r["expected_updates_per_s"] and r.get("p99_ms", 1e9) <= P99_LIMIT_MS
-            and r.get("overruns", 1) == 0 and r.get("late_hello_s", 1e9) <= HELLO_LIMIT_S)
+            and r.get("overruns", 1) == 0 and r.get("gap_s", 0.0) == 0.0 and r.get("late_hello_s", 1e9) <= HELLO_LIMIT_S)
 
 
 def row(r: dict) -> str:
@@ -254,6 +272,8 @@ def row(r: dict) -> str:
             f"{r.get('cpu_per_station_pct', float('nan')):5.2f}% ({r.get('cpu_cores', float('nan')):.2f} cores)  "
             f"RSS {r.get('rss_mb', float('nan')):6.0f} MB  hello {r.get('late_hello_s', float('nan')):.2f} s  "
             f"start {r.get('startup_s', float('nan')):.1f} s  settled {r.get('settled_s', float('nan')):.0f} s  "
+            f"skipped {r.get('skipped_s', float('nan')):.1f} s ({r.get('skipped_stations', 0)} stations; counted window "
+            f"{r.get('gap_s', float('nan')):.1f} s)  "
             f"SIGTERM {r.get('stop_s', float('nan')):.1f} s"
             + ("  ok" if r["sustained"] else "  NOT real time")
             + (f"  (subscriber closed: {r['closed']})" if r.get("closed") else "")
@@ -263,9 +283,11 @@ def row(r: dict) -> str:
 def median_row(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for key in ("updates_per_s", "p50_ms", "p99_ms", "cpu_per_station_pct", "cpu_cores", "rss_mb", "late_hello_s",
-                "startup_s", "stop_s", "settled_s", "engine_p99_ms", "delivery_p99_ms"):
+                "startup_s", "stop_s", "settled_s", "engine_p99_ms", "delivery_p99_ms", "skipped_s"):
         out[key] = float(np.median([r.get(key, float("nan")) for r in runs]))
     out["overruns"] = max(r.get("overruns", 0) for r in runs)
+    out["gap_s"] = max(r.get("gap_s", 0.0) for r in runs)
+    out["skipped_stations"] = int(np.median([r.get("skipped_stations", 0) for r in runs]))
     out.pop("warning", None)  # one run's words, not the median's
     out["sustained"] = sustains(out)
     return out

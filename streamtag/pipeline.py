@@ -70,6 +70,7 @@ FILE_BLOCK_SECONDS = 20.0  # s: FileTagger.push splits larger blocks so the fron
 CATCH_UP_S = 15.0
 CATCH_UP_BEHIND_HOPS = 2
 CATCH_UP_LATE_S = 1.0  # s: ... and when its next answer's audio arrived this long ago (a burst that just came is not late)
+CATCH_UP_HOLD_S = 5.0  # s: a stream that had to skip keeps catching up at least this much longer (its start-up goes on)
 
 
 def hop_frames_for(bundle: Bundle, hop_seconds: float | None) -> int:
@@ -416,7 +417,9 @@ class Engine:
         """Stream ``name`` is live: in its first ``seconds`` (from the first step that reads its audio), audio the
         engine could not reach in time is skipped rather than answered late. A step that finds more than
         CATCH_UP_BEHIND_HOPS hops of it waiting, the next of them CATCH_UP_LATE_S late already, runs only the
-        newest; the skipped samples count in ``t`` (as overruns' do) and in ``caught_up``. The live runner asks it
+        newest, and the stream's start-up lasts at least CATCH_UP_HOLD_S more (a machine still short of CPU keeps
+        it current instead of letting it fall behind as soon as the window closes); the skipped samples count in
+        ``t`` (as overruns' do) and in ``caught_up``. The live runner asks it
         for live sources only (radio, live HLS, microphones): a file's or a client's pushed audio is never
         skipped."""
         st = self.streams.get(name)
@@ -509,6 +512,7 @@ class Engine:
         if needed > x.shape[0]:  # part of the next answer was read before
             x = np.concatenate([*st.unread, x])
         st.caught_up += waiting - needed
+        st.catch_up_until = max(st.catch_up_until, now + CATCH_UP_HOLD_S)
         st.unread, st.unread_samples = [], 0
         log.debug("%s: %.2f s behind in its start-up; skipping %.2f s to its newest audio", st.name,
                   waiting / self.sample_rate, (waiting - needed) / self.sample_rate)

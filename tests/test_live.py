@@ -751,6 +751,23 @@ def test_a_live_stream_skips_to_its_newest_audio_when_its_start_up_is_late_and_o
     assert [round(u.t - late[0].t, 6) for u in more] == pytest.approx([engine.hop_seconds, 2 * engine.hop_seconds])
 
 
+def test_a_stream_that_had_to_skip_keeps_catching_up_while_it_is_late(bundle):
+    """A skip extends the stream's start-up (the machine is still short of CPU): late audio past the first window is
+    skipped too, and the stream's answers stay on its newest audio."""
+    engine = make_engine(bundle, hop=0.5)
+    engine.add_stream("live")
+    engine.catch_up("live", seconds=0.3)
+    skipped = []
+    for _ in range(2):
+        now = time.monotonic()
+        engine.push("live", _chords(4.0), arrived=(now - 6.0, now - 2.0))
+        [u] = engine.step()
+        skipped.append(engine.caught_up_seconds("live"))
+        assert u.t == pytest.approx(engine.streams["live"].ring.written / engine.sample_rate, abs=1e-9)
+        time.sleep(0.4)  # past the first window
+    assert 0 < skipped[0] < skipped[1]
+
+
 def test_the_catch_up_ends_with_the_start_up(bundle):
     """Past its first ``seconds`` a live stream's late audio is answered in full, like any stream's."""
     engine = make_engine(bundle, hop=0.5)
