@@ -130,11 +130,16 @@ class _Feed:
 
     def __init__(self, runner: LiveRunner, st: _Stream) -> None:
         self._runner, self._st = runner, st
+        self._live_known = st.speed is not None  # paced: never caught up
 
     def push(self, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
         st = self._st
-        if not st.samples and st.speed is None and _is_live(st.source):  # known by its first audio (a station list's
-            self._runner._catch_up(st.name)                                 # entry says so when it connects)
+        if not self._live_known:  # a pooled source's info says whether it is live once it has connected (a
+            info = getattr(st.source, "info", None)  # station list's entry connects after it is announced)
+            if isinstance(info, dict) and "live" in info:
+                self._live_known = True
+                if info["live"]:
+                    self._runner._catch_up(st.name)
         st.samples += samples.shape[0]
         self._runner.push(st.name, samples, arrived)
 

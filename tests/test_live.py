@@ -811,11 +811,23 @@ class _LiveTone:
         self.closed.set()
 
 
-def test_the_runner_catches_up_live_sources_only(bundle, clip):
-    """A live source's stream may skip in its start-up; a file's (in-process or pooled), a paced live source's and
-    pushed audio never."""
+def test_the_runner_catches_up_live_sources_only(bundle, clip, tmp_path):
+    """A live source's stream may skip in its start-up, in-process or pooled (a real HTTP radio decoded in a decoder
+    process); a file's (in-process or pooled), a paced live source's and pushed audio never."""
+    from radio_fixtures import ScriptedServer, tone_clip
+
     from streamtag.sources.file import FileSource
     from streamtag.sources.pool import SourcePool
+
+    mp3 = tone_clip(tmp_path / "radio.mp3", 20.0, codec_args=["-c:a", "libmp3lame", "-b:a", "64k"]).read_bytes()
+
+    def radio(conn, index, stop) -> None:  # a live stream: no length, played at real time
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n")
+        step = len(mp3) // 80
+        for i in range(0, len(mp3), step):
+            if stop.wait(0.25):
+                return
+            conn.sendall(mp3[i : i + step])
 
     engine = make_engine(bundle, hop=0.5)
     asked: list[str] = []
@@ -824,9 +836,11 @@ def test_the_runner_catches_up_live_sources_only(bundle, clip):
     sink = Recorder()
     runner = LiveRunner(engine, [sink]).start()
     try:
-        with SourcePool(engine.sample_rate, workers=1) as pool:
+        with SourcePool(engine.sample_rate, workers=1) as pool, ScriptedServer(radio) as server:
             pooled_file = pool.open(str(clip), engine.sample_rate)
-            assert pooled_file.info["live"] is False
+            pooled_radio = pool.open(server.url("/live.mp3"), engine.sample_rate)
+            assert pooled_file.info["live"] is False and pooled_radio.info["live"] is True
+            runner.add_source("pooled-radio", pooled_radio)
             runner.add_source("radio", _LiveTone())
             runner.add_source("paced", _LiveTone(), speed=1.0)
             runner.add_source("file", FileSource(str(clip), engine.sample_rate))
@@ -837,8 +851,11 @@ def test_the_runner_catches_up_live_sources_only(bundle, clip):
             while not all(("removed", n, None) in sink.of(n) for n in ("file", "pooled-file")):
                 assert time.monotonic() < deadline, "the files never ended"
                 time.sleep(0.05)
+            while not sink.updates("pooled-radio"):
+                assert time.monotonic() < deadline, "the pooled radio never played"
+                time.sleep(0.05)
             runner.flush()
             assert sink.updates("radio") and sink.updates("pooled-file") and sink.updates("pushed")
     finally:
         runner.stop()
-    assert asked == ["radio"] and engine.caught_up_seconds("radio") >= 0.0
+    assert sorted(asked) == ["pooled-radio", "radio"] and engine.caught_up_seconds("radio") >= 0.0
