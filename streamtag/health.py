@@ -83,6 +83,7 @@ class Health:
         self._steady: dict[str, tuple[int, int]] = {}
         self._behind_before = False
         self._advice: str | None = None
+        self._skipped: dict[str, float] = {}  # stream -> s its start-up catch-up had skipped at the previous summary
 
     def _pid_list(self) -> list[int]:
         return list(self._pids()) if callable(self._pids) else []
@@ -179,7 +180,22 @@ class Health:
                                          ours=cpu_share, machine=machine_share, stations=len(streams))
         self._behind_before = behind
         return (f"{total} station{'s' if total != 1 else ''}: {live} live, {reconnecting} reconnecting, "
-                f"{failed} failed · {rate:.1f} updates/s{expect} · p99 latency {p99} · CPU {100 * cpu_share:.0f}%")
+                f"{failed} failed · {rate:.1f} updates/s{expect} · p99 latency {p99} · CPU {100 * cpu_share:.0f}%"
+                + self._skipped_since(runner, streams))
+
+    def _skipped_since(self, runner: LiveRunner, streams: list[str]) -> str:
+        """`` · 12.5 s of late audio skipped (3 stations catching up)`` when live stations' start-up catch-up
+        (Engine.catch_up) skipped audio since the previous summary, else ""."""
+        caught_up = getattr(runner.engine, "caught_up_seconds", None)
+        if caught_up is None:
+            return ""
+        now = {name: caught_up(name) for name in streams}
+        new = {name: s - self._skipped.get(name, 0.0) for name, s in now.items() if s > self._skipped.get(name, 0.0)}
+        self._skipped = now
+        if not new:
+            return ""
+        n = len(new)
+        return f" · {sum(new.values()):.1f} s of late audio skipped ({n} station{'s' if n != 1 else ''} catching up)"
 
     def advice(self) -> str | None:
         """After :meth:`summary`: what to do when this summary and the one before it were behind, else None."""

@@ -586,6 +586,32 @@ def test_health_summary_counts_live_reconnecting_and_failed_stations(bundle, cli
     assert figures["pushed"] == {"lag_s": 0.0, "updates": 0, "state": "live"}
 
 
+def test_health_summary_says_how_much_late_audio_its_stations_skipped(bundle):
+    """serve's summary line names the audio the start-up catch-up skipped since the previous line, and only then."""
+    from streamtag.health import Health
+
+    engine = make_engine(bundle, hop=0.5)
+    health = Health()
+    runner = LiveRunner(engine, [health]).start()
+    try:
+        runner.add_stream("late")
+        runner.add_stream("on-time")
+        engine.catch_up("late")
+        assert "skipped" not in health.summary(runner)
+        now = time.monotonic()
+        for name in ("late", "on-time"):
+            engine.push(name, _chords(4.0), arrived=(now - 6.0, now - 2.0))  # engine.push: no wake-up, one step
+        runner.push("late", _chords(0.1))
+        assert runner.flush()
+        skipped = engine.caught_up_seconds("late")
+        line, again = health.summary(runner), health.summary(runner)
+    finally:
+        runner.stop()
+    assert skipped > 0 and engine.caught_up_seconds("on-time") == 0.0
+    assert line.endswith(f" · {skipped:.1f} s of late audio skipped (1 station catching up)")
+    assert "skipped" not in again
+
+
 def test_health_warns_when_stations_give_fewer_updates_than_expected(bundle, tmp_path):
     """Two live runners, each with one station read by a decoder process: one plays its file at real time, the
     other at a quarter of it (a station whose audio arrives late). The summaries count what each station should
