@@ -135,10 +135,10 @@ class _Feed:
     def push(self, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
         st = self._st
         if not self._live_known:  # a pooled source's info says whether it is live once it has connected (a
-            info = getattr(st.source, "info", None)  # station list's entry connects after it is announced)
-            if isinstance(info, dict) and "live" in info:
+            live = _live_in_info(st.source)  # station list's entry connects after it is announced)
+            if live is not None:
                 self._live_known = True
-                if info["live"]:
+                if live:
                     self._runner._catch_up(st.name)
         st.samples += samples.shape[0]
         self._runner.push(st.name, samples, arrived)
@@ -159,10 +159,14 @@ class _Feed:
 def _is_live(source: object) -> bool:
     """A source of the moment (radio, a live HLS playlist, a microphone), whose oldest audio goes stale: not a file,
     not pushed audio. A pooled source says so in its ``info`` once it has connected."""
+    live = _live_in_info(source)
+    return bool(getattr(source, "live", False)) if live is None else live
+
+
+def _live_in_info(source: object) -> bool | None:
+    """What the source's ``info`` says of its liveness (a pooled source's, once it has connected), None if nothing."""
     info = getattr(source, "info", None)
-    if isinstance(info, dict) and "live" in info:
-        return bool(info["live"])
-    return bool(getattr(source, "live", False))
+    return bool(info["live"]) if isinstance(info, dict) and "live" in info else None
 
 
 class LiveRunner:

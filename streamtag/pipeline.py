@@ -306,9 +306,10 @@ class StreamState:
     updates: int = 0
     skipped: int = 0  # samples lost before what the engine reads (overruns, catch-up): added to t (real time)
     caught_up: int = 0  # samples skipped by the start-up catch-up (Engine.catch_up)
-    # Engine.catch_up: < 0: armed for -catch_up_until s from the engine's first read of its audio; > 0: until then
+    # Engine.catch_up: its window's length (None: not asked; 0.0: over) and end (0.0: not started: the engine's
+    # first read of its audio starts it)
+    catch_up_s: float | None = None
     catch_up_until: float = 0.0
-    catch_up_armed: bool = False
     repaired: int = 0  # samples repaired before the front end (non-finite zeroed, beyond CLIP_LEVEL clipped)
     unread: list = field(default_factory=list)  # blocks read from the ring that do not complete a hop yet
     unread_samples: int = 0
@@ -423,9 +424,8 @@ class Engine:
         for live sources only (radio, live HLS, microphones): a file's or a client's pushed audio is never
         skipped."""
         st = self.streams.get(name)
-        if st is not None and seconds > 0 and not st.catch_up_armed:  # once per stream
-            st.catch_up_armed = True
-            st.catch_up_until = -float(seconds)
+        if st is not None and seconds > 0 and st.catch_up_s is None:  # once per stream
+            st.catch_up_s = float(seconds)
 
     def caught_up_seconds(self, name: str) -> float:
         """Seconds of stream ``name``'s audio skipped by its start-up catch-up (0.0 for an unknown stream)."""
@@ -480,12 +480,8 @@ class Engine:
         # this thread pops).
         arrivals = st.arrivals
         while arrivals:
-            written, first, last, n = arrivals[0]
-            if written >= sample_index:
-                if last == first:
-                    return float(last)
-                frac = min(1.0, max(0.0, 1.0 - (written - sample_index) / n))
-                return float(first + frac * (last - first))
+            if arrivals[0][0] >= sample_index:
+                return _arrival_within(arrivals[0], sample_index)
             arrivals.popleft()
         return None
 
@@ -495,10 +491,10 @@ class Engine:
         the newest samples that complete one answer (the unread blocks before ``x`` go too). A burst that has just
         arrived (a server's burst-on-connect) is not late: it is answered in full."""
         now = time.monotonic()
-        if st.catch_up_until < 0:  # the first read of its audio starts the window
-            st.catch_up_until = now - st.catch_up_until
+        if not st.catch_up_until:  # the first read of its audio starts the window
+            st.catch_up_until = now + (st.catch_up_s or 0.0)
         if now >= st.catch_up_until:
-            st.catch_up_until = 0.0
+            st.catch_up_s = 0.0
             return x
         hop = self.hop_frames * self.spec.hop_length
         needed = max(1, self.spec.samples_for_frames(st.track.next_end) - st.mel.samples_seen)  # its next answer
@@ -521,11 +517,8 @@ class Engine:
     @staticmethod
     def _arrival_at(st: StreamState, sample_index: int) -> float | None:
         """:meth:`_arrival_of` without forgetting the blocks before ``sample_index``."""
-        for written, first, last, n in list(st.arrivals):
-            if written >= sample_index:
-                frac = min(1.0, max(0.0, 1.0 - (written - sample_index) / n))
-                return float(first + frac * (last - first))
-        return None
+        block = next((b for b in list(st.arrivals) if b[0] >= sample_index), None)  # a copy: push() appends meanwhile
+        return None if block is None else _arrival_within(block, sample_index)
 
     def _ingest(self, streams: list[StreamState]) -> list[StreamState]:
         """Drain every stream's ring. A stream whose unread audio completes its next hop has that audio repaired
@@ -536,7 +529,7 @@ class Engine:
         for st in streams:
             if len(st.ring):
                 x = st.ring.read()
-                if st.catch_up_until:
+                if st.catch_up_s:
                     x = self._catch_up(st, x)
                 st.skipped = st.ring.overrun_samples + st.caught_up  # the audio lost before what we read now
                 st.unread.append(x)
@@ -658,6 +651,16 @@ class Engine:
             st.latest = upd
             st.updates += 1
         return updates
+
+
+def _arrival_within(block: tuple[int, float, float, int], sample_index: int) -> float:
+    """When ``sample_index`` arrived, within an ``arrivals`` entry (samples written after the block, its first and
+    last arrival, its length): interpolated between the block's first and last arrival."""
+    written, first, last, n = block
+    if last == first:
+        return float(last)
+    frac = min(1.0, max(0.0, 1.0 - (written - sample_index) / n))
+    return float(first + frac * (last - first))
 
 
 def _map_on(pool: Executor, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
