@@ -30,6 +30,10 @@ from .errors import ConfigError
 __all__ = ["int_scale", "to_float32", "downmix", "Resampler", "MonoConverter", "to_mono", "RESAMPLE_QUALITY"]
 
 RESAMPLE_QUALITY = "HQ"  # soxr quality: librosa's res_type="soxr_hq"
+# input samples handed to soxr per call: its buffers grow to the largest input it was given and never shrink, so one
+# burst (a radio's seconds of burst-on-connect, a file's first read) would hold ~1.4 MB per stream for good.
+# The output does not depend on how the input is cut (tests/test_audio.py).
+RESAMPLE_CHUNK = 16384
 
 
 def int_scale(dtype: np.dtype) -> float:
@@ -107,9 +111,13 @@ class Resampler:
             self._stream = soxr.ResampleStream(
                 self.sample_rate, self.target_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
             )
-        y = self._stream.resample_chunk(x)
+        if x.shape[0] <= RESAMPLE_CHUNK:
+            y = np.asarray(self._stream.resample_chunk(x), dtype=np.float32)
+        else:
+            y = np.concatenate([np.asarray(self._stream.resample_chunk(x[i : i + RESAMPLE_CHUNK]), dtype=np.float32)
+                                for i in range(0, x.shape[0], RESAMPLE_CHUNK)])
         self._n_out += y.shape[0]
-        return np.asarray(y, dtype=np.float32)
+        return y
 
     def flush(self) -> np.ndarray:
         """End of a segment: the remaining samples, padded to ``ceil(n_in * target_rate / sample_rate)``."""

@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soxr
-from radio_fixtures import ffmpeg_generate, require_ffmpeg, tone_clip
+from radio_fixtures import ffmpeg_generate, music_clip, require_ffmpeg, tone_clip
 
 from streamtag.errors import ConfigError, SourceError
 from streamtag.sources import AudioPipeline, Source, open_source, probe_duration, read_audio
@@ -347,3 +348,30 @@ def test_stdin_garbage_and_empty(tmp_path: Path) -> None:
     y = np.concatenate(list(open_source("-", SR, fileobj=io.BytesIO(f32.tobytes()), raw_rate=16000,
                                         raw_format="f32le")))
     np.testing.assert_array_equal(y, f32)
+
+
+@pytest.mark.parametrize("codec", ["mp3", "ogg"])
+def test_frames_gathered_across_a_burst_and_small_reads_equal_one_conversion(tmp_path: Path, codec: str) -> None:
+    """The radio loop's way to convert: every frame goes into the pipeline's fifo as it is decoded (gather), and
+    each read is converted once (push_frames of none). After a 6 s burst the fifo is replaced by a small one
+    (FFmpeg's never shrinks) and the resampler is fed in bounded chunks; neither may change a sample: the blocks
+    equal the same frames converted in one call, and the file path's samples."""
+    path = music_clip(tmp_path / f"clip.{codec}", 12.0, sr=44100, channels=2)
+    with av.open(str(path)) as c:
+        frames = list(c.decode(audio=0))
+    rate = frames[0].sample_rate
+    burst = next(i for i, f in enumerate(frames) if sum(g.samples for g in frames[: i + 1]) >= 6 * rate) + 1
+    pipeline = AudioPipeline(SR, block_size=SR // 10, whole=True)
+    got: list[np.ndarray] = []
+    reads = [frames[:burst]] + [frames[i : i + 7] for i in range(burst, len(frames), 7)]
+    for read in reads:
+        for f in read:
+            got += pipeline.gather([f])
+        got += pipeline.push_frames(())
+        assert pipeline._fifo is not None and pipeline._fifo.samples == 0  # each read converted at once
+    got += pipeline.finish()
+    assert len(got) == len(reads) + 1  # one array per read, and the tail
+    one = AudioPipeline(SR, block_size=SR // 10, whole=True)
+    ref = one.push_frames(frames) + one.finish()
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(ref))
+    np.testing.assert_allclose(np.concatenate(got), read_audio(path, SR), atol=1e-6)

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 EventCallback = Callable[[str, str], None]
 
 MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a decoder gives up
+# s of input audio an AudioPipeline's fifo may keep room for: FFmpeg's fifo grows to the largest read it held and
+# never shrinks, so one that held more (a radio's burst-on-connect) is replaced once drained
+FIFO_KEEP_S = 1
 
 def frame_to_array(frame: av.AudioFrame) -> np.ndarray:
     """One decoded frame as float32 ``(channels, samples)``, integers scaled by :func:`streamtag.audio.to_float32`."""
@@ -169,6 +172,7 @@ class AudioPipeline:
         self._fifo: av.AudioFifo | None = None  # decoded frames not converted yet (push_frame)
         self._fifo_key: tuple[int, str, str] | None = None
         self._fifo_min = 0
+        self._fifo_keep = 0  # input samples beyond which a drained fifo is replaced (see _drain_fifo)
 
     def push_frame(self, frame: av.AudioFrame) -> list[np.ndarray]:
         """Add one decoded frame; return the complete blocks now available. Frames are gathered (in FFmpeg's
@@ -179,6 +183,16 @@ class AudioPipeline:
     def push_frames(self, frames: Iterable[av.AudioFrame]) -> list[np.ndarray]:
         """:meth:`push_frame` for several frames (e.g. all a network read decoded): one conversion for all of
         them once they hold a block's worth of input. The same samples as pushing them one by one."""
+        blocks = self.gather(frames)
+        if self._fifo is not None and self._fifo.samples >= self._fifo_min:
+            blocks += self._drain_fifo()
+        return blocks
+
+    def gather(self, frames: Iterable[av.AudioFrame]) -> list[np.ndarray]:
+        """Copy ``frames`` into the fifo without converting them (a later :meth:`push_frames`, even of no frames,
+        converts what was gathered): a caller decoding many frames hands each over as it comes, so FFmpeg's frame
+        buffers go back to the decoder's pool at once instead of all being held until the conversion. Returns the
+        blocks of a format change only (the fifo's earlier frames, converted)."""
         blocks: list[np.ndarray] = []
         for frame in frames:
             key = (frame.sample_rate, frame.format.name, frame.layout.name)
@@ -186,17 +200,19 @@ class AudioPipeline:
                 blocks += self._drain_fifo()
                 self._fifo, self._fifo_key = av.AudioFifo(), key
                 self._fifo_min = 1 if self.whole else max(1, self.block_size * frame.sample_rate // self.sample_rate)
+                self._fifo_keep = max(FIFO_KEEP_S * frame.sample_rate, self._fifo_min)
             assert self._fifo is not None
             frame.pts = None  # the fifo checks timestamps for gaps; ours are continuous by construction
             self._fifo.write(frame)
-        if self._fifo is not None and self._fifo.samples >= self._fifo_min:
-            blocks += self._drain_fifo()
         return blocks
 
     def _drain_fifo(self) -> list[np.ndarray]:
-        frame = self._fifo.read() if self._fifo is not None and self._fifo.samples else None
+        fifo = self._fifo
+        frame = fifo.read() if fifo is not None and fifo.samples else None
         if frame is None:
             return []
+        if frame.samples > self._fifo_keep:  # FFmpeg's fifo never shrinks: after a burst, start a small one
+            self._fifo = av.AudioFifo()
         return self.push(frame_to_array(frame), frame.sample_rate)
 
     def push(self, x: np.ndarray, sr_in: int) -> list[np.ndarray]:

@@ -412,7 +412,7 @@ class NetStation:
                 self.connect_skipped += len(packets) - tail
                 packets = packets[-tail:]
         codec = conn.codec
-        decoded: list[av.AudioFrame] = []
+        last: av.AudioFrame | None = None
         for packet in packets:
             try:
                 frames = codec.decode(packet)
@@ -425,12 +425,16 @@ class NetStation:
                 log.debug("%s: skipping an undecodable packet: %s", self.label, describe_av_error(e))
                 continue
             conn.bad = 0
-            decoded += frames
-        if not decoded:
+            if frames:
+                # into the pipeline's fifo now, so that the decoder's frame buffers are reused: a read of seconds
+                # (a burst) held as frames grew FFmpeg's buffer pool for good (~1.5 MB per Ogg station)
+                out += self.pipeline.gather(frames)
+                last = frames[-1]
+        if last is None:
             return None
-        out += self.pipeline.push_frames(decoded)  # one conversion for the whole read
+        out += self.pipeline.push_frames(())  # one conversion for the whole read
         conn.last_audio = time.monotonic()
-        return decoded[-1]
+        return last
 
     # reading (the loop thread) ------------------------------------------------------------------------------------
     def read_ready(self, out: list[np.ndarray]) -> str | None:
