@@ -50,3 +50,39 @@ def test_concurrent_writer_reader_loses_nothing_when_big_enough() -> None:
 def test_bad_capacity() -> None:
     with pytest.raises(ConfigError):
         RingBuffer(0)
+
+
+def test_grows_with_its_backlog_and_shrinks_when_drained_like_a_fixed_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random writes and reads against a plain list model of the same bounded FIFO: the same samples, the same
+    losses; the buffer allocates only what the backlog needs (from 8, doubling, never past capacity) and returns
+    to 8 once drained."""
+    import streamtag.ring_buffer as rbm
+
+    monkeypatch.setattr(rbm, "INITIAL_SAMPLES", 8)
+    rng = np.random.default_rng(3)
+    rb = RingBuffer(50)
+    assert rb.allocated == 8
+    model: list[float] = []
+    lost_total, counter, grew = 0, 0, False
+    for _ in range(2000):
+        if rng.random() < 0.55:
+            n = int(rng.integers(1, 70))
+            x = np.arange(counter, counter + n, dtype=np.float32)
+            counter += n
+            model += x.tolist()
+            lost = max(0, len(model) - 50)
+            del model[:lost]
+            assert rb.write(x) == lost
+            lost_total += lost
+        else:
+            k = None if rng.random() < 0.3 else int(rng.integers(0, 40))
+            got = rb.read(k)
+            take = len(model) if k is None else min(k, len(model))
+            assert got.tolist() == model[:take]
+            del model[:take]
+            assert rb.read_end == rb.written - len(model)
+            if not model:
+                assert rb.allocated == 8
+        assert len(rb) == len(model) and 8 <= rb.allocated <= 50 and rb.allocated >= len(model)
+        grew |= rb.allocated == 50
+    assert grew and rb.overrun_samples == lost_total > 0 and rb.written == counter
