@@ -230,6 +230,7 @@ def run_config(args: argparse.Namespace, n: int, urls: list[str], hop: float, tm
         time.sleep(args.seconds)
         c1, t1 = cpu_seconds(pids), time.monotonic()
         result["rss_mb"] = rss_mb(pids)
+        result["rss_serve_mb"] = rss_mb(pids[:1])  # the rest: its decoder processes
         if spy is not None:
             spy.wait(60)
         sub.wait(args.seconds + 120)
@@ -270,7 +271,8 @@ def row(r: dict) -> str:
             f"{r.get('p99_ms', float('nan')):7.0f} ms (engine {r.get('engine_p99_ms', float('nan')):.0f}, delivery "
             f"{r.get('delivery_p99_ms', float('nan')):.0f})  overruns {r.get('overruns', '?')}  CPU/station "
             f"{r.get('cpu_per_station_pct', float('nan')):5.2f}% ({r.get('cpu_cores', float('nan')):.2f} cores)  "
-            f"RSS {r.get('rss_mb', float('nan')):6.0f} MB  hello {r.get('late_hello_s', float('nan')):.2f} s  "
+            f"RSS {r.get('rss_mb', float('nan')):6.0f} MB (serve {r.get('rss_serve_mb', float('nan')):.0f} + decoders "
+            f"{r.get('rss_mb', float('nan')) - r.get('rss_serve_mb', float('nan')):.0f})  hello {r.get('late_hello_s', float('nan')):.2f} s  "
             f"start {r.get('startup_s', float('nan')):.1f} s  settled {r.get('settled_s', float('nan')):.0f} s  "
             f"skipped {r.get('skipped_s', float('nan')):.1f} s ({r.get('skipped_stations', 0)} stations; counted window "
             f"{r.get('gap_s', float('nan')):.1f} s)  "
@@ -283,7 +285,7 @@ def row(r: dict) -> str:
 def median_row(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for key in ("updates_per_s", "p50_ms", "p99_ms", "cpu_per_station_pct", "cpu_cores", "rss_mb", "late_hello_s",
-                "startup_s", "stop_s", "settled_s", "engine_p99_ms", "delivery_p99_ms", "skipped_s"):
+                "startup_s", "stop_s", "settled_s", "rss_serve_mb", "engine_p99_ms", "delivery_p99_ms", "skipped_s"):
         out[key] = float(np.median([r.get(key, float("nan")) for r in runs]))
     out["overruns"] = max(r.get("overruns", 0) for r in runs)
     out["gap_s"] = max(r.get("gap_s", 0.0) for r in runs)
