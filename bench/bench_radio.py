@@ -538,9 +538,12 @@ def main() -> int:
               f"{best['updates_per_s']:.1f} updates/s, p50 {best['p50_ms']:.0f} ms, p99 {best['p99_ms']:.0f} ms, "
               f"CPU {best['cpu_per_station_pct']:.2f}% of a core per station, RSS {best['rss_mb']:.0f} MB")
     if pushed is not None:
-        ratio = (best["updates_per_s"] / pushed["updates_per_s"]) if best and pushed["updates_per_s"] else 0.0
+        if best and pushed["updates_per_s"]:
+            ratio = f"{best['updates_per_s'] / pushed['updates_per_s']:.2f}"
+        else:  # a 0.00 would read as a measurement; run lower --streams
+            ratio = f"not computed: no {args.mode} count of this run was real time"
         print(f"pushed audio: {pushed['max_streams']} streams, {pushed['updates_per_s']:.1f} updates/s · "
-              f"{args.mode}/pushed = {ratio:.2f}")
+              f"{args.mode}/pushed = {ratio}")
     if args.json:
         Path(args.json).write_text(json.dumps({"best": best, "rows": rows, "pushed": pushed}, indent=2))
     return 0
