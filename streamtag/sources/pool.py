@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 FLUSH_S = 0.05  # s between a worker's batches (a mux pass is 100 ms, a file tick 50 ms: fewer, fuller messages)
 STATS_S = 1.0  # s between a worker's per-station figures
 SCHEDULER_TICK_S = 0.05  # s: a worker reads its local files at most this often (all blocks due by then)
+# s of audio per block of a local file in a decoder process (at least the pool's block_seconds): a file is read
+# ahead of its time, so a longer block adds no wait, and each block costs a fixed part (a decode call, a resampler
+# call, a delivery, a ring write in the parent). 300 files at real time: 0.43-0.44% of a core per station against
+# 0.47-0.50% with 0.1 s blocks (docs/architecture.md, "Stop 26")
+FILE_BLOCK_S = 0.3
 UNPACED_BLOCKS = 10  # blocks an unpaced file gets per tick (20 x real time; back-pressure pauses it sooner)
 # s of a live stream's newest audio kept between its open and its start: serve opens every station, then starts
 # them all, so the engine gets N x this at once on top of real time; near capacity a 1 s keep left too little
@@ -588,6 +593,8 @@ class _Worker:
             return
         st.source = source
         st.cooperative = isinstance(source, FileSource)
+        if st.cooperative:  # not read yet: its blocks are cut at its first read
+            source.block_size = max(source.block_size, round(FILE_BLOCK_S * source.sample_rate))
         st.title = getattr(source, "title", None)
         if st.started.is_set() and not st.stop.is_set():  # a listed station that came up after its start
             sr = source.sample_rate
