@@ -560,7 +560,10 @@ class Hub:
         for c in self.clients.values():
             if c.wants(name):
                 c.outbox.flush_stream(name)  # its last update goes out before the end notice
-                c.send(ended)
+                # keyed, so bounded by the streams rather than counted as unread replies: 300 files of one
+                # length end at once, and a server stopping ends every stream, which closed a "*" subscriber
+                # as too slow (1008) instead of with the stop's 1001
+                c.send(ended, key=f"ended:{name}")
             c.subscriptions.discard(name)
             c.audio.pop(name, None)
         self._broadcast_streams()

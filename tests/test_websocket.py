@@ -702,3 +702,28 @@ def test_a_star_subscriber_of_more_streams_than_the_queue_bound_loses_no_whole_s
     got = [m for m in _drain(client) if m["type"] == "update"]
     assert sorted(m["stream"] for m in got) == names
     assert not any(m.get("dropped") for m in got)
+
+
+def test_every_stream_ending_at_once_is_not_a_slow_star_subscriber():
+    # 500 stations end in the same instant (files of one length, or a server that stops): a "*" subscriber gets
+    # each stream's last update, then its end notice, and is not closed as too slow for the 500 notices
+    hub = _hub()
+    client = hub.connect(authorized=False)
+    names = [f"s{k:03d}" for k in range(500)]
+    for n in names:
+        hub.stream_added(n, "/music/x.mp3")
+    hub.receive(client, json.dumps({"type": "subscribe", "streams": "*"}))
+    _drain(client)
+    for n in names:
+        hub.publish(_update(n, 3))
+    for n in names:
+        hub.stream_removed(n, "ended")
+    assert not client.outbox.overflowed
+    got = _drain(client)
+    ends = [m["stream"] for m in got if m["type"] == "stream_ended"]
+    assert ends == names
+    position = {(m["type"], m["stream"]): i for i, m in enumerate(got) if "stream" in m}
+    assert all(position[("update", n)] < position[("stream_ended", n)] for n in names)
+    for k in range(300):  # replies still count: past the bound the client is too slow
+        client.send({"type": "error", "code": "bad_json", "message": str(k)})
+    assert client.outbox.overflowed
