@@ -111,11 +111,8 @@ class Resampler:
             self._stream = soxr.ResampleStream(
                 self.sample_rate, self.target_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
             )
-        if x.shape[0] <= RESAMPLE_CHUNK:
-            y = np.asarray(self._stream.resample_chunk(x), dtype=np.float32)
-        else:
-            y = np.concatenate([np.asarray(self._stream.resample_chunk(x[i : i + RESAMPLE_CHUNK]), dtype=np.float32)
-                                for i in range(0, x.shape[0], RESAMPLE_CHUNK)])
+        parts = [self._stream.resample_chunk(x[i : i + RESAMPLE_CHUNK]) for i in range(0, max(1, x.shape[0]), RESAMPLE_CHUNK)]
+        y = np.asarray(parts[0] if len(parts) == 1 else np.concatenate(parts), dtype=np.float32)
         self._n_out += y.shape[0]
         return y
 
