@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import StreamtagError, Terminated, close_quietly
+from .errors import SourceError, StreamtagError, Terminated, close_quietly
 from .events import GenreUpdate
 from .live import LiveRunner, close_all, freeze_startup_objects
 from .publishers import is_silent, status_message
@@ -332,20 +332,22 @@ def _dashboard_loop(runner: LiveRunner, sink: Any, finished: Any, *, console: An
 def run_serve(engine: Engine | None, config: ServerConfig, sources: Sequence[tuple[str, str]] = (), *,
               stations: Sequence[tuple[str, str]] = (), stderr: TextIO | None = None,
               health_every: float = HEALTH_EVERY_S, record: str | None = None, keep: str | None = None,
-              runner: Runner | None = None) -> int:
+              runner: Runner | None = None, stations_file: str | None = None) -> int:
     """Run the websocket server (``config``: publishers.websocket.ServerConfig) with ``sources`` (name, uri: a
     first connection that fails stops the start) and ``stations`` (name, uri from a station list: one that fails
     keeps retrying with backoff) until SIGINT/SIGTERM; returns an exit code. Every ``health_every`` s (0: never) a
     one-line health summary goes to stderr, and a warning that says what limits the process when it is behind. ``record``: the station log's file (``keep``: its retention). ``runner``: a
     started runner to serve instead of a LiveRunner of ``engine`` fed by a source pool (``serve --cluster``'s
-    gateway, which opens what the sources name on its workers)."""
+    gateway, which opens what the sources name on its workers). ``stations_file``: the station list ``stations``
+    came from; SIGHUP re-reads it and applies the difference (:func:`_reload_stations`)."""
     return asyncio.run(_serve(engine, config, sources, stations, stderr or sys.stderr, health_every,
-                              record=record, keep=keep, runner=runner))
+                              record=record, keep=keep, runner=runner, stations_file=stations_file))
 
 
 async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[tuple[str, str]],
                  stations: Sequence[tuple[str, str]], err: TextIO, health_every: float, *,
-                 record: str | None = None, keep: str | None = None, runner: Runner | None = None) -> int:
+                 record: str | None = None, keep: str | None = None, runner: Runner | None = None,
+                 stations_file: str | None = None) -> int:
     from .health import Health
     from .live_outputs import extra_sinks
     from .publishers.websocket import WebsocketServer
@@ -364,6 +366,13 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
+    hups: list[int] = []  # SIGHUPs while the server starts: one reload once it runs (not the default: ending)
+    reload: _Reloader | None = None
+    if stations_file is not None and hasattr(signal, "SIGHUP"):
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: hups.append(1))
+        except (NotImplementedError, RuntimeError):
+            stations_file = None
     # segment events for the clients and the station log (streamtag.live_outputs): sinks ahead of the server, so
     # a stream's last segment reaches its subscribers before its end notice
     server: Any = None
@@ -389,10 +398,15 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         opener = getattr(runner, "open_source", None)  # the gateway's (not part of the Runner protocol)
     freeze_startup_objects()
 
+    listed: dict[str, str] = dict(stations)  # the station list's entries now served (name -> uri)
+    retrying: dict[str, int] = {}  # uri -> station-list opens under way (SIGHUP): retried in the pool, as at the start
+
     def open_named(uri: str, sample_rate: int, policy: SourcePolicy) -> Any:
         waiting = ready.get(uri)
         if waiting:
             return waiting.pop(0)
+        if pool is not None and retrying.get(uri):
+            return pool.open(uri, sample_rate, policy, retry_open=True)
         return opener(uri, sample_rate, policy)  # a client's add_source, under the server's policy
 
     server = WebsocketServer(runner, config, open_source=open_named)  # a sink of the runner
@@ -425,6 +439,12 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
                        + (f" · {n} sources" if n > 1 else "") + " · Ctrl-C to stop")
             if health is not None and live is not None and health_every > 0:
                 reporter = asyncio.ensure_future(_report_health(health, live, err, health_every))
+            if stations_file is not None:
+                path = stations_file
+                reload = _Reloader(lambda: _reload_stations(path, listed, server, retrying, err))
+                loop.add_signal_handler(signal.SIGHUP, reload.request)
+                if hups:
+                    reload.request()
             await stop
             t_stop = time.monotonic()
             # the engine stops first: the server's close then removes its streams without waiting for steps
@@ -434,6 +454,8 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         t_close = time.monotonic()
         if reporter is not None:
             reporter.cancel()
+        if reload is not None and reload.task is not None:
+            reload.task.cancel()
         await loop.run_in_executor(None, runner.stop)
         await loop.run_in_executor(None, close_extra)
         log.info("stopping: clients and outputs closed in %.2f s", time.monotonic() - t_close)
@@ -460,6 +482,108 @@ async def _open_all(pool: SourcePool, specs: Sequence[tuple[str, bool]], sample_
         executor.shutdown(wait=False)
 
 
+class _Reloader:
+    """Runs ``reload()`` (a coroutine) for each request, one at a time: requests during a run make one more run
+    after it, so the newest file is always applied and two reloads never interleave."""
+
+    def __init__(self, reload: Callable[[], Any]) -> None:
+        self.reload = reload
+        self.task: asyncio.Task[None] | None = None
+        self.again = False
+
+    def request(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.again = True
+            return
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.again = False
+            try:
+                await self.reload()
+            except Exception:  # a bug must not end the server: the stations keep running as they were
+                log.exception("reloading the station list failed")
+            if not self.again:
+                return
+
+
+RELOAD_AT_ONCE = 16  # station-list opens under way at once during a reload (at most the server's open slots)
+LIMIT_RETRIES = 300  # 0.1 s apart: how long a reload's open waits for a free open slot
+
+
+async def _reload_stations(path: str, listed: dict[str, str], server: Any, retrying: dict[str, int],
+                           err: TextIO) -> None:
+    """SIGHUP: re-read the station list at ``path`` and apply what changed to the running server. A station
+    whose entry is gone is removed (its subscribers get ``stream_ended``, reason "removed from the station
+    list"); a new entry is added; an entry whose URL changed is removed and added again; an entry that is no
+    longer running (it ended, failed for good, or a client removed it) is started again. The others keep
+    playing untouched. A list that cannot be read or parsed changes nothing (one line says why); a station that
+    cannot be added gets one line and the others go on. ``listed`` (name -> uri, the list's stations served) is
+    updated in place; streams given by ``--source`` or added by clients are never touched, and a new entry
+    that takes one of their names is refused."""
+    from .protocol import ClientError
+    from .sources.policy import SourcePolicy, display_name
+    from .sources.stations import read_station_list
+
+    loop = asyncio.get_running_loop()
+    label = display_name(path)
+    try:
+        new = dict(await loop.run_in_executor(None, read_station_list, path))
+    except StreamtagError as e:
+        _line(err, f"streamtag: reload: {e}; the {len(listed)} stations keep running as they were")
+        return
+    running = set(server.runner.streams()) | set(server.hub.streams)
+    removed = [n for n in listed if n not in new]
+    changed = [n for n, u in new.items() if n in listed and listed[n] != u]
+    restarted = [n for n, u in new.items() if listed.get(n) == u and n not in running]
+    added = [n for n in new if n not in listed]
+    for name in [*removed, *changed]:
+        del listed[name]
+        if name in running:
+            await server.remove_source(name, "removed from the station list")
+    failed: set[str] = set()
+    gate = asyncio.Semaphore(max(1, min(RELOAD_AT_ONCE, server.config.max_pending_opens)))
+
+    async def start(name: str) -> None:
+        uri = new[name]
+        if name in server.runner.streams() or name in server.hub.streams:
+            failed.add(name)
+            _line(err, f"streamtag: reload: station {name!r} not added: a stream of that name is already "
+                       "served (given by --source or added by a client); rename it in the list")
+            return
+        async with gate:
+            retrying[uri] = retrying.get(uri, 0) + 1
+            try:
+                for _ in range(LIMIT_RETRIES):  # a client's opens may hold the server's open slots for a moment
+                    try:
+                        await server.add_source(name, uri, policy=SourcePolicy.permissive())
+                        break
+                    except ClientError as e:
+                        if e.code != "limit_exceeded":
+                            raise
+                        await asyncio.sleep(0.1)
+                else:
+                    raise SourceError(f"the server's {server.config.max_pending_opens} open slots stayed busy")
+                listed[name] = uri
+            except StreamtagError as e:
+                failed.add(name)
+                _line(err, f"streamtag: reload: station {name!r} not added: {e}")
+            finally:
+                retrying[uri] -= 1
+                if not retrying[uri]:
+                    del retrying[uri]
+
+    await asyncio.gather(*(start(n) for n in [*changed, *restarted, *added]))
+    unchanged = len(new) - len(changed) - len(restarted) - len(added)
+
+    def done(names: list[str]) -> int:
+        return len([n for n in names if n not in failed])
+
+    _line(err, f"streamtag: reloaded {label}: {done(added)} added, {len(removed)} removed, {done(changed)} changed, "
+               f"{done(restarted)} restarted, {unchanged} unchanged" + (f", {len(failed)} failed" if failed else ""))
+
+
 async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: float) -> None:
     while True:
         await asyncio.sleep(every)
@@ -476,5 +600,5 @@ def _line(err: TextIO, text: str, lock: threading.Lock | None = None) -> None:
                 print(text, file=err, flush=True)
         else:
             print(text, file=err, flush=True)
-    except (BrokenPipeError, ValueError):  # stderr closed: nothing left to tell
+    except (OSError, ValueError):  # stderr closed (a pipe's reader left, a terminal hung up): nothing left to tell
         pass

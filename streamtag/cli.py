@@ -256,7 +256,8 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     p.add_argument("--source", action="append", default=[], metavar="NAME=URI",
                    help="tag URI (file, http(s) radio, HLS) as stream NAME; repeatable (default: none)")
     p.add_argument("--sources", metavar="FILE", default=None,
-                   help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying (default: none)")
+                   help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying; SIGHUP "
+                        "re-reads it and applies what changed (default: none)")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="pace file sources at X times real time")
     p.add_argument("--health-every", type=float, default=30.0, metavar="S",
                    help="log a health summary every S seconds, and a warning when behind (0: never; default: 30)")

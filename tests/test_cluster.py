@@ -169,13 +169,16 @@ def nodes_of(gateway) -> dict[str, str]:
 
 
 # -- the command line (first: it needs the nodes' CPUs, which the module's gateway holds from the next test on) ----
-def test_serve_cluster_command_tags_a_station_and_ends_on_sigint(ray_cluster, bundle_dir, audio):
+def test_serve_cluster_command_tags_a_station_reloads_its_list_and_ends_on_sigint(ray_cluster, bundle_dir, audio,
+                                                                                  tmp_path):
     import signal
 
     from websockets.asyncio.client import connect
 
+    stations = tmp_path / "stations.txt"
+    stations.write_text(f"a={audio['long']}\n")
     cmd = [sys.executable, "-m", "streamtag", "serve", "--cluster", ray_cluster.address, "--port", "0",
-           "--model", str(bundle_dir), "--hop", str(HOP), "--device", "cpu", "--source", f"a={audio['long']}"]
+           "--model", str(bundle_dir), "--hop", str(HOP), "--device", "cpu", "--sources", str(stations)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines: list[str] = []
@@ -195,6 +198,22 @@ def test_serve_cluster_command_tags_a_station_and_ends_on_sigint(ray_cluster, bu
                         return msg
 
         assert asyncio.run(first_update())["stream"] == "a"
+
+        async def reloaded():  # SIGHUP: the list's new station starts on a worker, the one gone ends
+            async with connect(url) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+                stations.write_text(f"b={audio['long']}\n")
+                proc.send_signal(signal.SIGHUP)
+                seen: dict[str, str] = {}
+                while len(seen) < 2:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    if msg["type"] == "stream_ended":
+                        seen["ended"] = msg["stream"]
+                    elif msg["type"] == "update" and msg["stream"] == "b":
+                        seen["update"] = msg["stream"]
+                return seen
+
+        assert asyncio.run(reloaded()) == {"ended": "a", "update": "b"}
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -203,6 +222,7 @@ def test_serve_cluster_command_tags_a_station_and_ends_on_sigint(ray_cluster, bu
             proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    assert "reloaded stations.txt: 1 added, 1 removed, 0 changed, 0 restarted, 0 unchanged" in err
 
 
 def test_serve_cluster_without_a_cluster_is_one_line(bundle_dir):

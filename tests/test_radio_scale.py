@@ -417,3 +417,78 @@ def test_demo_stopped_while_it_opens_many_files_exits_143_with_no_worker_left(mo
     assert proc.returncode == 143, err  # handled (the default action would be -15), not killed
     assert "Traceback" not in err
     assert not [w for w in workers if _alive(w)]
+
+
+def test_serve_reloads_its_station_list_on_sighup_and_keeps_the_rest_playing(model, tmp_path):
+    """An operator edits the list and sends SIGHUP (systemd's ExecReload): removed and changed stations end,
+    new ones start, the untouched one plays on without an end, one that had ended starts again; a --source
+    name is never taken over; a list
+    that does not parse changes nothing and says why in one line."""
+    from websockets.asyncio.client import connect
+
+    write_tone_wav(tmp_path / "tone.wav", seconds=90.0)
+    write_tone_wav(tmp_path / "other.wav", seconds=90.0, sr=16000)
+    write_tone_wav(tmp_path / "short.wav", seconds=3.0)
+    stations = tmp_path / "stations.txt"
+    stations.write_text("keep=tone.wav\ngoes=tone.wav\nmoves=tone.wav\nshort=short.wav\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "serve", "--model", str(model), "--port", str(port),
+         "--sources", str(stations), "--source", f"own={tmp_path / 'tone.wav'}", "--device", "cpu",
+         "--health-every", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+    async def until(ws: object, done, timeout: float = 60.0) -> list[dict]:
+        seen: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while not done(seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out; last messages: {[m.get('type') for m in seen[-5:]]}"
+            seen.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=left)))  # type: ignore[attr-defined]
+        return seen
+
+    def updated(names: set[str]):
+        return lambda seen: names <= {m["stream"] for m in seen if m.get("type") == "update"}
+
+    async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
+        hello, ws = await _subscribe_until_updates(port, proc, n_updates=1)
+        assert {s["name"] for s in hello["streams"]} == {"keep", "goes", "moves", "short", "own"}
+        await until(ws, lambda seen: any(m.get("type") == "stream_ended" for m in seen))  # the short file ended
+        stations.write_text("keep=tone.wav\nmoves=other.wav\nnew=tone.wav\nown=tone.wav\nshort=short.wav\n")
+        proc.send_signal(signal.SIGHUP)
+        first = await until(ws, lambda seen: updated({"new", "moves", "keep", "own", "short"})(
+            [m for m in seen if m.get("type") == "update" and (m["stream"] != "moves" or _after_end(seen, m))]))
+        stations.write_text("keep=tone.wav\nbad name=tone.wav\n")
+        proc.send_signal(signal.SIGHUP)
+        async with connect(f"ws://127.0.0.1:{port}/") as probe:  # the bad list changed nothing
+            await asyncio.sleep(1.5)
+            probe_hello = json.loads(await probe.recv())
+        second = await until(ws, updated({"new", "moves", "keep", "own"}))  # "short" may have ended again
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, STOP_BOUND_S)
+        return first, second, probe_hello["streams"]
+
+    def _after_end(seen: list[dict], m: dict) -> bool:
+        ends = [i for i, x in enumerate(seen) if x.get("type") == "stream_ended" and x["stream"] == "moves"]
+        return bool(ends) and seen.index(m) > ends[0]
+
+    try:
+        first, second, streams_after_bad = asyncio.run(scenario())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    ended = {m["stream"]: m["reason"] for m in first if m.get("type") == "stream_ended" and m["stream"] != "short"}
+    assert ended == {"goes": "removed from the station list", "moves": "removed from the station list"}
+    assert not [m for m in second if m.get("type") == "stream_ended" and m["stream"] != "short"]
+    names = {s["name"]: s["source"] for s in streams_after_bad}
+    names.pop("short", None)  # 3 s long: it may have ended again by now
+    assert names == {"keep": "tone.wav", "moves": "other.wav", "new": "tone.wav", "own": "tone.wav"}
+    lines = err.splitlines()
+    assert any("reloaded stations.txt: 1 added, 1 removed, 1 changed, 1 restarted, 1 unchanged, 1 failed" in x
+               for x in lines), err
+    assert any("reload: station 'own' not added: a stream of that name is already served" in x for x in lines)
+    assert any("reload: --sources stations.txt line 2:" in x and "stations keep running" in x for x in lines), err
+    assert "Traceback" not in err and proc.returncode == 0
