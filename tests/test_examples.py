@@ -1,0 +1,36 @@
+"""The examples that are not Python: the systemd unit's commands must be ones this version understands."""
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import pytest
+
+from streamtag.cli import build_parser
+
+UNIT = Path(__file__).resolve().parents[1] / "examples" / "streamtag.service"
+
+
+def _unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+def test_the_systemd_unit_runs_serve_over_a_station_list_and_reloads_with_sighup():
+    unit = _unit()
+    argv = shlex.split(unit["Service"]["ExecStart"])
+    assert argv[0].endswith("/streamtag")
+    args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on a flag this version does not have
+    assert args.command == "serve" and args.func.__name__ == "commands_live.cmd_serve"
+    assert args.sources and args.record and args.host == "127.0.0.1"  # a list, a log, and the safe default bind
+    assert unit["Service"]["ExecReload"].split()[-2:] == ["-HUP", "$MAINPID"]  # serve reloads its list on SIGHUP
+    assert unit["Service"]["KillSignal"] == "SIGTERM"
+    assert int(unit["Service"]["TimeoutStopSec"]) >= 5  # serve stops in ~1 s at 500 stations; room for a busy host
+
+
+@pytest.mark.parametrize("key", ["NoNewPrivileges", "DynamicUser", "ProtectSystem"])
+def test_the_systemd_unit_runs_unprivileged(key):
+    assert _unit()["Service"][key] in ("yes", "strict")
