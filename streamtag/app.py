@@ -174,7 +174,7 @@ def run_live(
     pool: SourcePool | None = None,
 ) -> int:
     """Tag ``sources`` (name -> source) live until they all end, Ctrl-C/SIGTERM, or ``duration`` s; returns an exit
-    code (130 after Ctrl-C, 143 after SIGTERM).
+    code (130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP).
 
     ``output``: "dashboard" (rich, needs a terminal), "jsonl" (GenreUpdate JSON lines on ``stdout``) or "auto"
     (dashboard when stdout is a terminal). ``speed`` paces every source at that many times real time (None: as
@@ -245,8 +245,8 @@ def run_live(
                 while not finished():
                     time.sleep(POLL_S)
                 runner.flush()
-    except Terminated:
-        code = 143
+    except Terminated as stopped:
+        code = stopped.code
     except KeyboardInterrupt:
         code = 130
     finally:
@@ -268,19 +268,25 @@ def run_live(
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Within: SIGTERM raises :class:`Terminated` in the main thread (elsewhere signals cannot be handled)."""
+    """Within: SIGTERM, and SIGHUP (a closed terminal, an ssh session that dropped), raise :class:`Terminated` in
+    the main thread (elsewhere signals cannot be handled), so the command ends as after Ctrl-C: what it finished
+    is kept and summarized. A SIGHUP that Python ignores (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_term(signum: int, frame: object) -> None:
-        raise Terminated()
+        raise Terminated(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
+        previous[hup] = signal.signal(hup, on_term)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def open_concurrently(opens: list[tuple[str, Callable[[], Any]]], at_once: int = OPEN_AT_ONCE) -> dict[str, Any]:

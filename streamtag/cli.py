@@ -337,10 +337,10 @@ def _command_of(argv: Sequence[str]) -> str | None:
 # -- entry point ---------------------------------------------------------------------------------------------------
 # exit codes (README "Exit codes", and `streamtag --help`)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 74, 130
-EXIT_TERMINATED = 143
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 an input, option or model failed (one line each on stderr); 2 usage "
                    "error; 3 internal error (a bug: rerun with --debug); 74 the output could not be written "
-                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done); 143 the same after SIGTERM")
+                   "(e.g. disk full); 130 interrupted (Ctrl-C, after printing what was done); 143 the same after SIGTERM; 129 the same after "
+                   "SIGHUP (a closed terminal)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,8 +395,8 @@ def _run(argv: Sequence[str] | None) -> int:
             raise
         print(f"streamtag: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except Terminated:  # SIGTERM while a command starts (streamtag.app.terminate_as_interrupt)
-        return EXIT_TERMINATED
+    except Terminated as e:  # SIGTERM/SIGHUP while a command starts (streamtag.app.terminate_as_interrupt)
+        return e.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout's reader left (`| head`): not an error

@@ -536,7 +536,7 @@ def _tag(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.stop()
         _interrupted(out, tagger, current, done=done, total=len(inputs))
-        return 143 if isinstance(e, Terminated) else 130
+        return e.code if isinstance(e, Terminated) else 130
     finally:
         decoder.stop()
         decoder.join(timeout=5.0)  # it stops at its next block; a decoder left running at exit prints leak notes

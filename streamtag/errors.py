@@ -81,4 +81,9 @@ def output_failure(*, take: bool = False) -> OSError | None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs (exit code 143)."""
+    """SIGTERM (or SIGHUP: the terminal hung up), raised in the main thread like Ctrl-C so that the same cleanup
+    runs; ``code`` is the exit code (143 for SIGTERM, 129 for SIGHUP: 128 + the signal's number)."""
+
+    def __init__(self, code: int = 143) -> None:
+        super().__init__()
+        self.code = code

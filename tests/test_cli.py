@@ -459,10 +459,10 @@ def test_progress_bar_on_a_terminal(clips: Path) -> None:
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_ctrl_c_prints_the_partial_summary_and_exits_130(sig: str, code: int) -> None:
-    """Ctrl-C (or SIGTERM: a service manager's stop) while stdin (the second input) is being tagged: the first
-    summary whole, the second partial."""
+    """Ctrl-C (or SIGTERM: a service manager's stop; SIGHUP: a closed terminal) while stdin (the second input) is
+    being tagged: the first summary whole, the second partial."""
     import signal
 
     raw = subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(EXAMPLES[1]), "-f", "s16le",

@@ -253,7 +253,8 @@ def test_serve_lists_every_station_at_once_and_trims_the_burst_of_the_ones_that_
     assert proc.returncode == 0
 
 
-def test_stream_with_a_station_list_exits_130_on_ctrl_c_with_summaries(model, station_list):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGHUP, 129)], ids=["SIGINT", "SIGHUP"])
+def test_stream_with_a_station_list_ends_on_ctrl_c_or_a_hangup_with_summaries(model, station_list, sig, code):
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(station_list),
          "--format", "jsonl", "--device", "cpu"],
@@ -265,14 +266,14 @@ def test_stream_with_a_station_list_exits_130_on_ctrl_c_with_summaries(model, st
             break
     workers = _children(proc.pid)
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)  # SIGHUP: the terminal closed; the same clean end as Ctrl-C
     try:
         _, err = proc.communicate(timeout=STOP_BOUND_S * 3)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert time.monotonic() - t0 < STOP_BOUND_S * 3
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     assert sum(line.startswith("streamtag: s0") and "stopped" in line for line in err.splitlines()) == 100
     assert not [w for w in workers if _alive(w)]
