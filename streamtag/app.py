@@ -372,13 +372,17 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
-    hups: list[int] = []  # SIGHUPs while the server starts: one reload once it runs (not the default: ending)
+    # SIGHUP: with a station list, a reload (those during the start: one once it runs); without, a clean stop, as
+    # SIGTERM (a closed terminal), not the default action that kills the process
+    hups: list[int] = []
     reload: _Reloader | None = None
-    if stations_file is not None and hasattr(signal, "SIGHUP"):
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: hups.append(1))
+            loop.add_signal_handler(signal.SIGHUP, request_stop if stations_file is None else lambda: hups.append(1))
         except (NotImplementedError, RuntimeError):
             stations_file = None
+    else:
+        stations_file = None
     # segment events for the clients and the station log (streamtag.live_outputs): sinks ahead of the server, so
     # a stream's last segment reaches its subscribers before its end notice
     server: Any = None

@@ -709,8 +709,11 @@ def test_short_path_messages_keep_their_shape_in_the_schema():
 
 
 # -- the command line -------------------------------------------------------------------------------------------
-def test_serve_command_has_its_sources_before_the_first_connection(tmp_path):
-    """`streamtag serve --source`: the very first handshake that succeeds already lists the stream."""
+@pytest.mark.parametrize("stop_signal", ["SIGTERM", "SIGHUP"])
+def test_serve_command_has_its_sources_before_the_first_connection(tmp_path, stop_signal):
+    """`streamtag serve --source`: the very first handshake that succeeds already lists the stream. SIGTERM, and
+    SIGHUP without a station list to reload (a closed terminal), stop it cleanly."""
+    import signal
     import subprocess
     import sys
 
@@ -740,14 +743,15 @@ def test_serve_command_has_its_sources_before_the_first_connection(tmp_path):
     try:
         hello = run(first_hello(), timeout=120)
     finally:
-        proc.terminate()
+        proc.send_signal(getattr(signal, stop_signal))
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
     assert [s["name"] for s in hello["streams"]] == ["early"] and hello["streams"][0]["source"] == "early.wav"
-    assert proc.returncode == 0  # SIGTERM is a clean stop
+    assert proc.returncode == 0  # a clean stop (the default action of SIGHUP would be -1)
+    assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
 
 
 @pytest.mark.parametrize("argv, words", [
