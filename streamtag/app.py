@@ -424,6 +424,7 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         server.history_log = record  # the web page's timeline reads the station log
     if health is not None and live is not None:
         server.hub.station_stats = lambda: health.stations(live)
+        server.metrics = lambda: health.metrics(live)
     reporter: asyncio.Task[None] | None = None
     named = [*sources, *stations]
     try:

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,12 +27,14 @@ from .events import GenreUpdate
 if TYPE_CHECKING:
     from .live import LiveRunner
 
-__all__ = ["Health", "machine_cpu", "process_cpu_seconds"]
+__all__ = ["Health", "machine_cpu", "process_cpu_seconds", "LATENCY_BUCKETS_S"]
 
 MAX_LATENCIES = 200_000  # latencies kept between two summaries (the newest)
 BEHIND_P99_MS = 1000.0  # a summary whose p99 latency is above this is behind
 BEHIND_SHARE = 0.95  # ... or whose stations live throughout gave fewer than this share of their expected updates
 CPU_BOUND = 0.85  # the machine's CPU is the limit when at least this share of it is busy
+# upper bounds of the /metrics latency histogram (s): real time ends at 1 s (BEHIND_P99_MS)
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
 
 def process_cpu_seconds(pids: list[int] | None = None) -> float:
@@ -84,6 +87,12 @@ class Health:
         self._behind_before = False
         self._advice: str | None = None
         self._skipped: dict[str, float] = {}  # stream -> s its start-up catch-up had skipped at the previous summary
+        # for /metrics, never reset: updates, and their latencies as a histogram (counts per LATENCY_BUCKETS_S bound,
+        # the last one above every bound), their sum (s) and count
+        self._updates_total = 0
+        self._latency_counts = np.zeros(len(LATENCY_BUCKETS_S) + 1, dtype=np.int64)
+        self._latency_sum = 0.0
+        self._latency_n = 0
 
     def _pid_list(self) -> list[int]:
         return list(self._pids()) if callable(self._pids) else []
@@ -95,13 +104,19 @@ class Health:
             self._added[name] = time.monotonic()
 
     def on_update(self, updates: list[GenreUpdate]) -> None:
+        latencies = [float(x) for u in updates
+                     if isinstance(x := u.extra.get("latency_ms"), int | float) and math.isfinite(x)]
+        seconds = np.asarray(latencies, dtype=np.float64) / 1000.0
+        buckets = np.searchsorted(LATENCY_BUCKETS_S, seconds, side="left")  # le: a latency equal to a bound is in it
         with self._lock:
             self._updates += len(updates)
+            self._updates_total += len(updates)
             for u in updates:
                 self._updates_by[u.stream] = self._updates_by.get(u.stream, 0) + 1
-                latency = u.extra.get("latency_ms")
-                if isinstance(latency, int | float) and math.isfinite(latency):
-                    self._latencies.append(float(latency))
+            self._latencies.extend(latencies)
+            np.add.at(self._latency_counts, buckets, 1)
+            self._latency_sum += float(seconds.sum())
+            self._latency_n += len(latencies)
 
     def on_title(self, name: str, title: str | None) -> None:
         pass
@@ -245,3 +260,83 @@ class Health:
                 fig["state"] = "live"
             out[name] = fig
         return out
+
+    def metrics(self, runner: LiveRunner) -> str:
+        """The Prometheus text exposition (format 0.0.4) served at ``/metrics``: counters that never reset while
+        the process runs (a station's restart its own), so a scraper computes rates itself (docs/protocol.md,
+        "Metrics"). Station names are safe label values as they are (letters, digits and ``_.:-``)."""
+        from . import __version__
+
+        cpu = process_cpu_seconds(self._pid_list())
+        pooled = runner.pooled()
+        streams = runner.streams()
+        engine = runner.engine
+        with self._lock:
+            updates_total = self._updates_total
+            counts = np.cumsum(self._latency_counts)
+            lat_sum, lat_n = self._latency_sum, self._latency_n
+            updates_by = dict(self._updates_by)
+            failed = len(self._failed)
+        states = {"live": 0, "opening": 0, "reconnecting": 0}
+        for name in streams:
+            src = pooled.get(name)
+            state = src.stats.state if src is not None else "live"
+            states[state if state in states else "live"] += 1
+        out: list[str] = []
+
+        def family(name: str, kind: str, text: str, rows: Sequence[tuple[str, float | int]]) -> None:
+            out.append(f"# HELP {name} {text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(f"{name}{labels} {_number(value)}" for labels, value in rows)
+
+        family("streamtag_build_info", "gauge", "streamtag's version and the model it runs (always 1)",
+               [(f'{{version="{__version__}",model="{_label(engine.bundle.name)}"}}', 1)])
+        family("streamtag_stations", "gauge", "stations by state (failed: ended with an error, no longer retrying)",
+               [(f'{{state="{k}"}}', v) for k, v in states.items()] + [('{state="failed"}', failed)])
+        family("streamtag_updates_total", "counter", "genre updates published, all streams", [("", updates_total)])
+        bounds = [*(f"{b:g}" for b in LATENCY_BUCKETS_S), "+Inf"]
+        family("streamtag_update_latency_seconds", "histogram",
+               "an update's latency: its newest audio's arrival to its publication",
+               [(f'_bucket{{le="{b}"}}', int(c)) for b, c in zip(bounds, counts)]
+               + [("_sum", lat_sum), ("_count", lat_n)])
+        family("streamtag_cpu_seconds_total", "counter", "CPU time of this process and its decoder processes",
+               [("", cpu)])
+        per: dict[str, list[tuple[str, float | int]]] = {k: [] for k in (
+            "up", "updates_total", "lag_seconds", "bytes_total", "decode_errors_total", "reconnects_total",
+            "audio_seconds_total")}
+        for name in streams:
+            label = f'{{station="{_label(name)}"}}'
+            src = pooled.get(name)
+            per["up"].append((label, int(src is None or src.stats.state == "live")))
+            per["updates_total"].append((label, updates_by.get(name, 0)))
+            per["lag_seconds"].append((label, engine.backlog(name)))
+            if src is not None:
+                st = src.stats
+                per["bytes_total"].append((label, st.bytes_in))
+                per["decode_errors_total"].append((label, st.decode_errors))
+                per["reconnects_total"].append((label, st.reconnects))
+                per["audio_seconds_total"].append((label, st.samples / engine.sample_rate))
+        helps = {
+            "up": ("gauge", "1 while the station is connected and playing, 0 while it opens or reconnects"),
+            "updates_total": ("counter", "genre updates of the station"),
+            "lag_seconds": ("gauge", "the station's audio waiting for the engine"),
+            "bytes_total": ("counter", "bytes read from the station's server"),
+            "decode_errors_total": ("counter", "undecodable packets skipped"),
+            "reconnects_total": ("counter", "reconnections after drops"),
+            "audio_seconds_total": ("counter", "seconds of audio decoded"),
+        }
+        for key, rows in per.items():
+            kind, text = helps[key]
+            family(f"streamtag_station_{key}", kind, text, rows)
+        return "\n".join(out) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "NaN" if math.isnan(value) else repr(round(float(value), 6))

@@ -7,12 +7,14 @@
 - ``/api/history?stream=NAME&minutes=M``: the stream's segments of the last M minutes (at most 180) from the
   station log when ``--record`` is on: ``{"stream", "recording", "segments": [{"start_ts", "end_ts", "family",
   "genre", "confidence", "title"}]}`` (oldest first, at most ``MAX_SEGMENTS``).
+- ``/metrics``: the process's health in Prometheus' text format (``Health.metrics``; docs/protocol.md, "Metrics").
 """
 from __future__ import annotations
 
 import email.utils
 import hmac
 import json
+import logging
 import sqlite3
 import time
 from http import HTTPStatus
@@ -21,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+
+log = logging.getLogger(__name__)
 
 __all__ = ["handle", "MAX_SEGMENTS", "MAX_MINUTES"]
 
@@ -79,7 +83,28 @@ def handle(server: Any, connection: Any, request: Request, path: str) -> Respons
                                      "families": _families(server)})
     if path == "/api/history":
         return _history(server, request)
+    if path == "/metrics":
+        return _metrics(server)
     return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": f"no such request: {path[:80]}"})
+
+
+def _metrics(server: Any) -> Response:
+    """Prometheus text: the serve process's health (Health.metrics), under the same Host and token checks as the
+    page's requests (a scraper sends ``Authorization: Bearer TOKEN`` or ``?token=``)."""
+    render = getattr(server, "metrics", None)
+    if render is None:
+        return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": "this server has no metrics (serve --cluster: ask "
+                                                                  "the stats request)"})
+    try:
+        data = render().encode()
+    except Exception as e:  # a bug: one line in the log, a 500 to the scraper, never the server
+        log.error("/metrics failed (%s: %s)", type(e).__name__, e)
+        return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"ok": False, "error": "metrics failed; see the server's log"})
+    headers = Headers([
+        ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+    ])
+    return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, data)
 
 
 def _families(server: Any) -> dict[str, list[str]]:

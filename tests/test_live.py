@@ -885,3 +885,40 @@ def test_the_runner_catches_up_live_sources_only(bundle, clip, tmp_path):
     finally:
         runner.stop()
     assert sorted(asked) == ["pooled-radio", "radio"] and engine.caught_up_seconds("radio") >= 0.0
+
+
+def test_health_metrics_count_every_update_and_bucket_latencies_by_their_upper_bound(bundle):
+    """/metrics' figures from the same sink: a pushed stream through a real engine, then latencies at the buckets'
+    bounds (Prometheus' ``le``: a latency equal to a bound is in its bucket) and past the last one."""
+    from streamtag.events import GenreUpdate
+    from streamtag.health import LATENCY_BUCKETS_S, Health
+
+    engine = make_engine(bundle, hop=0.5)
+    health, fresh = Health(), Health()
+    runner = LiveRunner(engine, [health]).start()
+    latencies = (100.0, 1000.0, 1000.1, 20000.0)
+    try:
+        runner.add_stream("a")
+        runner.push("a", _chords(4.0))
+        assert runner.flush()
+        played = health.metrics(runner)
+        fresh.on_update([GenreUpdate(stream="x", t=1.0, top=[("rock", 1.0)], probs={"rock": 1.0}, raw={"rock": 1.0},
+                                     model="m", extra={"latency_ms": ms}) for ms in (*latencies, float("nan"))])
+        probed = fresh.metrics(runner)
+    finally:
+        runner.stop()
+    rows = dict(line.rsplit(" ", 1) for line in played.splitlines() if not line.startswith("#"))
+    n = int(rows['streamtag_station_updates_total{station="a"}'])
+    assert n > 0 and int(rows["streamtag_updates_total"]) == n
+    assert int(rows["streamtag_update_latency_seconds_count"]) == n  # every pushed update has a latency
+    assert rows['streamtag_station_up{station="a"}'] == "1"  # pushed: no source to reconnect
+    assert 'streamtag_station_bytes_total{station="a"}' not in rows  # only sources read by the pool have bytes
+
+    rows = dict(line.rsplit(" ", 1) for line in probed.splitlines() if not line.startswith("#"))
+    for bound in LATENCY_BUCKETS_S:
+        within = sum(ms / 1000.0 <= bound for ms in latencies)
+        assert rows[f'streamtag_update_latency_seconds_bucket{{le="{bound:g}"}}'] == str(within), bound
+    assert rows['streamtag_update_latency_seconds_bucket{le="+Inf"}'] == "4"
+    assert rows["streamtag_update_latency_seconds_count"] == "4"  # the NaN is no latency
+    assert float(rows["streamtag_update_latency_seconds_sum"]) == pytest.approx(sum(latencies) / 1000.0)
+    assert rows["streamtag_updates_total"] == "5"

@@ -140,6 +140,18 @@ def test_serve_sends_segments_honours_top_and_serves_history(setup):
         assert code == 200 and body["segments"], body
         assert [(s["family"], s["genre"]) for s in body["segments"]][-len(segs):] == \
             [(s["family"], s["genre"]) for s in segs]
+        # /metrics: the token as a bearer (a Prometheus scrape config's authorization), refused without it
+        code, body = _get(f"http://127.0.0.1:{port}/metrics")
+        assert code == 401
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            text = r.read().decode()
+        values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                  for line in text.splitlines() if line and not line.startswith("#")}
+        assert values["streamtag_updates_total"] >= len(updates)  # counted after the stream ended too
+        assert values['streamtag_stations{state="live"}'] == 0  # it ended: no station left
+        assert not [k for k in values if k.startswith("streamtag_station_")]
     finally:
         proc.terminate()
         try:

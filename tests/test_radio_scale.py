@@ -159,8 +159,17 @@ def test_serve_keeps_retrying_a_dead_station_while_the_others_play_and_reports_s
             error = json.loads(await ws2.recv())
         return stats, error
 
+    def scrape() -> tuple[str, dict[str, float]]:  # what Prometheus would read
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            kind, text = r.headers["Content-Type"], r.read().decode()
+        return kind, {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                      for line in text.splitlines() if line and not line.startswith("#")}
+
     try:
         stats, error = asyncio.run(scenario())
+        kind, metrics = scrape()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(STOP_BOUND_S)
@@ -170,6 +179,19 @@ def test_serve_keeps_retrying_a_dead_station_while_the_others_play_and_reports_s
     assert good["state"] == "live" and good["bytes_in"] > 0 and good["updates"] > 0 and good["lag_s"] >= 0
     assert gone["state"] == "reconnecting" and gone["updates"] == 0
     assert error["type"] == "error" and error["code"] == "unknown_stream"
+    # /metrics tells the same story in Prometheus' format
+    assert kind.startswith("text/plain; version=0.0.4")
+    assert metrics['streamtag_stations{state="live"}'] == 1 and metrics['streamtag_stations{state="reconnecting"}'] == 1
+    assert metrics['streamtag_station_up{station="Good-Station"}'] == 1
+    assert metrics['streamtag_station_up{station="Dead-one"}'] == 0
+    assert metrics['streamtag_station_bytes_total{station="Good-Station"}'] >= good["bytes_in"]
+    assert metrics['streamtag_station_updates_total{station="Good-Station"}'] >= good["updates"] > 0
+    assert metrics['streamtag_station_updates_total{station="Dead-one"}'] == 0
+    assert metrics["streamtag_updates_total"] >= good["updates"] and metrics["streamtag_cpu_seconds_total"] > 0
+    buckets = [v for k, v in metrics.items() if k.startswith("streamtag_update_latency_seconds_bucket")]
+    assert len(buckets) == 10 and buckets == sorted(buckets)  # cumulative
+    assert buckets[-1] == metrics["streamtag_update_latency_seconds_count"] > 0
+    assert metrics["streamtag_update_latency_seconds_sum"] > 0
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["mux-loop", "reader-thread"])

@@ -350,6 +350,7 @@ class WebsocketServer:
         self.updates_sent = 0
         self.refused: dict[int, int] = {}  # HTTP status -> handshakes refused with it
         self.history_log: str | None = None  # the station log (--record) that /api/history reads (web_api.py)
+        self.metrics: Callable[[], str] | None = None  # /metrics' Prometheus text (set by serve: Health.metrics)
         if "*" in self.config.allowed_origins:
             log.warning("--allowed-origin '*': any web page the user visits can read every stream and send audio")
         runner.add_sink(self)
@@ -664,7 +665,7 @@ class WebsocketServer:
         path = urlsplit(request.path).path
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
-        if path.startswith("/api/"):  # the web page's JSON requests (streamtag/web_api.py)
+        if path.startswith("/api/") or path == "/metrics":  # JSON for the web page, Prometheus text (web_api.py)
             from ..web_api import handle
 
             return handle(self, connection, request, path)
