@@ -372,17 +372,19 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not on the main thread / not on this platform
             pass
-    # SIGHUP: with a station list, a reload (those during the start: one once it runs); without, a clean stop, as
-    # SIGTERM (a closed terminal), not the default action that kills the process
+    # SIGHUP: with a station list, a reload (those during the start: one once it runs), even under nohup (an
+    # operator's `kill -HUP`; a hang-up then only re-reads the list); without one, a clean stop as SIGTERM (a closed
+    # terminal), not the default action that kills the process, unless SIGHUP is ignored (nohup)
     hups: list[int] = []
     reload: _Reloader | None = None
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or (stations_file is None and signal.getsignal(hup) is signal.SIG_IGN):
+        stations_file = None
+    else:
         try:
-            loop.add_signal_handler(signal.SIGHUP, request_stop if stations_file is None else lambda: hups.append(1))
+            loop.add_signal_handler(hup, request_stop if stations_file is None else lambda: hups.append(1))
         except (NotImplementedError, RuntimeError):
             stations_file = None
-    else:
-        stations_file = None
     # segment events for the clients and the station log (streamtag.live_outputs): sinks ahead of the server, so
     # a stream's last segment reaches its subscribers before its end notice
     server: Any = None
@@ -450,10 +452,10 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
                        + (f" · {n} sources" if n > 1 else "") + " · Ctrl-C to stop")
             if health is not None and live is not None and health_every > 0:
                 reporter = asyncio.ensure_future(_report_health(health, live, err, health_every))
-            if stations_file is not None:
+            if stations_file is not None and hup is not None:
                 path = stations_file
                 reload = _Reloader(lambda: _reload_stations(path, listed, server, retrying, err))
-                loop.add_signal_handler(signal.SIGHUP, reload.request)
+                loop.add_signal_handler(hup, reload.request)
                 if hups:
                     reload.request()
             await stop

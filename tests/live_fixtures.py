@@ -98,6 +98,14 @@ def write_tone_wav(path: Path, seconds: float = 20.0, sr: int = 22050) -> Path:
     return path
 
 
+def hangup_default() -> None:
+    """A child process's ``preexec_fn``: SIGHUP's default action whatever the test run inherited (a job started
+    under nohup ignores SIGHUP, and an ignored signal stays ignored across exec: streamtag then keeps it ignored)."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

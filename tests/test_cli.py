@@ -467,9 +467,11 @@ def test_ctrl_c_prints_the_partial_summary_and_exits_130(sig: str, code: int) ->
 
     raw = subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(EXAMPLES[1]), "-f", "s16le",
                           "-ac", "1", "-ar", "16000", "-t", "130", "-"], check=True, capture_output=True).stdout
+    from live_fixtures import hangup_default
+
     p = subprocess.Popen([sys.executable, "-m", "streamtag", "tag", str(EXAMPLES[2]), "-", "--raw-rate", "16000",
                           "--format", "jsonl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, cwd=REPO)
+                         stderr=subprocess.PIPE, cwd=REPO, preexec_fn=hangup_default)
     assert p.stdin is not None
     # stdin never ends, so it is in progress; writing 4 MB into a pipe returns only once the tagger has taken all
     # but what its bounded queue (16 blocks, about 1 MB of s16le) and the pipe hold.

@@ -717,7 +717,7 @@ def test_serve_command_has_its_sources_before_the_first_connection(tmp_path, sto
     import subprocess
     import sys
 
-    from live_fixtures import free_port, tiny_bundle
+    from live_fixtures import free_port, hangup_default, tiny_bundle
 
     tiny_bundle(tmp_path / "model")
     wav = write_tone_wav(tmp_path / "early.wav", seconds=30.0)
@@ -725,7 +725,7 @@ def test_serve_command_has_its_sources_before_the_first_connection(tmp_path, sto
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtag", "serve", "--model", str(tmp_path / "model"), "--port", str(port),
          "--source", f"early={wav}", "--compute", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=hangup_default,
     )
 
     async def first_hello():

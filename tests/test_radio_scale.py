@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from live_fixtures import free_port, tiny_bundle, write_tone_wav
+from live_fixtures import free_port, hangup_default, tiny_bundle, write_tone_wav
 
 from streamtag.errors import ConfigError
 from streamtag.sources.stations import parse_station_list, read_station_list
@@ -280,7 +280,7 @@ def test_stream_with_a_station_list_ends_on_ctrl_c_or_a_hangup_with_summaries(mo
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(station_list),
          "--format", "jsonl", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=hangup_default,
     )
     assert proc.stdout is not None
     for _ in range(300):  # updates are flowing from many stations
