@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -411,7 +412,7 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
     freeze_startup_objects()
 
     listed: dict[str, str] = dict(stations)  # the station list's entries now served (name -> uri)
-    retrying: dict[str, int] = {}  # uri -> station-list opens under way (SIGHUP): retried in the pool, as at the start
+    retrying: Counter[str] = Counter()  # uri -> station-list opens under way (SIGHUP): retried in the pool, as at the start
 
     def open_named(uri: str, sample_rate: int, policy: SourcePolicy) -> Any:
         waiting = ready.get(uri)
@@ -525,7 +526,22 @@ RELOAD_AT_ONCE = 16  # station-list opens under way at once during a reload (at 
 LIMIT_RETRIES = 300  # 0.1 s apart: how long a reload's open waits for a free open slot
 
 
-async def _reload_stations(path: str, listed: dict[str, str], server: Any, retrying: dict[str, int],
+async def _add_when_a_slot_frees(server: Any, name: str, uri: str) -> None:
+    """``server.add_source`` of a listed station, waiting while a client's opens hold the server's open slots."""
+    from .protocol import ClientError
+    from .sources.policy import SourcePolicy
+
+    for _ in range(LIMIT_RETRIES):
+        try:
+            return await server.add_source(name, uri, policy=SourcePolicy.permissive())
+        except ClientError as e:
+            if e.code != "limit_exceeded":
+                raise
+            await asyncio.sleep(0.1)
+    raise SourceError(f"the server's {server.config.max_pending_opens} open slots stayed busy")
+
+
+async def _reload_stations(path: str, listed: dict[str, str], server: Any, retrying: Counter[str],
                            err: TextIO) -> None:
     """SIGHUP: re-read the station list at ``path`` and apply what changed to the running server. A station
     whose entry is gone is removed (its subscribers get ``stream_ended``, reason "removed from the station
@@ -535,8 +551,7 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
     cannot be added gets one line and the others go on. ``listed`` (name -> uri, the list's stations served) is
     updated in place; streams given by ``--source`` or added by clients are never touched, and a new entry
     that takes one of their names is refused."""
-    from .protocol import ClientError
-    from .sources.policy import SourcePolicy, display_name
+    from .sources.policy import display_name
     from .sources.stations import read_station_list
 
     loop = asyncio.get_running_loop()
@@ -566,26 +581,15 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
                        "served (given by --source or added by a client); rename it in the list")
             return
         async with gate:
-            retrying[uri] = retrying.get(uri, 0) + 1
+            retrying[uri] += 1
             try:
-                for _ in range(LIMIT_RETRIES):  # a client's opens may hold the server's open slots for a moment
-                    try:
-                        await server.add_source(name, uri, policy=SourcePolicy.permissive())
-                        break
-                    except ClientError as e:
-                        if e.code != "limit_exceeded":
-                            raise
-                        await asyncio.sleep(0.1)
-                else:
-                    raise SourceError(f"the server's {server.config.max_pending_opens} open slots stayed busy")
+                await _add_when_a_slot_frees(server, name, uri)
                 listed[name] = uri
             except StreamtagError as e:
                 failed.add(name)
                 _line(err, f"streamtag: reload: station {name!r} not added: {e}")
             finally:
                 retrying[uri] -= 1
-                if not retrying[uri]:
-                    del retrying[uri]
 
     await asyncio.gather(*(start(n) for n in [*changed, *restarted, *added]))
     unchanged = len(new) - len(changed) - len(restarted) - len(added)

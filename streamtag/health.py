@@ -301,9 +301,7 @@ class Health:
                + [("_sum", lat_sum), ("_count", lat_n)])
         family("streamtag_cpu_seconds_total", "counter", "CPU time of this process and its decoder processes",
                [("", cpu)])
-        per: dict[str, list[tuple[str, float | int]]] = {k: [] for k in (
-            "up", "updates_total", "lag_seconds", "bytes_total", "decode_errors_total", "reconnects_total",
-            "audio_seconds_total")}
+        per: dict[str, list[tuple[str, float | int]]] = {key: [] for key, _, _ in _STATION_METRICS}
         for name in streams:
             label = f'{{station="{_label(name)}"}}'
             src = pooled.get(name)
@@ -316,19 +314,21 @@ class Health:
                 per["decode_errors_total"].append((label, st.decode_errors))
                 per["reconnects_total"].append((label, st.reconnects))
                 per["audio_seconds_total"].append((label, st.samples / engine.sample_rate))
-        helps = {
-            "up": ("gauge", "1 while the station is connected and playing, 0 while it opens or reconnects"),
-            "updates_total": ("counter", "genre updates of the station"),
-            "lag_seconds": ("gauge", "the station's audio waiting for the engine"),
-            "bytes_total": ("counter", "bytes read from the station's server"),
-            "decode_errors_total": ("counter", "undecodable packets skipped"),
-            "reconnects_total": ("counter", "reconnections after drops"),
-            "audio_seconds_total": ("counter", "seconds of audio decoded"),
-        }
-        for key, rows in per.items():
-            kind, text = helps[key]
-            family(f"streamtag_station_{key}", kind, text, rows)
+        for key, kind, text in _STATION_METRICS:
+            family(f"streamtag_station_{key}", kind, text, per[key])
         return "\n".join(out) + "\n"
+
+
+# /metrics' per-station families: (name after streamtag_station_, type, help)
+_STATION_METRICS = (
+    ("up", "gauge", "1 while the station is connected and playing, 0 while it opens or reconnects"),
+    ("updates_total", "counter", "genre updates of the station"),
+    ("lag_seconds", "gauge", "the station's audio waiting for the engine"),
+    ("bytes_total", "counter", "bytes read from the station's server"),
+    ("decode_errors_total", "counter", "undecodable packets skipped"),
+    ("reconnects_total", "counter", "reconnections after drops"),
+    ("audio_seconds_total", "counter", "seconds of audio decoded"),
+)
 
 
 def _label(value: str) -> str:
