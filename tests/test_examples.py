@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import configparser
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,33 @@ def test_the_systemd_unit_runs_serve_over_a_station_list_and_reloads_with_sighup
 @pytest.mark.parametrize("key", ["NoNewPrivileges", "DynamicUser", "ProtectSystem"])
 def test_the_systemd_unit_runs_unprivileged(key):
     assert _unit()["Service"][key] in ("yes", "strict")
+
+
+def _analyze(tmp_path: Path) -> tuple[str, Path]:
+    """The unit with ExecStart pointed at this environment's streamtag, for systemd-analyze (which checks the
+    executable exists)."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not installed")
+    exe = Path(sys.executable).with_name("streamtag")
+    if not exe.exists():
+        pytest.skip("streamtag is not installed beside this Python")
+    unit = tmp_path / "streamtag.service"
+    unit.write_text(UNIT.read_text().replace("/opt/streamtag/bin/streamtag", str(exe)))
+    return tool, unit
+
+
+def test_systemd_accepts_every_line_of_the_unit(tmp_path):
+    tool, unit = _analyze(tmp_path)
+    done = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # systemd ignores a key it does not know with a warning: a misspelt hardening line would be silently lost
+    assert done.returncode == 0, done.stderr
+    assert "streamtag.service" not in done.stderr, done.stderr
+
+
+def test_systemd_rates_the_unit_well_confined(tmp_path):
+    tool, unit = _analyze(tmp_path)
+    # the exposure level in tenths (0 = fully confined, 100 = not at all); the unit rates 1.4, "OK"
+    done = subprocess.run([tool, "security", "--offline=true", "--threshold=20", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
