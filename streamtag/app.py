@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .publishers.websocket import ServerConfig
     from .sources.pool import PooledSource, SourcePool
 
-__all__ = ["run_live", "run_serve", "RunSummary", "StatusLines", "REFRESH_HZ"]
+__all__ = ["run_live", "run_serve", "RunSummary", "StatusLines", "StationListReload", "REFRESH_HZ"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class RunSummary:
     def __init__(self) -> None:
         self.streams: dict[str, _Tally] = {}
         self.stopping = False  # set before the runner stops: streams removed from then on were stopped, not ended
+        self.reasons: dict[str, str] = {}  # name -> why it is being removed (a station list's reload), for its line
         self._lock = threading.Lock()
 
     def _tally(self, name: str) -> _Tally:
@@ -127,7 +128,9 @@ class RunSummary:
     def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
         with self._lock:
             s = self._tally(name)
-            s.end = f"failed: {error}" if error is not None else "stopped" if self.stopping else "ended"
+            reason = self.reasons.pop(name, None)
+            s.end = (f"failed: {error}" if error is not None else reason if reason is not None
+                     else "stopped" if self.stopping else "ended")
 
     def top(self, name: str) -> tuple[str, float] | None:
         """The run's top genre of ``name`` and its mean raw probability (None: no non-silent hop)."""
@@ -173,6 +176,7 @@ def run_live(
     record: str | None = None,
     keep: str | None = None,
     pool: SourcePool | None = None,
+    reload: StationListReload | None = None,
 ) -> int:
     """Tag ``sources`` (name -> source) live until they all end, Ctrl-C/SIGTERM, or ``duration`` s; returns an exit
     code (130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP).
@@ -184,7 +188,9 @@ def run_live(
     ``stderr``. ``pool``: the :class:`~streamtag.sources.pool.SourcePool` the pooled sources came from (closed
     here). Raises the engine's error, or the first source's :class:`StreamtagError`, after cleanup.
     ``segments``: JSON lines also carry a ``segment`` event per closed segment; ``record``: the station log's
-    file (``keep``: its retention, e.g. "30d"); see :mod:`streamtag.live_outputs`.
+    file (``keep``: its retention, e.g. "30d"); see :mod:`streamtag.live_outputs`. ``reload``: the station list
+    the stations came from (``stream --sources``); SIGHUP re-reads it and applies the difference, even under
+    nohup, instead of ending the run.
     """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -224,8 +230,9 @@ def run_live(
     freeze_startup_objects()
     t0 = time.monotonic()
     code = 0
+    control = LiveControl(runner, summary, dash_sink, speed)
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(hangup=reload.request if reload is not None else None):
             added = []
             try:
                 for name, src in sources.items():
@@ -235,6 +242,8 @@ def run_live(
                 close_all(s for n, s in sources.items() if n not in added)
 
             def finished() -> bool:
+                if reload is not None:  # a SIGHUP since the last look (the handler only counts it)
+                    reload.run_pending(control)
                 if runner.engine_error is not None or not runner.active():
                     return True
                 return duration is not None and time.monotonic() - t0 >= duration
@@ -268,10 +277,12 @@ def run_live(
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt(hangup: Callable[[], None] | None = None) -> Iterator[None]:
     """Within: SIGTERM, and SIGHUP (a closed terminal, an ssh session that dropped), raise :class:`Terminated` in
     the main thread (elsewhere signals cannot be handled), so the command ends as after Ctrl-C: what it finished
-    is kept and summarized. A SIGHUP that Python ignores (``nohup``) stays ignored."""
+    is kept and summarized. A SIGHUP that Python ignores (``nohup``) stays ignored. ``hangup``: SIGHUP calls it
+    instead, even under nohup (a station list's reload: it must only note the request, it runs in a signal
+    handler)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -279,9 +290,15 @@ def terminate_as_interrupt() -> Iterator[None]:
     def on_term(signum: int, frame: object) -> None:
         raise Terminated(128 + signum)
 
+    def on_hup(signum: int, frame: object) -> None:
+        if hangup is not None:
+            hangup()
+
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
     hup = getattr(signal, "SIGHUP", None)
-    if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
+    if hup is not None and hangup is not None:
+        previous[hup] = signal.signal(hup, on_hup)
+    elif hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
         previous[hup] = signal.signal(hup, on_term)
     try:
         yield
@@ -562,14 +579,11 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
         _line(err, f"streamtag: reload: {e}; the {len(listed)} stations keep running as they were")
         return
     running = set(server.runner.streams()) | set(server.hub.streams)
-    removed = [n for n in listed if n not in new]
-    changed = [n for n, u in new.items() if n in listed and listed[n] != u]
-    restarted = [n for n, u in new.items() if listed.get(n) == u and n not in running]
-    added = [n for n in new if n not in listed]
-    for name in [*removed, *changed]:
+    diff = StationDiff.of(listed, new, running)
+    for name in [*diff.removed, *diff.changed]:
         del listed[name]
         if name in running:
-            await server.remove_source(name, "removed from the station list")
+            await server.remove_source(name, REMOVED_FROM_LIST)
     failed: set[str] = set()
     gate = asyncio.Semaphore(max(1, min(RELOAD_AT_ONCE, server.config.max_pending_opens)))
 
@@ -591,14 +605,138 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
             finally:
                 retrying[uri] -= 1
 
-    await asyncio.gather(*(start(n) for n in [*changed, *restarted, *added]))
-    unchanged = len(new) - len(changed) - len(restarted) - len(added)
+    await asyncio.gather(*(start(n) for n in diff.starts))
+    _line(err, f"streamtag: reloaded {label}: {diff.report(failed)}")
 
-    def done(names: list[str]) -> int:
-        return len([n for n in names if n not in failed])
 
-    _line(err, f"streamtag: reloaded {label}: {done(added)} added, {len(removed)} removed, {done(changed)} changed, "
-               f"{done(restarted)} restarted, {unchanged} unchanged" + (f", {len(failed)} failed" if failed else ""))
+REMOVED_FROM_LIST = "removed from the station list"
+
+
+@dataclass
+class StationDiff:
+    """What a station list's reload changes: names removed, changed (a new URL: removed, then started again),
+    restarted (listed as before but no longer running: it ended or failed for good) and added."""
+
+    removed: list[str]
+    changed: list[str]
+    restarted: list[str]
+    added: list[str]
+    unchanged: int
+
+    @classmethod
+    def of(cls, listed: Mapping[str, str], new: Mapping[str, str], running: set[str]) -> StationDiff:
+        """``listed``: the entries served now (name -> uri); ``new``: the list as it reads now; ``running``: the
+        streams still playing."""
+        changed = [n for n, u in new.items() if n in listed and listed[n] != u]
+        restarted = [n for n, u in new.items() if listed.get(n) == u and n not in running]
+        added = [n for n in new if n not in listed]
+        return cls([n for n in listed if n not in new], changed, restarted, added,
+                   len(new) - len(changed) - len(restarted) - len(added))
+
+    @property
+    def starts(self) -> list[str]:
+        """The names to (re)open, in the list's order within each kind."""
+        return [*self.changed, *self.restarted, *self.added]
+
+    def report(self, failed: set[str]) -> str:
+        """``1 added, 1 removed, 1 changed, 1 restarted, 1 unchanged, 1 failed`` (``failed``: starts that failed)."""
+        def done(names: list[str]) -> int:
+            return len([n for n in names if n not in failed])
+
+        return (f"{done(self.added)} added, {len(self.removed)} removed, {done(self.changed)} changed, "
+                f"{done(self.restarted)} restarted, {self.unchanged} unchanged"
+                + (f", {len(failed)} failed" if failed else ""))
+
+
+class LiveControl:
+    """What a station list's reload may do to a running :func:`run_live`: add and remove streams (the summary
+    line and the dashboard say why a stream went)."""
+
+    def __init__(self, runner: LiveRunner, summary: RunSummary, dashboard: Any, speed: float | None) -> None:
+        self.runner, self._summary, self._dashboard, self._speed = runner, summary, dashboard, speed
+
+    def streams(self) -> set[str]:
+        return set(self.runner.streams())
+
+    def add(self, name: str, source: Any, display: str) -> None:
+        self.runner.add_source(name, source, speed=self._speed, display=display)
+
+    def remove(self, name: str, reason: str) -> None:
+        self._summary.reasons[name] = reason
+        self.runner.remove(name)
+        if self._dashboard is not None:  # its bar goes: the list no longer names it
+            self._dashboard.forget(name)
+
+
+class StationListReload:
+    """``stream --sources FILE``: each SIGHUP re-reads the list and applies the difference to the run, as ``serve
+    --sources`` does (:func:`_reload_stations`): a gone entry is removed (its summary line says "removed from the
+    station list"), a new one is opened (one that is down keeps retrying), a changed URL is reopened, a station
+    that ended or failed for good starts again, the others play on. A list that cannot be read changes nothing.
+
+    :meth:`request` only counts (it runs in the signal handler); :meth:`run_pending` applies the requests since
+    the last run (one reload for any number), on the main thread between looks at the run."""
+
+    def __init__(self, path: str, stations: Sequence[tuple[str, str]], open_station: Callable[[str], Any], *,
+                 taken: set[str], err: TextIO) -> None:
+        self.path, self.listed = path, dict(stations)
+        self._open, self._taken, self._err = open_station, set(taken), err
+        self._requested = self._applied = 0
+
+    def request(self) -> None:
+        self._requested += 1  # an int: no lock a signal handler could deadlock on
+
+    def run_pending(self, live: LiveControl) -> None:
+        if self._requested == self._applied:
+            return
+        self._applied = self._requested
+        from .sources.policy import display_name
+        from .sources.stations import read_station_list
+
+        label = display_name(self.path)
+        try:
+            new = dict(read_station_list(self.path))
+        except StreamtagError as e:
+            _line(self._err, f"streamtag: reload: {e}; the {len(self.listed)} stations keep running as they were")
+            return
+        running = live.streams()
+        diff = StationDiff.of(self.listed, new, running)
+        for name in [*diff.removed, *diff.changed]:
+            del self.listed[name]
+            if name in running:
+                live.remove(name, REMOVED_FROM_LIST)
+        failed: set[str] = set()
+        opens: list[tuple[str, Callable[[], Any]]] = []
+        running = live.streams()
+        for name in diff.starts:
+            if name in self._taken or name in running:
+                failed.add(name)
+                _line(self._err, f"streamtag: reload: station {name!r} not added: a stream of that name is given on "
+                                 "the command line; rename it in the list")
+            else:
+                opens.append((name, partial(_error_or, self._open, new[name])))
+        for name, got in open_concurrently(opens).items():
+            if isinstance(got, StreamtagError):
+                failed.add(name)
+                _line(self._err, f"streamtag: reload: station {name!r} not added: {got}")
+                continue
+            try:
+                live.add(name, got, display=name)
+            except StreamtagError as e:
+                close_quietly(got)
+                failed.add(name)
+                _line(self._err, f"streamtag: reload: station {name!r} not added: {e}")
+                continue
+            self.listed[name] = new[name]
+        _line(self._err, f"streamtag: reloaded {label}: {diff.report(failed)}")
+
+
+def _error_or(fn: Callable[[str], Any], arg: str) -> Any:
+    """``fn(arg)``, or the StreamtagError it raised (one station's failure is its own)."""
+    try:
+        return fn(arg)
+    except StreamtagError as e:
+        return e
 
 
 async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: float) -> None:

@@ -206,7 +206,8 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
                    description="Tag http(s) radio (Icecast/Shoutcast, HLS, PLS/M3U) live; reconnects on drops.")
     p.add_argument("urls", nargs="*", metavar="URL", help="stream URL (or - for stdin)")
     p.add_argument("--sources", metavar="FILE", default=None,
-                   help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying (default: none)")
+                   help="station list: NAME=URL lines, an M3U or a PLS; stations that are down keep retrying; SIGHUP "
+                        "re-reads it and applies what changed (default: none)")
     add_model_args(p)
     add_device_arg(p)
     add_top_arg(p)

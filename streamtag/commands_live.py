@@ -131,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     """``stream URL... [--sources FILE]``: radio, HLS, files and playlists are read by the source pool's decoder
     processes; stdin (``-``) in this process."""
-    from .app import open_concurrently, run_live, terminate_as_interrupt
+    from .app import StationListReload, open_concurrently, run_live, terminate_as_interrupt
     from .options import stdin_opts
     from .sources import open_source
     from .sources.pool import SourcePool
@@ -158,13 +158,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
             sources[name] = None
         else:
             opens.append((name, partial(pool.open, url, engine.sample_rate, max_retries=args.max_retries)))
+    given = set(sources) | {n for n, _ in opens}  # the command line's streams: a reload never takes their names
     for name, uri in stations:  # a station that is down keeps retrying; the others play meanwhile
         if name in sources or name in dict(opens):
             raise ConfigError(f"--sources: stream name {name!r} is also a URL given on the command line")
         opens.append((name, partial(pool.open, uri, engine.sample_rate, retry_open=True,
                                     max_retries=args.max_retries)))
+    # SIGHUP re-reads the station list (from the start on: one during the opens is applied once the run goes)
+    reload = None if not getattr(args, "sources", None) else StationListReload(
+        args.sources, stations, partial(pool.open, sample_rate=engine.sample_rate, retry_open=True,
+                                        max_retries=args.max_retries), taken=given, err=sys.stderr)
     try:
-        with terminate_as_interrupt():  # SIGTERM while hundreds of stations open: the same cleanup as Ctrl-C
+        # SIGTERM while hundreds of stations open: the same cleanup as Ctrl-C
+        with terminate_as_interrupt(hangup=reload.request if reload is not None else None):
             if stdin_name is not None:
                 sources[stdin_name] = open_source("-", engine.sample_rate, max_retries=args.max_retries, **stdin_opts(args))
             sources.update(open_concurrently(opens))
@@ -175,7 +181,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         pool.close()  # ends the opens still running too
         raise
     return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, pool=pool,
-                    segments=args.segments, record=args.record, keep=args.keep)
+                    segments=args.segments, record=args.record, keep=args.keep, reload=reload)
 
 
 # -- serve -----------------------------------------------------------------------------------------------------

@@ -275,10 +275,15 @@ def test_serve_lists_every_station_at_once_and_trims_the_burst_of_the_ones_that_
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGHUP, 129)], ids=["SIGINT", "SIGHUP"])
-def test_stream_with_a_station_list_ends_on_ctrl_c_or_a_hangup_with_summaries(model, station_list, sig, code):
+@pytest.mark.parametrize("sig, code, listed", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, True),
+                                                (signal.SIGHUP, 129, False)], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_stream_with_a_hundred_stations_ends_on_ctrl_c_sigterm_or_a_hangup_with_summaries(model, station_list, sig,
+                                                                                         code, listed):
+    """With a station list, SIGHUP reloads it (the next test); given as URLs, a hangup ends the run as Ctrl-C."""
+    tone = str(station_list.parent / "tone.wav")
+    urls = ["--sources", str(station_list)] if listed else [tone] * 100
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(station_list),
+        [sys.executable, "-m", "streamtag", "stream", "--model", str(model), *urls,
          "--format", "jsonl", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=hangup_default,
     )
@@ -297,8 +302,97 @@ def test_stream_with_a_station_list_ends_on_ctrl_c_or_a_hangup_with_summaries(mo
     assert time.monotonic() - t0 < STOP_BOUND_S * 3
     assert proc.returncode == code, err
     assert "Traceback" not in err
-    assert sum(line.startswith("streamtag: s0") and "stopped" in line for line in err.splitlines()) == 100
+    prefix = "streamtag: s0" if listed else f"streamtag: {tone}"
+    assert sum(line.startswith(prefix) and "stopped" in line for line in err.splitlines()) == 100, err[-3000:]
     assert not [w for w in workers if _alive(w)]
+
+
+def test_stream_reloads_its_station_list_on_sighup_and_keeps_the_rest_playing(model, tmp_path):
+    """`stream --sources` as `serve --sources`: SIGHUP applies the list's changes; the untouched station plays on
+    (its audio clock never restarts), a removed one's summary says why, a bad list changes nothing, and this
+    holds under nohup too (SIGHUP ignored by the parent: an operator's `kill -HUP` still reloads)."""
+    import threading
+
+    from radio_fixtures import ScriptedServer, music_clip
+
+    data = music_clip(tmp_path / "radio.mp3", seconds=90.0, codec_args=["-c:a", "libmp3lame", "-b:a", "128k"]).read_bytes()
+    write_tone_wav(tmp_path / "short.wav", seconds=3.0)  # a file: `stream` reads it flat out, so it soon ends
+
+    def handler(conn, index, stop) -> None:  # a radio station: 90 s of MP3 at real time
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n")
+        pos, chunk = 0, len(data) // 360
+        while pos < len(data) and not stop.wait(0.25):
+            conn.sendall(data[pos : pos + chunk])
+            pos += chunk
+
+    radio = ScriptedServer(handler)
+    radio.__enter__()
+    stations = tmp_path / "stations.txt"
+    stations.write_text(f"keep={radio.url('/keep')}\ngoes={radio.url('/goes')}\nmoves={radio.url('/moves')}\n"
+                        "short=short.wav\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(stations),
+         "--format", "jsonl", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as under nohup
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    updates: list[tuple[float, dict]] = []
+    err_lines: list[str] = []
+    readers = [threading.Thread(target=lambda: updates.extend((time.monotonic(), json.loads(x)) for x in proc.stdout)),
+               threading.Thread(target=lambda: err_lines.extend(proc.stderr))]
+    for r in readers:
+        r.daemon = True
+        r.start()
+
+    def wait_for(what, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert proc.poll() is None, "".join(err_lines)
+            assert time.monotonic() < deadline, f"timed out; stderr: {''.join(err_lines)[-2000:]}"
+            time.sleep(0.05)
+
+    def streams_since(t: float) -> set[str]:
+        return {u["stream"] for at, u in list(updates) if at > t and u.get("type") == "update"}
+
+    try:
+        wait_for(lambda: streams_since(0) >= {"keep", "goes", "moves", "short"})
+        time.sleep(4.0)  # the 3 s station has ended
+        stations.write_text(f"keep={radio.url('/keep')}\nmoves={radio.url('/moved')}\nnew={radio.url('/new')}\n"
+                            "short=short.wav\n")
+        t_reload = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reloaded stations.txt" in x for x in err_lines))
+        t_applied = time.monotonic()
+        wait_for(lambda: streams_since(t_applied + 0.5) >= {"keep", "moves", "new"})
+        stations.write_text(f"keep={radio.url('/keep')}\nbad name={radio.url('/bad')}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload:" in x and "line 2" in x for x in err_lines))
+        t_bad = time.monotonic()
+        wait_for(lambda: streams_since(t_bad + 0.5) >= {"keep", "moves", "new"})  # the bad list changed nothing
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_BOUND_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for r in readers:
+            r.join(10)
+        radio.__exit__(None, None, None)
+    err = "".join(err_lines)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert "reloaded stations.txt: 1 added, 1 removed, 1 changed, 1 restarted, 1 unchanged" in err, err
+    assert "stations keep running" in err
+    assert not streams_since(t_applied + 1.0) & {"goes"}  # removed: no update after the reload
+    keep_t = [u["t"] for _, u in updates if u.get("type") == "update" and u["stream"] == "keep"]
+    assert keep_t == sorted(keep_t) and keep_t[-1] > 6.0  # one run, never restarted
+    assert any(b"GET /moved " in r for r in radio.requests) and any(b"GET /new " in r for r in radio.requests)
+    moves_t = [u["t"] for at, u in updates if u.get("type") == "update" and u["stream"] == "moves" and at > t_reload]
+    assert moves_t and min(moves_t) < max(keep_t) - 3.0  # reopened: its clock started again
+    summaries = {x.split(":")[1].strip(): x for x in err_lines if x.startswith("streamtag: ") and " tagged, " in x}
+    assert "removed from the station list" in summaries["goes"], summaries
+    assert summaries["keep"].rstrip().endswith("stopped")
 
 
 # -- station lists ------------------------------------------------------------------------------------------------

@@ -371,6 +371,11 @@ class DashboardSink:
             rec = self._record(name)
             rec.notice = None if kind == "connected" else status_message(kind, detail)
 
+    def forget(self, name: str) -> None:
+        """Drop ``name``'s bar (a station the list no longer names)."""
+        with self._lock:
+            self._streams.pop(name, None)
+
     def on_stream_removed(self, name: str, error: StreamtagError | None) -> None:
         with self._lock:
             rec = self._record(name)
