@@ -423,7 +423,8 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         runner = live
         opener: Any = pool.open
     else:  # serve --cluster's gateway, started already: its workers open what a source names
-        for sink in extra:
+        health = Health()  # /metrics only: the health line and `stats` need the decoders' figures, on the workers
+        for sink in [health, *extra]:
             runner.add_sink(sink)
         opener = getattr(runner, "open_source", None)  # the gateway's (not part of the Runner protocol)
     freeze_startup_objects()
@@ -444,7 +445,9 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         server.history_log = record  # the web page's timeline reads the station log
     if health is not None and live is not None:
         server.hub.station_stats = lambda: health.stations(live)
-        server.metrics = lambda: health.metrics(live)
+    if health is not None:
+        gauge = health
+        server.metrics = lambda: gauge.metrics(runner)
     reporter: asyncio.Task[None] | None = None
     named = [*sources, *stations]
     try:

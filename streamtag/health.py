@@ -261,16 +261,22 @@ class Health:
             out[name] = fig
         return out
 
-    def metrics(self, runner: LiveRunner) -> str:
+    def metrics(self, runner: Any) -> str:
         """The Prometheus text exposition (format 0.0.4) served at ``/metrics``: counters that never reset while
         the process runs (a station's restart its own), so a scraper computes rates itself (docs/protocol.md,
-        "Metrics"). Station names are safe label values as they are (letters, digits and ``_.:-``)."""
+        "Metrics"). Station names are safe label values as they are (letters, digits and ``_.:-``).
+
+        ``runner``: a :class:`~streamtag.live.LiveRunner`, or ``serve --cluster``'s gateway: its stations have
+        no pooled source or backlog here (they run on the workers); a station is up while it is placed on a
+        worker, and the gateway adds its own families (``metric_families``: workers, moves)."""
         from . import __version__
 
         cpu = process_cpu_seconds(self._pid_list())
-        pooled = runner.pooled()
+        pooled: dict[str, Any] = runner.pooled() if hasattr(runner, "pooled") else {}
+        placed = runner.placement() if hasattr(runner, "placement") else None
         streams = runner.streams()
         engine = runner.engine
+        backlog = getattr(engine, "backlog", None)
         with self._lock:
             updates_total = self._updates_total
             counts = np.cumsum(self._latency_counts)
@@ -281,6 +287,8 @@ class Health:
         for name in streams:
             src = pooled.get(name)
             state = src.stats.state if src is not None else "live"
+            if placed is not None and placed.get(name) is None:
+                state = "opening"  # waiting for a worker with room
             states[state if state in states else "live"] += 1
         out: list[str] = []
 
@@ -299,15 +307,17 @@ class Health:
                "an update's latency: its newest audio's arrival to its publication",
                [(f'_bucket{{le="{b}"}}', int(c)) for b, c in zip(bounds, counts)]
                + [("_sum", lat_sum), ("_count", lat_n)])
-        family("streamtag_cpu_seconds_total", "counter", "CPU time of this process and its decoder processes",
-               [("", cpu)])
+        family("streamtag_cpu_seconds_total", "counter", "CPU time of this process and its decoder processes"
+               + (" (the gateway: the workers report theirs)" if placed is not None else ""), [("", cpu)])
         per: dict[str, list[tuple[str, float | int]]] = {key: [] for key, _, _ in _STATION_METRICS}
         for name in streams:
             label = f'{{station="{_label(name)}"}}'
             src = pooled.get(name)
-            per["up"].append((label, int(src is None or src.stats.state == "live")))
+            up = (src is None or src.stats.state == "live") and (placed is None or placed.get(name) is not None)
+            per["up"].append((label, int(up)))
             per["updates_total"].append((label, updates_by.get(name, 0)))
-            per["lag_seconds"].append((label, engine.backlog(name)))
+            if backlog is not None:
+                per["lag_seconds"].append((label, backlog(name)))
             if src is not None:
                 st = src.stats
                 per["bytes_total"].append((label, st.bytes_in))
@@ -315,7 +325,10 @@ class Health:
                 per["reconnects_total"].append((label, st.reconnects))
                 per["audio_seconds_total"].append((label, st.samples / engine.sample_rate))
         for key, kind, text in _STATION_METRICS:
-            family(f"streamtag_station_{key}", kind, text, per[key])
+            if per[key] or placed is None:  # the gateway has no decoder figures: those families would stay empty
+                family(f"streamtag_station_{key}", kind, text, per[key])
+        for name, kind, text, rows in (runner.metric_families() if hasattr(runner, "metric_families") else []):
+            family(name, kind, text, rows)
         return "\n".join(out) + "\n"
 
 

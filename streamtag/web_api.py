@@ -93,8 +93,8 @@ def _metrics(server: Any) -> Response:
     page's requests (a scraper sends ``Authorization: Bearer TOKEN`` or ``?token=``)."""
     render = getattr(server, "metrics", None)
     if render is None:
-        return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": "this server has no metrics (serve --cluster: ask "
-                                                                  "the stats request)"})
+        return _json(HTTPStatus.NOT_FOUND, {"ok": False, "error": "this server has no metrics (streamtag serve "
+                                                                  "has them)"})
     try:
         data = render().encode()
     except Exception as e:  # a bug: one line in the log, a 500 to the scraper, never the server

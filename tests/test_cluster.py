@@ -169,8 +169,8 @@ def nodes_of(gateway) -> dict[str, str]:
 
 
 # -- the command line (first: it needs the nodes' CPUs, which the module's gateway holds from the next test on) ----
-def test_serve_cluster_command_tags_a_station_reloads_its_list_and_ends_on_sigint(ray_cluster, bundle_dir, audio,
-                                                                                  tmp_path):
+def test_serve_cluster_command_tags_a_station_serves_metrics_reloads_its_list_and_ends_on_sigint(
+        ray_cluster, bundle_dir, audio, tmp_path):
     import signal
 
     from websockets.asyncio.client import connect
@@ -198,6 +198,25 @@ def test_serve_cluster_command_tags_a_station_reloads_its_list_and_ends_on_sigin
                         return msg
 
         assert asyncio.run(first_update())["stream"] == "a"
+        # /metrics from the gateway: the common families from the updates it relays, and the cluster's own
+        import urllib.request
+
+        with urllib.request.urlopen(url.replace("ws://", "http://").rstrip("/") + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        metrics = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                   if ln and not ln.startswith("#")}
+        assert metrics['streamtag_station_up{station="a"}'] == 1
+        assert metrics['streamtag_station_updates_total{station="a"}'] >= 1 and metrics["streamtag_updates_total"] >= 1
+        assert metrics['streamtag_stations{state="live"}'] == 1
+        assert metrics["streamtag_update_latency_seconds_count"] >= 1  # measured on the worker, carried with updates
+        assert metrics['streamtag_cluster_workers{state="ready"}'] >= 1
+        assert metrics["streamtag_cluster_stations_waiting"] == 0 and metrics["streamtag_cluster_moves_total"] == 0
+        on = [k for k, v in metrics.items() if k.startswith('streamtag_station_worker{station="a",') and v == 1]
+        assert len(on) == 1  # on exactly one worker, which reports holding it
+        worker = on[0].split('worker="')[1].split('"')[0]
+        held = {k: v for k, v in metrics.items() if k.startswith(f'streamtag_worker_stations{{worker="{worker}",')}
+        assert list(held.values()) == [1]
+        assert "streamtag_station_bytes_total" not in text  # decoder figures live on the workers: no empty families
 
         async def reloaded():  # SIGHUP: the list's new station starts on a worker, the one gone ends
             async with connect(url) as ws:

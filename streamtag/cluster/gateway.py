@@ -271,6 +271,38 @@ class GatewayRunner:
                      "pid": w.info.get("pid")}
                     for w in self._workers.values() if w.alive]
 
+    def metric_families(self) -> list[tuple[str, str, str, list[tuple[str, float | int]]]]:
+        """The gateway's own ``/metrics`` families (after :meth:`streamtag.health.Health.metrics`' common ones):
+        (name, type, help, [(labels, value)]). Worker and node ids are safe label values (letters and digits)."""
+        with self._lock:  # one consistent view (the figures are read off the workers' last polls)
+            workers = [w for w in self._workers.values() if w.alive]
+
+            def each(value: Callable[[_Worker], float | int]) -> list[tuple[str, float | int]]:
+                return [(f'{{worker="{w.id}",node="{w.node[:8]}"}}', value(w)) for w in workers]
+
+            return [
+                ("streamtag_cluster_workers", "gauge", "worker actors alive, by state (starting: loading the model)",
+                 [('{state="ready"}', sum(w.ready for w in workers)),
+                  ('{state="starting"}', sum(not w.ready for w in workers))]),
+                ("streamtag_cluster_stations_waiting", "gauge", "stations waiting for a worker with room",
+                 [("", sum(1 for st in self._stations.values() if st.worker is None))]),
+                ("streamtag_cluster_moves_total", "counter", "stations placed again after their worker was lost",
+                 [("", self.moves)]),
+                ("streamtag_worker_stations", "gauge", "stations a worker holds (and opens)", each(_Worker.held)),
+                ("streamtag_worker_cores", "gauge", "the node's cores a worker's CPU is measured against",
+                 each(lambda w: float(w.cores))),
+                ("streamtag_worker_cpu_ratio", "gauge", "a worker's CPU (cores, at its last poll) over its cores",
+                 each(_Worker.cpu_share)),
+                ("streamtag_worker_step_seconds", "gauge", "a worker's last engine step",
+                 each(lambda w: float(w.load.get("step_ms", 0.0)) / 1000.0)),
+                ("streamtag_worker_dropped_events_total", "counter",
+                 "events (update batches, titles) a worker dropped from its bounded outbox: the gateway fell behind",
+                 each(lambda w: int(w.load.get("dropped", 0)))),
+                ("streamtag_station_worker", "gauge", "1 for the worker a station runs on (a station moves when its "
+                 "worker is lost)", [(f'{{station="{st.name}",worker="{st.worker.id}"}}', 1)
+                                     for st in self._stations.values() if st.worker is not None]),
+            ]
+
     def placement(self) -> dict[str, str | None]:
         """Station name -> the id of the worker it runs on (None: waiting for one)."""
         with self._lock:
