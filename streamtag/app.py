@@ -443,11 +443,10 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
     server = WebsocketServer(runner, config, open_source=open_named)  # a sink of the runner
     if record is not None:
         server.history_log = record  # the web page's timeline reads the station log
-    if health is not None and live is not None:
-        server.hub.station_stats = lambda: health.stations(live)
     if health is not None:
-        gauge = health
-        server.metrics = lambda: gauge.metrics(runner)
+        gauge, served = health, runner
+        server.hub.station_stats = lambda: gauge.stations(served)
+        server.metrics = lambda: gauge.metrics(served)
     reporter: asyncio.Task[None] | None = None
     named = [*sources, *stations]
     try:
@@ -471,8 +470,8 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             n = len(named)
             _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query}"
                        + (f" · {n} sources" if n > 1 else "") + " · Ctrl-C to stop")
-            if health is not None and live is not None and health_every > 0:
-                reporter = asyncio.ensure_future(_report_health(health, live, err, health_every))
+            if health is not None and health_every > 0:
+                reporter = asyncio.ensure_future(_report_health(health, runner, err, health_every))
             if stations_file is not None and hup is not None:
                 path = stations_file
                 reload = _Reloader(lambda: _reload_stations(path, listed, server, retrying, err))
@@ -742,10 +741,11 @@ def _error_or(fn: Callable[[str], Any], arg: str) -> Any:
         return e
 
 
-async def _report_health(health: Any, runner: LiveRunner, err: TextIO, every: float) -> None:
+async def _report_health(health: Any, runner: Any, err: TextIO, every: float) -> None:
+    gateway = hasattr(runner, "placement")  # serve --cluster: the stations' decoders and engines are on the workers
     while True:
         await asyncio.sleep(every)
-        _line(err, f"streamtag: health: {health.summary(runner)}")
+        _line(err, f"streamtag: health: {health.cluster_summary(runner) if gateway else health.summary(runner)}")
         advice = health.advice()
         if advice:
             _line(err, f"streamtag: warning: {advice}")

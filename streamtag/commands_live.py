@@ -223,6 +223,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .cluster.serve import start_gateway
 
         return run_serve(None, config, sources, stations=stations, runner=start_gateway(args), record=args.record,
-                         keep=args.keep, stations_file=getattr(args, "sources", None))
+                         keep=args.keep, health_every=health_every, stations_file=getattr(args, "sources", None))
     return run_serve(_engine(args), config, sources, stations=stations, record=args.record, keep=args.keep,
                      health_every=health_every, stations_file=getattr(args, "sources", None))

@@ -234,9 +234,13 @@ class Health:
         return (f"{head}, while the machine's CPU is only {100 * machine:.0f}% busy: stations' audio arrives late "
                 f"or in bursts. The stats request shows each station's lag and bytes/s")
 
-    def stations(self, runner: LiveRunner) -> dict[str, dict[str, Any]]:
+    def stations(self, runner: Any) -> dict[str, dict[str, Any]]:
         """Per station: state, bytes_per_s (since the previous request), decode_errors, reconnects, lag_s (audio
-        waiting for the engine), skipped_s (audio skipped to catch up in its start-up), updates."""
+        waiting for the engine), skipped_s (audio skipped to catch up in its start-up), updates. ``serve
+        --cluster``'s gateway (a runner with ``placement``): state (``live`` on a worker, ``waiting`` for one),
+        worker, updates, moves."""
+        if hasattr(runner, "placement"):
+            return self._placed(runner)
         now = time.monotonic()
         pooled = runner.pooled()
         out: dict[str, dict[str, Any]] = {}
@@ -260,6 +264,44 @@ class Health:
                 fig["state"] = "live"
             out[name] = fig
         return out
+
+    def _placed(self, gateway: Any) -> dict[str, dict[str, Any]]:
+        moves = gateway.station_moves()
+        with self._lock:
+            updates_by = dict(self._updates_by)
+        return {name: {"state": "live" if worker is not None else "waiting", "worker": worker,
+                       "updates": updates_by.get(name, 0), "moves": moves.get(name, 0)}
+                for name, worker in gateway.placement().items()}
+
+    def cluster_summary(self, gateway: Any) -> str:
+        """``serve --cluster``'s health line: ``12 stations: 11 on workers, 1 waiting · 3 workers ready · 24.0
+        updates/s · p99 latency 180 ms · workers' CPU 35% of 6 cores · gateway CPU 4%`` (rates since the previous
+        line; the latencies as measured on the workers)."""
+        now = time.monotonic()
+        cpu = process_cpu_seconds()
+        with self._lock:
+            elapsed = max(1e-9, now - self._since)
+            rate = self._updates / elapsed
+            lat = np.fromiter(self._latencies, dtype=np.float64)
+            self._updates = 0
+            self._latencies.clear()
+            ours = (cpu - self._cpu_since) / elapsed
+            self._since, self._cpu_since = now, cpu
+        placed = gateway.placement()
+        workers = gateway.workers()
+        ready = [w for w in workers if w["ready"]]
+        waiting = sum(1 for w in placed.values() if w is None)
+        used = sum(float(w["load"].get("cpu", 0.0)) for w in ready)
+        cores = sum(float(w.get("cores", 0.0)) for w in ready)
+        p99 = f"{np.percentile(lat, 99):.0f} ms" if lat.size else "–"
+        n = len(placed)
+        starting = len(workers) - len(ready)
+        return (f"{n} station{'s' if n != 1 else ''}: {n - waiting} on workers, {waiting} waiting · "
+                f"{len(ready)} worker{'s' if len(ready) != 1 else ''} ready"
+                + (f" ({starting} starting)" if starting else "")
+                + f" · {rate:.1f} updates/s · p99 latency {p99} · workers' CPU "
+                + (f"{100 * used / cores:.0f}% of {cores:g} cores" if cores > 0 else "–")
+                + f" · gateway CPU {100 * ours:.0f}%")
 
     def metrics(self, runner: Any) -> str:
         """The Prometheus text exposition (format 0.0.4) served at ``/metrics``: counters that never reset while

@@ -178,7 +178,8 @@ def test_serve_cluster_command_tags_a_station_serves_metrics_reloads_its_list_an
     stations = tmp_path / "stations.txt"
     stations.write_text(f"a={audio['long']}\n")
     cmd = [sys.executable, "-m", "streamtag", "serve", "--cluster", ray_cluster.address, "--port", "0",
-           "--model", str(bundle_dir), "--hop", str(HOP), "--device", "cpu", "--sources", str(stations)]
+           "--model", str(bundle_dir), "--hop", str(HOP), "--device", "cpu", "--sources", str(stations),
+           "--health-every", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines: list[str] = []
@@ -195,9 +196,17 @@ def test_serve_cluster_command_tags_a_station_serves_metrics_reloads_its_list_an
                 while True:
                     msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
                     if msg["type"] == "update":
-                        return msg
+                        break
+                await ws.send(json.dumps({"type": "stats", "id": 3}))  # per-station figures, from the gateway
+                while True:
+                    stats = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    if stats["type"] == "stats":
+                        return msg, stats
 
-        assert asyncio.run(first_update())["stream"] == "a"
+        update, stats = asyncio.run(first_update())
+        assert update["stream"] == "a"
+        a = stats["streams"]["a"]
+        assert a["state"] == "live" and a["updates"] >= 1 and a["moves"] == 0 and a["worker"]
         # /metrics from the gateway: the common families from the updates it relays, and the cluster's own
         import urllib.request
 
@@ -215,7 +224,7 @@ def test_serve_cluster_command_tags_a_station_serves_metrics_reloads_its_list_an
         assert len(on) == 1  # on exactly one worker, which reports holding it
         worker = on[0].split('worker="')[1].split('"')[0]
         held = {k: v for k, v in metrics.items() if k.startswith(f'streamtag_worker_stations{{worker="{worker}",')}
-        assert list(held.values()) == [1]
+        assert list(held.values()) == [1] and worker == a["worker"]
         assert "streamtag_station_bytes_total" not in text  # decoder figures live on the workers: no empty families
 
         async def reloaded():  # SIGHUP: the list's new station starts on a worker, the one gone ends
@@ -242,6 +251,9 @@ def test_serve_cluster_command_tags_a_station_serves_metrics_reloads_its_list_an
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "reloaded stations.txt: 1 added, 1 removed, 0 changed, 0 restarted, 0 unchanged" in err
+    # the gateway's health line (every second here): placement, workers, rates
+    health = [ln for ln in err.splitlines() if ln.startswith("streamtag: health: 1 station: 1 on workers, 0 waiting")]
+    assert health and "workers ready" in health[-1] and "updates/s" in health[-1], err
 
 
 def test_serve_cluster_without_a_cluster_is_one_line(bundle_dir):

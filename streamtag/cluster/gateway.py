@@ -268,7 +268,7 @@ class GatewayRunner:
         with self._lock:
             return [{"id": w.id, "node": w.node, "ready": w.ready, "stations": sorted(self._keys[k].name
                      for k in w.keys if k in self._keys), "load": dict(w.load), "gpu": w.gpu,
-                     "pid": w.info.get("pid")}
+                     "pid": w.info.get("pid"), "cores": w.cores}
                     for w in self._workers.values() if w.alive]
 
     def metric_families(self) -> list[tuple[str, str, str, list[tuple[str, float | int]]]]:
@@ -302,6 +302,11 @@ class GatewayRunner:
                  "worker is lost)", [(f'{{station="{st.name}",worker="{st.worker.id}"}}', 1)
                                      for st in self._stations.values() if st.worker is not None]),
             ]
+
+    def station_moves(self) -> dict[str, int]:
+        """Station name -> how many times it was placed again after its worker was lost."""
+        with self._lock:
+            return {n: st.moves for n, st in self._stations.items()}
 
     def placement(self) -> dict[str, str | None]:
         """Station name -> the id of the worker it runs on (None: waiting for one)."""
