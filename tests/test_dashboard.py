@@ -315,6 +315,39 @@ def test_run_live_dashboard_with_a_playlist_shows_titles_and_summarises(engine_f
     assert float(line.split()[2]) == pytest.approx(11.0, abs=1.0)  # both clips (6 s + 5 s), up to the last hop
 
 
+def test_a_station_list_reload_swaps_the_dashboards_bars_and_keeps_the_rest(engine_factory, tmp_path):
+    """stream --sources's reload in dashboard mode (the request as SIGHUP's handler makes it): the removed
+    station's bar goes, the new one's comes, the kept one plays on; the summary says why one ended."""
+    import threading
+
+    from streamtag.app import StationListReload
+
+    engine = engine_factory()
+    for name in ("keep", "goes", "new"):
+        write_tone_wav(tmp_path / f"{name}.wav", seconds=8.0)
+    listing = tmp_path / "stations.txt"
+    stations = [("keep", str(tmp_path / "keep.wav")), ("goes", str(tmp_path / "goes.wav"))]
+    reload = StationListReload(str(listing), stations, lambda uri: open_source(uri, engine.sample_rate),
+                               taken=set(), err=(err := io.StringIO()))
+    listing.write_text(f"keep={tmp_path / 'keep.wav'}\nnew={tmp_path / 'new.wav'}\n")
+    timer = threading.Timer(1.5, reload.request)
+    timer.start()
+    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=True)
+    code = run_live(engine, {n: open_source(u, engine.sample_rate) for n, u in stations}, output="dashboard",
+                    console=console, speed=1.0, stderr=err, refresh_hz=20, duration=4.0, reload=reload)
+    timer.join()
+    frames = console.file.getvalue()
+    final = frames.rsplit("Ctrl-C to stop", 1)[1]  # the last frame (its footer says "done")
+    assert code == 0
+    assert "source   goes" in frames  # shown before the reload
+    assert "done" in final and "source   keep" in final and "source   new" in final and "goes" not in final, final
+    lines = {ln.split(":")[1].strip(): ln for ln in err.getvalue().splitlines() if " tagged, " in ln}
+    assert lines["goes"].endswith("removed from the station list")
+    assert lines["keep"].endswith("stopped") and float(lines["keep"].split()[2]) > 3.0  # never restarted
+    assert "reloaded stations.txt: 1 added, 1 removed, 0 changed, 0 restarted, 1 unchanged" in err.getvalue()
+    assert reload.listed == {"keep": str(tmp_path / "keep.wav"), "new": str(tmp_path / "new.wav")}
+
+
 def test_demo_command_emits_json_lines(engine_factory, clips, capsys):
     from streamtag.cli import main
 
