@@ -584,8 +584,7 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
     diff = StationDiff.of(listed, new, running)
     for name in [*diff.removed, *diff.changed]:
         del listed[name]
-        if name in running:
-            await server.remove_source(name, REMOVED_FROM_LIST)
+    await server.remove_sources([n for n in [*diff.removed, *diff.changed] if n in running], REMOVED_FROM_LIST)
     failed: set[str] = set()
     gate = asyncio.Semaphore(max(1, min(RELOAD_AT_ONCE, server.config.max_pending_opens)))
 
@@ -663,11 +662,14 @@ class LiveControl:
     def add(self, name: str, source: Any, display: str) -> None:
         self.runner.add_source(name, source, speed=self._speed, display=display)
 
-    def remove(self, name: str, reason: str) -> None:
-        self._summary.reasons[name] = reason
-        self.runner.remove(name)
-        if self._dashboard is not None:  # its bar goes: the list no longer names it
-            self._dashboard.forget(name)
+    def remove(self, names: list[str], reason: str) -> None:
+        """Take ``names`` out together (one wait for the engine between two steps)."""
+        for name in names:
+            self._summary.reasons[name] = reason
+        self.runner.remove_many(names)
+        if self._dashboard is not None:  # their bars go: the list no longer names them
+            for name in names:
+                self._dashboard.forget(name)
 
 
 class StationListReload:
@@ -705,8 +707,7 @@ class StationListReload:
         diff = StationDiff.of(self.listed, new, running)
         for name in [*diff.removed, *diff.changed]:
             del self.listed[name]
-            if name in running:
-                live.remove(name, REMOVED_FROM_LIST)
+        live.remove([n for n in [*diff.removed, *diff.changed] if n in running], REMOVED_FROM_LIST)
         failed: set[str] = set()
         opens: list[tuple[str, Callable[[], Any]]] = []
         running = live.streams()

@@ -209,6 +209,36 @@ def test_push_fed_stream_flush_and_remove(bundle):
     assert "ws" not in engine.streams
 
 
+def test_remove_many_takes_streams_out_together_and_the_others_play_on(bundle):
+    """A station list's reload removes many streams in one wait for the engine: each gets exactly one
+    removal, an unknown name is no error, and the stream left keeps its updates coming."""
+    engine = make_engine(bundle, hop=0.5)
+    sink = Recorder()
+    runner = LiveRunner(engine, [sink]).start()
+    x = (0.3 * np.sin(np.arange(16000 * 2) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    names = ["a", "b", "c", "stay"]
+    try:
+        for name in names:
+            runner.add_stream(name)
+            runner.push(name, x)
+        runner.flush()
+        runner.remove_many(["a", "b", "nobody", "c"])
+        assert runner.streams() == ["stay"] and sorted(engine.streams) == ["stay"]
+        before = len(sink.updates("stay"))
+        for name in names:
+            runner.push(name, x)  # the removed ones: ignored
+        runner.flush()
+        runner.remove_many([])
+    finally:
+        runner.stop()
+    for name in "abc":
+        kinds = [c[0] for c in sink.of(name)]
+        assert kinds[0] == "added" and kinds[-1] == "removed" and kinds.count("removed") == 1
+        assert len(sink.updates(name)) == len(sink.updates("stay")) // 2 > 0  # nothing after the removal
+    assert len(sink.updates("stay")) > before
+    assert not sink.of("nobody")
+
+
 class EventfulSource:
     """A source that reports events (like a radio that drops and comes back) and has input overruns."""
 

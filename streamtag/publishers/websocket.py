@@ -487,6 +487,32 @@ class WebsocketServer:
     async def remove_source(self, name: str, reason: str = "removed") -> None:
         await self._remove(name, reason)
 
+    async def remove_sources(self, names: Sequence[str], reason: str = "removed") -> None:
+        """:meth:`remove_source` for many at once: the runner takes them all out between two engine steps."""
+        names = list(names)
+        if not names:
+            return
+        self._bind_loop()
+        assert self._loop is not None
+        for name in names:
+            self._reasons[name] = reason
+        runner = self.runner
+        remove_many = getattr(runner, "remove_many", None)
+
+        def remove() -> None:
+            if remove_many is not None:
+                remove_many(names)
+                return
+            for name in names:  # a runner without remove_many (serve --cluster's gateway)
+                try:
+                    runner.remove(name)
+                except StreamtagError:  # already gone
+                    pass
+
+        await _run_in_thread(self._loop, remove, f"remove-{len(names)}")
+        for name in names:
+            self._stream_gone(name, None)
+
     async def _remove(self, name: str, reason: str) -> None:
         self._bind_loop()
         assert self._loop is not None
