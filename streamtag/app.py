@@ -476,7 +476,9 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
                 path = stations_file
                 reload = _Reloader(lambda: _reload_stations(path, listed, server, retrying, err))
                 loop.add_signal_handler(hup, reload.request)
-                if hups:
+                from .hangups import take
+
+                if hups or take():  # during the start: in this loop's handler, or before it (the model loading)
                     reload.request()
             await stop
             t_stop = time.monotonic()
@@ -691,6 +693,9 @@ class StationListReload:
         self._requested += 1  # an int: no lock a signal handler could deadlock on
 
     def run_pending(self, live: LiveControl) -> None:
+        from .hangups import take
+
+        self._requested += take()  # SIGHUPs before this object's handler was installed (the model was loading)
         if self._requested == self._applied:
             return
         self._applied = self._requested

@@ -386,6 +386,10 @@ def _run(argv: Sequence[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if getattr(args, "sources", None):  # a station list reloads on SIGHUP: one during the start must not kill it
+        from .hangups import count_early
+
+        count_early()
     try:
         apply_old_spellings(args)
         for message in getattr(args, "deprecations", None) or []:

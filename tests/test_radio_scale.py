@@ -395,6 +395,55 @@ def test_stream_reloads_its_station_list_on_sighup_and_keeps_the_rest_playing(mo
     assert summaries["keep"].rstrip().endswith("stopped")
 
 
+def _catches_sighup(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGHUP (Linux /proc: bit 0 of SigCgt)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & 1)
+    return False
+
+
+@pytest.mark.parametrize("command", ["serve", "stream"])
+def test_a_sighup_during_the_start_is_one_reload_once_the_stations_play(model, tmp_path, command):
+    """`systemctl reload` right after `start`: the SIGHUP arrives while the model loads, before the reload
+    handler exists. It must not kill the process (SIGHUP's default action); it is applied once the run goes."""
+    write_tone_wav(tmp_path / "tone.wav", seconds=60.0)
+    stations = tmp_path / "stations.txt"
+    stations.write_text("one=tone.wav\n")
+    args = (["serve", "--port", str(free_port()), "--health-every", "0"] if command == "serve"
+            else ["stream", "--format", "jsonl"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtag", *args, "--model", str(model), "--sources", str(stations), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=hangup_default,
+    )
+    assert proc.stderr is not None
+    try:
+        deadline = time.monotonic() + 30
+        # the command line counts SIGHUPs from its first steps, before it loads torch (whose load is surely
+        # before any reload handler): a process that loads torch and catches no SIGHUP yet would die of it
+        while not _catches_sighup(proc.pid) and "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGHUP)  # two during the start: one reload
+        lines: list[str] = []
+        while not any("reloaded stations.txt" in x for x in lines):
+            line = proc.stderr.readline()
+            assert line, f"{command} ended: {''.join(lines)}"
+            lines.append(line)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=STOP_BOUND_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = "".join(lines) + rest
+    assert proc.returncode == (0 if command == "serve" else 143), err
+    assert err.count("reloaded stations.txt") == 1, err
+    assert "reloaded stations.txt: 0 added, 0 removed, 0 changed, 0 restarted, 1 unchanged" in err, err
+    assert "Traceback" not in err
+
+
 # -- station lists ------------------------------------------------------------------------------------------------
 def test_station_lists_in_three_forms(tmp_path):
     plain = parse_station_list("# c\njazz=http://r.example/jazz.mp3\n\nnews=https://r.example:8000/n.aac\n",
