@@ -375,11 +375,13 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
     from .health import Health
     from .live_outputs import extra_sinks
     from .publishers.websocket import WebsocketServer
+    from .sdnotify import Notifier
     from .sources.policy import SourcePolicy
     from .sources.pool import SourcePool
 
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
+    systemd = Notifier()  # a Type=notify service's READY/RELOADING/STOPPING/STATUS/WATCHDOG (no-op elsewhere)
 
     def request_stop() -> None:
         if not stop.done():
@@ -448,6 +450,7 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         server.hub.station_stats = lambda: gauge.stations(served)
         server.metrics = lambda: gauge.metrics(served)
     reporter: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
     named = [*sources, *stations]
     try:
         if pool is not None:
@@ -470,17 +473,21 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             n = len(named)
             _line(err, f"streamtag: serving {server.url} · web page http://{host}:{server.port}/{query}"
                        + (f" · {n} sources" if n > 1 else "") + " · Ctrl-C to stop")
+            systemd.ready(f"serving {server.url} · {n} source{'s' if n != 1 else ''}")
+            if systemd.watchdog_s is not None:
+                watchdog = asyncio.ensure_future(_feed_watchdog(systemd, runner, systemd.watchdog_s / 2))
             if health is not None and health_every > 0:
-                reporter = asyncio.ensure_future(_report_health(health, runner, err, health_every))
+                reporter = asyncio.ensure_future(_report_health(health, runner, err, health_every, systemd))
             if stations_file is not None and hup is not None:
                 path = stations_file
-                reload = _Reloader(lambda: _reload_stations(path, listed, server, retrying, err))
+                reload = _Reloader(lambda: _reload_stations(path, listed, server, retrying, err, systemd))
                 loop.add_signal_handler(hup, reload.request)
                 from .hangups import take
 
                 if hups or take():  # during the start: in this loop's handler, or before it (the model loading)
                     reload.request()
             await stop
+            systemd.stopping()
             t_stop = time.monotonic()
             # the engine stops first: the server's close then removes its streams without waiting for steps
             await loop.run_in_executor(None, runner.stop)
@@ -489,6 +496,8 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
         t_close = time.monotonic()
         if reporter is not None:
             reporter.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         if reload is not None and reload.task is not None:
             reload.task.cancel()
         await loop.run_in_executor(None, runner.stop)
@@ -563,7 +572,7 @@ async def _add_when_a_slot_frees(server: Any, name: str, uri: str) -> None:
 
 
 async def _reload_stations(path: str, listed: dict[str, str], server: Any, retrying: Counter[str],
-                           err: TextIO) -> None:
+                           err: TextIO, systemd: Any = None) -> None:
     """SIGHUP: re-read the station list at ``path`` and apply what changed to the running server. A station
     whose entry is gone is removed (its subscribers get ``stream_ended``, reason "removed from the station
     list"); a new entry is added; an entry whose URL changed is removed and added again; an entry that is no
@@ -577,10 +586,14 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
 
     loop = asyncio.get_running_loop()
     label = display_name(path)
+    if systemd is not None:  # `systemctl reload` waits for the READY=1 below
+        systemd.reloading()
     try:
         new = dict(await loop.run_in_executor(None, read_station_list, path))
     except StreamtagError as e:
         _line(err, f"streamtag: reload: {e}; the {len(listed)} stations keep running as they were")
+        if systemd is not None:
+            systemd.ready(f"reload failed: {e}")
         return
     running = set(server.runner.streams()) | set(server.hub.streams)
     diff = StationDiff.of(listed, new, running)
@@ -610,6 +623,8 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
 
     await asyncio.gather(*(start(n) for n in diff.starts))
     _line(err, f"streamtag: reloaded {label}: {diff.report(failed)}")
+    if systemd is not None:
+        systemd.ready(f"reloaded {label}: {diff.report(failed)}")
 
 
 REMOVED_FROM_LIST = "removed from the station list"
@@ -747,14 +762,30 @@ def _error_or(fn: Callable[[str], Any], arg: str) -> Any:
         return e
 
 
-async def _report_health(health: Any, runner: Any, err: TextIO, every: float) -> None:
+async def _report_health(health: Any, runner: Any, err: TextIO, every: float, systemd: Any = None) -> None:
     gateway = hasattr(runner, "placement")  # serve --cluster: the stations' decoders and engines are on the workers
     while True:
         await asyncio.sleep(every)
-        _line(err, f"streamtag: health: {health.cluster_summary(runner) if gateway else health.summary(runner)}")
+        summary = health.cluster_summary(runner) if gateway else health.summary(runner)
+        _line(err, f"streamtag: health: {summary}")
+        if systemd is not None:
+            systemd.send(STATUS=summary)  # `systemctl status` shows the latest
         advice = health.advice()
         if advice:
             _line(err, f"streamtag: warning: {advice}")
+
+
+async def _feed_watchdog(systemd: Any, runner: Any, every: float) -> None:
+    """systemd's watchdog (WatchdogSec=): WATCHDOG=1 every ``every`` s while this loop runs and the engine
+    thread keeps iterating (it does every 50 ms even with no audio); a stuck engine stops the pings and systemd
+    restarts the service. serve --cluster's gateway has no engine thread here: the loop alone answers."""
+    seen = getattr(runner, "iterations", None)
+    while True:
+        await asyncio.sleep(every)
+        now = getattr(runner, "iterations", None)
+        if now is None or now != seen:
+            systemd.send(WATCHDOG=1)
+        seen = now
 
 
 def _line(err: TextIO, text: str, lock: threading.Lock | None = None) -> None:

@@ -522,6 +522,12 @@ class LiveRunner:
             if isinstance(n, int):
                 u.extra["input_overruns"] = n
 
+    @property
+    def iterations(self) -> int:
+        """Engine-loop iterations so far: it advances every IDLE_WAIT_S even with no audio, so a value that
+        stays put means the engine thread is stuck or gone (serve's systemd watchdog reads it)."""
+        return self._iterations
+
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until the engine has processed all audio pushed before this call and sent its updates (and
         finished the streams whose sources had ended). Returns False if the engine thread is not running or
