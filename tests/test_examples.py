@@ -31,6 +31,7 @@ def test_the_systemd_unit_runs_serve_over_a_station_list_and_reloads_with_sighup
     assert args.sources and args.record and args.host == "127.0.0.1"  # a list, a log, and the safe default bind
     assert unit["Service"]["ExecReload"].split()[-2:] == ["-HUP", "$MAINPID"]  # serve reloads its list on SIGHUP
     assert unit["Service"]["KillSignal"] == "SIGTERM"
+    assert unit["Service"]["KillMode"] == "mixed"  # serve ends its decoder processes itself
     assert int(unit["Service"]["TimeoutStopSec"]) >= 5  # serve stops in ~1 s at 500 stations; room for a busy host
 
 
