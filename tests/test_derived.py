@@ -95,3 +95,22 @@ def test_the_trainers_teacher_outputs_carry_the_derived_labels_as_the_runner_doe
     got = teacher_probs(bundle.build_model("cpu"), windows, derived=bundle.derived)
     assert got.shape == (5, len(bundle.labels))
     np.testing.assert_allclose(got, ModelRunner(bundle, "cpu").predict(windows), rtol=1e-5, atol=1e-6)
+
+
+def test_a_student_carries_its_teachers_derived_label_and_refuses_other_labels():
+    """carry_head: the teacher's derived labels, labels, genres and families go into the student's config (its
+    weights and the rest stay); doing it twice changes nothing; a student of other labels is refused."""
+    from streamtag.train.distill.carry_head import carry
+
+    head = {"label": "classical", "weights": [0.5, -0.5], "bias": 0.1}
+    teacher = {"labels": ["rock", "jazz", "classical"], "genre_labels": ["rock", "jazz", "classical"],
+               "taxonomy": {"families": {"classical": ["classical"]}}, "derived_labels": [head]}
+    student = {"name": "s", "labels": ["rock", "jazz"], "genre_labels": ["rock", "jazz"], "taxonomy": {},
+               "extra": {"kept": 1}}
+    once = carry(student, teacher)
+    assert once["labels"] == teacher["labels"] and once["genre_labels"] == teacher["genre_labels"]
+    assert once["derived_labels"] == [head] and once["taxonomy"] == teacher["taxonomy"]
+    assert once["name"] == "s" and once["extra"] == {"kept": 1}
+    assert carry(once, teacher) == once
+    with pytest.raises(ValueError, match="not the teacher's network labels"):
+        carry({**student, "labels": ["jazz", "rock"]}, teacher)

@@ -200,9 +200,10 @@ def test_shipped_student_agrees_with_teacher_where_its_card_says(name: str, audi
         student, teacher = load_bundle(name), load_bundle("musicnn-msd")
     except ModelError as e:
         pytest.skip(str(e))
-    # the students learnt the teacher's network outputs (its derived "classical" head came later)
-    assert student.labels == teacher.net_labels
-    assert student.genre_labels == tuple(g for g in teacher.genre_labels if g in teacher.net_labels)
+    # the students learnt the teacher's network outputs (its derived "classical" head came later), and carry the
+    # teacher's head over their own logits
+    assert student.net_labels == teacher.net_labels and student.labels == teacher.labels
+    assert student.derived == teacher.derived and student.genre_labels == teacher.genre_labels
     assert (student.path / "model.safetensors").stat().st_size < 10e6
     # the card's held-out table: shared clips where student and teacher agreed; recompute the shortest one
     agreed = [c["id"].split("/", 1)[1] for c in student.extra["per_clip"]

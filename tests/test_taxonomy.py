@@ -56,8 +56,9 @@ def test_mtt_keeps_classical_and_students_inherit_their_teachers() -> None:
     for name in available_models():
         bundle = load_bundle(name)
         teacher = bundle.extra.get("teacher")
-        if teacher:  # the teacher's families over the student's genres (the classical head is the teacher's own)
+        if teacher:  # the teacher's families over the student's genres (classical too: they carry its head)
             assert teacher == "musicnn-msd" and bundle.taxonomy == restricted(bundle), name
+            assert bundle_taxonomy(bundle).family_of("classical") == "classical", name
             students += 1
     assert students >= 2
 

@@ -56,7 +56,7 @@ A student of the `musicnn-msd` tagger (musicnn by Jordi Pons and Xavier Serra, M
 Universitat Pompeu Fabra; the `MSD_musicnn` checkpoint of the musicnn 0.1.0 wheel, ported to PyTorch in
 streamtag's `models/musicnn-msd`), trained to reproduce the teacher's 50 tag probabilities: ${kind}.
 ${n_params} parameters${trained}, ${size_mb} MB of float32 safetensors. Labels and genre labels are the teacher's
-(50 last.fm tags, ${n_genres} shown by default).
+(50 last.fm tags, ${n_genres} shown by default${derived_note}).
 
 Front end (stored in `config.json`): ${sample_rate} Hz mono, n_fft ${n_fft}, hop ${hop_length},
 ${n_mels} Slaney mel bands, power, log10(1 + 10000 * mel): the teacher's front end without its float16
@@ -108,7 +108,7 @@ Agreement with the teacher on ${clips} held-out tracks (${windows} windows); fig
 @@AGREEMENT_ROWS@@
 | network cost per hop, 1 thread, batch 1 (log-mel excluded) | ${student_ms} ms (${student_cost_what}) |
 | teacher's cost per hop, same run (one 3 s window) | ${teacher_ms} ms: the student is ${speedup}x cheaper |
-@@CLIPS_AND_LIMITS@@
+${derived_text}@@CLIPS_AND_LIMITS@@
 - The corpus is small (about ${train_hours} hours of training audio) and mostly game soundtracks (orchestral, ambient,
   electronic, rock); the teacher's clip genres on it are dominated by a few tags (see the constant-answer row),
   so agreement on vocal pop, hip-hop, country or other styles rare in the corpus is untested and likely lower.
@@ -167,6 +167,7 @@ def distill_card_fields(config: dict[str, Any], run: dict[str, Any]) -> dict[str
     spec, geometry = config["frontend"], extra["distillation"]
     train_info, cost, baseline = extra["training"], extra["cost_per_hop_ms"], extra["baseline"]
     ev = {**extra["evaluation"], "per_clip": extra["per_clip"]}
+    derived = [d["label"] for d in config.get("derived_labels", [])]
     genre_labels = config["genre_labels"]
     n_params, n_trained, train_hours = run["n_params"], run.get("n_trained"), run["train_hours"]
     kind = (f"a unidirectional {cfg.get('n_layers')}-layer GRU (hidden size {cfg.get('hidden')}) over per-frame "
@@ -214,7 +215,10 @@ def distill_card_fields(config: dict[str, Any], run: dict[str, Any]) -> dict[str
     return {
         "name": config["name"], "student_kind": "GRU" if stateful else "transformer", "kind": kind,
         "n_params": f"{n_params:,}", "trained": trained, "size_mb": f"{run['size_mb']:.2f}",
-        "n_genres": len(genre_labels), "sample_rate": spec["sample_rate"], "n_fft": spec["n_fft"],
+        "n_genres": len([g for g in genre_labels if g not in derived]),
+        "derived_note": "".join(f", plus the teacher's derived `{d}`" for d in derived),
+        "derived_text": _derived_text(run.get("derived_check")) if derived else "",
+        "sample_rate": spec["sample_rate"], "n_fft": spec["n_fft"],
         "hop_length": spec["hop_length"], "n_mels": spec["n_mels"], "streaming_text": streaming_text,
         "inference_text": _inference_text(extra),
         "command": run["command"], "genres": ", ".join(f"`{g}`" for g in genre_labels),
@@ -241,6 +245,33 @@ def distill_card_fields(config: dict[str, Any], run: dict[str, Any]) -> dict[str
         "goal": goal, "train_hours": f"{train_hours:.1f}", "clip_points": f"{100 / max(1, ev['clips']):.1f}",
         "last": last,
     }
+
+
+def _derived_text(check: dict[str, Any] | None) -> str:
+    """The card's section on the derived label the student carries (``carry_head.py``'s figures)."""
+    if not check:
+        return ""
+    label, n = check["label"], check["clips"]
+    rows = "\n".join(f"| {r['clip']} | {r['teacher']} | {r['student_without']} | {r['student']} | "
+                     f"{r[f'teacher_{label}']:.3f} / {r[f'student_{label}']:.3f} |" for r in check["per_clip"])
+    return f"""
+### The derived label `{label}`
+
+The student outputs the teacher's 50 network tags; the teacher's derived `{label}` label (a logistic head on
+its 50 logits, fitted to musicnn-mtt's answers; `models/musicnn-msd/model_card.md`) runs unchanged on the
+student's logits, which approximate the teacher's (config.json `derived_labels`; the weights are untouched).
+The figures above were measured before, over the network's genres. With the head, on the {n} shared clips
+(the teacher's head was fitted on audio that held all of them but Brahms' Hungarian Dance and the Sugar Plum
+Fairy, and the redistributable ones are in this student's corpus: so this says how closely the student follows
+the teacher, not how either generalises), made by `{check['command']}`:
+the clip's top genre equals the teacher's on **{check['agree_with']} of {n}** ({check['agree_without']} of {n}
+without the head); the clips' mean `{label}` probability follows the teacher's with correlation
+{check['derived_r']:.3f} and a mean absolute difference of {check['derived_mae']:.3f}.
+
+| clip | teacher's top genre | student, without `{label}` | student, with it | mean `{label}`, teacher / student |
+| --- | --- | --- | --- | --- |
+{rows}
+"""
 
 
 def _inference_text(extra: dict[str, Any]) -> str:
