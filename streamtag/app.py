@@ -580,21 +580,32 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
     playing untouched. A list that cannot be read or parsed changes nothing (one line says why); a station that
     cannot be added gets one line and the others go on. ``listed`` (name -> uri, the list's stations served) is
     updated in place; streams given by ``--source`` or added by clients are never touched, and a new entry
-    that takes one of their names is refused."""
+    that takes one of their names is refused. ``systemd``: a :class:`~streamtag.sdnotify.Notifier`, told
+    RELOADING=1 first and READY=1 with the report at the end."""
+    if systemd is None:
+        await _apply_station_list(path, listed, server, retrying, err)
+        return
+    systemd.reloading()  # `systemctl reload` waits for the READY=1, which comes whatever happens
+    status = "reload failed; the stations keep running as they were"
+    try:
+        status = await _apply_station_list(path, listed, server, retrying, err)
+    finally:
+        systemd.ready(status)
+
+
+async def _apply_station_list(path: str, listed: dict[str, str], server: Any, retrying: Counter[str],
+                              err: TextIO) -> str:
+    """:func:`_reload_stations`' work; returns its one-line report."""
     from .sources.policy import display_name
     from .sources.stations import read_station_list
 
     loop = asyncio.get_running_loop()
     label = display_name(path)
-    if systemd is not None:  # `systemctl reload` waits for the READY=1 below
-        systemd.reloading()
     try:
         new = dict(await loop.run_in_executor(None, read_station_list, path))
     except StreamtagError as e:
         _line(err, f"streamtag: reload: {e}; the {len(listed)} stations keep running as they were")
-        if systemd is not None:
-            systemd.ready(f"reload failed: {e}")
-        return
+        return f"reload failed: {e}"
     running = set(server.runner.streams()) | set(server.hub.streams)
     diff = StationDiff.of(listed, new, running)
     for name in [*diff.removed, *diff.changed]:
@@ -623,8 +634,7 @@ async def _reload_stations(path: str, listed: dict[str, str], server: Any, retry
 
     await asyncio.gather(*(start(n) for n in diff.starts))
     _line(err, f"streamtag: reloaded {label}: {diff.report(failed)}")
-    if systemd is not None:
-        systemd.ready(f"reloaded {label}: {diff.report(failed)}")
+    return f"reloaded {label}: {diff.report(failed)}"
 
 
 REMOVED_FROM_LIST = "removed from the station list"

@@ -88,6 +88,11 @@ def test_serve_tells_systemd_ready_reloading_status_watchdog_and_stopping(tmp_pa
         assert int(reloading["MONOTONIC_USEC"]) > 0
         reloaded = until(lambda f: f.get("READY") == "1")
         assert reloaded["STATUS"] == "reloaded stations.txt: 1 added, 0 removed, 0 changed, 0 restarted, 1 unchanged"
+        stations.write_text("one=tone.wav\nbad name=tone.wav\n")  # a list that does not parse: still READY
+        proc.send_signal(signal.SIGHUP)
+        until(lambda f: f.get("RELOADING") == "1")
+        failed = until(lambda f: f.get("READY") == "1")
+        assert failed["STATUS"].startswith("reload failed: --sources stations.txt line 2"), failed
         for _ in range(3):  # the watchdog keeps being fed while the engine steps
             until(lambda f: f.get("WATCHDOG") == "1", timeout=10)
         proc.send_signal(signal.SIGTERM)
