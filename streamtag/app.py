@@ -177,6 +177,7 @@ def run_live(
     keep: str | None = None,
     pool: SourcePool | None = None,
     reload: StationListReload | None = None,
+    health_every: float = 0.0,
 ) -> int:
     """Tag ``sources`` (name -> source) live until they all end, Ctrl-C/SIGTERM, or ``duration`` s; returns an exit
     code (130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP).
@@ -190,7 +191,8 @@ def run_live(
     ``segments``: JSON lines also carry a ``segment`` event per closed segment; ``record``: the station log's
     file (``keep``: its retention, e.g. "30d"); see :mod:`streamtag.live_outputs`. ``reload``: the station list
     the stations came from (``stream --sources``); SIGHUP re-reads it and applies the difference, even under
-    nohup, instead of ending the run.
+    nohup, instead of ending the run. ``health_every``: with JSON lines, serve's health summary (and its warning
+    when behind) on ``stderr`` every that many seconds (0: never).
     """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -226,9 +228,16 @@ def run_live(
         if pool is not None:
             pool.close()
         raise
+    health = None
+    if health_every > 0 and dash_sink is None:
+        from .health import Health
+
+        health = Health(pids=pool.pids if pool is not None else None)
+        extra = [health, *extra]
     runner = LiveRunner(engine, [*sinks, *extra]).start()
     freeze_startup_objects()
     t0 = time.monotonic()
+    next_health = t0 + health_every
     code = 0
     control = LiveControl(runner, summary, dash_sink, speed)
     try:
@@ -242,8 +251,14 @@ def run_live(
                 close_all(s for n, s in sources.items() if n not in added)
 
             def finished() -> bool:
+                nonlocal next_health
                 if reload is not None:  # a SIGHUP since the last look (the handler only counts it)
                     reload.run_pending(control)
+                if health is not None and time.monotonic() >= next_health:
+                    next_health = time.monotonic() + health_every
+                    _line(err, f"streamtag: health: {health.summary(runner)}")
+                    if advice := health.advice():
+                        _line(err, f"streamtag: warning: {advice}")
                 if runner.engine_error is not None or not runner.active():
                     return True
                 return duration is not None and time.monotonic() - t0 >= duration

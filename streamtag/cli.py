@@ -215,6 +215,9 @@ def build_parser(*, serve_security: bool = True, training: bool = True) -> argpa
     add_live_format_args(p)
     p.add_argument("--max-retries", type=int, default=None, metavar="N",
                    help="give up a stream after N failed reconnects (default: retry forever)")
+    p.add_argument("--health-every", type=float, default=30.0, metavar="S",
+                   help="with JSON lines: log serve's health summary on stderr every S seconds, and a warning when "
+                        "behind (0: never; default: 30)")
     add_live_log_args(p)
     add_stdin_args(p)
     p.set_defaults(func=_lazy("commands_live", "cmd_stream"))

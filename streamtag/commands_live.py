@@ -138,6 +138,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .sources.stations import read_station_list
 
     _positive(args.duration, "--duration")
+    health_every = _health_every(args)
     stations = read_station_list(args.sources) if getattr(args, "sources", None) else []
     if not args.urls and not stations:
         raise ConfigError("stream: give at least one URL, or a station list with --sources FILE")
@@ -181,7 +182,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
         pool.close()  # ends the opens still running too
         raise
     return run_live(engine, sources, output=fmt, duration=args.duration, top=args.top, pool=pool,
-                    segments=args.segments, record=args.record, keep=args.keep, reload=reload)
+                    segments=args.segments, record=args.record, keep=args.keep, reload=reload,
+                    health_every=health_every)
+
+
+def _health_every(args: argparse.Namespace) -> float:
+    health_every = float(getattr(args, "health_every", 30.0))
+    if not (health_every >= 0 and math.isfinite(health_every)):
+        raise ConfigError(f"--health-every must be 0 (never) or a number of seconds, got {health_every:g}")
+    return health_every
 
 
 # -- serve -----------------------------------------------------------------------------------------------------
@@ -206,9 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .sources.stations import read_station_list
 
     _positive(args.speed, "--speed")
-    health_every = float(getattr(args, "health_every", 30.0))
-    if not (health_every >= 0 and math.isfinite(health_every)):
-        raise ConfigError(f"--health-every must be 0 (never) or a number of seconds, got {health_every:g}")
+    health_every = _health_every(args)
     # validates host/token/limits before the model loads
     config = config_from_args(args, host=args.host, port=args.port, file_speed=args.speed, top=args.top)
     sources = _parse_sources(args.source)

@@ -332,7 +332,7 @@ def test_stream_reloads_its_station_list_on_sighup_and_keeps_the_rest_playing(mo
                         "short=short.wav\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtag", "stream", "--model", str(model), "--sources", str(stations),
-         "--format", "jsonl", "--device", "cpu"],
+         "--format", "jsonl", "--device", "cpu", "--health-every", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as under nohup
     )
@@ -393,6 +393,10 @@ def test_stream_reloads_its_station_list_on_sighup_and_keeps_the_rest_playing(mo
     summaries = {x.split(":")[1].strip(): x for x in err_lines if x.startswith("streamtag: ") and " tagged, " in x}
     assert "removed from the station list" in summaries["goes"], summaries
     assert summaries["keep"].rstrip().endswith("stopped")
+    # serve's health line, every 0.5 s here: the three radio stations live, then the reload's three
+    health = [x for x in err_lines if x.startswith("streamtag: health: ")]
+    assert any(x.startswith("streamtag: health: 3 stations: 3 live, 0 reconnecting") and " updates/s" in x
+               for x in health), health[-5:]
 
 
 def _catches_sighup(pid: int) -> bool:
