@@ -134,6 +134,18 @@ class Health:
                 self._failed.add(name)
 
     # -- figures ---------------------------------------------------------------------------------------------
+    def _take_interval(self, now: float, cpu: float) -> tuple[float, float, np.ndarray, float]:
+        """(seconds, updates/s, latencies in ms, CPU in cores) since the previous summary, which this starts
+        again; call with ``_lock`` held."""
+        elapsed = max(1e-9, now - self._since)
+        rate = self._updates / elapsed
+        lat = np.fromiter(self._latencies, dtype=np.float64)
+        self._updates = 0
+        self._latencies.clear()
+        cpu_share = (cpu - self._cpu_since) / elapsed
+        self._since, self._cpu_since = now, cpu
+        return elapsed, rate, lat, cpu_share
+
     def summary(self, runner: LiveRunner) -> str:
         """``12 stations: 10 live, 1 reconnecting, 1 failed · 24.0 updates/s (20 expected) · p99 latency 180 ms ·
         CPU 35%``; rates over the time since the previous summary. "expected": what the pooled stations live since
@@ -144,14 +156,8 @@ class Health:
         machine = machine_cpu()
         engine = runner.engine
         with self._lock:
-            elapsed = max(1e-9, now - self._since)
-            rate = self._updates / elapsed
-            lat = np.fromiter(self._latencies, dtype=np.float64)
-            self._updates = 0
-            self._latencies.clear()
+            elapsed, rate, lat, cpu_share = self._take_interval(now, cpu)
             failed = len(self._failed)
-            cpu_share = (cpu - self._cpu_since) / elapsed
-            self._since, self._cpu_since = now, cpu
             machine_share = None
             if machine is not None and self._machine_since is not None and machine[1] > self._machine_since[1]:
                 machine_share = (machine[0] - self._machine_since[0]) / (machine[1] - self._machine_since[1])
@@ -277,16 +283,8 @@ class Health:
         """``serve --cluster``'s health line: ``12 stations: 11 on workers, 1 waiting · 3 workers ready · 24.0
         updates/s · p99 latency 180 ms · workers' CPU 35% of 6 cores · gateway CPU 4%`` (rates since the previous
         line; the latencies as measured on the workers)."""
-        now = time.monotonic()
-        cpu = process_cpu_seconds()
         with self._lock:
-            elapsed = max(1e-9, now - self._since)
-            rate = self._updates / elapsed
-            lat = np.fromiter(self._latencies, dtype=np.float64)
-            self._updates = 0
-            self._latencies.clear()
-            ours = (cpu - self._cpu_since) / elapsed
-            self._since, self._cpu_since = now, cpu
+            _, rate, lat, ours = self._take_interval(time.monotonic(), process_cpu_seconds())
         placed = gateway.placement()
         workers = gateway.workers()
         ready = [w for w in workers if w["ready"]]
