@@ -198,3 +198,32 @@ def test_converter_validates() -> None:
         MonoConverter(sample_rate=0, target_rate=SR)
     with pytest.raises(ConfigError):
         MonoConverter(sample_rate=SR, target_rate=SR, channels=0)
+
+
+@pytest.mark.parametrize("fmt,layout", [("fltp", "stereo"), ("fltp", "mono"), ("fltp", "5.1"), ("flt", "stereo"),
+                                        ("s16p", "stereo"), ("s16", "stereo"), ("dblp", "stereo")])
+@pytest.mark.parametrize("samples", [1, 1152, 1021])
+def test_a_decoded_frame_downmixes_to_the_same_samples_by_the_fast_path_and_the_general_one(fmt, layout, samples):
+    """frame_to_mono reads planar float32 frames (FFmpeg's MP3, AAC and Vorbis output) from their planes; every
+    format gives exactly frame_to_array + downmix (so a station's samples stay equal to a file's)."""
+    import av
+
+    from streamtag.audio import downmix
+    from streamtag.sources.base import frame_to_array, frame_to_mono
+
+    channels = av.AudioLayout(layout).nb_channels
+    rng = np.random.default_rng(samples + channels)
+    x = rng.uniform(-1.2, 1.2, (channels, samples))
+    fmt_ = av.AudioFormat(fmt)
+    dtype = np.dtype({"flt": np.float32, "s16": np.int16, "dbl": np.float64}[fmt.rstrip("p")])
+    if dtype.kind == "i":
+        x = np.round(x * 20000).clip(-32768, 32767)
+    x = x.astype(dtype)
+    arr = x if fmt_.is_planar else x.T.reshape(1, -1)  # packed: (1, N * C) interleaved
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt, layout=layout)
+    frame.sample_rate = 44100
+    want = downmix(frame_to_array(frame), channels=channels, planar=True)
+    got = frame_to_mono(frame)
+    assert got.dtype == np.float32 and got.shape == (samples,)
+    assert np.array_equal(got, want)
+    assert not np.allclose(got, 0.0)

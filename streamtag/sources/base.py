@@ -27,6 +27,7 @@ __all__ = [
     "EventCallback",
     "AudioPipeline",
     "frame_to_array",
+    "frame_to_mono",
     "iter_frames",
     "describe_av_error",
     "AvReader",
@@ -43,6 +44,25 @@ MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a decoder gives u
 # s of input audio an AudioPipeline's fifo may keep room for: FFmpeg's fifo grows to the largest read it held and
 # never shrinks, so one that held more (a radio's burst-on-connect) is replaced once drained
 FIFO_KEEP_S = 1
+
+def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """One decoded frame as mono float32 ``(samples,)``: :func:`frame_to_array` then
+    :func:`streamtag.audio.downmix`, the same samples. Planar float32 (what FFmpeg's MP3, AAC and Vorbis
+    decoders give) is read from the planes directly: PyAV's ``to_ndarray`` stacks them in Python first, which was
+    ~7% of a decoder process's CPU."""
+    n, channels = frame.samples, frame.layout.nb_channels
+    if frame.format.name != "fltp" or len(frame.planes) != channels:
+        x = frame_to_array(frame)
+        return downmix(x, channels=x.shape[0], planar=True)
+    planes = frame.planes
+    acc = np.frombuffer(memoryview(planes[0]), dtype=np.float32, count=n).copy()  # (N,), as downmix: the first channel...
+    if channels == 1:
+        return acc
+    for plane in planes[1:]:
+        acc += np.frombuffer(memoryview(plane), dtype=np.float32, count=n)  # ... plus the others ...
+    acc /= np.float32(channels)  # ... over their number
+    return acc
+
 
 def frame_to_array(frame: av.AudioFrame) -> np.ndarray:
     """One decoded frame as float32 ``(channels, samples)``, integers scaled by :func:`streamtag.audio.to_float32`."""
@@ -213,15 +233,17 @@ class AudioPipeline:
             return []
         if frame.samples > self._fifo_keep:  # FFmpeg's fifo never shrinks: after a burst, start a small one
             self._fifo = av.AudioFifo()
-        return self.push(frame_to_array(frame), frame.sample_rate)
+        return self._push_mono(frame_to_mono(frame), frame.sample_rate)
 
     def push(self, x: np.ndarray, sr_in: int) -> list[np.ndarray]:
         """Add ``x`` (C, N) or (N,) samples at ``sr_in`` (any PCM dtype); return the complete blocks now available."""
+        x = to_float32(x)
+        return self._push_mono(downmix(x, channels=x.shape[0], planar=True) if x.ndim == 2 else downmix(x), sr_in)
+
+    def _push_mono(self, mono: np.ndarray, sr_in: int) -> list[np.ndarray]:
         if self._resampler is None or self._resampler.sample_rate != int(sr_in):
             self._flush_segment()
             self._resampler = Resampler(sample_rate=int(sr_in), target_rate=self.sample_rate)
-        x = to_float32(x)
-        mono = downmix(x, channels=x.shape[0], planar=True) if x.ndim == 2 else downmix(x)  # (N,)
         self._append(self._resampler.push(mono))
         return self._take_blocks()
 

@@ -11,9 +11,9 @@ import av
 import av.error
 import numpy as np
 
-from ..audio import downmix, to_mono
+from ..audio import to_mono
 from ..errors import SourceError
-from .base import AudioPipeline, Source, describe_av_error, frame_to_array, iter_frames
+from .base import AudioPipeline, Source, describe_av_error, frame_to_mono, iter_frames
 
 __all__ = ["FileSource", "read_audio", "probe_duration", "mpeg_frame_bytes"]
 
@@ -179,8 +179,7 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
             rates.add(frame.sample_rate)
             if len(rates) > 1:
                 break
-            x = frame_to_array(frame)  # (C, N)
-            chunks.append(downmix(x, channels=x.shape[0], planar=True))  # (N,)
+            chunks.append(frame_to_mono(frame))  # (N,)
             frame = source._next_frame(decoded_s)
     finally:
         source._container.close()
