@@ -513,6 +513,7 @@ async def _serve(engine: Engine | None, config: ServerConfig, sources: Sequence[
             reporter.cancel()
         if watchdog is not None:
             watchdog.cancel()
+        systemd.close()
         if reload is not None and reload.task is not None:
             reload.task.cancel()
         await loop.run_in_executor(None, runner.stop)

@@ -27,7 +27,7 @@ import soxr
 
 from .errors import ConfigError
 
-__all__ = ["int_scale", "to_float32", "downmix", "Resampler", "MonoConverter", "to_mono", "RESAMPLE_QUALITY"]
+__all__ = ["int_scale", "to_float32", "downmix", "mean_of_channels", "Resampler", "MonoConverter", "to_mono", "RESAMPLE_QUALITY"]
 
 RESAMPLE_QUALITY = "HQ"  # soxr quality: librosa's res_type="soxr_hq"
 # input samples handed to soxr per call: its buffers grow to the largest input it was given and never shrink, so one
@@ -77,10 +77,16 @@ def downmix(x: np.ndarray, *, channels: int = 1, planar: bool = False) -> np.nda
         raise ConfigError(f"audio has {per_channel.shape[0]} channels, expected {channels}")
     if channels == 1:
         return np.ascontiguousarray(per_channel[0], dtype=np.float32)
-    acc = per_channel[0].astype(np.float32, copy=True)  # (N,)
-    for c in range(1, channels):
-        acc += per_channel[c]
-    acc /= np.float32(channels)
+    return mean_of_channels(list(per_channel))
+
+
+def mean_of_channels(rows: list[np.ndarray]) -> np.ndarray:
+    """The float32 mean of equal-length channels ``rows`` (each (N,)), summed in order then divided: the one
+    definition of a downmix's samples (:func:`downmix`, and decoded frames read plane by plane)."""
+    acc = rows[0].astype(np.float32, copy=True)  # (N,)
+    for row in rows[1:]:
+        acc += row
+    acc /= np.float32(len(rows))
     return acc
 
 

@@ -19,7 +19,7 @@ import av
 import av.error
 import numpy as np
 
-from ..audio import Resampler, downmix, to_float32
+from ..audio import Resampler, downmix, mean_of_channels, to_float32
 from ..errors import ConfigError
 
 __all__ = [
@@ -45,23 +45,17 @@ MAX_BAD_PACKETS = 64  # consecutive undecodable packets before a decoder gives u
 # never shrinks, so one that held more (a radio's burst-on-connect) is replaced once drained
 FIFO_KEEP_S = 1
 
+
 def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     """One decoded frame as mono float32 ``(samples,)``: :func:`frame_to_array` then
     :func:`streamtag.audio.downmix`, the same samples. Planar float32 (what FFmpeg's MP3, AAC and Vorbis
-    decoders give) is read from the planes directly: PyAV's ``to_ndarray`` stacks them in Python first, which was
-    ~7% of a decoder process's CPU."""
+    decoders give) is read from the planes directly: PyAV's ``to_ndarray`` stacks them in Python first (10.7 ->
+    6.6 us per 0.2 s read of 44.1 kHz stereo, ~1.5% of a station's decoding)."""
     n, channels = frame.samples, frame.layout.nb_channels
     if frame.format.name != "fltp" or len(frame.planes) != channels:
         x = frame_to_array(frame)
         return downmix(x, channels=x.shape[0], planar=True)
-    planes = frame.planes
-    acc = np.frombuffer(memoryview(planes[0]), dtype=np.float32, count=n).copy()  # (N,), as downmix: the first channel...
-    if channels == 1:
-        return acc
-    for plane in planes[1:]:
-        acc += np.frombuffer(memoryview(plane), dtype=np.float32, count=n)  # ... plus the others ...
-    acc /= np.float32(channels)  # ... over their number
-    return acc
+    return mean_of_channels([np.frombuffer(memoryview(plane), dtype=np.float32, count=n) for plane in frame.planes])
 
 
 def frame_to_array(frame: av.AudioFrame) -> np.ndarray:
