@@ -6,7 +6,8 @@ outputs approximate the teacher's, so the same head runs on the student's logits
 this copies the teacher's ``derived_labels`` (and its labels, genre labels and families, which name the derived
 label) into the student's config.json, leaving the student's weights untouched.
 
-Then it measures, on a folder of clips none of which trained the head or the student's choice of head: per clip,
+Then it measures, on a folder of clips (the shipped cards use ../shared/audio, which the head's fit and the
+students' corpus overlap: it says how closely a student follows its teacher, not how either generalises): per clip,
 the top genre of the clip (the highest mean raw probability over the genre labels, as ``streamtag tag``'s summary
 ranks them) of the teacher, of the student without the derived label and with it, and the clip's mean derived
 probability of teacher and student. The figures go to the student's card.json (``derived_check``) and its
@@ -25,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data import AUDIO_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
-AUDIO_EXTS = (".wav", ".ogg", ".mp3", ".flac")
 
 
 def carry(student_config: dict[str, Any], teacher_config: dict[str, Any]) -> dict[str, Any]:
@@ -108,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = args.student / "config.json"
     config = carry(json.loads(cfg_path.read_text()), json.loads((args.teacher / "config.json").read_text()))
     cfg_path.write_text(json.dumps(config, indent=2) + "\n")
-    clips = sorted(c for c in args.audio.iterdir() if c.suffix.lower() in AUDIO_EXTS)
+    clips = sorted(c for c in args.audio.iterdir() if c.suffix.lower() in AUDIO_EXTENSIONS)
     if not clips:
-        raise SystemExit(f"no audio clips ({', '.join(AUDIO_EXTS)}) in {args.audio}")
+        raise SystemExit(f"no audio clips ({', '.join(AUDIO_EXTENSIONS)}) in {args.audio}")
     result = check(args.student, args.teacher, clips)
     card_path = args.student / CARD_JSON
     run = json.loads(card_path.read_text())
