@@ -256,9 +256,7 @@ def run_live(
                     reload.run_pending(control)
                 if health is not None and time.monotonic() >= next_health:
                     next_health = time.monotonic() + health_every
-                    _line(err, f"streamtag: health: {health.summary(runner)}")
-                    if advice := health.advice():
-                        _line(err, f"streamtag: warning: {advice}")
+                    _log_health(err, health.summary(runner), health.advice())
                 if runner.engine_error is not None or not runner.active():
                     return True
                 return duration is not None and time.monotonic() - t0 >= duration
@@ -793,12 +791,16 @@ async def _report_health(health: Any, runner: Any, err: TextIO, every: float, sy
     while True:
         await asyncio.sleep(every)
         summary = health.cluster_summary(runner) if gateway else health.summary(runner)
-        _line(err, f"streamtag: health: {summary}")
+        _log_health(err, summary, health.advice())
         if systemd is not None:
             systemd.send(STATUS=summary)  # `systemctl status` shows the latest
-        advice = health.advice()
-        if advice:
-            _line(err, f"streamtag: warning: {advice}")
+
+
+def _log_health(err: TextIO, summary: str, advice: str | None) -> None:
+    """The health line (serve's every --health-every s, and stream's with JSON lines), and its warning if any."""
+    _line(err, f"streamtag: health: {summary}")
+    if advice:
+        _line(err, f"streamtag: warning: {advice}")
 
 
 async def _feed_watchdog(systemd: Any, runner: Any, every: float) -> None:
