@@ -9,6 +9,11 @@ to feed the streams (``--feed``):
 - ``threads``: every stream is a source with a feeder thread of its own (``LiveRunner.add_source``), the way radio
   and file sources are fed. On two cores CPython's GIL makes ~1,000 such threads a cost of their own: every thread
   waiting for the GIL wakes every switch interval, so the scheduling, not the engine, sets the limit there.
+- ``websocket``: every stream is a websocket connection from another process (the pusher), which announces it
+  with ``audio_start`` (pcm16 mono at the model's rate) and sends its 0.1 s blocks as binary frames at real time,
+  as an app or the web page's microphone does (docs/protocol.md, "Audio in"). The server reads, checks, paces and
+  pushes them itself, so this measures what pushing audio costs a real server, transport included: each block's
+  arrival is stamped by the pusher as it sends it, and the pusher's own CPU is printed beside the server's.
 
 Streams start at phases spread over one hop, so their hops complete evenly over time as independent live streams'
 do (started in the same instant, every stream would complete its hop in the same 0.1 s). Clients (10 by default)
@@ -129,6 +134,96 @@ def pace_all(runner: LiveRunner, sources: dict[str, PacedClip], stop: threading.
         tick += 1
 
 
+class PushedArrivals:
+    """--feed websocket: one stream's (samples sent so far, send time) pairs, as the pusher process recorded them."""
+
+    def __init__(self, arrivals: list[tuple[int, float]]) -> None:
+        self.arrivals = arrivals
+
+    arrival_of = PacedClip.arrival_of
+
+
+PUSH_CONNECT_AT_ONCE = 32  # --feed websocket: connections the pusher opens at a time
+
+
+def pusher_main(url: str, audio: np.ndarray, sr: int, n_streams: int, hop_seconds: float, conn) -> None:
+    """Child process (--feed websocket): one websocket connection per stream, each ``audio_start`` (pcm16 mono at
+    ``sr``) then 0.1 s binary frames at real time, phases spread over one hop as ``pace_all``'s; every connection
+    also reads what the server sends it (its own stream's updates: a sender is subscribed to its stream). Sends
+    "started" once every stream is announced, pushes until the parent sends "stop", then sends each stream's
+    arrivals (samples so far, send time)."""
+    from websockets.asyncio.client import connect
+
+    block = int(BLOCK_SECONDS * sr)
+    pcm = (np.clip(np.concatenate([audio, audio[:block]]), -1.0, 1.0) * 32767.0).astype("<i2")
+    offsets = [(k * 7919 * 13) % audio.shape[0] for k in range(n_streams)]
+    arrivals: list[list[tuple[int, float]]] = [[] for _ in range(n_streams)]
+    sockets: list = [None] * n_streams
+
+    async def one(k: int, gate: asyncio.Semaphore, done: asyncio.Event) -> None:
+        async with gate:
+            ws = await connect(url, max_size=None)
+            await ws.recv()  # hello
+            await ws.send(json.dumps({"type": "audio_start", "stream": f"s{k}", "sample_rate": sr,
+                                      "format": "pcm16", "channels": 1}))
+            while (reply := json.loads(await ws.recv()))["type"] != "audio_started":
+                if reply["type"] == "error":
+                    raise RuntimeError(f"audio_start s{k}: {reply}")
+        sockets[k] = ws
+        try:
+            async for _ in ws:  # its updates: read, so that nothing piles up
+                if done.is_set():
+                    break
+        except Exception:  # closed at the end
+            pass
+
+    async def main() -> None:
+        gate, done = asyncio.Semaphore(PUSH_CONNECT_AT_ONCE), asyncio.Event()
+        readers = [asyncio.create_task(one(k, gate, done)) for k in range(n_streams)]
+        while not all(sockets):
+            failed = [t for t in readers if t.done() and t.exception() is not None]
+            if failed:
+                raise cast(BaseException, failed[0].exception())
+            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        stopped = loop.run_in_executor(None, conn.recv)  # the parent's "stop"
+        conn.send("started")
+        per_block = round(BLOCK_SECONDS / PACER_TICK_S)
+        first = [round(hop_seconds * k / n_streams / PACER_TICK_S) + per_block for k in range(n_streams)]
+        sent = [0] * n_streams
+        t0, tick = time.monotonic(), 0
+        while not stopped.done():
+            delay = t0 + tick * PACER_TICK_S - time.monotonic()
+            await asyncio.sleep(max(0.0, delay))
+            for k in range(n_streams):
+                if tick >= first[k] and (tick - first[k]) % per_block == 0:
+                    start = (offsets[k] + sent[k]) % audio.shape[0]
+                    sent[k] += block
+                    arrivals[k].append((sent[k], time.monotonic()))
+                    await sockets[k].send(pcm[start : start + block].tobytes())
+            tick += 1
+        done.set()
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        for t in readers:
+            t.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    asyncio.run(main())
+    conn.send(arrivals)
+    conn.close()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds so far of process ``pid`` (utime + stime; Linux only, 0.0 elsewhere)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu() -> dict[str, float]:
     """CPU seconds so far of this process's threads, by Python thread name (numbers dropped: the pool's threads
     add up under one name; threads Python did not start are "native"). Linux only ({} elsewhere)."""
@@ -188,7 +283,7 @@ def clients_main(url: str, n_clients: int, seconds: float, conn) -> None:
                     msg = json.loads(text)
                     dropped += msg.get("dropped", 0)
                     if msg["type"] == "update":
-                        rows.append((msg["stream"], msg["t"], now))
+                        rows.append((msg["stream"], msg["t"], now, msg.get("latency_ms")))
 
             try:  # one deadline for the whole window, not a timer per message
                 await asyncio.wait_for(receive(), end - time.monotonic())
@@ -229,11 +324,26 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
         runner.start()
         freeze_startup_objects()  # as streamtag serve does
         result["runner"] = runner
-        server = WebsocketServer(runner, ServerConfig(port=0, queue_streams=max(256, n_streams), web_dir=None))
+        limits = {}
+        if args.feed == "websocket":  # one connection and one audio-in stream per pushed stream, beside the clients
+            conns = n_streams + args.clients + 8
+            limits = {"max_connections": conns, "max_connections_per_address": conns,
+                      "max_streams": n_streams + 8, "max_audio_streams": n_streams}
+        server = WebsocketServer(runner, ServerConfig(port=0, queue_streams=max(256, n_streams), web_dir=None,
+                                                      **limits))
         async with server:
             stop = threading.Event()
-            sources = {}
-            for k in range(n_streams):
+            sources: dict = {}
+            loop = asyncio.get_running_loop()
+            pusher = None
+            if args.feed == "websocket":
+                pusher_conn, child_conn = mp.get_context("spawn").Pipe()
+                pusher = mp.get_context("spawn").Process(
+                    target=pusher_main, args=(server.url, audio, sr, n_streams, engine.hop_seconds, child_conn),
+                    daemon=True)
+                pusher.start()
+                assert await loop.run_in_executor(None, pusher_conn.recv) == "started"
+            for k in range(0 if pusher is not None else n_streams):
                 src = PacedClip(audio, sr, offset=(k * 7919 * 13) % audio.shape[0], stop=stop,
                                 phase=engine.hop_seconds * k / n_streams)
                 sources[f"s{k}"] = src
@@ -250,13 +360,20 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
                 target=clients_main, args=(server.url, args.clients, args.seconds, child), daemon=True
             )
             proc.start()
-            loop = asyncio.get_running_loop()
             assert await loop.run_in_executor(None, parent.recv) == "ready"
             published0, t0, cpu0 = sum(server.hub.published.values()), time.monotonic(), time.process_time()
+            pusher0 = process_cpu(pusher.pid) if pusher is not None and pusher.pid else 0.0
             threads0 = thread_cpu()
             assert await loop.run_in_executor(None, parent.recv) == "done"
             published, window = sum(server.hub.published.values()) - published0, time.monotonic() - t0
             result["cpu_s"] = time.process_time() - cpu0  # this process: engine, server, pacer (not the clients)
+            result["pusher_cpu_s"] = (process_cpu(pusher.pid) - pusher0) if pusher is not None and pusher.pid else 0.0
+            result["overruns"] = sum(st.overruns for st in engine.streams.values())  # before the pusher's go
+            if pusher is not None:
+                pusher_conn.send("stop")
+                pushed = await loop.run_in_executor(None, pusher_conn.recv)
+                await loop.run_in_executor(None, pusher.join, 10)
+                sources = {f"s{k}": PushedArrivals(a) for k, a in enumerate(pushed)}
             threads1 = thread_cpu()
             result["thread_cpu_s"] = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
             got = await loop.run_in_executor(None, parent.recv)
@@ -265,24 +382,25 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             result["clients"] = got
             result["sources"] = sources
             result["published"], result["window"] = published, window
-            result["overruns"] = sum(st.overruns for st in engine.streams.values())
 
     asyncio.run(scenario())
     result["runner"].stop(timeout=120)  # a step still running on a saturated CPU must end before we go on
-    lat, total_msgs, total_dropped = [], 0, 0
+    lat, server_lat, total_msgs, total_dropped = [], [], 0, 0
     for rows, dropped in result["clients"]:
         total_msgs += len(rows)
         total_dropped += dropped
-        for stream, t, recv in rows:
+        for stream, t, recv, server_ms in rows:
             arrival = result["sources"][stream].arrival_of(int(round(t * sr)) + lag)
             if arrival is not None:
                 lat.append((recv - arrival) * 1000.0)
+            if server_ms is not None:  # the server's own figure: from the audio reaching its engine to publication
+                server_lat.append(float(server_ms))
     if args.verbose:
         n_pub = max(1, result["published"])
         print("    CPU ms per update by thread: " + ", ".join(
             f"{k} {1000.0 * v / n_pub:.2f}" for k, v in sorted(result["thread_cpu_s"].items(), key=lambda kv: -kv[1])))
         rows0 = sorted(result["clients"][0][0], key=lambda r: r[2])
-        for stream, t, recv in rows0[:: max(1, len(rows0) // 15)]:
+        for stream, t, recv, _ in rows0[:: max(1, len(rows0) // 15)]:
             arrival = result["sources"][stream].arrival_of(int(round(t * sr)) + lag)
             print(f"    {stream} t={t:.2f} recv={recv:.2f} arrival={arrival if arrival is None else round(arrival, 2)}")
     lat_a = np.array(lat) if lat else np.array([np.nan])
@@ -291,6 +409,9 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
         "clients": args.clients,
         "p50_ms": float(np.percentile(lat_a, 50)),
         "p99_ms": float(np.percentile(lat_a, 99)),
+        # the part of p99 from the audio's hand-over to the engine (runner.push) to publication: for --feed websocket
+        # the rest is the transport and the server's reading, for the in-process feeds only the delivery
+        "engine_p99_ms": float(np.percentile(server_lat, 99)) if server_lat else float("nan"),
         "updates_per_s": result["published"] / result["window"],
         "expected_updates_per_s": n_streams / engine.hop_seconds,
         "client_msgs_per_s": total_msgs / args.seconds,
@@ -300,6 +421,8 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
         # CPU of the server process (engine, event loop, pacer) per published update: less swayed by other jobs on
         # the machine than the wall-clock figures (they take cores, not this process's instructions)
         "cpu_ms_per_update": 1000.0 * result["cpu_s"] / max(1, result["published"]),
+        # --feed websocket: the pusher process's CPU per published update (0 for the in-process feeds)
+        "pusher_cpu_ms_per_update": 1000.0 * result["pusher_cpu_s"] / max(1, result["published"]),
     }
 
 
@@ -315,10 +438,12 @@ def sustains(r: dict, hop_seconds: float) -> bool:
 
 
 def _row(r: dict) -> str:
-    return (f"  {r['streams']:4d} streams: p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+    return (f"  {r['streams']:4d} streams: p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms "
+            f"(engine {r.get('engine_p99_ms', float('nan')):.0f})  "
             f"updates/s {r['updates_per_s']:7.1f} (expected {r['expected_updates_per_s']:.1f})  "
             f"client msgs/s {r['client_msgs_per_s']:8.1f}  dropped {r['dropped']}  overruns {r['overruns']}  "
-            f"cpu ms/update {r['cpu_ms_per_update']:.2f}")
+            f"cpu ms/update {r['cpu_ms_per_update']:.2f}"
+            + (f" (+ pusher {r['pusher_cpu_ms_per_update']:.2f})" if r.get("pusher_cpu_ms_per_update") else ""))
 
 
 def search(bundle, audio: np.ndarray, args) -> dict:
@@ -385,7 +510,8 @@ def search(bundle, audio: np.ndarray, args) -> dict:
 def median_row(runs: list[dict]) -> dict:
     """One configuration's runs as one row: the median of each latency and rate, the worst of drops and overruns."""
     row = dict(runs[0])
-    for key in ("p50_ms", "p99_ms", "updates_per_s", "client_msgs_per_s", "cpu_ms_per_update"):
+    for key in ("p50_ms", "p99_ms", "engine_p99_ms", "updates_per_s", "client_msgs_per_s", "cpu_ms_per_update",
+                "pusher_cpu_ms_per_update"):
         row[key] = float(np.median([r[key] for r in runs]))
     for key in ("dropped", "overruns"):
         row[key] = max(r[key] for r in runs)
@@ -491,9 +617,11 @@ def main() -> int:
     p.add_argument("--streams", type=int, nargs="+", default=[1, 10, 100])
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per configuration")
-    p.add_argument("--feed", choices=("push", "threads"), default="push",
+    p.add_argument("--feed", choices=("push", "threads", "websocket"), default="push",
                    help="push: one pacing thread hands every stream its blocks through LiveRunner.push (as the server "
-                        "feeds websocket audio-in); threads: a feeder thread per stream (as LiveRunner feeds sources)")
+                        "feeds websocket audio-in); threads: a feeder thread per stream (as LiveRunner feeds sources); "
+                        "websocket: another process pushes every stream over a websocket connection of its own "
+                        "(audio_start + pcm16 frames), through the server's audio-in path")
     p.add_argument("--torch-threads", type=int, default=None, metavar="N",
                    help="torch intra-op threads (default: torch's own, one per core)")
     p.add_argument("--clip", default=str(CLIP))
@@ -521,7 +649,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(max(1, args.torch_threads or torch.get_num_threads()))
-    feed = "one pacing thread (--feed push)" if args.feed == "push" else "a feeder thread per stream (--feed threads)"
+    feed = {"push": "one pacing thread (--feed push)", "threads": "a feeder thread per stream (--feed threads)",
+            "websocket": "a websocket connection per stream from another process (--feed websocket)"}[args.feed]
     if args.search:
         args.models = args.models or [args.model]
         print(f"device {args.device} · {args.clients} clients · {args.seconds:g} s per run · "

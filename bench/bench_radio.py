@@ -9,6 +9,7 @@ resampler), and one subscriber to "*" in another process counts updates after a 
     python bench/bench_radio.py --mode files --runs 1            # N local files played at real time instead
     python bench/bench_radio.py --streams 50 100 --runs 1        # fixed station counts, no search
     python bench/bench_radio.py --pushed                         # also bench_latency's pushed-audio limit
+    python bench/bench_radio.py --pushed --pushed-feed push websocket   # ... fed in-process and over websockets
     python bench/bench_radio.py --reader threads                 # the baseline: a reader thread per station
     python bench/bench_radio.py --cost                           # CPU per station by codec, mux vs threads
 
@@ -27,7 +28,11 @@ and Icecast's burst-on-connect, arrive at once), the audio serve skipped to catc
 more than a hop, fails the run like an overrun) and how long SIGTERM took. With ``--pushed``
 it also runs ``bench_latency.py --search`` (audio pushed over the engine's own path, no decoding) for the same
 model in the same session, judged by the same p99 limit (``--p99-ms 1000``; bench_latency's own default is one hop,
-0.5 s for st-gru-msd), and prints the ratio radio/pushed of the sustained updates/s. The header names the CPU
+0.5 s for st-gru-msd), and prints the ratio radio/pushed of the sustained updates/s. ``--pushed-feed`` picks how
+the pushed side is fed (bench_latency's ``--feed``): ``push`` (default) hands the blocks to the engine in-process, the
+engine alone; ``websocket`` sends them from another process over a websocket connection per stream, through the
+server's audio-in path, as an app pushes audio (its transport's CPU counted, as radio's decoding is); with both,
+each gets its search and its ratio. The header names the CPU
 and the load average before and after: figures taken on a busy machine are noisy.
 """
 from __future__ import annotations
@@ -345,7 +350,7 @@ class _NullFeed:
     def __init__(self) -> None:
         self.samples = 0
 
-    def push(self, samples: np.ndarray, arrived: float | None = None) -> None:
+    def push(self, samples: np.ndarray, arrived: float | tuple[float, float] | None = None) -> None:
         self.samples += samples.shape[0]
 
     def title(self, title: str | None) -> None:
@@ -426,16 +431,16 @@ def cost_model(args: argparse.Namespace, urls: dict[str, str], clips: dict[str, 
                   f"({audio_s:.2f} s of audio per s per station; read by: {used}; load {loadavg()})", flush=True)
 
 
-def pushed_capacity(args: argparse.Namespace, tmp: Path) -> dict | None:
-    out = tmp / "pushed.json"
+def pushed_capacity(args: argparse.Namespace, tmp: Path, feed: str) -> dict | None:
+    out = tmp / f"pushed-{feed}.json"
     cmd = [sys.executable, str(REPO / "bench" / "bench_latency.py"), "--search", "--models", args.model, "--device",
            args.device, "--clients", "1", "--seconds", str(args.seconds), "--runs", str(args.runs), "--json", str(out),
-           "--p99-ms", str(P99_LIMIT_MS)]  # radio's own real-time limit: both sides judged alike
+           "--p99-ms", str(P99_LIMIT_MS), "--feed", feed]  # radio's own real-time limit: both sides judged alike
     print("pushed audio (bench_latency --search):", " ".join(cmd[2:]), flush=True)
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         return None
     res = json.loads(out.read_text())[0]
-    return {"max_streams": res["max_streams"], "updates_per_s": res["updates_per_s"]}
+    return {"feed": feed, "max_streams": res["max_streams"], "updates_per_s": res["updates_per_s"]}
 
 
 def main() -> int:
@@ -458,6 +463,9 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=25.0, help="s after the subscriber connects before counting")
     p.add_argument("--seconds", type=float, default=20.0, help="s counted per run")
     p.add_argument("--pushed", action="store_true", help="also measure bench_latency's pushed-audio capacity")
+    p.add_argument("--pushed-feed", nargs="+", choices=("push", "websocket"), default=["push"],
+                   help="--pushed: how the pushed streams are fed (bench_latency --feed): push (in-process, the "
+                        "engine alone) and/or websocket (another process, a connection per stream)")
     p.add_argument("--cost", action="store_true", help="only the cost model: CPU per station by codec")
     p.add_argument("--cost-stations", type=int, default=60, help="--cost: stations per codec")
     p.add_argument("--reader", choices=("mux", "threads"), default="mux",
@@ -529,7 +537,8 @@ def main() -> int:
                     best = med
         else:
             best, rows = search(args, urls, hop, tmp)
-        pushed = pushed_capacity(args, tmp) if args.pushed else None
+        pushed = [res for feed in args.pushed_feed if (res := pushed_capacity(args, tmp, feed)) is not None] \
+            if args.pushed else []
     print(f"\nload average after: {loadavg()}")
     if best is None:
         print(f"{args.mode}: no station count was real time")
@@ -537,13 +546,13 @@ def main() -> int:
         print(f"{args.mode}: {best['streams']} stations in real time (median of {args.runs}): "
               f"{best['updates_per_s']:.1f} updates/s, p50 {best['p50_ms']:.0f} ms, p99 {best['p99_ms']:.0f} ms, "
               f"CPU {best['cpu_per_station_pct']:.2f}% of a core per station, RSS {best['rss_mb']:.0f} MB")
-    if pushed is not None:
-        if best and pushed["updates_per_s"]:
-            ratio = f"{best['updates_per_s'] / pushed['updates_per_s']:.2f}"
+    for res in pushed:
+        if best and res["updates_per_s"]:
+            ratio = f"{best['updates_per_s'] / res['updates_per_s']:.2f}"
         else:  # a 0.00 would read as a measurement; run lower --streams
             ratio = f"not computed: no {args.mode} count of this run was real time"
-        print(f"pushed audio: {pushed['max_streams']} streams, {pushed['updates_per_s']:.1f} updates/s · "
-              f"{args.mode}/pushed = {ratio}")
+        print(f"pushed audio (--feed {res['feed']}): {res['max_streams']} streams, {res['updates_per_s']:.1f} "
+              f"updates/s · {args.mode}/pushed = {ratio}")
     if args.json:
         Path(args.json).write_text(json.dumps({"best": best, "rows": rows, "pushed": pushed}, indent=2))
     return 0
