@@ -51,6 +51,10 @@ def to_float32(pcm: np.ndarray) -> np.ndarray:
         scale = int_scale(x.dtype)
         return ((x.astype(np.float64) - scale) / scale).astype(np.float32)
     if kind == "i":
+        if x.dtype.itemsize <= 4:  # exact in float32 times a power of two: the float64 route's very samples
+            y = x.astype(np.float32)
+            y *= np.float32(1.0 / int_scale(x.dtype))
+            return y
         return (x.astype(np.float64) / int_scale(x.dtype)).astype(np.float32)
     raise ConfigError(f"audio samples must be integer or float PCM, got dtype {x.dtype}")
 

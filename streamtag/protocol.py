@@ -200,10 +200,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._control) + self._n_updates
 
-    def put_control(self, msg: dict[str, Any], *, key: str | None = None) -> None:
-        """Queue a control message; one with a ``key`` replaces the unsent one of the same key (a state snapshot
-        such as the stream list, where only the newest matters), so snapshots never pile up."""
-        text = _ENCODE(msg)
+    def put_control(self, msg: dict[str, Any] | str, *, key: str | None = None) -> None:
+        """Queue a control message (a dict, or its JSON text when one message goes to many clients); one with a
+        ``key`` replaces the unsent one of the same key (a state snapshot such as the stream list, where only the
+        newest matters), so snapshots never pile up."""
+        text = msg if isinstance(msg, str) else _ENCODE(msg)
         if key is not None and (pending := self._keyed.get(key)) is not None:
             pending[0] = text
             return
@@ -353,6 +354,13 @@ class RateLimiter:
         self._t = clock()
         self.throttled_s = 0.0  # total seconds of waiting imposed so far
 
+    def available(self) -> float:
+        """Units that :meth:`take` would grant now without a wait (nothing is spent)."""
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        return self._tokens
+
     def take(self, amount: float) -> float:
         now = self.clock()
         self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
@@ -451,7 +459,7 @@ class Client:
     def wants(self, stream: str) -> bool:
         return self.all_streams or stream in self.subscriptions
 
-    def send(self, msg: dict[str, Any], *, key: str | None = None) -> None:
+    def send(self, msg: dict[str, Any] | str, *, key: str | None = None) -> None:
         self.outbox.put_control(msg, key=key)
         self.notify()
 
@@ -499,6 +507,30 @@ class Hub:
         self._title_sent: dict[str, float] = {}  # stream -> when its title last went out
         self._titles_pending: set[str] = set()  # streams whose newest title has not gone out yet
         self.station_stats: Callable[[], dict[str, dict[str, Any]]] | None = None  # the "stats" request's figures
+        # who hears each stream, rebuilt after any subscription or connection change (see audience): publishing an
+        # update asked every client, so 400 websocket senders (each subscribed to its own stream) made every step
+        # cost O(updates x clients) on the event loop
+        self._audiences: tuple[list[Client], dict[str, list[Client]]] | None = None
+
+    def audience(self, stream: str) -> list[Client]:
+        """The clients that hear ``stream`` (``Client.wants``), in the order they connected within each kind."""
+        if self._audiences is None:
+            everyone: list[Client] = []
+            chosen: dict[str, list[Client]] = {}
+            for c in self.clients.values():
+                if c.all_streams:
+                    everyone.append(c)
+                else:
+                    for name in c.subscriptions:
+                        chosen.setdefault(name, []).append(c)
+            self._audiences = everyone, chosen
+        everyone, chosen = self._audiences
+        some = chosen.get(stream)
+        return everyone + some if some else everyone
+
+    def subscriptions_changed(self) -> None:
+        """Call after changing a client's ``subscriptions`` or ``all_streams`` from outside the hub."""
+        self._audiences = None
 
     # -- connections -------------------------------------------------------------------------------------
     def connect(self, *, authorized: bool, peer: str = "", notify: Callable[[], None] | None = None) -> Client:
@@ -509,12 +541,14 @@ class Hub:
         client.starts = RateLimiter(rate=AUDIO_STARTS_PER_S, burst=AUDIO_STARTS_BURST, clock=self.clock)
         self._next_id += 1
         self.clients[client.id] = client
+        self._audiences = None
         client.send(self.hello(client))
         return client
 
     def disconnect(self, client: Client) -> list[AudioStop]:
         """Forget ``client``; returns the audio streams it fed, for the adapter to remove."""
         self.clients.pop(client.id, None)
+        self._audiences = None
         return [AudioStop(client.id, stream=s, reason="client disconnected") for s in client.audio]
 
     def hello(self, client: Client) -> dict[str, Any]:
@@ -534,9 +568,11 @@ class Hub:
 
     # -- streams -----------------------------------------------------------------------------------------
     def _broadcast_streams(self) -> None:
-        msg = {"type": "streams", "streams": [s.to_dict() for s in self.streams.values()]}
+        # encoded once for every client: 400 websocket senders starting made 400 x 400 encodings of a 400-stream
+        # list, ~30 s of the event loop's time while their audio waited
+        text = _ENCODE({"type": "streams", "streams": [s.to_dict() for s in self.streams.values()]})
         for c in self.clients.values():
-            c.send(msg, key="streams")  # an unsent older list is replaced, never queued behind
+            c.send(text, key="streams")  # an unsent older list is replaced, never queued behind
         self._titles_pending.clear()  # every current title just went out
 
     def _queue_streams(self) -> int:
@@ -556,7 +592,7 @@ class Hub:
         if self.streams.pop(name, None) is None:
             return
         self._title_sent.pop(name, None)
-        ended = {"type": "stream_ended", "stream": name, "reason": reason}
+        ended = _ENCODE({"type": "stream_ended", "stream": name, "reason": reason})
         for c in self.clients.values():
             if c.wants(name):
                 c.outbox.flush_stream(name)  # its last update goes out before the end notice
@@ -566,6 +602,7 @@ class Hub:
                 c.send(ended, key=f"ended:{name}")
             c.subscriptions.discard(name)
             c.audio.pop(name, None)
+        self._audiences = None
         self._broadcast_streams()
 
     def stream_status(self, name: str, status: str, detail: str) -> int:
@@ -574,13 +611,11 @@ class Hub:
         it, so a flapping source cannot fill a slow client's queue. Returns how many clients it went to."""
         if name not in self.streams or status not in STREAM_STATUSES:
             return 0
-        msg = {"type": "stream_status", "stream": name, "status": status, "detail": detail[:MAX_DETAIL]}
-        n = 0
-        for c in self.clients.values():
-            if c.wants(name):
-                c.send(msg, key=f"status:{name}")
-                n += 1
-        return n
+        msg = _ENCODE({"type": "stream_status", "stream": name, "status": status, "detail": detail[:MAX_DETAIL]})
+        audience = self.audience(name)
+        for c in audience:
+            c.send(msg, key=f"status:{name}")
+        return len(audience)
 
     def set_title(self, name: str, title: str | None) -> float | None:
         """Record ``name``'s new title; broadcast now, or return in how many seconds :meth:`flush_titles` should
@@ -621,25 +656,22 @@ class Hub:
         except ValueError:
             log.warning("update of %s holds a non-finite number; not sent", stream)
             return 0
-        n = 0
-        for c in self.clients.values():
-            if c.wants(stream):
-                c.outbox.put_update(stream, text)
-                c.notify()
-                n += 1
+        audience = self.audience(stream)
+        for c in audience:
+            c.outbox.put_update(stream, text)
+            c.notify()
         self.published[stream] += 1
-        return n
+        return len(audience)
 
     def publish_event(self, event: dict[str, Any]) -> int:
         """Send a stream's event other than an update (a closed ``segment``) to its subscribers. At most one unsent
         per stream, kind and client (a newer one replaces it): bounded however slow the client."""
         stream = event["stream"]
-        n = 0
-        for c in self.clients.values():
-            if c.wants(stream):
-                c.send(event, key=f"{event['type']}:{stream}")
-                n += 1
-        return n
+        audience = self.audience(stream)
+        text = _ENCODE(event)
+        for c in audience:
+            c.send(text, key=f"{event['type']}:{stream}")
+        return len(audience)
 
     # -- client side -------------------------------------------------------------------------------------
     def error(self, client: Client, code: str, message: str, request: dict[str, Any] | None = None) -> None:
@@ -721,6 +753,7 @@ class Hub:
         else:
             self._check_known(streams, msg)
             client.subscriptions.update(streams)
+        self._audiences = None
         self._subscribed(client, msg)
         # The newest update of each newly subscribed stream is not replayed: the next hop brings one.
         return []
@@ -736,6 +769,7 @@ class Hub:
                 client.all_streams = False
                 client.subscriptions = set(self.streams)
             client.subscriptions.difference_update(streams)
+        self._audiences = None
         self._subscribed(client, msg)
         return []
 
@@ -811,6 +845,7 @@ class Hub:
             sample_rate=rate, fmt=fmt, channels=channels, target_rate=self.sample_rate
         )
         client.subscriptions.add(stream)  # the sender hears its own stream
+        self._audiences = None
         return [AudioStart(client.id, msg.get("id"), stream=stream, sample_rate=rate, format=fmt, channels=channels)]
 
     def _on_audio_stop(self, client: Client, msg: dict[str, Any]) -> list[Action]:

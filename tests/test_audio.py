@@ -35,6 +35,24 @@ def test_one_integer_scaling(dtype, bits: int) -> None:
     assert y[2] == np.float32((2 ** (bits - 1) - 1) / 2 ** (bits - 1))  # not 1.0: 2**(bits-1), not iinfo.max
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_integer_scaling_equals_the_float64_route(dtype) -> None:
+    """Every int16 sample, and edge and random ones of the other widths, convert to the very float32 that
+    float64 division gives (to_float32 takes a cheaper float32 route for widths up to 32 bits)."""
+    info = np.iinfo(dtype)
+    if dtype == np.int16:
+        x = np.arange(info.min, info.max + 1, dtype=np.int64).astype(dtype)
+    else:
+        rng = np.random.default_rng(5)
+        x = np.concatenate([np.array([info.min, info.min + 1, -1, 0, 1, info.max - 1, info.max], dtype=dtype),
+                            rng.integers(info.min, info.max, 200_000, dtype=dtype, endpoint=True)])
+    want = (x.astype(np.float64) / 2.0 ** (x.dtype.itemsize * 8 - 1)).astype(np.float32)
+    got = to_float32(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert got.tobytes() == want.tobytes()
+    assert to_float32(x.reshape(-1, 1)).shape == (x.shape[0], 1)  # the shape is kept
+
+
 def test_float_samples_are_taken_as_they_are() -> None:
     x = np.array([0.25, -2.0, 0.5], dtype=np.float64)
     np.testing.assert_array_equal(to_float32(x), x.astype(np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import random
 import socket
 import subprocess
 import sys
@@ -160,6 +161,54 @@ def test_hub_routes_updates_to_subscribers_only(validate):
     assert validate(_drain(cstar)[0])["streams"] == ["b"]  # "*" minus a
     hub.publish(_update("a", 2))
     assert _drain(cstar) == []
+
+
+def test_hub_audience_follows_every_subscription_change():
+    """publish/stream_status reach exactly the clients whose ``wants`` says so, after any sequence of
+    (un)subscribes, audio starts, stream removals, connects and disconnects (the hub keeps an index)."""
+    rng = random.Random(23)
+    hub = _hub()
+    hub.max_streams = hub.max_audio_streams = 1000
+    names = [f"s{k}" for k in range(6)]
+    for name in names:
+        hub.stream_added(name, f"{name}.ogg")
+    clients = [hub.connect(authorized=False) for _ in range(4)]
+    for step in range(400):
+        op = rng.randrange(7)
+        live = [n for n in names if n in hub.streams]
+        c = rng.choice(clients) if clients else None
+        if op == 0 and c is not None and live:
+            pick = rng.sample(live, rng.randint(1, len(live)))
+            hub.receive(c, json.dumps({"type": "subscribe", "streams": "*" if rng.random() < 0.3 else pick}))
+        elif op == 1 and c is not None and live:
+            pick = rng.sample(live, rng.randint(1, len(live)))
+            hub.receive(c, json.dumps({"type": "unsubscribe", "streams": "*" if rng.random() < 0.3 else pick}))
+        elif op == 2 and c is not None and not c.audio:
+            hub.receive(c, json.dumps({"type": "audio_start", "stream": f"mic{step}", "sample_rate": 16000,
+                                       "format": "pcm16"}))
+            if c.audio:  # accepted: the server adds it as AudioStart would
+                hub.stream_added(f"mic{step}", "websocket")
+                names.append(f"mic{step}")
+        elif op == 3 and live:
+            hub.stream_removed(rng.choice(live), "ended")
+        elif op == 4:
+            clients.append(hub.connect(authorized=False))
+        elif op == 5 and c is not None:
+            hub.disconnect(c)
+            clients.remove(c)
+        elif op == 6:
+            name = f"n{step}"
+            hub.stream_added(name, f"{name}.ogg")
+            names.append(name)
+        for x in clients:
+            _drain(x)
+        for name in [n for n in names if n in hub.streams]:
+            expected = {x.id for x in clients if x.wants(name)}
+            assert hub.publish(_update(name, step)) == len(expected)
+            got = {x.id for x in clients if any(m.get("stream") == name and m["type"] == "update" for m in _drain(x))}
+            assert got == expected, (step, name)
+            assert hub.stream_status(name, "dropped", "test") == len(expected)
+    assert any(x.all_streams for x in clients) or any(x.subscriptions for x in clients)  # the walk subscribed some
 
 
 def test_audio_decoder_pcm16_and_float32_agree_after_resampling():

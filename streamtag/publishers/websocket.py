@@ -771,6 +771,7 @@ class WebsocketServer:
                     raise
                 self._stream_added(action.stream, "websocket", None)
                 client.subscriptions.add(action.stream)
+                self.hub.subscriptions_changed()
                 self.hub.reply(
                     client,
                     {"type": "audio_started", "stream": action.stream, "sample_rate": action.sample_rate,
@@ -894,6 +895,14 @@ class _Connection:
             await self._charge(1.0 + len(data) / REFUSED_BYTES_PER_MESSAGE)
             return
         await self._charge(AUDIO_FRAME_MESSAGES)
+        if not self.backlog and self.audio.available() >= got[1]:
+            # Nothing of this connection is queued and the frame is within its audio rate: hand it over now. The
+            # pump would do the same a loop turn later, at the cost of a task wake-up per frame, which at 4,000
+            # frames/s (400 senders of 0.1 s) was a GIL-bound event loop's largest item after decoding.
+            samples = self.hub.decode_audio(self.client, got[0], data)
+            if samples is not None:
+                await self.server._push_paced(got[0], samples, self.audio, self._over_budget)
+            return
         self.backlog.append((got[0], data))
         self.backlog_bytes += max(len(data), AUDIO_FRAME_MIN_BYTES)
         self.has_audio.set()
