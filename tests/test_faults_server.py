@@ -1140,6 +1140,47 @@ def test_audio_in_one_sample_frames_is_slowed_by_its_frame_count_and_nothing_is_
     assert written == n
 
 
+def test_audio_in_reaches_the_engine_whole_and_in_order_whether_pushed_at_once_or_paced(server):
+    """Frames within the sender's rate go to the engine as they are read; a burst past it is queued and paced, and
+    frames sent behind the burst wait their turn. Either way the engine gets every sample, in order, exactly as
+    sent (pcm16 -> float32)."""
+    srv = server()
+    got: list[np.ndarray] = []
+    push = srv.runner.push
+
+    def recording(name: str, samples: np.ndarray) -> None:
+        if name == "mixed":
+            got.append(np.array(samples, copy=True))
+        push(name, samples)
+
+    srv.runner.push = recording  # type: ignore[method-assign]
+    x = (tone(3.6) * 32767).astype("<i2")
+    small, big = int(0.05 * SR), int(0.6 * SR)
+    cuts = list(range(0, 10 * small, small))  # 0.5 s in small frames: within the rate
+    cuts += list(range(10 * small, 10 * small + 4 * big, big))  # 2.4 s at once: past the 1 s burst, paced
+    cuts += list(range(10 * small + 4 * big, x.shape[0], small))  # 0.7 s more, sent behind the burst
+    frames = [x[a:b] for a, b in zip(cuts, cuts[1:] + [x.shape[0]])]
+
+    async def scenario():
+        async with connect(srv.url) as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "audio_start", "stream": "mixed", "sample_rate": SR,
+                                      "format": "pcm16"}))
+            await recv_until(ws, lambda m: m["type"] == "audio_started")
+            for f in frames:
+                await ws.send(f.tobytes())
+            notice = await recv_until(ws, lambda m: m["type"] == "error")
+            deadline = time.monotonic() + TIMEOUT
+            while sum(g.shape[0] for g in got) < x.shape[0] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return notice
+
+    notice = run(scenario())
+    assert notice["code"] == "rate_limited"  # the burst did go through the paced path
+    assert len(got) > len(frames)  # big frames are handed over a hop at most at a time
+    np.testing.assert_array_equal(np.concatenate(got), x.astype(np.float32) / np.float32(32768))
+
+
 def test_a_bug_while_answering_a_request_is_one_log_line_and_a_500(server, caplog):
     """Whatever goes wrong while a request is answered, the log gets one line and no traceback (websockets
     would log one at ERROR), the client a 500, and the server goes on."""
