@@ -353,7 +353,8 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
                     runner.add_stream(f"s{k}", display="bench")
             if args.feed == "push":
                 threading.Thread(target=pace_all, args=(runner, sources, stop), name="pacer", daemon=True).start()
-            warmup = bundle.window_seconds + engine.hop_seconds + 2.0  # the last stream starts a hop late
+            warmup = args.warmup if args.warmup is not None else (
+                bundle.window_seconds + engine.hop_seconds + 2.0)  # the last stream starts a hop late
             await asyncio.sleep(warmup)  # first windows fill, first-step imports done
             parent, child = mp.get_context("spawn").Pipe(duplex=False)
             proc = mp.get_context("spawn").Process(
@@ -622,6 +623,9 @@ def main() -> int:
                         "feeds websocket audio-in); threads: a feeder thread per stream (as LiveRunner feeds sources); "
                         "websocket: another process pushes every stream over a websocket connection of its own "
                         "(audio_start + pcm16 frames), through the server's audio-in path")
+    p.add_argument("--warmup", type=float, default=None, metavar="S",
+                   help="s between the streams' start and the clients' (default: one window + one hop + 2 s; "
+                        "bench_radio --pushed passes its own, so that both sides get the same time to settle)")
     p.add_argument("--torch-threads", type=int, default=None, metavar="N",
                    help="torch intra-op threads (default: torch's own, one per core)")
     p.add_argument("--clip", default=str(CLIP))

@@ -26,14 +26,14 @@ of one core, its RSS (with the decoder processes), the start-up time, when the s
 and Icecast's burst-on-connect, arrive at once), the audio serve skipped to catch up in the stations' start-up
 (``skipped``: its stats' ``skipped_s``, whole run; a skip inside the counted window, seen as ``t`` jumping by
 more than a hop, fails the run like an overrun) and how long SIGTERM took. With ``--pushed``
-it also runs ``bench_latency.py --search`` (audio pushed over the engine's own path, no decoding) for the same
-model in the same session, judged by the same p99 limit (``--p99-ms 1000``; bench_latency's own default is one hop,
-0.5 s for st-gru-msd), and prints the ratio radio/pushed of the sustained updates/s. ``--pushed-feed`` picks how
-the pushed side is fed (bench_latency's ``--feed``): ``push`` (default) hands the blocks to the engine in-process, the
-engine alone; ``websocket`` sends them from another process over a websocket connection per stream, through the
-server's audio-in path, as an app pushes audio (its transport's CPU counted, as radio's decoding is); with both,
-each gets its search and its ratio. The header names the CPU
-and the load average before and after: figures taken on a busy machine are noisy.
+it also runs ``bench_latency.py --search`` (audio pushed over the engine's own path, no decoding) for the same model
+in the same session, judged by the same p99 limit (``--p99-ms 1000``; bench_latency's own default is one hop, 0.5 s
+for st-gru-msd) after the same warm-up (``--warmup``, passed on), and prints the ratio radio/pushed of the sustained
+updates/s. ``--pushed-feed`` picks how the pushed side is fed (bench_latency's ``--feed``): ``push`` (default) hands
+the blocks to the engine in-process, the engine alone; ``websocket`` sends them from another process over a
+websocket connection per stream, through the server's audio-in path, as an app pushes audio (its transport's CPU
+counted, as radio's decoding is); with both, each gets its search and its ratio. The header names the CPU and the
+load average before and after: figures taken on a busy machine are noisy.
 """
 from __future__ import annotations
 
@@ -435,7 +435,10 @@ def pushed_capacity(args: argparse.Namespace, tmp: Path, feed: str) -> dict | No
     out = tmp / f"pushed-{feed}.json"
     cmd = [sys.executable, str(REPO / "bench" / "bench_latency.py"), "--search", "--models", args.model, "--device",
            args.device, "--clients", "1", "--seconds", str(args.seconds), "--runs", str(args.runs), "--json", str(out),
-           "--p99-ms", str(P99_LIMIT_MS), "--feed", feed]  # radio's own real-time limit: both sides judged alike
+           "--p99-ms", str(P99_LIMIT_MS), "--feed", feed,  # radio's own real-time limit: both sides judged alike
+           "--warmup", str(args.warmup),  # and the same time to settle after their start
+           # bench_latency's default budget (400 s) is ~6 runs of this length: enough for the bisection to end
+           "--budget", str(12 * (args.warmup + args.seconds + 10))]
     print("pushed audio (bench_latency --search):", " ".join(cmd[2:]), flush=True)
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         return None
