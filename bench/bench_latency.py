@@ -213,17 +213,6 @@ def pusher_main(url: str, audio: np.ndarray, sr: int, n_streams: int, hop_second
     conn.close()
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds so far of process ``pid`` (utime + stime; Linux only, 0.0 elsewhere)."""
-    import os
-
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def thread_cpu() -> dict[str, float]:
     """CPU seconds so far of this process's threads, by Python thread name (numbers dropped: the pool's threads
     add up under one name; threads Python did not start are "native"). Linux only ({} elsewhere)."""
@@ -309,6 +298,8 @@ def clients_main(url: str, n_clients: int, seconds: float, conn) -> None:
 
 
 def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
+    from bench_radio import cpu_seconds  # this directory (the script's) is on sys.path
+
     from streamtag.live import LiveRunner, freeze_startup_objects
     from streamtag.pipeline import Engine
     from streamtag.publishers.websocket import ServerConfig, WebsocketServer
@@ -363,12 +354,12 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             proc.start()
             assert await loop.run_in_executor(None, parent.recv) == "ready"
             published0, t0, cpu0 = sum(server.hub.published.values()), time.monotonic(), time.process_time()
-            pusher0 = process_cpu(pusher.pid) if pusher is not None and pusher.pid else 0.0
+            pusher0 = cpu_seconds([pusher.pid]) if pusher is not None and pusher.pid else 0.0
             threads0 = thread_cpu()
             assert await loop.run_in_executor(None, parent.recv) == "done"
             published, window = sum(server.hub.published.values()) - published0, time.monotonic() - t0
             result["cpu_s"] = time.process_time() - cpu0  # this process: engine, server, pacer (not the clients)
-            result["pusher_cpu_s"] = (process_cpu(pusher.pid) - pusher0) if pusher is not None and pusher.pid else 0.0
+            result["pusher_cpu_s"] = (cpu_seconds([pusher.pid]) - pusher0) if pusher is not None and pusher.pid else 0.0
             result["overruns"] = sum(st.overruns for st in engine.streams.values())  # before the pusher's go
             if pusher is not None:
                 pusher_conn.send("stop")

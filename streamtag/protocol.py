@@ -362,10 +362,7 @@ class RateLimiter:
         return self._tokens
 
     def take(self, amount: float) -> float:
-        now = self.clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
-        self._t = now
-        self._tokens -= amount
+        self._tokens = self.available() - amount
         if self._tokens >= 0:
             return 0.0
         wait = -self._tokens / self.rate
