@@ -438,7 +438,9 @@ def pushed_capacity(args: argparse.Namespace, tmp: Path, feed: str) -> dict | No
            "--p99-ms", str(P99_LIMIT_MS), "--feed", feed,  # radio's own real-time limit: both sides judged alike
            "--warmup", str(args.warmup),  # and the same time to settle after their start
            # bench_latency's default budget (400 s) is ~6 runs of this length: enough for the bisection to end
-           "--budget", str(12 * (args.warmup + args.seconds + 10))]
+           "--budget", str(12 * (args.warmup + args.seconds + 10)),
+           # its default start (1 stream, x4) spends 4 runs of the budget and of its 10 configurations below 64
+           "--start", str(args.pushed_start), "--max-configs", "16"]
     print("pushed audio (bench_latency --search):", " ".join(cmd[2:]), flush=True)
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         return None
@@ -469,6 +471,8 @@ def main() -> int:
     p.add_argument("--pushed-feed", nargs="+", choices=("push", "websocket"), default=["push"],
                    help="--pushed: how the pushed streams are fed (bench_latency --feed): push (in-process, the "
                         "engine alone) and/or websocket (another process, a connection per stream)")
+    p.add_argument("--pushed-start", type=int, default=64,
+                   help="--pushed: the pushed search's first stream count (bench_latency --start; x4 until it fails)")
     p.add_argument("--cost", action="store_true", help="only the cost model: CPU per station by codec")
     p.add_argument("--cost-stations", type=int, default=60, help="--cost: stations per codec")
     p.add_argument("--reader", choices=("mux", "threads"), default="mux",
