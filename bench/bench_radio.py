@@ -445,7 +445,16 @@ def pushed_capacity(args: argparse.Namespace, tmp: Path, feed: str) -> dict | No
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         return None
     res = json.loads(out.read_text())[0]
-    return {"feed": feed, "max_streams": res["max_streams"], "updates_per_s": res["updates_per_s"]}
+    med = res.get("median") or {}
+    return {"feed": feed, "max_streams": res["max_streams"], "updates_per_s": res["updates_per_s"],
+            "cpu_ms_per_update": med.get("cpu_ms_per_update")}
+
+
+def ceiling(engine_pct: float, floor_pct: float) -> float:
+    """The most radio/pushed can be when the pushed engine costs ``engine_pct`` of a core per stream and a station
+    costs that plus ``floor_pct`` (its decoding and resampling alone): both sides get the same cores, so their
+    capacities stand in the inverse ratio of their costs per stream."""
+    return engine_pct / (engine_pct + floor_pct)
 
 
 def main() -> int:
@@ -517,7 +526,7 @@ def main() -> int:
                 stack.enter_context(feed(ice.port, f"/{codec}", tmp / f"feed-{codec}.{codec}", codec, encoded=True))
                 urls.append(f"{ice.url}/{codec}")
             print(f"icecast on port {ice.port}: mounts {', '.join('/' + c for c in args.codecs)}", flush=True)
-        if args.mode == "files" or args.cost:
+        if args.mode == "files" or args.cost or args.pushed:  # --pushed: the decoding floor's clips
             files = []
             for codec in args.codecs:
                 path = tmp / f"clip.{codec}"
@@ -560,6 +569,18 @@ def main() -> int:
             ratio = f"not computed: no {args.mode} count of this run was real time"
         print(f"pushed audio (--feed {res['feed']}): {res['max_streams']} streams, {res['updates_per_s']:.1f} "
               f"updates/s · {args.mode}/pushed = {ratio}")
+    engine = next((r for r in pushed if r["feed"] == "push" and r.get("cpu_ms_per_update")), None)
+    if engine is not None and args.mode == "radio":
+        # What no source layer can beat on this CPU: a station costs at least the engine's share plus FFmpeg's
+        # decoding and soxr's resampling of its audio (measured here, in-process, with no network or Python around
+        # them; the mounts' mix). Icecast, its feeders and the subscriber, which share these cores, are left out.
+        floor = float(np.mean([sum(_parts(f)) for f in files]))
+        engine_pct = engine["cpu_ms_per_update"] / hop / 10.0  # ms per update x updates per s -> % of a core
+        print(f"ceiling: the pushed engine costs {engine_pct:.3f}% of a core per stream ({engine['cpu_ms_per_update']:.2f} "
+              f"ms per update); decoding + resampling alone {floor:.3f}% per station (the mounts' mix) -> radio/pushed "
+              f"(in-process) can reach at most {ceiling(engine_pct, floor):.2f} on this CPU"
+              + (f"; this run's radio cost {best['cpu_per_station_pct']:.3f}% per station, "
+                 f"{best['cpu_per_station_pct'] - engine_pct:.3f}% above the engine's" if best else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"best": best, "rows": rows, "pushed": pushed}, indent=2))
     return 0
