@@ -588,7 +588,8 @@ def main() -> int:
         engine_pct = engine["cpu_ms_per_update"] / hop / 10.0  # ms per update x updates per s -> % of a core
         print(f"ceiling: the pushed engine costs {engine_pct:.3f}% of a core per stream ({engine['cpu_ms_per_update']:.2f} "
               f"ms per update); decoding + resampling alone {floor:.3f}% per station (the mounts' mix) -> radio/pushed "
-              f"(in-process) can reach at most {ceiling(engine_pct, floor):.2f} on this CPU"
+              f"(in-process) can reach at most {ceiling(engine_pct, floor):.2f} on this CPU by cost (a side that collapses short of "
+              f"its CPU, as pushed streams near their limit can, moves the measured ratio past it)"
               + (f"; this run's radio cost {best['cpu_per_station_pct']:.3f}% per station, "
                  f"{best['cpu_per_station_pct'] - engine_pct:.3f}% above the engine's" if best else ""))
     if args.json:
