@@ -372,6 +372,7 @@ def _parts(clip: Path, repeats: int = 3) -> tuple[float, float]:
     import av
 
     from streamtag.audio import Resampler
+    from streamtag.sources.base import frame_to_mono
 
     decode = []
     for _ in range(repeats):
@@ -382,9 +383,7 @@ def _parts(clip: Path, repeats: int = 3) -> tuple[float, float]:
             decode.append(time.process_time() - t0)
     with av.open(str(clip)) as container:
         rate = container.streams.audio[0].rate
-        mono = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray()
-                               .reshape(-1, f.layout.nb_channels).mean(axis=1) for f in container.decode(audio=0)])
-    mono = mono.astype(np.float32)  # (N,)
+        mono = np.concatenate([frame_to_mono(f) for f in container.decode(audio=0)])  # the stations' own downmix
     seconds = mono.shape[0] / rate
     resample = []
     for _ in range(repeats):
@@ -535,7 +534,8 @@ def main() -> int:
                 stack.enter_context(feed(ice.port, f"/{codec}", tmp / f"feed-{codec}.{codec}", codec, encoded=True))
                 urls.append(f"{ice.url}/{codec}")
             print(f"icecast on port {ice.port}: mounts {', '.join('/' + c for c in args.codecs)}", flush=True)
-        if args.mode == "files" or args.cost or args.pushed:  # --pushed: the decoding floor's clips
+        in_process = args.pushed and args.mode == "radio" and "push" in args.pushed_feed  # the ceiling needs it
+        if args.mode == "files" or args.cost or in_process:  # in_process: the decoding floor's clips
             files = []
             for codec in args.codecs:
                 path = tmp / f"clip.{codec}"
@@ -565,7 +565,7 @@ def main() -> int:
         pushed = [res for feed in args.pushed_feed if (res := pushed_capacity(args, tmp, feed)) is not None] \
             if args.pushed else []
         # the decoding floor (below), measured while the clips are still here, on a machine the runs left quiet
-        floor = float(np.mean([sum(_parts(f)) for f in files])) if args.pushed and args.mode == "radio" else 0.0
+        floor = float(np.mean([sum(_parts(f)) for f in files])) if in_process else 0.0
     print(f"\nload average after: {loadavg()}")
     if best is None:
         print(f"{args.mode}: no station count was real time")
@@ -581,15 +581,16 @@ def main() -> int:
         print(f"pushed audio (--feed {res['feed']}): {res['max_streams']} streams, {res['updates_per_s']:.1f} "
               f"updates/s · {args.mode}/pushed = {ratio}")
     engine = next((r for r in pushed if r["feed"] == "push" and r.get("cpu_ms_per_update")), None)
-    if engine is not None and args.mode == "radio":
+    if engine is not None and in_process:
         # What no source layer can beat on this CPU: a station costs at least the engine's share plus FFmpeg's
         # decoding and soxr's resampling of its audio (measured here, in-process, with no network or Python around
         # them; the mounts' mix). Icecast, its feeders and the subscriber, which share these cores, are left out.
         engine_pct = engine["cpu_ms_per_update"] / hop / 10.0  # ms per update x updates per s -> % of a core
-        print(f"ceiling: the pushed engine costs {engine_pct:.3f}% of a core per stream ({engine['cpu_ms_per_update']:.2f} "
-              f"ms per update); decoding + resampling alone {floor:.3f}% per station (the mounts' mix) -> radio/pushed "
-              f"(in-process) can reach at most {ceiling(engine_pct, floor):.2f} on this CPU by cost (a side that collapses short of "
-              f"its CPU, as pushed streams near their limit can, moves the measured ratio past it)"
+        print(f"ceiling: the pushed engine costs {engine_pct:.3f}% of a core per stream "
+              f"({engine['cpu_ms_per_update']:.2f} ms per update); decoding + resampling alone {floor:.3f}% per "
+              f"station (the mounts' mix) -> radio/pushed (in-process) can reach at most "
+              f"{ceiling(engine_pct, floor):.2f} on this CPU by cost (a side that collapses short of its CPU, as "
+              f"pushed streams near their limit can, moves the measured ratio past it)"
               + (f"; this run's radio cost {best['cpu_per_station_pct']:.3f}% per station, "
                  f"{best['cpu_per_station_pct'] - engine_pct:.3f}% above the engine's" if best else ""))
     if args.json:
