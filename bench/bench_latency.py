@@ -146,17 +146,35 @@ class PushedArrivals:
 PUSH_CONNECT_AT_ONCE = 32  # --feed websocket: connections the pusher opens at a time
 
 
-def pusher_main(url: str, audio: np.ndarray, sr: int, n_streams: int, hop_seconds: float, conn) -> None:
-    """Child process (--feed websocket): one websocket connection per stream, each ``audio_start`` (pcm16 mono at
-    ``sr``) then 0.1 s binary frames at real time, phases spread over one hop as ``pace_all``'s; every connection
-    also reads what the server sends it (its own stream's updates: a sender is subscribed to its stream). Sends
-    "started" once every stream is announced, pushes until the parent sends "stop", then sends each stream's
-    arrivals (samples so far, send time)."""
+def wire_audio(audio: np.ndarray, sr: int, wire: tuple[int, str, int]) -> np.ndarray:
+    """``audio`` (mono at ``sr``) as a sender would put it on the wire: resampled to the wire's rate (soxr HQ), its
+    channels (the mono copied: a stereo device's two equal channels), pcm16 or float32 little-endian, interleaved;
+    shape (samples, channels)."""
+    rate, fmt, channels = wire
+    x = audio
+    if rate != sr:
+        import soxr
+
+        x = soxr.resample(audio, sr, rate, quality="HQ").astype(np.float32)
+    x = np.repeat(np.clip(x, -1.0, 1.0)[:, None], channels, axis=1)
+    return (x * 32767.0).astype("<i2") if fmt == "pcm16" else x.astype("<f4")
+
+
+def pusher_main(url: str, audio: np.ndarray, sr: int, n_streams: int, hop_seconds: float, conn,
+                wire: tuple[int, str, int] | None = None) -> None:
+    """Child process (--feed websocket): one websocket connection per stream, each ``audio_start`` (``wire``: rate,
+    format and channels; default pcm16 mono at ``sr``) then 0.1 s binary frames at real time, phases spread over one
+    hop as ``pace_all``'s; every connection also reads what the server sends it (its own stream's updates: a sender
+    is subscribed to its stream). Sends "started" once every stream is announced, pushes until the parent sends
+    "stop", then sends each stream's arrivals (samples so far at ``sr``, send time)."""
     from websockets.asyncio.client import connect
 
-    block = int(BLOCK_SECONDS * sr)
-    pcm = (np.clip(np.concatenate([audio, audio[:block]]), -1.0, 1.0) * 32767.0).astype("<i2")
-    offsets = [(k * 7919 * 13) % audio.shape[0] for k in range(n_streams)]
+    rate, fmt, channels = wire or (sr, "pcm16", 1)
+    wired = wire_audio(audio, sr, (rate, fmt, channels))
+    n_wired = wired.shape[0]
+    block = int(BLOCK_SECONDS * rate)
+    pcm = np.concatenate([wired, wired[:block]])
+    offsets = [(k * 7919 * 13) % n_wired for k in range(n_streams)]
     arrivals: list[list[tuple[int, float]]] = [[] for _ in range(n_streams)]
     sockets: list = [None] * n_streams
 
@@ -164,8 +182,8 @@ def pusher_main(url: str, audio: np.ndarray, sr: int, n_streams: int, hop_second
         async with gate:
             ws = await connect(url, max_size=None)
             await ws.recv()  # hello
-            await ws.send(json.dumps({"type": "audio_start", "stream": f"s{k}", "sample_rate": sr,
-                                      "format": "pcm16", "channels": 1}))
+            await ws.send(json.dumps({"type": "audio_start", "stream": f"s{k}", "sample_rate": rate,
+                                      "format": fmt, "channels": channels}))
             while (reply := json.loads(await ws.recv()))["type"] != "audio_started":
                 if reply["type"] == "error":
                     raise RuntimeError(f"audio_start s{k}: {reply}")
@@ -197,9 +215,9 @@ def pusher_main(url: str, audio: np.ndarray, sr: int, n_streams: int, hop_second
             await asyncio.sleep(max(0.0, delay))
             for k in range(n_streams):
                 if tick >= first[k] and (tick - first[k]) % per_block == 0:
-                    start = (offsets[k] + sent[k]) % audio.shape[0]
+                    start = (offsets[k] + sent[k]) % n_wired
                     sent[k] += block
-                    arrivals[k].append((sent[k], time.monotonic()))
+                    arrivals[k].append((sent[k] * sr // rate, time.monotonic()))  # in the engine's samples
                     await sockets[k].send(pcm[start : start + block].tobytes())
             tick += 1
         done.set()
@@ -330,7 +348,7 @@ def run_config(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             if args.feed == "websocket":
                 pusher_conn, child_conn = mp.get_context("spawn").Pipe()
                 pusher = mp.get_context("spawn").Process(
-                    target=pusher_main, args=(server.url, audio, sr, n_streams, engine.hop_seconds, child_conn),
+                    target=pusher_main, args=(server.url, audio, sr, n_streams, engine.hop_seconds, child_conn, args.wire),
                     daemon=True)
                 pusher.start()
                 assert await loop.run_in_executor(None, pusher_conn.recv) == "started"
@@ -598,6 +616,23 @@ def engine_only(bundle, audio: np.ndarray, args, n_streams: int) -> dict:
             "wall_ms_per_update": 1000.0 * wall / max(1, updates), "hops_per_step": updates / max(1, steps)}
 
 
+def parse_wire(p: argparse.ArgumentParser, text: str | None) -> tuple[int, str, int] | None:
+    """--wire RATE:FORMAT:CHANNELS -> (rate, format, channels), checked against what audio_start accepts."""
+    if text is None:
+        return None
+    from streamtag.protocol import AUDIO_FORMATS, MAX_AUDIO_CHANNELS, MAX_AUDIO_RATE, MIN_AUDIO_RATE
+
+    try:
+        rate_s, fmt, channels_s = text.split(":")
+        rate, channels = int(rate_s), int(channels_s)
+    except ValueError:
+        p.error(f"--wire {text!r}: expected RATE:FORMAT:CHANNELS, e.g. 48000:float32:2")
+    if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE or fmt not in AUDIO_FORMATS or not 1 <= channels <= MAX_AUDIO_CHANNELS:
+        p.error(f"--wire {text!r}: rate {MIN_AUDIO_RATE}-{MAX_AUDIO_RATE} Hz, format one of {', '.join(AUDIO_FORMATS)}, "
+                f"channels 1-{MAX_AUDIO_CHANNELS}")
+    return rate, fmt, channels
+
+
 def main() -> int:
     from streamtag.registry import DEFAULT_MODEL, load_bundle
     from streamtag.sources import read_audio
@@ -614,6 +649,9 @@ def main() -> int:
                         "feeds websocket audio-in); threads: a feeder thread per stream (as LiveRunner feeds sources); "
                         "websocket: another process pushes every stream over a websocket connection of its own "
                         "(audio_start + pcm16 frames), through the server's audio-in path")
+    p.add_argument("--wire", default=None, metavar="RATE:FORMAT:CHANNELS",
+                   help="--feed websocket: what the senders send (default: the model's rate, pcm16, mono); e.g. "
+                        "48000:float32:2 for a browser's microphone (the server downmixes and resamples it)")
     p.add_argument("--warmup", type=float, default=None, metavar="S",
                    help="s between the streams' start and the clients' (default: one window + one hop + 2 s; "
                         "bench_radio --pushed passes its own, so that both sides get the same time to settle)")
@@ -639,6 +677,7 @@ def main() -> int:
                    help="runs per configuration, medians reported (--search: the found limit is run again until it "
                         "has this many, and their median decides)")
     args = p.parse_args()
+    args.wire = parse_wire(p, args.wire)
     global P99_LIMIT_MS
     P99_LIMIT_MS = args.p99_ms
     import torch
@@ -646,6 +685,9 @@ def main() -> int:
     torch.set_num_threads(max(1, args.torch_threads or torch.get_num_threads()))
     feed = {"push": "one pacing thread (--feed push)", "threads": "a feeder thread per stream (--feed threads)",
             "websocket": "a websocket connection per stream from another process (--feed websocket)"}[args.feed]
+    if args.feed == "websocket":
+        rate, fmt, channels = args.wire or (0, "pcm16", 1)
+        feed += f", sending {fmt} x{channels} at " + (f"{rate} Hz" if rate else "the model's rate")
     if args.search:
         args.models = args.models or [args.model]
         print(f"device {args.device} · {args.clients} clients · {args.seconds:g} s per run · "
