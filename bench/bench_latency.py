@@ -11,7 +11,8 @@ to feed the streams (``--feed``):
   waiting for the GIL wakes every switch interval, so the scheduling, not the engine, sets the limit there.
 - ``websocket``: every stream is a websocket connection from another process (the pusher), which announces it
   with ``audio_start`` (pcm16 mono at the model's rate) and sends its 0.1 s blocks as binary frames at real time,
-  as an app or the web page's microphone does (docs/protocol.md, "Audio in"). The server reads, checks, paces and
+  as an app does (docs/protocol.md, "Audio in"); ``--wire RATE:FORMAT:CHANNELS`` sends another format, e.g.
+  ``48000:float32:1`` as the web page's microphone does (float32 mono at the AudioContext's rate, usually 48 kHz). The server reads, checks, paces and
   pushes them itself, so this measures what pushing audio costs a real server, transport included: each block's
   arrival is stamped by the pusher as it sends it, and the pusher's own CPU is printed beside the server's.
 
