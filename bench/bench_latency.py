@@ -12,9 +12,10 @@ to feed the streams (``--feed``):
 - ``websocket``: every stream is a websocket connection from another process (the pusher), which announces it
   with ``audio_start`` (pcm16 mono at the model's rate) and sends its 0.1 s blocks as binary frames at real time,
   as an app does (docs/protocol.md, "Audio in"); ``--wire RATE:FORMAT:CHANNELS`` sends another format, e.g.
-  ``48000:float32:1`` as the web page's microphone does (float32 mono at the AudioContext's rate, usually 48 kHz). The server reads, checks, paces and
-  pushes them itself, so this measures what pushing audio costs a real server, transport included: each block's
-  arrival is stamped by the pusher as it sends it, and the pusher's own CPU is printed beside the server's.
+  ``48000:float32:1`` as the web page's microphone does (float32 mono at the AudioContext's rate, usually
+  48 kHz). The server reads, checks, paces and pushes them itself, so this measures what pushing audio costs a
+  real server, transport included: each block's arrival is stamped by the pusher as it sends it, and the pusher's
+  own CPU is printed beside the server's.
 
 Streams start at phases spread over one hop, so their hops complete evenly over time as independent live streams'
 do (started in the same instant, every stream would complete its hop in the same 0.1 s). Clients (10 by default)
@@ -148,15 +149,13 @@ PUSH_CONNECT_AT_ONCE = 32  # --feed websocket: connections the pusher opens at a
 
 
 def wire_audio(audio: np.ndarray, sr: int, wire: tuple[int, str, int]) -> np.ndarray:
-    """``audio`` (mono at ``sr``) as a sender would put it on the wire: resampled to the wire's rate (soxr HQ), its
-    channels (the mono copied: a stereo device's two equal channels), pcm16 or float32 little-endian, interleaved;
-    shape (samples, channels)."""
-    rate, fmt, channels = wire
-    x = audio
-    if rate != sr:
-        import soxr
+    """``audio`` (mono at ``sr``) as a sender would put it on the wire: resampled to the wire's rate (the project's
+    own conversion, soxr HQ), its channels (the mono copied: a stereo device's two equal channels), pcm16 or float32
+    little-endian, interleaved; shape (samples, channels)."""
+    from streamtag.audio import to_mono
 
-        x = soxr.resample(audio, sr, rate, quality="HQ").astype(np.float32)
+    rate, fmt, channels = wire
+    x = to_mono(audio, sample_rate=sr, target_rate=rate)
     x = np.repeat(np.clip(x, -1.0, 1.0)[:, None], channels, axis=1)
     return (x * 32767.0).astype("<i2") if fmt == "pcm16" else x.astype("<f4")
 
@@ -652,7 +651,7 @@ def main() -> int:
                         "(audio_start + pcm16 frames), through the server's audio-in path")
     p.add_argument("--wire", default=None, metavar="RATE:FORMAT:CHANNELS",
                    help="--feed websocket: what the senders send (default: the model's rate, pcm16, mono); e.g. "
-                        "48000:float32:2 for a browser's microphone (the server downmixes and resamples it)")
+                        "48000:float32:1 as the web page's microphone sends (the server resamples it)")
     p.add_argument("--warmup", type=float, default=None, metavar="S",
                    help="s between the streams' start and the clients' (default: one window + one hop + 2 s; "
                         "bench_radio --pushed passes its own, so that both sides get the same time to settle)")
